@@ -1,0 +1,1 @@
+//! Test harness: processes and servers for the end-to-end tests.
