@@ -1,0 +1,191 @@
+//! The root context of one VM: validates the configuration, defines metrics, and
+//! on every tick (a) reads the published rollout config and derives the share this
+//! VM routes with, (b) if the poll lease is due and it wins the compare-and-swap,
+//! polls the analyzer and publishes an accepted answer for every VM.
+
+use crate::http::CanaryHttp;
+use crate::runtime::{MetricIds, Runtime};
+use canary_core::poll::{Published, effective_share, lease_is_due, lease_key, lease_value, published_key, tick_period_ms};
+use canary_core::rollout::{AnswerError, Merge, merge, parse_answer};
+use canary_core::FilterConfig;
+use log::{error, info, warn};
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::ContextType;
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+#[derive(Default)]
+pub struct CanaryRoot {
+    runtime: Option<Rc<Runtime>>,
+    /// CAS of the published record last read, to skip re-parsing an unchanged record.
+    seen_cas: Option<u32>,
+    published: Option<Published>,
+    /// The token of this VM's poll in flight, if any.
+    in_flight: Option<u32>,
+}
+
+fn millis(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl CanaryRoot {
+    fn now_ms(&self) -> u64 {
+        millis(self.get_current_time())
+    }
+
+    /// Reads the published record (if it changed) and updates the share in force.
+    fn refresh_share(&mut self, runtime: &Runtime, now_ms: u64) {
+        let key = published_key(&runtime.config.deployment);
+        if let (Some(bytes), cas) = self.get_shared_data(&key) {
+            if cas != self.seen_cas || self.published.is_none() {
+                self.seen_cas = cas;
+                match Published::decode(&bytes) {
+                    Some(p) if p.rollout.deployment == runtime.config.deployment => self.published = Some(p),
+                    _ => {} // unreadable: keep what this VM had
+                }
+            }
+        }
+        let share = effective_share(
+            self.published.as_ref(),
+            runtime.config.analyzer.as_ref(),
+            runtime.config.initial_share,
+            now_ms,
+        );
+        runtime.share.set(share);
+    }
+
+    /// Takes the poll lease if it is due and this VM wins the compare-and-swap.
+    fn try_poll(&mut self, runtime: &Runtime, now_ms: u64) {
+        let Some(analyzer) = runtime.config.analyzer.as_ref() else { return };
+        if self.in_flight.is_some() {
+            return;
+        }
+        let key = lease_key(&runtime.config.deployment);
+        let (stored, cas) = self.get_shared_data(&key);
+        if !lease_is_due(stored.as_deref(), now_ms) {
+            return;
+        }
+        let next_due = now_ms + u64::from(analyzer.poll_interval_ms);
+        if self.set_shared_data(&key, Some(&lease_value(next_due)), cas).is_err() {
+            return; // another VM took it
+        }
+        let headers = vec![
+            (":method", "GET"),
+            (":path", analyzer.path.as_str()),
+            (":authority", analyzer.authority.as_str()),
+            ("accept", "application/json"),
+        ];
+        let timeout = Duration::from_millis(u64::from(analyzer.timeout_ms));
+        match self.dispatch_http_call(&analyzer.cluster, headers, None, vec![], timeout) {
+            Ok(token) => self.in_flight = Some(token),
+            Err(status) => warn!(
+                "wasm canary {}: cannot call analyzer cluster {:?}: {status:?}; keeping share {}",
+                runtime.config.deployment,
+                analyzer.cluster,
+                runtime.share.get()
+            ),
+        }
+    }
+
+    /// Applies one analyzer answer: publish if newer, renew freshness if the same.
+    fn accept(&mut self, runtime: &Runtime, body: Result<Vec<u8>, AnswerError>, now_ms: u64) -> Result<(), AnswerError> {
+        let deployment = &runtime.config.deployment;
+        let answer = parse_answer(&body?, deployment)?;
+        self.refresh_share(runtime, now_ms);
+        let previous = self.published.as_ref().map(|p| &p.rollout);
+        match merge(previous, &answer) {
+            Merge::Ignored { have, got } => {
+                warn!("wasm canary {deployment}: ignoring analyzer answer of generation {got}, already at {have}");
+                return Ok(());
+            }
+            Merge::Applied => {
+                let before = previous.map_or(runtime.config.initial_share, |p| p.share());
+                info!(
+                    "wasm canary {deployment}: share {before} -> {} (generation {}, state {:?})",
+                    answer.share(),
+                    answer.generation,
+                    answer.state
+                );
+            }
+            Merge::Refreshed => {}
+        }
+        let record = Published { rollout: answer, confirmed_ms: now_ms };
+        let key = published_key(deployment);
+        if let Err(status) = self.set_shared_data(&key, Some(&record.encode()), None) {
+            warn!("wasm canary {deployment}: cannot publish rollout config: {status:?}");
+        }
+        self.refresh_share(runtime, now_ms);
+        Ok(())
+    }
+}
+
+impl Context for CanaryRoot {
+    fn on_http_call_response(&mut self, token: u32, _: usize, body_size: usize, _: usize) {
+        if self.in_flight != Some(token) {
+            return;
+        }
+        self.in_flight = None;
+        let Some(runtime) = self.runtime.clone() else { return };
+        let now_ms = self.now_ms();
+        let body = match self.get_http_call_response_header(":status") {
+            None => Err(AnswerError::Status("none (timeout or reset)".into())),
+            Some(status) if status != "200" => Err(AnswerError::Status(status)),
+            Some(_) => Ok(self.get_http_call_response_body(0, body_size).unwrap_or_default()),
+        };
+        if let Err(e) = self.accept(&runtime, body, now_ms) {
+            let age = self.published.as_ref().map(|p| now_ms.saturating_sub(p.confirmed_ms) / 1000);
+            warn!(
+                "wasm canary {}: {e}; keeping share {} (last good answer {})",
+                runtime.config.deployment,
+                runtime.share.get(),
+                age.map_or("never".to_string(), |s| format!("{s} s ago"))
+            );
+        }
+    }
+}
+
+impl RootContext for CanaryRoot {
+    fn on_configure(&mut self, _: usize) -> bool {
+        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        let config = match FilterConfig::parse(&bytes) {
+            Ok(config) => config,
+            Err(e) => {
+                error!("wasm canary: {e}");
+                return false;
+            }
+        };
+        let metrics = match MetricIds::define(&config.deployment) {
+            Ok(m) => m,
+            Err(status) => {
+                error!("wasm canary {}: cannot define metrics: {status:?}", config.deployment);
+                return false;
+            }
+        };
+        if let Some(analyzer) = &config.analyzer {
+            self.set_tick_period(Duration::from_millis(u64::from(tick_period_ms(analyzer))));
+        }
+        let runtime = Rc::new(Runtime { share: Cell::new(config.initial_share), config, metrics });
+        self.published = None;
+        self.seen_cas = None;
+        self.refresh_share(&runtime, self.now_ms());
+        self.runtime = Some(runtime);
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let Some(runtime) = self.runtime.clone() else { return };
+        let now_ms = self.now_ms();
+        self.refresh_share(&runtime, now_ms);
+        self.try_poll(&runtime, now_ms);
+    }
+
+    fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
+        // Without a valid configuration Envoy refuses the plugin, so this is always Some.
+        self.runtime.as_ref().map(|r| Box::new(CanaryHttp::new(Rc::clone(r))) as Box<dyn HttpContext>)
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
