@@ -1,0 +1,1 @@
+//! The analyzer: scrape per-cohort metrics, compare canary with control, decide.
