@@ -158,7 +158,11 @@ impl FilterConfig {
         let raw: RawConfig = serde_json::from_slice(bytes).map_err(|e| {
             let text = String::from_utf8_lossy(bytes);
             let shown: String = text.chars().take(80).collect();
-            ConfigError::new(json_error_field(&e), format!("{shown:?}"), format!("valid plugin configuration JSON ({e})"))
+            ConfigError::new(
+                json_error_field(&e),
+                format!("{shown:?}"),
+                format!("valid plugin configuration JSON ({e})"),
+            )
         })?;
         raw.validate()
     }
@@ -181,9 +185,8 @@ fn json_error_field(e: &serde_json::Error) -> String {
 
 impl RawConfig {
     fn validate(self) -> Result<FilterConfig, ConfigError> {
-        let deployment = self
-            .deployment
-            .ok_or_else(|| ConfigError::new("deployment", "(missing)", "a deployment id"))?;
+        let deployment =
+            self.deployment.ok_or_else(|| ConfigError::new("deployment", "(missing)", "a deployment id"))?;
         if deployment.is_empty()
             || deployment.len() > MAX_DEPLOYMENT_LEN
             || !deployment.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
@@ -419,16 +422,44 @@ mod tests {
             (r#"{"deployment":"a","routing_header":":path"}"#, "routing_header", "header name"),
             (r#"{"deployment":"a","routing_header":""}"#, "routing_header", "header name"),
             (r#"{"deployment":"a","user_id":{"sources":[{}]}}"#, "user_id.sources[0]", "exactly one"),
-            (r#"{"deployment":"a","user_id":{"sources":[{"header":"a","cookie":"b"}]}}"#, "user_id.sources[0]", "exactly one"),
-            (r#"{"deployment":"a","user_id":{"sources":[{"header":"x y"}]}}"#, "user_id.sources[0].header", "header name"),
-            (r#"{"deployment":"a","user_id":{"sources":[{"cookie":"a;b"}]}}"#, "user_id.sources[0].cookie", "cookie name"),
+            (
+                r#"{"deployment":"a","user_id":{"sources":[{"header":"a","cookie":"b"}]}}"#,
+                "user_id.sources[0]",
+                "exactly one",
+            ),
+            (
+                r#"{"deployment":"a","user_id":{"sources":[{"header":"x y"}]}}"#,
+                "user_id.sources[0].header",
+                "header name",
+            ),
+            (
+                r#"{"deployment":"a","user_id":{"sources":[{"cookie":"a;b"}]}}"#,
+                "user_id.sources[0].cookie",
+                "cookie name",
+            ),
             (r#"{"deployment":"a","user_id":{"anonymous":"random"}}"#, "user_id.anonymous", "sticky_cookie"),
             (r#"{"deployment":"a","user_id":{"anonymous":"control"}}"#, "user_id.sources", "at least one"),
             (r#"{"deployment":"a","user_id":{"sticky_cookie":"a=b"}}"#, "user_id.sticky_cookie", "cookie name"),
-            (r#"{"deployment":"a","population":{"all":[{"equals":"x"}]}}"#, "population.all[0]", "exactly one of `header`"),
-            (r#"{"deployment":"a","population":{"any":[{"header":"h"}]}}"#, "population.any[0]", "exactly one of `equals`"),
-            (r#"{"deployment":"a","population":{"any":[{"header":"h","equals":"a","suffix":"b"}]}}"#, "population.any[0]", "exactly one of `equals`"),
-            (r#"{"deployment":"a","population":{"all":[{"header":"h h","present":true}]}}"#, "population.all[0].header", "header name"),
+            (
+                r#"{"deployment":"a","population":{"all":[{"equals":"x"}]}}"#,
+                "population.all[0]",
+                "exactly one of `header`",
+            ),
+            (
+                r#"{"deployment":"a","population":{"any":[{"header":"h"}]}}"#,
+                "population.any[0]",
+                "exactly one of `equals`",
+            ),
+            (
+                r#"{"deployment":"a","population":{"any":[{"header":"h","equals":"a","suffix":"b"}]}}"#,
+                "population.any[0]",
+                "exactly one of `equals`",
+            ),
+            (
+                r#"{"deployment":"a","population":{"all":[{"header":"h h","present":true}]}}"#,
+                "population.all[0].header",
+                "header name",
+            ),
             (r#"{"deployment":"a","population":{"allow":["x",""]}}"#, "population.allow[1]", "non-empty"),
             (r#"{"deployment":"a","population":{"deny":[""]}}"#, "population.deny[0]", "non-empty"),
             (r#"{"deployment":"a","initial_share_bp":10001}"#, "initial_share_bp", "0 to 10000"),
@@ -436,11 +467,27 @@ mod tests {
             (r#"{"deployment":"a","analyzer":{}}"#, "analyzer.cluster", "Envoy cluster"),
             (r#"{"deployment":"a","analyzer":{"cluster":""}}"#, "analyzer.cluster", "Envoy cluster"),
             (r#"{"deployment":"a","analyzer":{"cluster":"c","path":"config"}}"#, "analyzer.path", "'/'"),
-            (r#"{"deployment":"a","analyzer":{"cluster":"c","poll_interval_ms":10}}"#, "analyzer.poll_interval_ms", "at least 100"),
+            (
+                r#"{"deployment":"a","analyzer":{"cluster":"c","poll_interval_ms":10}}"#,
+                "analyzer.poll_interval_ms",
+                "at least 100",
+            ),
             (r#"{"deployment":"a","analyzer":{"cluster":"c","timeout_ms":0}}"#, "analyzer.timeout_ms", "between 1"),
-            (r#"{"deployment":"a","analyzer":{"cluster":"c","poll_interval_ms":500,"timeout_ms":501}}"#, "analyzer.timeout_ms", "between 1"),
-            (r#"{"deployment":"a","analyzer":{"cluster":"c","poll_interval_ms":500,"stale_after_ms":999}}"#, "analyzer.stale_after_ms", "two poll intervals"),
-            (r#"{"deployment":"a","analyzer":{"cluster":"c","when_stale":"panic"}}"#, "analyzer.when_stale", "\"keep\""),
+            (
+                r#"{"deployment":"a","analyzer":{"cluster":"c","poll_interval_ms":500,"timeout_ms":501}}"#,
+                "analyzer.timeout_ms",
+                "between 1",
+            ),
+            (
+                r#"{"deployment":"a","analyzer":{"cluster":"c","poll_interval_ms":500,"stale_after_ms":999}}"#,
+                "analyzer.stale_after_ms",
+                "two poll intervals",
+            ),
+            (
+                r#"{"deployment":"a","analyzer":{"cluster":"c","when_stale":"panic"}}"#,
+                "analyzer.when_stale",
+                "\"keep\"",
+            ),
         ];
         for (json, field, expected) in cases {
             let e = error(json);

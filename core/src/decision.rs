@@ -163,14 +163,22 @@ mod tests {
         let c = user(true);
         let d = decide(&sticky, HALF, &mut headers(&[]), || Some(c.clone()));
         assert_eq!(d.cohort, Cohort::Canary);
-        assert_eq!(d.set_cookie.as_deref(), Some(format!("canary_uid={c}; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax").as_str()));
+        assert_eq!(
+            d.set_cookie.as_deref(),
+            Some(format!("canary_uid={c}; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax").as_str())
+        );
         let cookie = format!("canary_uid={c}");
         let again = decide(&sticky, HALF, &mut headers(&[("cookie", &cookie)]), || None);
         assert_eq!(again, Decision { cohort: Cohort::Canary, set_cookie: None }, "the cookie is honoured");
         let forged = decide(&sticky, HALF, &mut headers(&[("cookie", "canary_uid=a b")]), || Some(c.clone()));
         assert!(forged.set_cookie.is_some(), "implausible sticky ids are replaced");
-        assert_eq!(decide(&sticky, HALF, &mut headers(&[]), || None).cohort, Cohort::Excluded, "no randomness: excluded");
-        let control = config(r#"{"deployment":"checkout","user_id":{"sources":[{"header":"x-user-id"}],"anonymous":"control"}}"#);
+        assert_eq!(
+            decide(&sticky, HALF, &mut headers(&[]), || None).cohort,
+            Cohort::Excluded,
+            "no randomness: excluded"
+        );
+        let control =
+            config(r#"{"deployment":"checkout","user_id":{"sources":[{"header":"x-user-id"}],"anonymous":"control"}}"#);
         let d = decide(&control, Share::FULL, &mut headers(&[]), || Some(c.clone()));
         assert_eq!(d, Decision { cohort: Cohort::Excluded, set_cookie: None });
     }

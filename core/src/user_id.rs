@@ -82,6 +82,9 @@ mod tests {
         assert!(!is_plausible_sticky_id("a b"));
         assert!(!is_plausible_sticky_id(&"a".repeat(129)));
         let cookie = StickyCookie { name: "canary_uid".into(), max_age_s: 60 };
-        assert_eq!(cookie.set_cookie_value(&id), format!("canary_uid={id}; Path=/; Max-Age=60; HttpOnly; SameSite=Lax"));
+        assert_eq!(
+            cookie.set_cookie_value(&id),
+            format!("canary_uid={id}; Path=/; Max-Age=60; HttpOnly; SameSite=Lax")
+        );
     }
 }

@@ -5,11 +5,11 @@
 //! one header write, and in `on_log` two property reads plus two metric updates.
 
 use crate::runtime::Runtime;
+use canary_core::Cohort;
 use canary_core::cohort::{ROUTE_CANARY, ROUTE_STABLE};
 use canary_core::decision::{RequestView, decide};
 use canary_core::metrics::StatusClass;
 use canary_core::user_id::sticky_id_from_bytes;
-use canary_core::Cohort;
 use proxy_wasm::hostcalls::{increment_metric, record_metric};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
@@ -79,7 +79,9 @@ impl HttpContext for CanaryHttp {
         if let Some(id) = metrics.requests(cohort, class) {
             let _ = increment_metric(id, 1);
         }
-        if let (Some(id), Some(ns)) = (metrics.latency(cohort), u64_property(self.get_property(vec!["request", "duration"]))) {
+        if let (Some(id), Some(ns)) =
+            (metrics.latency(cohort), u64_property(self.get_property(vec!["request", "duration"])))
+        {
             let _ = record_metric(id, ns / 1_000);
         }
     }

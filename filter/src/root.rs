@@ -5,9 +5,11 @@
 
 use crate::http::CanaryHttp;
 use crate::runtime::{MetricIds, Runtime};
-use canary_core::poll::{Published, effective_share, lease_is_due, lease_key, lease_value, published_key, tick_period_ms};
-use canary_core::rollout::{AnswerError, Merge, merge, parse_answer};
 use canary_core::FilterConfig;
+use canary_core::poll::{
+    Published, effective_share, lease_is_due, lease_key, lease_value, published_key, tick_period_ms,
+};
+use canary_core::rollout::{AnswerError, Merge, merge, parse_answer};
 use log::{error, info, warn};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
@@ -89,7 +91,12 @@ impl CanaryRoot {
     }
 
     /// Applies one analyzer answer: publish if newer, renew freshness if the same.
-    fn accept(&mut self, runtime: &Runtime, body: Result<Vec<u8>, AnswerError>, now_ms: u64) -> Result<(), AnswerError> {
+    fn accept(
+        &mut self,
+        runtime: &Runtime,
+        body: Result<Vec<u8>, AnswerError>,
+        now_ms: u64,
+    ) -> Result<(), AnswerError> {
         let deployment = &runtime.config.deployment;
         let answer = parse_answer(&body?, deployment)?;
         self.refresh_share(runtime, now_ms);

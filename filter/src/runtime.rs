@@ -17,7 +17,8 @@ pub struct MetricIds {
 
 impl MetricIds {
     pub fn define(deployment: &str) -> Result<MetricIds, Status> {
-        let mut ids = MetricIds { requests: [[0; StatusClass::ALL.len()]; Cohort::ALL.len()], latency: [0; Cohort::ALL.len()] };
+        let mut ids =
+            MetricIds { requests: [[0; StatusClass::ALL.len()]; Cohort::ALL.len()], latency: [0; Cohort::ALL.len()] };
         for (cohort, row) in Cohort::ALL.iter().zip(ids.requests.iter_mut()) {
             for (class, id) in StatusClass::ALL.iter().zip(row.iter_mut()) {
                 *id = define_metric(MetricType::Counter, &requests_stat(deployment, *cohort, *class))?;
