@@ -23,19 +23,23 @@ const STACK_INPUT: usize = 256;
 /// The bucket (0..10 000) of a user for a deployment.
 pub fn bucket(deployment: &str, user_id: &str) -> u16 {
     let (d, u) = (deployment.as_bytes(), user_id.as_bytes());
-    let len = d.len() + 1 + u.len();
-    let hash = if len <= STACK_INPUT {
-        let mut buf = [0u8; STACK_INPUT];
-        buf[..d.len()].copy_from_slice(d);
-        buf[d.len()] = SEPARATOR;
-        buf[d.len() + 1..len].copy_from_slice(u);
-        xxh3_64(&buf[..len])
-    } else {
-        let mut hasher = Xxh3::new();
-        hasher.update(d);
-        hasher.update(&[SEPARATOR]);
-        hasher.update(u);
-        hasher.digest()
+    let mut buf = [0u8; STACK_INPUT];
+    let hash = match buf.get_mut(..d.len() + 1 + u.len()) {
+        Some(input) => {
+            let (head, user) = input.split_at_mut(d.len() + 1);
+            let (dep, sep) = head.split_at_mut(d.len());
+            dep.copy_from_slice(d);
+            sep.fill(SEPARATOR);
+            user.copy_from_slice(u);
+            xxh3_64(input)
+        }
+        None => {
+            let mut hasher = Xxh3::new();
+            hasher.update(d);
+            hasher.update(&[SEPARATOR]);
+            hasher.update(u);
+            hasher.digest()
+        }
     };
     // u64 % 10_000 < 10_000 always fits in u16; modulo bias is below 1e-15.
     (hash % u64::from(BUCKETS)) as u16

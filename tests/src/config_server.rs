@@ -69,7 +69,13 @@ async fn serve_config(inner: Arc<Mutex<Inner>>, req: Request<Incoming>) -> HttpR
 
 impl ConfigServer {
     pub async fn start(answer: Answer) -> ConfigServer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind config server");
+        Self::start_on(answer, 0).await
+    }
+
+    /// Starts on a given loopback port (0: any free one).
+    pub async fn start_on(answer: Answer, port: u16) -> ConfigServer {
+        let listener =
+            TcpListener::bind(("127.0.0.1", port)).await.unwrap_or_else(|e| panic!("bind 127.0.0.1:{port}: {e}"));
         let addr = listener.local_addr().expect("config server address");
         let inner = Arc::new(Mutex::new(Inner { answer: Some(answer), polls: Vec::new() }));
         let mut server = ConfigServer { addr, inner, task: None };

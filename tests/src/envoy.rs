@@ -42,20 +42,43 @@ fn set_cluster_port(yaml: &mut Yaml, cluster: &str, port: u16) {
 }
 
 impl EnvoyConfig {
-    /// Loads `envoy/envoy.yaml` and points it at the given upstreams and config server.
-    pub fn shipped(stable: SocketAddr, canary: SocketAddr, analyzer: SocketAddr) -> EnvoyConfig {
+    /// Loads `envoy/envoy.yaml` as shipped, ports included (the demo uses it so).
+    pub fn as_shipped() -> EnvoyConfig {
         let text = std::fs::read_to_string(repo_root().join("envoy/envoy.yaml")).expect("read envoy/envoy.yaml");
-        let mut yaml: Yaml = serde_yaml_ng::from_str(&text).expect("envoy/envoy.yaml parses");
-        let (listener_port, admin_port) = (free_port(), free_port());
-        yaml["admin"]["address"]["socket_address"]["port_value"] = Yaml::from(admin_port);
-        yaml["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = Yaml::from(listener_port);
-        set_cluster_port(&mut yaml, "stable", stable.port());
-        set_cluster_port(&mut yaml, "canary", canary.port());
-        set_cluster_port(&mut yaml, "canary_analyzer", analyzer.port());
+        let yaml: Yaml = serde_yaml_ng::from_str(&text).expect("envoy/envoy.yaml parses");
+        let port = |v: &Yaml| v["socket_address"]["port_value"].as_u64().and_then(|p| u16::try_from(p).ok());
+        let admin_port = port(&yaml["admin"]["address"]).expect("envoy.yaml: admin port");
+        let listener_port = port(&yaml["static_resources"]["listeners"][0]["address"]).expect("envoy.yaml: port");
         let mut config = EnvoyConfig { yaml, listener_port, admin_port };
         let wasm = wasm_path().to_string_lossy().into_owned();
         config.wasm_config()["vm_config"]["code"]["local"]["filename"] = Yaml::from(wasm);
         config
+    }
+
+    /// The shipped config on free ports, pointed at the given upstreams and config server.
+    pub fn shipped(stable: SocketAddr, canary: SocketAddr, analyzer: SocketAddr) -> EnvoyConfig {
+        let mut config = Self::as_shipped();
+        config.listener_port = free_port();
+        config.admin_port = free_port();
+        let yaml = &mut config.yaml;
+        yaml["admin"]["address"]["socket_address"]["port_value"] = Yaml::from(config.admin_port);
+        yaml["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] =
+            Yaml::from(config.listener_port);
+        set_cluster_port(yaml, "stable", stable.port());
+        set_cluster_port(yaml, "canary", canary.port());
+        set_cluster_port(yaml, "canary_analyzer", analyzer.port());
+        config
+    }
+
+    /// The port a shipped cluster points at.
+    pub fn cluster_port(&self, cluster: &str) -> u16 {
+        let clusters = self.yaml["static_resources"]["clusters"].as_sequence().expect("envoy.yaml: clusters");
+        let cluster = clusters.iter().find(|c| c["name"].as_str() == Some(cluster)).expect("envoy.yaml: cluster");
+        cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+            ["port_value"]
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .expect("cluster port")
     }
 
     fn wasm_config(&mut self) -> &mut Yaml {
@@ -184,6 +207,10 @@ impl Envoy {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn log_text(&self) -> String {

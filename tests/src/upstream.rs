@@ -39,7 +39,13 @@ async fn answer(version: &'static str, req: Request<Incoming>) -> HttpResult {
 impl Upstream {
     /// Starts an upstream on a free loopback port.
     pub async fn start(version: &'static str) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        Self::start_on(version, 0).await
+    }
+
+    /// Starts an upstream on a given loopback port (0: any free one).
+    pub async fn start_on(version: &'static str, port: u16) -> Upstream {
+        let listener =
+            TcpListener::bind(("127.0.0.1", port)).await.unwrap_or_else(|e| panic!("bind 127.0.0.1:{port}: {e}"));
         let addr = listener.local_addr().expect("upstream address");
         let task = http_server::spawn(listener, move |req| answer(version, req));
         Upstream { addr, task }

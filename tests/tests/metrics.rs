@@ -32,7 +32,9 @@ fn latency(scrape: &Scrape, cohort: &str, le_us: f64) -> (u64, u64) {
     let sample = scrape
         .samples
         .iter()
-        .find(|s| s.metric == "canary_latency_us" && label(s, "cohort") == cohort && label(s, "deployment") == DEPLOYMENT)
+        .find(|s| {
+            s.metric == "canary_latency_us" && label(s, "cohort") == cohort && label(s, "deployment") == DEPLOYMENT
+        })
         .unwrap_or_else(|| panic!("no latency histogram for {cohort}"));
     let Value::Histogram(buckets) = &sample.value else { panic!("canary_latency_us is not a histogram") };
     let total = buckets.iter().map(|b| b.count).fold(0.0, f64::max) as u64;
@@ -75,14 +77,17 @@ async fn per_cohort_series_count_the_traffic_sent_including_5xx_and_resets() {
     let (canary, control): (Vec<String>, Vec<String>) =
         ids.into_iter().partition(|id| Rig::expected_version(id, 5_000) == "canary");
     // Per cohort: 100 x 200, 20 x 503, 10 x 404, 5 resets, 30 slow (20 ms).
-    let plan: [(&str, usize); 5] = [("/", 100), ("/status/503", 20), ("/status/404", 10), ("/reset", 5), ("/delay/20", 30)];
+    let plan: [(&str, usize); 5] =
+        [("/", 100), ("/status/503", 20), ("/status/404", 10), ("/reset", 5), ("/delay/20", 30)];
     for users in [&canary, &control] {
         for (path, n) in plan {
             let batch: Vec<String> = users.iter().cycle().take(n).cloned().collect();
-            let statuses = rig
-                .client
-                .map_parallel(&batch, move |client, id| async move { client.get(path, &[("x-user-id", &id)]).await.status })
-                .await;
+            let statuses =
+                rig.client
+                    .map_parallel(&batch, move |client, id| async move {
+                        client.get(path, &[("x-user-id", &id)]).await.status
+                    })
+                    .await;
             let expected = match path {
                 "/status/503" | "/reset" => 503,
                 "/status/404" => 404,

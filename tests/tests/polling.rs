@@ -49,8 +49,14 @@ async fn the_last_good_share_survives_outages_garbage_and_older_generations() {
     rig.config_server.restart().await;
     for (what, answer) in [
         ("garbage body", Answer::Garbage("<html>oops</html>".into())),
-        ("wrong types", Answer::Garbage(r#"{"deployment":"demo","generation":"x","share_bp":0,"state":"progressing"}"#.into())),
-        ("share out of range", Answer::Garbage(r#"{"deployment":"demo","generation":9,"share_bp":20000,"state":"progressing"}"#.into())),
+        (
+            "wrong types",
+            Answer::Garbage(r#"{"deployment":"demo","generation":"x","share_bp":0,"state":"progressing"}"#.into()),
+        ),
+        (
+            "share out of range",
+            Answer::Garbage(r#"{"deployment":"demo","generation":9,"share_bp":20000,"state":"progressing"}"#.into()),
+        ),
         ("another deployment", Answer::share("search", 9, 0)),
         ("HTTP 500", Answer::Status(500)),
         ("older generation", Answer::share(DEPLOYMENT, 0, 0)),
@@ -65,7 +71,13 @@ async fn the_last_good_share_survives_outages_garbage_and_older_generations() {
     rig.config_server.set(Answer::share(DEPLOYMENT, 3, 0));
     rig.wait_for_share(0, POLL_INTERVAL * 4).await;
     let log = rig.envoy.log_text();
-    for needle in ["expected 200", "not a rollout config", "expected \\\"demo\\\"", "share_bp = 20000", "ignoring analyzer answer of generation 0"] {
+    for needle in [
+        "expected 200",
+        "not a rollout config",
+        "expected \\\"demo\\\"",
+        "share_bp = 20000",
+        "ignoring analyzer answer of generation 0",
+    ] {
         assert!(log.contains(needle) || log.contains(&needle.replace("\\\"", "\"")), "log lacks {needle:?}:\n{log}");
     }
 }

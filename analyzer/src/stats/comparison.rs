@@ -58,8 +58,12 @@ impl Verdict {
 pub enum DifferenceScale {
     /// `canary − control`, in the metric's unit (e.g. microseconds).
     Absolute,
-    /// `canary / control − 1` (e.g. 0.3 means the canary is 30 % higher).
+    /// `canary / control − 1` (e.g. 0.3 means the canary is 30 % higher); for
+    /// error rates the ratio is of per-request error rates.
     Relative,
+    /// `odds ratio − 1` of the canary's traffic share against the expected share
+    /// (for small shares close to `realised / expected − 1`).
+    RelativeOdds,
 }
 
 /// A confidence interval; a missing bound means unbounded on that side.
@@ -137,6 +141,7 @@ fn compare_severity(a: &ComparisonRow, b: &ComparisonRow) -> Ordering {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)] // tests fail loudly by design
 mod tests {
     use super::*;
 

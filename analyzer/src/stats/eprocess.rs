@@ -60,6 +60,7 @@ pub(crate) fn log_average_of_two(log_a: f64, log_b: f64) -> f64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)] // tests fail loudly by design
 mod tests {
     use super::*;
 

