@@ -1,8 +1,12 @@
 //! Per-request work: decide the cohort, set the routing header (replacing any
 //! value the client sent), add the sticky cookie, count the request in `on_log`.
 //!
-//! Host calls per request: the header reads the decision needs (usually one),
-//! one header write, and in `on_log` two property reads plus two metric updates.
+//! Host calls per request: the header reads the decision needs (usually one), one
+//! header write and a clock read; one header read for `:status`; in `on_log` a clock
+//! read and two metric updates. `get_property` is avoided on the common path: in
+//! Envoy 1.40 it evaluates a CEL path and cost ~6 µs per call in `make bench`, so
+//! the status comes from the response headers and the duration from two clock reads;
+//! `response.code_details` is read only for 5xx, to tell resets from answers.
 
 use crate::runtime::Runtime;
 use canary_core::Cohort;
@@ -14,16 +18,21 @@ use proxy_wasm::hostcalls::{increment_metric, record_metric};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::rc::Rc;
+use std::time::SystemTime;
 
 pub struct CanaryHttp {
     runtime: Rc<Runtime>,
     cohort: Option<Cohort>,
     set_cookie: Option<String>,
+    /// When the filter saw the request headers.
+    started: Option<SystemTime>,
+    /// The `:status` of the response headers, if any were sent.
+    status: Option<u32>,
 }
 
 impl CanaryHttp {
     pub fn new(runtime: Rc<Runtime>) -> Self {
-        Self { runtime, cohort: None, set_cookie: None }
+        Self { runtime, cohort: None, set_cookie: None, started: None, status: None }
     }
 }
 
@@ -43,11 +52,6 @@ fn new_sticky_id() -> Option<String> {
     Some(sticky_id_from_bytes(bytes))
 }
 
-/// Property values are little-endian 8-byte integers (`response.code`, `request.duration` in ns).
-fn u64_property(bytes: Option<Vec<u8>>) -> Option<u64> {
-    bytes.and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok()).map(u64::from_le_bytes)
-}
-
 impl Context for CanaryHttp {}
 
 impl HttpContext for CanaryHttp {
@@ -59,10 +63,13 @@ impl HttpContext for CanaryHttp {
         self.set_http_request_header(&runtime.config.routing_header, Some(route));
         self.cohort = Some(decision.cohort);
         self.set_cookie = decision.set_cookie;
+        self.started = Some(self.get_current_time());
         Action::Continue
     }
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+        // Local replies (e.g. Envoy's 503 for an upstream reset) pass here too.
+        self.status = self.get_http_response_header(":status").and_then(|s| s.parse().ok());
         if let Some(cookie) = self.set_cookie.take() {
             self.add_http_response_header("set-cookie", &cookie);
         }
@@ -71,18 +78,17 @@ impl HttpContext for CanaryHttp {
 
     fn on_log(&mut self) {
         let Some(cohort) = self.cohort else { return };
-        let code = u64_property(self.get_property(vec!["response", "code"])).unwrap_or(0);
-        let class = StatusClass::classify(u32::try_from(code).unwrap_or(0), || {
+        // No response headers: the stream ended before any response (a reset).
+        let class = StatusClass::classify(self.status.unwrap_or(0), || {
             self.get_property(vec!["response", "code_details"]).and_then(|b| String::from_utf8(b).ok())
         });
         let metrics = &self.runtime.metrics;
         if let Some(id) = metrics.requests(cohort, class) {
             let _ = increment_metric(id, 1);
         }
-        if let (Some(id), Some(ns)) =
-            (metrics.latency(cohort), u64_property(self.get_property(vec!["request", "duration"])))
-        {
-            let _ = record_metric(id, ns / 1_000);
+        let elapsed = self.started.and_then(|start| self.get_current_time().duration_since(start).ok());
+        if let (Some(id), Some(elapsed)) = (metrics.latency(cohort), elapsed) {
+            let _ = record_metric(id, u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX));
         }
     }
 }
