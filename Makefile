@@ -15,7 +15,7 @@ deps:
 
 ## build: the filter (wasm32-wasip1, release) and the native crates
 build: wasm
-	$(CARGO) build --workspace --exclude canary-filter
+	$(CARGO) build --workspace --exclude canary-filter --exclude noop-filter
 
 wasm:
 	$(CARGO) build -p canary-filter --target wasm32-wasip1 --profile wasm-release
@@ -25,7 +25,7 @@ wasm:
 test: deps build test-native test-wasm test-e2e
 
 test-native:
-	$(CARGO) test --workspace --exclude canary-filter --exclude canary-e2e
+	$(CARGO) test --workspace --exclude canary-filter --exclude noop-filter --exclude canary-e2e
 
 test-wasm:
 	$(CARGO) test -p canary-core --target wasm32-wasip1
@@ -42,6 +42,7 @@ lint:
 ## bench: native decision cost and Envoy with vs. without the filter (needs wrk)
 bench: wasm
 	@scripts/install-deps.sh bench
+	$(CARGO) build -p noop-filter --target wasm32-wasip1 --profile wasm-release
 	$(CARGO) run --release -p canary-e2e --bin bench
 
 ## demo: the local Envoy with the filter, two versions and a rollout config server

@@ -23,6 +23,8 @@ apt_install() {
 }
 
 command -v node >/dev/null || apt_install nodejs
+# A real Prometheus for the Prometheus-source test.
+command -v prometheus >/dev/null || apt_install prometheus
 if [ "${1:-}" = bench ]; then
   command -v wrk >/dev/null || apt_install wrk
 fi

@@ -1,4 +1,8 @@
 //! The analyzer: scrape per-cohort metrics, compare canary with control, decide.
 
+pub mod audit;
+pub mod ladder;
+pub mod policy;
 pub mod simulation;
+pub mod source;
 pub mod stats;

@@ -122,6 +122,11 @@ impl EnvoyConfig {
         .expect("direct response route");
     }
 
+    /// Loads another wasm module in place of the filter (the benchmark's no-op filter).
+    pub fn with_wasm_module(&mut self, path: &std::path::Path) {
+        self.wasm_config()["vm_config"]["code"]["local"]["filename"] = Yaml::from(path.to_string_lossy().into_owned());
+    }
+
     /// Drops the wasm filter (the benchmark's baseline).
     pub fn without_wasm(&mut self) {
         http_filters(&mut self.yaml).retain(|f| f["name"].as_str() != Some("envoy.filters.http.wasm"));

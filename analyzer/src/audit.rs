@@ -1,0 +1,643 @@
+//! Durable memory of the analyzer: the append-only audit log of every decision
+//! and the persisted state of every rollout, and the recovery that puts them
+//! back together after a crash.
+//!
+//! The order is what makes it safe ([`RolloutStore::commit`]):
+//! 1. the decision is appended to `audit.jsonl` as one JSON line with the next
+//!    sequence number, and `sync_data` returns: only now may it take effect;
+//! 2. the rollout's state, with that sequence number as `last_applied_sequence`,
+//!    is written to a temporary file, synced, and renamed over
+//!    `state/<deployment>.json` (then the directory is synced).
+//!
+//! A crash during 1 leaves a torn last line. It was never acknowledged, so no
+//! state reflects it: [`AuditLog::open`] cuts it off and the next record reuses
+//! its sequence number. A crash between 1 and 2 leaves a state file one record
+//! behind: every record carries the full state after the decision (and the
+//! policy), so recovery adopts the newest record's state whenever its sequence
+//! number is above the state file's — replaying twice changes nothing, and no
+//! record is lost or written twice.
+//!
+//! One process owns a store directory at a time (nothing here locks it).
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::ladder::{Decision, RolloutState};
+use crate::policy::RolloutPolicy;
+
+/// The audit log's file name inside a store directory.
+pub const AUDIT_FILE: &str = "audit.jsonl";
+/// The directory of per-rollout state files inside a store directory.
+pub const STATE_DIR: &str = "state";
+/// Suffix of a state file being written; left-overs from a crash are removed on open.
+const TEMP_SUFFIX: &str = ".tmp";
+/// Suffix of a committed state file.
+const STATE_SUFFIX: &str = ".json";
+
+/// Why the store could not read or write.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("cannot {action} {path}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("audit log {path} is corrupt at line {line}: {reason}")]
+    Corrupt { path: PathBuf, line: u64, reason: String },
+    #[error("state file {path} is unreadable")]
+    State {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("cannot encode an audit record")]
+    Encode(#[source] serde_json::Error),
+    #[error("audit log {0} failed a write it could not undo; reopen the store")]
+    Poisoned(PathBuf),
+}
+
+fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> AuditError {
+    let path = path.to_path_buf();
+    move |source| AuditError::Io { action, path, source }
+}
+
+/// One line of the audit log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// 1, 2, 3, ... across the whole log, without gaps.
+    pub sequence: u64,
+    /// When the decision was made (Unix ms).
+    pub at_ms: u64,
+    pub deployment: String,
+    /// The decision: action, reason, actor and the comparison rows behind it.
+    pub decision: Decision,
+    pub policy_name: String,
+    /// [`RolloutPolicy::fingerprint`] of `policy`.
+    pub policy_hash: String,
+    /// The full policy in force, so the record is self-contained.
+    pub policy: RolloutPolicy,
+    /// `None` for the record that registers a rollout.
+    pub before: Option<RolloutState>,
+    pub after: RolloutState,
+}
+
+/// The append-only JSON-lines log.
+#[derive(Debug)]
+pub struct AuditLog {
+    path: PathBuf,
+    file: File,
+    /// Length of the file up to the end of the last acknowledged record.
+    committed_len: u64,
+    next_sequence: u64,
+    /// Set when a failed append could not be cut off again: appending more would bury a torn line.
+    poisoned: bool,
+}
+
+/// What [`AuditLog::open`] found.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AuditRecovery {
+    /// The newest record of each deployment (all recovery needs: records carry full states).
+    pub latest_by_deployment: BTreeMap<String, AuditRecord>,
+    /// Complete records in the log.
+    pub records: u64,
+    /// Bytes of a torn last line that were cut off (0 after a clean shutdown).
+    pub truncated_bytes: u64,
+}
+
+impl AuditLog {
+    /// Opens (creating if needed) the log at `path`, checks every line, and cuts off a torn last line.
+    ///
+    /// A line counts only if it ends in a newline and parses; only the last one
+    /// may fail that (a crash mid-append). A bad line before it, or a sequence
+    /// number out of order, is corruption and refused rather than guessed at.
+    pub fn open(path: &Path) -> Result<(AuditLog, AuditRecovery), AuditError> {
+        let existed = path.exists();
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(path)
+            .map_err(io_error("open audit log", path))?;
+        if !existed {
+            sync_parent(path)?;
+        }
+        let mut recovery = AuditRecovery::default();
+        let mut last_sequence = 0u64;
+        let committed_len = scan_records(path, &mut file, |line_number, record| {
+            if record.sequence != last_sequence.saturating_add(1) {
+                return Err(AuditError::Corrupt {
+                    path: path.to_path_buf(),
+                    line: line_number,
+                    reason: format!("sequence {} follows {last_sequence}", record.sequence),
+                });
+            }
+            last_sequence = record.sequence;
+            recovery.records = line_number;
+            recovery.latest_by_deployment.insert(record.deployment.clone(), record);
+            Ok(())
+        })?;
+        let file_len = file.metadata().map_err(io_error("read audit log", path))?.len();
+        if file_len > committed_len {
+            file.set_len(committed_len).map_err(io_error("cut the torn line off", path))?;
+            file.sync_data().map_err(io_error("sync audit log", path))?;
+            recovery.truncated_bytes = file_len - committed_len;
+        }
+        let log = AuditLog {
+            path: path.to_path_buf(),
+            file,
+            committed_len,
+            next_sequence: last_sequence.saturating_add(1),
+            poisoned: false,
+        };
+        Ok((log, recovery))
+    }
+
+    /// The sequence number the next record gets.
+    pub fn next_sequence(&self) -> u64 {
+        self.next_sequence
+    }
+
+    /// Never hand out a sequence number at or below `sequence` (e.g. one a state file already remembers).
+    pub fn skip_past(&mut self, sequence: u64) {
+        self.next_sequence = self.next_sequence.max(sequence.saturating_add(1));
+    }
+
+    /// Appends one record and syncs it to disk; returns it with its sequence number.
+    /// When this returns `Ok`, the record survives a crash; when it returns
+    /// `Err`, the record is not in the log and the decision must not take effect.
+    pub fn append(
+        &mut self,
+        at_ms: u64,
+        policy: &RolloutPolicy,
+        decision: &Decision,
+        before: Option<&RolloutState>,
+        after: &RolloutState,
+    ) -> Result<AuditRecord, AuditError> {
+        if self.poisoned {
+            return Err(AuditError::Poisoned(self.path.clone()));
+        }
+        let record = AuditRecord {
+            sequence: self.next_sequence,
+            at_ms,
+            deployment: after.deployment.clone(),
+            decision: decision.clone(),
+            policy_name: policy.name.clone(),
+            policy_hash: policy.fingerprint(),
+            policy: policy.clone(),
+            before: before.cloned(),
+            after: after.clone(),
+        };
+        let mut line = serde_json::to_vec(&record).map_err(AuditError::Encode)?;
+        line.push(b'\n');
+        let written = self.file.write_all(&line).and_then(|()| self.file.sync_data());
+        if let Err(source) = written {
+            // Cut the partial line off so the next append does not land behind garbage.
+            if self.file.set_len(self.committed_len).and_then(|()| self.file.sync_data()).is_err() {
+                self.poisoned = true;
+            }
+            return Err(AuditError::Io { action: "append to audit log", path: self.path.clone(), source });
+        }
+        self.committed_len = self.committed_len.saturating_add(u64::try_from(line.len()).unwrap_or(u64::MAX));
+        self.next_sequence = self.next_sequence.saturating_add(1);
+        Ok(record)
+    }
+
+    /// Every complete record of the log at `path` (for reports and tests; a torn
+    /// last line is skipped, not cut off, and sequence numbers are not checked).
+    pub fn read_all(path: &Path) -> Result<Vec<AuditRecord>, AuditError> {
+        let file = File::open(path).map_err(io_error("read audit log", path))?;
+        let mut records = Vec::new();
+        scan_records(path, file, |_, record| {
+            records.push(record);
+            Ok(())
+        })?;
+        Ok(records)
+    }
+}
+
+/// Reads the log line by line, handing each record to `visit` with its line
+/// number, and stops at a torn last line: one without a newline or that does
+/// not parse, with nothing after it. Returns the length of the complete records.
+fn scan_records(
+    path: &Path,
+    reader: impl Read,
+    mut visit: impl FnMut(u64, AuditRecord) -> Result<(), AuditError>,
+) -> Result<u64, AuditError> {
+    let mut reader = BufReader::new(reader);
+    let mut line = Vec::new();
+    let (mut committed_len, mut line_number) = (0u64, 0u64);
+    loop {
+        line.clear();
+        let read = reader.read_until(b'\n', &mut line).map_err(io_error("read audit log", path))?;
+        if read == 0 {
+            return Ok(committed_len);
+        }
+        line_number = line_number.saturating_add(1);
+        let parsed = line
+            .strip_suffix(b"\n")
+            .ok_or_else(|| "no newline".to_string())
+            .and_then(|body| serde_json::from_slice::<AuditRecord>(body).map_err(|e| e.to_string()));
+        match parsed {
+            Ok(record) => visit(line_number, record)?,
+            Err(reason) => {
+                let at_end = reader.fill_buf().map_err(io_error("read audit log", path))?.is_empty();
+                if at_end {
+                    return Ok(committed_len);
+                }
+                return Err(AuditError::Corrupt { path: path.to_path_buf(), line: line_number, reason });
+            }
+        }
+        committed_len = committed_len.saturating_add(u64::try_from(read).unwrap_or(u64::MAX));
+    }
+}
+
+/// Syncs the directory holding `path`, so a created or renamed entry survives a crash.
+fn sync_parent(path: &Path) -> Result<(), AuditError> {
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    File::open(parent).and_then(|dir| dir.sync_all()).map_err(io_error("sync directory", parent))
+}
+
+/// What is persisted per rollout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PersistedRollout {
+    pub policy: RolloutPolicy,
+    pub state: RolloutState,
+    /// The sequence number of the audit record this state is the `after` of.
+    pub last_applied_sequence: u64,
+}
+
+/// One JSON file per rollout, replaced atomically.
+#[derive(Debug, Clone)]
+pub struct StateStore {
+    dir: PathBuf,
+}
+
+impl StateStore {
+    /// Opens (creating if needed) the state directory and removes half-written temporary files.
+    pub fn open(dir: &Path) -> Result<StateStore, AuditError> {
+        fs::create_dir_all(dir).map_err(io_error("create state directory", dir))?;
+        for entry in fs::read_dir(dir).map_err(io_error("list state directory", dir))? {
+            let path = entry.map_err(io_error("list state directory", dir))?.path();
+            if path.to_string_lossy().ends_with(TEMP_SUFFIX) {
+                fs::remove_file(&path).map_err(io_error("remove left-over temporary file", &path))?;
+            }
+        }
+        Ok(StateStore { dir: dir.to_path_buf() })
+    }
+
+    fn path_of(&self, deployment: &str) -> PathBuf {
+        // Deployment ids are [A-Za-z0-9_-] (validated by the policy): safe as file names.
+        self.dir.join(format!("{deployment}{STATE_SUFFIX}"))
+    }
+
+    /// Writes a temporary file, syncs it, renames it over the old state and syncs the directory.
+    pub fn save(&self, rollout: &PersistedRollout) -> Result<(), AuditError> {
+        let path = self.path_of(&rollout.state.deployment);
+        let temp = self.dir.join(format!("{}{STATE_SUFFIX}{TEMP_SUFFIX}", rollout.state.deployment));
+        let bytes = serde_json::to_vec_pretty(rollout).map_err(AuditError::Encode)?;
+        let mut file = File::create(&temp).map_err(io_error("create state file", &temp))?;
+        file.write_all(&bytes).and_then(|()| file.sync_all()).map_err(io_error("write state file", &temp))?;
+        fs::rename(&temp, &path).map_err(io_error("replace state file", &path))?;
+        sync_parent(&path)
+    }
+
+    /// Every persisted rollout, by deployment.
+    pub fn load_all(&self) -> Result<BTreeMap<String, PersistedRollout>, AuditError> {
+        let mut rollouts = BTreeMap::new();
+        for entry in fs::read_dir(&self.dir).map_err(io_error("list state directory", &self.dir))? {
+            let path = entry.map_err(io_error("list state directory", &self.dir))?.path();
+            if !path.to_string_lossy().ends_with(STATE_SUFFIX) {
+                continue;
+            }
+            let bytes = fs::read(&path).map_err(io_error("read state file", &path))?;
+            let rollout: PersistedRollout =
+                serde_json::from_slice(&bytes).map_err(|source| AuditError::State { path: path.clone(), source })?;
+            rollouts.insert(rollout.state.deployment.clone(), rollout);
+        }
+        Ok(rollouts)
+    }
+}
+
+/// A decision that is in the audit log.
+#[derive(Debug)]
+pub struct Committed {
+    pub record: AuditRecord,
+    /// Saving the state file failed (log it); the record is durable regardless.
+    pub state_error: Option<AuditError>,
+}
+
+/// The audit log and the state files of one analyzer, kept consistent.
+#[derive(Debug)]
+pub struct RolloutStore {
+    audit: AuditLog,
+    states: StateStore,
+}
+
+impl RolloutStore {
+    /// Opens the store in `dir` (`audit.jsonl` and `state/`), recovers from a
+    /// crash, and returns every rollout as it stood after its last logged decision.
+    pub fn open(dir: &Path) -> Result<(RolloutStore, BTreeMap<String, PersistedRollout>), AuditError> {
+        fs::create_dir_all(dir).map_err(io_error("create store directory", dir))?;
+        let states = StateStore::open(&dir.join(STATE_DIR))?;
+        let (mut audit, recovery) = AuditLog::open(&dir.join(AUDIT_FILE))?;
+        let mut rollouts = states.load_all()?;
+        for rollout in rollouts.values() {
+            audit.skip_past(rollout.last_applied_sequence);
+        }
+        for (deployment, record) in recovery.latest_by_deployment {
+            let behind = rollouts.get(&deployment).is_none_or(|r| r.last_applied_sequence < record.sequence);
+            if behind {
+                let caught_up = PersistedRollout {
+                    policy: record.policy,
+                    state: record.after,
+                    last_applied_sequence: record.sequence,
+                };
+                states.save(&caught_up)?;
+                rollouts.insert(deployment, caught_up);
+            }
+        }
+        Ok((RolloutStore { audit, states }, rollouts))
+    }
+
+    /// Logs a decision durably, then persists the state after it.
+    ///
+    /// `Err` means the record is not in the log: the decision must not take
+    /// effect. `Ok` means it is logged and must take effect (serve `after`) —
+    /// even if saving the state file failed ([`Committed::state_error`]): the
+    /// log is the truth, and the next [`RolloutStore::open`] or commit catches
+    /// the state file up.
+    pub fn commit(
+        &mut self,
+        at_ms: u64,
+        policy: &RolloutPolicy,
+        decision: &Decision,
+        before: Option<&RolloutState>,
+        after: &RolloutState,
+    ) -> Result<Committed, AuditError> {
+        let record = self.audit.append(at_ms, policy, decision, before, after)?;
+        let rollout =
+            PersistedRollout { policy: policy.clone(), state: after.clone(), last_applied_sequence: record.sequence };
+        let state_error = self.states.save(&rollout).err();
+        Ok(Committed { record, state_error })
+    }
+
+    pub fn audit_path(&self) -> &Path {
+        &self.audit.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ladder::{Actor, OverrideAction, decide, human_override};
+    use crate::stats::{ComparisonRow, DifferenceScale, Verdict};
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    const T0: u64 = 1_700_000_000_000;
+    const WINDOW_MS: u64 = 300_000;
+
+    /// A fresh directory per test under the system temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new() -> TempDir {
+            static COUNTER: AtomicU64 = AtomicU64::new(0);
+            let unique = format!(
+                "canary-audit-{}-{}-{}",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::Relaxed),
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+            );
+            let path = std::env::temp_dir().join(unique);
+            fs::create_dir_all(&path).unwrap();
+            TempDir(path)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn policy() -> RolloutPolicy {
+        RolloutPolicy::from_yaml(
+            "apiVersion: canary.wasm.dev/v1alpha1\nkind: RolloutPolicy\nmetadata: {name: p}\nspec:\n  \
+             deployment: checkout\n  metrics: [{name: error_rate}]\n",
+        )
+        .unwrap()
+    }
+
+    fn rows(verdict: Verdict) -> Vec<ComparisonRow> {
+        vec![ComparisonRow {
+            metric: "error_rate".into(),
+            canary: Some(0.01),
+            control: Some(0.005),
+            absolute_difference: Some(0.005),
+            relative_difference: Some(1.0),
+            interval: None,
+            interval_scale: DifferenceScale::Relative,
+            p_value: Some(0.01),
+            verdict,
+        }]
+    }
+
+    /// Registers a rollout and commits `promotions` automatic promotions; returns its state.
+    fn run(store: &mut RolloutStore, policy: &RolloutPolicy, promotions: u64) -> RolloutState {
+        let mut state = RolloutState::start(policy, 0, T0);
+        store
+            .commit(T0, policy, &Decision::start(&state, Actor::Human("ci".into()), "deploy 42"), None, &state)
+            .unwrap();
+        for i in 1..=promotions {
+            let now = T0 + i * WINDOW_MS;
+            let decision = decide(policy, &state, &rows(Verdict::NoDifference), now);
+            let after = state.next(&decision, now).unwrap();
+            let committed = store.commit(now, policy, &decision, Some(&state), &after).unwrap();
+            assert!(committed.state_error.is_none());
+            state = after;
+        }
+        state
+    }
+
+    fn sequences(path: &Path) -> Vec<u64> {
+        AuditLog::read_all(path).unwrap().iter().map(|r| r.sequence).collect()
+    }
+
+    #[test]
+    fn a_restarted_store_resumes_the_same_step() {
+        let dir = TempDir::new();
+        let policy = policy();
+        let (mut store, rollouts) = RolloutStore::open(&dir.0).unwrap();
+        assert!(rollouts.is_empty());
+        let state = run(&mut store, &policy, 2);
+        assert_eq!(state.share_bp, 2_500);
+        drop(store);
+        let (store, rollouts) = RolloutStore::open(&dir.0).unwrap();
+        let resumed = &rollouts["checkout"];
+        assert_eq!(resumed.state, state);
+        assert_eq!(resumed.policy, policy);
+        assert_eq!(resumed.last_applied_sequence, 3);
+        let records = AuditLog::read_all(store.audit_path()).unwrap();
+        assert_eq!(records.len(), 3);
+        assert_eq!(records[0].before, None);
+        assert_eq!(records[0].decision.actor, Actor::Human("ci".into()));
+        assert_eq!(records[2].before.as_ref().map(|s| s.share_bp), Some(500));
+        assert_eq!(records[2].after, state);
+        assert_eq!(records[2].decision.rows, rows(Verdict::NoDifference));
+        assert_eq!(records[2].policy_hash, policy.fingerprint());
+        assert_eq!(records[2].policy_name, "p");
+    }
+
+    #[test]
+    fn a_torn_last_line_is_cut_off_and_its_sequence_reused() {
+        let dir = TempDir::new();
+        let policy = policy();
+        let (mut store, _) = RolloutStore::open(&dir.0).unwrap();
+        let state = run(&mut store, &policy, 1);
+        let audit_path = store.audit_path().to_path_buf();
+        drop(store);
+        // A crash mid-append: half of a third record, no newline.
+        let complete = fs::read(&audit_path).unwrap();
+        let first_line_len = complete.iter().position(|&b| b == b'\n').unwrap();
+        let torn = &complete[..first_line_len / 2];
+        OpenOptions::new().append(true).open(&audit_path).unwrap().write_all(torn).unwrap();
+
+        let (mut store, rollouts) = RolloutStore::open(&dir.0).unwrap();
+        assert_eq!(rollouts["checkout"].state, state, "the torn record never took effect");
+        assert_eq!(fs::read(&audit_path).unwrap(), complete, "the torn bytes are gone");
+        let rollback = human_override(&policy, &state, &OverrideAction::Rollback, "alice", "bad", vec![]).unwrap();
+        let after = state.next(&rollback, T0 + 2 * WINDOW_MS).unwrap();
+        let committed = store.commit(T0 + 2 * WINDOW_MS, &policy, &rollback, Some(&state), &after).unwrap();
+        assert_eq!(committed.record.sequence, 3);
+        assert_eq!(sequences(&audit_path), [1, 2, 3]);
+    }
+
+    #[test]
+    fn a_complete_but_garbled_last_line_is_torn_too() {
+        let dir = TempDir::new();
+        let (mut store, _) = RolloutStore::open(&dir.0).unwrap();
+        run(&mut store, &policy(), 1);
+        let audit_path = store.audit_path().to_path_buf();
+        drop(store);
+        // Delayed allocation can leave zeros where the last write's data never landed.
+        OpenOptions::new().append(true).open(&audit_path).unwrap().write_all(b"{\"sequence\":3,\0\0\0\n").unwrap();
+        let (log, recovery) = AuditLog::open(&audit_path).unwrap();
+        assert_eq!((recovery.records, recovery.truncated_bytes), (2, 18));
+        assert_eq!(log.next_sequence(), 3);
+    }
+
+    #[test]
+    fn a_crash_between_log_and_state_is_replayed_once() {
+        let dir = TempDir::new();
+        let policy = policy();
+        let (mut store, _) = RolloutStore::open(&dir.0).unwrap();
+        let state = run(&mut store, &policy, 1);
+        drop(store);
+        // The decision reached the log but the process died before the state file was replaced.
+        let (mut log, _) = AuditLog::open(&dir.0.join(AUDIT_FILE)).unwrap();
+        let now = T0 + 2 * WINDOW_MS;
+        let promote = decide(&policy, &state, &rows(Verdict::NoDifference), now);
+        let after = state.next(&promote, now).unwrap();
+        log.append(now, &policy, &promote, Some(&state), &after).unwrap();
+        drop(log);
+        let stale = StateStore::open(&dir.0.join(STATE_DIR)).unwrap().load_all().unwrap();
+        assert_eq!(stale["checkout"].state, state);
+
+        for _ in 0..2 {
+            let (store, rollouts) = RolloutStore::open(&dir.0).unwrap();
+            assert_eq!(rollouts["checkout"].state, after);
+            assert_eq!(rollouts["checkout"].last_applied_sequence, 3);
+            assert_eq!(sequences(store.audit_path()), [1, 2, 3], "no record lost or duplicated");
+        }
+        let persisted = StateStore::open(&dir.0.join(STATE_DIR)).unwrap().load_all().unwrap();
+        assert_eq!(persisted["checkout"].state, after, "the state file caught up");
+    }
+
+    #[test]
+    fn a_rollout_registered_just_before_a_crash_is_recovered_from_the_log() {
+        let dir = TempDir::new();
+        let policy = policy();
+        let (mut log, _) = AuditLog::open(&dir.0.join(AUDIT_FILE)).unwrap();
+        let state = RolloutState::start(&policy, 0, T0);
+        log.append(T0, &policy, &Decision::start(&state, Actor::Analyzer, "policy file"), None, &state).unwrap();
+        drop(log);
+        let (_, rollouts) = RolloutStore::open(&dir.0).unwrap();
+        assert_eq!(rollouts["checkout"].state, state);
+        assert_eq!(rollouts["checkout"].policy, policy);
+    }
+
+    #[test]
+    fn sequences_never_go_back_below_what_a_state_file_remembers() {
+        let dir = TempDir::new();
+        let (mut store, _) = RolloutStore::open(&dir.0).unwrap();
+        let state = run(&mut store, &policy(), 2);
+        drop(store);
+        // The audit log is gone (rotated away, say): the state still knows sequence 3.
+        fs::remove_file(dir.0.join(AUDIT_FILE)).unwrap();
+        let (mut store, rollouts) = RolloutStore::open(&dir.0).unwrap();
+        assert_eq!(rollouts["checkout"].state, state);
+        let pause = human_override(&policy(), &state, &OverrideAction::Pause, "alice", "why", vec![]).unwrap();
+        let after = state.next(&pause, T0).unwrap();
+        assert_eq!(store.commit(T0, &policy(), &pause, Some(&state), &after).unwrap().record.sequence, 4);
+    }
+
+    #[test]
+    fn a_failed_state_save_still_commits_the_logged_decision() {
+        let dir = TempDir::new();
+        let policy = policy();
+        let (mut store, _) = RolloutStore::open(&dir.0).unwrap();
+        let state = run(&mut store, &policy, 0);
+        // The state directory disappears under the store: the save fails, the log does not.
+        let state_dir = dir.0.join(STATE_DIR);
+        fs::remove_dir_all(&state_dir).unwrap();
+        fs::write(&state_dir, b"not a directory").unwrap();
+        let pause = human_override(&policy, &state, &OverrideAction::Pause, "alice", "why", vec![]).unwrap();
+        let after = state.next(&pause, T0).unwrap();
+        let committed = store.commit(T0, &policy, &pause, Some(&state), &after).unwrap();
+        assert!(committed.state_error.is_some());
+        assert_eq!(committed.record.sequence, 2);
+        drop(store);
+        fs::remove_file(&state_dir).unwrap();
+        let (_, rollouts) = RolloutStore::open(&dir.0).unwrap();
+        assert_eq!(rollouts["checkout"].state, after, "recovered from the log");
+    }
+
+    #[test]
+    fn corruption_before_the_last_line_is_refused() {
+        let dir = TempDir::new();
+        let (mut store, _) = RolloutStore::open(&dir.0).unwrap();
+        run(&mut store, &policy(), 2);
+        let audit_path = store.audit_path().to_path_buf();
+        drop(store);
+        let text = fs::read_to_string(&audit_path).unwrap();
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines[1] = "garbage";
+        fs::write(&audit_path, format!("{}\n", lines.join("\n"))).unwrap();
+        let error = RolloutStore::open(&dir.0).unwrap_err();
+        assert!(matches!(error, AuditError::Corrupt { line: 2, .. }), "{error}");
+        // A duplicated record is corruption too.
+        let lines: Vec<&str> = text.lines().collect();
+        fs::write(&audit_path, format!("{}\n{}\n{}\n", lines[0], lines[1], lines[1])).unwrap();
+        let error = AuditLog::open(&audit_path).unwrap_err();
+        assert!(error.to_string().contains("sequence 2 follows 2"), "{error}");
+    }
+
+    #[test]
+    fn left_over_temporary_state_files_are_ignored_and_removed() {
+        let dir = TempDir::new();
+        let (mut store, _) = RolloutStore::open(&dir.0).unwrap();
+        let state = run(&mut store, &policy(), 1);
+        drop(store);
+        let temp = dir.0.join(STATE_DIR).join("checkout.json.tmp");
+        fs::write(&temp, b"{\"half\":").unwrap();
+        let (_, rollouts) = RolloutStore::open(&dir.0).unwrap();
+        assert_eq!(rollouts["checkout"].state, state);
+        assert!(!temp.exists());
+    }
+}

@@ -1,0 +1,192 @@
+//! The Envoy admin source: `GET /stats/prometheus` from each Envoy's admin address,
+//! parsed into one [`DeploymentSnapshot`] per target. The thin I/O edge around
+//! `exposition` (parsing) and `delta` (what to do with the snapshots).
+
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+
+use super::delta::TargetScrape;
+use super::error::SourceError;
+use super::exposition::parse_exposition;
+use super::snapshot::DeploymentSnapshot;
+
+/// Envoy's admin endpoint for the Prometheus exposition.
+pub const STATS_PATH: &str = "/stats/prometheus";
+
+/// Longest part of an error body kept in an error message: enough to read Envoy's
+/// or a proxy's reason, short enough for one log line.
+const ERROR_BODY_LIMIT: usize = 200;
+
+/// Scrapes the admin endpoints of one or more Envoys for one deployment.
+#[derive(Debug, Clone)]
+pub struct EnvoyAdminSource {
+    http: reqwest::Client,
+    /// Admin base URLs (`http://10.0.0.7:15000`), each a separate target.
+    admin_urls: Vec<String>,
+    deployment: String,
+}
+
+impl EnvoyAdminSource {
+    /// `admin_urls` are admin base URLs (a trailing `/` is fine); every request is
+    /// abandoned after `timeout` so one stuck Envoy cannot stall a check.
+    pub fn new(
+        admin_urls: impl IntoIterator<Item = impl Into<String>>,
+        deployment: impl Into<String>,
+        timeout: Duration,
+    ) -> Result<EnvoyAdminSource, SourceError> {
+        let http = reqwest::Client::builder().timeout(timeout).build().map_err(SourceError::Client)?;
+        let admin_urls = admin_urls.into_iter().map(|url| url.into().trim_end_matches('/').to_string()).collect();
+        Ok(EnvoyAdminSource { http, admin_urls, deployment: deployment.into() })
+    }
+
+    pub fn admin_urls(&self) -> &[String] {
+        &self.admin_urls
+    }
+
+    /// Scrapes every target concurrently; one result per target, in configuration order.
+    pub async fn scrape(&self) -> Vec<TargetScrape> {
+        let mut tasks = JoinSet::new();
+        for (position, url) in self.admin_urls.iter().enumerate() {
+            let (http, url, deployment) = (self.http.clone(), url.clone(), self.deployment.clone());
+            tasks.spawn(async move {
+                let result = scrape_target(&http, &url, &deployment).await;
+                (position, TargetScrape { target: url, result })
+            });
+        }
+        let mut scrapes = Vec::with_capacity(self.admin_urls.len());
+        while let Some(joined) = tasks.join_next().await {
+            // A scrape task only panics if the runtime is shutting down: drop it, the
+            // target then counts as absent this round.
+            if let Ok(scrape) = joined {
+                scrapes.push(scrape);
+            }
+        }
+        scrapes.sort_by_key(|(position, _)| *position);
+        scrapes.into_iter().map(|(_, scrape)| scrape).collect()
+    }
+
+    /// Scrapes one admin base URL.
+    pub async fn scrape_one(&self, admin_url: &str) -> Result<DeploymentSnapshot, SourceError> {
+        scrape_target(&self.http, admin_url.trim_end_matches('/'), &self.deployment).await
+    }
+}
+
+async fn scrape_target(
+    http: &reqwest::Client,
+    admin_url: &str,
+    deployment: &str,
+) -> Result<DeploymentSnapshot, SourceError> {
+    let url = format!("{admin_url}{STATS_PATH}");
+    let text = get_text(http, &url).await?;
+    parse_exposition(&text, deployment).map_err(|source| SourceError::Exposition { url, source })
+}
+
+/// `GET url` → body text, or an error naming the URL and status.
+pub(crate) async fn get_text(http: &reqwest::Client, url: &str) -> Result<String, SourceError> {
+    let request_failed = |source| SourceError::Request { url: url.to_string(), source };
+    let response = http.get(url).send().await.map_err(request_failed)?;
+    let status = response.status();
+    let body = response.text().await.map_err(request_failed)?;
+    if !status.is_success() {
+        return Err(SourceError::Status { url: url.to_string(), status: status.as_u16(), body: truncate(&body) });
+    }
+    Ok(body)
+}
+
+/// The first [`ERROR_BODY_LIMIT`] characters of a body, trimmed.
+pub(crate) fn truncate(body: &str) -> String {
+    let body = body.trim();
+    match body.char_indices().nth(ERROR_BODY_LIMIT) {
+        Some((cut, _)) => format!("{}…", body.get(..cut).unwrap_or(body)),
+        None => body.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::delta::DeltaTracker;
+    use std::net::SocketAddr;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A one-route HTTP server answering every request with `status` and `body`.
+    async fn serve(status: u16, body: String) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut socket, _)) = listener.accept().await else { return };
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let mut request = vec![0u8; 4096];
+                    let _ = socket.read(&mut request).await;
+                    let head = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = socket.write_all(head.as_bytes()).await;
+                    let _ = socket.write_all(body.as_bytes()).await;
+                });
+            }
+        });
+        addr
+    }
+
+    fn exposition(canary_2xx: u64, canary_5xx: u64) -> String {
+        format!(
+            "# TYPE canary_requests_total counter\n\
+             canary_requests_total{{deployment=\"demo\",cohort=\"canary\",class=\"2xx\"}} {canary_2xx}\n\
+             canary_requests_total{{deployment=\"demo\",cohort=\"canary\",class=\"5xx\"}} {canary_5xx}\n"
+        )
+    }
+
+    #[tokio::test]
+    async fn scrapes_every_target_and_names_the_ones_that_fail() {
+        let healthy = serve(200, exposition(10, 1)).await;
+        let broken = serve(503, "no healthy upstream".to_string()).await;
+        // A port nobody listens on (bound, then released).
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let urls = [format!("http://{healthy}/"), format!("http://{broken}"), format!("http://{closed}")];
+        let source = EnvoyAdminSource::new(urls, "demo", Duration::from_secs(2)).unwrap();
+        let scrapes = source.scrape().await;
+        assert_eq!(scrapes.len(), 3);
+        assert_eq!(scrapes[0].target, format!("http://{healthy}"));
+        assert_eq!(scrapes[0].result.as_ref().unwrap().cohorts.canary.requests.total(), 11);
+        let status_error = scrapes[1].result.as_ref().unwrap_err().to_string();
+        assert_eq!(
+            status_error,
+            format!("http://{broken}/stats/prometheus answered with status 503: no healthy upstream")
+        );
+        let refused = scrapes[2].result.as_ref().unwrap_err().to_string();
+        assert_eq!(refused, format!("request to http://{closed}/stats/prometheus failed"));
+
+        let mut tracker = DeltaTracker::new();
+        let interval = tracker.advance(scrapes);
+        assert_eq!(interval.baseline_targets, vec![format!("http://{healthy}")]);
+        assert_eq!(interval.failed_targets.len(), 2);
+        assert!(interval.failed_targets[1].reason.starts_with(&refused), "{}", interval.failed_targets[1].reason);
+    }
+
+    #[tokio::test]
+    async fn a_bad_exposition_names_the_url_and_the_sample() {
+        let addr = serve(200, exposition(10, 1).replace("} 1\n", "} -1\n")).await;
+        let source = EnvoyAdminSource::new([format!("http://{addr}")], "demo", Duration::from_secs(2)).unwrap();
+        let error = source.scrape_one(&format!("http://{addr}")).await.unwrap_err();
+        assert_eq!(
+            crate::source::error::describe(&error),
+            format!(
+                "cannot parse the exposition from http://{addr}/stats/prometheus: \
+                 canary_requests_total has value -1, expected a finite count >= 0"
+            )
+        );
+    }
+
+    #[test]
+    fn long_error_bodies_are_cut() {
+        assert_eq!(truncate(" short \n"), "short");
+        let long = "x".repeat(1_000);
+        assert_eq!(truncate(&long).chars().count(), ERROR_BODY_LIMIT + 1);
+    }
+}

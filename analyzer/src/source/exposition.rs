@@ -1,0 +1,200 @@
+//! Prometheus exposition text (Envoy's `/stats/prometheus`) → [`DeploymentSnapshot`].
+//!
+//! Envoy exports a thousand or more series, almost all of them its own; only
+//! `canary_requests_total`, `canary_latency_us` (for the wanted deployment) and
+//! `envoy_server_uptime` (to detect restarts) matter here. Lines are filtered by
+//! prefix before `prometheus-parse` sees them: its regex per line is the cost.
+//! Label values the analyzer does not know (a newer filter's cohort or class) are
+//! skipped rather than refused, so a filter upgrade cannot blind the analyzer.
+
+use canary_core::Cohort;
+use canary_core::metrics::{LATENCY, REQUESTS, StatusClass};
+use prometheus_parse::{HistogramCount, Scrape, Value};
+
+use super::error::ExpositionError;
+use super::snapshot::{CumulativeLatency, DeploymentSnapshot};
+
+/// Envoy's uptime gauge in `/stats/prometheus`.
+const UPTIME: &str = "envoy_server_uptime";
+
+/// Whether a line (sample or `# TYPE`/`# HELP` comment) can belong to a metric we read.
+fn is_relevant(line: &str) -> bool {
+    let name = line.strip_prefix("# TYPE ").or_else(|| line.strip_prefix("# HELP ")).unwrap_or(line);
+    name.starts_with(REQUESTS) || name.starts_with(LATENCY) || name.starts_with(UPTIME)
+}
+
+/// Envoy writes label-less series as `name{} value`, which `prometheus-parse` does
+/// not recognise (it wants at least one label between braces): drop the braces.
+fn without_empty_labels(line: &str) -> String {
+    match line.split_once("{} ") {
+        Some((name, value)) if !name.contains(' ') => format!("{name} {value}"),
+        _ => line.to_string(),
+    }
+}
+
+fn cohort_of(label: &str) -> Option<Cohort> {
+    Cohort::ALL.into_iter().find(|cohort| cohort.label() == label)
+}
+
+fn class_of(label: &str) -> Option<StatusClass> {
+    StatusClass::ALL.into_iter().find(|class| class.label() == label)
+}
+
+/// A counter value as a whole count; refuses negative, infinite and NaN values.
+fn count(metric: &str, value: f64) -> Result<u64, ExpositionError> {
+    if value.is_finite() && value >= 0.0 {
+        Ok(value.round() as u64)
+    } else {
+        Err(ExpositionError::BadValue { metric: metric.to_string(), value })
+    }
+}
+
+/// Parses exposition text and keeps `deployment`'s series.
+pub fn parse_exposition(text: &str, deployment: &str) -> Result<DeploymentSnapshot, ExpositionError> {
+    let lines = text.lines().filter(|line| is_relevant(line)).map(|line| Ok(without_empty_labels(line)));
+    let scrape = Scrape::parse(lines).map_err(ExpositionError::Read)?;
+    let mut snapshot = DeploymentSnapshot::default();
+    for sample in &scrape.samples {
+        if sample.metric == UPTIME {
+            snapshot.server_uptime_seconds = sample_number(&sample.value).filter(|v| v.is_finite());
+            continue;
+        }
+        if sample.labels.get("deployment") != Some(deployment) {
+            continue;
+        }
+        let Some(cohort) = sample.labels.get("cohort").and_then(cohort_of) else { continue };
+        let cohort_snapshot = snapshot.cohorts.get_mut(cohort);
+        match (sample.metric.as_str(), &sample.value) {
+            (REQUESTS, value) => {
+                let Some(class) = sample.labels.get("class").and_then(class_of) else { continue };
+                let Some(value) = sample_number(value) else { continue };
+                *cohort_snapshot.requests.get_mut(class) = count(REQUESTS, value)?;
+            }
+            (LATENCY, Value::Histogram(buckets)) => {
+                let latency = cohort_snapshot.latency.get_or_insert_with(CumulativeLatency::default);
+                fill_buckets(latency, buckets)?;
+            }
+            (metric, value) if metric.strip_prefix(LATENCY) == Some("_sum") => {
+                let latency = cohort_snapshot.latency.get_or_insert_with(CumulativeLatency::default);
+                latency.sum_us = sample_number(value).filter(|v| v.is_finite() && *v >= 0.0).unwrap_or(0.0);
+            }
+            (metric, value) if metric.strip_prefix(LATENCY) == Some("_count") => {
+                let latency = cohort_snapshot.latency.get_or_insert_with(CumulativeLatency::default);
+                let Some(value) = sample_number(value) else { continue };
+                latency.count = latency.count.max(count(metric, value)?);
+            }
+            _ => {}
+        }
+    }
+    Ok(snapshot)
+}
+
+/// The number of a non-histogram sample.
+fn sample_number(value: &Value) -> Option<f64> {
+    match value {
+        Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some(*v),
+        Value::Histogram(_) | Value::Summary(_) => None,
+    }
+}
+
+/// Sets the `le` buckets of a histogram (the `+Inf` bucket becomes the count).
+fn fill_buckets(latency: &mut CumulativeLatency, buckets: &[HistogramCount]) -> Result<(), ExpositionError> {
+    let bucket_metric = || format!("{LATENCY}_bucket");
+    let mut finite: Vec<(u64, u64)> = Vec::with_capacity(buckets.len());
+    for bucket in buckets {
+        let observations = count(&bucket_metric(), bucket.count)?;
+        if bucket.less_than == f64::INFINITY {
+            latency.count = latency.count.max(observations);
+            continue;
+        }
+        let bound = bucket.less_than;
+        if !(bound.is_finite() && bound >= 0.0 && bound.fract() == 0.0) {
+            return Err(ExpositionError::BadBound { metric: bucket_metric(), bound });
+        }
+        finite.push((bound as u64, observations));
+    }
+    finite.sort_unstable_by_key(|(bound, _)| *bound);
+    finite.dedup_by_key(|(bound, _)| *bound);
+    latency.upper_bounds_us = finite.iter().map(|(bound, _)| *bound).collect();
+    latency.le_counts = finite.iter().map(|(_, observations)| *observations).collect();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use canary_core::metrics::LATENCY_BUCKETS_US;
+
+    /// Real `/stats/prometheus` output of Envoy 1.40 with the filter (`envoy/envoy.yaml`,
+    /// share 50 %): 80 requests to `/`, 10 to a missing path (404), one denied user.
+    /// Trimmed to a few of Envoy's own series around ours.
+    const ENVOY_1_40: &str = include_str!("testdata/envoy_1_40.prom");
+
+    #[test]
+    fn reads_the_counters_and_histograms_envoy_exports() {
+        let snapshot = parse_exposition(ENVOY_1_40, "demo").unwrap();
+        let canary = &snapshot.cohorts.canary;
+        assert_eq!((canary.requests.success, canary.requests.client_error, canary.requests.total()), (42, 2, 44));
+        assert_eq!(canary.requests.errors(), 0);
+        let control = &snapshot.cohorts.control;
+        assert_eq!((control.requests.success, control.requests.client_error), (38, 8));
+        assert_eq!(snapshot.cohorts.excluded.requests.total(), 1);
+        assert_eq!(snapshot.cohorts.forced.requests.total(), 0);
+        assert_eq!(snapshot.server_uptime_seconds, Some(11.0));
+
+        let latency = canary.latency.as_ref().unwrap();
+        assert_eq!(latency.upper_bounds_us, LATENCY_BUCKETS_US.to_vec());
+        assert_eq!(latency.count, 44);
+        assert!((latency.sum_us - 130_379.636_924_678_7).abs() < 1e-6);
+        assert!(latency.le_counts.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(*latency.le_counts.last().unwrap(), 44);
+        assert_eq!(snapshot.cohorts.control.latency.as_ref().unwrap().count, 46);
+        // Every cohort's histogram is exported, empty or not.
+        assert_eq!(snapshot.cohorts.forced.latency.as_ref().unwrap().count, 0);
+    }
+
+    #[test]
+    fn other_deployments_and_envoys_own_histograms_are_ignored() {
+        let snapshot = parse_exposition(ENVOY_1_40, "checkout").unwrap();
+        assert_eq!(snapshot.cohorts, Default::default());
+        // Envoy's own histogram (`envoy_cluster_upstream_cx_connect_ms`, le="0.5") is filtered
+        // out before parsing, so its fractional bound is no error.
+        let scrape = Scrape::parse(ENVOY_1_40.lines().map(|l| Ok(l.to_string()))).unwrap();
+        assert!(scrape.samples.iter().any(|s| s.metric == "envoy_cluster_upstream_cx_connect_ms"));
+    }
+
+    #[test]
+    fn unknown_labels_are_skipped_and_bad_values_refused() {
+        let text = "# TYPE canary_requests_total counter\n\
+            canary_requests_total{deployment=\"d\",cohort=\"shadow\",class=\"2xx\"} 5\n\
+            canary_requests_total{deployment=\"d\",cohort=\"canary\",class=\"6xx\"} 5\n\
+            canary_requests_total{deployment=\"d\",cohort=\"canary\",class=\"5xx\"} 7\n";
+        let snapshot = parse_exposition(text, "d").unwrap();
+        assert_eq!(snapshot.cohorts.canary.requests.total(), 7);
+        assert_eq!(snapshot.cohorts.canary.requests.errors(), 7);
+
+        let negative = "# TYPE canary_requests_total counter\n\
+            canary_requests_total{deployment=\"d\",cohort=\"canary\",class=\"5xx\"} -1\n";
+        let error = parse_exposition(negative, "d").unwrap_err();
+        assert_eq!(error.to_string(), "canary_requests_total has value -1, expected a finite count >= 0");
+
+        let fractional = "# TYPE canary_latency_us histogram\n\
+            canary_latency_us_bucket{deployment=\"d\",cohort=\"canary\",le=\"0.5\"} 1\n\
+            canary_latency_us_bucket{deployment=\"d\",cohort=\"canary\",le=\"+Inf\"} 1\n";
+        assert!(matches!(parse_exposition(fractional, "d"), Err(ExpositionError::BadBound { .. })));
+    }
+
+    #[test]
+    fn label_less_series_as_envoy_writes_them_parse() {
+        assert_eq!(without_empty_labels("envoy_server_uptime{} 11"), "envoy_server_uptime 11");
+        let labelled = r#"canary_requests_total{deployment="d",cohort="canary",class="2xx"} 3"#;
+        assert_eq!(without_empty_labels(labelled), labelled);
+    }
+
+    #[test]
+    fn empty_text_is_an_empty_snapshot() {
+        let snapshot = parse_exposition("", "demo").unwrap();
+        assert_eq!(snapshot, DeploymentSnapshot::default());
+        assert!(snapshot.cohorts.canary.latency.is_none());
+    }
+}

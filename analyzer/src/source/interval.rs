@@ -1,0 +1,84 @@
+//! What happened in one check interval, summed over every scrape target: the
+//! one type both sources produce and the statistics consume.
+
+use canary_core::Cohort;
+use serde::{Deserialize, Serialize};
+
+use crate::stats::{CohortCounts, IntervalCounts, LatencyHistogram};
+
+use super::snapshot::{ClassCounts, PerCohort};
+
+/// One cohort's interval: requests per class and, when any target exported the
+/// histogram, the latency distribution of the interval.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CohortInterval {
+    pub requests: ClassCounts,
+    /// `None` means no data (no contributing target exported the histogram), not "fast".
+    pub latency: Option<LatencyHistogram>,
+}
+
+/// A target that contributed nothing to the interval, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetFailure {
+    pub target: String,
+    pub reason: String,
+}
+
+/// The interval deltas of one deployment, summed across targets, with an account
+/// of which targets counted.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct IntervalMetrics {
+    pub cohorts: PerCohort<CohortInterval>,
+    /// Targets whose deltas are in the sums.
+    pub contributing_targets: Vec<String>,
+    /// Targets that restarted during the interval; their delta is their current
+    /// value (counted from 0 after the restart), as Prometheus `increase()` does.
+    pub restarted_targets: Vec<String>,
+    /// Targets seen for the first time (or again after a failure): this scrape is
+    /// only their baseline, they contribute from the next interval on.
+    pub baseline_targets: Vec<String>,
+    /// Targets that failed to scrape or whose data could not be used.
+    pub failed_targets: Vec<TargetFailure>,
+}
+
+impl IntervalMetrics {
+    /// Requests and errors (5xx + resets) of one cohort.
+    pub fn cohort_counts(&self, cohort: Cohort) -> CohortCounts {
+        let requests = &self.cohorts.get(cohort).requests;
+        CohortCounts { requests: requests.total(), errors: requests.errors() }
+    }
+
+    /// The error-rate test's input: canary vs control.
+    pub fn interval_counts(&self) -> IntervalCounts {
+        IntervalCounts { canary: self.cohort_counts(Cohort::Canary), control: self.cohort_counts(Cohort::Control) }
+    }
+
+    /// All requests of one cohort (the sample-ratio check's input).
+    pub fn requests(&self, cohort: Cohort) -> u64 {
+        self.cohorts.get(cohort).requests.total()
+    }
+
+    /// The interval's latency histogram of one cohort; `None` when there is no data.
+    pub fn latency(&self, cohort: Cohort) -> Option<&LatencyHistogram> {
+        self.cohorts.get(cohort).latency.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_5xx_and_resets() {
+        let mut metrics = IntervalMetrics::default();
+        metrics.cohorts.canary.requests =
+            ClassCounts { success: 90, client_error: 4, server_error: 5, reset: 1, ..Default::default() };
+        metrics.cohorts.control.requests = ClassCounts { success: 200, server_error: 2, ..Default::default() };
+        metrics.cohorts.forced.requests = ClassCounts { success: 7, ..Default::default() };
+        let counts = metrics.interval_counts();
+        assert_eq!(counts.canary, CohortCounts { requests: 100, errors: 6 });
+        assert_eq!(counts.control, CohortCounts { requests: 202, errors: 2 });
+        assert_eq!(metrics.requests(Cohort::Forced), 7);
+        assert!(metrics.latency(Cohort::Canary).is_none());
+    }
+}

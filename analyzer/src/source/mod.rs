@@ -1,0 +1,41 @@
+//! Metric sources: where the per-cohort counts the statistics compare come from.
+//!
+//! The filter exports cumulative counters (`canary_requests_total`) and a cumulative
+//! latency histogram (`canary_latency_us`) per Envoy (see `docs/metrics.md`). The
+//! statistics want what happened *in one check interval*, summed over the fleet. Two
+//! sources produce that same [`IntervalMetrics`]:
+//!
+//! - [`EnvoyAdminSource`] (the embedded default, needs nothing else running): scrapes
+//!   `/stats/prometheus` of each Envoy into a [`DeploymentSnapshot`] per target; a
+//!   [`DeltaTracker`] turns consecutive snapshots into per-target deltas (handling
+//!   Envoy restarts and failed scrapes) and sums them.
+//! - [`PrometheusSource`] (fleets): lets a Prometheus server that scrapes the mesh do
+//!   the per-series `increase()` and the sum, and converts its JSON answer.
+//!
+//! Modules, one concern each:
+//! - `snapshot`: cumulative values of one target ([`DeploymentSnapshot`]).
+//! - `exposition`: exposition text → snapshot (pure).
+//! - `interval`: the per-interval result both sources produce.
+//! - `delta`: snapshots → interval deltas, restarts, failed targets (pure).
+//! - `envoy_admin`: the HTTP edge for Envoy admin endpoints.
+//! - `prometheus_api`: PromQL building and the query API's JSON (pure).
+//! - `prometheus`: the HTTP edge for a Prometheus server.
+//! - `error`: the one error type, naming the URL, status or parse problem.
+
+mod delta;
+mod envoy_admin;
+mod error;
+mod exposition;
+mod interval;
+mod prometheus;
+mod prometheus_api;
+mod snapshot;
+
+pub use delta::{DeltaTracker, TargetDelta, TargetScrape, target_delta};
+pub use envoy_admin::{EnvoyAdminSource, STATS_PATH};
+pub use error::{ExpositionError, SourceError};
+pub use exposition::parse_exposition;
+pub use interval::{CohortInterval, IntervalMetrics, TargetFailure};
+pub use prometheus::PrometheusSource;
+pub use prometheus_api::{CohortValues, expand_template, latency_query, promql_duration, requests_query};
+pub use snapshot::{ClassCounts, CohortSnapshot, CumulativeLatency, DeploymentSnapshot, PerCohort};

@@ -1,0 +1,117 @@
+//! The Prometheus source (fleets): instant queries against a Prometheus server's
+//! HTTP API (`POST /api/v1/query`, form-encoded so long queries fit). The thin I/O
+//! edge around `prometheus_api`, which builds the PromQL and reads the answers.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use canary_core::Cohort;
+
+use super::error::SourceError;
+use super::interval::IntervalMetrics;
+use super::prometheus_api::{
+    CohortValues, QueryData, decode_answer, expand_template, interval_from_answers, latency_from_answer, latency_query,
+    requests_from_answer, requests_query, single_value,
+};
+
+/// The instant-query endpoint of the Prometheus HTTP API.
+const QUERY_PATH: &str = "/api/v1/query";
+
+/// Queries one Prometheus server.
+#[derive(Debug, Clone)]
+pub struct PrometheusSource {
+    http: reqwest::Client,
+    /// Base URL (`http://prometheus:9090`), no trailing `/`.
+    base_url: String,
+}
+
+impl PrometheusSource {
+    /// Every query is abandoned after `timeout`.
+    pub fn new(base_url: impl Into<String>, timeout: Duration) -> Result<PrometheusSource, SourceError> {
+        let http = reqwest::Client::builder().timeout(timeout).build().map_err(SourceError::Client)?;
+        Ok(PrometheusSource { http, base_url: base_url.into().trim_end_matches('/').to_string() })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// Requests per cohort and class and latency histograms per cohort in the
+    /// `window` ending at `at` (Prometheus' "now" when `None`). Both queries run
+    /// at the same evaluation time so counts and histograms cover the same window.
+    pub async fn interval(
+        &self,
+        deployment: &str,
+        window: Duration,
+        at: Option<SystemTime>,
+    ) -> Result<IntervalMetrics, SourceError> {
+        // Pin "now" once so the two queries cannot straddle a scrape.
+        let at = at.unwrap_or_else(SystemTime::now);
+        let (requests_promql, latency_promql) = (requests_query(deployment, window), latency_query(deployment, window));
+        let (requests, latency) =
+            tokio::join!(self.query(&requests_promql, Some(at)), self.query(&latency_promql, Some(at)));
+        let requests = requests_from_answer(&requests_promql, &requests?)?;
+        let latency = latency_from_answer(&latency_promql, &latency?)?;
+        Ok(interval_from_answers(&self.base_url, requests, latency))
+    }
+
+    /// A policy's custom PromQL, evaluated once for canary and once for control with
+    /// `{deployment}`, `{cohort}` and `{window}` filled in; each must give a scalar or
+    /// a vector of at most one series.
+    pub async fn custom_metric(
+        &self,
+        template: &str,
+        deployment: &str,
+        window: Duration,
+        at: Option<SystemTime>,
+    ) -> Result<CohortValues, SourceError> {
+        let at = at.unwrap_or_else(SystemTime::now);
+        let canary_promql = expand_template(template, deployment, Cohort::Canary, window);
+        let control_promql = expand_template(template, deployment, Cohort::Control, window);
+        let (canary, control) =
+            tokio::join!(self.query(&canary_promql, Some(at)), self.query(&control_promql, Some(at)));
+        Ok(CohortValues {
+            canary: single_value(&canary_promql, &canary?)?,
+            control: single_value(&control_promql, &control?)?,
+        })
+    }
+
+    /// One instant query, evaluated at `at` (Prometheus' "now" when `None`).
+    pub(crate) async fn query(&self, promql: &str, at: Option<SystemTime>) -> Result<QueryData, SourceError> {
+        let url = format!("{}{QUERY_PATH}", self.base_url);
+        let mut form = vec![("query", promql.to_string())];
+        if let Some(at) = at {
+            form.push(("time", unix_seconds(at)));
+        }
+        let request_failed = |source| SourceError::Request { url: url.clone(), source };
+        let response = self.http.post(&url).form(&form).send().await.map_err(request_failed)?;
+        let status = response.status().as_u16();
+        let body = response.text().await.map_err(request_failed)?;
+        decode_answer(&url, promql, status, &body)
+    }
+}
+
+/// A time as the API's `time` parameter: Unix seconds with millisecond precision
+/// (Prometheus' timestamp resolution).
+fn unix_seconds(at: SystemTime) -> String {
+    let since_epoch = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+    format!("{}.{:03}", since_epoch.as_secs(), since_epoch.subsec_millis())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_unix_seconds_to_the_millisecond() {
+        assert_eq!(unix_seconds(UNIX_EPOCH + Duration::from_millis(1_700_000_000_123)), "1700000000.123");
+        assert_eq!(unix_seconds(UNIX_EPOCH + Duration::from_secs(5)), "5.000");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_server_is_named() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let source = PrometheusSource::new(format!("http://{closed}/"), Duration::from_secs(2)).unwrap();
+        let error = source.interval("demo", Duration::from_secs(60), None).await.unwrap_err();
+        assert_eq!(error.to_string(), format!("request to http://{closed}/api/v1/query failed"));
+    }
+}

@@ -1,0 +1,367 @@
+//! The Prometheus side, pure: the PromQL the analyzer asks and the query API's JSON
+//! answers turned into [`IntervalMetrics`] or a value per cohort.
+//!
+//! Why `sum by (...) (increase(...[window]))`: `increase()` takes each series (one
+//! per Envoy/pod) apart, adds back what a counter reset lost, and only then does
+//! `sum` add pods up — the same "delta per target, then sum" rule as the Envoy admin
+//! source, done inside Prometheus, so the answer has one row per cohort and class
+//! whatever the fleet size. Pods that come or go mid-window count for the part of
+//! the window they were scraped in.
+//!
+//! What that costs: `increase()` extrapolates each series to the window's edges, so
+//! counts are not integers and can be off by up to about one scrape interval's worth
+//! of traffic per series (a few % for a window of a few dozen scrapes). Both cohorts
+//! of one pod share scrape times and so the same extrapolation; the comparison stays
+//! fair. Values are rounded to whole counts; histogram buckets, which extrapolate
+//! independently, are made monotone again (a running maximum) before use.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use canary_core::Cohort;
+use canary_core::metrics::{LATENCY, REQUESTS, StatusClass};
+use serde::Deserialize;
+
+use crate::stats::LatencyHistogram;
+
+use super::error::SourceError;
+use super::interval::IntervalMetrics;
+use super::snapshot::{ClassCounts, PerCohort};
+
+/// A custom metric's value for each compared cohort; `None` is "no data"
+/// (empty result, NaN or ±Inf, e.g. a ratio over zero requests).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CohortValues {
+    pub canary: Option<f64>,
+    pub control: Option<f64>,
+}
+
+/// `value` as a PromQL double-quoted string body (backslash, quote and newline escaped).
+fn escape_label_value(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// A window as a PromQL duration, in milliseconds so any window is exact (at least 1 ms).
+pub fn promql_duration(window: Duration) -> String {
+    format!("{}ms", window.as_millis().max(1))
+}
+
+/// Requests per cohort and class in the `window` before the evaluation time.
+pub fn requests_query(deployment: &str, window: Duration) -> String {
+    format!(
+        "sum by (cohort, class) (increase({REQUESTS}{{deployment=\"{}\"}}[{}]))",
+        escape_label_value(deployment),
+        promql_duration(window)
+    )
+}
+
+/// Latency observations per cohort and `le` bucket in the `window` before the evaluation time.
+pub fn latency_query(deployment: &str, window: Duration) -> String {
+    format!(
+        "sum by (cohort, le) (increase({LATENCY}_bucket{{deployment=\"{}\"}}[{}]))",
+        escape_label_value(deployment),
+        promql_duration(window)
+    )
+}
+
+/// A policy's custom query for one cohort: `{deployment}` and `{cohort}` become the
+/// (escaped) label values, `{window}` the PromQL duration of the check window.
+pub fn expand_template(template: &str, deployment: &str, cohort: Cohort, window: Duration) -> String {
+    template
+        .replace("{deployment}", &escape_label_value(deployment))
+        .replace("{cohort}", cohort.label())
+        .replace("{window}", &promql_duration(window))
+}
+
+/// The query API's envelope (`/api/v1/query`).
+#[derive(Debug, Deserialize)]
+struct Envelope {
+    status: String,
+    data: Option<QueryData>,
+    #[serde(rename = "errorType")]
+    error_type: Option<String>,
+    error: Option<String>,
+}
+
+/// `data` of an instant query.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "resultType", content = "result", rename_all = "lowercase")]
+pub(crate) enum QueryData {
+    Vector(Vec<VectorSample>),
+    Scalar(SampleValue),
+    /// Never what the analyzer's queries should give; the content is skipped.
+    Matrix(#[allow(dead_code)] serde::de::IgnoredAny),
+    String(#[allow(dead_code)] serde::de::IgnoredAny),
+}
+
+/// `[unix seconds, "value"]`: Prometheus sends values as strings (NaN, +Inf included).
+type SampleValue = (f64, String);
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct VectorSample {
+    #[serde(default)]
+    metric: BTreeMap<String, String>,
+    value: SampleValue,
+}
+
+impl VectorSample {
+    fn label(&self, name: &str) -> Option<&str> {
+        self.metric.get(name).map(String::as_str)
+    }
+}
+
+/// Decodes an answer; `http_status` is used only when the body is not the API's JSON.
+pub(crate) fn decode_answer(url: &str, query: &str, http_status: u16, body: &str) -> Result<QueryData, SourceError> {
+    let envelope: Envelope = match serde_json::from_str(body) {
+        Ok(envelope) => envelope,
+        Err(_) if !(200..300).contains(&http_status) => {
+            return Err(SourceError::Status {
+                url: url.to_string(),
+                status: http_status,
+                body: super::envoy_admin::truncate(body),
+            });
+        }
+        Err(source) => return Err(SourceError::Json { url: url.to_string(), source }),
+    };
+    if envelope.status != "success" {
+        return Err(SourceError::Query {
+            url: url.to_string(),
+            query: query.to_string(),
+            error_type: envelope.error_type.unwrap_or_else(|| "unknown".to_string()),
+            message: envelope.error.unwrap_or_default(),
+        });
+    }
+    envelope.data.ok_or_else(|| unexpected(query, "a success without data"))
+}
+
+fn unexpected(query: &str, detail: impl Into<String>) -> SourceError {
+    SourceError::UnexpectedResult { query: query.to_string(), detail: detail.into() }
+}
+
+fn vector<'a>(query: &str, data: &'a QueryData) -> Result<&'a [VectorSample], SourceError> {
+    match data {
+        QueryData::Vector(samples) => Ok(samples),
+        _ => Err(unexpected(query, "expected an instant vector")),
+    }
+}
+
+/// A sample's number; `None` for NaN and ±Inf (no data).
+fn finite_value(query: &str, value: &SampleValue) -> Result<Option<f64>, SourceError> {
+    let number: f64 = value.1.parse().map_err(|_| unexpected(query, format!("value {:?} is not a number", value.1)))?;
+    Ok(number.is_finite().then_some(number))
+}
+
+/// An `increase()` result as a whole count (rounded; negative never happens for
+/// counters, but is read as 0 rather than trusted).
+fn whole_count(query: &str, value: &SampleValue) -> Result<Option<u64>, SourceError> {
+    Ok(finite_value(query, value)?.map(|number| number.max(0.0).round() as u64))
+}
+
+fn cohort_of(sample: &VectorSample) -> Option<Cohort> {
+    let label = sample.label("cohort")?;
+    Cohort::ALL.into_iter().find(|cohort| cohort.label() == label)
+}
+
+/// [`requests_query`]'s answer → requests per cohort and class.
+pub(crate) fn requests_from_answer(query: &str, data: &QueryData) -> Result<PerCohort<ClassCounts>, SourceError> {
+    let mut requests = PerCohort::<ClassCounts>::default();
+    for sample in vector(query, data)? {
+        let Some(cohort) = cohort_of(sample) else { continue };
+        let Some(class) = sample.label("class").and_then(|l| StatusClass::ALL.into_iter().find(|c| c.label() == l))
+        else {
+            continue;
+        };
+        if let Some(count) = whole_count(query, &sample.value)? {
+            *requests.get_mut(cohort).get_mut(class) = count;
+        }
+    }
+    Ok(requests)
+}
+
+/// [`latency_query`]'s answer → one histogram per cohort that has buckets.
+pub(crate) fn latency_from_answer(
+    query: &str,
+    data: &QueryData,
+) -> Result<PerCohort<Option<LatencyHistogram>>, SourceError> {
+    // Per cohort: finite bound (µs) → count, and the `+Inf` count.
+    let mut buckets: PerCohort<(BTreeMap<u64, u64>, Option<u64>)> = PerCohort::default();
+    for sample in vector(query, data)? {
+        let Some(cohort) = cohort_of(sample) else { continue };
+        let le = sample.label("le").ok_or_else(|| unexpected(query, "a bucket without an le label"))?;
+        let bound: f64 = le.parse().map_err(|_| unexpected(query, format!("bucket bound le={le:?}")))?;
+        let Some(count) = whole_count(query, &sample.value)? else { continue };
+        let (finite, infinite) = buckets.get_mut(cohort);
+        if bound == f64::INFINITY {
+            *infinite = Some(count);
+        } else if bound.is_finite() && bound >= 0.0 && bound.fract() == 0.0 {
+            finite.insert(bound as u64, count);
+        } else {
+            return Err(unexpected(query, format!("bucket bound le={le:?} is not whole microseconds")));
+        }
+    }
+    let mut histograms = PerCohort::<Option<LatencyHistogram>>::default();
+    for cohort in Cohort::ALL {
+        let (finite, infinite) = buckets.get(cohort);
+        if finite.is_empty() {
+            continue;
+        }
+        let bounds: Vec<u64> = finite.keys().copied().collect();
+        // Extrapolation and rounding can leave a bucket a hair below the one before.
+        let cumulative: Vec<u64> = finite
+            .values()
+            .scan(0u64, |running, &count| {
+                *running = (*running).max(count);
+                Some(*running)
+            })
+            .collect();
+        let largest = cumulative.last().copied().unwrap_or(0);
+        let total = infinite.unwrap_or(largest).max(largest);
+        let histogram = LatencyHistogram::from_cumulative(&bounds, &cumulative, total)
+            .map_err(|error| unexpected(query, error.to_string()))?;
+        *histograms.get_mut(cohort) = Some(histogram);
+    }
+    Ok(histograms)
+}
+
+/// Both answers → the interval, with the Prometheus server as the one target.
+pub(crate) fn interval_from_answers(
+    server: &str,
+    requests: PerCohort<ClassCounts>,
+    latency: PerCohort<Option<LatencyHistogram>>,
+) -> IntervalMetrics {
+    let mut metrics = IntervalMetrics { contributing_targets: vec![server.to_string()], ..Default::default() };
+    for cohort in Cohort::ALL {
+        let interval = metrics.cohorts.get_mut(cohort);
+        interval.requests = *requests.get(cohort);
+        interval.latency = latency.get(cohort).clone();
+    }
+    metrics
+}
+
+/// A custom query's answer → one number: a scalar, or a vector of at most one sample.
+pub(crate) fn single_value(query: &str, data: &QueryData) -> Result<Option<f64>, SourceError> {
+    match data {
+        QueryData::Scalar(value) => finite_value(query, value),
+        QueryData::Vector(samples) => match samples.as_slice() {
+            [] => Ok(None),
+            [sample] => finite_value(query, &sample.value),
+            more => Err(unexpected(query, format!("expected one series, got {}: aggregate it (e.g. sum)", more.len()))),
+        },
+        _ => Err(unexpected(query, "expected a scalar or an instant vector")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const URL: &str = "http://prometheus:9090/api/v1/query";
+    const WINDOW: Duration = Duration::from_secs(60);
+
+    fn decode(body: &str) -> QueryData {
+        decode_answer(URL, "q", 200, body).unwrap()
+    }
+
+    #[test]
+    fn queries_escape_the_deployment_and_state_the_window_exactly() {
+        assert_eq!(
+            requests_query("demo", WINDOW),
+            r#"sum by (cohort, class) (increase(canary_requests_total{deployment="demo"}[60000ms]))"#
+        );
+        assert_eq!(
+            latency_query(r#"we"ird\"#, Duration::from_millis(1_500)),
+            r#"sum by (cohort, le) (increase(canary_latency_us_bucket{deployment="we\"ird\\"}[1500ms]))"#
+        );
+        assert_eq!(promql_duration(Duration::ZERO), "1ms");
+        let template = r#"sum(rate(app_errors{deployment="{deployment}",cohort="{cohort}"}[{window}]))"#;
+        assert_eq!(
+            expand_template(template, "demo", Cohort::Canary, WINDOW),
+            r#"sum(rate(app_errors{deployment="demo",cohort="canary"}[60000ms]))"#
+        );
+    }
+
+    #[test]
+    fn request_counts_are_rounded_per_cohort_and_class() {
+        // Shape of a real Prometheus 2.42 answer: increase() extrapolates to fractions.
+        let body = r#"{"status":"success","data":{"resultType":"vector","result":[
+            {"metric":{"class":"2xx","cohort":"canary"},"value":[1700000000.5,"130.00000000000003"]},
+            {"metric":{"class":"5xx","cohort":"canary"},"value":[1700000000.5,"20.4"]},
+            {"metric":{"class":"reset","cohort":"canary"},"value":[1700000000.5,"4.6"]},
+            {"metric":{"class":"2xx","cohort":"control"},"value":[1700000000.5,"1300"]},
+            {"metric":{"class":"1xx","cohort":"control"},"value":[1700000000.5,"NaN"]},
+            {"metric":{"class":"2xx","cohort":"mirror"},"value":[1700000000.5,"9"]},
+            {"metric":{"class":"2xx","cohort":"excluded"},"value":[1700000000.5,"1"]}]}}"#;
+        let requests = requests_from_answer("q", &decode(body)).unwrap();
+        assert_eq!(requests.canary, ClassCounts { success: 130, server_error: 20, reset: 5, ..Default::default() });
+        assert_eq!(requests.control, ClassCounts { success: 1_300, ..Default::default() });
+        assert_eq!(requests.excluded.total(), 1);
+    }
+
+    #[test]
+    fn buckets_become_histograms_and_are_made_monotone() {
+        let body = r#"{"status":"success","data":{"resultType":"vector","result":[
+            {"metric":{"cohort":"canary","le":"1000"},"value":[1,"10"]},
+            {"metric":{"cohort":"canary","le":"+Inf"},"value":[1,"30.2"]},
+            {"metric":{"cohort":"canary","le":"5000"},"value":[1,"25"]},
+            {"metric":{"cohort":"canary","le":"2000"},"value":[1,"9.4"]},
+            {"metric":{"cohort":"control","le":"1000"},"value":[1,"0"]},
+            {"metric":{"cohort":"control","le":"2000"},"value":[1,"0"]},
+            {"metric":{"cohort":"control","le":"5000"},"value":[1,"0"]},
+            {"metric":{"cohort":"control","le":"+Inf"},"value":[1,"0"]}]}}"#;
+        let histograms = latency_from_answer("q", &decode(body)).unwrap();
+        let canary = histograms.canary.unwrap();
+        assert_eq!(canary.upper_bounds_us(), &[1_000, 2_000, 5_000]);
+        // le=2000 rounds to 9, below le=1000's 10: the running maximum keeps 10.
+        assert_eq!(canary.bucket_counts(), &[10, 0, 15, 5]);
+        assert_eq!(histograms.control.unwrap().total(), 0, "an empty histogram is data: zero observations");
+        assert!(histograms.forced.is_none(), "no buckets is no data");
+    }
+
+    #[test]
+    fn prometheus_errors_name_the_server_the_query_and_the_reason() {
+        let body = r#"{"status":"error","errorType":"bad_data","error":"1:5: parse error: unexpected \"}\""}"#;
+        let error = decode_answer(URL, "sum(}", 400, body).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(r#"prometheus at {URL} refused query "sum(}}": bad_data: 1:5: parse error: unexpected "}}""#)
+        );
+        let proxy = decode_answer(URL, "q", 502, "<html>bad gateway</html>").unwrap_err();
+        assert_eq!(proxy.to_string(), format!("{URL} answered with status 502: <html>bad gateway</html>"));
+        let garbage = decode_answer(URL, "q", 200, "not json").unwrap_err();
+        assert!(matches!(garbage, SourceError::Json { .. }), "{garbage:?}");
+        let matrix = decode(r#"{"status":"success","data":{"resultType":"matrix","result":[]}}"#);
+        let wrong = requests_from_answer("q", &matrix).unwrap_err();
+        assert_eq!(wrong.to_string(), r#"unexpected prometheus result for query "q": expected an instant vector"#);
+    }
+
+    #[test]
+    fn custom_values_are_one_number_or_no_data() {
+        let scalar = decode(r#"{"status":"success","data":{"resultType":"scalar","result":[1,"0.25"]}}"#);
+        assert_eq!(single_value("q", &scalar).unwrap(), Some(0.25));
+        let one = decode(
+            r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"12.5"]}]}}"#,
+        );
+        assert_eq!(single_value("q", &one).unwrap(), Some(12.5));
+        let empty = decode(r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#);
+        assert_eq!(single_value("q", &empty).unwrap(), None);
+        let nan =
+            decode(r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"NaN"]}]}}"#);
+        assert_eq!(single_value("q", &nan).unwrap(), None, "0/0 is no data, never NaN");
+        let two = decode(
+            r#"{"status":"success","data":{"resultType":"vector","result":[
+                {"metric":{"pod":"a"},"value":[1,"1"]},{"metric":{"pod":"b"},"value":[1,"2"]}]}}"#,
+        );
+        assert!(single_value("q", &two).unwrap_err().to_string().contains("expected one series, got 2"));
+    }
+
+    #[test]
+    fn the_interval_carries_the_server_as_its_one_target() {
+        let mut requests = PerCohort::<ClassCounts>::default();
+        requests.canary.success = 5;
+        requests.canary.server_error = 1;
+        let metrics = interval_from_answers("http://prom", requests, PerCohort::default());
+        assert_eq!(metrics.interval_counts().canary.errors, 1);
+        assert_eq!(metrics.contributing_targets, vec!["http://prom"]);
+        assert!(metrics.latency(Cohort::Canary).is_none());
+    }
+}

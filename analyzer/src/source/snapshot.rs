@@ -1,0 +1,189 @@
+//! What one scrape target (one Envoy) reported for one deployment: cumulative
+//! counter values since that Envoy started, per cohort. Snapshots are never
+//! compared with the statistics directly; `delta` turns two of them into an interval.
+
+use canary_core::Cohort;
+use canary_core::metrics::StatusClass;
+use serde::{Deserialize, Serialize};
+
+/// One value per cohort, addressed by [`Cohort`] (no indexing, no missing cohort).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PerCohort<T> {
+    pub canary: T,
+    pub control: T,
+    pub forced: T,
+    pub excluded: T,
+}
+
+impl<T> PerCohort<T> {
+    pub fn get(&self, cohort: Cohort) -> &T {
+        match cohort {
+            Cohort::Canary => &self.canary,
+            Cohort::Control => &self.control,
+            Cohort::Forced => &self.forced,
+            Cohort::Excluded => &self.excluded,
+        }
+    }
+
+    pub fn get_mut(&mut self, cohort: Cohort) -> &mut T {
+        match cohort {
+            Cohort::Canary => &mut self.canary,
+            Cohort::Control => &mut self.control,
+            Cohort::Forced => &mut self.forced,
+            Cohort::Excluded => &mut self.excluded,
+        }
+    }
+
+    /// Every cohort with its value, in [`Cohort::ALL`] order.
+    pub fn iter(&self) -> impl Iterator<Item = (Cohort, &T)> {
+        Cohort::ALL.into_iter().map(move |cohort| (cohort, self.get(cohort)))
+    }
+}
+
+/// Requests per status class (cumulative in a snapshot, a delta in an interval).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClassCounts {
+    pub informational: u64,
+    pub success: u64,
+    pub redirection: u64,
+    pub client_error: u64,
+    pub server_error: u64,
+    pub reset: u64,
+}
+
+impl ClassCounts {
+    pub fn get(&self, class: StatusClass) -> u64 {
+        match class {
+            StatusClass::Informational => self.informational,
+            StatusClass::Success => self.success,
+            StatusClass::Redirection => self.redirection,
+            StatusClass::ClientError => self.client_error,
+            StatusClass::ServerError => self.server_error,
+            StatusClass::Reset => self.reset,
+        }
+    }
+
+    pub fn get_mut(&mut self, class: StatusClass) -> &mut u64 {
+        match class {
+            StatusClass::Informational => &mut self.informational,
+            StatusClass::Success => &mut self.success,
+            StatusClass::Redirection => &mut self.redirection,
+            StatusClass::ClientError => &mut self.client_error,
+            StatusClass::ServerError => &mut self.server_error,
+            StatusClass::Reset => &mut self.reset,
+        }
+    }
+
+    /// All finished requests.
+    pub fn total(&self) -> u64 {
+        StatusClass::ALL.into_iter().fold(0u64, |sum, class| sum.saturating_add(self.get(class)))
+    }
+
+    /// Failed requests: 5xx and resets ([`StatusClass::is_error`]).
+    pub fn errors(&self) -> u64 {
+        StatusClass::ALL
+            .into_iter()
+            .filter(|class| class.is_error())
+            .fold(0u64, |sum, class| sum.saturating_add(self.get(class)))
+    }
+
+    /// Whether any class is lower here than in `earlier` (a counter went down).
+    pub fn any_below(&self, earlier: &ClassCounts) -> bool {
+        StatusClass::ALL.into_iter().any(|class| self.get(class) < earlier.get(class))
+    }
+
+    /// Class by class `self − earlier`, saturating at 0.
+    pub fn minus(&self, earlier: &ClassCounts) -> ClassCounts {
+        let mut delta = ClassCounts::default();
+        for class in StatusClass::ALL {
+            *delta.get_mut(class) = self.get(class).saturating_sub(earlier.get(class));
+        }
+        delta
+    }
+
+    /// Class by class `self + other`, saturating.
+    pub fn add(&mut self, other: &ClassCounts) {
+        for class in StatusClass::ALL {
+            let mine = self.get_mut(class);
+            *mine = mine.saturating_add(other.get(class));
+        }
+    }
+}
+
+/// A latency histogram in Prometheus form: cumulative counts at or below each
+/// finite bound (µs), the total (`_count`, the `+Inf` bucket) and the sum (µs).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CumulativeLatency {
+    /// Finite upper bounds in microseconds, strictly ascending.
+    pub upper_bounds_us: Vec<u64>,
+    /// Observations at or below the bound of the same position.
+    pub le_counts: Vec<u64>,
+    /// All observations (`le="+Inf"`).
+    pub count: u64,
+    /// Sum of all observations in microseconds (Envoy reports a fraction).
+    pub sum_us: f64,
+}
+
+impl CumulativeLatency {
+    /// Whether any bucket or the total is lower here than in `earlier`, or the
+    /// bucket layout changed: either way the histogram did not just grow.
+    pub fn restarted_since(&self, earlier: &CumulativeLatency) -> bool {
+        self.upper_bounds_us != earlier.upper_bounds_us
+            || self.count < earlier.count
+            || self.le_counts.iter().zip(&earlier.le_counts).any(|(now, before)| now < before)
+    }
+
+    /// Bucket by bucket `self − earlier` (same layout assumed; see [`Self::restarted_since`]).
+    pub fn minus(&self, earlier: &CumulativeLatency) -> CumulativeLatency {
+        CumulativeLatency {
+            upper_bounds_us: self.upper_bounds_us.clone(),
+            le_counts: self
+                .le_counts
+                .iter()
+                .zip(&earlier.le_counts)
+                .map(|(now, before)| now.saturating_sub(*before))
+                .collect(),
+            count: self.count.saturating_sub(earlier.count),
+            sum_us: (self.sum_us - earlier.sum_us).max(0.0),
+        }
+    }
+}
+
+/// What one target reported for one cohort.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CohortSnapshot {
+    /// Cumulative `canary_requests_total` per class (absent series read as 0).
+    pub requests: ClassCounts,
+    /// Cumulative `canary_latency_us`; `None` when the target exported no histogram.
+    pub latency: Option<CumulativeLatency>,
+}
+
+/// One scrape of one target, for one deployment.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeploymentSnapshot {
+    pub cohorts: PerCohort<CohortSnapshot>,
+    /// Envoy's `envoy_server_uptime` (seconds), when exported: if it goes down,
+    /// the Envoy restarted even if its counters already grew past their old values.
+    pub server_uptime_seconds: Option<f64>,
+}
+
+impl DeploymentSnapshot {
+    /// Whether the target restarted between `earlier` and this snapshot: uptime went
+    /// down, a request counter went down, or a histogram shrank or changed layout.
+    pub fn restarted_since(&self, earlier: &DeploymentSnapshot) -> bool {
+        let uptime_went_down = matches!(
+            (self.server_uptime_seconds, earlier.server_uptime_seconds),
+            (Some(now), Some(before)) if now < before
+        );
+        uptime_went_down
+            || Cohort::ALL.into_iter().any(|cohort| {
+                let (now, before) = (self.cohorts.get(cohort), earlier.cohorts.get(cohort));
+                let latency_restarted = match (&now.latency, &before.latency) {
+                    (Some(now), Some(before)) => now.restarted_since(before),
+                    (None, Some(_)) => true,
+                    _ => false,
+                };
+                now.requests.any_below(&before.requests) || latency_restarted
+            })
+    }
+}

@@ -1,0 +1,221 @@
+//! The analyzer's metric sources against the real thing: Envoy with the filter,
+//! scraped by a real Prometheus (`/usr/bin/prometheus`, Debian package `prometheus`,
+//! or `$PROMETHEUS`) every second. Known traffic, including 503s, must come back as
+//! the same per-cohort counts from the Prometheus source and the Envoy admin source.
+
+use canary_analyzer::source::{DeltaTracker, EnvoyAdminSource, IntervalMetrics, PrometheusSource};
+use canary_core::Cohort;
+use canary_e2e::free_port;
+use canary_e2e::rig::{DEPLOYMENT, Rig, RigOptions};
+use canary_e2e::traffic::user_ids;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Generous upper bound for anything to show up; only a guard against hanging.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A running Prometheus with its own config and TSDB in a temp dir; killed,
+/// reaped and removed on drop (also when the test panics).
+struct Prometheus {
+    child: Child,
+    dir: PathBuf,
+    url: String,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Prometheus {
+    /// Starts Prometheus scraping `target`'s `/stats/prometheus` every second.
+    fn start(target: std::net::SocketAddr) -> Prometheus {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("wasm-canary-prometheus-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("prometheus temp dir");
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+             scrape_configs:\n  - job_name: envoy\n    metrics_path: /stats/prometheus\n    \
+             static_configs:\n      - targets: ['{target}']\n"
+        );
+        std::fs::write(dir.join("prometheus.yml"), config).expect("write prometheus.yml");
+        let log = std::fs::File::create(dir.join("prometheus.log")).expect("prometheus log");
+        let binary = std::env::var("PROMETHEUS").unwrap_or_else(|_| "/usr/bin/prometheus".to_string());
+        let child = Command::new(&binary)
+            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {binary} (install the `prometheus` package): {e}"));
+        Prometheus { child, dir, url: format!("http://127.0.0.1:{port}") }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default()
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + PATIENCE;
+        let http = reqwest::Client::new();
+        loop {
+            if let Ok(response) = http.get(format!("{}/-/ready", self.url)).send().await {
+                if response.status().is_success() {
+                    return;
+                }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("prometheus exited with {status}:\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "prometheus not ready:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Time (ms since the epoch) and values of the latest scrape of the demo counters:
+    /// `(timestamp, total requests)`, once Prometheus has one.
+    async fn latest_scrape(&self) -> Option<(u64, f64)> {
+        let query = format!("max(timestamp(canary_requests_total{{deployment=\"{DEPLOYMENT}\"}}))");
+        let ms = self.instant(&query).await? * 1_000.0;
+        let total = self.instant(&format!("sum(canary_requests_total{{deployment=\"{DEPLOYMENT}\"}})")).await?;
+        Some((ms.round() as u64, total))
+    }
+
+    /// The single value of an instant query, if any.
+    async fn instant(&self, query: &str) -> Option<f64> {
+        let answer: serde_json::Value = reqwest::Client::new()
+            .get(format!("{}/api/v1/query", self.url))
+            .query(&[("query", query)])
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        answer["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    }
+
+    /// Waits for a scrape taken after `after_ms` that saw `total` requests; its timestamp.
+    async fn scrape_after(&self, after_ms: u64, total: u64) -> u64 {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some((at_ms, seen)) = self.latest_scrape().await {
+                if at_ms > after_ms && seen as u64 == total {
+                    return at_ms;
+                }
+            }
+            assert!(Instant::now() < deadline, "prometheus never scraped {total} requests:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_millis()).expect("ms")
+}
+
+/// Total requests of every cohort once Envoy's histograms (merged on stats flush)
+/// have caught up with its counters, so a scrape from now on is final.
+async fn settled_total(envoy: &EnvoyAdminSource, admin_url: &str) -> u64 {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let snapshot = envoy.scrape_one(admin_url).await.expect("envoy admin scrape");
+        let caught_up = snapshot
+            .cohorts
+            .iter()
+            .all(|(_, cohort)| cohort.latency.as_ref().map_or(0, |l| l.count) == cohort.requests.total());
+        if caught_up {
+            return snapshot.cohorts.iter().map(|(_, cohort)| cohort.requests.total()).sum();
+        }
+        assert!(Instant::now() < deadline, "envoy histograms never caught up with the counters");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The per-cohort figures the test checks: (2xx, 4xx, 5xx, all, errors, histogram total).
+fn figures(metrics: &IntervalMetrics, cohort: Cohort) -> (u64, u64, u64, u64, u64, Option<u64>) {
+    let requests = &metrics.cohorts.get(cohort).requests;
+    let counts = metrics.cohort_counts(cohort);
+    let latency_total = metrics.latency(cohort).map(|h| h.total());
+    (requests.success, requests.client_error, requests.server_error, counts.requests, counts.errors, latency_total)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_and_envoy_admin_sources_count_the_same_known_traffic() {
+    let rig = Rig::start(5_000, RigOptions::default()).await;
+    let admin_url = format!("http://{}", rig.envoy.admin);
+    let mut prometheus = Prometheus::start(rig.envoy.admin);
+    prometheus.wait_ready().await;
+    let envoy = EnvoyAdminSource::new([admin_url.clone()], DEPLOYMENT, Duration::from_secs(2)).expect("source");
+
+    // Baseline: the rig's readiness probes are already counted; wait until they are
+    // final in Envoy and in a Prometheus scrape taken after that.
+    let before_total = settled_total(&envoy, &admin_url).await;
+    let mut tracker = DeltaTracker::new();
+    let baseline = tracker.advance(envoy.scrape().await);
+    assert_eq!(baseline.baseline_targets, vec![admin_url.clone()]);
+    let start_ms = prometheus.scrape_after(now_ms(), before_total).await;
+
+    // Known traffic, per cohort: 60 x 200, 15 x 503 (application errors), 5 x 404.
+    let (canary, control): (Vec<String>, Vec<String>) =
+        user_ids(33, 400).into_iter().partition(|id| Rig::expected_version(id, 5_000) == "canary");
+    let plan: [(&str, usize, u16); 3] = [("/", 60, 200), ("/status/503", 15, 503), ("/status/404", 5, 404)];
+    for users in [&canary, &control] {
+        for (path, n, expected) in plan {
+            let batch: Vec<String> = users.iter().cycle().take(n).cloned().collect();
+            let statuses =
+                rig.client
+                    .map_parallel(&batch, move |client, id| async move {
+                        client.get(path, &[("x-user-id", &id)]).await.status
+                    })
+                    .await;
+            assert!(statuses.iter().all(|s| *s == expected), "{path}: {statuses:?}");
+        }
+    }
+    let expected = (60, 5, 15, 80, 15, Some(80));
+
+    // The Envoy admin source: one interval from the baseline to now.
+    let after_total = settled_total(&envoy, &admin_url).await;
+    let settled_ms = now_ms();
+    assert_eq!(after_total, before_total + 160);
+    let from_envoy = tracker.advance(envoy.scrape().await);
+    assert_eq!(from_envoy.contributing_targets, vec![admin_url.clone()]);
+    assert!(from_envoy.failed_targets.is_empty() && from_envoy.restarted_targets.is_empty());
+    assert_eq!(figures(&from_envoy, Cohort::Canary), expected, "envoy admin source, canary");
+    assert_eq!(figures(&from_envoy, Cohort::Control), expected, "envoy admin source, control");
+
+    // The Prometheus source, over the two scrapes around the traffic: with the window's
+    // edges on scrape times, increase() has (almost) nothing to extrapolate. The extra
+    // millisecond keeps the first scrape inside under Prometheus 3's left-open ranges
+    // too; its 1 ms of extrapolation vanishes in the rounding.
+    let end_ms = prometheus.scrape_after(settled_ms, after_total).await;
+    let window = Duration::from_millis(end_ms - start_ms + 1);
+    let at = UNIX_EPOCH + Duration::from_millis(end_ms);
+    let source = PrometheusSource::new(prometheus.url.clone(), Duration::from_secs(5)).expect("source");
+    let from_prometheus = source.interval(DEPLOYMENT, window, Some(at)).await.expect("prometheus interval");
+    assert_eq!(figures(&from_prometheus, Cohort::Canary), expected, "prometheus source, canary");
+    assert_eq!(figures(&from_prometheus, Cohort::Control), expected, "prometheus source, control");
+    assert_eq!(from_prometheus.interval_counts(), from_envoy.interval_counts());
+    assert_eq!(from_prometheus.latency(Cohort::Canary), from_envoy.latency(Cohort::Canary), "same buckets");
+    assert_eq!(from_prometheus.latency(Cohort::Control), from_envoy.latency(Cohort::Control), "same buckets");
+    assert_eq!(from_prometheus.requests(Cohort::Forced), 0);
+
+    // A policy's custom query, once per cohort.
+    let template =
+        "sum(increase(canary_requests_total{deployment=\"{deployment}\",cohort=\"{cohort}\",class=\"5xx\"}[{window}]))";
+    let errors = source.custom_metric(template, DEPLOYMENT, window, Some(at)).await.expect("custom metric");
+    assert_eq!((errors.canary, errors.control), (Some(15.0), Some(15.0)));
+    let nothing = "sum(canary_requests_total{deployment=\"nobody\",cohort=\"{cohort}\"})";
+    let empty = source.custom_metric(nothing, DEPLOYMENT, window, Some(at)).await.expect("empty custom metric");
+    assert_eq!((empty.canary, empty.control), (None, None), "no series is no data");
+
+    // Errors name what failed.
+    let refused = source.custom_metric("sum(", DEPLOYMENT, window, Some(at)).await.unwrap_err().to_string();
+    assert!(refused.starts_with(&format!("prometheus at {}/api/v1/query refused query", prometheus.url)), "{refused}");
+}
