@@ -1,7 +1,12 @@
 //! The analyzer: scrape per-cohort metrics, compare canary with control, decide.
 
+pub mod api;
 pub mod audit;
+pub mod cli;
+pub mod engine;
+pub mod evaluation;
 pub mod ladder;
+pub mod notify;
 pub mod policy;
 pub mod simulation;
 pub mod source;

@@ -1,0 +1,340 @@
+//! The HTTP API: the config the filter polls, rollout status and reports, the
+//! audit log, registration and human overrides (bearer token), `/healthz` and
+//! the analyzer's own `/metrics`. One error type maps to status codes; 5xx
+//! bodies never carry internals (they are logged instead).
+
+use crate::engine::{Engine, EngineError, now_ms};
+use crate::ladder::{OverrideAction, OverrideError, TransitionError};
+use crate::policy::RolloutPolicy;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tokio::net::TcpListener;
+use tower_http::trace::TraceLayer;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    /// Bearer token for registration and overrides; `None` disables them.
+    pub token: Option<Arc<str>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("missing or wrong bearer token")]
+    Unauthorized,
+    #[error("overrides are disabled: the analyzer was started without a token (CANARY_ANALYZER_TOKEN)")]
+    Disabled,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::NotFound(_) => ApiError::NotFound(e.to_string()),
+            EngineError::InProgress(_) => ApiError::Conflict(e.to_string()),
+            EngineError::Override(OverrideError::Finished { .. }) => ApiError::Conflict(e.to_string()),
+            EngineError::Override(_) => ApiError::BadRequest(e.to_string()),
+            EngineError::Transition(TransitionError::Stale { .. }) => ApiError::Conflict(e.to_string()),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Disabled => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Internal(detail) => {
+                tracing::error!(error = %detail, "internal error");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        (status, Json(json!({ "error": self.to_string() }))).into_response()
+    }
+}
+
+/// Compares without an early exit, so response time does not reveal a prefix.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl AppState {
+    fn authorize(&self, headers: &HeaderMap, what: &str) -> Result<(), ApiError> {
+        let Some(token) = &self.token else { return Err(ApiError::Disabled) };
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if same_secret(given.as_bytes(), token.as_bytes()) {
+            return Ok(());
+        }
+        self.engine.counters.unauthorized.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(request = %what, "unauthorized request refused");
+        Err(ApiError::Unauthorized)
+    }
+}
+
+/// The router; `state` carries the engine and the token.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .route("/v1/rollouts", get(list).post(register))
+        .route("/v1/rollouts/{deployment}", get(status))
+        .route("/v1/rollouts/{deployment}/config", get(config))
+        .route("/v1/rollouts/{deployment}/report", get(report))
+        .route("/v1/rollouts/{deployment}/audit", get(audit))
+        .route("/v1/rollouts/{deployment}/override", post(override_rollout))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Serves until `shutdown` resolves, then finishes the requests in flight.
+pub async fn run(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await
+}
+
+async fn config(State(state): State<AppState>, Path(deployment): Path<String>) -> Result<Response, ApiError> {
+    let config = state
+        .engine
+        .config(&deployment)
+        .ok_or_else(|| ApiError::NotFound(format!("no rollout for deployment {deployment:?}")))?;
+    Ok(Json(config).into_response())
+}
+
+async fn list(State(state): State<AppState>) -> Response {
+    Json(state.engine.list(now_ms()).await).into_response()
+}
+
+async fn status(State(state): State<AppState>, Path(deployment): Path<String>) -> Result<Response, ApiError> {
+    Ok(Json(state.engine.status(&deployment, now_ms()).await?).into_response())
+}
+
+async fn report(State(state): State<AppState>, Path(deployment): Path<String>) -> Result<Response, ApiError> {
+    Ok(Json(state.engine.status(&deployment, now_ms()).await?.rows).into_response())
+}
+
+async fn audit(State(state): State<AppState>, Path(deployment): Path<String>) -> Result<Response, ApiError> {
+    Ok(Json(state.engine.audit(&deployment)?).into_response())
+}
+
+/// Body: the policy document (YAML or JSON). Header `x-actor` names who registers.
+async fn register(State(state): State<AppState>, headers: HeaderMap, body: String) -> Result<Response, ApiError> {
+    state.authorize(&headers, "register rollout")?;
+    let policy = RolloutPolicy::from_yaml(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let actor = headers.get("x-actor").and_then(|v| v.to_str().ok()).unwrap_or("pipeline").to_string();
+    let status = state.engine.register(policy, &actor, now_ms()).await?;
+    Ok((StatusCode::CREATED, Json(status)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OverrideRequest {
+    /// promote | rollback | hold (or pause) | resume | set_share
+    action: String,
+    reason: Option<String>,
+    actor: Option<String>,
+    /// For `set_share`: percent, e.g. 12.5.
+    share_percent: Option<f64>,
+}
+
+fn parse_action(request: &OverrideRequest) -> Result<OverrideAction, ApiError> {
+    Ok(match request.action.as_str() {
+        "promote" => OverrideAction::Promote,
+        "rollback" => OverrideAction::Rollback,
+        "hold" | "pause" => OverrideAction::Pause,
+        "resume" => OverrideAction::Resume,
+        "set_share" => {
+            let percent = request.share_percent.ok_or_else(|| {
+                ApiError::BadRequest("field `share_percent` = (missing): expected a percentage for set_share".into())
+            })?;
+            if !(0.0..=100.0).contains(&percent) {
+                return Err(ApiError::BadRequest(format!(
+                    "field `share_percent` = {percent}: expected a percentage from 0 to 100"
+                )));
+            }
+            // Percent to basis points, rounded to the nearest point.
+            OverrideAction::SetShare { share_bp: (percent * 100.0).round() as u32 }
+        }
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "field `action` = {other:?}: expected promote, rollback, hold, resume or set_share"
+            )));
+        }
+    })
+}
+
+async fn override_rollout(
+    State(state): State<AppState>,
+    Path(deployment): Path<String>,
+    headers: HeaderMap,
+    body: String,
+) -> Result<Response, ApiError> {
+    state.authorize(&headers, "override")?;
+    let request: OverrideRequest =
+        serde_json::from_str(&body).map_err(|e| ApiError::BadRequest(format!("override request: {e}")))?;
+    let action = parse_action(&request)?;
+    let reason = request.reason.as_deref().unwrap_or("");
+    let actor = request.actor.as_deref().unwrap_or("operator");
+    let status = state.engine.override_rollout(&deployment, &action, actor, reason, now_ms()).await?;
+    Ok(Json(status).into_response())
+}
+
+/// The analyzer's own metrics, Prometheus text format.
+async fn metrics(State(state): State<AppState>) -> Response {
+    let c = &state.engine.counters;
+    let mut out = String::new();
+    for (name, help, value) in [
+        ("canary_analyzer_checks_total", "Checks run.", c.checks.load(Ordering::Relaxed)),
+        (
+            "canary_analyzer_check_failures_total",
+            "Checks that failed (scrape, statistics).",
+            c.check_failures.load(Ordering::Relaxed),
+        ),
+        ("canary_analyzer_decisions_total", "Decisions that changed a rollout.", c.decisions.load(Ordering::Relaxed)),
+        ("canary_analyzer_overrides_total", "Human overrides applied.", c.overrides.load(Ordering::Relaxed)),
+        (
+            "canary_analyzer_unauthorized_total",
+            "Requests refused for a missing or wrong token.",
+            c.unauthorized.load(Ordering::Relaxed),
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP canary_analyzer_share_bp Canary share served, basis points.\n# TYPE canary_analyzer_share_bp gauge"
+    );
+    let configs = state.engine.configs();
+    for config in &configs {
+        let _ = writeln!(out, "canary_analyzer_share_bp{{deployment=\"{}\"}} {}", config.deployment, config.share_bp);
+    }
+    let _ = writeln!(
+        out,
+        "# HELP canary_analyzer_generation Config generation served.\n# TYPE canary_analyzer_generation gauge"
+    );
+    for config in &configs {
+        let _ =
+            writeln!(out, "canary_analyzer_generation{{deployment=\"{}\"}} {}", config.deployment, config.generation);
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::SourceSettings;
+    use crate::notify::Notifier;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    const POLICY: &str = "apiVersion: canary.wasm.dev/v1alpha1\nkind: RolloutPolicy\nmetadata: {name: api-test}\n\
+                          spec: {deployment: checkout}\n";
+
+    fn state(token: Option<&str>) -> AppState {
+        let dir = std::env::temp_dir().join(format!("canary-api-{}-{}", std::process::id(), now_ms() ^ rand_suffix()));
+        let source = SourceSettings::EnvoyAdmin(vec!["http://127.0.0.1:1".into()]);
+        let engine = Engine::open(&dir, source, Notifier::new(None), now_ms()).unwrap();
+        AppState { engine: Arc::new(engine), token: token.map(Arc::from) }
+    }
+
+    /// Distinguishes temp dirs of tests running in parallel.
+    fn rand_suffix() -> u64 {
+        use std::sync::atomic::AtomicU64;
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        NEXT.fetch_add(1, Ordering::Relaxed) << 48
+    }
+
+    async fn call(app: &Router, method: &str, uri: &str, token: Option<&str>, body: &str) -> (StatusCode, String) {
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let response = app.clone().oneshot(request.body(Body::from(body.to_string())).unwrap()).await.unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    #[tokio::test]
+    async fn register_needs_the_token_and_then_serves_the_filter_config() {
+        let app = app(state(Some("s3cret")));
+        assert_eq!(call(&app, "POST", "/v1/rollouts", None, POLICY).await.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(call(&app, "POST", "/v1/rollouts", Some("wrong"), POLICY).await.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(call(&app, "GET", "/v1/rollouts/checkout/config", None, "").await.0, StatusCode::NOT_FOUND);
+        let (status, body) = call(&app, "POST", "/v1/rollouts", Some("s3cret"), POLICY).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let (status, body) = call(&app, "GET", "/v1/rollouts/checkout/config", None, "").await;
+        assert_eq!(status, StatusCode::OK);
+        let config: canary_core::RolloutConfig = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            (config.deployment.as_str(), config.share_bp),
+            ("checkout", 100),
+            "first step of the default ladder"
+        );
+        assert_eq!(call(&app, "POST", "/v1/rollouts", Some("s3cret"), POLICY).await.0, StatusCode::CONFLICT);
+        let (_, metrics) = call(&app, "GET", "/metrics", None, "").await;
+        assert!(metrics.contains("canary_analyzer_unauthorized_total 2"), "{metrics}");
+        assert!(metrics.contains("canary_analyzer_share_bp{deployment=\"checkout\"} 100"), "{metrics}");
+    }
+
+    #[tokio::test]
+    async fn overrides_need_token_and_reason_and_are_audited() {
+        let app = app(state(Some("t")));
+        call(&app, "POST", "/v1/rollouts", Some("t"), POLICY).await;
+        let promote = r#"{"action":"promote","reason":"manual check passed","actor":"alice"}"#;
+        assert_eq!(
+            call(&app, "POST", "/v1/rollouts/checkout/override", None, promote).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        let no_reason = r#"{"action":"promote","actor":"alice"}"#;
+        let (status, body) = call(&app, "POST", "/v1/rollouts/checkout/override", Some("t"), no_reason).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        let bad = r#"{"action":"explode","reason":"x"}"#;
+        let (status, body) = call(&app, "POST", "/v1/rollouts/checkout/override", Some("t"), bad).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body.contains("field `action`") && body.contains("explode"), "{body}");
+        let (status, body) = call(&app, "POST", "/v1/rollouts/checkout/override", Some("t"), promote).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (_, config) = call(&app, "GET", "/v1/rollouts/checkout/config", None, "").await;
+        assert!(config.contains("\"share_bp\":500"), "{config}");
+        let (_, audit) = call(&app, "GET", "/v1/rollouts/checkout/audit", None, "").await;
+        assert!(audit.contains("manual check passed") && audit.contains("alice"), "{audit}");
+        let set = r#"{"action":"set_share","share_percent":150,"reason":"x","actor":"alice"}"#;
+        let (status, body) = call(&app, "POST", "/v1/rollouts/checkout/override", Some("t"), set).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body.contains("share_percent") && body.contains("150"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn without_a_token_overrides_are_disabled() {
+        let app = app(state(None));
+        assert_eq!(call(&app, "POST", "/v1/rollouts", Some("any"), POLICY).await.0, StatusCode::FORBIDDEN);
+        assert_eq!(call(&app, "GET", "/healthz", None, "").await, (StatusCode::OK, "ok\n".to_string()));
+    }
+}

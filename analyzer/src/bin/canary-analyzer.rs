@@ -1,0 +1,277 @@
+//! `canary-analyzer`: serve the analyzer (`serve`), or ask a running one
+//! (`status`, `report`, `register`, `override`, `wait`).
+
+use anyhow::Context;
+use canary_analyzer::api::{self, AppState};
+use canary_analyzer::cli::{self, Client};
+use canary_analyzer::engine::{self, Engine, SourceSettings, now_ms};
+use canary_analyzer::notify::Notifier;
+use canary_analyzer::policy::RolloutPolicy;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "canary-analyzer", version, about = "Compares canary with control and walks the rollout ladder")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the analyzer: check rollouts, decide, serve the API and the filter's config.
+    Serve(ServeArgs),
+    /// Show one rollout (or all) with its latest comparison.
+    Status {
+        deployment: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the latest comparison table of a rollout.
+    Report {
+        deployment: String,
+        #[command(flatten)]
+        server: ServerArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Register a rollout from a policy file (YAML).
+    Register {
+        policy: PathBuf,
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Who registers (recorded in the audit log).
+        #[arg(long, default_value = "pipeline")]
+        actor: String,
+    },
+    /// Override a rollout: promote, rollback, hold, resume or set_share, with a reason.
+    Override {
+        deployment: String,
+        #[arg(value_enum)]
+        action: OverrideKind,
+        /// Why (required; recorded in the audit log).
+        #[arg(long)]
+        reason: String,
+        /// Who you are (recorded in the audit log).
+        #[arg(long, env = "USER", default_value = "operator")]
+        actor: String,
+        /// For set_share: the canary share in percent.
+        #[arg(long)]
+        share: Option<f64>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Block until the rollout ends: exit 0 promoted, 1 rolled back, 2 timeout or error.
+    Wait {
+        deployment: String,
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 3_600)]
+        timeout: u64,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OverrideKind {
+    Promote,
+    Rollback,
+    Hold,
+    Resume,
+    SetShare,
+}
+
+impl OverrideKind {
+    fn api_name(self) -> &'static str {
+        match self {
+            OverrideKind::Promote => "promote",
+            OverrideKind::Rollback => "rollback",
+            OverrideKind::Hold => "hold",
+            OverrideKind::Resume => "resume",
+            OverrideKind::SetShare => "set_share",
+        }
+    }
+}
+
+#[derive(Args)]
+struct ServerArgs {
+    /// The analyzer's base URL.
+    #[arg(long, env = "CANARY_ANALYZER_URL", default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// Bearer token for register and override.
+    #[arg(long, env = "CANARY_ANALYZER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl ServerArgs {
+    fn client(&self) -> Client {
+        Client::new(&self.server, self.token.clone())
+    }
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to serve the API (and the filter's config) on.
+    #[arg(long, env = "CANARY_ANALYZER_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// Where the audit log and rollout state live; survives restarts.
+    #[arg(long, env = "CANARY_ANALYZER_STATE_DIR", default_value = "canary-state")]
+    state_dir: PathBuf,
+    /// Policy files to register at start (skipped if the deployment's rollout is already known).
+    #[arg(long = "policy")]
+    policies: Vec<PathBuf>,
+    /// Envoy admin base URLs to scrape and sum (comma-separated or repeated).
+    #[arg(long, env = "CANARY_ANALYZER_ENVOY_ADMIN", value_delimiter = ',', default_value = "http://127.0.0.1:9901")]
+    envoy_admin: Vec<String>,
+    /// Read metrics from this Prometheus server instead of Envoy admin endpoints.
+    #[arg(long, env = "CANARY_ANALYZER_PROMETHEUS")]
+    prometheus: Option<String>,
+    /// Webhook for status updates (Slack-compatible); a policy's own `notify` wins.
+    #[arg(long, env = "CANARY_ANALYZER_WEBHOOK")]
+    webhook: Option<String>,
+    /// Bearer token required for register and override; without one they are disabled.
+    #[arg(long, env = "CANARY_ANALYZER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[arg(long, env = "CANARY_ANALYZER_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => return ctrl_c.await.unwrap_or(()),
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging(args.log_format);
+    let source = match args.prometheus {
+        Some(url) => SourceSettings::Prometheus(url),
+        None => SourceSettings::EnvoyAdmin(args.envoy_admin),
+    };
+    let engine = Engine::open(&args.state_dir, source, Notifier::new(args.webhook), now_ms())
+        .with_context(|| format!("opening the state directory {}", args.state_dir.display()))?;
+    let engine = Arc::new(engine);
+    for path in &args.policies {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading policy {}", path.display()))?;
+        let policy = RolloutPolicy::from_yaml(&text).with_context(|| format!("policy {}", path.display()))?;
+        if engine.config(&policy.deployment).is_some() {
+            tracing::info!(deployment = %policy.deployment, "rollout already known; keeping its state");
+            continue;
+        }
+        engine
+            .register(policy, "analyzer", now_ms())
+            .await
+            .with_context(|| format!("registering {}", path.display()))?;
+    }
+    let listener =
+        tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    tracing::info!(listen = %args.listen, overrides = args.token.is_some(), "analyzer serving");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let checks = tokio::spawn(engine::run_checks(Arc::clone(&engine), {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.changed().await;
+        }
+    }));
+    let state = AppState { engine, token: args.token.map(Arc::from) };
+    api::run(listener, state, async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    })
+    .await
+    .context("serving the API")?;
+    let _ = checks.await;
+    tracing::info!("analyzer stopped");
+    Ok(())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Serve(args) => serve(args).await.map(|()| 0),
+        Command::Status { deployment, server, json } => {
+            let client = server.client();
+            let statuses = match deployment {
+                Some(d) => vec![client.status(&d).await?],
+                None => client.list().await?,
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&statuses)?);
+            } else if statuses.is_empty() {
+                println!("no rollouts");
+            } else {
+                let texts: Vec<String> = statuses.iter().map(cli::status_text).collect();
+                println!("{}", texts.join("\n\n"));
+            }
+            Ok(0)
+        }
+        Command::Report { deployment, server, json } => {
+            let status = server.client().status(&deployment).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status.rows)?);
+            } else {
+                print!("{}", cli::report_table(&status.rows));
+            }
+            Ok(0)
+        }
+        Command::Register { policy, server, actor } => {
+            let text = std::fs::read_to_string(&policy).with_context(|| format!("reading {}", policy.display()))?;
+            let status = server.client().register(text, &actor).await?;
+            println!("{}", cli::progress_line(&status));
+            Ok(0)
+        }
+        Command::Override { deployment, action, reason, actor, share, server } => {
+            let status =
+                server.client().override_rollout(&deployment, action.api_name(), &reason, &actor, share).await?;
+            println!("{}", cli::progress_line(&status));
+            Ok(0)
+        }
+        Command::Wait { deployment, server, timeout } => {
+            // Poll every 2 s: a pipeline gate needs seconds, not milliseconds.
+            Ok(server.client().wait(&deployment, Duration::from_secs(timeout), Duration::from_secs(2)).await)
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let code = match run(Cli::parse()).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("canary-analyzer: {e:#}");
+            cli::exit::UNKNOWN
+        }
+    };
+    std::process::exit(code);
+}

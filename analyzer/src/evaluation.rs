@@ -1,0 +1,174 @@
+//! One rollout's running comparison: the statistical tests a policy asks for, fed
+//! one interval at a time, turned into the report rows the ladder decides on.
+//!
+//! Error rate and sample ratio condition on each interval's own split, so their
+//! evidence carries across ladder steps; the latency comparison pools histograms
+//! and is restarted whenever the share changes (see [`RolloutEvaluation::restart_latency`]).
+
+use crate::policy::{Metric, RolloutPolicy};
+use crate::source::IntervalMetrics;
+use crate::stats::{
+    ComparisonRow, ErrorRateSettings, ErrorRateTest, LatencyComparison, LatencySettings, QuantileTolerance,
+    REPORTED_QUANTILES, SampleRatioSettings, SampleRatioTest, StatsError, sort_worst_first,
+};
+use canary_core::Cohort;
+use canary_core::metrics::LATENCY_BUCKETS_US;
+
+/// The tests of one rollout and the policy values they need.
+#[derive(Debug, Clone)]
+pub struct RolloutEvaluation {
+    error_rate: ErrorRateTest,
+    sample_ratio: SampleRatioTest,
+    latency: LatencyComparison,
+    latency_settings: LatencySettings,
+    alpha: f64,
+    min_requests: u64,
+}
+
+fn latency_settings(policy: &RolloutPolicy) -> LatencySettings {
+    // Every reported quantile gets a row; those the policy names get its tolerance
+    // (absolute; a relative-only tolerance applies to the control value and is
+    // approximated by 0 here, so name an absolute one for latency you gate on).
+    let quantiles = REPORTED_QUANTILES
+        .iter()
+        .map(|&quantile| {
+            let tolerance_us = policy
+                .metrics
+                .iter()
+                .find_map(|m| match &m.metric {
+                    Metric::Latency { quantile: q, tolerance } if (q.fraction() - quantile).abs() < 1e-9 => {
+                        tolerance.allowed_increase_us(None)
+                    }
+                    _ => None,
+                })
+                .unwrap_or(0.0);
+            QuantileTolerance { quantile, tolerance_us }
+        })
+        .collect();
+    LatencySettings { quantiles, ..LatencySettings::with_tolerance_us(0.0) }
+}
+
+impl RolloutEvaluation {
+    pub fn new(policy: &RolloutPolicy) -> Result<RolloutEvaluation, StatsError> {
+        let mut error_settings = ErrorRateSettings::default();
+        let mut ratio_settings = SampleRatioSettings::default();
+        for metric in &policy.metrics {
+            match metric.metric {
+                Metric::ErrorRate { max_relative_increase } => {
+                    error_settings.relative_tolerance = max_relative_increase
+                }
+                Metric::SampleRatio { max_relative_deviation } => {
+                    ratio_settings.relative_tolerance = max_relative_deviation
+                }
+                _ => {}
+            }
+        }
+        let latency_settings = latency_settings(policy);
+        Ok(RolloutEvaluation {
+            error_rate: ErrorRateTest::new(error_settings)?,
+            sample_ratio: SampleRatioTest::new(ratio_settings)?,
+            latency: LatencyComparison::new(&LATENCY_BUCKETS_US, latency_settings.clone())?,
+            latency_settings,
+            alpha: policy.alpha,
+            min_requests: policy.min_requests_per_cohort,
+        })
+    }
+
+    /// Adds one interval measured while `share_bp` was in force.
+    pub fn observe(&mut self, interval: &IntervalMetrics, share_bp: u32) -> Result<(), StatsError> {
+        self.error_rate.observe(interval.interval_counts())?;
+        let expected_share = f64::from(share_bp) / 10_000.0;
+        self.sample_ratio.observe(
+            interval.requests(Cohort::Canary),
+            interval.requests(Cohort::Control),
+            expected_share,
+        )?;
+        if let (Some(canary), Some(control)) = (interval.latency(Cohort::Canary), interval.latency(Cohort::Control)) {
+            self.latency.observe(canary, control)?;
+        }
+        Ok(())
+    }
+
+    /// A new share changes who is in each cohort: pooled latency starts over.
+    pub fn restart_latency(&mut self) -> Result<(), StatsError> {
+        self.latency = LatencyComparison::new(&LATENCY_BUCKETS_US, self.latency_settings.clone())?;
+        Ok(())
+    }
+
+    /// The report, worst first.
+    pub fn rows(&self) -> Result<Vec<ComparisonRow>, StatsError> {
+        let mut rows = vec![
+            self.error_rate.row(self.alpha, self.min_requests)?,
+            self.sample_ratio.row(self.alpha, self.min_requests)?,
+        ];
+        rows.extend(self.latency.rows(self.alpha, self.min_requests)?);
+        sort_worst_first(&mut rows);
+        Ok(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::{CohortInterval, IntervalMetrics};
+    use crate::stats::{LatencyHistogram, Verdict};
+
+    fn policy() -> RolloutPolicy {
+        RolloutPolicy::from_yaml(
+            "apiVersion: canary.wasm.dev/v1alpha1\nkind: RolloutPolicy\nmetadata: {name: t}\n\
+             spec: {deployment: checkout, min_requests_per_cohort: 500}\n",
+        )
+        .unwrap()
+    }
+
+    /// One interval at a 50 % share: `n` requests per cohort, error counts as given,
+    /// latency all in the 10 ms bucket.
+    fn interval(n: u64, canary_errors: u64, control_errors: u64) -> IntervalMetrics {
+        let mut metrics = IntervalMetrics::default();
+        for (cohort, errors) in [(Cohort::Canary, canary_errors), (Cohort::Control, control_errors)] {
+            let mut counts = vec![0u64; LATENCY_BUCKETS_US.len() + 1];
+            counts[11] = n; // the 10 000 µs bucket
+            let latency = LatencyHistogram::from_bucket_counts(&LATENCY_BUCKETS_US, &counts).unwrap();
+            let c: &mut CohortInterval = metrics.cohorts.get_mut(cohort);
+            c.requests.success = n - errors;
+            c.requests.server_error = errors;
+            c.latency = Some(latency);
+        }
+        metrics
+    }
+
+    fn verdict(rows: &[ComparisonRow], metric: &str) -> Verdict {
+        rows.iter().find(|r| r.metric == metric).unwrap().verdict
+    }
+
+    #[test]
+    fn too_little_traffic_is_not_enough_data() {
+        let mut eval = RolloutEvaluation::new(&policy()).unwrap();
+        eval.observe(&interval(100, 50, 0), 5_000).unwrap();
+        let rows = eval.rows().unwrap();
+        assert_eq!(verdict(&rows, "error_rate"), Verdict::NotEnoughData);
+        assert!(rows.iter().any(|r| r.metric == "latency_p99_us"));
+    }
+
+    #[test]
+    fn a_clear_error_regression_is_worse_and_sorted_first() {
+        let mut eval = RolloutEvaluation::new(&policy()).unwrap();
+        for _ in 0..10 {
+            eval.observe(&interval(1_000, 50, 5), 5_000).unwrap();
+        }
+        let rows = eval.rows().unwrap();
+        assert_eq!(rows[0].metric, "error_rate");
+        assert_eq!(rows[0].verdict, Verdict::Worse);
+        assert_ne!(verdict(&rows, "latency_p99_us"), Verdict::Worse, "identical latency");
+        assert_ne!(verdict(&rows, "sample_ratio"), Verdict::Worse, "a 50/50 split at 50 %");
+    }
+
+    #[test]
+    fn a_lopsided_split_is_a_sample_ratio_mismatch() {
+        let mut eval = RolloutEvaluation::new(&policy()).unwrap();
+        for _ in 0..10 {
+            eval.observe(&interval(1_000, 5, 5), 500).unwrap(); // 50/50 traffic where 5 % was expected
+        }
+        assert_eq!(verdict(&eval.rows().unwrap(), "sample_ratio"), Verdict::Worse);
+    }
+}
