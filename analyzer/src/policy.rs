@@ -600,7 +600,10 @@ pub fn format_duration(duration: Duration) -> String {
     text
 }
 
-/// Error rate, p99 within 50 ms and the traffic split, all critical.
+/// Error rate and p99 within 50 ms, critical; the traffic split reported but not critical:
+/// with per-user hashing a small user population alone moves the split (at 1 % of
+/// 10 000 users the canary's user count varies by ±10 %), so a mismatch is a finding
+/// to read, not a reason to roll back on its own. Policies may make it critical.
 fn default_metrics() -> Vec<MetricPolicy> {
     vec![
         MetricPolicy {
@@ -619,7 +622,7 @@ fn default_metrics() -> Vec<MetricPolicy> {
         },
         MetricPolicy {
             metric: Metric::SampleRatio { max_relative_deviation: defaults::SAMPLE_RATIO_MAX_RELATIVE_DEVIATION },
-            critical: true,
+            critical: false,
         },
     ]
 }
@@ -886,7 +889,8 @@ mod tests {
         assert_eq!(policy.min_requests_per_cohort, 1_000);
         let names: Vec<&str> = policy.metrics.iter().map(MetricPolicy::name).collect();
         assert_eq!(names, ["error_rate", "latency_p99", "sample_ratio"]);
-        assert!(policy.metrics.iter().all(|m| m.critical));
+        let critical: Vec<bool> = policy.metrics.iter().map(|m| m.critical).collect();
+        assert_eq!(critical, [true, true, false], "the split is reported, not critical, by default");
         assert_eq!(policy.notify, None);
         let with_window = parse("  default_window: 90s\n").unwrap();
         assert!(with_window.ladder.iter().all(|s| s.window == Duration::from_secs(90)));
