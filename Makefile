@@ -31,6 +31,7 @@ test-wasm:
 	$(CARGO) test -p canary-core --target wasm32-wasip1
 
 test-e2e: wasm
+	$(CARGO) build -p canary-analyzer
 	$(CARGO) test -p canary-e2e --tests
 
 ## lint: formatting and clippy (native and wasm32), warnings are errors

@@ -3,9 +3,11 @@
 //! which version answered, and a rollout config server the filter polls.
 //! Every process and server started here stops when its handle is dropped.
 
+pub mod analyzer;
 pub mod config_server;
 pub mod envoy;
 pub mod http_server;
+pub mod load;
 pub mod rig;
 pub mod traffic;
 pub mod upstream;
