@@ -8,12 +8,12 @@
 //! Automatic holds change nothing and are not logged; the latest report says why.
 
 use crate::audit::{AuditError, AuditLog, AuditRecord, RolloutStore};
-use crate::evaluation::RolloutEvaluation;
+use crate::evaluation::{RolloutEvaluation, custom_row};
 use crate::ladder::{Action, Actor, Decision, OverrideAction, OverrideError, RolloutState, TransitionError};
 use crate::ladder::{decide, human_override};
 use crate::notify::{Notifier, StatusUpdate};
-use crate::policy::RolloutPolicy;
-use crate::source::{DeltaTracker, EnvoyAdminSource, IntervalMetrics, PrometheusSource, SourceError};
+use crate::policy::{Metric, RolloutPolicy};
+use crate::source::{CohortValues, DeltaTracker, EnvoyAdminSource, IntervalMetrics, PrometheusSource, SourceError};
 use crate::stats::{ComparisonRow, StatsError, Verdict};
 use canary_core::{Cohort, RolloutConfig};
 use serde::{Deserialize, Serialize};
@@ -275,6 +275,9 @@ impl Engine {
         if let Some(e) = committed.state_error {
             tracing::warn!(%deployment, error = %e, "state file not written; the audit log has the decision");
         }
+        if self.prometheus.is_none() && policy.metrics.iter().any(|m| matches!(m.metric, Metric::Custom(_))) {
+            tracing::warn!(%deployment, "custom PromQL metrics need --prometheus; they will show no data");
+        }
         let live = LiveRollout::new(policy, state, &self.source, now_ms)?;
         self.publish(&live.state);
         self.announce(&live, &decision, now_ms);
@@ -334,7 +337,8 @@ impl Engine {
         };
         live.failed_targets = interval.failed_targets.iter().map(|f| format!("{}: {}", f.target, f.reason)).collect();
         live.evaluation.observe(&interval, live.state.share_bp)?;
-        live.rows = live.evaluation.rows()?;
+        let custom = self.custom_rows(&live.policy).await;
+        live.rows = live.evaluation.rows(custom)?;
         live.last_check_ms = Some(now_ms);
         if live.history.len() >= HISTORY_LEN {
             live.history.pop_front();
@@ -347,6 +351,29 @@ impl Engine {
             tracing::debug!(%deployment, reason = %decision.reason, "hold");
         }
         Ok(())
+    }
+
+    /// Custom PromQL metrics, evaluated on the Prometheus source; without one (or when
+    /// a query fails) they have no data, which holds promotion if they are critical.
+    async fn custom_rows(&self, policy: &RolloutPolicy) -> Vec<ComparisonRow> {
+        let mut rows = Vec::new();
+        for metric in policy.metrics.iter().filter_map(|m| match &m.metric {
+            Metric::Custom(custom) => Some(custom),
+            _ => None,
+        }) {
+            let values = match &self.prometheus {
+                Some(prometheus) => prometheus
+                    .custom_metric(&metric.query, &policy.deployment, policy.check_interval, None)
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(deployment = %policy.deployment, metric = %metric.name, error = %e, "custom metric query failed");
+                        CohortValues::default()
+                    }),
+                None => CohortValues::default(),
+            };
+            rows.push(custom_row(metric, values));
+        }
+        rows
     }
 
     /// Logs the decision, then applies it, publishes the config and announces it.

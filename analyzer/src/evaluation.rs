@@ -5,19 +5,54 @@
 //! evidence carries across ladder steps; the latency comparison pools histograms
 //! and is restarted whenever the share changes (see [`RolloutEvaluation::restart_latency`]).
 
-use crate::policy::{Metric, RolloutPolicy};
-use crate::source::IntervalMetrics;
+use crate::policy::{CustomMetric, Metric, RolloutPolicy};
+use crate::source::{CohortValues, IntervalMetrics};
 use crate::stats::{
-    ComparisonRow, ErrorRateSettings, ErrorRateTest, LatencyComparison, LatencySettings, QuantileTolerance,
-    REPORTED_QUANTILES, SampleRatioSettings, SampleRatioTest, StatsError, sort_worst_first,
+    CohortCounts, ComparisonRow, DifferenceScale, ErrorRateSettings, ErrorRateTest, IntervalCounts, LatencyComparison,
+    LatencySettings, QuantileTolerance, REPORTED_QUANTILES, SampleRatioSettings, SampleRatioTest, StatsError, Verdict,
+    sort_worst_first,
 };
 use canary_core::Cohort;
 use canary_core::metrics::LATENCY_BUCKETS_US;
+
+/// Row name of the share of requests that are not 2xx (1 − success rate).
+pub const NON_SUCCESS_RATE: &str = "non_success_rate";
+
+/// The row of a policy's custom PromQL metric: a guardrail, not a statistical test.
+/// PromQL gives one number per cohort with no sample size, so there is no p-value
+/// or interval: the canary is `Worse` when it exceeds control by more than the
+/// policy's tolerances (higher is worse), `NotEnoughData` when either value is missing.
+pub fn custom_row(metric: &CustomMetric, values: CohortValues) -> ComparisonRow {
+    let (absolute_difference, relative_difference) = ComparisonRow::differences(values.canary, values.control);
+    let verdict = match (values.canary, values.control) {
+        (Some(canary), Some(control)) => {
+            let allowed = control
+                + metric.max_absolute_increase.unwrap_or(0.0)
+                + metric.max_relative_increase.unwrap_or(0.0) * control.abs();
+            if canary > allowed { Verdict::Worse } else { Verdict::NoDifference }
+        }
+        _ => Verdict::NotEnoughData,
+    };
+    ComparisonRow {
+        metric: metric.name.clone(),
+        canary: values.canary,
+        control: values.control,
+        absolute_difference,
+        relative_difference,
+        interval: None,
+        interval_scale: DifferenceScale::Absolute,
+        p_value: None,
+        verdict,
+    }
+}
 
 /// The tests of one rollout and the policy values they need.
 #[derive(Debug, Clone)]
 pub struct RolloutEvaluation {
     error_rate: ErrorRateTest,
+    /// The same sequential test on every request that is not a 2xx (4xx, 5xx, resets):
+    /// the success-rate comparison, read as its complement. Reported, never critical.
+    non_success: ErrorRateTest,
     sample_ratio: SampleRatioTest,
     latency: LatencyComparison,
     latency_settings: LatencySettings,
@@ -66,6 +101,7 @@ impl RolloutEvaluation {
         let latency_settings = latency_settings(policy);
         Ok(RolloutEvaluation {
             error_rate: ErrorRateTest::new(error_settings)?,
+            non_success: ErrorRateTest::new(ErrorRateSettings::default())?,
             sample_ratio: SampleRatioTest::new(ratio_settings)?,
             latency: LatencyComparison::new(&LATENCY_BUCKETS_US, latency_settings.clone())?,
             latency_settings,
@@ -77,6 +113,12 @@ impl RolloutEvaluation {
     /// Adds one interval measured while `share_bp` was in force.
     pub fn observe(&mut self, interval: &IntervalMetrics, share_bp: u32) -> Result<(), StatsError> {
         self.error_rate.observe(interval.interval_counts())?;
+        let non_success = |cohort| {
+            let requests = &interval.cohorts.get(cohort).requests;
+            CohortCounts { requests: requests.total(), errors: requests.total() - requests.success }
+        };
+        self.non_success
+            .observe(IntervalCounts { canary: non_success(Cohort::Canary), control: non_success(Cohort::Control) })?;
         let expected_share = f64::from(share_bp) / 10_000.0;
         self.sample_ratio.observe(
             interval.requests(Cohort::Canary),
@@ -95,13 +137,17 @@ impl RolloutEvaluation {
         Ok(())
     }
 
-    /// The report, worst first.
-    pub fn rows(&self) -> Result<Vec<ComparisonRow>, StatsError> {
+    /// The report, worst first; `extra` rows (custom metrics) are sorted in.
+    pub fn rows(&self, extra: Vec<ComparisonRow>) -> Result<Vec<ComparisonRow>, StatsError> {
+        let mut non_success = self.non_success.row(self.alpha, self.min_requests)?;
+        non_success.metric = NON_SUCCESS_RATE.to_string();
         let mut rows = vec![
             self.error_rate.row(self.alpha, self.min_requests)?,
+            non_success,
             self.sample_ratio.row(self.alpha, self.min_requests)?,
         ];
         rows.extend(self.latency.rows(self.alpha, self.min_requests)?);
+        rows.extend(extra);
         sort_worst_first(&mut rows);
         Ok(rows)
     }
@@ -145,9 +191,24 @@ mod tests {
     fn too_little_traffic_is_not_enough_data() {
         let mut eval = RolloutEvaluation::new(&policy()).unwrap();
         eval.observe(&interval(100, 50, 0), 5_000).unwrap();
-        let rows = eval.rows().unwrap();
+        let rows = eval.rows(Vec::new()).unwrap();
         assert_eq!(verdict(&rows, "error_rate"), Verdict::NotEnoughData);
         assert!(rows.iter().any(|r| r.metric == "latency_p99_us"));
+        assert!(rows.iter().any(|r| r.metric == NON_SUCCESS_RATE));
+    }
+
+    #[test]
+    fn custom_metrics_compare_against_their_tolerance() {
+        let metric = CustomMetric {
+            name: "declines".into(),
+            query: "x{cohort=\"{{cohort}}\"}".into(),
+            max_relative_increase: Some(0.1),
+            max_absolute_increase: None,
+        };
+        let row = |canary, control| custom_row(&metric, CohortValues { canary, control }).verdict;
+        assert_eq!(row(Some(10.9), Some(10.0)), Verdict::NoDifference, "within 10 %");
+        assert_eq!(row(Some(11.5), Some(10.0)), Verdict::Worse);
+        assert_eq!(row(None, Some(10.0)), Verdict::NotEnoughData);
     }
 
     #[test]
@@ -156,7 +217,7 @@ mod tests {
         for _ in 0..10 {
             eval.observe(&interval(1_000, 50, 5), 5_000).unwrap();
         }
-        let rows = eval.rows().unwrap();
+        let rows = eval.rows(Vec::new()).unwrap();
         assert_eq!(rows[0].metric, "error_rate");
         assert_eq!(rows[0].verdict, Verdict::Worse);
         assert_ne!(verdict(&rows, "latency_p99_us"), Verdict::Worse, "identical latency");
@@ -169,6 +230,6 @@ mod tests {
         for _ in 0..10 {
             eval.observe(&interval(1_000, 5, 5), 500).unwrap(); // 50/50 traffic where 5 % was expected
         }
-        assert_eq!(verdict(&eval.rows().unwrap(), "sample_ratio"), Verdict::Worse);
+        assert_eq!(verdict(&eval.rows(Vec::new()).unwrap(), "sample_ratio"), Verdict::Worse);
     }
 }

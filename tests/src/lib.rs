@@ -11,6 +11,7 @@ pub mod load;
 pub mod rig;
 pub mod traffic;
 pub mod upstream;
+pub mod webhook;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

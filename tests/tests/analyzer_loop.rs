@@ -12,6 +12,7 @@ use canary_e2e::load::{Load, LoadOptions};
 use canary_e2e::rig::Rig;
 use canary_e2e::traffic::{Client, user_ids};
 use canary_e2e::upstream::{Behaviour, Upstream};
+use canary_e2e::webhook::WebhookReceiver;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -21,6 +22,7 @@ const TOKEN: &str = "e2e-token";
 const POLL_MS: u64 = 500;
 
 struct Loop {
+    webhook: WebhookReceiver,
     stable: Upstream,
     canary: Upstream,
     envoy: Envoy,
@@ -58,14 +60,16 @@ impl Loop {
             json["analyzer"]["timeout_ms"] = 250.into();
         });
         let envoy = Envoy::start(&config, 2).await;
+        let webhook = WebhookReceiver::start().await;
         let mut options = AnalyzerOptions::new(dir.join("state"));
+        options.extra_args = vec!["--webhook".into(), webhook.url()];
         options.policies = vec![policy];
         options.envoy_admin = vec![format!("http://{}", envoy.admin)];
         options.token = Some(TOKEN.into());
         options.port = Some(analyzer_port);
         let analyzer = AnalyzerProcess::start(options).await;
         let load = Load::start(envoy.listener, LoadOptions { rps, users: 4_000, ..LoadOptions::default() });
-        Loop { stable, canary, envoy, analyzer, load, http: reqwest::Client::new() }
+        Loop { webhook, stable, canary, envoy, analyzer, load, http: reqwest::Client::new() }
     }
 
     async fn status(&self) -> RolloutStatus {
@@ -172,6 +176,18 @@ async fn a_healthy_canary_is_promoted_through_every_step_and_envoy_follows() {
     );
     let actions: Vec<String> = lp.audit().await.iter().map(|r| format!("{:?}", r.decision.action)).collect();
     assert_eq!(actions.len(), 4, "start + three promotions: {actions:?}");
+    // One Slack-compatible status update per step: start, then each promotion.
+    let posted = Instant::now();
+    while lp.webhook.received().len() < 4 && posted.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let updates = lp.webhook.received();
+    let texts: Vec<&str> = updates.iter().filter_map(|u| u["text"].as_str()).collect();
+    assert_eq!(texts.len(), 4, "{updates:#?}");
+    for share in ["5.00 %", "25.00 %", "50.00 %", "100.00 %"] {
+        assert!(texts.iter().any(|t| t.contains("demo") && t.contains(share)), "no update at {share}: {texts:#?}");
+    }
+    assert!(updates.iter().all(|u| u["blocks"].is_array()), "Slack blocks");
     let stats = lp.load.stats();
     assert_eq!(stats.errors, 0, "{stats:?}");
     assert!(stats.canary > 0 && stats.stable > 0, "{stats:?}");

@@ -207,11 +207,10 @@ async fn prometheus_and_envoy_admin_sources_count_the_same_known_traffic() {
     assert_eq!(from_prometheus.requests(Cohort::Forced), 0);
 
     // A policy's custom query, once per cohort.
-    let template =
-        "sum(increase(canary_requests_total{deployment=\"{deployment}\",cohort=\"{cohort}\",class=\"5xx\"}[{window}]))";
+    let template = "sum(increase(canary_requests_total{deployment=\"{{deployment}}\",cohort=\"{{cohort}}\",class=\"5xx\"}[{{window}}]))";
     let errors = source.custom_metric(template, DEPLOYMENT, window, Some(at)).await.expect("custom metric");
     assert_eq!((errors.canary, errors.control), (Some(15.0), Some(15.0)));
-    let nothing = "sum(canary_requests_total{deployment=\"nobody\",cohort=\"{cohort}\"})";
+    let nothing = "sum(canary_requests_total{deployment=\"nobody\",cohort=\"{{cohort}}\"})";
     let empty = source.custom_metric(nothing, DEPLOYMENT, window, Some(at)).await.expect("empty custom metric");
     assert_eq!((empty.canary, empty.control), (None, None), "no series is no data");
 

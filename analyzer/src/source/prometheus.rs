@@ -55,7 +55,7 @@ impl PrometheusSource {
     }
 
     /// A policy's custom PromQL, evaluated once for canary and once for control with
-    /// `{deployment}`, `{cohort}` and `{window}` filled in; each must give a scalar or
+    /// `{{deployment}}`, `{{cohort}}` and `{{window}}` filled in; each must give a scalar or
     /// a vector of at most one series.
     pub async fn custom_metric(
         &self,

@@ -64,13 +64,13 @@ pub fn latency_query(deployment: &str, window: Duration) -> String {
     )
 }
 
-/// A policy's custom query for one cohort: `{deployment}` and `{cohort}` become the
-/// (escaped) label values, `{window}` the PromQL duration of the check window.
+/// A policy's custom query for one cohort: `{{deployment}}` and `{{cohort}}` become the
+/// (escaped) label values, `{{window}}` the PromQL duration of the check window.
 pub fn expand_template(template: &str, deployment: &str, cohort: Cohort, window: Duration) -> String {
     template
-        .replace("{deployment}", &escape_label_value(deployment))
-        .replace("{cohort}", cohort.label())
-        .replace("{window}", &promql_duration(window))
+        .replace("{{deployment}}", &escape_label_value(deployment))
+        .replace("{{cohort}}", cohort.label())
+        .replace("{{window}}", &promql_duration(window))
 }
 
 /// The query API's envelope (`/api/v1/query`).
@@ -273,7 +273,7 @@ mod tests {
             r#"sum by (cohort, le) (increase(canary_latency_us_bucket{deployment="we\"ird\\"}[1500ms]))"#
         );
         assert_eq!(promql_duration(Duration::ZERO), "1ms");
-        let template = r#"sum(rate(app_errors{deployment="{deployment}",cohort="{cohort}"}[{window}]))"#;
+        let template = r#"sum(rate(app_errors{deployment="{{deployment}}",cohort="{{cohort}}"}[{{window}}]))"#;
         assert_eq!(
             expand_template(template, "demo", Cohort::Canary, WINDOW),
             r#"sum(rate(app_errors{deployment="demo",cohort="canary"}[60000ms]))"#
