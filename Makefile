@@ -40,14 +40,16 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p canary-filter -p canary-core --target wasm32-wasip1 -- -D warnings
 
-## bench: native decision cost and Envoy with vs. without the filter (needs wrk)
+## bench: native decision cost, Envoy with vs. without the filter (needs wrk), the analyzer's check cost and simulation
 bench: wasm
 	@scripts/install-deps.sh bench
 	$(CARGO) build -p noop-filter --target wasm32-wasip1 --profile wasm-release
 	$(CARGO) run --release -p canary-e2e --bin bench
+	$(CARGO) run --release -p canary-e2e --bin analyzer_bench
 
 ## demo: the local Envoy with the filter, two versions and a rollout config server
 demo: deps wasm
+	$(CARGO) build -p canary-analyzer
 	$(CARGO) run --release -p canary-e2e --bin demo
 
 clean:

@@ -130,7 +130,7 @@ fn number(v: Option<f64>, metric: &str) -> String {
     match v {
         None => "-".into(),
         Some(v) if metric.ends_with("_us") => format!("{:.1} ms", v / 1_000.0),
-        Some(v) if metric == "error_rate" || metric == "sample_ratio" => format!("{:.3} %", v * 100.0),
+        Some(v) if metric.ends_with("_rate") || metric == "sample_ratio" => format!("{:.3} %", v * 100.0),
         Some(v) => format!("{v:.4}"),
     }
 }
@@ -143,10 +143,13 @@ pub fn report_table(rows: &[ComparisonRow]) -> String {
     );
     for row in rows {
         let relative = row.relative_difference.map_or("-".into(), |r| format!("{:+.1} %", r * 100.0));
-        let interval = row.interval.as_ref().map_or("-".into(), |i| {
-            let end = |v: Option<f64>| v.map_or("∞".to_string(), |v| format!("{v:.3}"));
-            format!("[{}, {}] {:?}", end(i.lo), end(i.hi), row.interval_scale).to_lowercase()
-        });
+        let interval = match &row.interval {
+            Some(i) if i.lo.is_some() || i.hi.is_some() => {
+                let end = |v: Option<f64>| v.map_or("∞".to_string(), |v| format!("{v:.3}"));
+                format!("[{}, {}] {:?}", end(i.lo), end(i.hi), row.interval_scale).to_lowercase()
+            }
+            _ => "-".into(),
+        };
         let p = row.p_value.map_or("-".into(), |p| format!("{p:.3}"));
         let verdict = format!("{:?}", row.verdict).to_lowercase();
         let _ = writeln!(

@@ -1,73 +1,117 @@
-//! `make demo`: the shipped `envoy/envoy.yaml` as is (listener :10000, admin :9901),
-//! a stable and a canary version, and a rollout config server walking the default
-//! ladder (1, 5, 25, 50, 100 %) while simulated users send traffic. Prints, per step,
-//! how many users each version served and what the filter counted per cohort.
-//! Stays up afterwards for you to try `curl`; Ctrl-C stops everything it started.
+//! `make demo`: a canary rollout, live, on loopback. The shipped `envoy/envoy.yaml` as
+//! is (listener :10000, admin :9901) with the filter; a stable and a canary version; the
+//! real analyzer on :8080 with `analyzer/examples/demo-policy.yaml`; and a load generator
+//! with 3 000 users (10 % anonymous) at 200 requests/s. Prints the rollout as it goes.
 //!
-//! `DEMO_STEP_SECONDS` sets the time per step (default 8).
+//! `FAULT=errors` makes the canary fail 5 % of requests, `FAULT=latency` adds 80 ms to
+//! each: the analyzer rolls it back and shows why. Ctrl-C stops everything it started.
 
-use canary_core::{RolloutConfig, RolloutPhase};
-use canary_e2e::config_server::{Answer, ConfigServer};
+use canary_analyzer::cli::report_table;
+use canary_analyzer::engine::RolloutStatus;
+use canary_core::RolloutPhase;
+use canary_e2e::analyzer::{AnalyzerOptions, AnalyzerProcess, fresh_dir};
 use canary_e2e::envoy::{Envoy, EnvoyConfig};
-use canary_e2e::traffic::{Client, user_ids};
-use canary_e2e::upstream::Upstream;
+use canary_e2e::load::{Load, LoadOptions};
+use canary_e2e::repo_root;
+use canary_e2e::upstream::{Behaviour, Upstream};
 use std::time::Duration;
 
-const LADDER_BP: [u32; 5] = [100, 500, 2_500, 5_000, 10_000];
-/// Distinct simulated users; each step sends one request per user.
-const USERS: u32 = 2_000;
+/// Token the demo's analyzer accepts for overrides (printed, so you can try one).
+const TOKEN: &str = "demo-token";
 
-fn counted(prometheus: &str) -> String {
-    prometheus
-        .lines()
-        .filter(|l| l.starts_with("canary_requests_total{") && !l.ends_with(" 0"))
-        .map(|l| format!("    {l}"))
-        .collect::<Vec<_>>()
-        .join("\n")
+fn percent(bp: u32) -> String {
+    format!("{}.{:02} %", bp / 100, bp % 100)
 }
 
-async fn walk_ladder(envoy: &Envoy, config_server: &ConfigServer, step: Duration) {
-    let client = Client::new(envoy.listener);
-    let users = user_ids(0xdead, USERS);
-    for (generation, share_bp) in (1u64..).zip(LADDER_BP) {
-        let state = if share_bp == 10_000 { RolloutPhase::Promoted } else { RolloutPhase::Progressing };
-        config_server.set(Answer::Config(RolloutConfig { deployment: "demo".into(), generation, share_bp, state }));
+async fn status(http: &reqwest::Client, analyzer: &AnalyzerProcess) -> Option<RolloutStatus> {
+    let response = http.get(format!("{}/v1/rollouts/demo", analyzer.url())).send().await.ok()?;
+    response.json().await.ok()
+}
+
+/// Prints progress every 2 s until the rollout ends; returns the final status.
+async fn watch(analyzer: &AnalyzerProcess, load: &Load) -> Option<RolloutStatus> {
+    let http = reqwest::Client::new();
+    let mut last_phase_line = String::new();
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let Some(s) = status(&http, analyzer).await else { continue };
+        let stats = load.stats();
+        let step = format!("step {}/{} at {}", s.state.step + 1, s.ladder_bp.len(), percent(s.state.share_bp));
+        if step != last_phase_line {
+            println!("\n== {step} (generation {})", s.state.generation);
+            last_phase_line = step;
+        }
+        let key: Vec<String> = s
+            .rows
+            .iter()
+            .filter(|r| ["error_rate", "latency_p99_us", "sample_ratio"].contains(&r.metric.as_str()))
+            .map(|r| format!("{} {:?}", r.metric, r.verdict).to_lowercase())
+            .collect();
+        let next = s.window_remaining_s.map_or(String::new(), |w| format!(", next step in {w} s"));
         println!(
-            "\n== step {generation}: analyzer says {}.{:02} % (generation {generation})",
-            share_bp / 100,
-            share_bp % 100
+            "   answered: stable {:>6}, canary {:>5} (errors {:>3}) | {}{next}",
+            stats.stable,
+            stats.canary,
+            stats.errors,
+            key.join(", ")
         );
-        // The filter polls every 5 s (shipped config): give it one interval and a tick.
-        tokio::time::sleep(Duration::from_secs(6)).await;
-        let versions = client.versions_for(&users).await;
-        let canary = versions.iter().filter(|v| *v == "canary").count();
-        println!("   {USERS} users -> canary {canary}, stable {}", versions.len() - canary);
-        println!("   filter's per-cohort counters so far:\n{}", counted(&envoy.prometheus().await));
-        tokio::time::sleep(step.saturating_sub(Duration::from_secs(6))).await;
+        if matches!(s.state.phase, RolloutPhase::Promoted | RolloutPhase::RolledBack) {
+            return Some(s);
+        }
     }
 }
 
 #[tokio::main]
 async fn main() {
-    let step = Duration::from_secs(std::env::var("DEMO_STEP_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(8));
+    let fault = std::env::var("FAULT").unwrap_or_default();
     let config = EnvoyConfig::as_shipped();
     let stable = Upstream::start_on("stable", config.cluster_port("stable")).await;
     let canary = Upstream::start_on("canary", config.cluster_port("canary")).await;
-    let config_server =
-        ConfigServer::start_on(Answer::share("demo", 0, 0), config.cluster_port("canary_analyzer")).await;
+    match fault.as_str() {
+        "errors" => canary.set_behaviour(Behaviour { fail_fraction: 0.05, ..Behaviour::default() }),
+        "latency" => {
+            canary.set_behaviour(Behaviour { extra_latency: Duration::from_millis(80), ..Behaviour::default() })
+        }
+        "" => {}
+        other => eprintln!("FAULT={other:?} is not known (errors, latency): running a healthy canary"),
+    }
     let envoy = Envoy::start(&config, 2).await;
-    println!("Envoy with the wasm canary filter on http://{} (admin http://{})", envoy.listener, envoy.admin);
-    println!("stable on {}, canary on {}, rollout config on {}", stable.addr, canary.addr, config_server.addr);
+    let dir = fresh_dir("demo");
+    let mut options = AnalyzerOptions::new(dir.join("state"));
+    options.port = Some(config.cluster_port("canary_analyzer"));
+    options.policies = vec![repo_root().join("analyzer/examples/demo-policy.yaml")];
+    options.envoy_admin = vec![format!("http://{}", envoy.admin)];
+    options.token = Some(TOKEN.to_string());
+    let analyzer = AnalyzerProcess::start(options).await;
+    let load = Load::start(
+        envoy.listener,
+        LoadOptions { rps: 200, users: 3_000, anonymous_fraction: 0.1, ..LoadOptions::default() },
+    );
+    println!("Envoy + wasm canary filter on http://{} (admin http://{})", envoy.listener, envoy.admin);
+    println!("stable on {}, canary on {}", stable.addr, canary.addr);
+    println!(
+        "analyzer on {} (state in {}), canary fault: {}",
+        analyzer.url(),
+        dir.display(),
+        if fault.is_empty() { "none" } else { &fault }
+    );
+    println!("watch it too: CANARY_ANALYZER_URL={} target/debug/canary-analyzer status demo", analyzer.url());
     tokio::select! {
-        _ = walk_ladder(&envoy, &config_server, step) => {
-            println!("\nPromoted to 100 %. Try it yourself:");
-            println!("  curl -si -H 'x-user-id: alice' http://{}/ | grep x-version", envoy.listener);
-            println!("  curl -si http://{}/ | grep -i set-cookie      # anonymous: sticky id", envoy.listener);
-            println!("  curl -s http://{}/stats/prometheus | grep ^canary_", envoy.admin);
-            println!("Ctrl-C stops Envoy and the servers.");
-            let _ = tokio::signal::ctrl_c().await;
+        end = watch(&analyzer, &load) => {
+            if let Some(s) = end {
+                println!("\n== {:?} at {}\n{}", s.state.phase, percent(s.state.share_bp), report_table(&s.rows));
+                if let Ok(audit) = std::fs::read_to_string(dir.join("state/audit.jsonl")) {
+                    println!("audit log: {} records in {}", audit.lines().count(), dir.join("state/audit.jsonl").display());
+                }
+            }
+            if std::env::var("DEMO_EXIT").is_err() {
+                println!("\nStill serving. Try: curl -si -H 'x-user-id: alice' http://{}/ | grep x-version", envoy.listener);
+                println!("Ctrl-C stops Envoy, the analyzer, the servers and the load.");
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
         _ = tokio::signal::ctrl_c() => {}
     }
+    drop(load);
     println!("stopping");
 }
