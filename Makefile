@@ -50,7 +50,7 @@ bench: wasm
 ## demo: the local Envoy with the filter, two versions and a rollout config server
 demo: deps wasm
 	$(CARGO) build -p canary-analyzer
-	$(CARGO) run --release -p canary-e2e --bin demo
+	FAULT=$(FAULT) $(CARGO) run --release -p canary-e2e --bin demo
 
 clean:
 	$(CARGO) clean
