@@ -34,7 +34,7 @@ mod snapshot;
 pub use delta::{DeltaTracker, TargetDelta, TargetScrape, target_delta};
 pub use envoy_admin::{EnvoyAdminSource, STATS_PATH};
 pub use error::{ExpositionError, SourceError};
-pub use exposition::parse_exposition;
+pub use exposition::{deployment_label, is_relevant, parse_exposition};
 pub use interval::{CohortInterval, IntervalMetrics, TargetFailure};
 pub use prometheus::PrometheusSource;
 pub use prometheus_api::{CohortValues, expand_template, latency_query, promql_duration, requests_query};

@@ -12,7 +12,7 @@
 //!    together (target < 100 ms). The baseline, measured in the same run so the figures
 //!    read as ratios on any machine, is a plain line scan of the text
 //!    (`text.lines().count()`): the least any parser has to do. Parse is broken down
-//!    into its prefix filter and `prometheus-parse`, so a slow parse says where the time
+//!    into its line filter and `prometheus-parse`, so a slow parse says where the time
 //!    goes. Peak RSS (`VmHWM`) is reported before and after; the peak is reset
 //!    (`/proc/self/clear_refs`) after generating the texts so the check's own peak shows.
 //! 2. **The simulation at full size** (`SimulationConfig::full`): false rollbacks on A/A
@@ -24,7 +24,9 @@
 use canary_analyzer::evaluation::RolloutEvaluation;
 use canary_analyzer::policy::RolloutPolicy;
 use canary_analyzer::simulation::{self, SimulationConfig};
-use canary_analyzer::source::{DeltaTracker, DeploymentSnapshot, IntervalMetrics, TargetScrape, parse_exposition};
+use canary_analyzer::source::{
+    DeltaTracker, DeploymentSnapshot, IntervalMetrics, TargetScrape, deployment_label, is_relevant, parse_exposition,
+};
 use canary_core::Cohort;
 use canary_core::metrics::{LATENCY, LATENCY_BUCKETS_US, REQUESTS, StatusClass};
 use prometheus_parse::Scrape;
@@ -474,12 +476,6 @@ fn tracker_after(previous: &DeploymentSnapshot) -> DeltaTracker {
     tracker
 }
 
-/// What `parse_exposition` lets through to `prometheus-parse` (its `is_relevant`).
-fn relevant(line: &str) -> bool {
-    let name = line.strip_prefix("# TYPE ").or_else(|| line.strip_prefix("# HELP ")).unwrap_or(line);
-    name.starts_with(REQUESTS) || name.starts_with(LATENCY) || name.starts_with("envoy_server_uptime")
-}
-
 fn check_benchmark() {
     let (hwm_start, _) = memory();
     let (previous_text, _) = exposition(0);
@@ -511,7 +507,8 @@ fn check_benchmark() {
     let (hwm_first_check, _) = memory();
 
     // Rounds take every stage once, in turn, so drift on the machine hits all stages alike.
-    let kept: Vec<String> = text.lines().filter(|l| relevant(l)).map(|l| l.replace("{} ", " ")).collect();
+    let needle = deployment_label(&wanted);
+    let kept: Vec<String> = text.lines().filter(|l| is_relevant(l, &needle)).map(|l| l.replace("{} ", " ")).collect();
     let mut runs: [Vec<Duration>; 7] = Default::default();
     for _ in 0..REPETITIONS {
         runs[0].push(timed((), |()| text.lines().count()));
@@ -528,8 +525,8 @@ fn check_benchmark() {
             evaluation.observe(&interval, SHARE_BP).expect("observe");
             evaluation.rows(Vec::new()).expect("rows")
         }));
-        // Where parse's time goes: the prefix filter alone, then prometheus-parse on what it keeps.
-        runs[5].push(timed((), |()| text.lines().filter(|l| relevant(l)).count()));
+        // Where parse's time goes: the line filter alone, then prometheus-parse on what it keeps.
+        runs[5].push(timed((), |()| text.lines().filter(|l| is_relevant(l, &needle)).count()));
         runs[6].push(timed(kept.clone(), |kept| {
             Scrape::parse(kept.into_iter().map(Ok)).expect("prometheus-parse").samples.len()
         }));
@@ -548,7 +545,7 @@ fn check_benchmark() {
     };
     row("line scan, text.lines().count() (baseline)", scan, "");
     row("parse_exposition (one deployment)", parse, "");
-    row("  of which: prefix filter (scan + match)", filter, "");
+    row("  of which: line filter (name + deployment)", filter, "");
     row(&format!("  of which: prometheus-parse, {} kept lines", kept.len()), prometheus_parse, "");
     row("DeltaTracker step (2 snapshots -> interval)", step, "");
     row(&format!("RolloutEvaluation observe + {} rows", rows.len()), evaluate, "");
