@@ -24,6 +24,47 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Mutex;
 
+/// The evidence file of a rollout: the running tests, saved after every check so a
+/// restarted analyzer keeps what it had measured. Tied to the policy and generation
+/// it was gathered under; anything else (or an unreadable file) starts afresh.
+#[derive(Debug, Serialize, Deserialize)]
+struct Evidence {
+    policy_hash: String,
+    generation: u64,
+    evaluation: RolloutEvaluation,
+}
+
+fn evidence_path(state_dir: &Path, deployment: &str) -> PathBuf {
+    state_dir.join(format!("{deployment}.evidence.json"))
+}
+
+/// Loads saved evidence if it belongs to this policy and state.
+fn load_evidence(state_dir: &Path, policy: &RolloutPolicy, state: &RolloutState) -> Option<RolloutEvaluation> {
+    let bytes = std::fs::read(evidence_path(state_dir, &state.deployment)).ok()?;
+    let evidence: Evidence = serde_json::from_slice(&bytes).ok()?;
+    (evidence.policy_hash == policy.fingerprint() && evidence.generation == state.generation)
+        .then_some(evidence.evaluation)
+}
+
+/// Saves evidence (temporary file + rename: a crash leaves the old or the new file).
+/// Losing it costs only re-measuring, so it is not synced and a failure is a warning.
+fn save_evidence(state_dir: &Path, live: &LiveRollout) {
+    let evidence = Evidence {
+        policy_hash: live.policy.fingerprint(),
+        generation: live.state.generation,
+        evaluation: live.evaluation.clone(),
+    };
+    let path = evidence_path(state_dir, &live.state.deployment);
+    let temp = path.with_extension("json.tmp");
+    let written = serde_json::to_vec(&evidence)
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| std::fs::write(&temp, bytes))
+        .and_then(|()| std::fs::rename(&temp, &path));
+    if let Err(e) = written {
+        tracing::warn!(deployment = %live.state.deployment, error = %e, "evidence not saved");
+    }
+}
+
 /// Per-check history kept in memory for status views: one day at a 30 s interval.
 const HISTORY_LEN: usize = 2_880;
 /// A scrape that takes longer than this counts as failed for the interval.
@@ -197,6 +238,7 @@ pub struct Engine {
     prometheus: Option<PrometheusSource>,
     notifier: Notifier,
     audit_path: PathBuf,
+    state_dir: PathBuf,
     pub counters: EngineCounters,
 }
 
@@ -215,12 +257,22 @@ impl Engine {
         };
         let mut rollouts = BTreeMap::new();
         for (deployment, p) in persisted {
-            tracing::info!(%deployment, step = p.state.step, share_bp = p.state.share_bp, phase = ?p.state.phase, "resumed rollout");
-            rollouts.insert(deployment, LiveRollout::new(p.policy, p.state, &source, now_ms)?);
+            let evidence = load_evidence(state_dir, &p.policy, &p.state);
+            tracing::info!(
+                %deployment, step = p.state.step, share_bp = p.state.share_bp, phase = ?p.state.phase,
+                evidence = evidence.is_some(), "resumed rollout"
+            );
+            let mut live = LiveRollout::new(p.policy, p.state, &source, now_ms)?;
+            if let Some(evaluation) = evidence {
+                live.evaluation = evaluation;
+                live.rows = live.evaluation.rows(Vec::new())?;
+            }
+            rollouts.insert(deployment, live);
         }
         let configs = rollouts.iter().map(|(d, r)| (d.clone(), r.state.config())).collect();
         Ok(Engine {
             audit_path: store.audit_path().to_path_buf(),
+            state_dir: state_dir.to_path_buf(),
             inner: Mutex::new(Inner { rollouts, store }),
             configs: RwLock::new(configs),
             source,
@@ -349,6 +401,7 @@ impl Engine {
             self.commit(store, live, &decision, now_ms)?;
         } else {
             tracing::debug!(%deployment, reason = %decision.reason, "hold");
+            save_evidence(&self.state_dir, live);
         }
         Ok(())
     }
@@ -399,6 +452,7 @@ impl Engine {
             live.evaluation.restart_latency()?;
         }
         self.counters.decisions.fetch_add(1, Ordering::Relaxed);
+        save_evidence(&self.state_dir, live);
         self.publish(&live.state);
         self.announce(live, decision, now_ms);
         Ok(())

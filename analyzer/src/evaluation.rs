@@ -46,8 +46,9 @@ pub fn custom_row(metric: &CustomMetric, values: CohortValues) -> ComparisonRow 
     }
 }
 
-/// The tests of one rollout and the policy values they need.
-#[derive(Debug, Clone)]
+/// The tests of one rollout and the policy values they need. Serializable, so the
+/// evidence gathered so far survives a restart of the analyzer (see `engine`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RolloutEvaluation {
     error_rate: ErrorRateTest,
     /// The same sequential test on every request that is not a 2xx (4xx, 5xx, resets):

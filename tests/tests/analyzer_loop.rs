@@ -241,6 +241,9 @@ async fn a_killed_analyzer_resumes_the_same_step_without_losing_or_repeating_aud
         (before.state.step, 2_500, before.state.generation)
     );
     assert_eq!(after.state.step_started_at_ms, before.state.step_started_at_ms, "the same step, not a new one");
+    // The evidence measured before the kill is back before any new check has data.
+    let error_rate = after.rows.iter().find(|r| r.metric == "error_rate").expect("evidence restored");
+    assert_ne!(format!("{:?}", error_rate.verdict), "NotEnoughData", "{error_rate:?}");
     let audit_after = lp.audit().await;
     assert_eq!(audit_after, audit_before, "no audit line lost or duplicated");
     let sequences: Vec<u64> = audit_after.iter().map(|r| r.sequence).collect();
