@@ -5,7 +5,7 @@ WASM := target/wasm32-wasip1/wasm-release/canary_filter.wasm
 # pip installs `envoy` into the interpreter's scripts directory.
 export PATH := $(shell python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$(PATH)
 
-.PHONY: all deps build wasm test test-native test-wasm test-e2e lint bench demo clean
+.PHONY: all deps build wasm test test-native test-wasm test-e2e lint bench demo image wasm-image docker-check clean
 
 all: build
 
@@ -30,8 +30,10 @@ test-native:
 test-wasm:
 	$(CARGO) test -p canary-core --target wasm32-wasip1
 
+# The e2e tests run the analyzer binary (target/debug/canary-analyzer) and the demo binary
+# (tests/tests/demo.rs); tests/tests/dashboard.rs drives Debian's chromium (installed by deps).
 test-e2e: wasm
-	$(CARGO) build -p canary-analyzer
+	$(CARGO) build -p canary-analyzer -p canary-e2e --bin canary-analyzer --bin demo
 	$(CARGO) test -p canary-e2e --tests
 
 ## lint: formatting and clippy (native and wasm32), warnings are errors
@@ -51,6 +53,34 @@ bench: wasm
 demo: deps wasm
 	$(CARGO) build -p canary-analyzer
 	FAULT=$(FAULT) $(CARGO) run --release -p canary-e2e --bin demo
+
+## image / wasm-image: the analyzer's image and the filter's OCI image (packaging/), with Docker
+DOCKER ?= docker
+IMAGE_REPO ?= wasm-canary
+IMAGE_TAG ?= dev
+ANALYZER_IMAGE ?= $(IMAGE_REPO)/canary-analyzer:$(IMAGE_TAG)
+WASM_IMAGE ?= $(IMAGE_REPO)/canary-filter:$(IMAGE_TAG)
+
+# `docker --version` works without an engine; `docker info` needs one that answers.
+docker-check:
+	@if ! command -v $(DOCKER) >/dev/null 2>&1; then \
+	  echo "make: '$(DOCKER)' is not installed: the images need Docker (or DOCKER=podman)."; \
+	  echo "      Without it: 'make demo' runs the same Envoy config and the analyzer on loopback."; \
+	  exit 1; \
+	elif ! $(DOCKER) info >/dev/null 2>&1; then \
+	  echo "make: '$(DOCKER)' is installed but no container engine answers ('$(DOCKER) info' fails):"; \
+	  echo "      start the Docker daemon (or point DOCKER_HOST at one) to build images."; \
+	  echo "      Without it: 'make demo' runs the same Envoy config and the analyzer on loopback."; \
+	  exit 1; \
+	fi
+
+image: docker-check
+	$(DOCKER) build -f packaging/analyzer.Dockerfile -t $(ANALYZER_IMAGE) .
+	@echo "analyzer image: $(ANALYZER_IMAGE)"
+
+wasm-image: docker-check wasm
+	$(DOCKER) build -f packaging/wasm.Dockerfile -t $(WASM_IMAGE) $(dir $(WASM))
+	@echo "filter image: $(WASM_IMAGE) (push it and point istio/wasmplugin.yaml's url at oci://<registry>/...)"
 
 clean:
 	$(CARGO) clean

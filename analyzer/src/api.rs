@@ -1,14 +1,16 @@
 //! The HTTP API: the config the filter polls, rollout status and reports, the
 //! audit log, registration and human overrides (bearer token), `/healthz` and
-//! the analyzer's own `/metrics`. One error type maps to status codes; 5xx
-//! bodies never carry internals (they are logged instead).
+//! the analyzer's own `/metrics`, and the dashboard's pages (`/`, `/rollouts/{deployment}`
+//! and their live fragments, rendered by [`crate::dashboard`]). One error type maps to
+//! status codes; 5xx bodies never carry internals (they are logged instead).
 
+use crate::dashboard;
 use crate::engine::{Engine, EngineError, now_ms};
 use crate::ladder::{OverrideAction, OverrideError, TransitionError};
 use crate::policy::RolloutPolicy;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -105,6 +107,10 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/rollouts/{deployment}/report", get(report))
         .route("/v1/rollouts/{deployment}/audit", get(audit))
         .route("/v1/rollouts/{deployment}/override", post(override_rollout))
+        .route("/", get(dashboard_index))
+        .route("/live", get(dashboard_index_live))
+        .route("/rollouts/{deployment}", get(dashboard_rollout))
+        .route("/rollouts/{deployment}/live", get(dashboard_rollout_live))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -202,6 +208,58 @@ async fn override_rollout(
     let actor = request.actor.as_deref().unwrap_or("operator");
     let status = state.engine.override_rollout(&deployment, &action, actor, reason, now_ms()).await?;
     Ok(Json(status).into_response())
+}
+
+/// An HTML answer that is never cached (the pages change with every check).
+fn html(body: String) -> Response {
+    ([(header::CACHE_CONTROL, "no-store")], Html(body)).into_response()
+}
+
+/// A dashboard page for a deployment the analyzer does not know.
+fn html_not_found(deployment: &str) -> Response {
+    let body = format!(
+        "<!doctype html><meta charset=\"utf-8\"><title>not found</title><p>no rollout for deployment \
+         <b>{}</b>. <a href=\"/\">all rollouts</a></p>",
+        dashboard::escape(deployment)
+    );
+    (StatusCode::NOT_FOUND, Html(body)).into_response()
+}
+
+async fn dashboard_index(State(state): State<AppState>) -> Response {
+    html(dashboard::index_page(&state.engine.list(now_ms()).await))
+}
+
+async fn dashboard_index_live(State(state): State<AppState>) -> Response {
+    html(dashboard::index_fragment(&state.engine.list(now_ms()).await))
+}
+
+/// One rollout's status and audit records, or the page's answer when there is none.
+async fn rollout_view(
+    state: &AppState,
+    deployment: &str,
+    render: fn(&crate::engine::RolloutStatus, &[crate::audit::AuditRecord]) -> String,
+) -> Result<Response, ApiError> {
+    let status = match state.engine.status(deployment, now_ms()).await {
+        Ok(status) => status,
+        Err(EngineError::NotFound(_)) => return Ok(html_not_found(deployment)),
+        Err(e) => return Err(e.into()),
+    };
+    let audit = state.engine.audit(deployment)?;
+    Ok(html(render(&status, &audit)))
+}
+
+async fn dashboard_rollout(
+    State(state): State<AppState>,
+    Path(deployment): Path<String>,
+) -> Result<Response, ApiError> {
+    rollout_view(&state, &deployment, dashboard::rollout_page).await
+}
+
+async fn dashboard_rollout_live(
+    State(state): State<AppState>,
+    Path(deployment): Path<String>,
+) -> Result<Response, ApiError> {
+    rollout_view(&state, &deployment, dashboard::rollout_fragment).await
 }
 
 /// The analyzer's own metrics, Prometheus text format.
@@ -329,6 +387,27 @@ mod tests {
         let (status, body) = call(&app, "POST", "/v1/rollouts/checkout/override", Some("t"), set).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert!(body.contains("share_percent") && body.contains("150"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn the_dashboard_serves_pages_and_live_fragments() {
+        let app = app(state(Some("t")));
+        let (status, body) = call(&app, "GET", "/", None, "").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("no rollouts") && body.contains("data-src=\"/live\""), "{body}");
+        call(&app, "POST", "/v1/rollouts", Some("t"), POLICY).await;
+        let (_, body) = call(&app, "GET", "/live", None, "").await;
+        assert!(body.contains("<a href=\"/rollouts/checkout\">checkout</a>") && !body.contains("<html"), "{body}");
+        let (status, page) = call(&app, "GET", "/rollouts/checkout", None, "").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(page.contains("<ol class=\"ladder\"") && page.contains("<form id=\"override\""), "{page}");
+        assert!(page.contains("registered with policy"), "the decision log has the registration: {page}");
+        let (status, live) = call(&app, "GET", "/rollouts/checkout/live", None, "").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(live.contains("id=\"decision-log\"") && !live.contains("<form"), "{live}");
+        let (status, body) = call(&app, "GET", "/rollouts/%3Cnope%3E", None, "").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(body.contains("&lt;nope&gt;") && !body.contains("<nope>"), "{body}");
     }
 
     #[tokio::test]

@@ -1,9 +1,12 @@
-//! The client side of the binary: `status`, `report`, `override`, `register` and
-//! `wait` talk to a running analyzer over its API and print for people (tables)
-//! or for pipelines (exit codes, `--json`).
+//! The client side of the binary: `status` (and `status --watch`), `report`,
+//! `override`, `register` and `wait` talk to a running analyzer over its API and
+//! print for people (tables, a live terminal view) or for pipelines (exit codes,
+//! `--json`). The renderings are pure functions of the API's answers.
 
+use crate::audit::AuditRecord;
+use crate::dashboard::{action_text, duration_text, timestamp};
 use crate::engine::RolloutStatus;
-use crate::stats::ComparisonRow;
+use crate::stats::{ComparisonRow, DifferenceScale, Verdict};
 use anyhow::{Context, bail};
 use canary_core::RolloutPhase;
 use serde_json::json;
@@ -52,6 +55,12 @@ impl Client {
     pub async fn status(&self, deployment: &str) -> anyhow::Result<RolloutStatus> {
         let body = self.send(self.http.get(format!("{}/v1/rollouts/{deployment}", self.server))).await?;
         serde_json::from_str(&body).context("the analyzer's status is not what this client expects")
+    }
+
+    /// The rollout's audit records, oldest first.
+    pub async fn audit(&self, deployment: &str) -> anyhow::Result<Vec<AuditRecord>> {
+        let body = self.send(self.http.get(format!("{}/v1/rollouts/{deployment}/audit", self.server))).await?;
+        serde_json::from_str(&body).context("the analyzer's audit log is not what this client expects")
     }
 
     pub async fn list(&self) -> anyhow::Result<Vec<RolloutStatus>> {
@@ -126,7 +135,8 @@ pub fn progress_line(status: &RolloutStatus) -> String {
     line
 }
 
-fn number(v: Option<f64>, metric: &str) -> String {
+/// A row's value for people: latencies in ms, rates and the sample ratio in %, `-` without data.
+pub fn format_value(v: Option<f64>, metric: &str) -> String {
     match v {
         None => "-".into(),
         Some(v) if metric.ends_with("_us") => format!("{:.1} ms", v / 1_000.0),
@@ -142,29 +152,58 @@ pub fn report_table(rows: &[ComparisonRow]) -> String {
         "metric", "canary", "control", "difference", "relative", "interval", "p", "verdict"
     );
     for row in rows {
-        let relative = row.relative_difference.map_or("-".into(), |r| format!("{:+.1} %", r * 100.0));
-        let interval = match &row.interval {
-            Some(i) if i.lo.is_some() || i.hi.is_some() => {
-                let end = |v: Option<f64>| v.map_or("∞".to_string(), |v| format!("{v:.3}"));
-                format!("[{}, {}] {:?}", end(i.lo), end(i.hi), row.interval_scale).to_lowercase()
-            }
-            _ => "-".into(),
-        };
-        let p = row.p_value.map_or("-".into(), |p| format!("{p:.3}"));
-        let verdict = format!("{:?}", row.verdict).to_lowercase();
         let _ = writeln!(
             out,
-            "{:<16} {:>12} {:>12} {:>12} {:>9} {:>25} {:>8}  {verdict}",
+            "{:<16} {:>12} {:>12} {:>12} {:>9} {:>25} {:>8}  {}",
             row.metric,
-            number(row.canary, &row.metric),
-            number(row.control, &row.metric),
-            number(row.absolute_difference, &row.metric),
-            relative,
-            interval,
-            p
+            format_value(row.canary, &row.metric),
+            format_value(row.control, &row.metric),
+            format_value(row.absolute_difference, &row.metric),
+            format_relative(row),
+            format_interval(row),
+            format_p(row),
+            verdict_name(row.verdict)
         );
     }
     out
+}
+
+/// `canary / control − 1` in percent with a sign, `-` without it.
+pub fn format_relative(row: &ComparisonRow) -> String {
+    row.relative_difference.map_or("-".into(), |r| format!("{:+.1} %", r * 100.0))
+}
+
+/// The anytime-valid interval with its scale, e.g. `[-0.010, 0.230] relative`; `-` without one.
+pub fn format_interval(row: &ComparisonRow) -> String {
+    match &row.interval {
+        Some(i) if i.lo.is_some() || i.hi.is_some() => {
+            // Latency differences in ms like the values; relative scales in percent.
+            let (unit, scale): (fn(f64) -> String, &str) = match row.interval_scale {
+                DifferenceScale::Absolute if row.metric.ends_with("_us") => (|v| format!("{:+.1} ms", v / 1_000.0), ""),
+                DifferenceScale::Absolute => (|v| format!("{v:+.4}"), ""),
+                DifferenceScale::Relative => (|v| format!("{:+.1} %", v * 100.0), " relative"),
+                DifferenceScale::RelativeOdds => (|v| format!("{:+.1} %", v * 100.0), " odds"),
+            };
+            let (lo, hi) = (i.lo.map_or("-∞".to_string(), unit), i.hi.map_or("+∞".to_string(), unit));
+            format!("[{lo}, {hi}]{scale}")
+        }
+        _ => "-".into(),
+    }
+}
+
+/// The p-value to three places, `-` without one.
+pub fn format_p(row: &ComparisonRow) -> String {
+    row.p_value.map_or("-".into(), |p| format!("{p:.3}"))
+}
+
+/// `worse`, `better`, `no difference`, `not enough data`.
+pub fn verdict_name(verdict: Verdict) -> &'static str {
+    match verdict {
+        Verdict::Worse => "worse",
+        Verdict::Better => "better",
+        Verdict::NoDifference => "no difference",
+        Verdict::NotEnoughData => "not enough data",
+    }
 }
 
 /// The status of one rollout for people.
@@ -182,4 +221,243 @@ pub fn status_text(status: &RolloutStatus) -> String {
     }
     let _ = write!(out, "\n\n{}", report_table(&status.rows));
     out
+}
+
+/// ANSI: move the cursor home and clear the screen (every `--watch` frame starts with it).
+pub const CLEAR_SCREEN: &str = "\x1b[H\x1b[2J";
+/// Comparison rows the watch view shows (the worst ones; `report` has them all).
+const WATCH_ROWS: usize = 6;
+/// Decisions the watch view shows, newest first.
+const WATCH_DECISIONS: usize = 5;
+
+/// What `status --watch` shows of one rollout: the progress line, the ladder, what
+/// comes next, requests per cohort, the worst comparison rows and the last decisions.
+pub fn watch_view(status: &RolloutStatus, audit: &[AuditRecord]) -> String {
+    let mut out = progress_line(status);
+    let ladder: Vec<String> = (0u32..)
+        .zip(&status.ladder_bp)
+        .map(|(i, bp)| if i == status.state.step { format!("[{}]", percent(*bp)) } else { percent(*bp) })
+        .collect();
+    let _ = write!(out, "\nladder: {}", ladder.join(" → "));
+    let next = match (status.state.phase, status.window_remaining_s) {
+        (RolloutPhase::Progressing, Some(0)) => "window passed: promotes on the next clean check".to_string(),
+        (RolloutPhase::Progressing, Some(s)) => format!("next step in {}", duration_text(s)),
+        (RolloutPhase::Paused, _) => "paused: no automatic promotion (rollback stays armed)".to_string(),
+        (RolloutPhase::Promoted, _) => "promoted: the rollout is over".to_string(),
+        (RolloutPhase::RolledBack, _) => "rolled back: the rollout is over, everyone on stable".to_string(),
+        (_, _) => "waiting".to_string(),
+    };
+    let _ = write!(out, "\n{next}");
+    let total =
+        |f: fn(&crate::engine::HistoryPoint) -> u64| status.history.iter().map(f).fold(0u64, u64::saturating_add);
+    let (canary, control) = (total(|p| p.canary_requests), total(|p| p.control_requests));
+    let _ = write!(out, "\nrequests: canary {canary}, control {control} over {} checks", status.history.len());
+    if let Some(last) = status.history.last() {
+        let all = last.canary_requests.saturating_add(last.control_requests);
+        let observed = if all == 0 {
+            "-".to_string()
+        } else {
+            format!("{:.2} %", 100.0 * last.canary_requests as f64 / all as f64)
+        };
+        let _ = write!(
+            out,
+            "\nlatest check: canary {} (errors {}), control {} (errors {}); canary share {observed} of requests",
+            last.canary_requests, last.canary_errors, last.control_requests, last.control_errors
+        );
+    }
+    if !status.failed_targets.is_empty() {
+        let _ = write!(out, "\nfailed scrape targets: {}", status.failed_targets.join("; "));
+    }
+    let rows = status.rows.get(..WATCH_ROWS.min(status.rows.len())).unwrap_or_default();
+    if rows.is_empty() {
+        out.push_str("\n\nno comparison yet\n");
+    } else {
+        let _ = write!(out, "\n\n{}", report_table(rows));
+        if status.rows.len() > rows.len() {
+            let _ = writeln!(
+                out,
+                "({} more rows: canary-analyzer report {})",
+                status.rows.len() - rows.len(),
+                status.deployment
+            );
+        }
+    }
+    out.push_str("\nlast decisions:");
+    if audit.is_empty() {
+        out.push_str(" none");
+    }
+    for record in audit.iter().rev().take(WATCH_DECISIONS) {
+        let _ = write!(
+            out,
+            "\n  #{} {}  {:<10} {:<16} {}",
+            record.sequence,
+            timestamp(record.at_ms),
+            record.decision.actor.name(),
+            action_text(&record.decision.action),
+            record.decision.reason
+        );
+    }
+    out
+}
+
+/// One full `--watch` frame: clear the screen, a title line, then each rollout's view.
+pub fn watch_frame(views: &[String], now_ms: u64) -> String {
+    let body = if views.is_empty() { "no rollouts".to_string() } else { views.join("\n\n") };
+    format!("{CLEAR_SCREEN}canary-analyzer status --watch · {} · Ctrl-C stops\n\n{body}\n", timestamp(now_ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::HistoryPoint;
+    use crate::ladder::{Action, Actor, Decision, RolloutState};
+    use crate::policy::RolloutPolicy;
+    use crate::stats::Interval;
+    use canary_core::RolloutConfig;
+
+    fn state(step: u32, share_bp: u32, phase: RolloutPhase) -> RolloutState {
+        RolloutState {
+            deployment: "checkout".into(),
+            step,
+            share_bp,
+            generation: 3,
+            step_started_at_ms: 0,
+            phase,
+            updated_at_ms: 0,
+        }
+    }
+
+    fn row(metric: &str, verdict: Verdict) -> ComparisonRow {
+        ComparisonRow {
+            metric: metric.into(),
+            canary: Some(0.05),
+            control: Some(0.01),
+            absolute_difference: Some(0.04),
+            relative_difference: Some(4.0),
+            interval: Some(Interval { lo: Some(1.5), hi: None }),
+            interval_scale: DifferenceScale::Relative,
+            p_value: Some(0.002),
+            verdict,
+        }
+    }
+
+    fn status(rows: usize) -> RolloutStatus {
+        RolloutStatus {
+            deployment: "checkout".into(),
+            policy: "web".into(),
+            state: state(1, 500, RolloutPhase::Progressing),
+            config: RolloutConfig {
+                deployment: "checkout".into(),
+                generation: 3,
+                share_bp: 500,
+                state: RolloutPhase::Progressing,
+            },
+            ladder_bp: vec![100, 500, 10_000],
+            window_remaining_s: Some(42),
+            last_check_ms: Some(2_000),
+            rows: (0..rows).map(|i| row(&format!("metric_{i}"), Verdict::NoDifference)).collect(),
+            failed_targets: Vec::new(),
+            history: vec![HistoryPoint {
+                at_ms: 2_000,
+                share_bp: 500,
+                canary_requests: 40,
+                control_requests: 760,
+                canary_errors: 2,
+                control_errors: 1,
+                canary_p50_us: Some(1_000.0),
+                control_p50_us: Some(1_000.0),
+                canary_p99_us: None,
+                control_p99_us: None,
+            }],
+        }
+    }
+
+    fn record(sequence: u64, reason: &str, action: Action) -> AuditRecord {
+        let policy = RolloutPolicy::from_yaml(
+            "apiVersion: canary.wasm.dev/v1alpha1\nkind: RolloutPolicy\nmetadata: {name: web}\nspec: {deployment: checkout}\n",
+        )
+        .unwrap();
+        AuditRecord {
+            sequence,
+            at_ms: sequence * 60_000,
+            deployment: "checkout".into(),
+            decision: Decision {
+                action,
+                reason: reason.into(),
+                actor: Actor::Analyzer,
+                rows: Vec::new(),
+                based_on_generation: 2,
+            },
+            policy_name: "web".into(),
+            policy_hash: "x".into(),
+            policy,
+            before: None,
+            after: state(1, 500, RolloutPhase::Progressing),
+        }
+    }
+
+    #[test]
+    fn the_watch_view_shows_the_essentials() {
+        let audit: Vec<AuditRecord> =
+            (1..=7).map(|i| record(i, &format!("reason {i}"), Action::Promote { to_step: 1, share_bp: 500 })).collect();
+        let view = watch_view(&status(8), &audit);
+        let lines: Vec<&str> = view.lines().collect();
+        assert_eq!(lines[0], "checkout: progressing at 5.00 % (step 2/3), window ends in 42 s");
+        assert_eq!(lines[1], "ladder: 1.00 % → [5.00 %] → 100.00 %");
+        assert_eq!(lines[2], "next step in 42 s");
+        assert_eq!(lines[3], "requests: canary 40, control 760 over 1 checks");
+        assert_eq!(
+            lines[4],
+            "latest check: canary 40 (errors 2), control 760 (errors 1); canary share 5.00 % of requests"
+        );
+        assert!(view.contains("metric_5") && !view.contains("metric_6"), "six worst rows: {view}");
+        assert!(view.contains("(2 more rows: canary-analyzer report checkout)"), "{view}");
+        assert!(view.contains("[+150.0 %, +∞] relative") && view.contains("no difference"), "{view}");
+        // Newest decision first, five of them.
+        let decisions: Vec<&&str> = lines.iter().filter(|l| l.starts_with("  #")).collect();
+        assert_eq!(decisions.len(), 5);
+        assert!(
+            decisions[0].starts_with("  #7 1970-01-01 00:07:00 UTC  analyzer   promote → 5 %")
+                && decisions[0].ends_with("reason 7"),
+            "{}",
+            decisions[0]
+        );
+        assert!(decisions[4].starts_with("  #3 "));
+    }
+
+    #[test]
+    fn the_watch_view_of_a_new_or_finished_rollout() {
+        let mut fresh = status(0);
+        fresh.history.clear();
+        let view = watch_view(&fresh, &[]);
+        assert!(
+            view.contains("over 0 checks")
+                && view.contains("no comparison yet")
+                && view.contains("last decisions: none"),
+            "{view}"
+        );
+        assert!(!view.contains("latest check"));
+        let mut done = status(1);
+        done.state = state(1, 0, RolloutPhase::RolledBack);
+        done.window_remaining_s = None;
+        let view = watch_view(&done, &[record(1, "error_rate worse", Action::Rollback)]);
+        assert!(view.starts_with("checkout: rolledback at 0.00 %"), "{view}");
+        assert!(
+            view.contains("rolled back: the rollout is over")
+                && view.contains("rollback")
+                && view.contains("error_rate worse"),
+            "{view}"
+        );
+    }
+
+    #[test]
+    fn a_watch_frame_clears_the_screen_first() {
+        let frame = watch_frame(&["a".into(), "b".into()], 3_600_000);
+        assert!(
+            frame.starts_with("\x1b[H\x1b[2Jcanary-analyzer status --watch · 1970-01-01 01:00:00 UTC"),
+            "{frame:?}"
+        );
+        assert!(frame.ends_with("a\n\nb\n"));
+        assert!(watch_frame(&[], 0).contains("no rollouts"));
+    }
 }

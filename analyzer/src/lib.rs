@@ -3,6 +3,7 @@
 pub mod api;
 pub mod audit;
 pub mod cli;
+pub mod dashboard;
 pub mod engine;
 pub mod evaluation;
 pub mod ladder;

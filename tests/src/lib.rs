@@ -4,10 +4,13 @@
 //! Every process and server started here stops when its handle is dropped.
 
 pub mod analyzer;
+pub mod browser;
 pub mod config_server;
 pub mod envoy;
 pub mod http_server;
+pub mod istio_api;
 pub mod load;
+pub mod manifests;
 pub mod rig;
 pub mod traffic;
 pub mod upstream;

@@ -29,8 +29,12 @@ enum Command {
         #[command(flatten)]
         server: ServerArgs,
         /// Print the API's JSON.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "watch")]
         json: bool,
+        /// Redraw every 2 s (ladder, requests per cohort, worst rows, last decisions)
+        /// until Ctrl-C or the rollout ends (all rollouts, without DEPLOYMENT).
+        #[arg(long)]
+        watch: bool,
     },
     /// Print the latest comparison table of a rollout.
     Report {
@@ -217,10 +221,53 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The views of one `--watch` frame, and whether every rollout shown has ended.
+async fn watch_views(client: &Client, deployment: Option<&str>) -> anyhow::Result<(Vec<String>, bool)> {
+    let statuses = match deployment {
+        Some(d) => vec![client.status(d).await?],
+        None => client.list().await?,
+    };
+    let mut views = Vec::with_capacity(statuses.len());
+    for status in &statuses {
+        let audit = client.audit(&status.deployment).await?;
+        views.push(cli::watch_view(status, &audit));
+    }
+    let finished = !statuses.is_empty() && statuses.iter().all(|s| s.state.is_finished());
+    Ok((views, finished))
+}
+
+/// `status --watch`: redraws until Ctrl-C or the end of the rollout(s). An analyzer
+/// that cannot be reached is shown in the frame and asked again on the next tick.
+async fn watch(client: &Client, deployment: Option<&str>) {
+    use std::io::Write as _;
+    let every = Duration::from_millis(u64::from(canary_analyzer::dashboard::REFRESH_MS));
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        let (views, finished) = tokio::select! {
+            _ = &mut ctrl_c => return,
+            answer = watch_views(client, deployment) => answer.unwrap_or_else(|e| (vec![format!("{e:#}")], false)),
+        };
+        print!("{}", cli::watch_frame(&views, now_ms()));
+        let _ = std::io::stdout().flush();
+        if finished {
+            return;
+        }
+        tokio::select! {
+            _ = &mut ctrl_c => return,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Serve(args) => serve(args).await.map(|()| 0),
-        Command::Status { deployment, server, json } => {
+        Command::Status { deployment, server, watch: true, .. } => {
+            watch(&server.client(), deployment.as_deref()).await;
+            Ok(0)
+        }
+        Command::Status { deployment, server, json, watch: false } => {
             let client = server.client();
             let statuses = match deployment {
                 Some(d) => vec![client.status(&d).await?],

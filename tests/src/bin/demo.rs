@@ -5,6 +5,8 @@
 //!
 //! `FAULT=errors` makes the canary fail 5 % of requests, `FAULT=latency` adds 80 ms to
 //! each: the analyzer rolls it back and shows why. Ctrl-C stops everything it started.
+//! `DEMO_POLICY=FILE` runs another policy for deployment `demo` (the tests use one with
+//! second-long windows); `DEMO_EXIT=1` exits when the rollout ends instead of serving on.
 
 use canary_analyzer::cli::report_table;
 use canary_analyzer::engine::RolloutStatus;
@@ -79,7 +81,10 @@ async fn main() {
     let dir = fresh_dir("demo");
     let mut options = AnalyzerOptions::new(dir.join("state"));
     options.port = Some(config.cluster_port("canary_analyzer"));
-    options.policies = vec![repo_root().join("analyzer/examples/demo-policy.yaml")];
+    let policy = std::env::var_os("DEMO_POLICY")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("analyzer/examples/demo-policy.yaml"));
+    options.policies = vec![policy];
     options.envoy_admin = vec![format!("http://{}", envoy.admin)];
     options.token = Some(TOKEN.to_string());
     let analyzer = AnalyzerProcess::start(options).await;
@@ -95,7 +100,9 @@ async fn main() {
         dir.display(),
         if fault.is_empty() { "none" } else { &fault }
     );
-    println!("watch it too: CANARY_ANALYZER_URL={} target/debug/canary-analyzer status demo", analyzer.url());
+    println!("processes: envoy pid {}, analyzer pid {}", envoy.pid(), analyzer.pid());
+    println!("dashboard: {}/rollouts/demo (overrides take the token {TOKEN:?})", analyzer.url());
+    println!("in a terminal: CANARY_ANALYZER_URL={} target/debug/canary-analyzer status --watch demo", analyzer.url());
     tokio::select! {
         end = watch(&analyzer, &load) => {
             if let Some(s) = end {
