@@ -148,3 +148,24 @@ pub fn istio_struct_json(value: &Yaml) -> Json {
         Yaml::Tagged(tagged) => istio_struct_json(&tagged.value),
     }
 }
+
+/// Asserts that an Envoy `stats_config` (as JSON) carries exactly the code's stats tags
+/// and latency buckets, so labelled per-cohort metrics come out wherever it ships.
+pub fn assert_stats_config_matches_the_code(stats_config: &Json) {
+    use canary_core::metrics::{LATENCY_BUCKETS_US, STATS_TAGS};
+    let tags: Vec<(String, String)> = stats_config["stats_tags"]
+        .as_array()
+        .expect("stats_tags is a list")
+        .iter()
+        .map(|t| (t["tag_name"].as_str().unwrap_or("").to_string(), t["regex"].as_str().unwrap_or("").to_string()))
+        .collect();
+    let expected: Vec<(String, String)> = STATS_TAGS.iter().map(|(n, r)| (n.to_string(), r.to_string())).collect();
+    assert_eq!(tags, expected, "stats_tags");
+    let buckets: Vec<u64> = stats_config["histogram_bucket_settings"][0]["buckets"]
+        .as_array()
+        .expect("histogram buckets are a list")
+        .iter()
+        .map(|b| b.as_u64().expect("bucket bounds are whole microseconds"))
+        .collect();
+    assert_eq!(buckets, LATENCY_BUCKETS_US, "latency buckets");
+}

@@ -6,11 +6,11 @@
 
 use canary_analyzer::policy::RolloutPolicy;
 use canary_core::FilterConfig;
-use canary_core::metrics::{LATENCY_BUCKETS_US, STATS_TAGS};
 use canary_e2e::envoy::{envoy_binary, wasm_path};
 use canary_e2e::istio_api::{check_istio_document, check_kubernetes_document, is_istio};
 use canary_e2e::manifests::{
-    Document, is_envoy_config, istio_struct_json, parse_documents, shipped_documents, wasm_filter_configs, yaml_files,
+    Document, assert_stats_config_matches_the_code, is_envoy_config, istio_struct_json, parse_documents,
+    shipped_documents, wasm_filter_configs, yaml_files,
 };
 use canary_e2e::repo_root;
 use serde_json::Value as Json;
@@ -365,21 +365,7 @@ fn the_istio_pieces_agree_with_each_other_and_the_code() {
     // The gateway's stats tags and latency buckets are the code's.
     let stats = the("ConfigMap", "canary-gateway-stats").value;
     let bootstrap: Json = serde_json::from_str(stats["data"]["custom_bootstrap.json"].as_str().unwrap()).unwrap();
-    let tags: Vec<(String, String)> = bootstrap["stats_config"]["stats_tags"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| (t["tag_name"].as_str().unwrap().to_string(), t["regex"].as_str().unwrap().to_string()))
-        .collect();
-    let expected: Vec<(String, String)> = STATS_TAGS.iter().map(|(n, r)| (n.to_string(), r.to_string())).collect();
-    assert_eq!(tags, expected);
-    let buckets: Vec<u64> = bootstrap["stats_config"]["histogram_bucket_settings"][0]["buckets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b.as_u64().unwrap())
-        .collect();
-    assert_eq!(buckets, LATENCY_BUCKETS_US);
+    assert_stats_config_matches_the_code(&bootstrap["stats_config"]);
 
     // The header strip removes the routing header, first in the gateway's chain.
     let strip = the("EnvoyFilter", "strip-canary-cohort-header").value;

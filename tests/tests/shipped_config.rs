@@ -2,8 +2,8 @@
 //! metric tags, latency buckets and the plugin configuration schema.
 
 use canary_core::FilterConfig;
-use canary_core::metrics::{LATENCY_BUCKETS_US, STATS_TAGS};
 use canary_e2e::envoy::{EnvoyConfig, envoy_binary, wasm_path};
+use canary_e2e::manifests::assert_stats_config_matches_the_code;
 use canary_e2e::repo_root;
 use serde_yaml_ng::Value;
 use std::process::Command;
@@ -27,22 +27,8 @@ fn envoy_validates_the_shipped_config() {
 
 #[test]
 fn stats_tags_and_buckets_match_the_code() {
-    let yaml = shipped();
-    let tags: Vec<(String, String)> = yaml["stats_config"]["stats_tags"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(|t| (t["tag_name"].as_str().unwrap().to_string(), t["regex"].as_str().unwrap().to_string()))
-        .collect();
-    let expected: Vec<(String, String)> = STATS_TAGS.iter().map(|(n, r)| (n.to_string(), r.to_string())).collect();
-    assert_eq!(tags, expected);
-    let buckets: Vec<u64> = yaml["stats_config"]["histogram_bucket_settings"][0]["buckets"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(|b| b.as_u64().unwrap())
-        .collect();
-    assert_eq!(buckets, LATENCY_BUCKETS_US);
+    let stats_config = serde_json::to_value(&shipped()["stats_config"]).unwrap();
+    assert_stats_config_matches_the_code(&stats_config);
 }
 
 #[test]
