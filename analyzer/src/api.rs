@@ -6,7 +6,7 @@
 
 use crate::dashboard;
 use crate::engine::{Engine, EngineError, now_ms};
-use crate::ladder::{OverrideAction, OverrideError, TransitionError};
+use crate::ladder::{Actor, OverrideAction, OverrideError, TransitionError};
 use crate::policy::RolloutPolicy;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -153,7 +153,9 @@ async fn register(State(state): State<AppState>, headers: HeaderMap, body: Strin
     state.authorize(&headers, "register rollout")?;
     let policy = RolloutPolicy::from_yaml(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let actor = headers.get("x-actor").and_then(|v| v.to_str().ok()).unwrap_or("pipeline").to_string();
-    let status = state.engine.register(policy, &actor, now_ms()).await?;
+    // A caller may name itself but never claim to be the analyzer.
+    let actor = Actor::human(&actor).map_err(|e| ApiError::BadRequest(format!("header `x-actor`: {e}")))?;
+    let status = state.engine.register(policy, actor, now_ms()).await?;
     Ok((StatusCode::CREATED, Json(status)).into_response())
 }
 
@@ -408,6 +410,21 @@ mod tests {
         let (status, body) = call(&app, "GET", "/rollouts/%3Cnope%3E", None, "").await;
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert!(body.contains("&lt;nope&gt;") && !body.contains("<nope>"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn a_caller_cannot_register_as_the_analyzer() {
+        let app = app(state(Some("t")));
+        let request = Request::builder()
+            .method("POST")
+            .uri("/v1/rollouts")
+            .header("authorization", "Bearer t")
+            .header("x-actor", "analyzer")
+            .body(Body::from(POLICY))
+            .unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(call(&app, "GET", "/v1/rollouts/checkout/config", None, "").await.0, StatusCode::NOT_FOUND);
     }
 
     #[tokio::test]

@@ -307,10 +307,11 @@ impl Engine {
     }
 
     /// Registers (or restarts, once the previous one ended) a rollout.
+    /// `actor` is `Actor::Analyzer` only for policies given at start; API callers are named humans or pipelines.
     pub async fn register(
         &self,
         policy: RolloutPolicy,
-        actor: &str,
+        actor: Actor,
         now_ms: u64,
     ) -> Result<RolloutStatus, EngineError> {
         let mut inner = self.inner.lock().await;
@@ -321,7 +322,6 @@ impl Engine {
         }
         let before = previous.map(|(state, _)| state);
         let state = RolloutState::start(&policy, before.as_ref().map_or(0, |s| s.generation), now_ms);
-        let actor = if actor == "analyzer" { Actor::Analyzer } else { Actor::human(actor)? };
         let decision = Decision::start(&state, actor, format!("registered with policy {:?}", policy.name));
         let committed = inner.store.commit(now_ms, &policy, &decision, before.as_ref(), &state)?;
         if let Some(e) = committed.state_error {

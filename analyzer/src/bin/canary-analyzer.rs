@@ -5,6 +5,7 @@ use anyhow::Context;
 use canary_analyzer::api::{self, AppState};
 use canary_analyzer::cli::{self, Client};
 use canary_analyzer::engine::{self, Engine, SourceSettings, now_ms};
+use canary_analyzer::ladder::Actor;
 use canary_analyzer::notify::Notifier;
 use canary_analyzer::policy::RolloutPolicy;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -195,7 +196,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             continue;
         }
         engine
-            .register(policy, "analyzer", now_ms())
+            .register(policy, Actor::Analyzer, now_ms())
             .await
             .with_context(|| format!("registering {}", path.display()))?;
     }
