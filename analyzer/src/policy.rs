@@ -48,8 +48,6 @@ pub mod defaults {
     pub const CRITICAL: bool = true;
 }
 
-/// Longest accepted deployment id: a Kubernetes label value (same rule as the filter).
-const MAX_DEPLOYMENT_LEN: usize = 63;
 /// Longest accepted `metadata.name`: a Kubernetes DNS subdomain name.
 const MAX_NAME_LEN: usize = 253;
 /// Basis points in 1 %: ladder shares are written in percent and served in basis points.
@@ -426,10 +424,7 @@ fn validate_name(name: &str) -> Result<(), PolicyError> {
 }
 
 fn validate_deployment(deployment: &str) -> Result<(), PolicyError> {
-    if deployment.is_empty()
-        || deployment.len() > MAX_DEPLOYMENT_LEN
-        || !deployment.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
+    if !canary_core::config::is_valid_deployment_id(deployment) {
         return Err(PolicyError::new(
             "spec.deployment",
             format!("{deployment:?}"),

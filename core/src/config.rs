@@ -43,6 +43,16 @@ pub mod defaults {
 
 /// Longest accepted deployment id: a Kubernetes label value.
 const MAX_DEPLOYMENT_LEN: usize = 63;
+
+/// The deployment-id rule of the contract, shared by the filter's configuration and
+/// the analyzer's policy: 1 to 63 characters of `[A-Za-z0-9_-]`. The id becomes a
+/// metric label and a stat-name segment (no dots) and is hashed before `:`, so the
+/// concatenation with the user id is unambiguous.
+pub fn is_valid_deployment_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_DEPLOYMENT_LEN
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
 /// The poll interval floor: every VM ticks at a quarter of it, below 100 ms that is busy-work.
 const MIN_POLL_INTERVAL_MS: u32 = 100;
 
@@ -187,10 +197,7 @@ impl RawConfig {
     fn validate(self) -> Result<FilterConfig, ConfigError> {
         let deployment =
             self.deployment.ok_or_else(|| ConfigError::new("deployment", "(missing)", "a deployment id"))?;
-        if deployment.is_empty()
-            || deployment.len() > MAX_DEPLOYMENT_LEN
-            || !deployment.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
+        if !is_valid_deployment_id(&deployment) {
             return Err(ConfigError::new(
                 "deployment",
                 format!("{deployment:?}"),
