@@ -165,6 +165,8 @@ struct LiveRollout {
     last_check_ms: Option<u64>,
     failed_targets: Vec<String>,
     history: VecDeque<HistoryPoint>,
+    /// Where this rollout's status updates go: the policy's webhook, else the analyzer's.
+    notifier: Notifier,
 }
 
 impl LiveRollout {
@@ -172,8 +174,14 @@ impl LiveRollout {
         policy: RolloutPolicy,
         state: RolloutState,
         source: &SourceSettings,
+        default_notifier: &Notifier,
         now_ms: u64,
     ) -> Result<Self, EngineError> {
+        // Built once per rollout: a client per announcement would redo its TLS setup each time.
+        let notifier = match &policy.notify {
+            Some(notify) => Notifier::new(Some(notify.webhook_url.clone())),
+            None => default_notifier.clone(),
+        };
         let envoy = match source {
             SourceSettings::EnvoyAdmin(urls) => Some((
                 EnvoyAdminSource::new(urls.clone(), policy.deployment.clone(), SCRAPE_TIMEOUT)?,
@@ -191,6 +199,7 @@ impl LiveRollout {
             last_check_ms: None,
             failed_targets: Vec::new(),
             history: VecDeque::new(),
+            notifier,
         })
     }
 
@@ -262,7 +271,7 @@ impl Engine {
                 %deployment, step = p.state.step, share_bp = p.state.share_bp, phase = ?p.state.phase,
                 evidence = evidence.is_some(), "resumed rollout"
             );
-            let mut live = LiveRollout::new(p.policy, p.state, &source, now_ms)?;
+            let mut live = LiveRollout::new(p.policy, p.state, &source, &notifier, now_ms)?;
             if let Some(evaluation) = evidence {
                 live.evaluation = evaluation;
                 live.rows = live.evaluation.rows(Vec::new())?;
@@ -330,7 +339,7 @@ impl Engine {
         if self.prometheus.is_none() && policy.metrics.iter().any(|m| matches!(m.metric, Metric::Custom(_))) {
             tracing::warn!(%deployment, "custom PromQL metrics need --prometheus; they will show no data");
         }
-        let live = LiveRollout::new(policy, state, &self.source, now_ms)?;
+        let live = LiveRollout::new(policy, state, &self.source, &self.notifier, now_ms)?;
         self.publish(&live.state);
         self.announce(&live, &decision, now_ms);
         let status = live.status(now_ms);
@@ -465,13 +474,9 @@ impl Engine {
     }
 
     fn announce(&self, live: &LiveRollout, decision: &Decision, now_ms: u64) {
-        let notifier = match &live.policy.notify {
-            Some(notify) => Notifier::new(Some(notify.webhook_url.clone())),
-            None => self.notifier.clone(),
-        };
         let key_metrics =
             live.rows.iter().filter(|r| r.verdict != Verdict::NotEnoughData).take(4).map(describe_row).collect();
-        notifier.send(StatusUpdate {
+        live.notifier.send(StatusUpdate {
             deployment: live.state.deployment.clone(),
             decision: action_name(&decision.action).to_string(),
             reason: decision.reason.clone(),
