@@ -82,12 +82,7 @@ async fn per_cohort_series_count_the_traffic_sent_including_5xx_and_resets() {
     for users in [&canary, &control] {
         for (path, n) in plan {
             let batch: Vec<String> = users.iter().cycle().take(n).cloned().collect();
-            let statuses =
-                rig.client
-                    .map_parallel(&batch, move |client, id| async move {
-                        client.get(path, &[("x-user-id", &id)]).await.status
-                    })
-                    .await;
+            let statuses = rig.client.statuses_for(path, &batch).await;
             let expected = match path {
                 "/status/503" | "/reset" => 503,
                 "/status/404" => 404,

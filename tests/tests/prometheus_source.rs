@@ -169,12 +169,7 @@ async fn prometheus_and_envoy_admin_sources_count_the_same_known_traffic() {
     for users in [&canary, &control] {
         for (path, n, expected) in plan {
             let batch: Vec<String> = users.iter().cycle().take(n).cloned().collect();
-            let statuses =
-                rig.client
-                    .map_parallel(&batch, move |client, id| async move {
-                        client.get(path, &[("x-user-id", &id)]).await.status
-                    })
-                    .await;
+            let statuses = rig.client.statuses_for(path, &batch).await;
             assert!(statuses.iter().all(|s| *s == expected), "{path}: {statuses:?}");
         }
     }
