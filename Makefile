@@ -34,7 +34,7 @@ test-wasm:
 # (tests/tests/demo.rs); tests/tests/dashboard.rs drives Debian's chromium (installed by deps).
 test-e2e: wasm
 	$(CARGO) build -p canary-analyzer -p canary-e2e --bin canary-analyzer --bin demo
-	$(CARGO) test -p canary-e2e --tests
+	$(CARGO) test -p canary-e2e --tests --no-fail-fast
 
 ## lint: formatting and clippy (native and wasm32), warnings are errors
 lint:
