@@ -15,7 +15,7 @@ deps:
 
 ## build: the filter (wasm32-wasip1, release) and the native crates
 build: wasm
-	$(CARGO) build --workspace --exclude canary-filter --exclude noop-filter
+	$(CARGO) build --workspace --exclude canary-filter --exclude probe-filter
 
 wasm:
 	$(CARGO) build -p canary-filter --target wasm32-wasip1 --profile wasm-release
@@ -25,7 +25,7 @@ wasm:
 test: deps build test-native test-wasm test-e2e
 
 test-native:
-	$(CARGO) test --workspace --exclude canary-filter --exclude noop-filter --exclude canary-e2e
+	$(CARGO) test --workspace --exclude canary-filter --exclude probe-filter --exclude canary-e2e
 
 test-wasm:
 	$(CARGO) test -p canary-core --target wasm32-wasip1
@@ -45,7 +45,7 @@ lint:
 ## bench: native decision cost, Envoy with vs. without the filter (needs wrk), the analyzer's check cost and simulation
 bench: wasm
 	@scripts/install-deps.sh bench
-	$(CARGO) build -p noop-filter --target wasm32-wasip1 --profile wasm-release
+	$(CARGO) build -p probe-filter --target wasm32-wasip1 --profile wasm-release
 	$(CARGO) run --release -p canary-e2e --bin bench
 	$(CARGO) run --release -p canary-e2e --bin analyzer_bench
 

@@ -4,8 +4,8 @@
 //! Host calls per request: the header reads the decision needs (usually one), one
 //! header write and a clock read; one header read for `:status`; in `on_log` a clock
 //! read and two metric updates. `get_property` is avoided on the common path: in
-//! Envoy 1.40 it evaluates a CEL path and cost ~6 µs per call in `make bench`, so
-//! the status comes from the response headers and the duration from two clock reads;
+//! `make bench` one call costs 2.3-2.4 µs, more than a header or clock read, so the
+//! status comes from the response headers and the duration from two clock reads;
 //! `response.code_details` is read only for 5xx, to tell resets from answers.
 
 use crate::runtime::Runtime;

@@ -3,8 +3,11 @@
 //! 1. Native: ns per cohort decision for a 36-byte id, against one xxh3 of the id alone.
 //! 2. Envoy (`--concurrency 1`, a direct-response route: the worst case, nothing to hide
 //!    the filter behind) with the filter vs. the same Envoy without it: requests/s ratio
-//!    and Envoy CPU µs per request, with wrk on loopback. Runs alternate between the two
-//!    Envoys so drift on the machine hits both alike; medians are reported.
+//!    and Envoy CPU µs per request, with wrk on loopback; a no-op wasm filter shows what
+//!    any proxy-wasm filter costs. Runs alternate between the Envoys so drift on the
+//!    machine hits all alike; medians are reported.
+//! 3. What costs what: the probe filter repeats one kind of host call per Envoy, and
+//!    the difference to the no-op filter divided by the count is that call's cost.
 
 use canary_core::decision::{RequestView, decide};
 use canary_core::{FilterConfig, Share, bucket};
@@ -18,7 +21,7 @@ use std::time::{Duration, Instant};
 use xxhash_rust::xxh3::xxh3_64;
 
 const DECISIONS: usize = 5_000_000;
-const RUNS: usize = 3;
+const RUNS: usize = 5;
 const RUN_SECONDS: u32 = 5;
 /// Connections wrk keeps open: enough to saturate one Envoy worker.
 const CONNECTIONS: u32 = 32;
@@ -88,8 +91,8 @@ struct Run {
 
 fn wrk(envoy: &Envoy, script: &std::path::Path, seconds: u32) -> Run {
     let before = cpu_ticks(envoy.pid());
-    let out = Command::new("wrk")
-        .args(["-t1", &format!("-c{CONNECTIONS}"), &format!("-d{seconds}s"), "-s"])
+    let out = Command::new("taskset")
+        .args(["-c", WRK_CPU, "wrk", "-t1", &format!("-c{CONNECTIONS}"), &format!("-d{seconds}s"), "-s"])
         .arg(script)
         .arg(format!("http://{}/", envoy.listener))
         .output()
@@ -117,20 +120,60 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
+/// Envoy gets CPU 1 and wrk CPU 0, so the two do not trade places on the 2-core
+/// machine between runs (unpinned, the no-op filter's cost moved between 2.5 and 10 µs).
+const ENVOY_CPU: &str = "1";
+const WRK_CPU: &str = "0";
+
+fn pin(pid: u32) {
+    let pinned = Command::new("taskset").args(["-a", "-p", "-c", ENVOY_CPU, &pid.to_string()]).output();
+    if !pinned.is_ok_and(|o| o.status.success()) {
+        eprintln!("taskset failed: Envoy {pid} runs unpinned, expect noisier figures");
+    }
+}
+
+/// Host calls the probe filter repeats, with how often per request: the cost of one
+/// is (probe − no-op) / count. Names are the probe filter's configuration keys.
+const PROBES: [(&str, &str, u32); 8] = [
+    ("request header read (user id)", "read_request_header", 10),
+    ("request header write (routing)", "write_request_header", 10),
+    ("response header read (:status)", "read_response_status", 10),
+    ("clock read", "read_clock", 10),
+    ("counter increment", "increment_counter", 10),
+    ("histogram record", "record_histogram", 10),
+    ("get_property(response.code)", "read_code_property", 10),
+    ("get_property(request.duration)", "read_duration_property", 10),
+];
+
 async fn envoy_comparison() {
     let stable = Upstream::start("stable").await;
     let config_server = ConfigServer::start(Answer::share("demo", 1, 500)).await;
-    let mut with = EnvoyConfig::shipped(stable.addr, stable.addr, config_server.addr);
-    with.direct_response();
-    let mut without = EnvoyConfig::shipped(stable.addr, stable.addr, config_server.addr);
-    without.direct_response();
-    without.without_wasm();
-    let mut noop = EnvoyConfig::shipped(stable.addr, stable.addr, config_server.addr);
-    noop.direct_response();
-    noop.with_wasm_module(&canary_e2e::repo_root().join("target/wasm32-wasip1/wasm-release/noop_filter.wasm"));
-    let with = Envoy::start(&with, 1).await;
-    let without = Envoy::start(&without, 1).await;
-    let noop = Envoy::start(&noop, 1).await;
+    let probe_wasm = canary_e2e::repo_root().join("target/wasm32-wasip1/wasm-release/probe_filter.wasm");
+    let config = |wasm: Option<Option<&str>>| {
+        let mut config = EnvoyConfig::shipped(stable.addr, stable.addr, config_server.addr);
+        config.direct_response();
+        match wasm {
+            None => config.without_wasm(),
+            Some(None) => {}
+            Some(Some(probe)) => {
+                config.with_wasm_module(&probe_wasm);
+                config.set_plugin_config_text(probe);
+            }
+        }
+        config
+    };
+    let mut envoys = vec![
+        ("without a wasm filter (baseline)".to_string(), Envoy::start(&config(None), 1).await),
+        ("no-op wasm filter".to_string(), Envoy::start(&config(Some(Some(""))), 1).await),
+        ("canary filter".to_string(), Envoy::start(&config(Some(None)), 1).await),
+    ];
+    for (name, key, count) in PROBES {
+        let probe = format!("{key}={count}");
+        envoys.push((format!("{name} x{count}"), Envoy::start(&config(Some(Some(&probe))), 1).await));
+    }
+    for (_, envoy) in &envoys {
+        pin(envoy.pid());
+    }
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let script = std::env::temp_dir().join("wasm-canary-bench.lua");
@@ -140,9 +183,7 @@ async fn envoy_comparison() {
          return wrk.format('GET', '/', {['x-user-id'] = string.format('%08x-0000-4000-8000-%012x', counter % 100000, counter)})\nend\n",
     )
     .expect("write wrk script");
-    let envoys =
-        [("without a wasm filter (baseline)", &without), ("no-op wasm filter", &noop), ("canary filter", &with)];
-    for (_, envoy) in envoys {
+    for (_, envoy) in &envoys {
         wrk(envoy, &script, 1);
     }
     let mut runs: Vec<Vec<Run>> = envoys.iter().map(|_| Vec::new()).collect();
@@ -154,9 +195,10 @@ async fn envoy_comparison() {
     let rps: Vec<f64> = runs.iter().map(|r| median(r.iter().map(|r| r.rps).collect())).collect();
     let cpu: Vec<f64> = runs.iter().map(|r| median(r.iter().map(|r| r.cpu_us_per_request).collect())).collect();
     println!(
-        "\nEnvoy --concurrency 1, direct-response route, wrk -t1 -c{CONNECTIONS}, median of {RUNS} x {RUN_SECONDS} s:"
+        "\nEnvoy --concurrency 1 on CPU {ENVOY_CPU}, direct-response route, wrk -t1 -c{CONNECTIONS} on CPU {WRK_CPU}, \
+         median of {RUNS} x {RUN_SECONDS} s:"
     );
-    for (i, (name, _)) in envoys.iter().enumerate() {
+    for (i, (name, _)) in envoys.iter().enumerate().take(3) {
         println!(
             "  {name:34} {:9.0} req/s ({:5.1} %)   {:6.2} µs CPU/request ({:+6.2})",
             rps[i],
@@ -172,6 +214,11 @@ async fn envoy_comparison() {
         cpu[2] - cpu[0],
         cpu[2] - cpu[1]
     );
+    println!("\nWhat one host call costs (probe filter repeating it, (probe − no-op) / count):");
+    for (i, (_, _, count)) in PROBES.iter().enumerate() {
+        let (name, _) = &envoys[3 + i];
+        println!("  {name:40} {:+6.2} µs per call", (cpu[3 + i] - cpu[1]) / f64::from(*count));
+    }
 }
 
 #[tokio::main]
