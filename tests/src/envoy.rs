@@ -109,7 +109,12 @@ impl EnvoyConfig {
     /// Drops the header-mutation filter, leaving the wasm filter alone to replace a
     /// client-supplied cohort header (as under Istio, where only the WasmPlugin runs).
     pub fn without_header_stripping(&mut self) {
-        http_filters(&mut self.yaml).retain(|f| f["name"].as_str() != Some("envoy.filters.http.header_mutation"));
+        let manager =
+            &mut self.yaml["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+        manager
+            .as_mapping_mut()
+            .expect("envoy.yaml: the connection manager")
+            .remove("early_header_mutation_extensions");
     }
 
     /// Replaces the routes with one direct response (the benchmark's worst case).

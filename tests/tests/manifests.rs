@@ -376,21 +376,17 @@ fn the_istio_pieces_agree_with_each_other_and_the_code() {
     assert_eq!(strip["spec"]["workloadSelector"]["labels"], plugin["spec"]["selector"]["matchLabels"]);
 }
 
-/// The EnvoyFilter's patch is an Envoy HTTP filter: put it in place of envoy.yaml's
-/// header_mutation filter and have Envoy validate the result.
+/// The EnvoyFilter's patch is an Envoy HTTP filter: put it first in envoy.yaml's chain,
+/// in place of the early header mutation, and have Envoy validate the result.
 #[test]
 fn envoy_validates_the_header_strip_patch() {
     wasm_path();
     let strip = the("EnvoyFilter", "strip-canary-cohort-header").value;
     let patch_value = strip["spec"]["configPatches"][0]["patch"]["value"].clone();
     let mut config = documents_of("envoy/envoy.yaml").remove(0).value;
-    let filters =
-        config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
-            .as_sequence_mut()
-            .unwrap();
-    let strip_at =
-        filters.iter().position(|f| f["name"].as_str() == Some("envoy.filters.http.header_mutation")).unwrap();
-    filters[strip_at] = patch_value;
+    let manager = &mut config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+    assert!(manager.as_mapping_mut().unwrap().remove("early_header_mutation_extensions").is_some());
+    manager["http_filters"].as_sequence_mut().unwrap().insert(0, patch_value);
     let dir = std::env::temp_dir().join(format!("wasm-canary-manifests-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("envoy-with-lua-strip.yaml");

@@ -153,9 +153,16 @@ async fn envoy_comparison() {
         let mut config = EnvoyConfig::shipped(stable.addr, stable.addr, config_server.addr);
         config.direct_response();
         match wasm {
-            None => config.without_wasm(),
+            // The baseline runs none of ours: no wasm filter and no header strip.
+            None => {
+                config.without_wasm();
+                config.without_header_stripping();
+            }
+            // The canary filter as shipped, header strip included.
             Some(None) => {}
+            // The no-op and probe filters alone, to isolate what wasm costs.
             Some(Some(probe)) => {
+                config.without_header_stripping();
                 config.with_wasm_module(&probe_wasm);
                 config.set_plugin_config_text(probe);
             }
@@ -163,9 +170,9 @@ async fn envoy_comparison() {
         config
     };
     let mut envoys = vec![
-        ("without a wasm filter (baseline)".to_string(), Envoy::start(&config(None), 1).await),
+        ("without our filters (baseline)".to_string(), Envoy::start(&config(None), 1).await),
         ("no-op wasm filter".to_string(), Envoy::start(&config(Some(Some(""))), 1).await),
-        ("canary filter".to_string(), Envoy::start(&config(Some(None)), 1).await),
+        ("canary filter + header strip".to_string(), Envoy::start(&config(Some(None)), 1).await),
     ];
     for (name, key, count) in PROBES {
         let probe = format!("{key}={count}");
