@@ -31,8 +31,10 @@ test-wasm:
 	$(CARGO) test -p canary-core --target wasm32-wasip1
 
 # The e2e tests run the analyzer binary (target/debug/canary-analyzer) and the demo binary
-# (tests/tests/demo.rs); tests/tests/dashboard.rs drives Debian's chromium (installed by deps).
+# (tests/tests/demo.rs); tests/tests/dashboard.rs drives Debian's chromium (installed by deps);
+# tests/tests/failure_policy.rs loads the probe filter (tests/probe-filter) set to panic.
 test-e2e: wasm
+	$(CARGO) build -p probe-filter --target wasm32-wasip1 --profile wasm-release
 	$(CARGO) build -p canary-analyzer -p canary-e2e --bin canary-analyzer --bin demo
 	$(CARGO) test -p canary-e2e --tests --no-fail-fast
 

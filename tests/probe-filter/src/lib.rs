@@ -6,6 +6,9 @@
 //! adds; with e.g. `read_request_header=10` it measures one kind of host call, so
 //! the benchmark can say what costs what instead of guessing.
 //!
+//! `panic_on_request=1` makes it panic on every request instead: the end-to-end test
+//! of the shipped `failure_policy` runs a real VM failure through Envoy with it.
+//!
 //! Configuration: comma-separated `call=count` pairs; unknown names are refused at
 //! load so a typo in the benchmark cannot silently measure nothing.
 
@@ -25,6 +28,7 @@ struct Calls {
     record_histogram: u32,
     read_code_property: u32,
     read_duration_property: u32,
+    panic_on_request: u32,
 }
 
 impl Calls {
@@ -43,6 +47,7 @@ impl Calls {
                 "record_histogram" => &mut calls.record_histogram,
                 "read_code_property" => &mut calls.read_code_property,
                 "read_duration_property" => &mut calls.read_duration_property,
+                "panic_on_request" => &mut calls.panic_on_request,
                 other => return Err(format!("unknown host call '{other}'")),
             };
             *slot = count;
@@ -62,6 +67,9 @@ impl Context for Probe {}
 
 impl HttpContext for Probe {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+        if self.calls.panic_on_request > 0 {
+            panic!("probe filter: panic_on_request is set");
+        }
         for _ in 0..self.calls.read_request_header {
             let _ = self.get_http_request_header("x-user-id");
         }
