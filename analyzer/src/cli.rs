@@ -119,7 +119,7 @@ fn percent(bp: u32) -> String {
     format!("{}.{:02} %", bp / 100, bp % 100)
 }
 
-/// One line of progress: `checkout: progressing at 5.00 % (step 2/5), next step in 120 s`.
+/// One line of progress: `checkout: progressing at 5.00 % (step 2/5), window ends in 2 min 00 s`.
 pub fn progress_line(status: &RolloutStatus) -> String {
     let phase = format!("{:?}", status.state.phase).to_lowercase();
     let mut line = format!(
@@ -130,7 +130,7 @@ pub fn progress_line(status: &RolloutStatus) -> String {
         status.ladder_bp.len()
     );
     if let Some(s) = status.window_remaining_s {
-        let _ = write!(line, ", window ends in {s} s");
+        let _ = write!(line, ", window ends in {}", duration_text(s));
     }
     line
 }
@@ -309,91 +309,17 @@ pub fn watch_frame(views: &[String], now_ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::HistoryPoint;
-    use crate::ladder::{Action, Actor, Decision, RolloutState};
-    use crate::policy::RolloutPolicy;
-    use crate::stats::Interval;
-    use canary_core::RolloutConfig;
+    use crate::fixtures::{point, row, state};
+    use crate::ladder::{Action, Actor};
 
-    fn state(step: u32, share_bp: u32, phase: RolloutPhase) -> RolloutState {
-        RolloutState {
-            deployment: "checkout".into(),
-            step,
-            share_bp,
-            generation: 3,
-            step_started_at_ms: 0,
-            phase,
-            updated_at_ms: 0,
-        }
-    }
-
-    fn row(metric: &str, verdict: Verdict) -> ComparisonRow {
-        ComparisonRow {
-            metric: metric.into(),
-            canary: Some(0.05),
-            control: Some(0.01),
-            absolute_difference: Some(0.04),
-            relative_difference: Some(4.0),
-            interval: Some(Interval { lo: Some(1.5), hi: None }),
-            interval_scale: DifferenceScale::Relative,
-            p_value: Some(0.002),
-            verdict,
-        }
-    }
-
+    /// The shared rollout after one check, with `rows` comparison rows.
     fn status(rows: usize) -> RolloutStatus {
-        RolloutStatus {
-            deployment: "checkout".into(),
-            policy: "web".into(),
-            state: state(1, 500, RolloutPhase::Progressing),
-            config: RolloutConfig {
-                deployment: "checkout".into(),
-                generation: 3,
-                share_bp: 500,
-                state: RolloutPhase::Progressing,
-            },
-            ladder_bp: vec![100, 500, 10_000],
-            window_remaining_s: Some(42),
-            last_check_ms: Some(2_000),
-            rows: (0..rows).map(|i| row(&format!("metric_{i}"), Verdict::NoDifference)).collect(),
-            failed_targets: Vec::new(),
-            history: vec![HistoryPoint {
-                at_ms: 2_000,
-                share_bp: 500,
-                canary_requests: 40,
-                control_requests: 760,
-                canary_errors: 2,
-                control_errors: 1,
-                canary_p50_us: Some(1_000.0),
-                control_p50_us: Some(1_000.0),
-                canary_p99_us: None,
-                control_p99_us: None,
-            }],
-        }
+        let rows = (0..rows).map(|i| row(&format!("metric_{i}"), Verdict::NoDifference, Some(0.4))).collect();
+        crate::fixtures::status(vec![point(2_000, 2)], rows)
     }
 
     fn record(sequence: u64, reason: &str, action: Action) -> AuditRecord {
-        let policy = RolloutPolicy::from_yaml(
-            "apiVersion: canary.wasm.dev/v1alpha1\nkind: RolloutPolicy\nmetadata: {name: web}\nspec: {deployment: checkout}\n",
-        )
-        .unwrap();
-        AuditRecord {
-            sequence,
-            at_ms: sequence * 60_000,
-            deployment: "checkout".into(),
-            decision: Decision {
-                action,
-                reason: reason.into(),
-                actor: Actor::Analyzer,
-                rows: Vec::new(),
-                based_on_generation: 2,
-            },
-            policy_name: "web".into(),
-            policy_hash: "x".into(),
-            policy,
-            before: None,
-            after: state(1, 500, RolloutPhase::Progressing),
-        }
+        crate::fixtures::record(sequence, reason, Actor::Analyzer, action)
     }
 
     #[test]
@@ -402,22 +328,22 @@ mod tests {
             (1..=7).map(|i| record(i, &format!("reason {i}"), Action::Promote { to_step: 1, share_bp: 500 })).collect();
         let view = watch_view(&status(8), &audit);
         let lines: Vec<&str> = view.lines().collect();
-        assert_eq!(lines[0], "checkout: progressing at 5.00 % (step 2/3), window ends in 42 s");
-        assert_eq!(lines[1], "ladder: 1.00 % → [5.00 %] → 100.00 %");
-        assert_eq!(lines[2], "next step in 42 s");
-        assert_eq!(lines[3], "requests: canary 40, control 760 over 1 checks");
+        assert_eq!(lines[0], "checkout: progressing at 5.00 % (step 2/5), window ends in 1 min 15 s");
+        assert_eq!(lines[1], "ladder: 1.00 % → [5.00 %] → 25.00 % → 50.00 % → 100.00 %");
+        assert_eq!(lines[2], "next step in 1 min 15 s");
+        assert_eq!(lines[3], "requests: canary 50, control 950 over 1 checks");
         assert_eq!(
             lines[4],
-            "latest check: canary 40 (errors 2), control 760 (errors 1); canary share 5.00 % of requests"
+            "latest check: canary 50 (errors 2), control 950 (errors 1); canary share 5.00 % of requests"
         );
         assert!(view.contains("metric_5") && !view.contains("metric_6"), "six worst rows: {view}");
         assert!(view.contains("(2 more rows: canary-analyzer report checkout)"), "{view}");
-        assert!(view.contains("[+150.0 %, +∞] relative") && view.contains("no difference"), "{view}");
+        assert!(view.contains("[+25.0 %, +∞] relative") && view.contains("no difference"), "{view}");
         // Newest decision first, five of them.
         let decisions: Vec<&&str> = lines.iter().filter(|l| l.starts_with("  #")).collect();
         assert_eq!(decisions.len(), 5);
         assert!(
-            decisions[0].starts_with("  #7 1970-01-01 00:07:00 UTC  analyzer   promote → 5 %")
+            decisions[0].starts_with("  #7 2023-11-14 22:13:27 UTC  analyzer   promote → 5 %")
                 && decisions[0].ends_with("reason 7"),
             "{}",
             decisions[0]

@@ -6,6 +6,8 @@ pub mod cli;
 pub mod dashboard;
 pub mod engine;
 pub mod evaluation;
+#[cfg(test)]
+mod fixtures;
 pub mod ladder;
 pub mod notify;
 pub mod policy;

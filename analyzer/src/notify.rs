@@ -2,6 +2,7 @@
 //! one per step change. Sending never blocks a decision: the post runs in its own
 //! task with a timeout, and a failure is logged and counted, nothing more.
 
+use crate::dashboard::duration_text;
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -28,7 +29,8 @@ impl StatusUpdate {
     pub fn to_slack_json(&self) -> Value {
         let share = format!("{}.{:02} %", self.share_bp / 100, self.share_bp % 100);
         let headline = format!("wasm canary · {}: {} → {share}", self.deployment, self.decision);
-        let next = self.next_step_in_s.map_or("no further step".to_string(), |s| format!("next step in {s} s"));
+        let next =
+            self.next_step_in_s.map_or("no further step".to_string(), |s| format!("next step in {}", duration_text(s)));
         let mut fields = vec![
             json!({"type": "mrkdwn", "text": format!("*Share*\n{share}")}),
             json!({"type": "mrkdwn", "text": format!("*Next*\n{next}")}),
@@ -98,7 +100,10 @@ mod tests {
     fn slack_message_carries_share_next_step_reason_and_metrics() {
         let json = update().to_slack_json();
         let text = json["text"].as_str().unwrap();
-        assert!(text.contains("checkout") && text.contains("25.00 %") && text.contains("next step in 300 s"), "{text}");
+        assert!(
+            text.contains("checkout") && text.contains("25.00 %") && text.contains("next step in 5 min 00 s"),
+            "{text}"
+        );
         let blocks = json["blocks"].as_array().unwrap();
         assert_eq!(blocks[0]["type"], "header");
         let body = serde_json::to_string(&json).unwrap();

@@ -49,7 +49,9 @@ async fn watch(analyzer: &AnalyzerProcess, load: &Load) -> Option<RolloutStatus>
             .filter(|r| ["error_rate", "latency_p99_us", "sample_ratio"].contains(&r.metric.as_str()))
             .map(|r| format!("{} {:?}", r.metric, r.verdict).to_lowercase())
             .collect();
-        let next = s.window_remaining_s.map_or(String::new(), |w| format!(", next step in {w} s"));
+        let next = s
+            .window_remaining_s
+            .map_or(String::new(), |w| format!(", next step in {}", canary_analyzer::dashboard::duration_text(w)));
         println!(
             "   answered: stable {:>6}, canary {:>5} (errors {:>3}) | {}{next}",
             stats.stable,
