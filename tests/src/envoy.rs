@@ -28,10 +28,13 @@ pub struct EnvoyConfig {
     pub admin_port: u16,
 }
 
+/// The HTTP connection manager's config in a parsed envoy.yaml (its one listener).
+pub fn connection_manager(yaml: &mut Yaml) -> &mut Yaml {
+    &mut yaml["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+}
+
 fn http_filters(yaml: &mut Yaml) -> &mut Vec<Yaml> {
-    yaml["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
-        .as_sequence_mut()
-        .expect("envoy.yaml: http_filters is a list")
+    connection_manager(yaml)["http_filters"].as_sequence_mut().expect("envoy.yaml: http_filters is a list")
 }
 
 fn set_cluster_port(yaml: &mut Yaml, cluster: &str, port: u16) {
@@ -106,12 +109,10 @@ impl EnvoyConfig {
         self.set_plugin_config_text(&json.to_string());
     }
 
-    /// Drops the header-mutation filter, leaving the wasm filter alone to replace a
+    /// Drops the early header mutation, leaving the wasm filter alone to replace a
     /// client-supplied cohort header (as under Istio, where only the WasmPlugin runs).
     pub fn without_header_stripping(&mut self) {
-        let manager =
-            &mut self.yaml["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
-        manager
+        connection_manager(&mut self.yaml)
             .as_mapping_mut()
             .expect("envoy.yaml: the connection manager")
             .remove("early_header_mutation_extensions");
@@ -119,8 +120,7 @@ impl EnvoyConfig {
 
     /// Replaces the routes with one direct response (the benchmark's worst case).
     pub fn direct_response(&mut self) {
-        let routes = &mut self.yaml["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-            ["route_config"]["virtual_hosts"][0]["routes"];
+        let routes = &mut connection_manager(&mut self.yaml)["route_config"]["virtual_hosts"][0]["routes"];
         *routes = serde_yaml_ng::from_str(
             r#"[{match: {prefix: "/"}, direct_response: {status: 200, body: {inline_string: "ok"}}}]"#,
         )

@@ -384,7 +384,7 @@ fn envoy_validates_the_header_strip_patch() {
     let strip = the("EnvoyFilter", "strip-canary-cohort-header").value;
     let patch_value = strip["spec"]["configPatches"][0]["patch"]["value"].clone();
     let mut config = documents_of("envoy/envoy.yaml").remove(0).value;
-    let manager = &mut config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+    let manager = canary_e2e::envoy::connection_manager(&mut config);
     assert!(manager.as_mapping_mut().unwrap().remove("early_header_mutation_extensions").is_some());
     manager["http_filters"].as_sequence_mut().unwrap().insert(0, patch_value);
     let dir = std::env::temp_dir().join(format!("wasm-canary-manifests-{}", std::process::id()));

@@ -145,23 +145,31 @@ const PROBES: [(&str, &str, u32); 8] = [
     ("get_property(request.duration)", "read_duration_property", 10),
 ];
 
+/// What one benchmarked Envoy runs besides the direct-response route.
+enum Setup<'a> {
+    /// None of ours: no wasm filter, no header strip.
+    Baseline,
+    /// The canary filter as shipped, header strip included.
+    Shipped,
+    /// The probe filter alone with this configuration (`""`: the no-op filter),
+    /// to isolate what wasm and each host call cost.
+    Probe(&'a str),
+}
+
 async fn envoy_comparison() {
     let stable = Upstream::start("stable").await;
     let config_server = ConfigServer::start(Answer::share("demo", 1, 500)).await;
     let probe_wasm = canary_e2e::repo_root().join("target/wasm32-wasip1/wasm-release/probe_filter.wasm");
-    let config = |wasm: Option<Option<&str>>| {
+    let config = |setup: Setup| {
         let mut config = EnvoyConfig::shipped(stable.addr, stable.addr, config_server.addr);
         config.direct_response();
-        match wasm {
-            // The baseline runs none of ours: no wasm filter and no header strip.
-            None => {
+        match setup {
+            Setup::Baseline => {
                 config.without_wasm();
                 config.without_header_stripping();
             }
-            // The canary filter as shipped, header strip included.
-            Some(None) => {}
-            // The no-op and probe filters alone, to isolate what wasm costs.
-            Some(Some(probe)) => {
+            Setup::Shipped => {}
+            Setup::Probe(probe) => {
                 config.without_header_stripping();
                 config.with_wasm_module(&probe_wasm);
                 config.set_plugin_config_text(probe);
@@ -170,13 +178,13 @@ async fn envoy_comparison() {
         config
     };
     let mut envoys = vec![
-        ("without our filters (baseline)".to_string(), Envoy::start(&config(None), 1).await),
-        ("no-op wasm filter".to_string(), Envoy::start(&config(Some(Some(""))), 1).await),
-        ("canary filter + header strip".to_string(), Envoy::start(&config(Some(None)), 1).await),
+        ("without our filters (baseline)".to_string(), Envoy::start(&config(Setup::Baseline), 1).await),
+        ("no-op wasm filter".to_string(), Envoy::start(&config(Setup::Probe("")), 1).await),
+        ("canary filter + header strip".to_string(), Envoy::start(&config(Setup::Shipped), 1).await),
     ];
     for (name, key, count) in PROBES {
         let probe = format!("{key}={count}");
-        envoys.push((format!("{name} x{count}"), Envoy::start(&config(Some(Some(&probe))), 1).await));
+        envoys.push((format!("{name} x{count}"), Envoy::start(&config(Setup::Probe(&probe)), 1).await));
     }
     for (_, envoy) in &envoys {
         pin(envoy.pid());
