@@ -132,6 +132,17 @@ impl EnvoyConfig {
         self.wasm_config()["vm_config"]["code"]["local"]["filename"] = Yaml::from(path.to_string_lossy().into_owned());
     }
 
+    /// Strips the cohort header with the `header_mutation` HTTP filter, first in the
+    /// chain, instead of the early mutation (the benchmark compares the two).
+    pub fn strip_with_header_mutation_filter(&mut self) {
+        self.without_header_stripping();
+        let filter = serde_yaml_ng::from_str(
+            r#"{name: envoy.filters.http.header_mutation, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation, mutations: {request_mutations: [{remove: x-canary-cohort}]}}}"#,
+        )
+        .expect("header_mutation filter");
+        http_filters(&mut self.yaml).insert(0, filter);
+    }
+
     /// Drops the wasm filter (the benchmark's baseline).
     pub fn without_wasm(&mut self) {
         http_filters(&mut self.yaml).retain(|f| f["name"].as_str() != Some("envoy.filters.http.wasm"));

@@ -132,6 +132,9 @@ fn pin(pid: u32) {
     }
 }
 
+/// Rows before the probes: baseline, no-op, canary, and the two header strips.
+const MAIN_ROWS: usize = 5;
+
 /// Host calls the probe filter repeats, with how often per request: the cost of one
 /// is (probe − no-op) / count. Names are the probe filter's configuration keys.
 const PROBES: [(&str, &str, u32); 8] = [
@@ -151,6 +154,10 @@ enum Setup<'a> {
     Baseline,
     /// The canary filter as shipped, header strip included.
     Shipped,
+    /// The shipped header strip alone (the connection manager's early mutation).
+    EarlyStrip,
+    /// The same strip done by the `header_mutation` HTTP filter instead.
+    HeaderMutationFilterStrip,
     /// The probe filter alone with this configuration (`""`: the no-op filter),
     /// to isolate what wasm and each host call cost.
     Probe(&'a str),
@@ -169,6 +176,11 @@ async fn envoy_comparison() {
                 config.without_header_stripping();
             }
             Setup::Shipped => {}
+            Setup::EarlyStrip => config.without_wasm(),
+            Setup::HeaderMutationFilterStrip => {
+                config.without_wasm();
+                config.strip_with_header_mutation_filter();
+            }
             Setup::Probe(probe) => {
                 config.without_header_stripping();
                 config.with_wasm_module(&probe_wasm);
@@ -181,6 +193,11 @@ async fn envoy_comparison() {
         ("without our filters (baseline)".to_string(), Envoy::start(&config(Setup::Baseline), 1).await),
         ("no-op wasm filter".to_string(), Envoy::start(&config(Setup::Probe("")), 1).await),
         ("canary filter + header strip".to_string(), Envoy::start(&config(Setup::Shipped), 1).await),
+        ("header strip alone (early mutation)".to_string(), Envoy::start(&config(Setup::EarlyStrip), 1).await),
+        (
+            "header strip by header_mutation filter".to_string(),
+            Envoy::start(&config(Setup::HeaderMutationFilterStrip), 1).await,
+        ),
     ];
     for (name, key, count) in PROBES {
         let probe = format!("{key}={count}");
@@ -213,9 +230,9 @@ async fn envoy_comparison() {
         "\nEnvoy --concurrency 1 on CPU {ENVOY_CPU}, direct-response route, wrk -t1 -c{CONNECTIONS} on CPU {WRK_CPU}, \
          median of {RUNS} x {RUN_SECONDS} s:"
     );
-    for (i, (name, _)) in envoys.iter().enumerate().take(3) {
+    for (i, (name, _)) in envoys.iter().enumerate().take(MAIN_ROWS) {
         println!(
-            "  {name:34} {:9.0} req/s ({:5.1} %)   {:6.2} µs CPU/request ({:+6.2})",
+            "  {name:40} {:9.0} req/s ({:5.1} %)   {:6.2} µs CPU/request ({:+6.2})",
             rps[i],
             100.0 * rps[i] / rps[0],
             cpu[i],
@@ -231,8 +248,8 @@ async fn envoy_comparison() {
     );
     println!("\nWhat one host call costs (probe filter repeating it, (probe − no-op) / count):");
     for (i, (_, _, count)) in PROBES.iter().enumerate() {
-        let (name, _) = &envoys[3 + i];
-        println!("  {name:40} {:+6.2} µs per call", (cpu[3 + i] - cpu[1]) / f64::from(*count));
+        let (name, _) = &envoys[MAIN_ROWS + i];
+        println!("  {name:40} {:+6.2} µs per call", (cpu[MAIN_ROWS + i] - cpu[1]) / f64::from(*count));
     }
 }
 
