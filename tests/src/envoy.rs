@@ -29,7 +29,7 @@ pub struct EnvoyConfig {
 }
 
 /// The HTTP connection manager's config in a parsed envoy.yaml (its one listener).
-pub fn connection_manager(yaml: &mut Yaml) -> &mut Yaml {
+fn connection_manager(yaml: &mut Yaml) -> &mut Yaml {
     &mut yaml["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
 }
 
@@ -140,6 +140,19 @@ impl EnvoyConfig {
             r#"{name: envoy.filters.http.header_mutation, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation, mutations: {request_mutations: [{remove: x-canary-cohort}]}}}"#,
         )
         .expect("header_mutation filter");
+        http_filters(&mut self.yaml).insert(0, filter);
+    }
+
+    /// Strips the cohort header with the Lua filter that `istio/strip-cohort-header.yaml`
+    /// patches into Istio gateways, first in the chain (the benchmark measures it).
+    pub fn strip_with_istio_lua_filter(&mut self) {
+        self.without_header_stripping();
+        let documents = crate::manifests::shipped_documents();
+        let patch = documents
+            .iter()
+            .find(|d| d.kind() == "EnvoyFilter" && d.name() == "strip-canary-cohort-header")
+            .expect("istio/strip-cohort-header.yaml");
+        let filter = patch.value["spec"]["configPatches"][0]["patch"]["value"].clone();
         http_filters(&mut self.yaml).insert(0, filter);
     }
 

@@ -6,7 +6,7 @@
 
 use canary_analyzer::policy::RolloutPolicy;
 use canary_core::FilterConfig;
-use canary_e2e::envoy::{envoy_binary, wasm_path};
+use canary_e2e::envoy::{EnvoyConfig, envoy_binary, wasm_path};
 use canary_e2e::istio_api::{check_istio_document, check_kubernetes_document, is_istio};
 use canary_e2e::manifests::{
     Document, assert_stats_config_matches_the_code, is_envoy_config, istio_struct_json, parse_documents,
@@ -380,19 +380,11 @@ fn the_istio_pieces_agree_with_each_other_and_the_code() {
 /// in place of the early header mutation, and have Envoy validate the result.
 #[test]
 fn envoy_validates_the_header_strip_patch() {
-    wasm_path();
-    let strip = the("EnvoyFilter", "strip-canary-cohort-header").value;
-    let patch_value = strip["spec"]["configPatches"][0]["patch"]["value"].clone();
-    let mut config = documents_of("envoy/envoy.yaml").remove(0).value;
-    let manager = canary_e2e::envoy::connection_manager(&mut config);
-    assert!(manager.as_mapping_mut().unwrap().remove("early_header_mutation_extensions").is_some());
-    manager["http_filters"].as_sequence_mut().unwrap().insert(0, patch_value);
-    let dir = std::env::temp_dir().join(format!("wasm-canary-manifests-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("envoy-with-lua-strip.yaml");
-    std::fs::write(&path, serde_yaml_ng::to_string(&config).unwrap()).unwrap();
+    let mut config = EnvoyConfig::as_shipped();
+    config.strip_with_istio_lua_filter();
+    let path = config.write();
     validate_with_envoy(path.to_str().unwrap());
-    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
 }
 
 /// `kubectl apply -k istio/` applies every manifest but the Secret example.

@@ -132,8 +132,8 @@ fn pin(pid: u32) {
     }
 }
 
-/// Rows before the probes: baseline, no-op, canary, and the two header strips.
-const MAIN_ROWS: usize = 5;
+/// Rows before the probes: baseline, no-op, canary, and the three header strips.
+const MAIN_ROWS: usize = 6;
 
 /// Host calls the probe filter repeats, with how often per request: the cost of one
 /// is (probe − no-op) / count. Names are the probe filter's configuration keys.
@@ -158,6 +158,8 @@ enum Setup<'a> {
     EarlyStrip,
     /// The same strip done by the `header_mutation` HTTP filter instead.
     HeaderMutationFilterStrip,
+    /// The same strip done by the Lua filter shipped for Istio.
+    IstioLuaStrip,
     /// The probe filter alone with this configuration (`""`: the no-op filter),
     /// to isolate what wasm and each host call cost.
     Probe(&'a str),
@@ -181,6 +183,10 @@ async fn envoy_comparison() {
                 config.without_wasm();
                 config.strip_with_header_mutation_filter();
             }
+            Setup::IstioLuaStrip => {
+                config.without_wasm();
+                config.strip_with_istio_lua_filter();
+            }
             Setup::Probe(probe) => {
                 config.without_header_stripping();
                 config.with_wasm_module(&probe_wasm);
@@ -198,6 +204,7 @@ async fn envoy_comparison() {
             "header strip by header_mutation filter".to_string(),
             Envoy::start(&config(Setup::HeaderMutationFilterStrip), 1).await,
         ),
+        ("header strip by Istio's Lua filter".to_string(), Envoy::start(&config(Setup::IstioLuaStrip), 1).await),
     ];
     for (name, key, count) in PROBES {
         let probe = format!("{key}={count}");
