@@ -16,6 +16,13 @@ pub fn wasm_path() -> PathBuf {
     path
 }
 
+/// The probe filter (`tests/probe-filter`): no-op, host-call probe or panicking VM.
+pub fn probe_wasm_path() -> PathBuf {
+    let path = repo_root().join("target/wasm32-wasip1/wasm-release/probe_filter.wasm");
+    assert!(path.exists(), "{} is missing: `make test-e2e` and `make bench` build it", path.display());
+    path
+}
+
 /// The Envoy binary: `$ENVOY` or `envoy` on PATH.
 pub fn envoy_binary() -> String {
     std::env::var("ENVOY").unwrap_or_else(|_| "envoy".to_string())

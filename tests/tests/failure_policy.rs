@@ -4,8 +4,7 @@
 //! keep a client from picking the canary while the filter is down.
 
 use canary_e2e::config_server::{Answer, ConfigServer};
-use canary_e2e::envoy::{Envoy, EnvoyConfig};
-use canary_e2e::repo_root;
+use canary_e2e::envoy::{Envoy, EnvoyConfig, probe_wasm_path};
 use canary_e2e::traffic::{Client, user_ids};
 use canary_e2e::upstream::Upstream;
 
@@ -16,8 +15,7 @@ struct FailedFilter {
 }
 
 async fn envoy_with_a_panicking_filter(strip: bool) -> FailedFilter {
-    let probe = repo_root().join("target/wasm32-wasip1/wasm-release/probe_filter.wasm");
-    assert!(probe.exists(), "{} is missing: `make test-e2e` builds it", probe.display());
+    let probe = probe_wasm_path();
     let stable = Upstream::start("stable").await;
     let canary = Upstream::start("canary").await;
     let config_server = ConfigServer::start(Answer::share("demo", 1, 10_000)).await;

@@ -168,7 +168,7 @@ enum Setup<'a> {
 async fn envoy_comparison() {
     let stable = Upstream::start("stable").await;
     let config_server = ConfigServer::start(Answer::share("demo", 1, 500)).await;
-    let probe_wasm = canary_e2e::repo_root().join("target/wasm32-wasip1/wasm-release/probe_filter.wasm");
+    let probe_wasm = canary_e2e::envoy::probe_wasm_path();
     let config = |setup: Setup| {
         let mut config = EnvoyConfig::shipped(stable.addr, stable.addr, config_server.addr);
         config.direct_response();
