@@ -49,6 +49,7 @@ impl From<EngineError> for ApiError {
         match e {
             EngineError::NotFound(_) => ApiError::NotFound(e.to_string()),
             EngineError::InProgress(_) => ApiError::Conflict(e.to_string()),
+            EngineError::InvalidPolicy(_) => ApiError::BadRequest(e.to_string()),
             EngineError::Override(OverrideError::Finished { .. }) => ApiError::Conflict(e.to_string()),
             EngineError::Override(_) => ApiError::BadRequest(e.to_string()),
             EngineError::Transition(TransitionError::Stale { .. }) => ApiError::Conflict(e.to_string()),
@@ -99,7 +100,7 @@ impl AppState {
 /// The router; `state` carries the engine and the token.
 pub fn app(state: AppState) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/v1/rollouts", get(list).post(register))
         .route("/v1/rollouts/{deployment}", get(status))
@@ -264,6 +265,20 @@ async fn dashboard_rollout_live(
     rollout_view(&state, &deployment, dashboard::rollout_fragment).await
 }
 
+/// Liveness for Kubernetes and humans: `ok`, or `degraded` (200, with the reasons)
+/// when a rollout could not be rebuilt at start: restarting would not fix that.
+async fn healthz(State(state): State<AppState>) -> Response {
+    let broken = state.engine.broken_rollouts();
+    if broken.is_empty() {
+        return "ok\n".into_response();
+    }
+    let mut body = String::from("degraded\n");
+    for line in &broken {
+        let _ = writeln!(body, "rollout {line}");
+    }
+    body.into_response()
+}
+
 /// The analyzer's own metrics, Prometheus text format.
 async fn metrics(State(state): State<AppState>) -> Response {
     let c = &state.engine.counters;
@@ -319,7 +334,7 @@ mod tests {
     fn state(token: Option<&str>) -> AppState {
         let dir = std::env::temp_dir().join(format!("canary-api-{}-{}", std::process::id(), now_ms() ^ rand_suffix()));
         let source = SourceSettings::EnvoyAdmin(vec!["http://127.0.0.1:1".into()]);
-        let engine = Engine::open(&dir, source, Notifier::new(None), now_ms()).unwrap();
+        let engine = Engine::open(&dir, source, Notifier::new(None)).unwrap();
         AppState { engine: Arc::new(engine), token: token.map(Arc::from) }
     }
 

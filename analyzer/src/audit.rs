@@ -397,6 +397,7 @@ mod tests {
     use super::*;
     use crate::ladder::{Actor, OverrideAction, decide, human_override};
     use crate::stats::{ComparisonRow, DifferenceScale, Verdict};
+    use crate::step_evidence::StepEvidence;
     use std::sync::atomic::{AtomicU64, Ordering};
 
     const T0: u64 = 1_700_000_000_000;
@@ -456,7 +457,7 @@ mod tests {
             .unwrap();
         for i in 1..=promotions {
             let now = T0 + i * WINDOW_MS;
-            let decision = decide(policy, &state, &rows(Verdict::NoDifference), now);
+            let decision = decide(policy, &state, &rows(Verdict::NoDifference), &StepEvidence::ample(), now);
             let after = state.next(&decision, now).unwrap();
             let committed = store.commit(now, policy, &decision, Some(&state), &after).unwrap();
             assert!(committed.state_error.is_none());
@@ -542,7 +543,7 @@ mod tests {
         // The decision reached the log but the process died before the state file was replaced.
         let (mut log, _) = AuditLog::open(&dir.0.join(AUDIT_FILE)).unwrap();
         let now = T0 + 2 * WINDOW_MS;
-        let promote = decide(&policy, &state, &rows(Verdict::NoDifference), now);
+        let promote = decide(&policy, &state, &rows(Verdict::NoDifference), &StepEvidence::ample(), now);
         let after = state.next(&promote, now).unwrap();
         log.append(now, &policy, &promote, Some(&state), &after).unwrap();
         drop(log);

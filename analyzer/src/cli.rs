@@ -216,6 +216,9 @@ pub fn status_text(status: &RolloutStatus) -> String {
         .map(|(i, bp)| if i as u32 == status.state.step { format!("[{}]", percent(*bp)) } else { percent(*bp) })
         .collect();
     let _ = write!(out, "\nladder: {}\ngeneration {}", ladder.join(" → "), status.state.generation);
+    if let Some(problem) = &status.problem {
+        let _ = write!(out, "\nPROBLEM: {problem}");
+    }
     if !status.failed_targets.is_empty() {
         let _ = write!(out, "\nfailed scrape targets: {}", status.failed_targets.join("; "));
     }

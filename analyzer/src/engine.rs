@@ -6,16 +6,32 @@
 //! does the in-memory state change, the filter's config (served from a separate
 //! lock so polls never wait for a scrape) move, and the webhook get its update.
 //! Automatic holds change nothing and are not logged; the latest report says why.
+//!
+//! A check never holds the lock across the network: its plan is copied out under
+//! the lock, every scrape and query runs concurrently without it (one task per due
+//! rollout, one deadline per check, see [`fetch`]), and the answer is applied under
+//! the lock against the state as it is then. A hung target delays nothing but its
+//! own check, and an override never waits for a scrape.
+//!
+//! Checks are scheduled on the monotonic clock (tokio's `Instant`): a wall-clock
+//! step cannot skip or bunch them. Wall time (Unix ms, from the engine's clock) is
+//! only what decisions and records are stamped with.
+
+mod fetch;
+#[cfg(test)]
+mod tests;
 
 use crate::audit::{AuditError, AuditLog, AuditRecord, RolloutStore};
-use crate::evaluation::{RolloutEvaluation, custom_row};
+use crate::evaluation::RolloutEvaluation;
 use crate::ladder::{Action, Actor, Decision, OverrideAction, OverrideError, RolloutState, TransitionError};
 use crate::ladder::{decide, human_override};
 use crate::notify::{Notifier, StatusUpdate};
 use crate::policy::{Metric, RolloutPolicy};
-use crate::source::{CohortValues, DeltaTracker, EnvoyAdminSource, IntervalMetrics, PrometheusSource, SourceError};
+use crate::source::{DeltaTracker, EnvoyAdminSource, IntervalMetrics, PrometheusSource, SourceError};
 use crate::stats::{ComparisonRow, StatsError, Verdict};
+use crate::step_evidence::{CheckOutcome, StepEvidence};
 use canary_core::{Cohort, RolloutConfig};
+use fetch::{CheckPlan, FetchPlan, Fetched, PrometheusWindows};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -23,6 +39,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 /// The evidence file of a rollout: the running tests, saved after every check so a
 /// restarted analyzer keeps what it had measured. Tied to the policy and generation
@@ -32,6 +50,9 @@ struct Evidence {
     policy_hash: String,
     generation: u64,
     evaluation: RolloutEvaluation,
+    /// Absent in files written before steps kept their own record: the step starts one afresh.
+    #[serde(default)]
+    step_evidence: Option<StepEvidence>,
 }
 
 fn evidence_path(state_dir: &Path, deployment: &str) -> PathBuf {
@@ -39,11 +60,10 @@ fn evidence_path(state_dir: &Path, deployment: &str) -> PathBuf {
 }
 
 /// Loads saved evidence if it belongs to this policy and state.
-fn load_evidence(state_dir: &Path, policy: &RolloutPolicy, state: &RolloutState) -> Option<RolloutEvaluation> {
+fn load_evidence(state_dir: &Path, policy: &RolloutPolicy, state: &RolloutState) -> Option<Evidence> {
     let bytes = std::fs::read(evidence_path(state_dir, &state.deployment)).ok()?;
     let evidence: Evidence = serde_json::from_slice(&bytes).ok()?;
-    (evidence.policy_hash == policy.fingerprint() && evidence.generation == state.generation)
-        .then_some(evidence.evaluation)
+    (evidence.policy_hash == policy.fingerprint() && evidence.generation == state.generation).then_some(evidence)
 }
 
 /// Saves evidence (temporary file + rename: a crash leaves the old or the new file).
@@ -53,6 +73,7 @@ fn save_evidence(state_dir: &Path, live: &LiveRollout) {
         policy_hash: live.policy.fingerprint(),
         generation: live.state.generation,
         evaluation: live.evaluation.clone(),
+        step_evidence: Some(live.step_evidence.clone()),
     };
     let path = evidence_path(state_dir, &live.state.deployment);
     let temp = path.with_extension("json.tmp");
@@ -69,6 +90,12 @@ fn save_evidence(state_dir: &Path, live: &LiveRollout) {
 const HISTORY_LEN: usize = 2_880;
 /// A scrape that takes longer than this counts as failed for the interval.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The whole network part of one check (every target and query, in parallel):
+/// the per-request timeout plus 1 s for connecting and reading the answers.
+const CHECK_DEADLINE: Duration = Duration::from_secs(3);
+/// A check in flight for longer than this is presumed lost (its task died) and
+/// the rollout may be checked again: two deadlines.
+const CHECK_PRESUMED_LOST: Duration = Duration::from_secs(6);
 
 /// Unix milliseconds now (the only clock read; everything below takes `now_ms`).
 pub fn now_ms() -> u64 {
@@ -90,6 +117,8 @@ pub enum EngineError {
     NotFound(String),
     #[error("deployment {0:?} already has a rollout in progress; roll it back or wait for it to end")]
     InProgress(String),
+    #[error("policy refused: {0}")]
+    InvalidPolicy(String),
     #[error(transparent)]
     Override(#[from] OverrideError),
     #[error(transparent)]
@@ -153,15 +182,24 @@ pub struct RolloutStatus {
     /// Scrape targets that failed in the latest check, with the reason.
     pub failed_targets: Vec<String>,
     pub history: Vec<HistoryPoint>,
+    /// Why the analyzer cannot run this rollout's checks (it could not be rebuilt at start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 struct LiveRollout {
     policy: RolloutPolicy,
     state: RolloutState,
     evaluation: RolloutEvaluation,
+    /// What the current step has measured on its own (reset with every new generation).
+    step_evidence: StepEvidence,
     envoy: Option<(EnvoyAdminSource, DeltaTracker)>,
+    prometheus_windows: PrometheusWindows,
     rows: Vec<ComparisonRow>,
-    next_check_ms: u64,
+    /// When the next check is due, on the monotonic clock.
+    next_check_at: Instant,
+    /// When the check in flight (if any) started; a rollout has at most one.
+    check_started_at: Option<Instant>,
     last_check_ms: Option<u64>,
     failed_targets: Vec<String>,
     history: VecDeque<HistoryPoint>,
@@ -175,7 +213,6 @@ impl LiveRollout {
         state: RolloutState,
         source: &SourceSettings,
         default_notifier: &Notifier,
-        now_ms: u64,
     ) -> Result<Self, EngineError> {
         // Built once per rollout: a client per announcement would redo its TLS setup each time.
         let notifier = match &policy.notify {
@@ -191,16 +228,47 @@ impl LiveRollout {
         };
         Ok(LiveRollout {
             evaluation: RolloutEvaluation::new(&policy)?,
-            next_check_ms: now_ms.saturating_add(millis(policy.check_interval)),
+            step_evidence: StepEvidence::new(state.generation),
+            next_check_at: Instant::now() + policy.check_interval,
             policy,
             state,
             envoy,
+            prometheus_windows: PrometheusWindows::default(),
             rows: Vec::new(),
+            check_started_at: None,
             last_check_ms: None,
             failed_targets: Vec::new(),
             history: VecDeque::new(),
             notifier,
         })
+    }
+
+    /// Whether a check is due at `now` and none is in flight.
+    fn check_is_due(&self, now: Instant) -> bool {
+        let in_flight =
+            self.check_started_at.is_some_and(|started| now.saturating_duration_since(started) < CHECK_PRESUMED_LOST);
+        !self.state.is_finished() && !in_flight && self.next_check_at <= now
+    }
+
+    /// Copies out what the check needs and marks it in flight.
+    fn plan_check(&mut self, now: Instant, prometheus: Option<&PrometheusSource>, wall: SystemTime) -> CheckPlan {
+        self.next_check_at = now + self.policy.check_interval;
+        self.check_started_at = Some(now);
+        let fetch = match (&self.envoy, prometheus) {
+            (Some((source, _)), _) => FetchPlan::Envoy(source.clone()),
+            (None, Some(prometheus)) => match self.prometheus_windows.next(wall, self.policy.check_interval) {
+                Ok(window) => FetchPlan::Prometheus { source: prometheus.clone(), window, end: wall },
+                Err(reason) => FetchPlan::Skip(reason),
+            },
+            (None, None) => FetchPlan::Skip("no metrics source".to_string()),
+        };
+        CheckPlan {
+            deployment: self.state.deployment.clone(),
+            generation: self.state.generation,
+            fetch,
+            custom: CheckPlan::custom_metrics(&self.policy),
+            prometheus: prometheus.cloned(),
+        }
     }
 
     fn status(&self, now_ms: u64) -> RolloutStatus {
@@ -215,12 +283,9 @@ impl LiveRollout {
             rows: self.rows.clone(),
             failed_targets: self.failed_targets.clone(),
             history: self.history.iter().cloned().collect(),
+            problem: None,
         }
     }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Counters for the analyzer's own `/metrics`.
@@ -235,8 +300,39 @@ pub struct EngineCounters {
 
 struct Inner {
     rollouts: BTreeMap<String, LiveRollout>,
+    /// Rollouts restored from disk that could not be rebuilt (their policy no longer
+    /// sets up the statistics). Their last config is still served so the fleet keeps
+    /// its share; nothing is checked; a human can roll back or pause them.
+    broken: BTreeMap<String, BrokenRollout>,
     store: RolloutStore,
 }
+
+struct BrokenRollout {
+    policy: RolloutPolicy,
+    state: RolloutState,
+    problem: String,
+}
+
+impl BrokenRollout {
+    fn status(&self, now_ms: u64) -> RolloutStatus {
+        RolloutStatus {
+            deployment: self.state.deployment.clone(),
+            policy: self.policy.name.clone(),
+            state: self.state.clone(),
+            config: self.state.config(),
+            ladder_bp: self.policy.ladder.iter().map(|s| s.share_bp).collect(),
+            window_remaining_s: self.state.window_remaining(&self.policy, now_ms).map(|d| d.as_secs()),
+            last_check_ms: None,
+            rows: Vec::new(),
+            failed_targets: Vec::new(),
+            history: Vec::new(),
+            problem: Some(self.problem.clone()),
+        }
+    }
+}
+
+/// The wall clock decisions are stamped with (Unix ms); a parameter so tests can step it.
+pub type WallClock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 /// The rollouts, their store and their sources. Shared by the API and the check loop.
 pub struct Engine {
@@ -248,47 +344,83 @@ pub struct Engine {
     notifier: Notifier,
     audit_path: PathBuf,
     state_dir: PathBuf,
+    wall_clock: WallClock,
+    /// `deployment: reason` of every rollout that could not be rebuilt at start.
+    broken_rollouts: RwLock<Vec<String>>,
     pub counters: EngineCounters,
 }
 
 impl Engine {
-    /// Opens the state directory and resumes every rollout where it stood.
-    pub fn open(
-        state_dir: &Path,
-        source: SourceSettings,
-        notifier: Notifier,
-        now_ms: u64,
-    ) -> Result<Engine, EngineError> {
+    /// Opens the state directory and resumes every rollout where it stood. A rollout
+    /// that cannot be rebuilt does not stop the others: it is reported (log, status,
+    /// `/healthz`) and its last config stays served.
+    pub fn open(state_dir: &Path, source: SourceSettings, notifier: Notifier) -> Result<Engine, EngineError> {
         let (store, persisted) = RolloutStore::open(state_dir)?;
         let prometheus = match &source {
             SourceSettings::Prometheus(url) => Some(PrometheusSource::new(url.clone(), SCRAPE_TIMEOUT)?),
             SourceSettings::EnvoyAdmin(_) => None,
         };
-        let mut rollouts = BTreeMap::new();
+        let (mut rollouts, mut broken) = (BTreeMap::new(), BTreeMap::new());
         for (deployment, p) in persisted {
             let evidence = load_evidence(state_dir, &p.policy, &p.state);
-            tracing::info!(
-                %deployment, step = p.state.step, share_bp = p.state.share_bp, phase = ?p.state.phase,
-                evidence = evidence.is_some(), "resumed rollout"
-            );
-            let mut live = LiveRollout::new(p.policy, p.state, &source, &notifier, now_ms)?;
-            if let Some(evaluation) = evidence {
-                live.evaluation = evaluation;
-                live.rows = live.evaluation.rows(Vec::new())?;
+            let live = LiveRollout::new(p.policy.clone(), p.state.clone(), &source, &notifier).and_then(|mut live| {
+                if let Some(evidence) = &evidence {
+                    live.evaluation = evidence.evaluation.clone();
+                    if let Some(step) = evidence.step_evidence.clone().filter(|s| s.generation == live.state.generation)
+                    {
+                        live.step_evidence = step;
+                    }
+                    live.rows = live.evaluation.rows(Vec::new())?;
+                }
+                Ok(live)
+            });
+            match live {
+                Ok(live) => {
+                    tracing::info!(
+                        %deployment, step = p.state.step, share_bp = p.state.share_bp, phase = ?p.state.phase,
+                        evidence = evidence.is_some(), "resumed rollout"
+                    );
+                    rollouts.insert(deployment, live);
+                }
+                Err(e) => {
+                    tracing::error!(
+                        %deployment, share_bp = p.state.share_bp, phase = ?p.state.phase, error = %e,
+                        "rollout cannot be rebuilt: its config stays served, it is not checked; \
+                         roll it back or pause it, then register a corrected policy"
+                    );
+                    let problem = format!("cannot be rebuilt from its saved policy: {e}");
+                    broken.insert(deployment, BrokenRollout { policy: p.policy, state: p.state, problem });
+                }
             }
-            rollouts.insert(deployment, live);
         }
-        let configs = rollouts.iter().map(|(d, r)| (d.clone(), r.state.config())).collect();
+        let configs = rollouts
+            .iter()
+            .map(|(d, r)| (d.clone(), r.state.config()))
+            .chain(broken.iter().map(|(d, b)| (d.clone(), b.state.config())))
+            .collect();
+        let broken_rollouts = broken.iter().map(|(d, b)| format!("{d}: {}", b.problem)).collect();
         Ok(Engine {
             audit_path: store.audit_path().to_path_buf(),
             state_dir: state_dir.to_path_buf(),
-            inner: Mutex::new(Inner { rollouts, store }),
+            inner: Mutex::new(Inner { rollouts, broken, store }),
             configs: RwLock::new(configs),
             source,
             prometheus,
             notifier,
+            wall_clock: Arc::new(now_ms),
+            broken_rollouts: RwLock::new(broken_rollouts),
             counters: EngineCounters::default(),
         })
+    }
+
+    /// Replaces the wall clock (tests step it to show checks keep their schedule).
+    pub fn with_wall_clock(mut self, clock: WallClock) -> Engine {
+        self.wall_clock = clock;
+        self
+    }
+
+    fn wall_ms(&self) -> u64 {
+        (self.wall_clock)()
     }
 
     /// The config the filter polls; cheap.
@@ -301,13 +433,26 @@ impl Engine {
         self.configs.read().map(|c| c.values().cloned().collect()).unwrap_or_default()
     }
 
+    /// Rollouts that could not be rebuilt at start, as `deployment: reason` (for `/healthz`).
+    pub fn broken_rollouts(&self) -> Vec<String> {
+        self.broken_rollouts.read().map(|b| b.clone()).unwrap_or_default()
+    }
+
     pub async fn status(&self, deployment: &str, now_ms: u64) -> Result<RolloutStatus, EngineError> {
         let inner = self.inner.lock().await;
-        inner.rollouts.get(deployment).map(|r| r.status(now_ms)).ok_or_else(|| EngineError::NotFound(deployment.into()))
+        match (inner.rollouts.get(deployment), inner.broken.get(deployment)) {
+            (Some(live), _) => Ok(live.status(now_ms)),
+            (None, Some(broken)) => Ok(broken.status(now_ms)),
+            (None, None) => Err(EngineError::NotFound(deployment.into())),
+        }
     }
 
     pub async fn list(&self, now_ms: u64) -> Vec<RolloutStatus> {
-        self.inner.lock().await.rollouts.values().map(|r| r.status(now_ms)).collect()
+        let inner = self.inner.lock().await;
+        let mut all: Vec<RolloutStatus> = inner.rollouts.values().map(|r| r.status(now_ms)).collect();
+        all.extend(inner.broken.values().map(|b| b.status(now_ms)));
+        all.sort_by(|a, b| a.deployment.cmp(&b.deployment));
+        all
     }
 
     /// The audit records of one deployment, oldest first.
@@ -317,6 +462,8 @@ impl Engine {
 
     /// Registers (or restarts, once the previous one ended) a rollout.
     /// `actor` is `Actor::Analyzer` only for policies given at start; API callers are named humans or pipelines.
+    /// Everything that can refuse the policy runs before the audit append: a refused
+    /// registration leaves no record, no state file and no served config.
     pub async fn register(
         &self,
         policy: RolloutPolicy,
@@ -325,24 +472,31 @@ impl Engine {
     ) -> Result<RolloutStatus, EngineError> {
         let mut inner = self.inner.lock().await;
         let deployment = policy.deployment.clone();
-        let previous = inner.rollouts.get(&deployment).map(|r| (r.state.clone(), r.state.is_finished()));
-        if let Some((_, false)) = previous {
+        let previous = match (inner.rollouts.get(&deployment), inner.broken.get(&deployment)) {
+            (Some(live), _) => Some(live.state.clone()),
+            (None, Some(broken)) => Some(broken.state.clone()),
+            (None, None) => None,
+        };
+        if previous.as_ref().is_some_and(|state| !state.is_finished()) {
             return Err(EngineError::InProgress(deployment));
         }
-        let before = previous.map(|(state, _)| state);
-        let state = RolloutState::start(&policy, before.as_ref().map_or(0, |s| s.generation), now_ms);
-        let decision = Decision::start(&state, actor, format!("registered with policy {:?}", policy.name));
-        let committed = inner.store.commit(now_ms, &policy, &decision, before.as_ref(), &state)?;
+        let state = RolloutState::start(&policy, previous.as_ref().map_or(0, |s| s.generation), now_ms);
+        let mut live = LiveRollout::new(policy, state, &self.source, &self.notifier)
+            .map_err(|e| EngineError::InvalidPolicy(e.to_string()))?;
+        let decision = Decision::start(&live.state, actor, format!("registered with policy {:?}", live.policy.name));
+        let committed = inner.store.commit(now_ms, &live.policy, &decision, previous.as_ref(), &live.state)?;
         if let Some(e) = committed.state_error {
             tracing::warn!(%deployment, error = %e, "state file not written; the audit log has the decision");
         }
-        if self.prometheus.is_none() && policy.metrics.iter().any(|m| matches!(m.metric, Metric::Custom(_))) {
+        if self.prometheus.is_none() && live.policy.metrics.iter().any(|m| matches!(m.metric, Metric::Custom(_))) {
             tracing::warn!(%deployment, "custom PromQL metrics need --prometheus; they will show no data");
         }
-        let live = LiveRollout::new(policy, state, &self.source, &self.notifier, now_ms)?;
+        live.rows = live.evaluation.rows(Vec::new())?;
         self.publish(&live.state);
         self.announce(&live, &decision, now_ms);
         let status = live.status(now_ms);
+        inner.broken.remove(&deployment);
+        self.forget_broken(&deployment);
         inner.rollouts.insert(deployment, live);
         Ok(status)
     }
@@ -357,7 +511,20 @@ impl Engine {
         now_ms: u64,
     ) -> Result<RolloutStatus, EngineError> {
         let mut inner = self.inner.lock().await;
-        let Inner { rollouts, store } = &mut *inner;
+        let Inner { rollouts, broken, store } = &mut *inner;
+        if let Some(broken) = broken.get_mut(deployment) {
+            // No statistics run for it, but a human can still roll it back or pause it.
+            let decision = human_override(&broken.policy, &broken.state, action, actor, reason, Vec::new())?;
+            let after = broken.state.next(&decision, now_ms)?;
+            let committed = store.commit(now_ms, &broken.policy, &decision, Some(&broken.state), &after)?;
+            if let Some(e) = committed.state_error {
+                tracing::warn!(%deployment, error = %e, "state file not written; the audit log has the decision");
+            }
+            broken.state = after;
+            self.publish(&broken.state);
+            self.counters.overrides.fetch_add(1, Ordering::Relaxed);
+            return Ok(broken.status(now_ms));
+        }
         let live = rollouts.get_mut(deployment).ok_or_else(|| EngineError::NotFound(deployment.into()))?;
         let decision = human_override(&live.policy, &live.state, action, actor, reason, live.rows.clone())?;
         self.commit(store, live, &decision, now_ms)?;
@@ -365,47 +532,122 @@ impl Engine {
         Ok(live.status(now_ms))
     }
 
-    /// Runs every check that is due.
-    pub async fn check_due(&self, now_ms: u64) {
-        let due: Vec<String> = {
-            let inner = self.inner.lock().await;
-            inner
-                .rollouts
-                .iter()
-                .filter(|(_, r)| !r.state.is_finished() && r.next_check_ms <= now_ms)
-                .map(|(d, _)| d.clone())
-                .collect()
-        };
-        for deployment in due {
-            self.counters.checks.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = self.check(&deployment, now_ms).await {
-                self.counters.check_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%deployment, error = %e, "check failed; holding");
-            }
+    fn forget_broken(&self, deployment: &str) {
+        if let Ok(mut broken) = self.broken_rollouts.write() {
+            broken.retain(|line| !line.starts_with(&format!("{deployment}: ")));
         }
     }
 
-    /// One check: measure the interval, compare, decide, and apply a change.
-    pub async fn check(&self, deployment: &str, now_ms: u64) -> Result<(), EngineError> {
+    /// Starts every check that is due at `now` (monotonic), each in its own task, and
+    /// returns their handles (the check loop lets them run; tests await them).
+    pub async fn start_due_checks(self: &Arc<Self>, now: Instant) -> Vec<JoinHandle<()>> {
+        let wall = SystemTime::UNIX_EPOCH + Duration::from_millis(self.wall_ms());
+        let plans: Vec<CheckPlan> = {
+            let mut inner = self.inner.lock().await;
+            inner
+                .rollouts
+                .values_mut()
+                .filter(|r| r.check_is_due(now))
+                .map(|r| r.plan_check(now, self.prometheus.as_ref(), wall))
+                .collect()
+        };
+        plans
+            .into_iter()
+            .map(|plan| {
+                let engine = Arc::clone(self);
+                tokio::spawn(async move { engine.run_check(plan).await })
+            })
+            .collect()
+    }
+
+    /// Checks one rollout now, whether due or not, and waits for the result.
+    pub async fn check_now(&self, deployment: &str) -> Result<(), EngineError> {
+        let wall = SystemTime::UNIX_EPOCH + Duration::from_millis(self.wall_ms());
+        let plan = {
+            let mut inner = self.inner.lock().await;
+            let live = inner.rollouts.get_mut(deployment).ok_or_else(|| EngineError::NotFound(deployment.into()))?;
+            live.plan_check(Instant::now(), self.prometheus.as_ref(), wall)
+        };
+        let (fetched, custom) = plan.fetch(CHECK_DEADLINE).await;
+        self.apply_check(&plan, fetched, custom, self.wall_ms()).await
+    }
+
+    async fn run_check(&self, plan: CheckPlan) {
+        self.counters.checks.fetch_add(1, Ordering::Relaxed);
+        let (fetched, custom) = plan.fetch(CHECK_DEADLINE).await;
+        if let Err(e) = self.apply_check(&plan, fetched, custom, self.wall_ms()).await {
+            self.counters.check_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(deployment = %plan.deployment, error = %e, "check failed; holding");
+        }
+    }
+
+    /// The second half of a check, under the lock: turn what was fetched into an
+    /// interval, compare, decide against the state as it is now, and apply a change.
+    async fn apply_check(
+        &self,
+        plan: &CheckPlan,
+        fetched: Fetched,
+        custom: Vec<ComparisonRow>,
+        now_ms: u64,
+    ) -> Result<(), EngineError> {
         let mut inner = self.inner.lock().await;
-        let Inner { rollouts, store } = &mut *inner;
+        let Inner { rollouts, store, .. } = &mut *inner;
+        let deployment = plan.deployment.as_str();
         let live = rollouts.get_mut(deployment).ok_or_else(|| EngineError::NotFound(deployment.into()))?;
-        live.next_check_ms = now_ms.saturating_add(millis(live.policy.check_interval));
-        let interval = match (&mut live.envoy, &self.prometheus) {
-            (Some((source, tracker)), _) => tracker.advance(source.scrape().await),
-            (None, Some(prometheus)) => prometheus.interval(deployment, live.policy.check_interval, None).await?,
-            (None, None) => IntervalMetrics::default(),
+        live.check_started_at = None;
+        let (interval, had_data) = match fetched {
+            Fetched::Envoy(round) => match &mut live.envoy {
+                Some((_, tracker)) => {
+                    let interval = tracker.advance(round);
+                    let had_data = !interval.contributing_targets.is_empty();
+                    (interval, had_data)
+                }
+                None => (IntervalMetrics::default(), false),
+            },
+            Fetched::Prometheus(answer) => match *answer {
+                Ok(interval) => (interval, true),
+                Err(e) => {
+                    live.prometheus_windows.forget();
+                    let reason = crate::source::describe(&e);
+                    let failed = crate::source::TargetFailure { target: "prometheus".into(), reason };
+                    (IntervalMetrics { failed_targets: vec![failed], ..IntervalMetrics::default() }, false)
+                }
+            },
+            Fetched::Skipped(reason) => {
+                let failed = crate::source::TargetFailure { target: "check".into(), reason };
+                (IntervalMetrics { failed_targets: vec![failed], ..IntervalMetrics::default() }, false)
+            }
+            Fetched::DeadlineMissed(deadline) => {
+                // As after a failed scrape: forget the baselines, start over next time.
+                if let Some((_, tracker)) = &mut live.envoy {
+                    tracker.advance(Vec::new());
+                }
+                live.prometheus_windows.forget();
+                let reason = format!("not every answer was in within the check's {} ms deadline", deadline.as_millis());
+                let failed = crate::source::TargetFailure { target: "check".into(), reason };
+                (IntervalMetrics { failed_targets: vec![failed], ..IntervalMetrics::default() }, false)
+            }
         };
         live.failed_targets = interval.failed_targets.iter().map(|f| format!("{}: {}", f.target, f.reason)).collect();
-        live.evaluation.observe(&interval, live.state.share_bp)?;
-        let custom = self.custom_rows(&live.policy).await;
-        live.rows = live.evaluation.rows(custom)?;
         live.last_check_ms = Some(now_ms);
+        if live.state.generation != plan.generation || live.state.is_finished() {
+            // Decided on (an override, say) while this check was fetching: the interval
+            // straddles two shares. Its scrapes still moved the baselines; its counts are not used.
+            tracing::debug!(%deployment, "state changed during the check; interval not used");
+            return Ok(());
+        }
+        live.evaluation.observe(&interval, live.state.share_bp)?;
+        live.step_evidence.record(CheckOutcome {
+            had_data,
+            canary_requests: interval.requests(Cohort::Canary),
+            control_requests: interval.requests(Cohort::Control),
+        });
+        live.rows = live.evaluation.rows(custom)?;
         if live.history.len() >= HISTORY_LEN {
             live.history.pop_front();
         }
         live.history.push_back(HistoryPoint::from_interval(now_ms, live.state.share_bp, &interval));
-        let decision = decide(&live.policy, &live.state, &live.rows, now_ms);
+        let decision = decide(&live.policy, &live.state, &live.rows, &live.step_evidence, now_ms);
         if decision.changes_state() {
             self.commit(store, live, &decision, now_ms)?;
         } else {
@@ -413,29 +655,6 @@ impl Engine {
             save_evidence(&self.state_dir, live);
         }
         Ok(())
-    }
-
-    /// Custom PromQL metrics, evaluated on the Prometheus source; without one (or when
-    /// a query fails) they have no data, which holds promotion if they are critical.
-    async fn custom_rows(&self, policy: &RolloutPolicy) -> Vec<ComparisonRow> {
-        let mut rows = Vec::new();
-        for metric in policy.metrics.iter().filter_map(|m| match &m.metric {
-            Metric::Custom(custom) => Some(custom),
-            _ => None,
-        }) {
-            let values = match &self.prometheus {
-                Some(prometheus) => prometheus
-                    .custom_metric(&metric.query, &policy.deployment, policy.check_interval, None)
-                    .await
-                    .unwrap_or_else(|e| {
-                        tracing::warn!(deployment = %policy.deployment, metric = %metric.name, error = %e, "custom metric query failed");
-                        CohortValues::default()
-                    }),
-                None => CohortValues::default(),
-            };
-            rows.push(custom_row(metric, values));
-        }
-        rows
     }
 
     /// Logs the decision, then applies it, publishes the config and announces it.
@@ -459,6 +678,9 @@ impl Engine {
         live.state = after;
         if share_changed {
             live.evaluation.restart_latency()?;
+        }
+        if live.step_evidence.generation != live.state.generation {
+            live.step_evidence = StepEvidence::new(live.state.generation);
         }
         self.counters.decisions.fetch_add(1, Ordering::Relaxed);
         save_evidence(&self.state_dir, live);
@@ -516,7 +738,8 @@ pub async fn run_checks(engine: Arc<Engine>, shutdown: impl std::future::Future<
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
-            _ = ticker.tick() => engine.check_due(now_ms()).await,
+            // The checks run in their own tasks: dropping a handle does not stop one.
+            now = ticker.tick() => drop(engine.start_due_checks(now).await),
         }
     }
 }

@@ -71,6 +71,7 @@ pub fn status(history: Vec<HistoryPoint>, rows: Vec<ComparisonRow>) -> RolloutSt
         rows,
         failed_targets: Vec::new(),
         history,
+        problem: None,
     }
 }
 

@@ -15,7 +15,10 @@
 //! 3. A paused rollout never promotes on its own.
 //! 4. Before the step's window has elapsed: hold.
 //! 5. A critical metric with no row or `NotEnoughData`: hold (no data is not good news).
-//! 6. Otherwise promote to the next ladder step; reaching 100 % ends the rollout as promoted.
+//! 6. The step has not earned its promotion with its own data (a window's worth of
+//!    checks that found data, the latest among them, and enough requests per cohort
+//!    at this step: [`StepEvidence::promotion_blocker`]): hold.
+//! 7. Otherwise promote to the next ladder step; reaching 100 % ends the rollout as promoted.
 //!
 //! Every change of what the filter is served (share or phase) bumps the
 //! generation, because the filter ignores a different answer with an old one.
@@ -27,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::{RolloutPolicy, format_duration};
 use crate::stats::{ComparisonRow, Verdict};
+use crate::step_evidence::StepEvidence;
 
 /// 100 % in basis points: reaching it ends the rollout.
 const FULL_SHARE_BP: u32 = 10_000;
@@ -307,8 +311,15 @@ fn describe_rows(rows: &[&ComparisonRow]) -> String {
         .join("; ")
 }
 
-/// The automatic decision for one check: `rows` is the current report, `now_ms` the time of the check.
-pub fn decide(policy: &RolloutPolicy, state: &RolloutState, rows: &[ComparisonRow], now_ms: u64) -> Decision {
+/// The automatic decision for one check: `rows` is the current report, `step_evidence`
+/// what the current step has measured on its own, `now_ms` the time of the check.
+pub fn decide(
+    policy: &RolloutPolicy,
+    state: &RolloutState,
+    rows: &[ComparisonRow],
+    step_evidence: &StepEvidence,
+    now_ms: u64,
+) -> Decision {
     let decision = |action: Action, reason: String| Decision {
         action,
         reason,
@@ -360,6 +371,11 @@ pub fn decide(policy: &RolloutPolicy, state: &RolloutState, rows: &[ComparisonRo
             Action::Hold,
             format!("window elapsed but not enough data on critical metric(s): {}", names.join(", ")),
         );
+    }
+    if let Some(why) =
+        step_evidence.promotion_blocker(step.window, policy.check_interval, policy.min_requests_per_cohort)
+    {
+        return decision(Action::Hold, format!("window elapsed but {why}"));
     }
     let Some((to_step, next)) = policy.next_step_above(state.share_bp) else {
         return decision(Action::Hold, format!("no ladder step above {}", percent(state.share_bp)));
@@ -434,6 +450,7 @@ pub fn human_override(
 mod tests {
     use super::*;
     use crate::stats::DifferenceScale;
+    use crate::step_evidence::CheckOutcome;
 
     const MINUTE_MS: u64 = 60_000;
     /// A start time far from zero so that "elapsed" arithmetic is exercised.
@@ -506,10 +523,10 @@ mod tests {
     #[test]
     fn promotes_after_the_window_and_not_before() {
         let (policy, state) = (policy(), started());
-        let early = decide(&policy, &state, &healthy(), T0 + 5 * MINUTE_MS - 1);
+        let early = decide(&policy, &state, &healthy(), &StepEvidence::ample(), T0 + 5 * MINUTE_MS - 1);
         assert_eq!(early.action, Action::Hold);
         assert!(early.reason.contains("window"), "{}", early.reason);
-        let due = decide(&policy, &state, &healthy(), T0 + 5 * MINUTE_MS);
+        let due = decide(&policy, &state, &healthy(), &StepEvidence::ample(), T0 + 5 * MINUTE_MS);
         assert_eq!(due.action, Action::Promote { to_step: 1, share_bp: 500 });
         assert_eq!(due.actor, Actor::Analyzer);
         assert_eq!(due.rows, healthy());
@@ -517,7 +534,10 @@ mod tests {
         step(&mut state, &due, T0 + 5 * MINUTE_MS);
         assert_eq!((state.step, state.share_bp, state.step_started_at_ms), (1, 500, T0 + 5 * MINUTE_MS));
         // The new step's window starts over.
-        assert_eq!(decide(&policy, &state, &healthy(), T0 + 6 * MINUTE_MS).action, Action::Hold);
+        assert_eq!(
+            decide(&policy, &state, &healthy(), &StepEvidence::ample(), T0 + 6 * MINUTE_MS).action,
+            Action::Hold
+        );
         assert_eq!(state.window_remaining(&policy, T0 + 6 * MINUTE_MS), Some(Duration::from_secs(240)));
     }
 
@@ -527,7 +547,7 @@ mod tests {
         let mut rows = healthy();
         rows.insert(0, row("latency_p99_us", Verdict::Worse));
         rows.remove(2);
-        let decision = decide(&policy, &state, &rows, T0 + MINUTE_MS);
+        let decision = decide(&policy, &state, &rows, &StepEvidence::ample(), T0 + MINUTE_MS);
         assert_eq!(decision.action, Action::Rollback);
         assert!(decision.reason.contains("latency_p99_us"), "{}", decision.reason);
         let before = state.generation;
@@ -535,7 +555,7 @@ mod tests {
         assert_eq!((state.share_bp, state.phase), (0, RolloutPhase::RolledBack));
         assert!(state.generation > before);
         // Finished: nothing more is decided.
-        let after = decide(&policy, &state, &healthy(), T0 + 60 * MINUTE_MS);
+        let after = decide(&policy, &state, &healthy(), &StepEvidence::ample(), T0 + 60 * MINUTE_MS);
         assert_eq!(after.action, Action::Hold);
     }
 
@@ -544,15 +564,18 @@ mod tests {
         let (policy, state) = (policy(), started());
         let mut rows = healthy();
         rows[2] = row("latency_p50_us", Verdict::Worse);
-        assert_eq!(decide(&policy, &state, &rows, T0 + MINUTE_MS).action, Action::Hold);
-        let due = decide(&policy, &state, &rows, T0 + 5 * MINUTE_MS);
+        assert_eq!(decide(&policy, &state, &rows, &StepEvidence::ample(), T0 + MINUTE_MS).action, Action::Hold);
+        let due = decide(&policy, &state, &rows, &StepEvidence::ample(), T0 + 5 * MINUTE_MS);
         assert_eq!(due.action, Action::Promote { to_step: 1, share_bp: 500 });
         assert!(due.reason.contains("non-critical regressions: latency_p50_us"), "{}", due.reason);
         // A row for a metric the policy does not list at all is not critical either.
         let unknown = vec![row("error_rate", Verdict::NoDifference), row("latency_p99_us", Verdict::NoDifference)];
         let mut with_unknown = unknown.clone();
         with_unknown.push(row("something_else", Verdict::Worse));
-        assert!(matches!(decide(&policy, &state, &with_unknown, T0 + 5 * MINUTE_MS).action, Action::Promote { .. }));
+        assert!(matches!(
+            decide(&policy, &state, &with_unknown, &StepEvidence::ample(), T0 + 5 * MINUTE_MS).action,
+            Action::Promote { .. }
+        ));
     }
 
     #[test]
@@ -561,17 +584,34 @@ mod tests {
         let late = T0 + 50 * MINUTE_MS;
         let mut rows = healthy();
         rows[1] = row("latency_p99_us", Verdict::NotEnoughData);
-        let decision = decide(&policy, &state, &rows, late);
+        let decision = decide(&policy, &state, &rows, &StepEvidence::ample(), late);
         assert_eq!(decision.action, Action::Hold);
         assert!(decision.reason.contains("not enough data") && decision.reason.contains("latency_p99_us"));
         // A missing row is no data either.
         let missing = vec![row("error_rate", Verdict::NoDifference)];
-        assert_eq!(decide(&policy, &state, &missing, late).action, Action::Hold);
-        assert_eq!(decide(&policy, &state, &[], late).action, Action::Hold);
+        assert_eq!(decide(&policy, &state, &missing, &StepEvidence::ample(), late).action, Action::Hold);
+        assert_eq!(decide(&policy, &state, &[], &StepEvidence::ample(), late).action, Action::Hold);
         // Not enough data on a non-critical metric does not hold.
         let mut rows = healthy();
         rows[2] = row("latency_p50_us", Verdict::NotEnoughData);
-        assert!(matches!(decide(&policy, &state, &rows, late).action, Action::Promote { .. }));
+        assert!(matches!(decide(&policy, &state, &rows, &StepEvidence::ample(), late).action, Action::Promote { .. }));
+    }
+
+    #[test]
+    fn a_step_without_its_own_data_is_held_even_on_earlier_steps_evidence() {
+        // Healthy rows carried over from an earlier step, but every check at this step failed.
+        let (policy, state) = (policy(), started());
+        let mut outage = StepEvidence::new(state.generation);
+        for _ in 0..20 {
+            outage.record(CheckOutcome { had_data: false, canary_requests: 0, control_requests: 0 });
+        }
+        let held = decide(&policy, &state, &healthy(), &outage, T0 + 50 * MINUTE_MS);
+        assert_eq!(held.action, Action::Hold);
+        assert!(held.reason.contains("latest check found no data (20 of 20"), "{}", held.reason);
+        // A critical regression still rolls back without this step's data.
+        let mut worse = healthy();
+        worse[0] = row("error_rate", Verdict::Worse);
+        assert_eq!(decide(&policy, &state, &worse, &outage, T0 + MINUTE_MS).action, Action::Rollback);
     }
 
     #[test]
@@ -583,7 +623,7 @@ mod tests {
         let mut shares = vec![state.share_bp];
         while !state.is_finished() {
             now += 5 * MINUTE_MS;
-            let decision = decide(&policy, &state, &healthy(), now);
+            let decision = decide(&policy, &state, &healthy(), &StepEvidence::ample(), now);
             assert!(matches!(decision.action, Action::Promote { .. }), "{decision:?}");
             step(&mut state, &decision, now);
             generations.push(state.generation);
@@ -592,16 +632,18 @@ mod tests {
         assert_eq!(shares, [100, 500, 2_500, 5_000, 10_000]);
         assert!(generations.windows(2).all(|w| w[1] > w[0]), "{generations:?}");
         assert_eq!(state.phase, RolloutPhase::Promoted);
-        assert!(decide(&policy, &state, &healthy(), now + 60 * MINUTE_MS).reason.contains("ended"));
+        assert!(
+            decide(&policy, &state, &healthy(), &StepEvidence::ample(), now + 60 * MINUTE_MS).reason.contains("ended")
+        );
         // A critical regression after the end changes nothing.
         let worse = vec![row("error_rate", Verdict::Worse)];
-        assert_eq!(decide(&policy, &state, &worse, now + MINUTE_MS).action, Action::Hold);
+        assert_eq!(decide(&policy, &state, &worse, &StepEvidence::ample(), now + MINUTE_MS).action, Action::Hold);
     }
 
     #[test]
     fn holds_never_change_the_state() {
         let (policy, state) = (policy(), started());
-        let hold = decide(&policy, &state, &healthy(), T0 + MINUTE_MS);
+        let hold = decide(&policy, &state, &healthy(), &StepEvidence::ample(), T0 + MINUTE_MS);
         assert!(!hold.changes_state());
         assert_eq!(state.next(&hold, T0 + MINUTE_MS).unwrap(), state);
     }
@@ -618,18 +660,21 @@ mod tests {
         assert_eq!(state.generation, generation + 1, "the phase is served too");
         assert_eq!(state.window_remaining(&policy, T0 + MINUTE_MS), None);
         let long_after = T0 + 60 * MINUTE_MS;
-        let held = decide(&policy, &state, &healthy(), long_after);
+        let held = decide(&policy, &state, &healthy(), &StepEvidence::ample(), long_after);
         assert_eq!(held.action, Action::Hold);
         assert!(held.reason.contains("paused"));
         let worse = vec![row("error_rate", Verdict::Worse)];
-        assert_eq!(decide(&policy, &state, &worse, long_after).action, Action::Rollback);
+        assert_eq!(decide(&policy, &state, &worse, &StepEvidence::ample(), long_after).action, Action::Rollback);
         // Resuming restarts the window.
         let resume = human_override(&policy, &state, &OverrideAction::Resume, "alice", "fine", vec![]).unwrap();
         step(&mut state, &resume, long_after);
         assert_eq!((state.phase, state.step_started_at_ms), (RolloutPhase::Progressing, long_after));
-        assert_eq!(decide(&policy, &state, &healthy(), long_after + MINUTE_MS).action, Action::Hold);
+        assert_eq!(
+            decide(&policy, &state, &healthy(), &StepEvidence::ample(), long_after + MINUTE_MS).action,
+            Action::Hold
+        );
         assert!(matches!(
-            decide(&policy, &state, &healthy(), long_after + 5 * MINUTE_MS).action,
+            decide(&policy, &state, &healthy(), &StepEvidence::ample(), long_after + 5 * MINUTE_MS).action,
             Action::Promote { .. }
         ));
     }
@@ -653,7 +698,7 @@ mod tests {
         step(&mut state, &decision, T0 + 2 * MINUTE_MS);
         assert_eq!((state.step, state.share_bp, state.step_started_at_ms), (1, 1_000, T0 + 2 * MINUTE_MS));
         // The next automatic promotion goes to the first ladder step above the share.
-        let next = decide(&policy, &state, &healthy(), T0 + 7 * MINUTE_MS);
+        let next = decide(&policy, &state, &healthy(), &StepEvidence::ample(), T0 + 7 * MINUTE_MS);
         assert_eq!(next.action, Action::Promote { to_step: 2, share_bp: 2_500 });
 
         let full =
@@ -697,7 +742,7 @@ mod tests {
     fn stale_or_misplaced_decisions_are_refused() {
         let policy = policy();
         let mut state = started();
-        let promote = decide(&policy, &state, &healthy(), T0 + 5 * MINUTE_MS);
+        let promote = decide(&policy, &state, &healthy(), &StepEvidence::ample(), T0 + 5 * MINUTE_MS);
         let rollback = human_override(&policy, &state, &OverrideAction::Rollback, "alice", "bad", vec![]).unwrap();
         step(&mut state, &promote, T0 + 5 * MINUTE_MS);
         let stale = state.next(&rollback, T0 + 5 * MINUTE_MS).unwrap_err();

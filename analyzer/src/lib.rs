@@ -14,3 +14,4 @@ pub mod policy;
 pub mod simulation;
 pub mod source;
 pub mod stats;
+pub mod step_evidence;

@@ -185,7 +185,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(url) => SourceSettings::Prometheus(url),
         None => SourceSettings::EnvoyAdmin(args.envoy_admin),
     };
-    let engine = Engine::open(&args.state_dir, source, Notifier::new(args.webhook), now_ms())
+    let engine = Engine::open(&args.state_dir, source, Notifier::new(args.webhook))
         .with_context(|| format!("opening the state directory {}", args.state_dir.display()))?;
     let engine = Arc::new(engine);
     for path in &args.policies {

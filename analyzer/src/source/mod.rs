@@ -33,6 +33,7 @@ mod snapshot;
 
 pub use delta::{DeltaTracker, TargetDelta, TargetScrape, target_delta};
 pub use envoy_admin::{EnvoyAdminSource, STATS_PATH};
+pub(crate) use error::describe;
 pub use error::{ExpositionError, SourceError};
 pub use exposition::{deployment_label, is_relevant, parse_exposition};
 pub use interval::{CohortInterval, IntervalMetrics, TargetFailure};

@@ -1,0 +1,277 @@
+//! The engine against scrape targets on loopback: small HTTP servers that answer
+//! like Envoy's admin endpoint (or never answer), a temporary state directory, and
+//! a wall clock the test steps.
+
+use super::*;
+use crate::audit::AUDIT_FILE;
+use std::net::SocketAddr;
+use std::sync::Mutex as StdMutex;
+use std::sync::atomic::AtomicUsize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+const T0: u64 = 1_700_000_000_000;
+
+/// A fresh state directory per test, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let name =
+            format!("canary-engine-{}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed), now_ms());
+        let path = std::env::temp_dir().join(name);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// An Envoy admin endpoint whose answer (status, body) the test sets.
+#[derive(Clone)]
+struct StubEnvoy {
+    addr: SocketAddr,
+    answer: Arc<StdMutex<(u16, String)>>,
+}
+
+impl StubEnvoy {
+    async fn start() -> StubEnvoy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let answer = Arc::new(StdMutex::new((200, String::new())));
+        let shared = Arc::clone(&answer);
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut socket, _)) = listener.accept().await else { return };
+                let (status, body) = shared.lock().unwrap().clone();
+                tokio::spawn(async move {
+                    let mut request = vec![0u8; 4096];
+                    let _ = socket.read(&mut request).await;
+                    let head = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = socket.write_all(head.as_bytes()).await;
+                    let _ = socket.write_all(body.as_bytes()).await;
+                });
+            }
+        });
+        StubEnvoy { addr, answer }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Cumulative requests (2xx) per cohort of each deployment.
+    fn serve_counts(&self, counts: &[(&str, u64, u64)]) {
+        let mut body = String::from("# TYPE canary_requests_total counter\n");
+        for (deployment, canary, control) in counts {
+            for (cohort, n) in [("canary", canary), ("control", control)] {
+                body.push_str(&format!(
+                    "canary_requests_total{{deployment=\"{deployment}\",cohort=\"{cohort}\",class=\"2xx\"}} {n}\n"
+                ));
+            }
+        }
+        *self.answer.lock().unwrap() = (200, body);
+    }
+
+    fn fail_with(&self, status: u16) {
+        *self.answer.lock().unwrap() = (status, "no healthy upstream".to_string());
+    }
+}
+
+/// A target that accepts connections and never answers; counts the connections.
+async fn hung_target() -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let Ok((socket, _)) = listener.accept().await else { return };
+            counter.fetch_add(1, Ordering::SeqCst);
+            held.push(socket);
+        }
+    });
+    (format!("http://{addr}"), accepted)
+}
+
+fn policy(deployment: &str, extra: &str) -> RolloutPolicy {
+    RolloutPolicy::from_yaml(&format!(
+        "apiVersion: canary.wasm.dev/v1alpha1\nkind: RolloutPolicy\nmetadata: {{name: t}}\nspec:\n  \
+         deployment: {deployment}\n  ladder:\n    - {{share: 1, window: 10s}}\n    - {{share: 5, window: 10s}}\n    \
+         - {{share: 25, window: 10s}}\n    - {{share: 50, window: 10s}}\n    - {{share: 100, window: 10s}}\n  \
+         check_interval: 1s\n  min_requests_per_cohort: 20\n  metrics:\n    - {{name: error_rate}}\n{extra}"
+    ))
+    .unwrap()
+}
+
+/// A wall clock the test sets.
+fn stepped_clock(start_ms: u64) -> (WallClock, Arc<AtomicU64>) {
+    let now = Arc::new(AtomicU64::new(start_ms));
+    let read = Arc::clone(&now);
+    (Arc::new(move || read.load(Ordering::SeqCst)), now)
+}
+
+fn engine(dir: &TempDir, targets: Vec<String>, clock: WallClock) -> Arc<Engine> {
+    let engine = Engine::open(&dir.0, SourceSettings::EnvoyAdmin(targets), Notifier::new(None)).unwrap();
+    Arc::new(engine.with_wall_clock(clock))
+}
+
+#[tokio::test]
+async fn a_step_whose_scrapes_all_fail_is_held_not_promoted_on_earlier_evidence() {
+    // Issue 8 item 3: a healthy 1 % step, then every Envoy answers 503. Before steps
+    // kept their own record, the rollout went 5 → 25 → 50 → 100 % on the 1 % step's evidence.
+    let (dir, envoy) = (TempDir::new(), StubEnvoy::start().await);
+    let (clock, wall) = stepped_clock(T0);
+    let engine = engine(&dir, vec![envoy.url()], clock);
+    engine.register(policy("checkout", ""), Actor::human("ci").unwrap(), T0).await.unwrap();
+    let (mut canary, mut control) = (0u64, 0u64);
+    let mut share_bp = 100;
+    // Healthy traffic until the first promotion (1 % → 5 %): 1000 requests a second.
+    for second in 1..=30 {
+        canary += 10 * u64::from(share_bp) / 100;
+        control += 1_000 - 10 * u64::from(share_bp) / 100;
+        envoy.serve_counts(&[("checkout", canary, control)]);
+        wall.store(T0 + second * 1_000, Ordering::SeqCst);
+        engine.check_now("checkout").await.unwrap();
+        share_bp = engine.config("checkout").unwrap().share_bp;
+        if share_bp == 500 {
+            break;
+        }
+    }
+    assert_eq!(share_bp, 500, "the healthy 1 % step is promoted");
+    envoy.fail_with(503);
+    for second in 31..=200 {
+        wall.store(T0 + second * 1_000, Ordering::SeqCst);
+        engine.check_now("checkout").await.unwrap();
+    }
+    let status = engine.status("checkout", T0 + 200_000).await.unwrap();
+    assert_eq!(status.config.share_bp, 500, "held at 5 %: {:?}", status.state);
+    assert_eq!(status.state.phase, canary_core::RolloutPhase::Progressing);
+    assert!(status.failed_targets.iter().any(|f| f.contains("503")), "{:?}", status.failed_targets);
+    let records = engine.audit("checkout").unwrap();
+    assert_eq!(records.len(), 2, "start and one promotion only");
+}
+
+#[tokio::test]
+async fn checks_keep_their_schedule_when_the_wall_clock_steps() {
+    // Issue 8 item 4: scheduled on wall time, a check run while the clock was 1 h fast
+    // put the next one 1 h away once the clock was set back: 0 checks for 59 minutes.
+    let (dir, envoy) = (TempDir::new(), StubEnvoy::start().await);
+    envoy.serve_counts(&[("checkout", 0, 0)]);
+    let (clock, wall) = stepped_clock(T0);
+    let engine = engine(&dir, vec![envoy.url()], clock);
+    engine.register(policy("checkout", ""), Actor::human("ci").unwrap(), T0).await.unwrap();
+    let start = Instant::now();
+    let mut last_checks = Vec::new();
+    for (second, wall_ms) in
+        [(1u64, T0 + 3_600_000), (2, T0 + 2_000), (3, T0 + 3_000), (4, T0 - 3_600_000), (5, T0 + 5_000)]
+    {
+        wall.store(wall_ms, Ordering::SeqCst);
+        let checks = engine.start_due_checks(start + Duration::from_secs(second)).await;
+        assert_eq!(checks.len(), 1, "one check due at second {second} (wall clock {wall_ms})");
+        for check in checks {
+            check.await.unwrap();
+        }
+        last_checks.push(engine.status("checkout", wall_ms).await.unwrap().last_check_ms);
+    }
+    assert_eq!(
+        last_checks,
+        [Some(T0 + 3_600_000), Some(T0 + 2_000), Some(T0 + 3_000), Some(T0 - 3_600_000), Some(T0 + 5_000)]
+    );
+    // Not due again before its interval, whatever the wall clock says.
+    wall.store(T0 + 7_200_000, Ordering::SeqCst);
+    assert!(engine.start_due_checks(start + Duration::from_millis(5_500)).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_hung_target_delays_neither_an_override_nor_other_rollouts_checks() {
+    // Issue 8 item 8: the lock was held across scrapes, one rollout after another: with
+    // one target that never answered, an override waited ~2 s and 20 rollouts took ~40 s.
+    let (dir, envoy) = (TempDir::new(), StubEnvoy::start().await);
+    let (hung, accepted) = hung_target().await;
+    let deployments: Vec<String> = (0..20).map(|i| format!("service-{i:02}")).collect();
+    let counts: Vec<(&str, u64, u64)> = deployments.iter().map(|d| (d.as_str(), 10, 990)).collect();
+    envoy.serve_counts(&counts);
+    let (clock, _) = stepped_clock(T0);
+    let engine = engine(&dir, vec![envoy.url(), hung], clock);
+    for deployment in &deployments {
+        engine.register(policy(deployment, ""), Actor::human("ci").unwrap(), T0).await.unwrap();
+    }
+    let checks = engine.start_due_checks(Instant::now() + Duration::from_secs(60)).await;
+    assert_eq!(checks.len(), 20);
+    // Every rollout's check is at the hung target at the same time...
+    let all_waiting = async {
+        while accepted.load(Ordering::SeqCst) < 20 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), all_waiting)
+        .await
+        .unwrap_or_else(|_| panic!("only {} of 20 checks reached the hung target", accepted.load(Ordering::SeqCst)));
+    // ...and an override goes through while they all still wait for it.
+    let rollback = engine.override_rollout("service-00", &OverrideAction::Rollback, "alice", "bad build", T0 + 1).await;
+    assert_eq!(rollback.unwrap().state.phase, canary_core::RolloutPhase::RolledBack);
+    assert!(checks.iter().all(|c| !c.is_finished()), "the override did not wait for a check");
+    for check in checks {
+        check.await.unwrap();
+    }
+    let status = engine.status("service-01", T0).await.unwrap();
+    assert!(status.failed_targets.iter().any(|f| f.contains("failed")), "{:?}", status.failed_targets);
+    let rolled_back = engine.status("service-00", T0).await.unwrap();
+    assert_eq!(rolled_back.state.share_bp, 0, "the check that straddled the override changed nothing");
+}
+
+#[tokio::test]
+async fn a_policy_the_statistics_refuse_leaves_no_trace() {
+    // Issue 8 item 6: the Start record and state were written before the statistics
+    // refused `max_increase_ms: 1e306` (inf µs); the next start then failed for everyone.
+    let dir = TempDir::new();
+    let (clock, _) = stepped_clock(T0);
+    let engine = engine(&dir, vec!["http://127.0.0.1:1".into()], clock);
+    let bad = policy("checkout", "    - {name: latency_p99, max_increase_ms: 1e306}\n");
+    let refused = engine.register(bad, Actor::human("ci").unwrap(), T0).await.unwrap_err();
+    assert!(matches!(refused, EngineError::InvalidPolicy(_)), "{refused}");
+    assert!(refused.to_string().contains("tolerance"), "{refused}");
+    assert!(engine.config("checkout").is_none());
+    assert!(engine.audit("checkout").unwrap().is_empty());
+    assert!(!dir.0.join(crate::audit::STATE_DIR).join("checkout.json").exists());
+}
+
+#[tokio::test]
+async fn a_rollout_that_cannot_be_rebuilt_does_not_stop_the_others() {
+    let dir = TempDir::new();
+    {
+        // Written as an older analyzer would have: the store accepts what the statistics refuse.
+        let (mut store, _) = RolloutStore::open(&dir.0).unwrap();
+        for policy in [policy("good", ""), policy("broken", "    - {name: latency_p99, max_increase_ms: 1e306}\n")] {
+            let state = RolloutState::start(&policy, 0, T0);
+            let start = Decision::start(&state, Actor::human("ci").unwrap(), "deploy");
+            store.commit(T0, &policy, &start, None, &state).unwrap();
+        }
+    }
+    let (clock, _) = stepped_clock(T0);
+    let engine = engine(&dir, vec!["http://127.0.0.1:1".into()], clock);
+    assert_eq!(engine.config("good").map(|c| c.share_bp), Some(100));
+    assert_eq!(engine.config("broken").map(|c| c.share_bp), Some(100), "its last config is still served");
+    let broken = engine.broken_rollouts();
+    assert_eq!(broken.len(), 1);
+    assert!(broken[0].starts_with("broken: cannot be rebuilt") && broken[0].contains("tolerance"), "{broken:?}");
+    let status = engine.status("broken", T0).await.unwrap();
+    assert!(status.problem.as_deref().is_some_and(|p| p.contains("tolerance")), "{:?}", status.problem);
+    assert_eq!(engine.list(T0).await.len(), 2);
+    engine.check_now("good").await.unwrap();
+    // A human can still take the broken one back to 0 %.
+    engine.override_rollout("broken", &OverrideAction::Rollback, "alice", "policy broken", T0 + 5).await.unwrap();
+    assert_eq!(engine.config("broken").map(|c| c.share_bp), Some(0));
+    let records = AuditLog::read_all(&dir.0.join(AUDIT_FILE)).unwrap();
+    assert_eq!(records.len(), 3);
+}
