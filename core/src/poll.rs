@@ -22,12 +22,17 @@ pub fn published_key(deployment: &str) -> String {
 }
 
 /// The lease value: when the next poll is due, milliseconds since the epoch, little-endian.
-pub fn lease_value(next_due_ms: u64) -> [u8; 8] {
+fn lease_value(next_due_ms: u64) -> [u8; 8] {
     next_due_ms.to_le_bytes()
 }
 
+/// The lease a VM writes when it takes the poll: due again one poll interval from now.
+pub fn renewed_lease(analyzer: &AnalyzerConfig, now_ms: u64) -> [u8; 8] {
+    lease_value(now_ms.saturating_add(u64::from(analyzer.poll_interval_ms)))
+}
+
 /// Whether a VM should try to take the lease now. A missing or unreadable lease is due.
-pub fn lease_is_due(stored: Option<&[u8]>, now_ms: u64) -> bool {
+pub fn lease_is_due(stored: Option<&[u8]>, _analyzer: &AnalyzerConfig, now_ms: u64) -> bool {
     match stored.and_then(|b| <[u8; 8]>::try_from(b).ok()) {
         Some(bytes) => now_ms >= u64::from_le_bytes(bytes),
         None => true,
@@ -99,10 +104,12 @@ mod tests {
 
     #[test]
     fn lease_is_due_when_missing_garbled_or_expired() {
-        assert!(lease_is_due(None, 0));
-        assert!(lease_is_due(Some(b"xyz"), 0));
-        assert!(!lease_is_due(Some(&lease_value(1_000)), 999));
-        assert!(lease_is_due(Some(&lease_value(1_000)), 1_000));
+        let a = analyzer("keep");
+        assert!(lease_is_due(None, &a, 0));
+        assert!(lease_is_due(Some(b"xyz"), &a, 0));
+        let taken_at_0 = renewed_lease(&a, 0);
+        assert!(!lease_is_due(Some(&taken_at_0), &a, 999));
+        assert!(lease_is_due(Some(&taken_at_0), &a, 1_000));
     }
 
     #[test]

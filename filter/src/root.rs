@@ -7,7 +7,7 @@ use crate::http::CanaryHttp;
 use crate::runtime::{MetricIds, Runtime};
 use canary_core::FilterConfig;
 use canary_core::poll::{
-    Published, effective_share, lease_is_due, lease_key, lease_value, published_key, tick_period_ms,
+    Published, effective_share, lease_is_due, lease_key, published_key, renewed_lease, tick_period_ms,
 };
 use canary_core::rollout::{AnswerError, Merge, merge, parse_answer};
 use log::{error, info, warn};
@@ -65,11 +65,10 @@ impl CanaryRoot {
         }
         let key = lease_key(&runtime.config.deployment);
         let (stored, cas) = self.get_shared_data(&key);
-        if !lease_is_due(stored.as_deref(), now_ms) {
+        if !lease_is_due(stored.as_deref(), analyzer, now_ms) {
             return;
         }
-        let next_due = now_ms + u64::from(analyzer.poll_interval_ms);
-        if self.set_shared_data(&key, Some(&lease_value(next_due)), cas).is_err() {
+        if self.set_shared_data(&key, Some(&renewed_lease(analyzer, now_ms)), cas).is_err() {
             return; // another VM took it
         }
         let headers = vec![
