@@ -140,12 +140,17 @@ impl Context for CanaryRoot {
             Some(_) => Ok(self.get_http_call_response_body(0, body_size).unwrap_or_default()),
         };
         if let Err(e) = self.accept(&runtime, body, now_ms) {
-            let age = self.published.as_ref().map(|p| now_ms.saturating_sub(p.confirmed_ms) / 1000);
+            let last_good = match (self.published.as_ref(), runtime.config.analyzer.as_ref()) {
+                (Some(p), Some(a)) => p.age_ms(a, now_ms).map_or_else(
+                    || "of unknown age: the wall clock stepped back since".to_string(),
+                    |age| format!("{} s ago", age / 1000),
+                ),
+                _ => "never".to_string(),
+            };
             warn!(
-                "wasm canary {}: {e}; keeping share {} (last good answer {})",
+                "wasm canary {}: {e}; keeping share {} (last good answer {last_good})",
                 runtime.config.deployment,
                 runtime.share.get(),
-                age.map_or("never".to_string(), |s| format!("{s} s ago"))
             );
         }
     }
