@@ -5,6 +5,11 @@
 //! the winner calls the analyzer. The accepted answer is published in shared
 //! data with the time it was last confirmed, and every VM derives the share it
 //! routes with from that record on its own ticks.
+//!
+//! Both records hold wall-clock times, the only clock proxy-wasm offers, so both
+//! are checked against a step of that clock: a lease or a confirmation further
+//! ahead than one interval and a tick was written before a step back, and makes
+//! the lease due and the config stale at once (a step forward does both anyway).
 
 use crate::cohort::Share;
 use crate::config::{AnalyzerConfig, WhenStale};
@@ -21,15 +26,39 @@ pub fn published_key(deployment: &str) -> String {
     format!("wasm_canary/{deployment}/rollout")
 }
 
+/// How far ahead of a VM's wall clock a time written in shared data may lie and
+/// still be believed: one poll interval plus one tick period (a quarter interval).
+///
+/// proxy-wasm gives the filter only wall-clock time, which NTP or an operator can
+/// step. A lease is honestly due at most one interval after its writer's clock read;
+/// another VM may have read its own clock a little earlier and been scheduled after
+/// the writer, which takes microseconds to milliseconds, far below the 25 ms minimum
+/// tick. A confirmation is written after the lease it answers (the poll timeout is at
+/// most one interval), so it never lies further ahead than that lease: past this lead
+/// both are treated as written before the clock stepped back, on the same tick. A
+/// step back within this lead delays the next poll and the staleness by at most it.
+fn believable_lead_ms(analyzer: &AnalyzerConfig) -> u64 {
+    u64::from(analyzer.poll_interval_ms) + u64::from(tick_period_ms(analyzer))
+}
+
 /// The lease value: when the next poll is due, milliseconds since the epoch, little-endian.
-pub fn lease_value(next_due_ms: u64) -> [u8; 8] {
+fn lease_value(next_due_ms: u64) -> [u8; 8] {
     next_due_ms.to_le_bytes()
 }
 
-/// Whether a VM should try to take the lease now. A missing or unreadable lease is due.
-pub fn lease_is_due(stored: Option<&[u8]>, now_ms: u64) -> bool {
+/// The lease a VM writes when it takes the poll: due again one poll interval from now.
+pub fn renewed_lease(analyzer: &AnalyzerConfig, now_ms: u64) -> [u8; 8] {
+    lease_value(now_ms.saturating_add(u64::from(analyzer.poll_interval_ms)))
+}
+
+/// Whether a VM should try to take the lease now. A missing or unreadable lease is
+/// due, and so is one due further ahead than a lease can be (the clock stepped back).
+pub fn lease_is_due(stored: Option<&[u8]>, analyzer: &AnalyzerConfig, now_ms: u64) -> bool {
     match stored.and_then(|b| <[u8; 8]>::try_from(b).ok()) {
-        Some(bytes) => now_ms >= u64::from_le_bytes(bytes),
+        Some(bytes) => {
+            let due_ms = u64::from_le_bytes(bytes);
+            now_ms >= due_ms || due_ms > now_ms.saturating_add(believable_lead_ms(analyzer))
+        }
         None => true,
     }
 }
@@ -52,8 +81,22 @@ impl Published {
         serde_json::from_slice(bytes).ok()
     }
 
+    /// How long ago the analyzer confirmed this config; `None` when the confirmation
+    /// lies further ahead of `now_ms` than a confirmation can (the clock stepped back
+    /// since, so its age is unknown). One slightly ahead counts as age 0.
+    pub fn age_ms(&self, analyzer: &AnalyzerConfig, now_ms: u64) -> Option<u64> {
+        if self.confirmed_ms > now_ms.saturating_add(believable_lead_ms(analyzer)) {
+            return None;
+        }
+        Some(now_ms.saturating_sub(self.confirmed_ms))
+    }
+
+    /// Older than `stale_after_ms`, or of unknown age. Unknown age counts as stale so a
+    /// confirmation from before a step back cannot pass for fresh until the clock
+    /// catches up; the lease written with it is due on the same tick, so a reachable
+    /// analyzer re-confirms at the new clock within one tick.
     pub fn is_stale(&self, analyzer: &AnalyzerConfig, now_ms: u64) -> bool {
-        now_ms.saturating_sub(self.confirmed_ms) > u64::from(analyzer.stale_after_ms)
+        self.age_ms(analyzer, now_ms).is_none_or(|age| age > u64::from(analyzer.stale_after_ms))
     }
 }
 
@@ -97,12 +140,152 @@ mod tests {
         Published { rollout, confirmed_ms }
     }
 
+    /// A wall-clock time in 2023, far from 0 so a step back of an hour cannot wrap.
+    const EPOCH_MS: u64 = 1_700_000_000_000;
+    /// The step back (or forward) of the defect report: one hour.
+    const HOUR_MS: u64 = 3_600_000;
+
+    /// One Envoy's polling, modelled tick by tick as root.rs drives it: the lease and
+    /// the published record in shared data, at most one analyzer call in flight, whose
+    /// answer lands before the next tick (the poll's round trip is shorter than a tick).
+    struct SimulatedEnvoy {
+        analyzer: AnalyzerConfig,
+        lease: Option<[u8; 8]>,
+        published: Option<Published>,
+        in_flight: bool,
+        polls: u32,
+    }
+
+    impl SimulatedEnvoy {
+        fn new(analyzer: AnalyzerConfig) -> Self {
+            Self { analyzer, lease: None, published: None, in_flight: false, polls: 0 }
+        }
+
+        /// One tick at `now_ms`: the answer to the poll in flight lands (`answer` is
+        /// `None` while the analyzer is unreachable), then the share is derived, then
+        /// the lease is tried. Returns the share this tick routes with.
+        fn tick(&mut self, now_ms: u64, answer: Option<&RolloutConfig>) -> Share {
+            if std::mem::take(&mut self.in_flight) {
+                if let Some(rollout) = answer {
+                    self.published = Some(Published { rollout: rollout.clone(), confirmed_ms: now_ms });
+                }
+            }
+            let share = effective_share(self.published.as_ref(), Some(&self.analyzer), Share::ZERO, now_ms);
+            if lease_is_due(self.lease.as_ref().map(|l| l.as_slice()), &self.analyzer, now_ms) {
+                self.lease = Some(renewed_lease(&self.analyzer, now_ms));
+                self.in_flight = true;
+                self.polls += 1;
+            }
+            share
+        }
+
+        /// Ticks from `start_ms` for `for_ms`, one tick period apart; the shares seen.
+        fn run(&mut self, start_ms: u64, for_ms: u64, answer: Option<&RolloutConfig>) -> Vec<(u64, Share)> {
+            let tick = u64::from(tick_period_ms(&self.analyzer));
+            (0..for_ms / tick).map(|k| (k * tick, self.tick(start_ms + k * tick, answer))).collect()
+        }
+    }
+
+    fn five_percent() -> Share {
+        Share::from_basis_points(500).unwrap()
+    }
+
+    /// An Envoy that has polled a healthy analyzer for 10 s before the step.
+    fn settled_envoy(when_stale: &str) -> (SimulatedEnvoy, RolloutConfig, u64) {
+        let answer = published(500, 0).rollout;
+        let mut envoy = SimulatedEnvoy::new(analyzer(when_stale));
+        let shares = envoy.run(EPOCH_MS, 10_000, Some(&answer));
+        assert!(shares.iter().skip(1).all(|(_, s)| *s == five_percent()));
+        (envoy, answer, EPOCH_MS + 10_000)
+    }
+
+    #[test]
+    fn a_steady_clock_polls_once_per_interval() {
+        let (envoy, _, _) = settled_envoy("control");
+        assert_eq!(envoy.polls, 10, "10 s at a 1 s interval");
+    }
+
+    #[test]
+    fn a_lease_taken_before_the_clock_stepped_back_an_hour_is_due_at_once() {
+        let a = analyzer("keep");
+        let taken = renewed_lease(&a, EPOCH_MS);
+        assert!(lease_is_due(Some(&taken), &a, EPOCH_MS - HOUR_MS));
+        assert!(lease_is_due(Some(&taken), &a, EPOCH_MS + 250 - HOUR_MS), "one tick after the step");
+    }
+
+    #[test]
+    fn a_lease_renewed_by_a_vm_whose_clock_read_came_later_is_honoured() {
+        // Another worker read its clock up to a tick (250 ms) before the renewing VM did.
+        let a = analyzer("keep");
+        let taken = renewed_lease(&a, EPOCH_MS);
+        assert!(!lease_is_due(Some(&taken), &a, EPOCH_MS - 250));
+    }
+
+    #[test]
+    fn after_a_step_back_an_unreachable_analyzer_drops_control_within_stale_after() {
+        // Steps below, at and above the 1 250 ms (interval + tick) a lease may lie ahead.
+        for step_back_ms in [100, 999, 1_000, 1_250, 1_251, 5_000, HOUR_MS] {
+            let (mut envoy, _, stepped_at) = settled_envoy("control");
+            let polls_before = envoy.polls;
+            let shares = envoy.run(stepped_at - step_back_ms, 60_000, None);
+            let dropped_after = shares.iter().find(|(_, s)| *s == Share::ZERO).map(|(t, _)| *t);
+            // stale_after_ms (5 000) + the lead a confirmation may have (interval + tick).
+            assert!(
+                dropped_after.is_some_and(|t| t <= 5_000 + 1_000 + 250),
+                "step back {step_back_ms} ms: share 0 after {dropped_after:?} ms"
+            );
+            assert!(envoy.polls > polls_before + 50, "step back {step_back_ms} ms: kept polling every interval");
+        }
+    }
+
+    #[test]
+    fn after_a_step_back_a_reachable_analyzer_reconfirms_on_the_next_tick() {
+        let (mut envoy, answer, stepped_at) = settled_envoy("control");
+        let polls_before = envoy.polls;
+        let shares = envoy.run(stepped_at - HOUR_MS, 10_000, Some(&answer));
+        assert_eq!(envoy.polls, polls_before + 10, "polled at the step, then once per interval");
+        // The hour-ahead confirmation is of unknown age: control for the one tick
+        // until the poll the step made due answers.
+        assert_eq!(shares[0].1, Share::ZERO);
+        assert!(shares.iter().skip(1).all(|(_, s)| *s == five_percent()), "back by the second tick: {shares:?}");
+        let confirmed = envoy.published.as_ref().unwrap().confirmed_ms;
+        assert!(confirmed < stepped_at - HOUR_MS + 10_000, "confirmed at the new clock");
+    }
+
+    #[test]
+    fn after_a_step_forward_the_next_poll_restores_the_share() {
+        for when_stale in ["keep", "control"] {
+            let (mut envoy, answer, stepped_at) = settled_envoy(when_stale);
+            let polls_before = envoy.polls;
+            let shares = envoy.run(stepped_at + HOUR_MS, 10_000, Some(&answer));
+            assert_eq!(envoy.polls, polls_before + 10, "{when_stale}: polled at the step, then once per interval");
+            // Under control the hour-old confirmation routes nobody for one tick, until
+            // the poll the step made due answers.
+            let first = if when_stale == "control" { Share::ZERO } else { five_percent() };
+            assert_eq!(shares[0].1, first, "{when_stale}");
+            assert!(shares.iter().skip(1).all(|(_, s)| *s == five_percent()), "{when_stale}: {shares:?}");
+        }
+    }
+
     #[test]
     fn lease_is_due_when_missing_garbled_or_expired() {
-        assert!(lease_is_due(None, 0));
-        assert!(lease_is_due(Some(b"xyz"), 0));
-        assert!(!lease_is_due(Some(&lease_value(1_000)), 999));
-        assert!(lease_is_due(Some(&lease_value(1_000)), 1_000));
+        let a = analyzer("keep");
+        assert!(lease_is_due(None, &a, 0));
+        assert!(lease_is_due(Some(b"xyz"), &a, 0));
+        let taken_at_0 = renewed_lease(&a, 0);
+        assert!(!lease_is_due(Some(&taken_at_0), &a, 999));
+        assert!(lease_is_due(Some(&taken_at_0), &a, 1_000));
+    }
+
+    #[test]
+    fn a_confirmation_further_ahead_than_a_lease_is_of_unknown_age() {
+        let a = analyzer("control");
+        let p = published(500, EPOCH_MS);
+        assert_eq!(p.age_ms(&a, EPOCH_MS + 700), Some(700));
+        assert_eq!(p.age_ms(&a, EPOCH_MS - 1_250), Some(0), "ahead by interval + tick: believed");
+        assert_eq!(p.age_ms(&a, EPOCH_MS - 1_251), None);
+        assert!(p.is_stale(&a, EPOCH_MS - HOUR_MS));
+        assert!(!p.is_stale(&a, EPOCH_MS - 1_250));
     }
 
     #[test]

@@ -86,6 +86,8 @@ impl HttpContext for CanaryHttp {
         if let Some(id) = metrics.requests(cohort, class) {
             let _ = increment_metric(id, 1);
         }
+        // Two wall-clock reads: if the clock stepped back in between, `duration_since`
+        // is an error and the sample is skipped (a step forward lengthens this one sample).
         let elapsed = self.started.and_then(|start| self.get_current_time().duration_since(start).ok());
         if let (Some(id), Some(elapsed)) = (metrics.latency(cohort), elapsed) {
             let _ = record_metric(id, u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX));

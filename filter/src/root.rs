@@ -7,7 +7,7 @@ use crate::http::CanaryHttp;
 use crate::runtime::{MetricIds, Runtime};
 use canary_core::FilterConfig;
 use canary_core::poll::{
-    Published, effective_share, lease_is_due, lease_key, lease_value, published_key, tick_period_ms,
+    Published, effective_share, lease_is_due, lease_key, published_key, renewed_lease, tick_period_ms,
 };
 use canary_core::rollout::{AnswerError, Merge, merge, parse_answer};
 use log::{error, info, warn};
@@ -65,11 +65,10 @@ impl CanaryRoot {
         }
         let key = lease_key(&runtime.config.deployment);
         let (stored, cas) = self.get_shared_data(&key);
-        if !lease_is_due(stored.as_deref(), now_ms) {
+        if !lease_is_due(stored.as_deref(), analyzer, now_ms) {
             return;
         }
-        let next_due = now_ms + u64::from(analyzer.poll_interval_ms);
-        if self.set_shared_data(&key, Some(&lease_value(next_due)), cas).is_err() {
+        if self.set_shared_data(&key, Some(&renewed_lease(analyzer, now_ms)), cas).is_err() {
             return; // another VM took it
         }
         let headers = vec![
@@ -141,12 +140,17 @@ impl Context for CanaryRoot {
             Some(_) => Ok(self.get_http_call_response_body(0, body_size).unwrap_or_default()),
         };
         if let Err(e) = self.accept(&runtime, body, now_ms) {
-            let age = self.published.as_ref().map(|p| now_ms.saturating_sub(p.confirmed_ms) / 1000);
+            let last_good = match (self.published.as_ref(), runtime.config.analyzer.as_ref()) {
+                (Some(p), Some(a)) => p.age_ms(a, now_ms).map_or_else(
+                    || "of unknown age: the wall clock stepped back since".to_string(),
+                    |age| format!("{} s ago", age / 1000),
+                ),
+                _ => "never".to_string(),
+            };
             warn!(
-                "wasm canary {}: {e}; keeping share {} (last good answer {})",
+                "wasm canary {}: {e}; keeping share {} (last good answer {last_good})",
                 runtime.config.deployment,
                 runtime.share.get(),
-                age.map_or("never".to_string(), |s| format!("{s} s ago"))
             );
         }
     }
