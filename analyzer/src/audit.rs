@@ -17,13 +17,18 @@
 //! number is above the state file's — replaying twice changes nothing, and no
 //! record is lost or written twice.
 //!
-//! One process owns a store directory at a time (nothing here locks it).
+//! One process owns a store directory at a time: [`RolloutStore::open`] takes an
+//! exclusive `flock` on `<dir>/lock` (and writes its pid into it) for as long as
+//! the store lives; the kernel drops it when the process dies, however it dies.
+//! A second analyzer on the same directory is refused instead of interleaving
+//! its records with the first one's.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
+use rustix::fs::FlockOperation;
 use serde::{Deserialize, Serialize};
 
 use crate::ladder::{Decision, RolloutState};
@@ -37,6 +42,8 @@ pub const STATE_DIR: &str = "state";
 const TEMP_SUFFIX: &str = ".tmp";
 /// Suffix of a committed state file.
 const STATE_SUFFIX: &str = ".json";
+/// The lock file inside a store directory: `flock`ed by the owning process, holding its pid.
+pub const LOCK_FILE: &str = "lock";
 
 /// Why the store could not read or write.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +67,19 @@ pub enum AuditError {
     Encode(#[source] serde_json::Error),
     #[error("audit log {0} failed a write it could not undo; reopen the store")]
     Poisoned(PathBuf),
+    #[error(
+        "store directory {dir} is in use by another process ({}, lock {lock}): one analyzer per state directory",
+        holder_text(*.holder_pid)
+    )]
+    Locked { dir: PathBuf, lock: PathBuf, holder_pid: Option<u32> },
+}
+
+fn holder_text(holder_pid: Option<u32>) -> String {
+    match holder_pid {
+        Some(pid) => format!("pid {pid}"),
+        // It locked the file but has not written its pid yet (or the file was edited).
+        None => "pid not recorded".to_string(),
+    }
 }
 
 fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> AuditError {
@@ -332,18 +352,62 @@ pub struct Committed {
     pub state_error: Option<AuditError>,
 }
 
+/// An exclusive `flock` on a store directory's [`LOCK_FILE`]. Released when the
+/// file is closed: when this is dropped, or by the kernel when the process dies.
+/// A lock belongs to one open file description, so a second open of the same
+/// file conflicts even within one process.
+#[derive(Debug)]
+struct StoreLock {
+    _file: File,
+}
+
+impl StoreLock {
+    /// Takes the lock without waiting, then writes this process's pid into the file.
+    fn acquire(dir: &Path) -> Result<StoreLock, AuditError> {
+        let path = dir.join(LOCK_FILE);
+        // Not truncated on open: the pid in it belongs to whoever holds the lock.
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io_error("open lock file", &path))?;
+        match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(errno) if errno == rustix::io::Errno::WOULDBLOCK => {
+                let mut text = String::new();
+                // Best effort: an unreadable pid still leaves a clear refusal.
+                let holder_pid = file.read_to_string(&mut text).ok().and_then(|_| text.trim().parse().ok());
+                return Err(AuditError::Locked { dir: dir.to_path_buf(), lock: path, holder_pid });
+            }
+            Err(errno) => return Err(AuditError::Io { action: "lock", path, source: errno.into() }),
+        }
+        file.set_len(0)
+            .and_then(|()| file.write_all(format!("{}\n", std::process::id()).as_bytes()))
+            .map_err(io_error("write the pid into lock file", &path))?;
+        Ok(StoreLock { _file: file })
+    }
+}
+
 /// The audit log and the state files of one analyzer, kept consistent.
 #[derive(Debug)]
 pub struct RolloutStore {
     audit: AuditLog,
     states: StateStore,
+    /// Held for the store's lifetime; dropped last (fields drop in order).
+    _lock: StoreLock,
 }
 
 impl RolloutStore {
-    /// Opens the store in `dir` (`audit.jsonl` and `state/`), recovers from a
-    /// crash, and returns every rollout as it stood after its last logged decision.
+    /// Locks `dir` for this process (refused with [`AuditError::Locked`] while
+    /// another holds it), opens the store in it (`audit.jsonl` and `state/`),
+    /// recovers from a crash, and returns every rollout as it stood after its last
+    /// logged decision.
     pub fn open(dir: &Path) -> Result<(RolloutStore, BTreeMap<String, PersistedRollout>), AuditError> {
         fs::create_dir_all(dir).map_err(io_error("create store directory", dir))?;
+        // First: opening the state store removes temporary files another owner may be writing.
+        let lock = StoreLock::acquire(dir)?;
         let states = StateStore::open(&dir.join(STATE_DIR))?;
         let (mut audit, recovery) = AuditLog::open(&dir.join(AUDIT_FILE))?;
         let mut rollouts = states.load_all()?;
@@ -362,7 +426,7 @@ impl RolloutStore {
                 rollouts.insert(deployment, caught_up);
             }
         }
-        Ok((RolloutStore { audit, states }, rollouts))
+        Ok((RolloutStore { audit, states, _lock: lock }, rollouts))
     }
 
     /// Logs a decision durably, then persists the state after it.
@@ -585,6 +649,35 @@ mod tests {
         let pause = human_override(&policy(), &state, &OverrideAction::Pause, "alice", "why", vec![]).unwrap();
         let after = state.next(&pause, T0).unwrap();
         assert_eq!(store.commit(T0, &policy(), &pause, Some(&state), &after).unwrap().record.sequence, 4);
+    }
+
+    #[test]
+    fn a_second_open_of_a_locked_store_is_refused_with_the_holders_pid() {
+        let dir = TempDir::new();
+        let (first, _) = RolloutStore::open(&dir.0).unwrap();
+        let pid = std::process::id();
+        assert_eq!(fs::read_to_string(dir.0.join(LOCK_FILE)).unwrap(), format!("{pid}\n"));
+        // The owner is mid-save: the refused open must not clean up its temporary file.
+        let temp = dir.0.join(STATE_DIR).join("checkout.json.tmp");
+        fs::write(&temp, b"{\"half\":").unwrap();
+
+        let error = RolloutStore::open(&dir.0).unwrap_err();
+        assert!(matches!(error, AuditError::Locked { holder_pid: Some(p), .. } if p == pid), "{error:?}");
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "store directory {} is in use by another process (pid {pid}, lock {}): one analyzer per state \
+                 directory",
+                dir.0.display(),
+                dir.0.join(LOCK_FILE).display()
+            )
+        );
+        assert!(temp.exists());
+        assert_eq!(fs::read_to_string(dir.0.join(LOCK_FILE)).unwrap(), format!("{pid}\n"), "pid kept");
+
+        drop(first);
+        let (_second, _) = RolloutStore::open(&dir.0).unwrap();
+        assert!(!temp.exists(), "the new owner cleaned up");
     }
 
     #[test]
