@@ -17,6 +17,12 @@
 //! number is above the state file's — replaying twice changes nothing, and no
 //! record is lost or written twice.
 //!
+//! Sequence numbers only ever increase, but the log need not hold all of them:
+//! a log that was rotated (or lost) starts above 1, and a state file that
+//! remembers a higher sequence than the log holds makes the next record skip
+//! past it. [`AuditLog::open`] accepts both and logs the missing ranges; a
+//! repeated or decreasing number is corruption (two writers, or a bad copy).
+//!
 //! One process owns a store directory at a time: [`RolloutStore::open`] takes an
 //! exclusive `flock` on `<dir>/lock` (and writes its pid into it) for as long as
 //! the store lives; the kernel drops it when the process dies, however it dies.
@@ -26,6 +32,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::FlockOperation;
@@ -128,6 +135,9 @@ pub struct AuditRecovery {
     pub records: u64,
     /// Bytes of a torn last line that were cut off (0 after a clean shutdown).
     pub truncated_bytes: u64,
+    /// Sequence numbers not in the log, in order: `1..=first - 1` when the log was
+    /// rotated (or lost) before its first record, then any skipped between records.
+    pub missing: Vec<RangeInclusive<u64>>,
 }
 
 impl AuditLog {
@@ -135,7 +145,10 @@ impl AuditLog {
     ///
     /// A line counts only if it ends in a newline and parses; only the last one
     /// may fail that (a crash mid-append). A bad line before it, or a sequence
-    /// number out of order, is corruption and refused rather than guessed at.
+    /// number that repeats or goes back, is corruption and refused rather than
+    /// guessed at. Missing numbers (a rotated log, a record skipped past what a
+    /// state file remembered) are accepted, listed in [`AuditRecovery::missing`]
+    /// and logged.
     pub fn open(path: &Path) -> Result<(AuditLog, AuditRecovery), AuditError> {
         let existed = path.exists();
         let mut file = OpenOptions::new()
@@ -150,12 +163,31 @@ impl AuditLog {
         let mut recovery = AuditRecovery::default();
         let mut last_sequence = 0u64;
         let committed_len = scan_records(path, &mut file, |line_number, record| {
-            if record.sequence != last_sequence.saturating_add(1) {
+            if record.sequence <= last_sequence {
                 return Err(AuditError::Corrupt {
                     path: path.to_path_buf(),
                     line: line_number,
                     reason: format!("sequence {} follows {last_sequence}", record.sequence),
                 });
+            }
+            let expected = last_sequence.saturating_add(1);
+            if record.sequence > expected {
+                let missing = expected..=record.sequence.saturating_sub(1);
+                if line_number == 1 {
+                    tracing::info!(
+                        audit_log = %path.display(), first_sequence = record.sequence,
+                        "audit log starts at sequence {}: records {}..={} are elsewhere (rotated or lost)",
+                        record.sequence, missing.start(), missing.end()
+                    );
+                } else {
+                    tracing::warn!(
+                        audit_log = %path.display(), line = line_number,
+                        "audit log skips from sequence {last_sequence} to {}: records {}..={} are not in it \
+                         (lost; the next record had to skip past what a state file remembered)",
+                        record.sequence, missing.start(), missing.end()
+                    );
+                }
+                recovery.missing.push(missing);
             }
             last_sequence = record.sequence;
             recovery.records = line_number;
@@ -411,8 +443,27 @@ impl RolloutStore {
         let states = StateStore::open(&dir.join(STATE_DIR))?;
         let (mut audit, recovery) = AuditLog::open(&dir.join(AUDIT_FILE))?;
         let mut rollouts = states.load_all()?;
+        let logged_up_to = audit.next_sequence().saturating_sub(1);
         for rollout in rollouts.values() {
             audit.skip_past(rollout.last_applied_sequence);
+        }
+        let remembered_up_to = audit.next_sequence().saturating_sub(1);
+        if remembered_up_to > logged_up_to && logged_up_to == 0 {
+            // An empty log beside older state files: rotated away (or lost) as a whole.
+            tracing::info!(
+                audit_log = %audit.path.display(),
+                "audit log is empty and state files remember sequence {remembered_up_to}: records \
+                 1..={remembered_up_to} are elsewhere (rotated or lost); the next record is {}",
+                audit.next_sequence()
+            );
+        } else if remembered_up_to > logged_up_to {
+            tracing::warn!(
+                audit_log = %audit.path.display(),
+                "state files remember sequence {remembered_up_to} but the audit log ends at {logged_up_to}: \
+                 records {}..={remembered_up_to} are missing from it; the next record is {}",
+                logged_up_to.saturating_add(1),
+                audit.next_sequence()
+            );
         }
         for (deployment, record) in recovery.latest_by_deployment {
             let behind = rollouts.get(&deployment).is_none_or(|r| r.last_applied_sequence < record.sequence);
@@ -651,6 +702,79 @@ mod tests {
         assert_eq!(store.commit(T0, &policy(), &pause, Some(&state), &after).unwrap().record.sequence, 4);
     }
 
+    /// Keeps only the records with sequence numbers in `keep` (a log rotated or cut by hand).
+    fn keep_records(path: &Path, keep: RangeInclusive<u64>) {
+        let kept: String = fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .filter(|line| keep.contains(&serde_json::from_str::<AuditRecord>(line).unwrap().sequence))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        fs::write(path, kept).unwrap();
+    }
+
+    #[test]
+    fn a_deleted_audit_log_does_not_stop_the_next_start() {
+        let dir = TempDir::new();
+        let policy = policy();
+        let (mut store, _) = RolloutStore::open(&dir.0).unwrap();
+        let state = run(&mut store, &policy, 2);
+        drop(store);
+        fs::remove_file(dir.0.join(AUDIT_FILE)).unwrap();
+        let (mut store, _) = RolloutStore::open(&dir.0).unwrap();
+        let pause = human_override(&policy, &state, &OverrideAction::Pause, "alice", "why", vec![]).unwrap();
+        let paused = state.next(&pause, T0).unwrap();
+        assert_eq!(store.commit(T0, &policy, &pause, Some(&state), &paused).unwrap().record.sequence, 4);
+        drop(store);
+        // The log now starts at 4: records 1..=3 went with the deleted file.
+        for _ in 0..2 {
+            let (store, rollouts) = RolloutStore::open(&dir.0).unwrap();
+            assert_eq!(rollouts["checkout"].state, paused);
+            assert_eq!(store.audit.next_sequence(), 5);
+            assert_eq!(sequences(store.audit_path()), [4]);
+        }
+    }
+
+    #[test]
+    fn a_log_rotated_after_its_second_record_opens_from_sequence_3() {
+        let dir = TempDir::new();
+        let (mut store, _) = RolloutStore::open(&dir.0).unwrap();
+        run(&mut store, &policy(), 4);
+        let audit_path = store.audit_path().to_path_buf();
+        drop(store);
+        keep_records(&audit_path, 3..=5);
+        let (log, recovery) = AuditLog::open(&audit_path).unwrap();
+        assert_eq!(recovery.records, 3);
+        assert_eq!(recovery.missing, [1..=2]);
+        assert_eq!(recovery.latest_by_deployment["checkout"].sequence, 5);
+        assert_eq!(log.next_sequence(), 6);
+    }
+
+    #[test]
+    fn state_files_ahead_of_a_rotated_log_are_skipped_past_and_reopen() {
+        let dir = TempDir::new();
+        let policy = policy();
+        let (mut store, _) = RolloutStore::open(&dir.0).unwrap();
+        let state = run(&mut store, &policy, 3);
+        let audit_path = store.audit_path().to_path_buf();
+        drop(store);
+        // Rotated before record 2, and record 4 lost (an older copy restored): the state file remembers 4.
+        keep_records(&audit_path, 2..=3);
+        let (mut store, rollouts) = RolloutStore::open(&dir.0).unwrap();
+        assert_eq!(rollouts["checkout"].state, state, "the state file is newer than the log: kept");
+        let pause = human_override(&policy, &state, &OverrideAction::Pause, "alice", "why", vec![]).unwrap();
+        let paused = state.next(&pause, T0).unwrap();
+        assert_eq!(store.commit(T0, &policy, &pause, Some(&state), &paused).unwrap().record.sequence, 5);
+        drop(store);
+        for _ in 0..2 {
+            let (store, rollouts) = RolloutStore::open(&dir.0).unwrap();
+            assert_eq!(rollouts["checkout"].state, paused);
+            assert_eq!(store.audit.next_sequence(), 6);
+        }
+        let (_, recovery) = AuditLog::open(&audit_path).unwrap();
+        assert_eq!(recovery.missing, [1..=1, 4..=4]);
+    }
+
     #[test]
     fn a_second_open_of_a_locked_store_is_refused_with_the_holders_pid() {
         let dir = TempDir::new();
@@ -719,6 +843,10 @@ mod tests {
         fs::write(&audit_path, format!("{}\n{}\n{}\n", lines[0], lines[1], lines[1])).unwrap();
         let error = AuditLog::open(&audit_path).unwrap_err();
         assert!(error.to_string().contains("sequence 2 follows 2"), "{error}");
+        // So is one that goes back: missing numbers are accepted, reordered ones are not.
+        fs::write(&audit_path, format!("{}\n{}\n", lines[1], lines[0])).unwrap();
+        let error = AuditLog::open(&audit_path).unwrap_err();
+        assert!(error.to_string().contains("sequence 1 follows 2"), "{error}");
     }
 
     #[test]
