@@ -28,12 +28,17 @@
 //! the store lives; the kernel drops it when the process dies, however it dies.
 //! A second analyzer on the same directory is refused instead of interleaving
 //! its records with the first one's.
+//!
+//! [`StoreHealth`] tells, without the engine's lock, whether the store can still
+//! record decisions: after an append that failed and could not be cut off again,
+//! every later commit fails (rollbacks too) until the store is reopened.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use rustix::fs::FlockOperation;
 use serde::{Deserialize, Serialize};
@@ -124,6 +129,33 @@ pub struct AuditLog {
     next_sequence: u64,
     /// Set when a failed append could not be cut off again: appending more would bury a torn line.
     poisoned: bool,
+    /// Tells the rest of the analyzer that `poisoned` is set, without going through the log.
+    health: StoreHealth,
+}
+
+/// Whether a store can still record decisions; cheap to clone and to read from
+/// any thread (a `/healthz` handler, a metrics scrape) without the engine's lock.
+#[derive(Debug, Clone, Default)]
+pub struct StoreHealth {
+    /// Set once, when the audit log is poisoned; a store never recovers without a reopen.
+    failure: Arc<OnceLock<String>>,
+}
+
+impl StoreHealth {
+    /// `false` once an append failed and could not be undone: every later commit fails.
+    pub fn is_recording(&self) -> bool {
+        self.failure.get().is_none()
+    }
+
+    /// Why the store stopped recording, when it has.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.get().map(String::as_str)
+    }
+
+    fn stop_recording(&self, reason: String) {
+        // A second failure keeps the first reason: that is the one that broke the log.
+        let _ = self.failure.set(reason);
+    }
 }
 
 /// What [`AuditLog::open`] found.
@@ -206,8 +238,14 @@ impl AuditLog {
             committed_len,
             next_sequence: last_sequence.saturating_add(1),
             poisoned: false,
+            health: StoreHealth::default(),
         };
         Ok((log, recovery))
+    }
+
+    /// Whether this log can still append; shares its state with every clone.
+    pub fn health(&self) -> StoreHealth {
+        self.health.clone()
     }
 
     /// The sequence number the next record gets.
@@ -250,8 +288,13 @@ impl AuditLog {
         let written = self.file.write_all(&line).and_then(|()| self.file.sync_data());
         if let Err(source) = written {
             // Cut the partial line off so the next append does not land behind garbage.
-            if self.file.set_len(self.committed_len).and_then(|()| self.file.sync_data()).is_err() {
+            if let Err(cut) = self.file.set_len(self.committed_len).and_then(|()| self.file.sync_data()) {
                 self.poisoned = true;
+                self.health.stop_recording(format!(
+                    "an append to audit log {} failed ({source}) and its partial line could not be cut off \
+                     ({cut}); no decision can be recorded until the store is reopened",
+                    self.path.display()
+                ));
             }
             return Err(AuditError::Io { action: "append to audit log", path: self.path.clone(), source });
         }
@@ -504,6 +547,12 @@ impl RolloutStore {
 
     pub fn audit_path(&self) -> &Path {
         &self.audit.path
+    }
+
+    /// Whether the store can still record decisions; the handle stays current
+    /// after it is taken, so take it once and read it from anywhere.
+    pub fn health(&self) -> StoreHealth {
+        self.audit.health()
     }
 }
 
@@ -802,6 +851,36 @@ mod tests {
         drop(first);
         let (_second, _) = RolloutStore::open(&dir.0).unwrap();
         assert!(!temp.exists(), "the new owner cleaned up");
+    }
+
+    #[test]
+    fn a_poisoned_log_reports_the_store_unhealthy() {
+        let dir = TempDir::new();
+        let policy = policy();
+        let (mut store, _) = RolloutStore::open(&dir.0).unwrap();
+        let state = run(&mut store, &policy, 0);
+        let health = store.health();
+        assert!(health.is_recording());
+        assert_eq!(health.failure(), None);
+        // A real fault on both steps: write(2) and ftruncate(2) on a read-only descriptor of the log both fail.
+        store.audit.file = File::open(store.audit_path()).unwrap();
+        let pause = human_override(&policy, &state, &OverrideAction::Pause, "alice", "why", vec![]).unwrap();
+        let paused = state.next(&pause, T0).unwrap();
+        let error = store.commit(T0, &policy, &pause, Some(&state), &paused).unwrap_err();
+        assert!(matches!(error, AuditError::Io { action: "append to audit log", .. }), "{error:?}");
+
+        assert!(!health.is_recording(), "the handle taken before the failure sees it");
+        assert!(!store.health().is_recording());
+        let failure = health.failure().unwrap();
+        assert!(failure.contains("could not be cut off"), "{failure}");
+        assert!(failure.contains(AUDIT_FILE), "{failure}");
+        let error = store.commit(T0, &policy, &pause, Some(&state), &paused).unwrap_err();
+        assert!(matches!(error, AuditError::Poisoned(_)), "{error:?}");
+        drop(store);
+        // Reopening is the cure: the log holds only the complete record.
+        let (store, _) = RolloutStore::open(&dir.0).unwrap();
+        assert!(store.health().is_recording());
+        assert_eq!(sequences(store.audit_path()), [1]);
     }
 
     #[test]
