@@ -318,7 +318,10 @@ mod tests {
 
     fn state(token: Option<&str>) -> AppState {
         let dir = std::env::temp_dir().join(format!("canary-api-{}-{}", std::process::id(), now_ms() ^ rand_suffix()));
-        let source = SourceSettings::EnvoyAdmin(vec!["http://127.0.0.1:1".into()]);
+        let source = SourceSettings::EnvoyAdmin {
+            admin_urls: vec!["http://127.0.0.1:1".into()],
+            max_body_bytes: crate::source::DEFAULT_MAX_BODY_BYTES,
+        };
         let engine = Engine::open(&dir, source, Notifier::new(None), now_ms()).unwrap();
         AppState { engine: Arc::new(engine), token: token.map(Arc::from) }
     }

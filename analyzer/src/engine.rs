@@ -78,10 +78,11 @@ pub fn now_ms() -> u64 {
 /// Where per-cohort metrics come from.
 #[derive(Debug, Clone)]
 pub enum SourceSettings {
-    /// Envoy admin endpoints, scraped directly and summed (the embedded default).
-    EnvoyAdmin(Vec<String>),
-    /// A Prometheus server that scrapes the fleet.
-    Prometheus(String),
+    /// Envoy admin endpoints, scraped directly and summed (the embedded default);
+    /// a body over `max_body_bytes` fails its target.
+    EnvoyAdmin { admin_urls: Vec<String>, max_body_bytes: u64 },
+    /// A Prometheus server that scrapes the fleet; an answer over `max_body_bytes` fails its query.
+    Prometheus { url: String, max_body_bytes: u64 },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -183,11 +184,12 @@ impl LiveRollout {
             None => default_notifier.clone(),
         };
         let envoy = match source {
-            SourceSettings::EnvoyAdmin(urls) => Some((
-                EnvoyAdminSource::new(urls.clone(), policy.deployment.clone(), SCRAPE_TIMEOUT)?,
+            SourceSettings::EnvoyAdmin { admin_urls, max_body_bytes } => Some((
+                EnvoyAdminSource::new(admin_urls.clone(), policy.deployment.clone(), SCRAPE_TIMEOUT)?
+                    .with_max_body_bytes(*max_body_bytes),
                 DeltaTracker::new(),
             )),
-            SourceSettings::Prometheus(_) => None,
+            SourceSettings::Prometheus { .. } => None,
         };
         Ok(LiveRollout {
             evaluation: RolloutEvaluation::new(&policy)?,
@@ -261,8 +263,10 @@ impl Engine {
     ) -> Result<Engine, EngineError> {
         let (store, persisted) = RolloutStore::open(state_dir)?;
         let prometheus = match &source {
-            SourceSettings::Prometheus(url) => Some(PrometheusSource::new(url.clone(), SCRAPE_TIMEOUT)?),
-            SourceSettings::EnvoyAdmin(_) => None,
+            SourceSettings::Prometheus { url, max_body_bytes } => {
+                Some(PrometheusSource::new(url.clone(), SCRAPE_TIMEOUT)?.with_max_body_bytes(*max_body_bytes))
+            }
+            SourceSettings::EnvoyAdmin { .. } => None,
         };
         let mut rollouts = BTreeMap::new();
         for (deployment, p) in persisted {
