@@ -265,9 +265,16 @@ async fn dashboard_rollout_live(
     rollout_view(&state, &deployment, dashboard::rollout_fragment).await
 }
 
-/// Liveness for Kubernetes and humans: `ok`, or `degraded` (200, with the reasons)
-/// when a rollout could not be rebuilt at start: restarting would not fix that.
+/// Liveness for Kubernetes and humans: 503 `unhealthy` when decisions can no longer
+/// be recorded (every rollback would be refused: restart, or page a human); else
+/// `ok`, or `degraded` (200, with the reasons) when a rollout could not be rebuilt
+/// at start: restarting would not fix that.
 async fn healthz(State(state): State<AppState>) -> Response {
+    if let Some(failure) = state.engine.recording_failure() {
+        tracing::error!(error = %failure, "health check: decisions cannot be recorded");
+        let body = format!("unhealthy\ncannot record decisions: {failure}\n");
+        return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
+    }
     let broken = state.engine.broken_rollouts();
     if broken.is_empty() {
         return "ok\n".into_response();
@@ -300,6 +307,15 @@ async fn metrics(State(state): State<AppState>) -> Response {
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
     }
+    let recording = u8::from(state.engine.recording_failure().is_none());
+    let broken = state.engine.broken_rollouts().len();
+    let _ = writeln!(
+        out,
+        "# HELP canary_analyzer_audit_recording 1 while decisions can be appended to the audit log, 0 once it failed.\n\
+         # TYPE canary_analyzer_audit_recording gauge\ncanary_analyzer_audit_recording {recording}\n\
+         # HELP canary_analyzer_broken_rollouts Rollouts that could not be rebuilt at start (served, not checked).\n\
+         # TYPE canary_analyzer_broken_rollouts gauge\ncanary_analyzer_broken_rollouts {broken}"
+    );
     let _ = writeln!(
         out,
         "# HELP canary_analyzer_share_bp Canary share served, basis points.\n# TYPE canary_analyzer_share_bp gauge"
@@ -333,7 +349,10 @@ mod tests {
 
     fn state(token: Option<&str>) -> AppState {
         let dir = std::env::temp_dir().join(format!("canary-api-{}-{}", std::process::id(), now_ms() ^ rand_suffix()));
-        let source = SourceSettings::EnvoyAdmin(vec!["http://127.0.0.1:1".into()]);
+        let source = SourceSettings::EnvoyAdmin {
+            admin_urls: vec!["http://127.0.0.1:1".into()],
+            max_body_bytes: crate::source::DEFAULT_MAX_BODY_BYTES,
+        };
         let engine = Engine::open(&dir, source, Notifier::new(None)).unwrap();
         AppState { engine: Arc::new(engine), token: token.map(Arc::from) }
     }
@@ -440,6 +459,21 @@ mod tests {
         let response = app.clone().oneshot(request).await.unwrap();
         assert_eq!(response.status(), StatusCode::BAD_REQUEST);
         assert_eq!(call(&app, "GET", "/v1/rollouts/checkout/config", None, "").await.0, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn health_fails_and_a_metric_drops_when_decisions_cannot_be_recorded() {
+        let state = state(Some("t"));
+        let app = app(state.clone());
+        assert_eq!(call(&app, "GET", "/healthz", None, "").await, (StatusCode::OK, "ok\n".to_string()));
+        let (_, metrics) = call(&app, "GET", "/metrics", None, "").await;
+        assert!(metrics.contains("canary_analyzer_audit_recording 1\n"), "{metrics}");
+        state.engine.store_health().fail_for_test("append failed: No space left on device; cut back failed too");
+        let (status, body) = call(&app, "GET", "/healthz", None, "").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.starts_with("unhealthy\n") && body.contains("No space left on device"), "{body}");
+        let (_, metrics) = call(&app, "GET", "/metrics", None, "").await;
+        assert!(metrics.contains("canary_analyzer_audit_recording 0\n"), "{metrics}");
     }
 
     #[tokio::test]

@@ -21,7 +21,7 @@ mod fetch;
 #[cfg(test)]
 mod tests;
 
-use crate::audit::{AuditError, AuditLog, AuditRecord, RolloutStore};
+use crate::audit::{AuditError, AuditLog, AuditRecord, RolloutStore, StoreHealth};
 use crate::evaluation::RolloutEvaluation;
 use crate::ladder::{Action, Actor, Decision, OverrideAction, OverrideError, RolloutState, TransitionError};
 use crate::ladder::{decide, human_override};
@@ -105,10 +105,11 @@ pub fn now_ms() -> u64 {
 /// Where per-cohort metrics come from.
 #[derive(Debug, Clone)]
 pub enum SourceSettings {
-    /// Envoy admin endpoints, scraped directly and summed (the embedded default).
-    EnvoyAdmin(Vec<String>),
-    /// A Prometheus server that scrapes the fleet.
-    Prometheus(String),
+    /// Envoy admin endpoints, scraped directly and summed (the embedded default);
+    /// a body over `max_body_bytes` fails its target.
+    EnvoyAdmin { admin_urls: Vec<String>, max_body_bytes: u64 },
+    /// A Prometheus server that scrapes the fleet; an answer over `max_body_bytes` fails its query.
+    Prometheus { url: String, max_body_bytes: u64 },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,7 +124,8 @@ pub enum EngineError {
     Override(#[from] OverrideError),
     #[error(transparent)]
     Transition(#[from] TransitionError),
-    #[error("audit log: {0}")]
+    /// The store's own messages name the file and the action (no prefix: `{:#}` would print it twice).
+    #[error(transparent)]
     Audit(#[from] AuditError),
     #[error("statistics: {0}")]
     Stats(#[from] StatsError),
@@ -220,11 +222,12 @@ impl LiveRollout {
             None => default_notifier.clone(),
         };
         let envoy = match source {
-            SourceSettings::EnvoyAdmin(urls) => Some((
-                EnvoyAdminSource::new(urls.clone(), policy.deployment.clone(), SCRAPE_TIMEOUT)?,
+            SourceSettings::EnvoyAdmin { admin_urls, max_body_bytes } => Some((
+                EnvoyAdminSource::new(admin_urls.clone(), policy.deployment.clone(), SCRAPE_TIMEOUT)?
+                    .with_max_body_bytes(*max_body_bytes),
                 DeltaTracker::new(),
             )),
-            SourceSettings::Prometheus(_) => None,
+            SourceSettings::Prometheus { .. } => None,
         };
         Ok(LiveRollout {
             evaluation: RolloutEvaluation::new(&policy)?,
@@ -347,6 +350,8 @@ pub struct Engine {
     wall_clock: WallClock,
     /// `deployment: reason` of every rollout that could not be rebuilt at start.
     broken_rollouts: RwLock<Vec<String>>,
+    /// Whether the audit log still takes records, readable without the lock.
+    store_health: StoreHealth,
     pub counters: EngineCounters,
 }
 
@@ -357,8 +362,10 @@ impl Engine {
     pub fn open(state_dir: &Path, source: SourceSettings, notifier: Notifier) -> Result<Engine, EngineError> {
         let (store, persisted) = RolloutStore::open(state_dir)?;
         let prometheus = match &source {
-            SourceSettings::Prometheus(url) => Some(PrometheusSource::new(url.clone(), SCRAPE_TIMEOUT)?),
-            SourceSettings::EnvoyAdmin(_) => None,
+            SourceSettings::Prometheus { url, max_body_bytes } => {
+                Some(PrometheusSource::new(url.clone(), SCRAPE_TIMEOUT)?.with_max_body_bytes(*max_body_bytes))
+            }
+            SourceSettings::EnvoyAdmin { .. } => None,
         };
         let (mut rollouts, mut broken) = (BTreeMap::new(), BTreeMap::new());
         for (deployment, p) in persisted {
@@ -401,6 +408,7 @@ impl Engine {
         let broken_rollouts = broken.iter().map(|(d, b)| format!("{d}: {}", b.problem)).collect();
         Ok(Engine {
             audit_path: store.audit_path().to_path_buf(),
+            store_health: store.health(),
             state_dir: state_dir.to_path_buf(),
             inner: Mutex::new(Inner { rollouts, broken, store }),
             configs: RwLock::new(configs),
@@ -431,6 +439,18 @@ impl Engine {
     /// Every rollout's share and generation, for `/metrics`.
     pub fn configs(&self) -> Vec<RolloutConfig> {
         self.configs.read().map(|c| c.values().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Why decisions can no longer be recorded (the audit log failed a write it could
+    /// not undo): every later decision, automatic rollbacks included, is refused.
+    pub fn recording_failure(&self) -> Option<String> {
+        self.store_health.failure().map(str::to_string)
+    }
+
+    /// The store's health signal (tests poison it to check its readers).
+    #[cfg(test)]
+    pub(crate) fn store_health(&self) -> &StoreHealth {
+        &self.store_health
     }
 
     /// Rollouts that could not be rebuilt at start, as `deployment: reason` (for `/healthz`).

@@ -136,6 +136,15 @@ struct ServeArgs {
     /// Read metrics from this Prometheus server instead of Envoy admin endpoints.
     #[arg(long, env = "CANARY_ANALYZER_PROMETHEUS")]
     prometheus: Option<String>,
+    /// Largest scrape or Prometheus answer read, in bytes (default 64 MiB); a bigger
+    /// one fails that target or query for the check instead of filling memory.
+    #[arg(
+        long,
+        env = "CANARY_ANALYZER_MAX_SCRAPE_BYTES",
+        default_value_t = canary_analyzer::source::DEFAULT_MAX_BODY_BYTES,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    max_scrape_bytes: u64,
     /// Webhook for status updates (Slack-compatible); a policy's own `notify` wins.
     #[arg(long, env = "CANARY_ANALYZER_WEBHOOK")]
     webhook: Option<String>,
@@ -182,8 +191,8 @@ async fn shutdown_signal() {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(args.log_format);
     let source = match args.prometheus {
-        Some(url) => SourceSettings::Prometheus(url),
-        None => SourceSettings::EnvoyAdmin(args.envoy_admin),
+        Some(url) => SourceSettings::Prometheus { url, max_body_bytes: args.max_scrape_bytes },
+        None => SourceSettings::EnvoyAdmin { admin_urls: args.envoy_admin, max_body_bytes: args.max_scrape_bytes },
     };
     let engine = Engine::open(&args.state_dir, source, Notifier::new(args.webhook))
         .with_context(|| format!("opening the state directory {}", args.state_dir.display()))?;

@@ -121,7 +121,9 @@ fn stepped_clock(start_ms: u64) -> (WallClock, Arc<AtomicU64>) {
 }
 
 fn engine(dir: &TempDir, targets: Vec<String>, clock: WallClock) -> Arc<Engine> {
-    let engine = Engine::open(&dir.0, SourceSettings::EnvoyAdmin(targets), Notifier::new(None)).unwrap();
+    let source =
+        SourceSettings::EnvoyAdmin { admin_urls: targets, max_body_bytes: crate::source::DEFAULT_MAX_BODY_BYTES };
+    let engine = Engine::open(&dir.0, source, Notifier::new(None)).unwrap();
     Arc::new(engine.with_wall_clock(clock))
 }
 

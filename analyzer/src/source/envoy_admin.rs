@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::task::JoinSet;
 
+use super::body::{DEFAULT_MAX_BODY_BYTES, read_capped};
 use super::delta::TargetScrape;
 use super::error::SourceError;
 use super::exposition::parse_exposition;
@@ -25,11 +26,14 @@ pub struct EnvoyAdminSource {
     /// Admin base URLs (`http://10.0.0.7:15000`), each a separate target.
     admin_urls: Vec<String>,
     deployment: String,
+    /// A body longer than this fails the target (`--max-scrape-bytes`).
+    max_body_bytes: u64,
 }
 
 impl EnvoyAdminSource {
     /// `admin_urls` are admin base URLs (a trailing `/` is fine); every request is
-    /// abandoned after `timeout` so one stuck Envoy cannot stall a check.
+    /// abandoned after `timeout` so one stuck Envoy cannot stall a check. A body over
+    /// [`DEFAULT_MAX_BODY_BYTES`] fails its target (see [`Self::with_max_body_bytes`]).
     pub fn new(
         admin_urls: impl IntoIterator<Item = impl Into<String>>,
         deployment: impl Into<String>,
@@ -37,7 +41,12 @@ impl EnvoyAdminSource {
     ) -> Result<EnvoyAdminSource, SourceError> {
         let http = reqwest::Client::builder().timeout(timeout).build().map_err(SourceError::Client)?;
         let admin_urls = admin_urls.into_iter().map(|url| url.into().trim_end_matches('/').to_string()).collect();
-        Ok(EnvoyAdminSource { http, admin_urls, deployment: deployment.into() })
+        Ok(EnvoyAdminSource { http, admin_urls, deployment: deployment.into(), max_body_bytes: DEFAULT_MAX_BODY_BYTES })
+    }
+
+    /// A body over `max_body_bytes` fails its target, so one huge exposition cannot exhaust memory.
+    pub fn with_max_body_bytes(self, max_body_bytes: u64) -> EnvoyAdminSource {
+        EnvoyAdminSource { max_body_bytes, ..self }
     }
 
     pub fn admin_urls(&self) -> &[String] {
@@ -49,8 +58,9 @@ impl EnvoyAdminSource {
         let mut tasks = JoinSet::new();
         for (position, url) in self.admin_urls.iter().enumerate() {
             let (http, url, deployment) = (self.http.clone(), url.clone(), self.deployment.clone());
+            let max_body_bytes = self.max_body_bytes;
             tasks.spawn(async move {
-                let result = scrape_target(&http, &url, &deployment).await;
+                let result = scrape_target(&http, &url, &deployment, max_body_bytes).await;
                 (position, TargetScrape { target: url, result })
             });
         }
@@ -68,7 +78,7 @@ impl EnvoyAdminSource {
 
     /// Scrapes one admin base URL.
     pub async fn scrape_one(&self, admin_url: &str) -> Result<DeploymentSnapshot, SourceError> {
-        scrape_target(&self.http, admin_url.trim_end_matches('/'), &self.deployment).await
+        scrape_target(&self.http, admin_url.trim_end_matches('/'), &self.deployment, self.max_body_bytes).await
     }
 }
 
@@ -76,18 +86,19 @@ async fn scrape_target(
     http: &reqwest::Client,
     admin_url: &str,
     deployment: &str,
+    max_body_bytes: u64,
 ) -> Result<DeploymentSnapshot, SourceError> {
     let url = format!("{admin_url}{STATS_PATH}");
-    let text = get_text(http, &url).await?;
+    let text = get_text(http, &url, max_body_bytes).await?;
     parse_exposition(&text, deployment).map_err(|source| SourceError::Exposition { url, source })
 }
 
-/// `GET url` → body text, or an error naming the URL and status.
-pub(crate) async fn get_text(http: &reqwest::Client, url: &str) -> Result<String, SourceError> {
-    let request_failed = |source| SourceError::Request { url: url.to_string(), source };
-    let response = http.get(url).send().await.map_err(request_failed)?;
+/// `GET url` → body text (at most `max_body_bytes`), or an error naming the URL and status.
+pub(crate) async fn get_text(http: &reqwest::Client, url: &str, max_body_bytes: u64) -> Result<String, SourceError> {
+    let response =
+        http.get(url).send().await.map_err(|source| SourceError::Request { url: url.to_string(), source })?;
     let status = response.status();
-    let body = response.text().await.map_err(request_failed)?;
+    let body = read_capped(response, url, max_body_bytes).await?;
     if !status.is_success() {
         return Err(SourceError::Status { url: url.to_string(), status: status.as_u16(), body: truncate(&body) });
     }
@@ -106,6 +117,7 @@ pub(crate) fn truncate(body: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::body::tests::{Framing, serve_oversized};
     use crate::source::delta::DeltaTracker;
     use std::net::SocketAddr;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -181,6 +193,29 @@ mod tests {
                  canary_requests_total has value -1, expected a finite count >= 0"
             )
         );
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_cap_fails_the_target_before_it_is_read_whole() {
+        // 64 MiB served against a 1 MiB cap: loopback's socket buffers took 4-6 MiB of it here
+        // before the client hung up, so a server that gets to the end means the client read it all.
+        const SERVED_BYTES: usize = 64 * 1024 * 1024;
+        const CAP_BYTES: u64 = 1024 * 1024;
+        for framing in [Framing::Chunked, Framing::ContentLength] {
+            let (addr, written) = serve_oversized(SERVED_BYTES, framing).await;
+            let source = EnvoyAdminSource::new([format!("http://{addr}")], "demo", Duration::from_secs(2))
+                .unwrap()
+                .with_max_body_bytes(CAP_BYTES);
+            let interval = DeltaTracker::new().advance(source.scrape().await);
+            assert_eq!(interval.failed_targets.len(), 1, "{framing:?}");
+            assert_eq!(
+                interval.failed_targets[0].reason,
+                format!("http://{addr}/stats/prometheus: body exceeds 1 MiB limit (--max-scrape-bytes)")
+            );
+            let written = written.await.unwrap();
+            eprintln!("{framing:?}: the server wrote {written} of {SERVED_BYTES} bytes before the client hung up");
+            assert!(written < SERVED_BYTES, "{framing:?}: the whole body was sent ({written} bytes)");
+        }
     }
 
     #[test]

@@ -16,6 +16,9 @@ pub enum SourceError {
         #[source]
         source: reqwest::Error,
     },
+    /// The body passed the cap (`--max-scrape-bytes`): declared or streamed.
+    #[error("{url}: body exceeds {} limit (--max-scrape-bytes)", super::body::byte_size(*.limit))]
+    BodyTooLarge { url: String, limit: u64 },
     /// The server answered with a non-success status.
     #[error("{url} answered with status {status}: {body}")]
     Status { url: String, status: u16, body: String },

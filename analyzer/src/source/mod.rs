@@ -17,11 +17,13 @@
 //! - `exposition`: exposition text → snapshot (pure).
 //! - `interval`: the per-interval result both sources produce.
 //! - `delta`: snapshots → interval deltas, restarts, failed targets (pure).
+//! - `body`: reading a response body with a size cap (both HTTP edges).
 //! - `envoy_admin`: the HTTP edge for Envoy admin endpoints.
 //! - `prometheus_api`: PromQL building and the query API's JSON (pure).
 //! - `prometheus`: the HTTP edge for a Prometheus server.
 //! - `error`: the one error type, naming the URL, status or parse problem.
 
+mod body;
 mod delta;
 mod envoy_admin;
 mod error;
@@ -31,6 +33,7 @@ mod prometheus;
 mod prometheus_api;
 mod snapshot;
 
+pub use body::DEFAULT_MAX_BODY_BYTES;
 pub use delta::{DeltaTracker, TargetDelta, TargetScrape, target_delta};
 pub use envoy_admin::{EnvoyAdminSource, STATS_PATH};
 pub(crate) use error::describe;

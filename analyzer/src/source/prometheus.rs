@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use canary_core::Cohort;
 
+use super::body::{DEFAULT_MAX_BODY_BYTES, read_capped};
 use super::error::SourceError;
 use super::interval::IntervalMetrics;
 use super::prometheus_api::{
@@ -22,13 +23,22 @@ pub struct PrometheusSource {
     http: reqwest::Client,
     /// Base URL (`http://prometheus:9090`), no trailing `/`.
     base_url: String,
+    /// An answer longer than this fails the query (`--max-scrape-bytes`).
+    max_body_bytes: u64,
 }
 
 impl PrometheusSource {
-    /// Every query is abandoned after `timeout`.
+    /// Every query is abandoned after `timeout`, or when its answer passes
+    /// [`DEFAULT_MAX_BODY_BYTES`] (see [`Self::with_max_body_bytes`]).
     pub fn new(base_url: impl Into<String>, timeout: Duration) -> Result<PrometheusSource, SourceError> {
         let http = reqwest::Client::builder().timeout(timeout).build().map_err(SourceError::Client)?;
-        Ok(PrometheusSource { http, base_url: base_url.into().trim_end_matches('/').to_string() })
+        let base_url = base_url.into().trim_end_matches('/').to_string();
+        Ok(PrometheusSource { http, base_url, max_body_bytes: DEFAULT_MAX_BODY_BYTES })
+    }
+
+    /// An answer over `max_body_bytes` fails its query, so one runaway answer cannot exhaust memory.
+    pub fn with_max_body_bytes(self, max_body_bytes: u64) -> PrometheusSource {
+        PrometheusSource { max_body_bytes, ..self }
     }
 
     pub fn base_url(&self) -> &str {
@@ -82,10 +92,15 @@ impl PrometheusSource {
         if let Some(at) = at {
             form.push(("time", unix_seconds(at)));
         }
-        let request_failed = |source| SourceError::Request { url: url.clone(), source };
-        let response = self.http.post(&url).form(&form).send().await.map_err(request_failed)?;
+        let response = self
+            .http
+            .post(&url)
+            .form(&form)
+            .send()
+            .await
+            .map_err(|source| SourceError::Request { url: url.clone(), source })?;
         let status = response.status().as_u16();
-        let body = response.text().await.map_err(request_failed)?;
+        let body = read_capped(response, &url, self.max_body_bytes).await?;
         decode_answer(&url, promql, status, &body)
     }
 }
@@ -100,6 +115,7 @@ fn unix_seconds(at: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::body::tests::{Framing, serve_oversized};
 
     #[test]
     fn times_are_unix_seconds_to_the_millisecond() {
@@ -113,5 +129,27 @@ mod tests {
         let source = PrometheusSource::new(format!("http://{closed}/"), Duration::from_secs(2)).unwrap();
         let error = source.interval("demo", Duration::from_secs(60), None).await.unwrap_err();
         assert_eq!(error.to_string(), format!("request to http://{closed}/api/v1/query failed"));
+    }
+
+    #[tokio::test]
+    async fn an_answer_over_the_cap_fails_the_query_before_it_is_read_whole() {
+        // 64 MiB served against a 1 MiB cap, as in the Envoy admin source's test.
+        const SERVED_BYTES: usize = 64 * 1024 * 1024;
+        const CAP_BYTES: u64 = 1024 * 1024;
+        for framing in [Framing::Chunked, Framing::ContentLength] {
+            let (addr, written) = serve_oversized(SERVED_BYTES, framing).await;
+            let source = PrometheusSource::new(format!("http://{addr}"), Duration::from_secs(2))
+                .unwrap()
+                .with_max_body_bytes(CAP_BYTES);
+            let error = source.query("sum(up)", None).await.unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                format!("http://{addr}/api/v1/query: body exceeds 1 MiB limit (--max-scrape-bytes)"),
+                "{framing:?}"
+            );
+            let written = written.await.unwrap();
+            eprintln!("{framing:?}: the server wrote {written} of {SERVED_BYTES} bytes before the client hung up");
+            assert!(written < SERVED_BYTES, "{framing:?}: the whole body was sent ({written} bytes)");
+        }
     }
 }
