@@ -111,11 +111,16 @@ struct ServerArgs {
     /// Bearer token for register and override.
     #[arg(long, env = "CANARY_ANALYZER_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Seconds one request to the analyzer may take, connecting included; `wait`
+    /// also cuts a request short at its own `--timeout`.
+    #[arg(long, env = "CANARY_ANALYZER_REQUEST_TIMEOUT", default_value_t = cli::DEFAULT_REQUEST_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    request_timeout: u64,
 }
 
 impl ServerArgs {
     fn client(&self) -> Client {
-        Client::new(&self.server, self.token.clone())
+        Client::new(&self.server, self.token.clone()).with_request_timeout(Duration::from_secs(self.request_timeout))
     }
 }
 
