@@ -24,8 +24,39 @@ use tower_http::trace::TraceLayer;
 #[derive(Clone)]
 pub struct AppState {
     pub engine: Arc<Engine>,
-    /// Bearer token for registration and overrides; `None` disables them.
+    /// Bearer token for registration and overrides; `None` disables them. Build it
+    /// with [`bearer_token`]: an empty one is refused there, and by `authorize` too.
     pub token: Option<Arc<str>>,
+}
+
+/// A configured bearer token that is empty or only whitespace: it would let a
+/// request without `Authorization` through, so it is refused, not taken as "no token".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the bearer token is empty or only whitespace ({length} bytes): expected at least one non-whitespace \
+     character, or no token at all to disable registration and overrides"
+)]
+pub struct BlankToken {
+    pub length: usize,
+}
+
+/// The token `AppState` should hold, from the configured one (`--token`,
+/// `CANARY_ANALYZER_TOKEN`). Leading and trailing whitespace is trimmed, with a
+/// warning: a Secret made with `kubectl create secret --from-file` usually ends in a
+/// newline, which no `Authorization` header can carry. Empty after trimming: refused.
+pub fn bearer_token(configured: Option<&str>) -> Result<Option<Arc<str>>, BlankToken> {
+    let Some(configured) = configured else { return Ok(None) };
+    let trimmed = configured.trim();
+    if trimmed.is_empty() {
+        return Err(BlankToken { length: configured.len() });
+    }
+    if trimmed.len() != configured.len() {
+        tracing::warn!(
+            trimmed_bytes = configured.len() - trimmed.len(),
+            "the bearer token had leading or trailing whitespace (a trailing newline?); using it without"
+        );
+    }
+    Ok(Some(Arc::from(trimmed)))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +112,10 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 
 impl AppState {
     fn authorize(&self, headers: &HeaderMap, what: &str) -> Result<(), ApiError> {
-        let Some(token) = &self.token else { return Err(ApiError::Disabled) };
+        // A blank token (an `AppState` built without `bearer_token`) would match a missing header.
+        let Some(token) = self.token.as_deref().map(str::trim).filter(|t| !t.is_empty()) else {
+            return Err(ApiError::Disabled);
+        };
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -432,5 +466,30 @@ mod tests {
         let app = app(state(None));
         assert_eq!(call(&app, "POST", "/v1/rollouts", Some("any"), POLICY).await.0, StatusCode::FORBIDDEN);
         assert_eq!(call(&app, "GET", "/healthz", None, "").await, (StatusCode::OK, "ok\n".to_string()));
+    }
+
+    #[tokio::test]
+    async fn a_blank_token_lets_no_one_in() {
+        for blank in ["", " ", "\n"] {
+            assert_eq!(bearer_token(Some(blank)), Err(BlankToken { length: blank.len() }));
+            // Built by hand, as a library user could: `authorize` refuses it as well.
+            let app = app(state(Some(blank)));
+            assert_eq!(call(&app, "POST", "/v1/rollouts", None, POLICY).await.0, StatusCode::FORBIDDEN, "{blank:?}");
+            if !blank.contains('\n') {
+                // `Bearer ` with the blank token after it (a newline cannot be sent in a header).
+                let (status, _) = call(&app, "POST", "/v1/rollouts", Some(blank), POLICY).await;
+                assert_eq!(status, StatusCode::FORBIDDEN, "{blank:?}");
+            }
+            assert_eq!(call(&app, "GET", "/v1/rollouts/checkout/config", None, "").await.0, StatusCode::NOT_FOUND);
+        }
+        let message = BlankToken { length: 1 }.to_string();
+        assert!(message.contains("empty") && message.contains("expected at least one non-whitespace"), "{message}");
+        assert_eq!(bearer_token(None), Ok(None));
+        // A newline from `kubectl create secret --from-file` is trimmed, not made part of the secret.
+        let token = bearer_token(Some(" s3cret\n")).unwrap();
+        assert_eq!(token.as_deref(), Some("s3cret"));
+        let app = app(AppState { token, ..state(None) });
+        assert_eq!(call(&app, "POST", "/v1/rollouts", None, POLICY).await.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(call(&app, "POST", "/v1/rollouts", Some("s3cret"), POLICY).await.0, StatusCode::CREATED);
     }
 }

@@ -1,9 +1,29 @@
-//! The real analyzer binary with no Envoy: `wait` gives up on time against an
-//! analyzer that accepts connections and never answers.
+//! The real analyzer binary with no Envoy: a blank token stops `serve` at start
+//! instead of opening registration and overrides to anyone; `wait` gives up on time
+//! against an analyzer that accepts connections and never answers.
 
-use canary_e2e::analyzer::analyzer_binary;
+use canary_e2e::analyzer::{AnalyzerOptions, AnalyzerProcess, analyzer_binary, fresh_dir};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
+
+#[tokio::test]
+async fn a_blank_token_stops_the_analyzer_at_start() {
+    let cases: [(&str, Option<&str>, &[&str]); 3] =
+        [("empty-env", Some(""), &[]), ("newline-env", Some(" \n"), &[]), ("empty-flag", None, &["--token", ""])];
+    for (name, env, flags) in cases {
+        let mut options = AnalyzerOptions::new(fresh_dir(name).join("state"));
+        options.token = env.map(str::to_string);
+        options.extra_args = flags.iter().map(|f| f.to_string()).collect();
+        let error = match AnalyzerProcess::try_start(options).await {
+            Ok(analyzer) => panic!("{name}: serving with a blank token:\n{}", analyzer.log_text()),
+            Err(error) => error,
+        };
+        assert!(error.exit_code.is_some_and(|code| code != 0), "{name}: exit {:?}\n{}", error.exit_code, error.log);
+        for expected in ["--token", "CANARY_ANALYZER_TOKEN", "empty", "expected at least one non-whitespace"] {
+            assert!(error.log.contains(expected), "{name}: no {expected:?} in:\n{}", error.log);
+        }
+    }
+}
 
 #[tokio::test]
 async fn wait_gives_up_on_time_against_an_analyzer_that_never_answers() {

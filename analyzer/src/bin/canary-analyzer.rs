@@ -145,6 +145,7 @@ struct ServeArgs {
     #[arg(long, env = "CANARY_ANALYZER_WEBHOOK")]
     webhook: Option<String>,
     /// Bearer token required for register and override; without one they are disabled.
+    /// Must not be empty; leading and trailing whitespace (a newline from a file) is trimmed.
     #[arg(long, env = "CANARY_ANALYZER_TOKEN", hide_env_values = true)]
     token: Option<String>,
     #[arg(long, env = "CANARY_ANALYZER_LOG_FORMAT", value_enum, default_value = "text")]
@@ -186,6 +187,8 @@ async fn shutdown_signal() {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(args.log_format);
+    // Checked before anything else: a blank token would open registration and overrides to anyone.
+    let token = api::bearer_token(args.token.as_deref()).context("--token / CANARY_ANALYZER_TOKEN")?;
     let source = match args.prometheus {
         Some(url) => SourceSettings::Prometheus(url),
         None => SourceSettings::EnvoyAdmin(args.envoy_admin),
@@ -207,7 +210,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let listener =
         tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("binding {}", args.listen))?;
-    tracing::info!(listen = %args.listen, overrides = args.token.is_some(), "analyzer serving");
+    tracing::info!(listen = %args.listen, overrides = token.is_some(), "analyzer serving");
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let checks = tokio::spawn(engine::run_checks(Arc::clone(&engine), {
         let mut stopped = stopped.clone();
@@ -215,7 +218,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let _ = stopped.changed().await;
         }
     }));
-    let state = AppState { engine, token: args.token.map(Arc::from) };
+    let state = AppState { engine, token };
     api::run(listener, state, async move {
         shutdown_signal().await;
         let _ = stop.send(true);
