@@ -351,9 +351,16 @@ mod tests {
                           spec: {deployment: checkout}\n";
 
     fn state(token: Option<&str>) -> AppState {
-        let dir = std::env::temp_dir().join(format!("canary-api-{}-{}", std::process::id(), now_ms() ^ rand_suffix()));
+        state_in(&temp_dir(), token)
+    }
+
+    fn temp_dir() -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("canary-api-{}-{}", std::process::id(), now_ms() ^ rand_suffix()))
+    }
+
+    fn state_in(dir: &std::path::Path, token: Option<&str>) -> AppState {
         let source = SourceSettings::EnvoyAdmin(vec!["http://127.0.0.1:1".into()]);
-        let engine = Engine::open(&dir, source, Notifier::new(None), now_ms()).unwrap();
+        let engine = Engine::open(dir, source, Notifier::new(None), now_ms()).unwrap();
         AppState { engine: Arc::new(engine), token: token.map(Arc::from) }
     }
 
@@ -491,5 +498,84 @@ mod tests {
         let app = app(AppState { token, ..state(None) });
         assert_eq!(call(&app, "POST", "/v1/rollouts", None, POLICY).await.0, StatusCode::UNAUTHORIZED);
         assert_eq!(call(&app, "POST", "/v1/rollouts", Some("s3cret"), POLICY).await.0, StatusCode::CREATED);
+    }
+
+    const SECRET_PATH: &str = "/services/T000/B000/SECRETSECRET";
+
+    fn policy_with_webhook() -> String {
+        format!("{POLICY}  notify: {{webhook_url: 'https://hooks.slack.com{SECRET_PATH}'}}\n")
+            .replace("spec: {deployment: checkout}", "spec:\n  deployment: checkout")
+    }
+
+    #[tokio::test]
+    async fn the_webhook_url_is_served_and_audited_only_redacted() {
+        let dir = temp_dir();
+        let app = app(state_in(&dir, Some("t")));
+        let (status, registered) = call(&app, "POST", "/v1/rollouts", Some("t"), &policy_with_webhook()).await;
+        assert_eq!(status, StatusCode::CREATED, "{registered}");
+        let pause = r#"{"action":"hold","reason":"look","actor":"alice"}"#;
+        assert_eq!(call(&app, "POST", "/v1/rollouts/checkout/override", Some("t"), pause).await.0, StatusCode::OK);
+        let mut served = vec![registered];
+        for uri in [
+            "/v1/rollouts",
+            "/v1/rollouts/checkout",
+            "/v1/rollouts/checkout/report",
+            "/v1/rollouts/checkout/audit",
+            "/",
+            "/live",
+            "/rollouts/checkout",
+            "/rollouts/checkout/live",
+        ] {
+            let (status, body) = call(&app, "GET", uri, None, "").await;
+            assert_eq!(status, StatusCode::OK, "{uri}");
+            assert!(!body.contains("SECRETSECRET") && !body.contains("/services/"), "{uri} serves the secret: {body}");
+            served.push(body);
+        }
+        let audit: Vec<crate::audit::AuditRecord> = serde_json::from_str(&served[4]).unwrap();
+        assert_eq!(audit.len(), 2);
+        let real = RolloutPolicy::from_yaml(&policy_with_webhook()).unwrap();
+        for record in &audit {
+            let url = &record.policy.notify.as_ref().unwrap().webhook_url;
+            assert!(url.secret().is_none() && url.redacted().starts_with("https://hooks.slack.com/…#xxh3:"), "{url}");
+            // The hash is the real policy's, and the redacted copy reproduces it.
+            assert_eq!(record.policy_hash, real.fingerprint());
+            assert_eq!(record.policy.fingerprint(), record.policy_hash);
+        }
+        // On disk: the audit log redacted, the state file (what a restart rebuilds the notifier from) whole.
+        let log = std::fs::read_to_string(dir.join(crate::audit::AUDIT_FILE)).unwrap();
+        assert!(!log.contains("SECRETSECRET") && log.contains("hooks.slack.com/…#xxh3:"), "{log}");
+        let state_file = dir.join(crate::audit::STATE_DIR).join("checkout.json");
+        assert!(std::fs::read_to_string(&state_file).unwrap().contains(SECRET_PATH));
+    }
+
+    #[tokio::test]
+    async fn a_restart_one_record_behind_takes_the_webhook_url_from_the_state_file() {
+        let dir = temp_dir();
+        let state_file = dir.join(crate::audit::STATE_DIR).join("checkout.json");
+        {
+            let router = app(state_in(&dir, Some("t")));
+            assert_eq!(
+                call(&router, "POST", "/v1/rollouts", Some("t"), &policy_with_webhook()).await.0,
+                StatusCode::CREATED
+            );
+            let registered = std::fs::read(&state_file).unwrap();
+            let pause = r#"{"action":"hold","reason":"look","actor":"alice"}"#;
+            call(&router, "POST", "/v1/rollouts/checkout/override", Some("t"), pause).await;
+            // A crash between appending the hold to the log and replacing the state file.
+            std::fs::write(&state_file, registered).unwrap();
+        }
+        let router = app(state_in(&dir, Some("t")));
+        let (_, status) = call(&router, "GET", "/v1/rollouts/checkout", None, "").await;
+        assert!(status.contains("\"phase\":\"paused\""), "the hold was recovered from the log: {status}");
+        let caught_up = std::fs::read_to_string(&state_file).unwrap();
+        assert!(caught_up.contains(SECRET_PATH), "the URL came from the old state file: {caught_up}");
+        // Without any state file the URL is lost (only its redacted form is logged): still no secret anywhere.
+        drop(router);
+        std::fs::remove_file(&state_file).unwrap();
+        let router = app(state_in(&dir, Some("t")));
+        let (_, status) = call(&router, "GET", "/v1/rollouts/checkout", None, "").await;
+        assert!(status.contains("\"phase\":\"paused\""), "{status}");
+        let rebuilt = std::fs::read_to_string(&state_file).unwrap();
+        assert!(!rebuilt.contains("SECRETSECRET") && rebuilt.contains("hooks.slack.com/…#xxh3:"), "{rebuilt}");
     }
 }

@@ -178,10 +178,7 @@ impl LiveRollout {
         now_ms: u64,
     ) -> Result<Self, EngineError> {
         // Built once per rollout: a client per announcement would redo its TLS setup each time.
-        let notifier = match &policy.notify {
-            Some(notify) => Notifier::new(Some(notify.webhook_url.clone())),
-            None => default_notifier.clone(),
-        };
+        let notifier = Notifier::for_policy(&policy, default_notifier);
         let envoy = match source {
             SourceSettings::EnvoyAdmin(urls) => Some((
                 EnvoyAdminSource::new(urls.clone(), policy.deployment.clone(), SCRAPE_TIMEOUT)?,

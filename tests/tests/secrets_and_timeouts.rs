@@ -1,10 +1,15 @@
 //! The real analyzer binary with no Envoy: a blank token stops `serve` at start
-//! instead of opening registration and overrides to anyone; `wait` gives up on time
-//! against an analyzer that accepts connections and never answers.
+//! instead of opening registration and overrides to anyone; a webhook URL (a secret)
+//! never reaches its log; `wait` gives up on time against an analyzer that accepts
+//! connections and never answers.
 
 use canary_e2e::analyzer::{AnalyzerOptions, AnalyzerProcess, analyzer_binary, fresh_dir};
+use canary_e2e::free_port;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
+
+/// The secret part of the webhook URLs below: must never be logged.
+const SECRET: &str = "SECRETSECRET";
 
 #[tokio::test]
 async fn a_blank_token_stops_the_analyzer_at_start() {
@@ -23,6 +28,47 @@ async fn a_blank_token_stops_the_analyzer_at_start() {
             assert!(error.log.contains(expected), "{name}: no {expected:?} in:\n{}", error.log);
         }
     }
+}
+
+#[tokio::test]
+async fn a_webhook_url_is_logged_only_redacted() {
+    // Nothing listens on this port: every status update fails and is logged.
+    let hook = format!("http://127.0.0.1:{}/services/T000/B000/{SECRET}", free_port());
+    let dir = fresh_dir("webhook");
+    let mut options = AnalyzerOptions::new(dir.join("state"));
+    options.token = Some("t".into());
+    options.extra_args = vec!["--webhook".into(), hook.clone()];
+    let analyzer = AnalyzerProcess::start(options).await;
+    let policy = "apiVersion: canary.wasm.dev/v1alpha1\nkind: RolloutPolicy\nmetadata: {name: hook}\n\
+                  spec: {deployment: hook}\n";
+    let registered = reqwest::Client::new()
+        .post(format!("{}/v1/rollouts", analyzer.url()))
+        .bearer_auth("t")
+        .body(policy)
+        .send()
+        .await
+        .expect("register");
+    assert_eq!(registered.status().as_u16(), 201);
+    // The registration's update fails at once (connection refused); the log line follows.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !analyzer.log_text().contains("status update not delivered") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = analyzer.log_text();
+    assert!(log.contains("status update not delivered") && log.contains("/…#xxh3:"), "{log}");
+    assert!(!log.contains(SECRET) && !log.contains("/services/"), "{log}");
+
+    // A refused --webhook is not echoed either.
+    let refused = std::process::Command::new(analyzer_binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--webhook", &format!("ftp://hooks.example.com/{SECRET}")])
+        .arg("--state-dir")
+        .arg(dir.join("refused"))
+        .env_remove("CANARY_ANALYZER_TOKEN")
+        .output()
+        .expect("run the analyzer");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("--webhook") && stderr.contains("http://"), "{stderr}");
+    assert!(!stderr.contains(SECRET), "{stderr}");
 }
 
 #[tokio::test]

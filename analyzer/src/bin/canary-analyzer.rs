@@ -7,7 +7,7 @@ use canary_analyzer::cli::{self, Client};
 use canary_analyzer::engine::{self, Engine, SourceSettings, now_ms};
 use canary_analyzer::ladder::Actor;
 use canary_analyzer::notify::Notifier;
-use canary_analyzer::policy::RolloutPolicy;
+use canary_analyzer::policy::{RolloutPolicy, WebhookUrl};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -142,7 +142,8 @@ struct ServeArgs {
     #[arg(long, env = "CANARY_ANALYZER_PROMETHEUS")]
     prometheus: Option<String>,
     /// Webhook for status updates (Slack-compatible); a policy's own `notify` wins.
-    #[arg(long, env = "CANARY_ANALYZER_WEBHOOK")]
+    /// A secret: logged and shown only as `scheme://host/…#xxh3:<fingerprint>`.
+    #[arg(long, env = "CANARY_ANALYZER_WEBHOOK", hide_env_values = true)]
     webhook: Option<String>,
     /// Bearer token required for register and override; without one they are disabled.
     /// Must not be empty; leading and trailing whitespace (a newline from a file) is trimmed.
@@ -189,11 +190,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(args.log_format);
     // Checked before anything else: a blank token would open registration and overrides to anyone.
     let token = api::bearer_token(args.token.as_deref()).context("--token / CANARY_ANALYZER_TOKEN")?;
+    // Parsed here, not by clap: clap's error would print the whole URL.
+    let webhook =
+        args.webhook.as_deref().map(WebhookUrl::parse).transpose().context("--webhook / CANARY_ANALYZER_WEBHOOK")?;
+    let webhook_shown = webhook.as_ref().map_or("none".to_string(), ToString::to_string);
     let source = match args.prometheus {
         Some(url) => SourceSettings::Prometheus(url),
         None => SourceSettings::EnvoyAdmin(args.envoy_admin),
     };
-    let engine = Engine::open(&args.state_dir, source, Notifier::new(args.webhook), now_ms())
+    let engine = Engine::open(&args.state_dir, source, Notifier::new(webhook), now_ms())
         .with_context(|| format!("opening the state directory {}", args.state_dir.display()))?;
     let engine = Arc::new(engine);
     for path in &args.policies {
@@ -210,7 +215,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let listener =
         tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("binding {}", args.listen))?;
-    tracing::info!(listen = %args.listen, overrides = token.is_some(), "analyzer serving");
+    tracing::info!(listen = %args.listen, overrides = token.is_some(), webhook = %webhook_shown, "analyzer serving");
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let checks = tokio::spawn(engine::run_checks(Arc::clone(&engine), {
         let mut stopped = stopped.clone();
