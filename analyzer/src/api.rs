@@ -24,8 +24,39 @@ use tower_http::trace::TraceLayer;
 #[derive(Clone)]
 pub struct AppState {
     pub engine: Arc<Engine>,
-    /// Bearer token for registration and overrides; `None` disables them.
+    /// Bearer token for registration and overrides; `None` disables them. Build it
+    /// with [`bearer_token`]: an empty one is refused there, and by `authorize` too.
     pub token: Option<Arc<str>>,
+}
+
+/// A configured bearer token that is empty or only whitespace: it would let a
+/// request without `Authorization` through, so it is refused, not taken as "no token".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the bearer token is empty or only whitespace ({length} bytes): expected at least one non-whitespace \
+     character, or no token at all to disable registration and overrides"
+)]
+pub struct BlankToken {
+    pub length: usize,
+}
+
+/// The token `AppState` should hold, from the configured one (`--token`,
+/// `CANARY_ANALYZER_TOKEN`). Leading and trailing whitespace is trimmed, with a
+/// warning: a Secret made with `kubectl create secret --from-file` usually ends in a
+/// newline, which no `Authorization` header can carry. Empty after trimming: refused.
+pub fn bearer_token(configured: Option<&str>) -> Result<Option<Arc<str>>, BlankToken> {
+    let Some(configured) = configured else { return Ok(None) };
+    let trimmed = configured.trim();
+    if trimmed.is_empty() {
+        return Err(BlankToken { length: configured.len() });
+    }
+    if trimmed.len() != configured.len() {
+        tracing::warn!(
+            trimmed_bytes = configured.len() - trimmed.len(),
+            "the bearer token had leading or trailing whitespace (a trailing newline?); using it without"
+        );
+    }
+    Ok(Some(Arc::from(trimmed)))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +113,10 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 
 impl AppState {
     fn authorize(&self, headers: &HeaderMap, what: &str) -> Result<(), ApiError> {
-        let Some(token) = &self.token else { return Err(ApiError::Disabled) };
+        // A blank token (an `AppState` built without `bearer_token`) would match a missing header.
+        let Some(token) = self.token.as_deref().map(str::trim).filter(|t| !t.is_empty()) else {
+            return Err(ApiError::Disabled);
+        };
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -348,12 +382,19 @@ mod tests {
                           spec: {deployment: checkout}\n";
 
     fn state(token: Option<&str>) -> AppState {
-        let dir = std::env::temp_dir().join(format!("canary-api-{}-{}", std::process::id(), now_ms() ^ rand_suffix()));
+        state_in(&temp_dir(), token)
+    }
+
+    fn temp_dir() -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("canary-api-{}-{}", std::process::id(), now_ms() ^ rand_suffix()))
+    }
+
+    fn state_in(dir: &std::path::Path, token: Option<&str>) -> AppState {
         let source = SourceSettings::EnvoyAdmin {
             admin_urls: vec!["http://127.0.0.1:1".into()],
             max_body_bytes: crate::source::DEFAULT_MAX_BODY_BYTES,
         };
-        let engine = Engine::open(&dir, source, Notifier::new(None)).unwrap();
+        let engine = Engine::open(dir, source, Notifier::new(None)).unwrap();
         AppState { engine: Arc::new(engine), token: token.map(Arc::from) }
     }
 
@@ -481,5 +522,109 @@ mod tests {
         let app = app(state(None));
         assert_eq!(call(&app, "POST", "/v1/rollouts", Some("any"), POLICY).await.0, StatusCode::FORBIDDEN);
         assert_eq!(call(&app, "GET", "/healthz", None, "").await, (StatusCode::OK, "ok\n".to_string()));
+    }
+
+    #[tokio::test]
+    async fn a_blank_token_lets_no_one_in() {
+        for blank in ["", " ", "\n"] {
+            assert_eq!(bearer_token(Some(blank)), Err(BlankToken { length: blank.len() }));
+            // Built by hand, as a library user could: `authorize` refuses it as well.
+            let app = app(state(Some(blank)));
+            assert_eq!(call(&app, "POST", "/v1/rollouts", None, POLICY).await.0, StatusCode::FORBIDDEN, "{blank:?}");
+            if !blank.contains('\n') {
+                // `Bearer ` with the blank token after it (a newline cannot be sent in a header).
+                let (status, _) = call(&app, "POST", "/v1/rollouts", Some(blank), POLICY).await;
+                assert_eq!(status, StatusCode::FORBIDDEN, "{blank:?}");
+            }
+            assert_eq!(call(&app, "GET", "/v1/rollouts/checkout/config", None, "").await.0, StatusCode::NOT_FOUND);
+        }
+        let message = BlankToken { length: 1 }.to_string();
+        assert!(message.contains("empty") && message.contains("expected at least one non-whitespace"), "{message}");
+        assert_eq!(bearer_token(None), Ok(None));
+        // A newline from `kubectl create secret --from-file` is trimmed, not made part of the secret.
+        let token = bearer_token(Some(" s3cret\n")).unwrap();
+        assert_eq!(token.as_deref(), Some("s3cret"));
+        let app = app(AppState { token, ..state(None) });
+        assert_eq!(call(&app, "POST", "/v1/rollouts", None, POLICY).await.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(call(&app, "POST", "/v1/rollouts", Some("s3cret"), POLICY).await.0, StatusCode::CREATED);
+    }
+
+    const SECRET_PATH: &str = "/services/T000/B000/SECRETSECRET";
+
+    fn policy_with_webhook() -> String {
+        format!("{POLICY}  notify: {{webhook_url: 'https://hooks.slack.com{SECRET_PATH}'}}\n")
+            .replace("spec: {deployment: checkout}", "spec:\n  deployment: checkout")
+    }
+
+    #[tokio::test]
+    async fn the_webhook_url_is_served_and_audited_only_redacted() {
+        let dir = temp_dir();
+        let app = app(state_in(&dir, Some("t")));
+        let (status, registered) = call(&app, "POST", "/v1/rollouts", Some("t"), &policy_with_webhook()).await;
+        assert_eq!(status, StatusCode::CREATED, "{registered}");
+        let pause = r#"{"action":"hold","reason":"look","actor":"alice"}"#;
+        assert_eq!(call(&app, "POST", "/v1/rollouts/checkout/override", Some("t"), pause).await.0, StatusCode::OK);
+        let mut served = vec![registered];
+        for uri in [
+            "/v1/rollouts",
+            "/v1/rollouts/checkout",
+            "/v1/rollouts/checkout/report",
+            "/v1/rollouts/checkout/audit",
+            "/",
+            "/live",
+            "/rollouts/checkout",
+            "/rollouts/checkout/live",
+        ] {
+            let (status, body) = call(&app, "GET", uri, None, "").await;
+            assert_eq!(status, StatusCode::OK, "{uri}");
+            assert!(!body.contains("SECRETSECRET") && !body.contains("/services/"), "{uri} serves the secret: {body}");
+            served.push(body);
+        }
+        let audit: Vec<crate::audit::AuditRecord> = serde_json::from_str(&served[4]).unwrap();
+        assert_eq!(audit.len(), 2);
+        let real = RolloutPolicy::from_yaml(&policy_with_webhook()).unwrap();
+        for record in &audit {
+            let url = &record.policy.notify.as_ref().unwrap().webhook_url;
+            assert!(url.secret().is_none() && url.redacted().starts_with("https://hooks.slack.com/…#xxh3:"), "{url}");
+            // The hash is the real policy's, and the redacted copy reproduces it.
+            assert_eq!(record.policy_hash, real.fingerprint());
+            assert_eq!(record.policy.fingerprint(), record.policy_hash);
+        }
+        // On disk: the audit log redacted, the state file (what a restart rebuilds the notifier from) whole.
+        let log = std::fs::read_to_string(dir.join(crate::audit::AUDIT_FILE)).unwrap();
+        assert!(!log.contains("SECRETSECRET") && log.contains("hooks.slack.com/…#xxh3:"), "{log}");
+        let state_file = dir.join(crate::audit::STATE_DIR).join("checkout.json");
+        assert!(std::fs::read_to_string(&state_file).unwrap().contains(SECRET_PATH));
+    }
+
+    #[tokio::test]
+    async fn a_restart_one_record_behind_takes_the_webhook_url_from_the_state_file() {
+        let dir = temp_dir();
+        let state_file = dir.join(crate::audit::STATE_DIR).join("checkout.json");
+        {
+            let router = app(state_in(&dir, Some("t")));
+            assert_eq!(
+                call(&router, "POST", "/v1/rollouts", Some("t"), &policy_with_webhook()).await.0,
+                StatusCode::CREATED
+            );
+            let registered = std::fs::read(&state_file).unwrap();
+            let pause = r#"{"action":"hold","reason":"look","actor":"alice"}"#;
+            call(&router, "POST", "/v1/rollouts/checkout/override", Some("t"), pause).await;
+            // A crash between appending the hold to the log and replacing the state file.
+            std::fs::write(&state_file, registered).unwrap();
+        }
+        let router = app(state_in(&dir, Some("t")));
+        let (_, status) = call(&router, "GET", "/v1/rollouts/checkout", None, "").await;
+        assert!(status.contains("\"phase\":\"paused\""), "the hold was recovered from the log: {status}");
+        let caught_up = std::fs::read_to_string(&state_file).unwrap();
+        assert!(caught_up.contains(SECRET_PATH), "the URL came from the old state file: {caught_up}");
+        // Without any state file the URL is lost (only its redacted form is logged): still no secret anywhere.
+        drop(router);
+        std::fs::remove_file(&state_file).unwrap();
+        let router = app(state_in(&dir, Some("t")));
+        let (_, status) = call(&router, "GET", "/v1/rollouts/checkout", None, "").await;
+        assert!(status.contains("\"phase\":\"paused\""), "{status}");
+        let rebuilt = std::fs::read_to_string(&state_file).unwrap();
+        assert!(!rebuilt.contains("SECRETSECRET") && rebuilt.contains("hooks.slack.com/…#xxh3:"), "{rebuilt}");
     }
 }

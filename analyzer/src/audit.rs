@@ -112,7 +112,9 @@ pub struct AuditRecord {
     pub policy_name: String,
     /// [`RolloutPolicy::fingerprint`] of `policy`.
     pub policy_hash: String,
-    /// The full policy in force, so the record is self-contained.
+    /// The full policy in force, so the record is self-contained; written with its
+    /// webhook URL redacted (the state file keeps the real one).
+    #[serde(serialize_with = "RolloutPolicy::serialize_redacted")]
     pub policy: RolloutPolicy,
     /// `None` for the record that registers a rollout.
     pub before: Option<RolloutState>,
@@ -519,7 +521,7 @@ impl RolloutStore {
             let behind = rollouts.get(&deployment).is_none_or(|r| r.last_applied_sequence < record.sequence);
             if behind {
                 let caught_up = PersistedRollout {
-                    policy: record.policy,
+                    policy: record.policy.with_webhook_secret_from(rollouts.get(&deployment).map(|r| &r.policy)),
                     state: record.after,
                     last_applied_sequence: record.sequence,
                 };

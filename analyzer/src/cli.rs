@@ -2,6 +2,10 @@
 //! `override`, `register` and `wait` talk to a running analyzer over its API and
 //! print for people (tables, a live terminal view) or for pipelines (exit codes,
 //! `--json`). The renderings are pure functions of the API's answers.
+//!
+//! Every request has a time limit ([`DEFAULT_REQUEST_TIMEOUT`], connecting
+//! included), and `wait` cuts each one short at its own deadline: a pipeline gate
+//! must end on time even against an analyzer that accepts connections and never answers.
 
 use crate::audit::AuditRecord;
 use crate::dashboard::{action_text, duration_text, timestamp};
@@ -13,11 +17,17 @@ use serde_json::json;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
+/// How long one request may take, connecting included: an analyzer answers status
+/// calls in milliseconds, so 10 s means it is hung or unreachable, not busy.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How the analyzer is reached.
 #[derive(Debug, Clone)]
 pub struct Client {
     pub server: String,
     pub token: Option<String>,
+    /// The limit of every request ([`DEFAULT_REQUEST_TIMEOUT`] unless set).
+    pub request_timeout: Duration,
     http: reqwest::Client,
 }
 
@@ -30,16 +40,32 @@ pub mod exit {
 }
 
 impl Client {
+    /// `token` is trimmed like the server trims its own (a newline from a Secret file); empty means none.
     pub fn new(server: &str, token: Option<String>) -> Client {
-        Client { server: server.trim_end_matches('/').to_string(), token, http: reqwest::Client::new() }
+        let token = token.map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
+        Client {
+            server: server.trim_end_matches('/').to_string(),
+            token,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// The same client with another limit per request.
+    pub fn with_request_timeout(self, request_timeout: Duration) -> Client {
+        Client { request_timeout, ..self }
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<String> {
+        // From connecting to the end of the body (reqwest's per-request timeout covers all of it).
+        let request = request.timeout(self.request_timeout);
         let request = match &self.token {
             Some(token) => request.bearer_auth(token),
             None => request,
         };
-        let response = request.send().await.with_context(|| format!("cannot reach the analyzer at {}", self.server))?;
+        let response = request.send().await.with_context(|| {
+            format!("cannot reach the analyzer at {} within {} s", self.server, self.request_timeout.as_secs_f64())
+        })?;
         let status = response.status();
         let body = response.text().await.context("reading the analyzer's answer")?;
         if !status.is_success() {
@@ -86,13 +112,18 @@ impl Client {
         serde_json::from_str(&self.send(request).await?).context("unexpected answer to override")
     }
 
-    /// Polls until the rollout ends; returns the exit code for pipelines.
+    /// Polls until the rollout ends; returns the exit code for pipelines. Ends by
+    /// `timeout` however the analyzer behaves: each status call is cut short at the deadline.
     pub async fn wait(&self, deployment: &str, timeout: Duration, every: Duration) -> i32 {
-        let start = Instant::now();
+        // No deadline the clock can hold (`--timeout` near u64::MAX seconds) is no deadline.
+        let deadline = Instant::now().checked_add(timeout);
+        let time_left = || deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(Instant::now()));
         let mut last_line = String::new();
         loop {
-            match self.status(deployment).await {
-                Ok(status) => {
+            match tokio::time::timeout(time_left(), self.status(deployment)).await {
+                Err(_) => eprintln!("no answer from the analyzer at {} before the deadline", self.server),
+                Ok(Err(e)) => eprintln!("{e:#}"),
+                Ok(Ok(status)) => {
                     let line = progress_line(&status);
                     if line != last_line {
                         println!("{line}");
@@ -104,13 +135,13 @@ impl Client {
                         _ => {}
                     }
                 }
-                Err(e) => eprintln!("{e:#}"),
             }
-            if start.elapsed() >= timeout {
+            let remaining = time_left();
+            if remaining.is_zero() {
                 eprintln!("gave up after {} s without a verdict", timeout.as_secs());
                 return exit::UNKNOWN;
             }
-            tokio::time::sleep(every).await;
+            tokio::time::sleep(every.min(remaining)).await;
         }
     }
 }
@@ -377,6 +408,48 @@ mod tests {
                 && view.contains("error_rate worse"),
             "{view}"
         );
+    }
+
+    /// A server that accepts connections and never answers: returns its URL; the
+    /// task holds every connection open until the test's runtime ends.
+    async fn silent_server() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((connection, _)) = listener.accept().await {
+                held.push(connection);
+            }
+        });
+        url
+    }
+
+    /// An outer limit on the unfixed code, which waits forever, so a failing run ends.
+    const HUNG: Duration = Duration::from_secs(15);
+
+    #[tokio::test]
+    async fn wait_ends_on_time_against_a_server_that_never_answers() {
+        let client = Client::new(&silent_server().await, None);
+        let start = Instant::now();
+        let outcome =
+            tokio::time::timeout(HUNG, client.wait("demo", Duration::from_secs(1), Duration::from_millis(100))).await;
+        let took = start.elapsed();
+        assert_eq!(outcome, Ok(exit::UNKNOWN), "still waiting after {took:?}");
+        // 1 s of `--timeout`; the rest is slack for a busy machine.
+        assert!(took < Duration::from_secs(5), "took {took:?}");
+    }
+
+    #[tokio::test]
+    async fn every_call_has_a_request_timeout() {
+        let client = Client::new(&silent_server().await, None).with_request_timeout(Duration::from_millis(500));
+        let start = Instant::now();
+        let answer = tokio::time::timeout(HUNG, client.status("demo")).await;
+        let took = start.elapsed();
+        let error = answer.expect("no request timeout: still waiting").unwrap_err();
+        assert!(format!("{error:#}").contains("within 0.5 s"), "{error:#}");
+        assert!(took < Duration::from_secs(5), "took {took:?}");
+        assert_eq!(Client::new("http://x/", Some(" \n".into())).token, None, "a blank token is no token");
+        assert_eq!(Client::new("http://x/", Some("t\n".into())).token.as_deref(), Some("t"));
     }
 
     #[test]

@@ -217,10 +217,7 @@ impl LiveRollout {
         default_notifier: &Notifier,
     ) -> Result<Self, EngineError> {
         // Built once per rollout: a client per announcement would redo its TLS setup each time.
-        let notifier = match &policy.notify {
-            Some(notify) => Notifier::new(Some(notify.webhook_url.clone())),
-            None => default_notifier.clone(),
-        };
+        let notifier = Notifier::for_policy(&policy, default_notifier);
         let envoy = match source {
             SourceSettings::EnvoyAdmin { admin_urls, max_body_bytes } => Some((
                 EnvoyAdminSource::new(admin_urls.clone(), policy.deployment.clone(), SCRAPE_TIMEOUT)?

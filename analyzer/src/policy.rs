@@ -11,12 +11,17 @@
 //!
 //! The typed policy serialises back to the same document shape with every
 //! default filled in, so the audit log can keep an exact, re-loadable snapshot
-//! and a [`RolloutPolicy::fingerprint`] of it.
+//! and a [`RolloutPolicy::fingerprint`] of it. The one secret in a policy, the
+//! webhook URL ([`webhook`]), is written in full only by the plain serialisation
+//! (the state files); the audit log and the API use [`RolloutPolicy::redacted`].
+
+mod webhook;
+pub use webhook::{WebhookUrl, WebhookUrlError};
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer};
 
 /// The `apiVersion` every policy document must carry.
 pub const API_VERSION: &str = "canary.wasm.dev/v1alpha1";
@@ -180,8 +185,8 @@ pub struct CustomMetric {
 /// Where step changes are announced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notify {
-    /// A Slack-compatible incoming webhook (`http://` or `https://`).
-    pub webhook_url: String,
+    /// A Slack-compatible incoming webhook (`http://` or `https://`); shown redacted.
+    pub webhook_url: WebhookUrl,
 }
 
 impl LatencyQuantile {
@@ -240,9 +245,16 @@ impl MetricPolicy {
 
 impl RolloutPolicy {
     /// Parses and validates a YAML (or JSON, a subset of YAML) policy document.
+    /// A redacted webhook URL (what the audit log shows) is refused: it cannot be posted to.
     pub fn from_yaml(text: &str) -> Result<RolloutPolicy, PolicyError> {
         let raw: RawDocument = serde_yaml_ng::from_str(text).map_err(|e| yaml_error(&e))?;
-        RolloutPolicy::try_from(raw)
+        let policy = RolloutPolicy::try_from(raw)?;
+        if let Some(notify) = &policy.notify
+            && notify.webhook_url.secret().is_none()
+        {
+            return Err(PolicyError::new("spec.notify.webhook_url", &notify.webhook_url, webhook::NOT_REDACTED));
+        }
+        Ok(policy)
     }
 
     /// The full document, every default explicit, as YAML.
@@ -252,10 +264,56 @@ impl RolloutPolicy {
 
     /// A stable 64-bit hash (16 hex digits) of the full document, so an audit
     /// reader can tell at a glance whether two decisions ran under the same policy.
+    ///
+    /// Computed over the [redacted](RolloutPolicy::redacted) document, whose webhook
+    /// URL is `scheme://host` plus xxh3-64 of the whole URL: a different URL gives a
+    /// different fingerprint, and an audit record's redacted policy has the same
+    /// fingerprint as the real one, so its `policy_hash` can be checked without the secret.
     pub fn fingerprint(&self) -> String {
         // Serialising a validated policy cannot fail: string keys, finite numbers only.
-        let canonical = serde_json::to_vec(self).unwrap_or_default();
+        let canonical = serde_json::to_vec(&self.redacted()).unwrap_or_default();
         format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&canonical))
+    }
+
+    /// The policy with its webhook URL reduced to the redacted form: what the audit
+    /// log, the API and the dashboard may show.
+    pub fn redacted(&self) -> RolloutPolicy {
+        let mut redacted = self.clone();
+        if let Some(notify) = &mut redacted.notify {
+            notify.webhook_url = notify.webhook_url.without_secret();
+        }
+        redacted
+    }
+
+    /// For `#[serde(serialize_with = ...)]`: writes [`RolloutPolicy::redacted`].
+    pub fn serialize_redacted<S: Serializer>(policy: &RolloutPolicy, serializer: S) -> Result<S::Ok, S::Error> {
+        policy.redacted().serialize(serializer)
+    }
+
+    /// Recovery's side of redaction: a policy read back from the audit log knows its
+    /// webhook URL only redacted; `known` (the state file's policy) supplies the real
+    /// one when it names the same URL (same fingerprint). Without it the URL stays
+    /// unknown and [`crate::notify::Notifier::for_policy`] falls back to `--webhook`.
+    pub fn with_webhook_secret_from(mut self, known: Option<&RolloutPolicy>) -> RolloutPolicy {
+        let Some(notify) = &mut self.notify else { return self };
+        if notify.webhook_url.secret().is_some() {
+            return self;
+        }
+        let known_url = known.and_then(|k| k.notify.as_ref()).map(|n| &n.webhook_url);
+        match known_url.filter(|url| url.same_url(&notify.webhook_url) && url.secret().is_some()) {
+            Some(url) => {
+                tracing::info!(
+                    deployment = %self.deployment, webhook = %url,
+                    "audit record's redacted webhook URL matched the state file's by fingerprint; using the state file's"
+                );
+                notify.webhook_url = url.clone();
+            }
+            None => tracing::warn!(
+                deployment = %self.deployment, webhook = %notify.webhook_url,
+                "the audit log has this rollout's webhook URL only redacted and no state file holds it"
+            ),
+        }
+        self
     }
 
     /// The policy entries whose regressions roll back.
@@ -775,17 +833,13 @@ fn validate_query(field: &str, query: &str) -> Result<(), PolicyError> {
 }
 
 impl RawNotify {
+    /// Accepts the redacted form too (audit records are read back through here);
+    /// [`RolloutPolicy::from_yaml`] refuses it for policies people write.
     fn validate(self) -> Result<Notify, PolicyError> {
         let url = self.webhook_url.ok_or_else(|| PolicyError::missing("spec.notify.webhook_url", "an http(s) URL"))?;
-        let host = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://")).unwrap_or_default();
-        if host.is_empty() || host.starts_with('/') || url.chars().any(char::is_whitespace) {
-            return Err(PolicyError::new(
-                "spec.notify.webhook_url",
-                format!("{url:?}"),
-                "an http:// or https:// URL with a host",
-            ));
-        }
-        Ok(Notify { webhook_url: url })
+        let webhook_url = WebhookUrl::parse_stored(&url)
+            .map_err(|e| PolicyError::new("spec.notify.webhook_url", e.shown, e.expected))?;
+        Ok(Notify { webhook_url })
     }
 }
 
@@ -815,7 +869,7 @@ impl From<RolloutPolicy> for RawDocument {
                 alpha: Some(policy.alpha),
                 min_requests_per_cohort: Some(policy.min_requests_per_cohort),
                 metrics: Some(metrics),
-                notify: policy.notify.map(|n| RawNotify { webhook_url: Some(n.webhook_url) }),
+                notify: policy.notify.map(|n| RawNotify { webhook_url: Some(n.webhook_url.stored_text()) }),
             }),
         }
     }
@@ -954,6 +1008,50 @@ mod tests {
         // Deserialising goes through validation too.
         let bad = json.replace("\"alpha\":0.05", "\"alpha\":2.0");
         assert!(serde_json::from_str::<RolloutPolicy>(&bad).unwrap_err().to_string().contains("spec.alpha"));
+    }
+
+    const SLACK: &str = "https://hooks.slack.com/services/T000/B000/SECRETSECRET";
+
+    fn with_webhook(url: &str) -> RolloutPolicy {
+        parse(&format!("  notify: {{webhook_url: '{url}'}}\n")).unwrap()
+    }
+
+    #[test]
+    fn the_webhook_url_is_in_the_state_files_form_only() {
+        let policy = with_webhook(SLACK);
+        // The plain serialisation (state files) keeps the URL and reads back whole.
+        let stored = serde_json::to_string(&policy).unwrap();
+        assert!(stored.contains(SLACK));
+        assert_eq!(serde_json::from_str::<RolloutPolicy>(&stored).unwrap(), policy);
+        // The audit and API form does not, and reads back as a URL that cannot be posted to.
+        let mut shown = Vec::new();
+        RolloutPolicy::serialize_redacted(&policy, &mut serde_json::Serializer::new(&mut shown)).unwrap();
+        let shown = String::from_utf8(shown).unwrap();
+        assert!(!shown.contains("SECRETSECRET") && shown.contains("https://hooks.slack.com/…#xxh3:"), "{shown}");
+        let back: RolloutPolicy = serde_json::from_str(&shown).unwrap();
+        assert_eq!(back, policy.redacted());
+        assert!(back.notify.as_ref().unwrap().webhook_url.secret().is_none());
+        assert!(!format!("{policy:?}").contains("SECRETSECRET"), "Debug is redacted too");
+        // The fingerprint covers the URL (by its hash) and is the same for both forms.
+        assert_eq!(back.fingerprint(), policy.fingerprint());
+        assert_ne!(with_webhook(&SLACK.replace("SECRET", "OTHER")).fingerprint(), policy.fingerprint());
+        assert_ne!(parse("").unwrap().fingerprint(), policy.fingerprint());
+        // Written by a person, the redacted form is refused: nothing could be posted to it.
+        let error = parse(&format!("  notify: {{webhook_url: '{}'}}\n", back.notify.unwrap().webhook_url)).unwrap_err();
+        assert_eq!(error.field, "spec.notify.webhook_url");
+        assert!(error.expected.contains("not the redacted form"), "{error}");
+    }
+
+    #[test]
+    fn recovery_takes_the_webhook_url_from_a_policy_with_the_same_fingerprint() {
+        let policy = with_webhook(SLACK);
+        let redacted = policy.redacted();
+        assert_eq!(redacted.clone().with_webhook_secret_from(Some(&policy)), policy);
+        let other = with_webhook(&SLACK.replace("SECRET", "OTHER"));
+        assert_eq!(redacted.clone().with_webhook_secret_from(Some(&other)), redacted, "another URL is not taken");
+        assert_eq!(redacted.clone().with_webhook_secret_from(Some(&redacted)), redacted);
+        assert_eq!(redacted.clone().with_webhook_secret_from(None), redacted);
+        assert_eq!(policy.clone().with_webhook_secret_from(Some(&other)), policy, "a known URL stays");
     }
 
     #[test]

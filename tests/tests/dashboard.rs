@@ -87,16 +87,20 @@ async fn the_dashboard_shows_a_live_rollout_and_takes_an_override() {
     // charts below draw: latency points for both cohorts (Envoy flushes histograms
     // every 5 s, so they come later than the request counts).
     let http = reqwest::Client::new();
-    eventually(Duration::from_secs(60), "checks with canary traffic, latency for both cohorts and a report", || async {
-        let s = status(&http, &analyzer).await;
-        let canary_seen = s.history.iter().filter(|p| p.canary_requests > 0).count();
-        let latency_seen = |quantile: fn(&canary_analyzer::engine::HistoryPoint) -> [Option<f64>; 2]| {
-            s.history.iter().filter(|p| quantile(p).iter().all(Option::is_some)).count()
-        };
-        let p50 = latency_seen(|p| [p.canary_p50_us, p.control_p50_us]);
-        let p99 = latency_seen(|p| [p.canary_p99_us, p.control_p99_us]);
-        (canary_seen >= 3 && p50 >= 1 && p99 >= 1 && !s.rows.is_empty()).then_some(())
-    })
+    eventually(
+        Duration::from_secs(60),
+        "checks with canary traffic, latency for both cohorts and a report",
+        || async {
+            let s = status(&http, &analyzer).await;
+            let canary_seen = s.history.iter().filter(|p| p.canary_requests > 0).count();
+            let latency_seen = |quantile: fn(&canary_analyzer::engine::HistoryPoint) -> [Option<f64>; 2]| {
+                s.history.iter().filter(|p| quantile(p).iter().all(Option::is_some)).count()
+            };
+            let p50 = latency_seen(|p| [p.canary_p50_us, p.control_p50_us]);
+            let p99 = latency_seen(|p| [p.canary_p99_us, p.control_p99_us]);
+            (canary_seen >= 3 && p50 >= 1 && p99 >= 1 && !s.rows.is_empty()).then_some(())
+        },
+    )
     .await;
 
     let driver = ChromeDriver::start(&dir).await;

@@ -7,7 +7,7 @@ use canary_analyzer::cli::{self, Client};
 use canary_analyzer::engine::{self, Engine, SourceSettings, now_ms};
 use canary_analyzer::ladder::Actor;
 use canary_analyzer::notify::Notifier;
-use canary_analyzer::policy::RolloutPolicy;
+use canary_analyzer::policy::{RolloutPolicy, WebhookUrl};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -111,11 +111,16 @@ struct ServerArgs {
     /// Bearer token for register and override.
     #[arg(long, env = "CANARY_ANALYZER_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Seconds one request to the analyzer may take, connecting included; `wait`
+    /// also cuts a request short at its own `--timeout`.
+    #[arg(long, env = "CANARY_ANALYZER_REQUEST_TIMEOUT", default_value_t = cli::DEFAULT_REQUEST_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    request_timeout: u64,
 }
 
 impl ServerArgs {
     fn client(&self) -> Client {
-        Client::new(&self.server, self.token.clone())
+        Client::new(&self.server, self.token.clone()).with_request_timeout(Duration::from_secs(self.request_timeout))
     }
 }
 
@@ -146,9 +151,11 @@ struct ServeArgs {
     )]
     max_scrape_bytes: u64,
     /// Webhook for status updates (Slack-compatible); a policy's own `notify` wins.
-    #[arg(long, env = "CANARY_ANALYZER_WEBHOOK")]
+    /// A secret: logged and shown only as `scheme://host/…#xxh3:<fingerprint>`.
+    #[arg(long, env = "CANARY_ANALYZER_WEBHOOK", hide_env_values = true)]
     webhook: Option<String>,
     /// Bearer token required for register and override; without one they are disabled.
+    /// Must not be empty; leading and trailing whitespace (a newline from a file) is trimmed.
     #[arg(long, env = "CANARY_ANALYZER_TOKEN", hide_env_values = true)]
     token: Option<String>,
     #[arg(long, env = "CANARY_ANALYZER_LOG_FORMAT", value_enum, default_value = "text")]
@@ -190,11 +197,17 @@ async fn shutdown_signal() {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(args.log_format);
+    // Checked before anything else: a blank token would open registration and overrides to anyone.
+    let token = api::bearer_token(args.token.as_deref()).context("--token / CANARY_ANALYZER_TOKEN")?;
+    // Parsed here, not by clap: clap's error would print the whole URL.
+    let webhook =
+        args.webhook.as_deref().map(WebhookUrl::parse).transpose().context("--webhook / CANARY_ANALYZER_WEBHOOK")?;
+    let webhook_shown = webhook.as_ref().map_or("none".to_string(), ToString::to_string);
     let source = match args.prometheus {
         Some(url) => SourceSettings::Prometheus { url, max_body_bytes: args.max_scrape_bytes },
         None => SourceSettings::EnvoyAdmin { admin_urls: args.envoy_admin, max_body_bytes: args.max_scrape_bytes },
     };
-    let engine = Engine::open(&args.state_dir, source, Notifier::new(args.webhook))
+    let engine = Engine::open(&args.state_dir, source, Notifier::new(webhook))
         .with_context(|| format!("opening the state directory {}", args.state_dir.display()))?;
     let engine = Arc::new(engine);
     for path in &args.policies {
@@ -211,7 +224,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let listener =
         tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("binding {}", args.listen))?;
-    tracing::info!(listen = %args.listen, overrides = args.token.is_some(), "analyzer serving");
+    tracing::info!(listen = %args.listen, overrides = token.is_some(), webhook = %webhook_shown, "analyzer serving");
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let checks = tokio::spawn(engine::run_checks(Arc::clone(&engine), {
         let mut stopped = stopped.clone();
@@ -219,7 +232,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let _ = stopped.changed().await;
         }
     }));
-    let state = AppState { engine, token: args.token.map(Arc::from) };
+    let state = AppState { engine, token };
     api::run(listener, state, async move {
         shutdown_signal().await;
         let _ = stop.send(true);
