@@ -97,3 +97,14 @@ async fn wait_gives_up_on_time_against_an_analyzer_that_never_answers() {
     // 2 s of `--timeout`, plus start-up of a debug build on a busy machine.
     assert!(took < Duration::from_secs(8), "took {took:?}");
 }
+
+#[tokio::test]
+async fn logs_written_to_a_file_carry_no_colour_codes() {
+    // Issue 11: journald, `kubectl logs` and CI files showed ANSI escapes.
+    let mut options = AnalyzerOptions::new(fresh_dir("plain-log").join("state"));
+    options.token = Some("t".into());
+    let analyzer = AnalyzerProcess::start(options).await;
+    let log = analyzer.log_text();
+    assert!(log.contains("analyzer serving"), "{log}");
+    assert!(!log.contains('\u{1b}'), "escape codes in a log file:\n{log:?}");
+}
