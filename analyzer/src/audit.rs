@@ -10,7 +10,8 @@
 //!    `state/<deployment>.json` (then the directory is synced).
 //!
 //! A crash during 1 leaves a torn last line. It was never acknowledged, so no
-//! state reflects it: [`AuditLog::open`] cuts it off and the next record reuses
+//! state reflects it: [`AuditLog::open`] saves its bytes in `audit.jsonl.torn-<n>`,
+//! cuts it off the log, and the next record reuses
 //! its sequence number. A crash between 1 and 2 leaves a state file one record
 //! behind: every record carries the full state after the decision (and the
 //! policy), so recovery adopts the newest record's state whenever its sequence
@@ -176,6 +177,8 @@ pub struct AuditRecovery {
     pub records: u64,
     /// Bytes of a torn last line that were cut off (0 after a clean shutdown).
     pub truncated_bytes: u64,
+    /// Where the torn bytes were saved before they were cut off.
+    pub torn_bytes_saved_to: Option<PathBuf>,
     /// Sequence numbers not in the log, in order: `1..=first - 1` when the log was
     /// rotated (or lost) before its first record, then any skipped between records.
     pub missing: Vec<RangeInclusive<u64>>,
@@ -237,9 +240,18 @@ impl AuditLog {
         })?;
         let file_len = file.metadata().map_err(io_error("read audit log", path))?.len();
         if file_len > committed_len {
+            // Never acknowledged, so never in effect; but kept for a human to look at, not dropped.
+            let torn = set_aside_torn_bytes(path, &mut file, committed_len)?;
             file.set_len(committed_len).map_err(io_error("cut the torn line off", path))?;
             file.sync_data().map_err(io_error("sync audit log", path))?;
             recovery.truncated_bytes = file_len - committed_len;
+            tracing::warn!(
+                audit_log = %path.display(), torn_bytes = recovery.truncated_bytes, set_aside = %torn.display(),
+                "audit log ended in a torn line (a crash mid-append): its {} bytes were never acknowledged and \
+                 took no effect; they are saved in {} and cut off the log",
+                recovery.truncated_bytes, torn.display()
+            );
+            recovery.torn_bytes_saved_to = Some(torn);
         }
         let log = AuditLog {
             path: path.to_path_buf(),
@@ -360,6 +372,51 @@ fn scan_records(
         committed_len = committed_len.saturating_add(u64::try_from(read).unwrap_or(u64::MAX));
     }
 }
+
+/// Copies the bytes after `committed_len` to `<log>.torn-<n>` (the first free `n`),
+/// synced, and returns that path.
+fn set_aside_torn_bytes(path: &Path, file: &mut File, committed_len: u64) -> Result<PathBuf, AuditError> {
+    use std::io::{Seek, SeekFrom};
+    let mut torn = Vec::new();
+    file.seek(SeekFrom::Start(committed_len))
+        .and_then(|_| file.read_to_end(&mut torn))
+        .map_err(io_error("read the torn line", path))?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| AUDIT_FILE.into());
+    let mut attempt = 1u32;
+    loop {
+        let aside = path.with_file_name(format!("{name}.torn-{attempt}"));
+        match OpenOptions::new().write(true).create_new(true).open(&aside) {
+            Ok(mut out) => {
+                out.write_all(&torn).and_then(|()| out.sync_all()).map_err(io_error("save the torn line", &aside))?;
+                sync_parent(&aside)?;
+                return Ok(aside);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => attempt = attempt.saturating_add(1),
+            Err(source) => return Err(AuditError::Io { action: "save the torn line", path: aside, source }),
+        }
+    }
+}
+
+/// Test-only crash points (debug builds): `CANARY_ANALYZER_FAILPOINT=<point>:<action>`
+/// makes the process SIGKILL itself at `point` of the first commit of a decision of
+/// that kind (`start`, `promote`, `rollback`, ...), so the end-to-end tests can crash
+/// the real binary exactly between two steps of [`RolloutStore::commit`].
+#[cfg(debug_assertions)]
+fn failpoint(point: &str, decision: &Decision) {
+    let Ok(wanted) = std::env::var("CANARY_ANALYZER_FAILPOINT") else { return };
+    let kind = serde_json::to_value(decision.action)
+        .ok()
+        .and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_string));
+    if kind.is_some_and(|kind| wanted == format!("{point}:{kind}")) {
+        tracing::error!(failpoint = %wanted, "failpoint reached: killing this process with SIGKILL");
+        let pid = std::process::id().to_string();
+        let _ = std::process::Command::new("kill").args(["-KILL", &pid]).status();
+        std::thread::sleep(std::time::Duration::from_secs(60));
+    }
+}
+
+#[cfg(not(debug_assertions))]
+fn failpoint(_: &str, _: &Decision) {}
 
 /// Syncs the directory holding `path`, so a created or renamed entry survives a crash.
 fn sync_parent(path: &Path) -> Result<(), AuditError> {
@@ -547,10 +604,13 @@ impl RolloutStore {
         before: Option<&RolloutState>,
         after: &RolloutState,
     ) -> Result<Committed, AuditError> {
+        failpoint("before-audit-append", decision);
         let record = self.audit.append(at_ms, policy, decision, before, after)?;
+        failpoint("after-audit-append", decision);
         let rollout =
             PersistedRollout { policy: policy.clone(), state: after.clone(), last_applied_sequence: record.sequence };
         let state_error = self.states.save(&rollout).err();
+        failpoint("after-state-save", decision);
         Ok(Committed { record, state_error })
     }
 
@@ -684,7 +744,9 @@ mod tests {
 
         let (mut store, rollouts) = RolloutStore::open(&dir.0).unwrap();
         assert_eq!(rollouts["checkout"].state, state, "the torn record never took effect");
-        assert_eq!(fs::read(&audit_path).unwrap(), complete, "the torn bytes are gone");
+        assert_eq!(fs::read(&audit_path).unwrap(), complete, "the torn bytes are cut off the log");
+        let aside = audit_path.with_file_name("audit.jsonl.torn-1");
+        assert_eq!(fs::read(&aside).unwrap(), torn, "and set aside, not dropped");
         let rollback = human_override(&policy, &state, &OverrideAction::Rollback, "alice", "bad", vec![]).unwrap();
         let after = state.next(&rollback, T0 + 2 * WINDOW_MS).unwrap();
         let committed = store.commit(T0 + 2 * WINDOW_MS, &policy, &rollback, Some(&state), &after).unwrap();
