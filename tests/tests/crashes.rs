@@ -120,7 +120,7 @@ async fn sigkill_after_the_audit_append_of_a_step_change_resumes_on_the_new_step
     let analyzer = AnalyzerProcess::start(rig.options.clone()).await;
     let resumed = status(&analyzer).await;
     assert!(resumed.state.share_bp >= 5_000, "the logged promotion took effect on restart: {:?}", resumed.state);
-    assert_eq!(state_file(&state_dir).last_applied_sequence >= 2, true, "the state file caught up");
+    assert!(state_file(&state_dir).last_applied_sequence >= 2, "the state file caught up");
     let done = until_finished(&analyzer, Duration::from_secs(60)).await;
     assert_eq!(done.state.phase, RolloutPhase::Promoted, "{:?}", done.state);
     let all = records(&state_dir);
