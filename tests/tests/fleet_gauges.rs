@@ -5,9 +5,12 @@
 use canary_analyzer::source::{DeltaTracker, EnvoyAdminSource, ProxyApplied};
 use canary_core::Cohort;
 use canary_core::metrics::{APPLIED_GENERATION, APPLIED_SHARE_BP, CONFIG_AGE_MS};
-use canary_e2e::config_server::Answer;
+use canary_core::metrics::{NO_GENERATION, UNKNOWN_AGE_MS};
+use canary_e2e::config_server::{Answer, ConfigServer};
+use canary_e2e::envoy::{Envoy, EnvoyConfig};
 use canary_e2e::rig::{DEPLOYMENT, POLL_INTERVAL, Rig, RigOptions};
 use canary_e2e::traffic::user_ids;
+use canary_e2e::upstream::Upstream;
 use prometheus_parse::{Scrape, Value};
 use std::time::{Duration, Instant};
 
@@ -64,6 +67,12 @@ async fn read_gauges(rig: &Rig) -> Gauges {
     read_gauges_from(rig, false).await
 }
 
+async fn read_gauges_of(envoy: &Envoy) -> Gauges {
+    let url = format!("http://{}/stats/prometheus", envoy.admin);
+    let text = reqwest::get(url).await.expect("admin reachable").text().await.expect("stats text");
+    gauges(&text).unwrap_or_else(|| panic!("the applied-rollout gauges are missing:\n{text}"))
+}
+
 /// Reads the gauges until `wanted` holds; the time it took.
 async fn wait_for_gauges(rig: &Rig, limit: Duration, wanted: impl Fn(&Gauges) -> bool) -> Duration {
     let start = Instant::now();
@@ -85,6 +94,39 @@ async fn traffic(rig: &Rig, share_bp: u32, n: usize) {
         let batch: Vec<String> = users.iter().cycle().take(n).cloned().collect();
         let statuses = rig.client.statuses_for("/", &batch).await;
         assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn before_any_answer_the_gauges_say_no_generation_the_initial_share_and_unknown_age() {
+    // The rig waits for a first answer; this Envoy's config server refuses from the start.
+    let (stable, canary) = (Upstream::start("stable").await, Upstream::start("canary").await);
+    let config_server = ConfigServer::start(Answer::Status(503)).await;
+    let mut config = EnvoyConfig::shipped(stable.addr, canary.addr, config_server.addr);
+    config.edit_plugin_config(|json| {
+        json["initial_share_bp"] = 300.into();
+        json["analyzer"]["poll_interval_ms"] = u64::try_from(POLL_INTERVAL.as_millis()).expect("small").into();
+        json["analyzer"]["timeout_ms"] = 250.into();
+    });
+    let envoy = Envoy::start(&config, 4).await;
+    let since = Instant::now();
+    while config_server.polls_since(since).len() < 2 {
+        assert!(since.elapsed() < Duration::from_secs(5), "the filter never polled");
+        tokio::time::sleep(SAMPLE_EVERY).await;
+    }
+    let before = read_gauges_of(&envoy).await;
+    assert_eq!(before, Gauges { generation: NO_GENERATION, share_bp: 300, config_age_ms: UNKNOWN_AGE_MS });
+
+    config_server.set(Answer::share(DEPLOYMENT, 4, 700));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let seen = read_gauges_of(&envoy).await;
+        if (seen.generation, seen.share_bp) == (4, 700) {
+            assert!(u128::from(seen.config_age_ms) < POLL_INTERVAL.as_millis() * 2, "{seen:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "gauges still {seen:?}");
+        tokio::time::sleep(SAMPLE_EVERY).await;
     }
 }
 
