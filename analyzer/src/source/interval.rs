@@ -65,6 +65,7 @@ pub struct IntervalMetrics {
     pub failed_targets: Vec<TargetFailure>,
     /// Every proxy seen in the interval, with what it applies. Empty when the source
     /// could not tell (a failed gauge query on Prometheus); failed targets are absent.
+    #[serde(default)]
     pub proxies: Vec<ProxyApplied>,
 }
 

@@ -175,6 +175,7 @@ pub struct AppliedRollout {
 pub struct DeploymentSnapshot {
     pub cohorts: PerCohort<CohortSnapshot>,
     /// What the target applies at the time of the scrape (gauges, not deltas).
+    #[serde(default)]
     pub applied: AppliedRollout,
     /// Envoy's `envoy_server_uptime` (seconds), when exported: if it goes down,
     /// the Envoy restarted even if its counters already grew past their old values.
