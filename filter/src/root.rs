@@ -1,7 +1,8 @@
 //! The root context of one VM: validates the configuration, defines metrics, and
-//! on every tick (a) reads the published rollout config and derives the share this
-//! VM routes with, (b) if the poll lease is due and it wins the compare-and-swap,
-//! polls the analyzer and publishes an accepted answer for every VM.
+//! on every tick (a) reads the published rollout config, derives the share this
+//! VM routes with and exports it in the applied-rollout gauges, (b) if the poll
+//! lease is due and it wins the compare-and-swap, polls the analyzer and publishes
+//! an accepted answer for every VM.
 
 use crate::http::CanaryHttp;
 use crate::runtime::{MetricIds, Runtime};
