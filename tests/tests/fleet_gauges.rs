@@ -158,8 +158,9 @@ async fn every_vm_exports_a_new_generation_and_share_within_two_intervals() {
         tokio::time::sleep(SAMPLE_EVERY).await;
     }
     eprintln!("generation 2 after {took:?}; {samples} samples in the next interval");
-    // A VM ticks every 125 ms: at least 8 samples put two within each tick period.
-    assert!(samples >= 8, "only {samples} samples in one interval");
+    // A VM that never read the new record rewrites the old values every 125 ms tick, so a
+    // handful of samples over the interval sees it; 10-17 were taken here on a loaded machine.
+    assert!(samples >= 4, "only {samples} samples in one interval");
     rig.wait_for_share(2_500, POLL_INTERVAL).await;
 }
 
