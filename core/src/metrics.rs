@@ -7,13 +7,70 @@
 //! `class` segments into labels, so `/stats/prometheus` shows
 //! `canary_requests_total{deployment="..",cohort="..",class=".."}` and
 //! `canary_latency_us_bucket{deployment="..",cohort="..",le=".."}`.
+//!
+//! Three gauges per deployment say what an Envoy applies ([`Applied`]): the same
+//! `deployment` tag turns `canary.deployment.<id>.applied_generation` into
+//! `canary_applied_generation{deployment=".."}`, and likewise
+//! `canary_applied_share_bp` and `canary_config_age_ms`.
 
-use crate::cohort::Cohort;
+use crate::cohort::{Cohort, Share};
+use crate::config::AnalyzerConfig;
+use crate::poll::{Published, effective_share};
 
 /// Prometheus name of the per-cohort request counter.
 pub const REQUESTS: &str = "canary_requests_total";
 /// Prometheus name of the per-cohort latency histogram, in microseconds.
 pub const LATENCY: &str = "canary_latency_us";
+/// Prometheus name of the gauge: generation of the rollout config the Envoy applies.
+pub const APPLIED_GENERATION: &str = "canary_applied_generation";
+/// Prometheus name of the gauge: the canary share the Envoy routes with, in basis points.
+pub const APPLIED_SHARE_BP: &str = "canary_applied_share_bp";
+/// Prometheus name of the gauge: milliseconds since the analyzer last confirmed that config.
+pub const CONFIG_AGE_MS: &str = "canary_config_age_ms";
+
+/// `applied_generation` before the first accepted answer. The analyzer's generations
+/// start at 1 (`RolloutState::start` takes the previous generation + 1, at least the
+/// start time in ms), so 0 never names a real config.
+pub const NO_GENERATION: u64 = 0;
+/// `config_age_ms` when there is no age to tell: no answer was ever accepted, or the
+/// last confirmation lies ahead of the wall clock (it stepped back). The largest u64,
+/// so "older than the staleness limit" holds for it as it does for the filter, which
+/// treats a config of unknown age as stale; Prometheus shows it as 1.8446744073709552e+19.
+pub const UNKNOWN_AGE_MS: u64 = u64::MAX;
+
+/// What one VM applies at one moment: the values of its three gauges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// The published rollout's generation, [`NO_GENERATION`] before the first answer.
+    pub generation: u64,
+    /// The share the VM routes with (see [`effective_share`]).
+    pub share: Share,
+    /// Age of the last confirmation, [`UNKNOWN_AGE_MS`] when there is none or it is unknown.
+    pub config_age_ms: u64,
+}
+
+impl Applied {
+    /// Derives the gauges from the record a VM has read, as its tick does.
+    pub fn derive(
+        published: Option<&Published>,
+        analyzer: Option<&AnalyzerConfig>,
+        initial: Share,
+        now_ms: u64,
+    ) -> Applied {
+        let share = effective_share(published, analyzer, initial, now_ms);
+        let generation = published.map_or(NO_GENERATION, |p| p.rollout.generation);
+        let config_age_ms = match (published, analyzer) {
+            (Some(p), Some(a)) => p.age_ms(a, now_ms).unwrap_or(UNKNOWN_AGE_MS),
+            _ => UNKNOWN_AGE_MS,
+        };
+        Applied { generation, share, config_age_ms }
+    }
+
+    /// The share gauge's value.
+    pub fn share_bp(&self) -> u64 {
+        u64::from(self.share.basis_points())
+    }
+}
 
 /// Status class of a finished request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -91,6 +148,21 @@ pub fn latency_stat(deployment: &str, cohort: Cohort) -> String {
     format!("canary.deployment.{deployment}.cohort.{}.latency_us", cohort.label())
 }
 
+/// Stat name (as the filter defines it) of the applied-generation gauge.
+pub fn applied_generation_stat(deployment: &str) -> String {
+    format!("canary.deployment.{deployment}.applied_generation")
+}
+
+/// Stat name (as the filter defines it) of the applied-share gauge.
+pub fn applied_share_stat(deployment: &str) -> String {
+    format!("canary.deployment.{deployment}.applied_share_bp")
+}
+
+/// Stat name (as the filter defines it) of the config-age gauge.
+pub fn config_age_stat(deployment: &str) -> String {
+    format!("canary.deployment.{deployment}.config_age_ms")
+}
+
 /// Envoy `stats_config.stats_tags`: (tag name, regex). The first capture group is
 /// removed from the name, the second becomes the label value. Envoy matches them
 /// against the full name, which carries the `wasmcustom.` prefix.
@@ -139,6 +211,83 @@ mod tests {
             "canary.deployment.checkout.cohort.canary.class.5xx.requests_total"
         );
         assert_eq!(latency_stat("checkout", Cohort::Forced), "canary.deployment.checkout.cohort.forced.latency_us");
+        assert_eq!(applied_generation_stat("checkout"), "canary.deployment.checkout.applied_generation");
+        assert_eq!(applied_share_stat("checkout"), "canary.deployment.checkout.applied_share_bp");
+        assert_eq!(config_age_stat("checkout"), "canary.deployment.checkout.config_age_ms");
+    }
+
+    /// Once the `deployment` tag has taken `deployment.<id>.` out, and Envoy has dropped
+    /// `wasmcustom.` and turned dots into `_`, the gauges carry the names the analyzer reads.
+    #[test]
+    fn gauge_names_become_the_prometheus_names_once_tagged() {
+        for (stat, prometheus) in [
+            (applied_generation_stat("checkout"), APPLIED_GENERATION),
+            (applied_share_stat("checkout"), APPLIED_SHARE_BP),
+            (config_age_stat("checkout"), CONFIG_AGE_MS),
+        ] {
+            let untagged = stat.replacen("deployment.checkout.", "", 1);
+            assert_eq!(untagged.replace('.', "_"), prometheus);
+        }
+    }
+
+    mod applied {
+        use super::super::*;
+        use crate::config::FilterConfig;
+        use crate::rollout::{RolloutConfig, RolloutPhase};
+
+        fn analyzer(when_stale: &str) -> AnalyzerConfig {
+            let json = format!(
+                r#"{{"deployment":"checkout","analyzer":{{"cluster":"a","poll_interval_ms":1000,"stale_after_ms":5000,"when_stale":"{when_stale}"}}}}"#
+            );
+            FilterConfig::parse(json.as_bytes()).unwrap().analyzer.unwrap()
+        }
+
+        fn published(generation: u64, share_bp: u32, confirmed_ms: u64) -> Published {
+            let rollout =
+                RolloutConfig { deployment: "checkout".into(), generation, share_bp, state: RolloutPhase::Progressing };
+            Published { rollout, confirmed_ms }
+        }
+
+        const INITIAL: Share = match Share::from_basis_points(100) {
+            Some(share) => share,
+            None => Share::ZERO,
+        };
+        /// A wall-clock time in 2023, far from 0.
+        const EPOCH_MS: u64 = 1_700_000_000_000;
+
+        #[test]
+        fn before_any_answer_the_initial_share_of_no_generation_and_unknown_age() {
+            let a = analyzer("control");
+            let before = Applied::derive(None, Some(&a), INITIAL, EPOCH_MS);
+            assert_eq!(before, Applied { generation: NO_GENERATION, share: INITIAL, config_age_ms: UNKNOWN_AGE_MS });
+            assert_eq!(before.share_bp(), 100);
+            // Without an analyzer the filter never polls: the same, forever.
+            assert_eq!(Applied::derive(None, None, INITIAL, EPOCH_MS), before);
+        }
+
+        #[test]
+        fn a_fresh_answer_gives_its_generation_share_and_age() {
+            let p = published(7, 2_500, EPOCH_MS);
+            let applied = Applied::derive(Some(&p), Some(&analyzer("control")), INITIAL, EPOCH_MS + 1_200);
+            assert_eq!((applied.generation, applied.share_bp(), applied.config_age_ms), (7, 2_500, 1_200));
+        }
+
+        #[test]
+        fn past_the_staleness_limit_control_shows_share_0_and_the_growing_age() {
+            let p = published(7, 2_500, EPOCH_MS);
+            let control = Applied::derive(Some(&p), Some(&analyzer("control")), INITIAL, EPOCH_MS + 5_001);
+            assert_eq!((control.generation, control.share_bp(), control.config_age_ms), (7, 0, 5_001));
+            let keep = Applied::derive(Some(&p), Some(&analyzer("keep")), INITIAL, EPOCH_MS + 5_001);
+            assert_eq!((keep.generation, keep.share_bp(), keep.config_age_ms), (7, 2_500, 5_001));
+        }
+
+        #[test]
+        fn a_confirmation_from_before_a_clock_step_back_is_of_unknown_age() {
+            let p = published(7, 2_500, EPOCH_MS);
+            let stepped_back = EPOCH_MS - 3_600_000;
+            let control = Applied::derive(Some(&p), Some(&analyzer("control")), INITIAL, stepped_back);
+            assert_eq!((control.generation, control.share_bp(), control.config_age_ms), (7, 0, UNKNOWN_AGE_MS));
+        }
     }
 
     #[test]

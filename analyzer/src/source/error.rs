@@ -53,6 +53,9 @@ pub enum ExpositionError {
     /// A counter or bucket value is negative, infinite or NaN.
     #[error("{metric} has value {value}, expected a finite count >= 0")]
     BadValue { metric: String, value: f64 },
+    /// A gauge's value lies outside what it can mean.
+    #[error("{metric} has value {value}, expected {expected}")]
+    OutOfRange { metric: String, value: f64, expected: &'static str },
     /// A latency bucket bound is not a whole, non-negative number of microseconds.
     #[error("{metric} has bucket bound le={bound}, expected whole microseconds")]
     BadBound { metric: String, bound: f64 },

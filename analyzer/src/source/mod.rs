@@ -20,6 +20,7 @@
 //! - `body`: reading a response body with a size cap (both HTTP edges).
 //! - `envoy_admin`: the HTTP edge for Envoy admin endpoints.
 //! - `prometheus_api`: PromQL building and the query API's JSON (pure).
+//! - `prometheus_proxies`: the per-proxy PromQL and its answers joined per Envoy (pure).
 //! - `prometheus`: the HTTP edge for a Prometheus server.
 //! - `error`: the one error type, naming the URL, status or parse problem.
 
@@ -31,6 +32,7 @@ mod exposition;
 mod interval;
 mod prometheus;
 mod prometheus_api;
+mod prometheus_proxies;
 mod snapshot;
 
 pub use body::DEFAULT_MAX_BODY_BYTES;
@@ -39,7 +41,8 @@ pub use envoy_admin::{EnvoyAdminSource, STATS_PATH};
 pub(crate) use error::describe;
 pub use error::{ExpositionError, SourceError};
 pub use exposition::{deployment_label, is_relevant, parse_exposition};
-pub use interval::{CohortInterval, IntervalMetrics, TargetFailure};
+pub use interval::{CohortInterval, IntervalMetrics, ProxyApplied, TargetFailure};
 pub use prometheus::PrometheusSource;
 pub use prometheus_api::{CohortValues, expand_template, latency_query, promql_duration, requests_query};
-pub use snapshot::{ClassCounts, CohortSnapshot, CumulativeLatency, DeploymentSnapshot, PerCohort};
+pub use prometheus_proxies::ProxyQueries;
+pub use snapshot::{AppliedRollout, ClassCounts, CohortSnapshot, CumulativeLatency, DeploymentSnapshot, PerCohort};

@@ -37,7 +37,7 @@ pub struct CohortValues {
 }
 
 /// `value` as a PromQL double-quoted string body (backslash, quote and newline escaped).
-fn escape_label_value(value: &str) -> String {
+pub(super) fn escape_label_value(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
@@ -105,8 +105,13 @@ pub(crate) struct VectorSample {
 }
 
 impl VectorSample {
-    fn label(&self, name: &str) -> Option<&str> {
+    pub(super) fn label(&self, name: &str) -> Option<&str> {
         self.metric.get(name).map(String::as_str)
+    }
+
+    /// The sample's number; `None` for NaN and ±Inf (no data).
+    pub(super) fn finite_value(&self, query: &str) -> Result<Option<f64>, SourceError> {
+        finite_value(query, &self.value)
     }
 }
 
@@ -134,11 +139,11 @@ pub(crate) fn decode_answer(url: &str, query: &str, http_status: u16, body: &str
     envelope.data.ok_or_else(|| unexpected(query, "a success without data"))
 }
 
-fn unexpected(query: &str, detail: impl Into<String>) -> SourceError {
+pub(super) fn unexpected(query: &str, detail: impl Into<String>) -> SourceError {
     SourceError::UnexpectedResult { query: query.to_string(), detail: detail.into() }
 }
 
-fn vector<'a>(query: &str, data: &'a QueryData) -> Result<&'a [VectorSample], SourceError> {
+pub(super) fn vector<'a>(query: &str, data: &'a QueryData) -> Result<&'a [VectorSample], SourceError> {
     match data {
         QueryData::Vector(samples) => Ok(samples),
         _ => Err(unexpected(query, "expected an instant vector")),

@@ -158,10 +158,25 @@ pub struct CohortSnapshot {
     pub latency: Option<CumulativeLatency>,
 }
 
+/// What a target's applied-rollout gauges said; each `None` when the gauge is absent
+/// (a filter older than the gauges).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedRollout {
+    /// `canary_applied_generation`: 0 before the filter accepted any answer.
+    pub generation: Option<u64>,
+    /// `canary_applied_share_bp`: the share it routes with, 0..=10 000.
+    pub share_bp: Option<u32>,
+    /// `canary_config_age_ms`: `u64::MAX` when unknown.
+    pub config_age_ms: Option<u64>,
+}
+
 /// One scrape of one target, for one deployment.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DeploymentSnapshot {
     pub cohorts: PerCohort<CohortSnapshot>,
+    /// What the target applies at the time of the scrape (gauges, not deltas).
+    #[serde(default)]
+    pub applied: AppliedRollout,
     /// Envoy's `envoy_server_uptime` (seconds), when exported: if it goes down,
     /// the Envoy restarted even if its counters already grew past their old values.
     pub server_uptime_seconds: Option<f64>,
