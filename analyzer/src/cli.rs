@@ -250,10 +250,24 @@ pub fn status_text(status: &RolloutStatus) -> String {
     if let Some(problem) = &status.problem {
         let _ = write!(out, "\nPROBLEM: {problem}");
     }
+    out.push_str(&fleet_and_stall_lines(status));
     if !status.failed_targets.is_empty() {
         let _ = write!(out, "\nfailed scrape targets: {}", status.failed_targets.join("; "));
     }
     let _ = write!(out, "\n\n{}", report_table(&status.rows));
+    out
+}
+
+/// `fleet: 3 of 4 proxies on generation 17; lagging: ...` and `STALLED: ...`, each on
+/// its own line, when the status has them.
+fn fleet_and_stall_lines(status: &RolloutStatus) -> String {
+    let mut out = String::new();
+    if let Some(fleet) = &status.fleet {
+        let _ = write!(out, "\nfleet: {}", fleet.summary());
+    }
+    if let Some(stalled) = &status.stalled {
+        let _ = write!(out, "\nSTALLED: {stalled}");
+    }
     out
 }
 
@@ -299,6 +313,7 @@ pub fn watch_view(status: &RolloutStatus, audit: &[AuditRecord]) -> String {
             last.canary_requests, last.canary_errors, last.control_requests, last.control_errors
         );
     }
+    out.push_str(&fleet_and_stall_lines(status));
     if !status.failed_targets.is_empty() {
         let _ = write!(out, "\nfailed scrape targets: {}", status.failed_targets.join("; "));
     }

@@ -23,6 +23,7 @@ mod tests;
 
 use crate::audit::{AuditError, AuditLog, AuditRecord, RolloutStore, StoreHealth};
 use crate::evaluation::RolloutEvaluation;
+use crate::fleet::{FleetView, applied_share_bp};
 use crate::ladder::{Action, Actor, Decision, OverrideAction, OverrideError, RolloutState, TransitionError};
 use crate::ladder::{decide, human_override};
 use crate::notify::{Notifier, StatusUpdate};
@@ -187,6 +188,13 @@ pub struct RolloutStatus {
     /// Why the analyzer cannot run this rollout's checks (it could not be rebuilt at start).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
+    /// What the proxies applied at the latest check (when they report it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetView>,
+    /// Set when the current step has gone `stall_after_windows` windows without earning
+    /// its promotion: `stalled after 3 windows (...): why`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stalled: Option<String>,
 }
 
 struct LiveRollout {
@@ -205,6 +213,8 @@ struct LiveRollout {
     last_check_ms: Option<u64>,
     failed_targets: Vec<String>,
     history: VecDeque<HistoryPoint>,
+    fleet: Option<FleetView>,
+    stalled: Option<String>,
     /// Where this rollout's status updates go: the policy's webhook, else the analyzer's.
     notifier: Notifier,
 }
@@ -239,6 +249,8 @@ impl LiveRollout {
             last_check_ms: None,
             failed_targets: Vec::new(),
             history: VecDeque::new(),
+            fleet: None,
+            stalled: None,
             notifier,
         })
     }
@@ -284,6 +296,8 @@ impl LiveRollout {
             failed_targets: self.failed_targets.clone(),
             history: self.history.iter().cloned().collect(),
             problem: None,
+            fleet: self.fleet.clone(),
+            stalled: self.stalled.clone(),
         }
     }
 }
@@ -327,6 +341,8 @@ impl BrokenRollout {
             failed_targets: Vec::new(),
             history: Vec::new(),
             problem: Some(self.problem.clone()),
+            fleet: None,
+            stalled: None,
         }
     }
 }
@@ -647,18 +663,27 @@ impl Engine {
         };
         live.failed_targets = interval.failed_targets.iter().map(|f| format!("{}: {}", f.target, f.reason)).collect();
         live.last_check_ms = Some(now_ms);
+        if !interval.proxies.is_empty() {
+            live.fleet = Some(FleetView::new(live.state.generation, &interval.proxies));
+        }
         if live.state.generation != plan.generation || live.state.is_finished() {
             // Decided on (an override, say) while this check was fetching: the interval
             // straddles two shares. Its scrapes still moved the baselines; its counts are not used.
             tracing::debug!(%deployment, "state changed during the check; interval not used");
             return Ok(());
         }
-        live.evaluation.observe(&interval, live.state.share_bp)?;
-        live.step_evidence.record(CheckOutcome {
+        live.evaluation.observe(&interval, applied_share_bp(&interval.proxies, live.state.share_bp))?;
+        let fleet_lagging = (!interval.proxies.is_empty())
+            .then(|| FleetView::new(live.state.generation, &interval.proxies))
+            .filter(|fleet| !fleet.all_applied())
+            .map(|fleet| fleet.summary());
+        let check = CheckOutcome {
             had_data,
             canary_requests: interval.requests(Cohort::Canary),
             control_requests: interval.requests(Cohort::Control),
-        });
+            fleet_lagging,
+        };
+        live.step_evidence.record(check, fleet_deadline_checks(&live.policy));
         live.rows = live.evaluation.rows(custom)?;
         if live.history.len() >= HISTORY_LEN {
             live.history.pop_front();
@@ -669,9 +694,47 @@ impl Engine {
             self.commit(store, live, &decision, now_ms)?;
         } else {
             tracing::debug!(%deployment, reason = %decision.reason, "hold");
+            self.note_stall(live);
             save_evidence(&self.state_dir, live);
         }
         Ok(())
+    }
+
+    /// Marks a step that has gone too long without earning its promotion, and says so
+    /// once per step: a warning in the log and one webhook post.
+    fn note_stall(&self, live: &mut LiveRollout) {
+        let policy = &live.policy;
+        live.stalled = match (live.state.phase, policy.step(live.state.step)) {
+            (canary_core::RolloutPhase::Progressing, Some(step)) => live.step_evidence.stalled(
+                step.window,
+                policy.check_interval,
+                policy.min_requests_per_cohort,
+                policy.stall_after_windows,
+            ),
+            _ => None,
+        };
+        let Some(stalled) = live.stalled.clone() else { return };
+        if live.step_evidence.stall_announced {
+            return;
+        }
+        live.step_evidence.stall_announced = true;
+        tracing::warn!(deployment = %live.state.deployment, share_bp = live.state.share_bp, "{stalled}");
+        live.notifier.send(StatusUpdate {
+            deployment: live.state.deployment.clone(),
+            decision: "stalled".to_string(),
+            reason: stalled,
+            actor: Actor::Analyzer.name().to_string(),
+            share_bp: live.state.share_bp,
+            next_step_in_s: None,
+            key_metrics: live
+                .rows
+                .iter()
+                .filter(|r| r.verdict != Verdict::NotEnoughData)
+                .take(4)
+                .map(describe_row)
+                .collect(),
+            fleet: live.fleet.as_ref().map(FleetView::summary),
+        });
     }
 
     /// Logs the decision, then applies it, publishes the config and announces it.
@@ -698,6 +761,7 @@ impl Engine {
         }
         if live.step_evidence.generation != live.state.generation {
             live.step_evidence = StepEvidence::new(live.state.generation);
+            live.stalled = None;
         }
         self.counters.decisions.fetch_add(1, Ordering::Relaxed);
         save_evidence(&self.state_dir, live);
@@ -723,8 +787,15 @@ impl Engine {
             share_bp: live.state.share_bp,
             next_step_in_s: live.state.window_remaining(&live.policy, now_ms).map(|d| d.as_secs()),
             key_metrics,
+            fleet: live.fleet.as_ref().map(FleetView::summary),
         });
     }
+}
+
+/// Checks a step waits for every proxy to apply it before its window starts anyway.
+fn fleet_deadline_checks(policy: &RolloutPolicy) -> u64 {
+    let interval_ms = policy.check_interval.as_millis().max(1);
+    u64::try_from(policy.fleet_deadline.as_millis().div_ceil(interval_ms)).unwrap_or(u64::MAX)
 }
 
 pub fn action_name(action: &Action) -> &'static str {

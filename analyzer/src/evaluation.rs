@@ -111,8 +111,10 @@ impl RolloutEvaluation {
         })
     }
 
-    /// Adds one interval measured while `share_bp` was in force.
-    pub fn observe(&mut self, interval: &IntervalMetrics, share_bp: u32) -> Result<(), StatsError> {
+    /// Adds one interval. `applied_share_bp` is the share the proxies applied over it
+    /// (see [`crate::fleet::applied_share_bp`]); `None` when a proxy changed share during
+    /// the interval, which then says nothing about the split and skips the sample-ratio test.
+    pub fn observe(&mut self, interval: &IntervalMetrics, applied_share_bp: Option<u32>) -> Result<(), StatsError> {
         self.error_rate.observe(interval.interval_counts())?;
         let non_success = |cohort| {
             let requests = &interval.cohorts.get(cohort).requests;
@@ -120,12 +122,14 @@ impl RolloutEvaluation {
         };
         self.non_success
             .observe(IntervalCounts { canary: non_success(Cohort::Canary), control: non_success(Cohort::Control) })?;
-        let expected_share = f64::from(share_bp) / 10_000.0;
-        self.sample_ratio.observe(
-            interval.requests(Cohort::Canary),
-            interval.requests(Cohort::Control),
-            expected_share,
-        )?;
+        if let Some(share_bp) = applied_share_bp {
+            let expected_share = f64::from(share_bp) / 10_000.0;
+            self.sample_ratio.observe(
+                interval.requests(Cohort::Canary),
+                interval.requests(Cohort::Control),
+                expected_share,
+            )?;
+        }
         if let (Some(canary), Some(control)) = (interval.latency(Cohort::Canary), interval.latency(Cohort::Control)) {
             self.latency.observe(canary, control)?;
         }
@@ -191,7 +195,7 @@ mod tests {
     #[test]
     fn too_little_traffic_is_not_enough_data() {
         let mut eval = RolloutEvaluation::new(&policy()).unwrap();
-        eval.observe(&interval(100, 50, 0), 5_000).unwrap();
+        eval.observe(&interval(100, 50, 0), Some(5_000)).unwrap();
         let rows = eval.rows(Vec::new()).unwrap();
         assert_eq!(verdict(&rows, "error_rate"), Verdict::NotEnoughData);
         assert!(rows.iter().any(|r| r.metric == "latency_p99_us"));
@@ -216,7 +220,7 @@ mod tests {
     fn a_clear_error_regression_is_worse_and_sorted_first() {
         let mut eval = RolloutEvaluation::new(&policy()).unwrap();
         for _ in 0..10 {
-            eval.observe(&interval(1_000, 50, 5), 5_000).unwrap();
+            eval.observe(&interval(1_000, 50, 5), Some(5_000)).unwrap();
         }
         let rows = eval.rows(Vec::new()).unwrap();
         assert_eq!(rows[0].metric, "error_rate");
@@ -229,7 +233,7 @@ mod tests {
     fn a_lopsided_split_is_a_sample_ratio_mismatch() {
         let mut eval = RolloutEvaluation::new(&policy()).unwrap();
         for _ in 0..10 {
-            eval.observe(&interval(1_000, 5, 5), 500).unwrap(); // 50/50 traffic where 5 % was expected
+            eval.observe(&interval(1_000, 5, 5), Some(500)).unwrap(); // 50/50 traffic where 5 % was expected
         }
         assert_eq!(verdict(&eval.rows(Vec::new()).unwrap(), "sample_ratio"), Verdict::Worse);
     }

@@ -72,6 +72,8 @@ pub fn status(history: Vec<HistoryPoint>, rows: Vec<ComparisonRow>) -> RolloutSt
         failed_targets: Vec::new(),
         history,
         problem: None,
+        fleet: None,
+        stalled: None,
     }
 }
 

@@ -603,7 +603,10 @@ mod tests {
         let (policy, state) = (policy(), started());
         let mut outage = StepEvidence::new(state.generation);
         for _ in 0..20 {
-            outage.record(CheckOutcome { had_data: false, canary_requests: 0, control_requests: 0 });
+            outage.record(
+                CheckOutcome { had_data: false, canary_requests: 0, control_requests: 0, fleet_lagging: None },
+                2,
+            );
         }
         let held = decide(&policy, &state, &healthy(), &outage, T0 + 50 * MINUTE_MS);
         assert_eq!(held.action, Action::Hold);

@@ -8,6 +8,7 @@ pub mod engine;
 pub mod evaluation;
 #[cfg(test)]
 mod fixtures;
+pub mod fleet;
 pub mod ladder;
 pub mod notify;
 pub mod policy;

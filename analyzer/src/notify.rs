@@ -26,6 +26,8 @@ pub struct StatusUpdate {
     pub next_step_in_s: Option<u64>,
     /// The key comparison rows, already formatted ("error_rate: canary 0.9 % vs control 0.5 %, worse").
     pub key_metrics: Vec<String>,
+    /// "N of M proxies on generation G" (and who lags), when the proxies report it.
+    pub fleet: Option<String>,
 }
 
 impl StatusUpdate {
@@ -41,6 +43,9 @@ impl StatusUpdate {
             json!({"type": "mrkdwn", "text": format!("*By*\n{}", self.actor)}),
             json!({"type": "mrkdwn", "text": format!("*Reason*\n{}", self.reason)}),
         ];
+        if let Some(fleet) = &self.fleet {
+            fields.push(json!({"type": "mrkdwn", "text": format!("*Fleet*\n{fleet}")}));
+        }
         fields.truncate(10); // Slack allows at most 10 fields per section.
         let metrics =
             if self.key_metrics.is_empty() { "no comparison yet".to_string() } else { self.key_metrics.join("\n") };
@@ -122,6 +127,7 @@ mod tests {
             share_bp: 2_500,
             next_step_in_s: Some(300),
             key_metrics: vec!["error_rate: canary 0.48 % vs control 0.51 %, no difference".into()],
+            fleet: Some("3 of 3 proxies on generation 17".into()),
         }
     }
 
@@ -137,6 +143,7 @@ mod tests {
         assert_eq!(blocks[0]["type"], "header");
         let body = serde_json::to_string(&json).unwrap();
         assert!(body.contains("error_rate: canary 0.48 %") && body.contains("window of 5 % passed"));
+        assert!(body.contains("*Fleet*\\n3 of 3 proxies on generation 17"), "{body}");
     }
 
     /// Log lines written while `run` runs on this thread (the test runtime is single-threaded,

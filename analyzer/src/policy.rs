@@ -42,6 +42,12 @@ pub mod defaults {
     pub const ALPHA: f64 = 0.05;
     /// At a 0.5 % error rate 1000 requests hold ~5 errors; fewer cannot tell a doubling from noise.
     pub const MIN_REQUESTS_PER_COHORT: u64 = 1_000;
+    /// How long a step waits for every proxy to apply it before its window starts anyway:
+    /// twelve of the filter's default 5 s polls, and the filter's default `stale_after_ms`.
+    pub const FLEET_DEADLINE: Duration = Duration::from_secs(60);
+    /// A step that has not gathered its data in three windows' time is stalled: one more
+    /// window rarely brings traffic that three did not, and a human should look.
+    pub const STALL_AFTER_WINDOWS: u32 = 3;
     /// "The error rate may not rise at all" (beyond what the test can tell from noise).
     pub const ERROR_RATE_MAX_RELATIVE_INCREASE: f64 = 0.0;
     /// Per-user hashing with heavy users moves the request split by a few percent on its own
@@ -100,6 +106,11 @@ pub struct RolloutPolicy {
     pub min_requests_per_cohort: u64,
     /// Unique names, at least one critical.
     pub metrics: Vec<MetricPolicy>,
+    /// A step's window starts once every proxy applies it, or when this much time has
+    /// passed since the step began (after which laggards hold the promotion).
+    pub fleet_deadline: Duration,
+    /// A step still short of data after this many windows is reported stalled.
+    pub stall_after_windows: u32,
     pub notify: Option<Notify>,
 }
 
@@ -316,6 +327,18 @@ impl RolloutPolicy {
         self
     }
 
+    /// The same policy with another fleet deadline (tests and tools; YAML sets `spec.fleet_deadline`).
+    pub fn with_fleet_deadline(mut self, deadline: Duration) -> RolloutPolicy {
+        self.fleet_deadline = deadline;
+        self
+    }
+
+    /// The same policy with another stall limit (tests and tools; YAML sets `spec.stall_after_windows`).
+    pub fn with_stall_after_windows(mut self, windows: u32) -> RolloutPolicy {
+        self.stall_after_windows = windows.max(1);
+        self
+    }
+
     /// The policy entries whose regressions roll back.
     pub fn critical_metrics(&self) -> impl Iterator<Item = &MetricPolicy> {
         self.metrics.iter().filter(|m| m.critical)
@@ -388,6 +411,10 @@ struct RawSpec {
     alpha: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     min_requests_per_cohort: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fleet_deadline: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stall_after_windows: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     metrics: Option<Vec<RawMetric>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -529,7 +556,30 @@ impl RawSpec {
             None => default_metrics(),
         };
         let notify = self.notify.map(RawNotify::validate).transpose()?;
-        Ok(RolloutPolicy { name, deployment, ladder, check_interval, alpha, min_requests_per_cohort, metrics, notify })
+        let fleet_deadline = match &self.fleet_deadline {
+            Some(text) => positive_duration("spec.fleet_deadline", text)?,
+            None => defaults::FLEET_DEADLINE,
+        };
+        let stall_after_windows = self.stall_after_windows.unwrap_or(defaults::STALL_AFTER_WINDOWS);
+        if stall_after_windows == 0 {
+            return Err(PolicyError::new(
+                "spec.stall_after_windows",
+                0,
+                "at least 1 (windows before a step is stalled)",
+            ));
+        }
+        Ok(RolloutPolicy {
+            name,
+            deployment,
+            ladder,
+            check_interval,
+            alpha,
+            min_requests_per_cohort,
+            metrics,
+            notify,
+            fleet_deadline,
+            stall_after_windows,
+        })
     }
 }
 
@@ -868,6 +918,11 @@ impl From<RolloutPolicy> for RawDocument {
                 check_interval: Some(format_duration(policy.check_interval)),
                 alpha: Some(policy.alpha),
                 min_requests_per_cohort: Some(policy.min_requests_per_cohort),
+                // Written only when set otherwise: policies without them keep their fingerprint.
+                fleet_deadline: (policy.fleet_deadline != defaults::FLEET_DEADLINE)
+                    .then(|| format_duration(policy.fleet_deadline)),
+                stall_after_windows: (policy.stall_after_windows != defaults::STALL_AFTER_WINDOWS)
+                    .then_some(policy.stall_after_windows),
                 metrics: Some(metrics),
                 notify: policy.notify.map(|n| RawNotify { webhook_url: Some(n.webhook_url.stored_text()) }),
             }),

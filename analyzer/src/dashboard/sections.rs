@@ -67,6 +67,16 @@ pub fn summary(status: &RolloutStatus) -> String {
         None => out.push_str(" · no check yet"),
     }
     out.push_str("</p>");
+    if let Some(fleet) = &status.fleet {
+        let class = if fleet.all_applied() { "fleet" } else { "fleet warning" };
+        let _ = write!(out, "<p class=\"{class}\" id=\"fleet\">fleet: {}</p>", escape(&fleet.summary()));
+    }
+    if let Some(stalled) = &status.stalled {
+        let _ = write!(out, "<p class=\"warning\" id=\"stalled\">{}</p>", escape(stalled));
+    }
+    if let Some(problem) = &status.problem {
+        let _ = write!(out, "<p class=\"warning\" id=\"problem\">{}</p>", escape(problem));
+    }
     if !status.failed_targets.is_empty() {
         let targets: Vec<String> = status.failed_targets.iter().map(|t| escape(t)).collect();
         let _ = write!(out, "<p class=\"warning\">failed scrape targets: {}</p>", targets.join("; "));

@@ -81,6 +81,17 @@ impl StubEnvoy {
         *self.answer.lock().unwrap() = (200, body);
     }
 
+    /// Counts plus the filter's applied-rollout gauges for one deployment.
+    fn serve_counts_and_gauges(&self, deployment: &str, canary: u64, control: u64, generation: u64, share_bp: u32) {
+        self.serve_counts(&[(deployment, canary, control)]);
+        let mut answer = self.answer.lock().unwrap();
+        answer.1.push_str(&format!(
+            "canary_applied_generation{{deployment=\"{deployment}\"}} {generation}\n\
+             canary_applied_share_bp{{deployment=\"{deployment}\"}} {share_bp}\n\
+             canary_config_age_ms{{deployment=\"{deployment}\"}} 250\n"
+        ));
+    }
+
     fn fail_with(&self, status: u16) {
         *self.answer.lock().unwrap() = (status, "no healthy upstream".to_string());
     }
@@ -276,4 +287,72 @@ async fn a_rollout_that_cannot_be_rebuilt_does_not_stop_the_others() {
     assert_eq!(engine.config("broken").map(|c| c.share_bp), Some(0));
     let records = AuditLog::read_all(&dir.0.join(AUDIT_FILE)).unwrap();
     assert_eq!(records.len(), 3);
+}
+
+#[tokio::test]
+async fn a_step_waits_for_the_fleet_and_a_laggard_holds_the_promotion() {
+    // Issue 9 item 4: the window starts when every proxy applies the step (or after the
+    // fleet deadline), and a proxy still on an old generation holds the promotion.
+    let (dir, envoy) = (TempDir::new(), StubEnvoy::start().await);
+    let (clock, wall) = stepped_clock(T0);
+    let engine = engine(&dir, vec![envoy.url()], clock);
+    let policy = policy("checkout", "").with_fleet_deadline(Duration::from_secs(3));
+    let registered = engine.register(policy, Actor::human("ci").unwrap(), T0).await.unwrap();
+    let served = registered.config.generation;
+    let (mut canary, mut control) = (0u64, 0u64);
+    let mut check = |second: u64, generation: u64| {
+        canary += 10;
+        control += 990;
+        envoy.serve_counts_and_gauges("checkout", canary, control, generation, 100);
+        wall.store(T0 + second * 1_000, Ordering::SeqCst);
+    };
+    // The proxy is stuck on an older generation for 30 s: windows run after the 3 s deadline,
+    // but nothing is promoted.
+    for second in 1..=30 {
+        check(second, served - 1);
+        engine.check_now("checkout").await.unwrap();
+    }
+    let status = engine.status("checkout", T0 + 30_000).await.unwrap();
+    assert_eq!(status.config.share_bp, 100, "held by the laggard");
+    let fleet = status.fleet.expect("the fleet view");
+    assert_eq!((fleet.proxies, fleet.on_generation, fleet.generation), (1, 0, served));
+    assert!(fleet.summary().contains("lagging:") && fleet.summary().contains(&envoy.url()), "{}", fleet.summary());
+    // It catches up: promoted within a window's worth of checks.
+    let mut promoted_at = None;
+    for second in 31..=50 {
+        check(second, served);
+        engine.check_now("checkout").await.unwrap();
+        if engine.config("checkout").unwrap().share_bp == 500 {
+            promoted_at = Some(second);
+            break;
+        }
+    }
+    assert!(promoted_at.is_some(), "promoted once the proxy applied the step");
+    let audit = engine.audit("checkout").unwrap();
+    assert!(audit.last().unwrap().decision.reason.contains("promoting to 5 %"), "{:?}", audit.last());
+}
+
+#[tokio::test]
+async fn a_step_without_enough_traffic_is_reported_stalled_and_never_promoted() {
+    // Issue 9 item 6: after `stall_after_windows` windows short of data, status says so.
+    let (dir, envoy) = (TempDir::new(), StubEnvoy::start().await);
+    let (clock, wall) = stepped_clock(T0);
+    let engine = engine(&dir, vec![envoy.url()], clock);
+    let policy = policy("checkout", "").with_stall_after_windows(2);
+    engine.register(policy, Actor::human("ci").unwrap(), T0).await.unwrap();
+    // One canary request a second: 20 needed per window of 10 s, never there at 1 %.
+    for second in 1..=19 {
+        envoy.serve_counts(&[("checkout", second, second * 99)]);
+        wall.store(T0 + second * 1_000, Ordering::SeqCst);
+        engine.check_now("checkout").await.unwrap();
+    }
+    assert_eq!(engine.status("checkout", T0).await.unwrap().stalled, None, "not yet two windows");
+    envoy.serve_counts(&[("checkout", 20, 20 * 99)]);
+    wall.store(T0 + 20_000, Ordering::SeqCst);
+    engine.check_now("checkout").await.unwrap();
+    let status = engine.status("checkout", T0 + 20_000).await.unwrap();
+    let stalled = status.stalled.clone().expect("stalled after two windows");
+    assert!(stalled.starts_with("stalled after 2 windows") && stalled.contains("per cohort needed"), "{stalled}");
+    assert_eq!(status.config.share_bp, 100);
+    assert!(crate::cli::status_text(&status).contains("STALLED: stalled after 2 windows"));
 }

@@ -501,7 +501,7 @@ fn check_benchmark() {
     assert!(interval.requests(Cohort::Canary) > 0 && interval.latency(Cohort::Control).is_some());
     let mut warm = RolloutEvaluation::new(&policy()).expect("evaluation");
     for _ in 0..WARM_INTERVALS {
-        warm.observe(&interval, SHARE_BP).expect("observe");
+        warm.observe(&interval, Some(SHARE_BP)).expect("observe");
     }
     let rows = warm.rows(Vec::new()).expect("rows");
     let (hwm_first_check, _) = memory();
@@ -515,14 +515,14 @@ fn check_benchmark() {
         runs[1].push(timed((), |()| parse_exposition(&text, &wanted).expect("parse")));
         runs[2].push(timed(tracker_after(&previous), |mut tracker| tracker.advance(scrape(&current))));
         runs[3].push(timed(warm.clone(), |mut evaluation| {
-            evaluation.observe(&interval, SHARE_BP).expect("observe");
+            evaluation.observe(&interval, Some(SHARE_BP)).expect("observe");
             evaluation.rows(Vec::new()).expect("rows")
         }));
         runs[4].push(timed((tracker_after(&previous), warm.clone()), |(mut tracker, mut evaluation)| {
             let snapshot = parse_exposition(&text, &wanted).expect("parse");
             let interval: IntervalMetrics =
                 tracker.advance(vec![TargetScrape { target: "envoy-0".to_string(), result: Ok(snapshot) }]);
-            evaluation.observe(&interval, SHARE_BP).expect("observe");
+            evaluation.observe(&interval, Some(SHARE_BP)).expect("observe");
             evaluation.rows(Vec::new()).expect("rows")
         }));
         // Where parse's time goes: the line filter alone, then prometheus-parse on what it keeps.
