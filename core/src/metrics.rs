@@ -172,13 +172,26 @@ pub const STATS_TAGS: [(&str, &str); 3] = [
     ("class", r"^wasmcustom\.canary\.deployment\.[^.]+\.cohort\.[^.]+\.(class\.([^.]+)\.)"),
 ];
 
-/// Latency bucket upper bounds in microseconds for `histogram_bucket_settings`.
-/// 1 ms steps up to 10 ms and 5 ms steps up to 60 ms put every p99 of a 5-50 ms
-/// service within 5 ms of a bucket edge; the tail reaches 60 s for timeouts.
-pub const LATENCY_BUCKETS_US: [u64; 36] = [
-    250, 500, 1_000, 2_000, 3_000, 4_000, 5_000, 6_000, 7_000, 8_000, 9_000, 10_000, 12_500, 15_000, 17_500, 20_000,
-    25_000, 30_000, 35_000, 40_000, 45_000, 50_000, 55_000, 60_000, 70_000, 80_000, 100_000, 150_000, 250_000, 500_000,
-    1_000_000, 2_500_000, 5_000_000, 10_000_000, 30_000_000, 60_000_000,
+/// Latency bucket upper bounds in microseconds for `histogram_bucket_settings` (the
+/// Prometheus path; the Envoy admin source reads Envoy's own finer bins instead).
+/// From 1 ms to 10 s every bound is the largest two-significant-digit number at most
+/// 10 % above the previous one (mantissas 10, 11, ..., 20, 22, ..., 86, 94: 29 per
+/// decade), so no bucket there is wider than 10 % of its lower bound: at a 64 ms p99
+/// a bucket is 6 ms wide (it was 10 ms from 60 to 80 ms). Two significant digits make
+/// every bound an edge of Envoy's log-linear bins, so Envoy fills each bucket with whole
+/// bins (it counts the bins that start at or below the bound: see `docs/metrics.md`).
+/// 250 and 500 µs below 1 ms, 30 and 60 s above 10 s for timeouts, as before.
+pub const LATENCY_BUCKETS_US: [u64; 121] = [
+    250, 500, 1_000, 1_100, 1_200, 1_300, 1_400, 1_500, 1_600, 1_700, 1_800, 1_900, 2_000, 2_200, 2_400, 2_600, 2_800,
+    3_000, 3_300, 3_600, 3_900, 4_200, 4_600, 5_000, 5_500, 6_000, 6_600, 7_200, 7_900, 8_600, 9_400, 10_000, 11_000,
+    12_000, 13_000, 14_000, 15_000, 16_000, 17_000, 18_000, 19_000, 20_000, 22_000, 24_000, 26_000, 28_000, 30_000,
+    33_000, 36_000, 39_000, 42_000, 46_000, 50_000, 55_000, 60_000, 66_000, 72_000, 79_000, 86_000, 94_000, 100_000,
+    110_000, 120_000, 130_000, 140_000, 150_000, 160_000, 170_000, 180_000, 190_000, 200_000, 220_000, 240_000,
+    260_000, 280_000, 300_000, 330_000, 360_000, 390_000, 420_000, 460_000, 500_000, 550_000, 600_000, 660_000,
+    720_000, 790_000, 860_000, 940_000, 1_000_000, 1_100_000, 1_200_000, 1_300_000, 1_400_000, 1_500_000, 1_600_000,
+    1_700_000, 1_800_000, 1_900_000, 2_000_000, 2_200_000, 2_400_000, 2_600_000, 2_800_000, 3_000_000, 3_300_000,
+    3_600_000, 3_900_000, 4_200_000, 4_600_000, 5_000_000, 5_500_000, 6_000_000, 6_600_000, 7_200_000, 7_900_000,
+    8_600_000, 9_400_000, 10_000_000, 30_000_000, 60_000_000,
 ];
 
 #[cfg(test)]
@@ -293,5 +306,25 @@ mod tests {
     #[test]
     fn buckets_ascend() {
         assert!(LATENCY_BUCKETS_US.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn buckets_are_at_most_10_percent_wide_from_1_ms_to_10_s_on_envoy_bin_edges() {
+        let (one_ms, ten_s) = (1_000, 10_000_000);
+        assert!(LATENCY_BUCKETS_US.contains(&one_ms) && LATENCY_BUCKETS_US.contains(&ten_s));
+        for pair in LATENCY_BUCKETS_US.windows(2).filter(|w| w[0] >= one_ms && w[1] <= ten_s) {
+            // upper / lower <= 1.1, in integers.
+            assert!(pair[1] * 10 <= pair[0] * 11, "{pair:?} is wider than 10 %");
+        }
+        let decade = LATENCY_BUCKETS_US.iter().filter(|b| (10_000..100_000).contains(*b)).count();
+        assert_eq!(decade, 29, "bounds per decade");
+        // Two significant digits: an edge of Envoy's log-linear bins.
+        for bound in LATENCY_BUCKETS_US {
+            let mut mantissa = bound;
+            while mantissa >= 100 && mantissa % 10 == 0 {
+                mantissa /= 10;
+            }
+            assert!(mantissa < 100, "{bound} has more than two significant digits");
+        }
     }
 }

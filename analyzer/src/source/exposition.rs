@@ -173,7 +173,13 @@ fn fill_buckets(latency: &mut CumulativeLatency, buckets: &[HistogramCount]) -> 
 mod tests {
     use super::*;
     use crate::source::snapshot::AppliedRollout;
-    use canary_core::metrics::LATENCY_BUCKETS_US;
+
+    /// The 36 bounds `histogram_bucket_settings` had when the testdata was captured.
+    const CAPTURED_BUCKETS_US: [u64; 36] = [
+        250, 500, 1_000, 2_000, 3_000, 4_000, 5_000, 6_000, 7_000, 8_000, 9_000, 10_000, 12_500, 15_000, 17_500,
+        20_000, 25_000, 30_000, 35_000, 40_000, 45_000, 50_000, 55_000, 60_000, 70_000, 80_000, 100_000, 150_000,
+        250_000, 500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000, 30_000_000, 60_000_000,
+    ];
 
     /// Real `/stats/prometheus` output of Envoy 1.40 with the filter (`envoy/envoy.yaml`,
     /// share 50 %): 80 requests to `/`, 10 to a missing path (404), one denied user.
@@ -193,7 +199,7 @@ mod tests {
         assert_eq!(snapshot.server_uptime_seconds, Some(11.0));
 
         let latency = canary.latency.as_ref().unwrap();
-        assert_eq!(latency.upper_bounds_us, LATENCY_BUCKETS_US.to_vec());
+        assert_eq!(latency.upper_bounds_us, CAPTURED_BUCKETS_US.to_vec());
         assert_eq!(latency.count, 44);
         assert!((latency.sum_us - 130_379.636_924_678_7).abs() < 1e-6);
         assert!(latency.le_counts.windows(2).all(|w| w[0] <= w[1]));
