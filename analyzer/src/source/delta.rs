@@ -5,7 +5,9 @@
 //! - **Targets are kept apart until deltas are taken**: summing cumulative counters
 //!   first would hide one Envoy's restart inside another's growth.
 //! - **Restart** (any counter or histogram bucket went down, the bucket layout
-//!   changed, or `envoy_server_uptime` went down): the target's delta is its current
+//!   changed, or `envoy_server_uptime` went down; for Envoy's detailed bins, any bin
+//!   went down or vanished: bins appear as they fill, so deltas take the union of the
+//!   two scrapes' bins, see `latency`): the target's delta is its current
 //!   value — the counters restarted from 0, the Prometheus `increase()` convention,
 //!   so both sources agree. The whole target is treated alike (every cohort, every
 //!   series), so canary and control always cover the same stretch of time. Requests
@@ -24,7 +26,7 @@ use std::collections::BTreeMap;
 
 use canary_core::Cohort;
 
-use crate::stats::{LatencyHistogram, StatsError};
+use crate::stats::StatsError;
 
 use super::error::{SourceError, describe};
 use super::interval::{IntervalMetrics, ProxyApplied, TargetFailure};
@@ -72,8 +74,7 @@ fn add_delta(sums: &mut IntervalMetrics, delta: &TargetDelta) -> Result<(), Stat
         let sum = updated.get_mut(cohort);
         sum.requests.add(&from_target.requests);
         if let Some(latency) = &from_target.latency {
-            let histogram =
-                LatencyHistogram::from_cumulative(&latency.upper_bounds_us, &latency.le_counts, latency.count)?;
+            let histogram = latency.to_histogram()?;
             match &mut sum.latency {
                 Some(total) => total.add(&histogram)?,
                 None => sum.latency = Some(histogram),
@@ -166,7 +167,8 @@ impl DeltaTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::snapshot::{ClassCounts, CumulativeLatency};
+    use crate::source::latency::CumulativeLatency;
+    use crate::source::snapshot::ClassCounts;
     use crate::stats::{CohortCounts, IntervalCounts};
 
     const BOUNDS: [u64; 3] = [1_000, 10_000, 100_000];
@@ -181,6 +183,7 @@ mod tests {
                 le_counts: vec![ok + failed; 3],
                 count: ok + failed,
                 sum_us: 500.0 * (ok + failed) as f64,
+                ..Default::default()
             }),
         };
         let mut snapshot = DeploymentSnapshot::default();

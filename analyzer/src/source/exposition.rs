@@ -12,7 +12,8 @@ use canary_core::metrics::{APPLIED_GENERATION, APPLIED_SHARE_BP, CONFIG_AGE_MS, 
 use prometheus_parse::{HistogramCount, Scrape, Value};
 
 use super::error::ExpositionError;
-use super::snapshot::{CumulativeLatency, DeploymentSnapshot};
+use super::latency::CumulativeLatency;
+use super::snapshot::DeploymentSnapshot;
 
 /// Envoy's uptime gauge in `/stats/prometheus`.
 const UPTIME: &str = "envoy_server_uptime";
