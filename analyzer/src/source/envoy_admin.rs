@@ -1,19 +1,25 @@
-//! The Envoy admin source: `GET /stats/prometheus` from each Envoy's admin address,
-//! parsed into one [`DeploymentSnapshot`] per target. The thin I/O edge around
-//! `exposition` (parsing) and `delta` (what to do with the snapshots).
+//! The Envoy admin source: `GET /stats?format=json&histogram_buckets=detailed` from each
+//! Envoy's admin address, filtered to one deployment, parsed into one
+//! [`DeploymentSnapshot`] per target. The thin I/O edge around `admin_json` (parsing
+//! Envoy's own histogram bins: no bucket configuration needed) and `delta` (what to
+//! do with the snapshots). An answer in the Prometheus text format (`text/plain`: a
+//! stub, or a proxy in front of Envoy serving `/stats/prometheus`) is read with
+//! `exposition`, its configured buckets as they are.
 
 use std::time::Duration;
 
 use tokio::task::JoinSet;
 
+use super::admin_json::{parse_detailed_stats, stats_filter};
 use super::body::{DEFAULT_MAX_BODY_BYTES, read_capped};
 use super::delta::TargetScrape;
-use super::error::SourceError;
+use super::error::{ExpositionError, SourceError};
 use super::exposition::parse_exposition;
 use super::snapshot::DeploymentSnapshot;
 
-/// Envoy's admin endpoint for the Prometheus exposition.
-pub const STATS_PATH: &str = "/stats/prometheus";
+/// Envoy's admin endpoint and the parameters for JSON with its own histogram bins; the
+/// scrape adds `&filter=` ([`stats_filter`]), left out of error messages for brevity.
+pub const STATS_PATH: &str = "/stats?format=json&histogram_buckets=detailed";
 
 /// Longest part of an error body kept in an error message: enough to read Envoy's
 /// or a proxy's reason, short enough for one log line.
@@ -89,20 +95,40 @@ async fn scrape_target(
     max_body_bytes: u64,
 ) -> Result<DeploymentSnapshot, SourceError> {
     let url = format!("{admin_url}{STATS_PATH}");
-    let text = get_text(http, &url, max_body_bytes).await?;
-    parse_exposition(&text, deployment).map_err(|source| SourceError::Exposition { url, source })
+    let request = format!("{url}&filter={}", percent_encode(&stats_filter(deployment)));
+    let response = http
+        .get(&request)
+        .send()
+        .await
+        // The URL is in the message already, without the encoded filter.
+        .map_err(|source| SourceError::Request { url: url.clone(), source: source.without_url() })?;
+    let status = response.status();
+    let json = response.headers().get(reqwest::header::CONTENT_TYPE).is_some_and(|t| t.as_bytes().ends_with(b"json"));
+    let body = read_capped(response, &url, max_body_bytes).await?;
+    if !status.is_success() {
+        return Err(SourceError::Status { url, status: status.as_u16(), body: truncate(&body) });
+    }
+    parse_answer(&body, json, deployment).map_err(|source| SourceError::Exposition { url, source })
 }
 
-/// `GET url` → body text (at most `max_body_bytes`), or an error naming the URL and status.
-pub(crate) async fn get_text(http: &reqwest::Client, url: &str, max_body_bytes: u64) -> Result<String, SourceError> {
-    let response =
-        http.get(url).send().await.map_err(|source| SourceError::Request { url: url.to_string(), source })?;
-    let status = response.status();
-    let body = read_capped(response, url, max_body_bytes).await?;
-    if !status.is_success() {
-        return Err(SourceError::Status { url: url.to_string(), status: status.as_u16(), body: truncate(&body) });
+/// Envoy's JSON (`application/json`, or a body that opens with `{`), else exposition text.
+fn parse_answer(body: &str, json: bool, deployment: &str) -> Result<DeploymentSnapshot, ExpositionError> {
+    if json || body.trim_start().starts_with('{') {
+        parse_detailed_stats(body, deployment)
+    } else {
+        parse_exposition(body, deployment)
     }
-    Ok(body)
+}
+
+/// A query parameter value with everything but RFC 3986's unreserved characters %-encoded.
+fn percent_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => char::from(byte).to_string(),
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
 }
 
 /// The first [`ERROR_BODY_LIMIT`] characters of a body, trimmed.
@@ -123,19 +149,26 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
-    /// A one-route HTTP server answering every request with `status` and `body`.
-    async fn serve(status: u16, body: String) -> SocketAddr {
+    /// A one-route HTTP server answering every request with `status`, `content_type` and
+    /// `body`; the request heads it received come out of the channel.
+    async fn serve_as(
+        status: u16,
+        content_type: &'static str,
+        body: String,
+    ) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let (heads, received) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
             loop {
                 let Ok((mut socket, _)) = listener.accept().await else { return };
-                let body = body.clone();
+                let (body, heads) = (body.clone(), heads.clone());
                 tokio::spawn(async move {
                     let mut request = vec![0u8; 4096];
-                    let _ = socket.read(&mut request).await;
+                    let read = socket.read(&mut request).await.unwrap_or(0);
+                    let _ = heads.send(String::from_utf8_lossy(&request[..read]).into_owned());
                     let head = format!(
-                        "HTTP/1.1 {status} X\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        "HTTP/1.1 {status} X\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
                         body.len()
                     );
                     let _ = socket.write_all(head.as_bytes()).await;
@@ -143,7 +176,12 @@ mod tests {
                 });
             }
         });
-        addr
+        (addr, received)
+    }
+
+    /// [`serve_as`] with Prometheus text.
+    async fn serve(status: u16, body: String) -> SocketAddr {
+        serve_as(status, "text/plain", body).await.0
     }
 
     fn exposition(canary_2xx: u64, canary_5xx: u64) -> String {
@@ -167,12 +205,9 @@ mod tests {
         assert_eq!(scrapes[0].target, format!("http://{healthy}"));
         assert_eq!(scrapes[0].result.as_ref().unwrap().cohorts.canary.requests.total(), 11);
         let status_error = scrapes[1].result.as_ref().unwrap_err().to_string();
-        assert_eq!(
-            status_error,
-            format!("http://{broken}/stats/prometheus answered with status 503: no healthy upstream")
-        );
+        assert_eq!(status_error, format!("http://{broken}{STATS_PATH} answered with status 503: no healthy upstream"));
         let refused = scrapes[2].result.as_ref().unwrap_err().to_string();
-        assert_eq!(refused, format!("request to http://{closed}/stats/prometheus failed"));
+        assert_eq!(refused, format!("request to http://{closed}{STATS_PATH} failed"));
 
         let mut tracker = DeltaTracker::new();
         let interval = tracker.advance(scrapes);
@@ -189,7 +224,7 @@ mod tests {
         assert_eq!(
             crate::source::error::describe(&error),
             format!(
-                "cannot parse the exposition from http://{addr}/stats/prometheus: \
+                "cannot parse the stats from http://{addr}{STATS_PATH}: \
                  canary_requests_total has value -1, expected a finite count >= 0"
             )
         );
@@ -210,12 +245,42 @@ mod tests {
             assert_eq!(interval.failed_targets.len(), 1, "{framing:?}");
             assert_eq!(
                 interval.failed_targets[0].reason,
-                format!("http://{addr}/stats/prometheus: body exceeds 1 MiB limit (--max-scrape-bytes)")
+                format!("http://{addr}{STATS_PATH}: body exceeds 1 MiB limit (--max-scrape-bytes)")
             );
             let written = written.await.unwrap();
             eprintln!("{framing:?}: the server wrote {written} of {SERVED_BYTES} bytes before the client hung up");
             assert!(written < SERVED_BYTES, "{framing:?}: the whole body was sent ({written} bytes)");
         }
+    }
+
+    #[tokio::test]
+    async fn asks_envoy_for_its_own_bins_of_one_deployment_and_reads_them() {
+        let answer = include_str!("testdata/envoy_1_40_detailed.json").to_string();
+        let (addr, mut heads) = serve_as(200, "application/json", answer).await;
+        let source = EnvoyAdminSource::new([format!("http://{addr}")], "demo", Duration::from_secs(2)).unwrap();
+        let snapshot = source.scrape_one(&format!("http://{addr}")).await.unwrap();
+        let head = heads.recv().await.unwrap();
+        let request_line = head.lines().next().unwrap();
+        // filter=^(server\.uptime$|wasmcustom\.canary\.deployment\.demo\.), %-encoded.
+        assert_eq!(
+            request_line,
+            "GET /stats?format=json&histogram_buckets=detailed&filter=\
+             %5E%28server%5C.uptime%24%7Cwasmcustom%5C.canary%5C.deployment%5C.demo%5C.%29 HTTP/1.1"
+        );
+        let latency = snapshot.cohorts.control.latency.unwrap();
+        assert_eq!((latency.layout, latency.count), (crate::source::BucketLayout::EnvoyBins, 31));
+        assert_eq!(percent_encode("a-b_c.d~e f/\\"), "a-b_c.d~e%20f%2F%5C");
+    }
+
+    #[tokio::test]
+    async fn json_that_does_not_parse_names_the_url_and_the_field() {
+        let (addr, _) = serve_as(200, "application/json", r#"{"stats": {}}"#.to_string()).await;
+        let source = EnvoyAdminSource::new([format!("http://{addr}")], "demo", Duration::from_secs(2)).unwrap();
+        let error = source.scrape_one(&format!("http://{addr}")).await.unwrap_err();
+        assert_eq!(
+            crate::source::error::describe(&error),
+            format!("cannot parse the stats from http://{addr}{STATS_PATH}: stats is {{}}, expected a list")
+        );
     }
 
     #[test]

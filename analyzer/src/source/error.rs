@@ -22,8 +22,8 @@ pub enum SourceError {
     /// The server answered with a non-success status.
     #[error("{url} answered with status {status}: {body}")]
     Status { url: String, status: u16, body: String },
-    /// The exposition text from a target did not parse.
-    #[error("cannot parse the exposition from {url}")]
+    /// A target's answer (exposition text or Envoy's JSON stats) did not parse.
+    #[error("cannot parse the stats from {url}")]
     Exposition {
         url: String,
         #[source]
@@ -44,7 +44,8 @@ pub enum SourceError {
     UnexpectedResult { query: String, detail: String },
 }
 
-/// Why exposition text could not be turned into a snapshot.
+/// Why a target's answer (exposition text, or Envoy's JSON stats) could not be turned
+/// into a snapshot.
 #[derive(Debug, Error)]
 pub enum ExpositionError {
     /// The text could not be read line by line.
@@ -59,6 +60,18 @@ pub enum ExpositionError {
     /// A latency bucket bound is not a whole, non-negative number of microseconds.
     #[error("{metric} has bucket bound le={bound}, expected whole microseconds")]
     BadBound { metric: String, bound: f64 },
+    /// Envoy's JSON stats answer is not JSON.
+    #[error("the answer is not json")]
+    Json(#[source] serde_json::Error),
+    /// A field of Envoy's JSON stats does not hold what Envoy writes there.
+    #[error("{field} is {value}, expected {expected}")]
+    JsonField { field: String, value: String, expected: &'static str },
+    /// A histogram bin is not one of Envoy's log-linear bins (see `envoy_bins`).
+    #[error(
+        "{histogram} has a bin at lower_bound {lower_bound} of width {width}, expected one of Envoy's \
+         log-linear bins (two significant digits)"
+    )]
+    NotAnEnvoyBin { histogram: String, lower_bound: f64, width: f64 },
 }
 
 /// An error and its chain of sources on one line (`outer: inner: innermost`), for

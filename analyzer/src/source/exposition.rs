@@ -123,20 +123,23 @@ fn read_applied(snapshot: &mut DeploymentSnapshot, metric: &str, value: &Value) 
     match metric {
         APPLIED_GENERATION => applied.generation = Some(count(metric, number)?),
         CONFIG_AGE_MS => applied.config_age_ms = Some(count(metric, number)?),
-        APPLIED_SHARE_BP => {
-            if !(0.0..=FULL_SHARE_BP).contains(&number) {
-                return Err(ExpositionError::OutOfRange {
-                    metric: metric.to_string(),
-                    value: number,
-                    expected: "0 to 10000 basis points",
-                });
-            }
-            // In range, so the rounded value fits.
-            applied.share_bp = Some(number.round() as u32);
-        }
+        APPLIED_SHARE_BP => applied.share_bp = Some(share_bp(metric, number)?),
         _ => return Ok(false),
     }
     Ok(true)
+}
+
+/// The share gauge's value in basis points; a value outside 0..=10 000 is refused.
+pub(super) fn share_bp(metric: &str, number: f64) -> Result<u32, ExpositionError> {
+    if !(0.0..=FULL_SHARE_BP).contains(&number) {
+        return Err(ExpositionError::OutOfRange {
+            metric: metric.to_string(),
+            value: number,
+            expected: "0 to 10000 basis points",
+        });
+    }
+    // In range, so the rounded value fits.
+    Ok(number.round() as u32)
 }
 
 /// The number of a non-histogram sample.

@@ -5,8 +5,9 @@
 //! statistics want what happened *in one check interval*, summed over the fleet. Two
 //! sources produce that same [`IntervalMetrics`]:
 //!
-//! - [`EnvoyAdminSource`] (the embedded default, needs nothing else running): scrapes
-//!   `/stats/prometheus` of each Envoy into a [`DeploymentSnapshot`] per target; a
+//! - [`EnvoyAdminSource`] (the embedded default, needs nothing else running): reads
+//!   each Envoy's JSON stats with its own log-linear histogram bins (1-10 % wide, no
+//!   bucket configuration needed) into a [`DeploymentSnapshot`] per target; a
 //!   [`DeltaTracker`] turns consecutive snapshots into per-target deltas (handling
 //!   Envoy restarts and failed scrapes) and sums them.
 //! - [`PrometheusSource`] (fleets): lets a Prometheus server that scrapes the mesh do
@@ -14,6 +15,9 @@
 //!
 //! Modules, one concern each:
 //! - `snapshot`: cumulative values of one target ([`DeploymentSnapshot`]).
+//! - `latency`: a cumulative histogram in either layout, its deltas, the statistics' form.
+//! - `envoy_bins`: Envoy's log-linear bins and the one grid they are laid on.
+//! - `admin_json`: Envoy's JSON stats with detailed bins → snapshot (pure).
 //! - `exposition`: exposition text → snapshot (pure).
 //! - `interval`: the per-interval result both sources produce.
 //! - `delta`: snapshots → interval deltas, restarts, failed targets (pure).
@@ -24,6 +28,7 @@
 //! - `prometheus`: the HTTP edge for a Prometheus server.
 //! - `error`: the one error type, naming the URL, status or parse problem.
 
+mod admin_json;
 mod body;
 mod delta;
 mod envoy_admin;
@@ -37,6 +42,7 @@ mod prometheus_api;
 mod prometheus_proxies;
 mod snapshot;
 
+pub use admin_json::{parse_detailed_stats, stats_filter};
 pub use body::DEFAULT_MAX_BODY_BYTES;
 pub use delta::{DeltaTracker, TargetDelta, TargetScrape, target_delta};
 pub use envoy_admin::{EnvoyAdminSource, STATS_PATH};
