@@ -160,6 +160,27 @@ impl CumulativeLatency {
     }
 }
 
+/// `histogram` summed onto coarser `bounds`, each of which must be one of its own bounds
+/// (e.g. Envoy's grid onto `LATENCY_BUCKETS_US`, whose bounds are bin edges): exact, no
+/// interpolation. Anything else is [`StatsError::BoundsDiffer`].
+pub fn fold_onto(histogram: &LatencyHistogram, bounds: &[u64]) -> Result<LatencyHistogram, StatsError> {
+    let fine = histogram.upper_bounds_us();
+    if bounds.iter().any(|bound| fine.binary_search(bound).is_err()) {
+        return Err(StatsError::BoundsDiffer);
+    }
+    let mut counts = vec![0u64; bounds.len() + 1];
+    // Each fine bucket lies inside the first coarse bucket whose bound is at or above its
+    // own (no coarse bound falls between two fine ones); the fine overflow stays overflow.
+    let fine_bounds = fine.iter().map(Some).chain(std::iter::once(None));
+    for (bound, count) in fine_bounds.zip(histogram.bucket_counts()) {
+        let index = bound.map_or(bounds.len(), |bound| bounds.partition_point(|coarse| coarse < bound));
+        if let Some(slot) = counts.get_mut(index) {
+            *slot = slot.saturating_add(*count);
+        }
+    }
+    LatencyHistogram::from_bucket_counts(bounds, &counts)
+}
+
 /// `(bound, count now, count before)` over the union of two bin lists, ascending.
 fn union(now: &CumulativeLatency, before: &CumulativeLatency) -> Vec<(u64, u64, u64)> {
     let mut merged = Vec::with_capacity(now.upper_bounds_us.len().max(before.upper_bounds_us.len()));
@@ -258,5 +279,18 @@ mod tests {
         };
         let histogram = configured.to_histogram().unwrap();
         assert_eq!((histogram.upper_bounds_us(), histogram.bucket_counts()), (&[1_000, 2_000][..], &[3, 2, 1][..]));
+    }
+
+    #[test]
+    fn envoys_bins_fold_exactly_onto_buckets_made_of_their_edges() {
+        use canary_core::metrics::LATENCY_BUCKETS_US;
+        // 84 µs, 1.25 ms (bin [1 200, 1 300)), 1.95 ms, 70 ms and one of 200 s.
+        let fine = bins(&[(84, 5), (1_300, 3), (2_000, 2), (71_000, 1)], 1).to_histogram().unwrap();
+        let folded = fold_onto(&fine, &LATENCY_BUCKETS_US).unwrap();
+        let at = |bound: u64| folded.bucket_counts()[LATENCY_BUCKETS_US.iter().position(|b| *b == bound).unwrap()];
+        assert_eq!((at(250), at(1_300), at(2_000), at(72_000)), (5, 3, 2, 1));
+        assert_eq!((folded.total(), folded.bucket_counts()[LATENCY_BUCKETS_US.len()]), (12, 1));
+        // 12 500 µs lies inside Envoy's bin [12 000, 13 000): no exact fold.
+        assert_eq!(fold_onto(&fine, &[10_000, 12_500]), Err(StatsError::BoundsDiffer));
     }
 }

@@ -51,7 +51,7 @@ pub(crate) use error::describe;
 pub use error::{ExpositionError, SourceError};
 pub use exposition::{deployment_label, is_relevant, parse_exposition};
 pub use interval::{CohortInterval, IntervalMetrics, ProxyApplied, TargetFailure};
-pub use latency::{BucketLayout, CumulativeLatency};
+pub use latency::{BucketLayout, CumulativeLatency, fold_onto};
 pub use prometheus::PrometheusSource;
 pub use prometheus_api::{CohortValues, expand_template, latency_query, promql_duration, requests_query};
 pub use prometheus_proxies::ProxyQueries;
