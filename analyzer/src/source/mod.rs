@@ -53,6 +53,8 @@ pub use exposition::{deployment_label, is_relevant, parse_exposition};
 pub use interval::{CohortInterval, IntervalMetrics, ProxyApplied, TargetFailure};
 pub use latency::{BucketLayout, CumulativeLatency, fold_onto};
 pub use prometheus::PrometheusSource;
-pub use prometheus_api::{CohortValues, expand_template, latency_query, promql_duration, requests_query};
+pub use prometheus_api::{
+    CohortValues, expand_template, latency_query, parse_latency_answer, promql_duration, requests_query,
+};
 pub use prometheus_proxies::ProxyQueries;
 pub use snapshot::{AppliedRollout, ClassCounts, CohortSnapshot, DeploymentSnapshot, PerCohort};

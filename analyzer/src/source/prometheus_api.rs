@@ -228,6 +228,16 @@ pub(crate) fn latency_from_answer(
     Ok(histograms)
 }
 
+/// A [`latency_query`] answer body from `url` → one histogram per cohort, as the
+/// Prometheus source reads it (public for `make bench`'s parse cost).
+pub fn parse_latency_answer(
+    url: &str,
+    query: &str,
+    body: &str,
+) -> Result<PerCohort<Option<LatencyHistogram>>, SourceError> {
+    latency_from_answer(query, &decode_answer(url, query, 200, body)?)
+}
+
 /// Both answers → the interval, with the Prometheus server as the one target.
 pub(crate) fn interval_from_answers(
     server: &str,
