@@ -324,6 +324,50 @@ mod tests {
         assert_eq!(delta.cohorts.canary.latency.as_ref().unwrap().count, 0);
     }
 
+    /// `snapshot` whose canary and control latencies are Envoy's bins `(grid bound, count)`.
+    fn with_bins(
+        mut snapshot: DeploymentSnapshot,
+        canary: &[(u64, u64)],
+        control: &[(u64, u64)],
+    ) -> DeploymentSnapshot {
+        snapshot.cohorts.canary.latency = Some(CumulativeLatency::from_envoy_bins(canary.to_vec(), 0));
+        snapshot.cohorts.control.latency = Some(CumulativeLatency::from_envoy_bins(control.to_vec(), 0));
+        snapshot
+    }
+
+    #[test]
+    fn envoys_bins_are_summed_over_targets_on_one_grid_and_a_bin_going_down_restarts() {
+        let grid = crate::source::envoy_bins::envoy_bin_bounds_us();
+        let count_at = |interval: &IntervalMetrics, cohort, bound: u64| {
+            let histogram = interval.latency(cohort).unwrap();
+            assert_eq!(histogram.upper_bounds_us(), grid);
+            histogram.bucket_counts()[grid.iter().position(|b| *b == bound).unwrap()]
+        };
+        let mut tracker = DeltaTracker::new();
+        tracker.advance(vec![
+            ok("a", with_bins(snapshot((10, 0), (10, 0)), &[(1_300, 10)], &[(1_300, 10)])),
+            ok("b", with_bins(snapshot((5, 0), (5, 0)), &[(84, 5)], &[(84, 5)])),
+        ]);
+        // "a" filled a new bin (72 000); "b" has other bins than "a": both sum on the grid.
+        let interval = tracker.advance(vec![
+            ok("a", with_bins(snapshot((14, 0), (12, 0)), &[(1_300, 12), (72_000, 2)], &[(1_300, 12)])),
+            ok("b", with_bins(snapshot((8, 0), (7, 0)), &[(84, 8)], &[(84, 7)])),
+        ]);
+        assert!(interval.restarted_targets.is_empty() && interval.failed_targets.is_empty(), "{interval:?}");
+        assert_eq!((count_at(&interval, Cohort::Canary, 1_300), count_at(&interval, Cohort::Canary, 72_000)), (2, 2));
+        assert_eq!(count_at(&interval, Cohort::Canary, 84), 3);
+        assert_eq!(interval.latency(Cohort::Control).unwrap().total(), 4);
+        // "a" restarted and served more 1.3 ms requests than before, but its 72 ms bin
+        // went back to 0: the whole target restarted, its delta is its current value.
+        let restarted = tracker.advance(vec![
+            ok("a", with_bins(snapshot((20, 0), (20, 0)), &[(1_300, 20)], &[(1_300, 20)])),
+            ok("b", with_bins(snapshot((8, 0), (7, 0)), &[(84, 8)], &[(84, 7)])),
+        ]);
+        assert_eq!(restarted.restarted_targets, vec!["a"]);
+        assert_eq!(count_at(&restarted, Cohort::Canary, 1_300), 20);
+        assert_eq!(restarted.latency(Cohort::Canary).unwrap().total(), 20);
+    }
+
     /// `snapshot` with the gauges of a filter applying `generation` at `share_bp`.
     fn applying(mut snapshot: DeploymentSnapshot, generation: u64, share_bp: u32) -> DeploymentSnapshot {
         snapshot.applied =
