@@ -9,6 +9,7 @@ pub mod config_server;
 pub mod envoy;
 pub mod http_server;
 pub mod istio_api;
+pub mod kubernetes_api;
 pub mod load;
 pub mod manifests;
 pub mod rig;
