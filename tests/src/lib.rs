@@ -6,6 +6,7 @@
 pub mod analyzer;
 pub mod browser;
 pub mod config_server;
+pub mod containers;
 pub mod envoy;
 pub mod http_server;
 pub mod istio_api;
