@@ -152,10 +152,42 @@ fn the_compose_config_is_envoy_yaml_with_other_addresses() {
     assert_eq!(envoy, compose);
 }
 
+/// A compose value as compose reads it with none of its variables set: each
+/// `${NAME:-default}` replaced by its default.
+fn with_compose_defaults(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..].find('}').map(|e| start + e).unwrap_or_else(|| panic!("unclosed ${{ in {text}"));
+        let expression = &rest[start + 2..end];
+        let (_, default) = expression.split_once(":-").unwrap_or_else(|| panic!("{expression}: no default"));
+        out.push_str(default);
+        rest = &rest[end + 1..];
+    }
+    out + rest
+}
+
 #[test]
 fn docker_compose_runs_the_compose_config_and_matching_services() {
     let compose = documents_of("envoy/docker-compose.yaml").remove(0).value;
     let services = &compose["services"];
+    // Without variables, users get the official Envoy image and the public demo app;
+    // the tests swap in local stand-ins (tests/tests/containers_compose.rs).
+    let image = |service: &str| with_compose_defaults(services[service]["image"].as_str().unwrap());
+    assert_eq!(image("envoy"), "envoyproxy/envoy:v1.40.0");
+    assert_eq!(
+        (image("stable"), image("canary")),
+        ("hashicorp/http-echo:1.0".into(), "hashicorp/http-echo:1.0".into())
+    );
+    assert_eq!(image("analyzer"), "wasm-canary/canary-analyzer:dev", "the Makefile's ANALYZER_IMAGE");
+    // Every published port is on the host's loopback only.
+    for (name, service) in services.as_mapping().unwrap() {
+        for port in service["ports"].as_sequence().into_iter().flatten() {
+            let port = with_compose_defaults(port.as_str().unwrap());
+            assert!(port.starts_with("127.0.0.1:"), "{name:?} publishes {port} beyond loopback");
+        }
+    }
     let command: Vec<&str> =
         services["envoy"]["command"].as_sequence().unwrap().iter().filter_map(|v| v.as_str()).collect();
     assert_eq!(command[..2], ["-c", "envoy/envoy.compose.yaml"]);
@@ -186,7 +218,7 @@ fn docker_compose_runs_the_compose_config_and_matching_services() {
     // The analyzer's policy is for the deployment the filter is configured with.
     let filter =
         FilterConfig::parse(envoy_plugin_configurations(&documents_of("envoy/envoy.yaml")[0])[0].as_bytes()).unwrap();
-    let policy_mount = services["analyzer"]["volumes"][0].as_str().unwrap();
+    let policy_mount = with_compose_defaults(services["analyzer"]["volumes"][0].as_str().unwrap());
     let policy_file = policy_mount.split(':').next().unwrap().trim_start_matches("../");
     let policy = RolloutPolicy::from_yaml(&std::fs::read_to_string(repo_root().join(policy_file)).unwrap()).unwrap();
     assert_eq!(policy.deployment, filter.deployment);
