@@ -227,6 +227,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listener =
         tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(listen = %args.listen, overrides = token.is_some(), webhook = %webhook_shown, "analyzer serving");
+    if token.is_none() {
+        tracing::warn!(
+            "no bearer token (--token / CANARY_ANALYZER_TOKEN): registration and overrides are refused with 403"
+        );
+    }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let checks = tokio::spawn(engine::run_checks(Arc::clone(&engine), {
         let mut stopped = stopped.clone();
