@@ -615,15 +615,15 @@ impl Authenticator {
     }
 
     fn reload_from(&self, path: &Path, trigger: ReloadTrigger) -> Result<Reloaded, TokensFileError> {
+        // Held from the read to the swap: a poll and a SIGHUP at once cannot put an
+        // older read in force after a newer one.
+        let mut last = self.last_read.lock().unwrap_or_else(PoisonError::into_inner);
         let text = read_limited(path)?;
         let hash = content_hash(&text);
-        {
-            let mut last = self.last_read.lock().unwrap_or_else(PoisonError::into_inner);
-            if trigger == ReloadTrigger::FileChange && *last == Some(hash) {
-                return Ok(Reloaded::Unchanged);
-            }
-            *last = Some(hash);
+        if trigger == ReloadTrigger::FileChange && *last == Some(hash) {
+            return Ok(Reloaded::Unchanged);
         }
+        *last = Some(hash);
         let table = TokenTable::parse(&text).map_err(|source| TokensFileError::Parse { path: path.into(), source })?;
         let identities = table.len();
         *self.table.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(table));
