@@ -278,10 +278,23 @@ mod tests {
     }
 
     #[test]
+    fn the_decision_log_shows_the_identity_with_the_callers_note() {
+        let mut noted = record(7, "looks off", "alice", Action::Pause);
+        noted.decision.actor_note = Some("<dana>".into());
+        let html = sections::decision_log(&[record(6, "start", "ci-deploy", Action::Start), noted]);
+        assert!(html.contains("<td class=\"actor\">alice (note: &lt;dana&gt;)</td>"), "{html}");
+        assert!(html.contains("<td class=\"actor\">ci-deploy</td>"), "{html}");
+    }
+
+    #[test]
     fn the_override_form_needs_a_reason_and_sends_the_token() {
         let page = rollout_page(&status(Vec::new(), Vec::new()), &[]);
         assert!(page.contains("id=\"override-reason\" required"), "{page}");
         assert!(page.contains("authorization:'Bearer '+f.get('token')"));
+        // The token is required; the actor field is an optional note; the answer names who acted.
+        assert!(page.contains("id=\"override-token\" type=\"password\" autocomplete=\"off\" required"), "{page}");
+        assert!(page.contains("<label>note <input name=\"actor\" id=\"override-actor\" maxlength=\"100\""));
+        assert!(page.contains("r.headers.get('x-canary-identity')") && page.contains("'applied'+(who?' as '+who:'')"));
         assert!(page.contains("<option value=\"set_share\">") && page.contains("id=\"override-result\""));
         // The form is outside the live part, so a refresh does not clear it.
         let live_end = page.find("</div><section><h2>override</h2>").unwrap();
