@@ -40,7 +40,7 @@ pub struct AppState {
 pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
-    /// 401 or 403, see [`RefusalReason::status`].
+    /// 401 or 403, see [`crate::auth::RefusalReason::status`].
     #[error(transparent)]
     Refused(#[from] Refusal),
     #[error("{0}")]
