@@ -556,9 +556,15 @@ impl Authenticator {
             match refusal {
                 Refusal::Role { name, role, .. } => tracing::warn!(
                     %request, status = reason.status(), reason = reason.label(), identity = %name, %role,
-                    "request refused: role does not allow it"
+                    "forbidden request refused: the role does not allow it"
                 ),
-                _ => tracing::warn!(%request, status = reason.status(), reason = reason.label(), "request refused"),
+                Refusal::Disabled { .. } => tracing::warn!(
+                    %request, status = reason.status(), reason = reason.label(),
+                    "forbidden request refused: no tokens configured"
+                ),
+                Refusal::MissingToken { .. } | Refusal::UnknownToken { .. } => tracing::warn!(
+                    %request, status = reason.status(), reason = reason.label(), "unauthorized request refused"
+                ),
             }
         }
         outcome

@@ -152,7 +152,9 @@ async fn roles_audit_names_and_rotation_without_a_restart() {
         assert!(metrics.contains(line), "{line}{metrics}");
     }
     let log = analyzer.log_text();
-    assert!(log.contains("reason=\"role\"") || log.contains("reason=role"), "refusals are logged: {log}");
+    // Logged with the wording older log searches use ("unauthorized"), status and reason.
+    assert!(log.contains("unauthorized request refused") && log.contains("reason=\"missing_token\""), "{log}");
+    assert!(log.contains("forbidden request refused") && log.contains("identity=vera role=viewer"), "{log}");
     for token in [VIEWER, PIPELINE, OPERATOR, ROTATED, BY_SIGNAL] {
         assert!(!log.contains(token), "a token in the log:\n{log}");
     }
