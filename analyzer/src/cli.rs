@@ -31,6 +31,21 @@ pub struct Client {
     http: reqwest::Client,
 }
 
+/// The answer to a write: the rollout after it, and who the analyzer recorded it as.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub status: RolloutStatus,
+    /// `alice (operator)`; `None` from an analyzer older than named identities.
+    pub identity: Option<String>,
+}
+
+impl Recorded {
+    /// `recorded as alice (operator)`, for the person at the terminal.
+    pub fn identity_line(&self) -> String {
+        format!("recorded as {}", self.identity.as_deref().unwrap_or("(the analyzer did not say)"))
+    }
+}
+
 /// `wait`'s exit codes: pipelines branch on them.
 pub mod exit {
     pub const PROMOTED: i32 = 0;
@@ -57,6 +72,12 @@ impl Client {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<String> {
+        Ok(self.send_for_identity(request).await?.0)
+    }
+
+    /// The answer's body and the identity the analyzer recorded the request as
+    /// ([`crate::api::IDENTITY_HEADER`], on writes).
+    async fn send_for_identity(&self, request: reqwest::RequestBuilder) -> anyhow::Result<(String, Option<String>)> {
         // From connecting to the end of the body (reqwest's per-request timeout covers all of it).
         let request = request.timeout(self.request_timeout);
         let request = match &self.token {
@@ -67,6 +88,8 @@ impl Client {
             format!("cannot reach the analyzer at {} within {} s", self.server, self.request_timeout.as_secs_f64())
         })?;
         let status = response.status();
+        let identity =
+            response.headers().get(crate::api::IDENTITY_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
         let body = response.text().await.context("reading the analyzer's answer")?;
         if !status.is_success() {
             let message = serde_json::from_str::<serde_json::Value>(&body)
@@ -75,7 +98,7 @@ impl Client {
                 .unwrap_or(body);
             bail!("analyzer answered {status}: {message}");
         }
-        Ok(body)
+        Ok((body, identity))
     }
 
     pub async fn status(&self, deployment: &str) -> anyhow::Result<RolloutStatus> {
@@ -94,9 +117,15 @@ impl Client {
         serde_json::from_str(&body).context("the analyzer's list is not what this client expects")
     }
 
-    pub async fn register(&self, policy_text: String, actor: &str) -> anyhow::Result<RolloutStatus> {
-        let request = self.http.post(format!("{}/v1/rollouts", self.server)).header("x-actor", actor).body(policy_text);
-        serde_json::from_str(&self.send(request).await?).context("unexpected answer to register")
+    /// Registers a policy; `actor` is sent as `x-actor`, a note beside the token's identity.
+    pub async fn register(&self, policy_text: String, actor: Option<&str>) -> anyhow::Result<Recorded> {
+        let mut request = self.http.post(format!("{}/v1/rollouts", self.server)).body(policy_text);
+        if let Some(actor) = actor {
+            request = request.header("x-actor", actor);
+        }
+        let (body, identity) = self.send_for_identity(request).await?;
+        let status = serde_json::from_str(&body).context("unexpected answer to register")?;
+        Ok(Recorded { status, identity })
     }
 
     pub async fn override_rollout(
@@ -104,12 +133,14 @@ impl Client {
         deployment: &str,
         action: &str,
         reason: &str,
-        actor: &str,
+        actor: Option<&str>,
         share_percent: Option<f64>,
-    ) -> anyhow::Result<RolloutStatus> {
+    ) -> anyhow::Result<Recorded> {
         let body = json!({ "action": action, "reason": reason, "actor": actor, "share_percent": share_percent });
         let request = self.http.post(format!("{}/v1/rollouts/{deployment}/override", self.server)).json(&body);
-        serde_json::from_str(&self.send(request).await?).context("unexpected answer to override")
+        let (body, identity) = self.send_for_identity(request).await?;
+        let status = serde_json::from_str(&body).context("unexpected answer to override")?;
+        Ok(Recorded { status, identity })
     }
 
     /// Polls until the rollout ends; returns the exit code for pipelines. Ends by
@@ -341,7 +372,7 @@ pub fn watch_view(status: &RolloutStatus, audit: &[AuditRecord]) -> String {
             "\n  #{} {}  {:<10} {:<16} {}",
             record.sequence,
             timestamp(record.at_ms),
-            record.decision.actor.name(),
+            record.decision.actor_text(),
             action_text(&record.decision.action),
             record.decision.reason
         );

@@ -24,7 +24,7 @@ mod tests;
 use crate::audit::{AuditError, AuditLog, AuditRecord, RolloutStore, StoreHealth};
 use crate::evaluation::RolloutEvaluation;
 use crate::fleet::{FleetView, applied_share_bp};
-use crate::ladder::{Action, Actor, Decision, OverrideAction, OverrideError, RolloutState, TransitionError};
+use crate::ladder::{ActedBy, Action, Actor, Decision, OverrideAction, OverrideError, RolloutState, TransitionError};
 use crate::ladder::{decide, human_override};
 use crate::notify::{Notifier, StatusUpdate};
 use crate::policy::{Metric, RolloutPolicy};
@@ -494,13 +494,14 @@ impl Engine {
     }
 
     /// Registers (or restarts, once the previous one ended) a rollout.
-    /// `actor` is `Actor::Analyzer` only for policies given at start; API callers are named humans or pipelines.
+    /// `by` is `Actor::Analyzer` only for policies given at start; API callers are the
+    /// identity their token names, with what they declared about themselves as a note.
     /// Everything that can refuse the policy runs before the audit append: a refused
     /// registration leaves no record, no state file and no served config.
     pub async fn register(
         &self,
         policy: RolloutPolicy,
-        actor: Actor,
+        by: impl Into<ActedBy>,
         now_ms: u64,
     ) -> Result<RolloutStatus, EngineError> {
         let mut inner = self.inner.lock().await;
@@ -516,7 +517,7 @@ impl Engine {
         let state = RolloutState::start(&policy, previous.as_ref().map_or(0, |s| s.generation), now_ms);
         let mut live = LiveRollout::new(policy, state, &self.source, &self.notifier)
             .map_err(|e| EngineError::InvalidPolicy(e.to_string()))?;
-        let decision = Decision::start(&live.state, actor, format!("registered with policy {:?}", live.policy.name));
+        let decision = Decision::start(&live.state, by, format!("registered with policy {:?}", live.policy.name));
         let committed = inner.store.commit(now_ms, &live.policy, &decision, previous.as_ref(), &live.state)?;
         if let Some(e) = committed.state_error {
             tracing::warn!(%deployment, error = %e, "state file not written; the audit log has the decision");
@@ -534,12 +535,12 @@ impl Engine {
         Ok(status)
     }
 
-    /// A human override: checked, logged, applied.
+    /// A human override: checked, logged, applied; `by` is the authenticated caller.
     pub async fn override_rollout(
         &self,
         deployment: &str,
         action: &OverrideAction,
-        actor: &str,
+        by: &ActedBy,
         reason: &str,
         now_ms: u64,
     ) -> Result<RolloutStatus, EngineError> {
@@ -547,7 +548,7 @@ impl Engine {
         let Inner { rollouts, broken, store } = &mut *inner;
         if let Some(broken) = broken.get_mut(deployment) {
             // No statistics run for it, but a human can still roll it back or pause it.
-            let decision = human_override(&broken.policy, &broken.state, action, actor, reason, Vec::new())?;
+            let decision = human_override(&broken.policy, &broken.state, action, by, reason, Vec::new())?;
             let after = broken.state.next(&decision, now_ms)?;
             let committed = store.commit(now_ms, &broken.policy, &decision, Some(&broken.state), &after)?;
             if let Some(e) = committed.state_error {
@@ -559,7 +560,7 @@ impl Engine {
             return Ok(broken.status(now_ms));
         }
         let live = rollouts.get_mut(deployment).ok_or_else(|| EngineError::NotFound(deployment.into()))?;
-        let decision = human_override(&live.policy, &live.state, action, actor, reason, live.rows.clone())?;
+        let decision = human_override(&live.policy, &live.state, action, by, reason, live.rows.clone())?;
         self.commit(store, live, &decision, now_ms)?;
         self.counters.overrides.fetch_add(1, Ordering::Relaxed);
         Ok(live.status(now_ms))

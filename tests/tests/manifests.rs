@@ -461,12 +461,23 @@ fn the_istio_pieces_agree_with_each_other_and_the_code() {
     assert_eq!(env("CANARY_ANALYZER_LISTEN")["value"].as_str(), Some(format!("0.0.0.0:{port}").as_str()));
     assert_eq!(deployment["spec"]["replicas"].as_u64(), Some(1), "one analyzer owns the state");
 
-    // The token: referenced by name, shown in the example with a placeholder only.
-    let secret_ref = &env("CANARY_ANALYZER_TOKEN")["valueFrom"]["secretKeyRef"];
+    // The tokens file: a whole-directory mount of the Secret (a subPath mount would never see a
+    // rotation), the example's shape with placeholders only, and no `--token` beside it (refused).
+    let tokens_file = env("CANARY_ANALYZER_TOKENS_FILE")["value"].as_str().unwrap().to_string();
+    let (dir, key) = tokens_file.rsplit_once('/').unwrap();
+    let mount = container["volumeMounts"].as_sequence().unwrap().iter().find(|m| m["mountPath"] == dir).unwrap();
+    assert!(mount["subPath"].is_null(), "{mount:?}");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let volume = pod["volumes"].as_sequence().unwrap().iter().find(|v| v["name"] == mount["name"]).unwrap();
     let example = documents_of("istio/secret.example.yaml").remove(0).value;
-    assert_eq!(secret_ref["name"], example["metadata"]["name"]);
-    let key = secret_ref["key"].as_str().unwrap();
-    assert!(example["stringData"][key].as_str().unwrap().starts_with("REPLACE"), "no real token in the repository");
+    assert_eq!(volume["secret"]["secretName"], example["metadata"]["name"]);
+    let lines = example["stringData"][key].as_str().unwrap();
+    let table = canary_analyzer::auth::TokenTable::parse(lines).unwrap_or_else(|e| panic!("{e}"));
+    assert!(table.len() >= 2, "{table:?}");
+    let tokens = lines.lines().filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty());
+    assert!(tokens.clone().all(|l| l.starts_with("REPLACE")), "no real token in the repository: {lines}");
+    let has_env = |name: &str| container["env"].as_sequence().unwrap().iter().any(|e| e["name"] == name);
+    assert!(!has_env("CANARY_ANALYZER_TOKEN"), "--token and --tokens-file together are refused");
 
     // Routing: the canary route matches exactly the value the filter writes.
     let gateway_routes = the("VirtualService", "checkout").value;

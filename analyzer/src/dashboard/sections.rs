@@ -284,7 +284,7 @@ pub fn decision_log(records: &[AuditRecord]) -> String {
             record.sequence,
             record.sequence,
             timestamp(record.at_ms),
-            escape(record.decision.actor.name()),
+            escape(&record.decision.actor_text()),
             escape(&action_text(&record.decision.action)),
             before,
             share(record.after.share_bp),
@@ -308,9 +308,10 @@ pub fn override_form(deployment: &str) -> String {
          step=\"0.01\" placeholder=\"set share only\"></label>\
          <label class=\"wide\">reason <input name=\"reason\" id=\"override-reason\" required minlength=\"1\" \
          placeholder=\"why (recorded in the audit log)\"></label>\
-         <label>actor <input name=\"actor\" id=\"override-actor\" value=\"operator\" required></label>\
+         <label>note <input name=\"actor\" id=\"override-actor\" maxlength=\"100\" \
+         placeholder=\"optional; the token names who acts\"></label>\
          <label>token <input name=\"token\" id=\"override-token\" type=\"password\" autocomplete=\"off\" \
-         placeholder=\"CANARY_ANALYZER_TOKEN\"></label>\
+         required placeholder=\"operator or admin token\"></label>\
          <button type=\"submit\" id=\"override-submit\">apply</button>\
          <output id=\"override-result\" role=\"status\"></output></form>",
         escape(&path_segment(deployment))

@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::audit::AUDIT_FILE;
+use crate::ladder::Actor;
 use std::net::SocketAddr;
 use std::sync::Mutex as StdMutex;
 use std::sync::atomic::AtomicUsize;
@@ -11,6 +12,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 const T0: u64 = 1_700_000_000_000;
+
+/// The caller of the overrides below, as the API would authenticate it.
+fn alice() -> ActedBy {
+    Actor::human("alice").unwrap().into()
+}
 
 /// A fresh state directory per test, removed on drop.
 struct TempDir(PathBuf);
@@ -231,7 +237,8 @@ async fn a_hung_target_delays_neither_an_override_nor_other_rollouts_checks() {
         .await
         .unwrap_or_else(|_| panic!("only {} of 20 checks reached the hung target", accepted.load(Ordering::SeqCst)));
     // ...and an override goes through while they all still wait for it.
-    let rollback = engine.override_rollout("service-00", &OverrideAction::Rollback, "alice", "bad build", T0 + 1).await;
+    let rollback =
+        engine.override_rollout("service-00", &OverrideAction::Rollback, &alice(), "bad build", T0 + 1).await;
     assert_eq!(rollback.unwrap().state.phase, canary_core::RolloutPhase::RolledBack);
     assert!(checks.iter().all(|c| !c.is_finished()), "the override did not wait for a check");
     for check in checks {
@@ -283,7 +290,7 @@ async fn a_rollout_that_cannot_be_rebuilt_does_not_stop_the_others() {
     assert_eq!(engine.list(T0).await.len(), 2);
     engine.check_now("good").await.unwrap();
     // A human can still take the broken one back to 0 %.
-    engine.override_rollout("broken", &OverrideAction::Rollback, "alice", "policy broken", T0 + 5).await.unwrap();
+    engine.override_rollout("broken", &OverrideAction::Rollback, &alice(), "policy broken", T0 + 5).await.unwrap();
     assert_eq!(engine.config("broken").map(|c| c.share_bp), Some(0));
     let records = AuditLog::read_all(&dir.0.join(AUDIT_FILE)).unwrap();
     assert_eq!(records.len(), 3);
