@@ -8,9 +8,12 @@
 //! must end on time even against an analyzer that accepts connections and never answers.
 
 use crate::audit::AuditRecord;
-use crate::dashboard::{action_text, duration_text, timestamp};
 use crate::engine::RolloutStatus;
-use crate::stats::{ComparisonRow, DifferenceScale, Verdict};
+use crate::present::{
+    action_text, duration_text, format_interval, format_p, format_relative, format_value, percent, timestamp,
+    verdict_name,
+};
+use crate::stats::ComparisonRow;
 use anyhow::{Context, bail};
 use canary_core::RolloutPhase;
 use serde_json::json;
@@ -177,10 +180,6 @@ impl Client {
     }
 }
 
-fn percent(bp: u32) -> String {
-    format!("{}.{:02} %", bp / 100, bp % 100)
-}
-
 /// One line of progress: `checkout: progressing at 5.00 % (step 2/5), window ends in 2 min 00 s`.
 pub fn progress_line(status: &RolloutStatus) -> String {
     let phase = format!("{:?}", status.state.phase).to_lowercase();
@@ -195,16 +194,6 @@ pub fn progress_line(status: &RolloutStatus) -> String {
         let _ = write!(line, ", window ends in {}", duration_text(s));
     }
     line
-}
-
-/// A row's value for people: latencies in ms, rates and the sample ratio in %, `-` without data.
-pub fn format_value(v: Option<f64>, metric: &str) -> String {
-    match v {
-        None => "-".into(),
-        Some(v) if metric.ends_with("_us") => format!("{:.1} ms", v / 1_000.0),
-        Some(v) if metric.ends_with("_rate") || metric == "sample_ratio" => format!("{:.3} %", v * 100.0),
-        Some(v) => format!("{v:.4}"),
-    }
 }
 
 /// The comparison table, worst first, as the API returns it.
@@ -228,44 +217,6 @@ pub fn report_table(rows: &[ComparisonRow]) -> String {
         );
     }
     out
-}
-
-/// `canary / control − 1` in percent with a sign, `-` without it.
-pub fn format_relative(row: &ComparisonRow) -> String {
-    row.relative_difference.map_or("-".into(), |r| format!("{:+.1} %", r * 100.0))
-}
-
-/// The anytime-valid interval with its scale, e.g. `[-0.010, 0.230] relative`; `-` without one.
-pub fn format_interval(row: &ComparisonRow) -> String {
-    match &row.interval {
-        Some(i) if i.lo.is_some() || i.hi.is_some() => {
-            // Latency differences in ms like the values; relative scales in percent.
-            let (unit, scale): (fn(f64) -> String, &str) = match row.interval_scale {
-                DifferenceScale::Absolute if row.metric.ends_with("_us") => (|v| format!("{:+.1} ms", v / 1_000.0), ""),
-                DifferenceScale::Absolute => (|v| format!("{v:+.4}"), ""),
-                DifferenceScale::Relative => (|v| format!("{:+.1} %", v * 100.0), " relative"),
-                DifferenceScale::RelativeOdds => (|v| format!("{:+.1} %", v * 100.0), " odds"),
-            };
-            let (lo, hi) = (i.lo.map_or("-∞".to_string(), unit), i.hi.map_or("+∞".to_string(), unit));
-            format!("[{lo}, {hi}]{scale}")
-        }
-        _ => "-".into(),
-    }
-}
-
-/// The p-value to three places, `-` without one.
-pub fn format_p(row: &ComparisonRow) -> String {
-    row.p_value.map_or("-".into(), |p| format!("{p:.3}"))
-}
-
-/// `worse`, `better`, `no difference`, `not enough data`.
-pub fn verdict_name(verdict: Verdict) -> &'static str {
-    match verdict {
-        Verdict::Worse => "worse",
-        Verdict::Better => "better",
-        Verdict::NoDifference => "no difference",
-        Verdict::NotEnoughData => "not enough data",
-    }
 }
 
 /// The status of one rollout for people.
@@ -391,6 +342,7 @@ mod tests {
     use super::*;
     use crate::fixtures::{point, row, state};
     use crate::ladder::{Action, Actor};
+    use crate::stats::Verdict;
 
     /// The shared rollout after one check, with `rows` comparison rows.
     fn status(rows: usize) -> RolloutStatus {

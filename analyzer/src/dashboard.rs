@@ -21,12 +21,12 @@ mod html;
 mod sections;
 mod svg;
 
-pub use html::{escape, timestamp};
-pub use sections::{action_text, duration_text};
+pub use html::escape;
 
 use crate::audit::AuditRecord;
 use crate::engine::RolloutStatus;
-use html::{path_segment, share};
+use crate::present::share;
+use html::path_segment;
 use sections::{charts, comparison_table, decision_log, ladder, override_form, requests, summary};
 use std::fmt::Write as _;
 
@@ -109,7 +109,7 @@ pub fn index_fragment(statuses: &[RolloutStatus]) -> String {
     let mut out = String::from("<div class=\"rollouts\">");
     for status in statuses {
         let worst = status.rows.first().map_or("no comparison yet".to_string(), |row| {
-            format!("worst: {} ({})", row.metric, crate::cli::verdict_name(row.verdict))
+            format!("worst: {} ({})", row.metric, crate::present::verdict_name(row.verdict))
         });
         let _ = write!(
             out,

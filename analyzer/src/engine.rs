@@ -24,10 +24,11 @@ mod tests;
 use crate::audit::{AuditError, AuditLog, AuditRecord, RolloutStore, StoreHealth};
 use crate::evaluation::RolloutEvaluation;
 use crate::fleet::{FleetView, applied_share_bp};
-use crate::ladder::{ActedBy, Action, Actor, Decision, OverrideAction, OverrideError, RolloutState, TransitionError};
+use crate::ladder::{ActedBy, Actor, Decision, OverrideAction, OverrideError, RolloutState, TransitionError};
 use crate::ladder::{decide, human_override};
 use crate::notify::{Notifier, StatusUpdate};
 use crate::policy::{Metric, RolloutPolicy};
+use crate::present::{action_name, describe_row};
 use crate::source::{DeltaTracker, EnvoyAdminSource, IntervalMetrics, PrometheusSource, SourceError};
 use crate::stats::{ComparisonRow, StatsError, Verdict};
 use crate::step_evidence::{CheckOutcome, StepEvidence};
@@ -797,25 +798,6 @@ impl Engine {
 fn fleet_deadline_checks(policy: &RolloutPolicy) -> u64 {
     let interval_ms = policy.check_interval.as_millis().max(1);
     u64::try_from(policy.fleet_deadline.as_millis().div_ceil(interval_ms)).unwrap_or(u64::MAX)
-}
-
-pub fn action_name(action: &Action) -> &'static str {
-    match action {
-        Action::Start => "start",
-        Action::Hold => "hold",
-        Action::Promote { .. } => "promote",
-        Action::Rollback => "rollback",
-        Action::Pause => "pause",
-        Action::Resume => "resume",
-        Action::SetShare { .. } => "set share",
-    }
-}
-
-/// One line per row: `error_rate: canary 0.0123 vs control 0.0051 (worse, p=0.001)`.
-pub fn describe_row(row: &ComparisonRow) -> String {
-    let value = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
-    let p = row.p_value.map_or(String::new(), |p| format!(", p={p:.3}"));
-    format!("{}: canary {} vs control {} ({:?}{p})", row.metric, value(row.canary), value(row.control), row.verdict)
 }
 
 /// Runs the checks until `shutdown` resolves.

@@ -13,6 +13,7 @@ pub mod fleet;
 pub mod ladder;
 pub mod notify;
 pub mod policy;
+pub mod present;
 pub mod simulation;
 pub mod source;
 pub mod stats;
