@@ -208,9 +208,10 @@ async fn bad_flags_and_missing_tokens_are_explained_in_the_logs() {
     wait_healthy(&client, &no_token, &base).await;
     let (status, body) = register(&client, &base, Some("anything")).await;
     assert_eq!(status, 403, "{body}");
-    assert!(body.contains("started without a token (CANARY_ANALYZER_TOKEN)"), "{body}");
+    assert!(body.contains("started without tokens") && body.contains("CANARY_ANALYZER_TOKEN"), "{body}");
     let logs = no_token.logs();
     assert!(logs.contains("overrides=false"), "{logs}");
+    assert!(logs.contains("no bearer token") && logs.contains("refused with 403"), "{logs}");
     // Plain text for `podman logs` and `kubectl logs`: no terminal colour codes.
     assert!(!logs.contains('\u{1b}'), "ANSI escapes in the log:\n{logs:?}");
 
