@@ -431,14 +431,28 @@ struct RawNotify {
 }
 
 /// serde_yaml_ng prefixes errors inside the document with their path
-/// ("spec.ladder[0]: unknown field ..."): name that field when it can.
+/// ("spec.ladder[0]: unknown field ..."): name that field when it can. Keys are quoted
+/// as written, so control characters are escaped to keep the error on one line.
 fn yaml_error(error: &serde_yaml_ng::Error) -> PolicyError {
-    let message = error.to_string();
+    let message = one_line(&error.to_string());
     let (field, detail) = match message.split_once(": ") {
         Some((path, detail)) if !path.contains(' ') && !path.is_empty() => (path.to_string(), detail.to_string()),
         _ => ("(document)".to_string(), message.clone()),
     };
     PolicyError::new(field, "(as written)", format!("a valid RolloutPolicy document: {detail}"))
+}
+
+/// `text` with control characters escaped (`\n`, `\u{1b}`): one log line whatever a key holds.
+fn one_line(text: &str) -> String {
+    let mut line = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            line.extend(c.escape_default());
+        } else {
+            line.push(c);
+        }
+    }
+    line
 }
 
 impl TryFrom<RawDocument> for RolloutPolicy {
@@ -1173,5 +1187,23 @@ mod tests {
         assert_eq!(custom.max_absolute_increase, Some(0.5));
         assert_eq!(policy.metrics[2].report_metric(), "checkout_failures");
         assert!(policy.metrics[2].critical, "listed metrics are critical by default");
+    }
+
+    /// Found by `generated_policies_are_accepted_consistently_or_refused_by_field`
+    /// (tests/parser_properties): serde_yaml_ng quotes an unknown key as written, so a
+    /// key holding a line break, a tab or an escape character split the error over
+    /// lines (the analyzer's start-up error, the CLI's output) or coloured a terminal.
+    #[test]
+    fn regression_unknown_keys_with_control_characters_are_refused_on_one_line() {
+        for text in [
+            "{'\n\n'",
+            "\"\\t\": 1\n",
+            "apiVersion: canary.wasm.dev/v1alpha1\n\"\\r\\0\\e[31m\": 1\n",
+            "metadata: {labels: {\"a\\nb\": [1]}}\n",
+        ] {
+            let error = RolloutPolicy::from_yaml(text).unwrap_err();
+            let line = error.to_string();
+            assert!(!line.chars().any(char::is_control), "for {text:?}: {line:?}");
+        }
     }
 }
