@@ -1261,4 +1261,22 @@ mod tests {
         );
         assert_eq!(policy.unwrap().ladder.len(), 2);
     }
+
+    /// Found by `generated_policies_are_accepted_consistently_or_refused_by_field`
+    /// (tests/parser_properties, 3 000 cases): serde_json's default float parser can miss
+    /// by one ULP, so a policy read back from its state file or audit record (JSON) was
+    /// not the policy written (2.120705760146268 came back as 2.1207057601462678) and
+    /// its fingerprint changed: a restarted analyzer threw the saved evidence away.
+    #[test]
+    fn regression_a_policy_read_back_from_json_keeps_its_floats_and_fingerprint() {
+        let policy = parse(
+            "  alpha: 0.049999999999999996\n  metrics:\n\
+             \x20   - {name: latency_p50, max_increase_ms: 2.120705760146268}\n\
+             \x20   - {name: error_rate, max_relative_increase: 0.30000000000000004}\n",
+        )
+        .unwrap();
+        let back: RolloutPolicy = serde_json::from_str(&serde_json::to_string(&policy).unwrap()).unwrap();
+        assert_eq!(back, policy);
+        assert_eq!(back.fingerprint(), policy.fingerprint());
+    }
 }
