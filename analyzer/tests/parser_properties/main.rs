@@ -14,5 +14,6 @@
 // helper functions are not marked as.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+mod exposition;
 mod policy;
 mod support;
