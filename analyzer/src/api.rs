@@ -238,8 +238,8 @@ async fn override_rollout(
     body: String,
 ) -> Result<Response, ApiError> {
     state.authorize(&headers, "override")?;
-    let request: OverrideRequest =
-        serde_json::from_str(&body).map_err(|e| ApiError::BadRequest(format!("override request: {e}")))?;
+    let request: OverrideRequest = serde_json::from_str(&body)
+        .map_err(|e| ApiError::BadRequest(crate::policy::one_line(&format!("override request: {e}"))))?;
     let action = parse_action(&request)?;
     let reason = request.reason.as_deref().unwrap_or("");
     let actor = request.actor.as_deref().unwrap_or("operator");

@@ -475,7 +475,7 @@ fn check_flow_nesting(text: &str) -> Result<(), PolicyError> {
 }
 
 /// `text` with control characters escaped (`\n`, `\u{1b}`): one log line whatever a key holds.
-fn one_line(text: &str) -> String {
+pub(crate) fn one_line(text: &str) -> String {
     let mut line = String::with_capacity(text.len());
     for c in text.chars() {
         if c.is_control() {

@@ -14,6 +14,7 @@
 // helper functions are not marked as.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+mod api;
 mod exposition;
 mod policy;
 mod support;
