@@ -807,6 +807,16 @@ impl RawMetric {
                     "`max_increase_ms` and/or `max_relative_increase` for a latency metric",
                 ));
             }
+            // The statistics take the tolerance in µs: above f64::MAX / 1000 ms it is infinite there.
+            if let Some(ms) = max_increase_ms
+                && !(ms * MICROS_PER_MILLI).is_finite()
+            {
+                return Err(PolicyError::new(
+                    format!("{field}.max_increase_ms"),
+                    ms,
+                    "a finite number >= 0 whose microseconds are finite too (below 1.7e305)",
+                ));
+            }
             Metric::Latency { quantile, tolerance: LatencyTolerance { max_increase_ms, max_relative_increase } }
         } else {
             let query = self.custom_query(field, &name)?;
@@ -1278,5 +1288,18 @@ mod tests {
         let back: RolloutPolicy = serde_json::from_str(&serde_json::to_string(&policy).unwrap()).unwrap();
         assert_eq!(back, policy);
         assert_eq!(back.fingerprint(), policy.fingerprint());
+    }
+
+    /// Found by `register_bodies_are_registered_exactly_when_the_policy_parses`
+    /// (tests/parser_properties, 1 500 cases): `max_increase_ms: 1e308` passed the policy's
+    /// checks, but is infinite in microseconds, so registering it failed with "statistics:
+    /// latency tolerance_us must be finite" naming no field (and a `--policy` file
+    /// stopped the analyzer at start). The policy now refuses it by field.
+    #[test]
+    fn regression_a_latency_tolerance_infinite_in_microseconds_is_refused_by_field() {
+        let error = parse("  metrics:\n    - {name: latency_p99, max_increase_ms: 1.0e308}\n").unwrap_err();
+        assert_eq!(error.field, "spec.metrics[0].max_increase_ms", "{error}");
+        let largest = parse("  metrics:\n    - {name: latency_p99, max_increase_ms: 1.0e305}\n").unwrap();
+        assert!(crate::evaluation::RolloutEvaluation::new(&largest).is_ok());
     }
 }
