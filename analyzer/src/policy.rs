@@ -649,8 +649,16 @@ fn percent_text(bp: u32) -> String {
     percent_value(bp).to_string()
 }
 
+/// Longest step window or check interval: a year. Longer is a typo, and the engine adds
+/// these to clocks and multiplies them (`Instant + check_interval`, ten intervals, checks
+/// per window × 10), which overflowed and panicked near `u64::MAX` seconds.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3_600);
+
 fn positive_duration(field: &str, text: &str) -> Result<Duration, PolicyError> {
     match parse_duration(text) {
+        Some(duration) if duration > MAX_DURATION => {
+            Err(PolicyError::new(field, format!("{text:?}"), "a duration of at most a year (8760h)"))
+        }
         Some(duration) if !duration.is_zero() => Ok(duration),
         _ => Err(PolicyError::new(field, format!("{text:?}"), "a positive duration like \"30s\", \"5m\" or \"1h30m\"")),
     }
@@ -1301,5 +1309,24 @@ mod tests {
         assert_eq!(error.field, "spec.metrics[0].max_increase_ms", "{error}");
         let largest = parse("  metrics:\n    - {name: latency_p99, max_increase_ms: 1.0e305}\n").unwrap();
         assert!(crate::evaluation::RolloutEvaluation::new(&largest).is_ok());
+    }
+
+    /// Found by `register_bodies_are_registered_exactly_when_the_policy_parses`
+    /// (tests/parser_properties, 1 500 cases): `check_interval: 5124095576030431h` parsed,
+    /// then registering it panicked ("overflow when adding duration to instant"); step
+    /// windows near `u64::MAX` seconds overflowed the checks-per-window arithmetic.
+    #[test]
+    fn regression_durations_beyond_a_year_are_refused_by_field() {
+        for (extra, field) in [
+            ("  check_interval: 5124095576030431h\n", "spec.check_interval"),
+            ("  default_window: 8761h\n", "spec.default_window"),
+            ("  ladder: [{share: 1, window: 18446744073709551615s}, {share: 100}]\n", "spec.ladder[0].window"),
+        ] {
+            let error = parse(extra).unwrap_err();
+            assert_eq!(error.field, field, "{error}");
+            assert!(error.expected.contains("at most a year"), "{error}");
+        }
+        let year = parse("  check_interval: 8760h\n  default_window: 8760h\n").unwrap();
+        assert_eq!(year.check_interval, MAX_DURATION);
     }
 }

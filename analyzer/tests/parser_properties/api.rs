@@ -257,3 +257,18 @@ fn regression_an_override_body_with_a_control_character_key_is_refused_on_one_li
         }
     });
 }
+
+/// Found by `register_bodies_are_registered_exactly_when_the_policy_parses`: a check
+/// interval of `u64::MAX` seconds parsed, then registering it panicked the handler
+/// ("overflow when adding duration to instant"). Now refused with a 400 naming the field.
+#[test]
+fn regression_a_check_interval_that_overflows_the_clock_is_refused_not_a_panic() {
+    block_on(async {
+        let analyzer = Analyzer::new();
+        let body = CHECKOUT
+            .replace("spec: {deployment: checkout}", "spec: {deployment: checkout, check_interval: 5124095576030431h}");
+        let (status, answer) = analyzer.call("POST", "/v1/rollouts", None, body.into_bytes()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+        assert!(answer.contains("field `spec.check_interval`"), "{answer}");
+    });
+}
