@@ -33,6 +33,9 @@ mod prometheus;
 mod prometheus_api;
 mod snapshot;
 
+#[cfg(test)]
+mod prometheus_api_props;
+
 pub use body::DEFAULT_MAX_BODY_BYTES;
 pub use delta::{DeltaTracker, TargetDelta, TargetScrape, target_delta};
 pub use envoy_admin::{EnvoyAdminSource, STATS_PATH};
