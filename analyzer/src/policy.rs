@@ -61,6 +61,10 @@ const BASIS_POINTS_PER_PERCENT: f64 = 100.0;
 const FULL_SHARE_BP: u32 = 10_000;
 /// Checking more often than once a second is busy-work: scrapes and polls are slower than that.
 const MIN_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest step window or check interval a written policy may have: a year. Longer is a
+/// typo, and the engine adds these to clocks and multiplies them (`Instant + check_interval`,
+/// ten intervals, checks per window × 10), which overflowed and panicked near `u64::MAX` s.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3_600);
 /// Placeholders a custom PromQL query template may use.
 const QUERY_PLACEHOLDERS: [&str; 3] = ["cohort", "deployment", "window"];
 
@@ -250,12 +254,44 @@ impl RolloutPolicy {
         check_flow_nesting(text)?;
         let raw: RawDocument = serde_yaml_ng::from_str(text).map_err(|e| yaml_error(&e))?;
         let policy = RolloutPolicy::try_from(raw)?;
+        policy.check_runnable()?;
         if let Some(notify) = &policy.notify
             && notify.webhook_url.secret().is_none()
         {
             return Err(PolicyError::new("spec.notify.webhook_url", &notify.webhook_url, webhook::NOT_REDACTED));
         }
         Ok(policy)
+    }
+
+    /// Limits for policies people write, beyond the document's own rules: values the
+    /// engine could not run. Not applied when a policy is read back from the audit log or
+    /// a state file (through serde), so a record an older analyzer wrote still loads.
+    fn check_runnable(&self) -> Result<(), PolicyError> {
+        let at_most_a_year = "a duration of at most a year (8760h)";
+        if self.check_interval > MAX_DURATION {
+            let shown = format_duration(self.check_interval);
+            return Err(PolicyError::new("spec.check_interval", shown, at_most_a_year));
+        }
+        if let Some((i, step)) = self.ladder.iter().enumerate().find(|(_, step)| step.window > MAX_DURATION) {
+            return Err(PolicyError::new(
+                format!("spec.ladder[{i}].window"),
+                format_duration(step.window),
+                format!("{at_most_a_year}; a step without a window takes spec.default_window"),
+            ));
+        }
+        for (i, metric) in self.metrics.iter().enumerate() {
+            // The statistics take the tolerance in µs: above f64::MAX / 1000 ms it is infinite there.
+            if let Metric::Latency { tolerance: LatencyTolerance { max_increase_ms: Some(ms), .. }, .. } = metric.metric
+                && !(ms * MICROS_PER_MILLI).is_finite()
+            {
+                return Err(PolicyError::new(
+                    format!("spec.metrics[{i}].max_increase_ms"),
+                    ms,
+                    "a finite number >= 0 whose microseconds are finite too (below 1.7e305)",
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The full document, every default explicit, as YAML.
@@ -649,16 +685,8 @@ fn percent_text(bp: u32) -> String {
     percent_value(bp).to_string()
 }
 
-/// Longest step window or check interval: a year. Longer is a typo, and the engine adds
-/// these to clocks and multiplies them (`Instant + check_interval`, ten intervals, checks
-/// per window × 10), which overflowed and panicked near `u64::MAX` seconds.
-const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3_600);
-
 fn positive_duration(field: &str, text: &str) -> Result<Duration, PolicyError> {
     match parse_duration(text) {
-        Some(duration) if duration > MAX_DURATION => {
-            Err(PolicyError::new(field, format!("{text:?}"), "a duration of at most a year (8760h)"))
-        }
         Some(duration) if !duration.is_zero() => Ok(duration),
         _ => Err(PolicyError::new(field, format!("{text:?}"), "a positive duration like \"30s\", \"5m\" or \"1h30m\"")),
     }
@@ -813,16 +841,6 @@ impl RawMetric {
                 return Err(PolicyError::missing(
                     format!("{field}.max_increase_ms"),
                     "`max_increase_ms` and/or `max_relative_increase` for a latency metric",
-                ));
-            }
-            // The statistics take the tolerance in µs: above f64::MAX / 1000 ms it is infinite there.
-            if let Some(ms) = max_increase_ms
-                && !(ms * MICROS_PER_MILLI).is_finite()
-            {
-                return Err(PolicyError::new(
-                    format!("{field}.max_increase_ms"),
-                    ms,
-                    "a finite number >= 0 whose microseconds are finite too (below 1.7e305)",
                 ));
             }
             Metric::Latency { quantile, tolerance: LatencyTolerance { max_increase_ms, max_relative_increase } }
@@ -1319,7 +1337,7 @@ mod tests {
     fn regression_durations_beyond_a_year_are_refused_by_field() {
         for (extra, field) in [
             ("  check_interval: 5124095576030431h\n", "spec.check_interval"),
-            ("  default_window: 8761h\n", "spec.default_window"),
+            ("  default_window: 8761h\n", "spec.ladder[0].window"),
             ("  ladder: [{share: 1, window: 18446744073709551615s}, {share: 100}]\n", "spec.ladder[0].window"),
         ] {
             let error = parse(extra).unwrap_err();
@@ -1328,5 +1346,22 @@ mod tests {
         }
         let year = parse("  check_interval: 8760h\n  default_window: 8760h\n").unwrap();
         assert_eq!(year.check_interval, MAX_DURATION);
+    }
+
+    /// The limits above are for policies people write: an audit record or state file an
+    /// older analyzer wrote with such values still loads (a refused record would stop the
+    /// analyzer at start as a corrupt audit log); the engine then reports it as broken.
+    #[test]
+    fn limits_of_written_policies_do_not_apply_to_records_read_back() {
+        let mut policy = parse("  metrics:\n    - {name: latency_p99, max_increase_ms: 1}\n").unwrap();
+        policy.check_interval = MAX_DURATION * 2;
+        policy.ladder[0].window = MAX_DURATION * 2;
+        policy.metrics[0].metric = Metric::Latency {
+            quantile: LatencyQuantile::P99,
+            tolerance: LatencyTolerance { max_increase_ms: Some(1e306), max_relative_increase: None },
+        };
+        let back: RolloutPolicy = serde_json::from_str(&serde_json::to_string(&policy).unwrap()).unwrap();
+        assert_eq!(back, policy);
+        assert!(RolloutPolicy::from_yaml(&policy.to_yaml().unwrap()).is_err(), "written, it is refused");
     }
 }
