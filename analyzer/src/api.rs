@@ -286,8 +286,8 @@ async fn override_rollout(
     body: String,
 ) -> Result<Response, ApiError> {
     let identity = state.authenticate(&headers, Permission::Override, "override")?;
-    let request: OverrideRequest =
-        serde_json::from_str(&body).map_err(|e| ApiError::BadRequest(format!("override request: {e}")))?;
+    let request: OverrideRequest = serde_json::from_str(&body)
+        .map_err(|e| ApiError::BadRequest(crate::policy::one_line(&format!("override request: {e}"))))?;
     let action = parse_action(&request)?;
     let reason = request.reason.as_deref().unwrap_or("");
     let by = acted_by(&identity, request.actor.as_deref(), "field `actor`")?;

@@ -130,6 +130,18 @@ fn policy(deployment: &str, extra: &str) -> RolloutPolicy {
     .unwrap()
 }
 
+/// A policy the statistics refuse (`max_increase_ms: 1e306` is infinite in µs), as an older
+/// analyzer could register it: `from_yaml` now refuses it by field, so it is built directly.
+fn statistics_refused(deployment: &str) -> RolloutPolicy {
+    let mut policy = policy(deployment, "    - {name: latency_p99, max_increase_ms: 1}\n");
+    for metric in &mut policy.metrics {
+        if let crate::policy::Metric::Latency { tolerance, .. } = &mut metric.metric {
+            tolerance.max_increase_ms = Some(1e306);
+        }
+    }
+    policy
+}
+
 /// A wall clock the test sets.
 fn stepped_clock(start_ms: u64) -> (WallClock, Arc<AtomicU64>) {
     let now = Arc::new(AtomicU64::new(start_ms));
@@ -257,7 +269,7 @@ async fn a_policy_the_statistics_refuse_leaves_no_trace() {
     let dir = TempDir::new();
     let (clock, _) = stepped_clock(T0);
     let engine = engine(&dir, vec!["http://127.0.0.1:1".into()], clock);
-    let bad = policy("checkout", "    - {name: latency_p99, max_increase_ms: 1e306}\n");
+    let bad = statistics_refused("checkout");
     let refused = engine.register(bad, Actor::human("ci").unwrap(), T0).await.unwrap_err();
     assert!(matches!(refused, EngineError::InvalidPolicy(_)), "{refused}");
     assert!(refused.to_string().contains("tolerance"), "{refused}");
@@ -272,7 +284,7 @@ async fn a_rollout_that_cannot_be_rebuilt_does_not_stop_the_others() {
     {
         // Written as an older analyzer would have: the store accepts what the statistics refuse.
         let (mut store, _) = RolloutStore::open(&dir.0).unwrap();
-        for policy in [policy("good", ""), policy("broken", "    - {name: latency_p99, max_increase_ms: 1e306}\n")] {
+        for policy in [policy("good", ""), statistics_refused("broken")] {
             let state = RolloutState::start(&policy, 0, T0);
             let start = Decision::start(&state, Actor::human("ci").unwrap(), "deploy");
             store.commit(T0, &policy, &start, None, &state).unwrap();

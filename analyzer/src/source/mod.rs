@@ -35,6 +35,9 @@ mod prometheus_api;
 mod prometheus_proxies;
 mod snapshot;
 
+#[cfg(test)]
+mod prometheus_api_props;
+
 pub use body::DEFAULT_MAX_BODY_BYTES;
 pub use delta::{DeltaTracker, TargetDelta, TargetScrape, target_delta};
 pub use envoy_admin::{EnvoyAdminSource, STATS_PATH};
