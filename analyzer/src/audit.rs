@@ -636,6 +636,11 @@ mod tests {
     const T0: u64 = 1_700_000_000_000;
     const WINDOW_MS: u64 = 300_000;
 
+    /// The overrides' caller, as the API authenticates it.
+    fn alice() -> crate::ladder::ActedBy {
+        Actor::human("alice").unwrap().into()
+    }
+
     /// A fresh directory per test under the system temp dir, removed on drop.
     struct TempDir(PathBuf);
 
@@ -747,7 +752,7 @@ mod tests {
         assert_eq!(fs::read(&audit_path).unwrap(), complete, "the torn bytes are cut off the log");
         let aside = audit_path.with_file_name("audit.jsonl.torn-1");
         assert_eq!(fs::read(&aside).unwrap(), torn, "and set aside, not dropped");
-        let rollback = human_override(&policy, &state, &OverrideAction::Rollback, "alice", "bad", vec![]).unwrap();
+        let rollback = human_override(&policy, &state, &OverrideAction::Rollback, &alice(), "bad", vec![]).unwrap();
         let after = state.next(&rollback, T0 + 2 * WINDOW_MS).unwrap();
         let committed = store.commit(T0 + 2 * WINDOW_MS, &policy, &rollback, Some(&state), &after).unwrap();
         assert_eq!(committed.record.sequence, 3);
@@ -818,7 +823,7 @@ mod tests {
         fs::remove_file(dir.0.join(AUDIT_FILE)).unwrap();
         let (mut store, rollouts) = RolloutStore::open(&dir.0).unwrap();
         assert_eq!(rollouts["checkout"].state, state);
-        let pause = human_override(&policy(), &state, &OverrideAction::Pause, "alice", "why", vec![]).unwrap();
+        let pause = human_override(&policy(), &state, &OverrideAction::Pause, &alice(), "why", vec![]).unwrap();
         let after = state.next(&pause, T0).unwrap();
         assert_eq!(store.commit(T0, &policy(), &pause, Some(&state), &after).unwrap().record.sequence, 4);
     }
@@ -843,7 +848,7 @@ mod tests {
         drop(store);
         fs::remove_file(dir.0.join(AUDIT_FILE)).unwrap();
         let (mut store, _) = RolloutStore::open(&dir.0).unwrap();
-        let pause = human_override(&policy, &state, &OverrideAction::Pause, "alice", "why", vec![]).unwrap();
+        let pause = human_override(&policy, &state, &OverrideAction::Pause, &alice(), "why", vec![]).unwrap();
         let paused = state.next(&pause, T0).unwrap();
         assert_eq!(store.commit(T0, &policy, &pause, Some(&state), &paused).unwrap().record.sequence, 4);
         drop(store);
@@ -883,7 +888,7 @@ mod tests {
         keep_records(&audit_path, 2..=3);
         let (mut store, rollouts) = RolloutStore::open(&dir.0).unwrap();
         assert_eq!(rollouts["checkout"].state, state, "the state file is newer than the log: kept");
-        let pause = human_override(&policy, &state, &OverrideAction::Pause, "alice", "why", vec![]).unwrap();
+        let pause = human_override(&policy, &state, &OverrideAction::Pause, &alice(), "why", vec![]).unwrap();
         let paused = state.next(&pause, T0).unwrap();
         assert_eq!(store.commit(T0, &policy, &pause, Some(&state), &paused).unwrap().record.sequence, 5);
         drop(store);
@@ -936,7 +941,7 @@ mod tests {
         assert_eq!(health.failure(), None);
         // A real fault on both steps: write(2) and ftruncate(2) on a read-only descriptor of the log both fail.
         store.audit.file = File::open(store.audit_path()).unwrap();
-        let pause = human_override(&policy, &state, &OverrideAction::Pause, "alice", "why", vec![]).unwrap();
+        let pause = human_override(&policy, &state, &OverrideAction::Pause, &alice(), "why", vec![]).unwrap();
         let paused = state.next(&pause, T0).unwrap();
         let error = store.commit(T0, &policy, &pause, Some(&state), &paused).unwrap_err();
         assert!(matches!(error, AuditError::Io { action: "append to audit log", .. }), "{error:?}");
@@ -965,7 +970,7 @@ mod tests {
         let state_dir = dir.0.join(STATE_DIR);
         fs::remove_dir_all(&state_dir).unwrap();
         fs::write(&state_dir, b"not a directory").unwrap();
-        let pause = human_override(&policy, &state, &OverrideAction::Pause, "alice", "why", vec![]).unwrap();
+        let pause = human_override(&policy, &state, &OverrideAction::Pause, &alice(), "why", vec![]).unwrap();
         let after = state.next(&pause, T0).unwrap();
         let committed = store.commit(T0, &policy, &pause, Some(&state), &after).unwrap();
         assert!(committed.state_error.is_some());

@@ -8,9 +8,12 @@
 //! must end on time even against an analyzer that accepts connections and never answers.
 
 use crate::audit::AuditRecord;
-use crate::dashboard::{action_text, duration_text, timestamp};
 use crate::engine::RolloutStatus;
-use crate::stats::{ComparisonRow, DifferenceScale, Verdict};
+use crate::present::{
+    action_text, duration_text, format_interval, format_p, format_relative, format_value, percent, timestamp,
+    verdict_name,
+};
+use crate::stats::ComparisonRow;
 use anyhow::{Context, bail};
 use canary_core::RolloutPhase;
 use serde_json::json;
@@ -29,6 +32,21 @@ pub struct Client {
     /// The limit of every request ([`DEFAULT_REQUEST_TIMEOUT`] unless set).
     pub request_timeout: Duration,
     http: reqwest::Client,
+}
+
+/// The answer to a write: the rollout after it, and who the analyzer recorded it as.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub status: RolloutStatus,
+    /// `alice (operator)`; `None` from an analyzer older than named identities.
+    pub identity: Option<String>,
+}
+
+impl Recorded {
+    /// `recorded as alice (operator)`, for the person at the terminal.
+    pub fn identity_line(&self) -> String {
+        format!("recorded as {}", self.identity.as_deref().unwrap_or("(the analyzer did not say)"))
+    }
 }
 
 /// `wait`'s exit codes: pipelines branch on them.
@@ -57,6 +75,12 @@ impl Client {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<String> {
+        Ok(self.send_for_identity(request).await?.0)
+    }
+
+    /// The answer's body and the identity the analyzer recorded the request as
+    /// ([`crate::api::IDENTITY_HEADER`], on writes).
+    async fn send_for_identity(&self, request: reqwest::RequestBuilder) -> anyhow::Result<(String, Option<String>)> {
         // From connecting to the end of the body (reqwest's per-request timeout covers all of it).
         let request = request.timeout(self.request_timeout);
         let request = match &self.token {
@@ -67,6 +91,8 @@ impl Client {
             format!("cannot reach the analyzer at {} within {} s", self.server, self.request_timeout.as_secs_f64())
         })?;
         let status = response.status();
+        let identity =
+            response.headers().get(crate::api::IDENTITY_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
         let body = response.text().await.context("reading the analyzer's answer")?;
         if !status.is_success() {
             let message = serde_json::from_str::<serde_json::Value>(&body)
@@ -75,7 +101,7 @@ impl Client {
                 .unwrap_or(body);
             bail!("analyzer answered {status}: {message}");
         }
-        Ok(body)
+        Ok((body, identity))
     }
 
     pub async fn status(&self, deployment: &str) -> anyhow::Result<RolloutStatus> {
@@ -94,9 +120,15 @@ impl Client {
         serde_json::from_str(&body).context("the analyzer's list is not what this client expects")
     }
 
-    pub async fn register(&self, policy_text: String, actor: &str) -> anyhow::Result<RolloutStatus> {
-        let request = self.http.post(format!("{}/v1/rollouts", self.server)).header("x-actor", actor).body(policy_text);
-        serde_json::from_str(&self.send(request).await?).context("unexpected answer to register")
+    /// Registers a policy; `actor` is sent as `x-actor`, a note beside the token's identity.
+    pub async fn register(&self, policy_text: String, actor: Option<&str>) -> anyhow::Result<Recorded> {
+        let mut request = self.http.post(format!("{}/v1/rollouts", self.server)).body(policy_text);
+        if let Some(actor) = actor {
+            request = request.header("x-actor", actor);
+        }
+        let (body, identity) = self.send_for_identity(request).await?;
+        let status = serde_json::from_str(&body).context("unexpected answer to register")?;
+        Ok(Recorded { status, identity })
     }
 
     pub async fn override_rollout(
@@ -104,12 +136,14 @@ impl Client {
         deployment: &str,
         action: &str,
         reason: &str,
-        actor: &str,
+        actor: Option<&str>,
         share_percent: Option<f64>,
-    ) -> anyhow::Result<RolloutStatus> {
+    ) -> anyhow::Result<Recorded> {
         let body = json!({ "action": action, "reason": reason, "actor": actor, "share_percent": share_percent });
         let request = self.http.post(format!("{}/v1/rollouts/{deployment}/override", self.server)).json(&body);
-        serde_json::from_str(&self.send(request).await?).context("unexpected answer to override")
+        let (body, identity) = self.send_for_identity(request).await?;
+        let status = serde_json::from_str(&body).context("unexpected answer to override")?;
+        Ok(Recorded { status, identity })
     }
 
     /// Polls until the rollout ends; returns the exit code for pipelines. Ends by
@@ -146,10 +180,6 @@ impl Client {
     }
 }
 
-fn percent(bp: u32) -> String {
-    format!("{}.{:02} %", bp / 100, bp % 100)
-}
-
 /// One line of progress: `checkout: progressing at 5.00 % (step 2/5), window ends in 2 min 00 s`.
 pub fn progress_line(status: &RolloutStatus) -> String {
     let phase = format!("{:?}", status.state.phase).to_lowercase();
@@ -164,16 +194,6 @@ pub fn progress_line(status: &RolloutStatus) -> String {
         let _ = write!(line, ", window ends in {}", duration_text(s));
     }
     line
-}
-
-/// A row's value for people: latencies in ms, rates and the sample ratio in %, `-` without data.
-pub fn format_value(v: Option<f64>, metric: &str) -> String {
-    match v {
-        None => "-".into(),
-        Some(v) if metric.ends_with("_us") => format!("{:.1} ms", v / 1_000.0),
-        Some(v) if metric.ends_with("_rate") || metric == "sample_ratio" => format!("{:.3} %", v * 100.0),
-        Some(v) => format!("{v:.4}"),
-    }
 }
 
 /// The comparison table, worst first, as the API returns it.
@@ -197,44 +217,6 @@ pub fn report_table(rows: &[ComparisonRow]) -> String {
         );
     }
     out
-}
-
-/// `canary / control − 1` in percent with a sign, `-` without it.
-pub fn format_relative(row: &ComparisonRow) -> String {
-    row.relative_difference.map_or("-".into(), |r| format!("{:+.1} %", r * 100.0))
-}
-
-/// The anytime-valid interval with its scale, e.g. `[-0.010, 0.230] relative`; `-` without one.
-pub fn format_interval(row: &ComparisonRow) -> String {
-    match &row.interval {
-        Some(i) if i.lo.is_some() || i.hi.is_some() => {
-            // Latency differences in ms like the values; relative scales in percent.
-            let (unit, scale): (fn(f64) -> String, &str) = match row.interval_scale {
-                DifferenceScale::Absolute if row.metric.ends_with("_us") => (|v| format!("{:+.1} ms", v / 1_000.0), ""),
-                DifferenceScale::Absolute => (|v| format!("{v:+.4}"), ""),
-                DifferenceScale::Relative => (|v| format!("{:+.1} %", v * 100.0), " relative"),
-                DifferenceScale::RelativeOdds => (|v| format!("{:+.1} %", v * 100.0), " odds"),
-            };
-            let (lo, hi) = (i.lo.map_or("-∞".to_string(), unit), i.hi.map_or("+∞".to_string(), unit));
-            format!("[{lo}, {hi}]{scale}")
-        }
-        _ => "-".into(),
-    }
-}
-
-/// The p-value to three places, `-` without one.
-pub fn format_p(row: &ComparisonRow) -> String {
-    row.p_value.map_or("-".into(), |p| format!("{p:.3}"))
-}
-
-/// `worse`, `better`, `no difference`, `not enough data`.
-pub fn verdict_name(verdict: Verdict) -> &'static str {
-    match verdict {
-        Verdict::Worse => "worse",
-        Verdict::Better => "better",
-        Verdict::NoDifference => "no difference",
-        Verdict::NotEnoughData => "not enough data",
-    }
 }
 
 /// The status of one rollout for people.
@@ -341,7 +323,7 @@ pub fn watch_view(status: &RolloutStatus, audit: &[AuditRecord]) -> String {
             "\n  #{} {}  {:<10} {:<16} {}",
             record.sequence,
             timestamp(record.at_ms),
-            record.decision.actor.name(),
+            record.decision.actor_text(),
             action_text(&record.decision.action),
             record.decision.reason
         );
@@ -360,6 +342,7 @@ mod tests {
     use super::*;
     use crate::fixtures::{point, row, state};
     use crate::ladder::{Action, Actor};
+    use crate::stats::Verdict;
 
     /// The shared rollout after one check, with `rows` comparison rows.
     fn status(rows: usize) -> RolloutStatus {

@@ -24,10 +24,11 @@ mod tests;
 use crate::audit::{AuditError, AuditLog, AuditRecord, RolloutStore, StoreHealth};
 use crate::evaluation::RolloutEvaluation;
 use crate::fleet::{FleetView, applied_share_bp};
-use crate::ladder::{Action, Actor, Decision, OverrideAction, OverrideError, RolloutState, TransitionError};
+use crate::ladder::{ActedBy, Actor, Decision, OverrideAction, OverrideError, RolloutState, TransitionError};
 use crate::ladder::{decide, human_override};
 use crate::notify::{Notifier, StatusUpdate};
 use crate::policy::{Metric, RolloutPolicy};
+use crate::present::{action_name, describe_row};
 use crate::source::{DeltaTracker, EnvoyAdminSource, IntervalMetrics, PrometheusSource, SourceError};
 use crate::stats::{ComparisonRow, StatsError, Verdict};
 use crate::step_evidence::{CheckOutcome, StepEvidence};
@@ -494,13 +495,14 @@ impl Engine {
     }
 
     /// Registers (or restarts, once the previous one ended) a rollout.
-    /// `actor` is `Actor::Analyzer` only for policies given at start; API callers are named humans or pipelines.
+    /// `by` is `Actor::Analyzer` only for policies given at start; API callers are the
+    /// identity their token names, with what they declared about themselves as a note.
     /// Everything that can refuse the policy runs before the audit append: a refused
     /// registration leaves no record, no state file and no served config.
     pub async fn register(
         &self,
         policy: RolloutPolicy,
-        actor: Actor,
+        by: impl Into<ActedBy>,
         now_ms: u64,
     ) -> Result<RolloutStatus, EngineError> {
         let mut inner = self.inner.lock().await;
@@ -516,7 +518,7 @@ impl Engine {
         let state = RolloutState::start(&policy, previous.as_ref().map_or(0, |s| s.generation), now_ms);
         let mut live = LiveRollout::new(policy, state, &self.source, &self.notifier)
             .map_err(|e| EngineError::InvalidPolicy(e.to_string()))?;
-        let decision = Decision::start(&live.state, actor, format!("registered with policy {:?}", live.policy.name));
+        let decision = Decision::start(&live.state, by, format!("registered with policy {:?}", live.policy.name));
         let committed = inner.store.commit(now_ms, &live.policy, &decision, previous.as_ref(), &live.state)?;
         if let Some(e) = committed.state_error {
             tracing::warn!(%deployment, error = %e, "state file not written; the audit log has the decision");
@@ -534,12 +536,12 @@ impl Engine {
         Ok(status)
     }
 
-    /// A human override: checked, logged, applied.
+    /// A human override: checked, logged, applied; `by` is the authenticated caller.
     pub async fn override_rollout(
         &self,
         deployment: &str,
         action: &OverrideAction,
-        actor: &str,
+        by: &ActedBy,
         reason: &str,
         now_ms: u64,
     ) -> Result<RolloutStatus, EngineError> {
@@ -547,7 +549,7 @@ impl Engine {
         let Inner { rollouts, broken, store } = &mut *inner;
         if let Some(broken) = broken.get_mut(deployment) {
             // No statistics run for it, but a human can still roll it back or pause it.
-            let decision = human_override(&broken.policy, &broken.state, action, actor, reason, Vec::new())?;
+            let decision = human_override(&broken.policy, &broken.state, action, by, reason, Vec::new())?;
             let after = broken.state.next(&decision, now_ms)?;
             let committed = store.commit(now_ms, &broken.policy, &decision, Some(&broken.state), &after)?;
             if let Some(e) = committed.state_error {
@@ -559,7 +561,7 @@ impl Engine {
             return Ok(broken.status(now_ms));
         }
         let live = rollouts.get_mut(deployment).ok_or_else(|| EngineError::NotFound(deployment.into()))?;
-        let decision = human_override(&live.policy, &live.state, action, actor, reason, live.rows.clone())?;
+        let decision = human_override(&live.policy, &live.state, action, by, reason, live.rows.clone())?;
         self.commit(store, live, &decision, now_ms)?;
         self.counters.overrides.fetch_add(1, Ordering::Relaxed);
         Ok(live.status(now_ms))
@@ -631,7 +633,8 @@ impl Engine {
         let (interval, had_data) = match fetched {
             Fetched::Envoy(round) => match &mut live.envoy {
                 Some((_, tracker)) => {
-                    let interval = tracker.advance(round);
+                    let mut interval = tracker.advance(round);
+                    on_statistics_grid(&mut interval);
                     let had_data = !interval.contributing_targets.is_empty();
                     (interval, had_data)
                 }
@@ -792,29 +795,25 @@ impl Engine {
     }
 }
 
+/// Envoy's own bins (the admin source) folded onto the buckets the statistics compare
+/// (`LATENCY_BUCKETS_US`, every one of which is an edge of Envoy's bins, so the fold
+/// is exact). A histogram that cannot be folded is left out: no data, not wrong data.
+fn on_statistics_grid(interval: &mut IntervalMetrics) {
+    use canary_core::metrics::LATENCY_BUCKETS_US;
+    for cohort in Cohort::ALL {
+        let latency = &mut interval.cohorts.get_mut(cohort).latency;
+        if let Some(histogram) = latency.as_ref() {
+            if histogram.upper_bounds_us() != LATENCY_BUCKETS_US.as_slice() {
+                *latency = crate::source::fold_onto(histogram, &LATENCY_BUCKETS_US).ok();
+            }
+        }
+    }
+}
+
 /// Checks a step waits for every proxy to apply it before its window starts anyway.
 fn fleet_deadline_checks(policy: &RolloutPolicy) -> u64 {
     let interval_ms = policy.check_interval.as_millis().max(1);
     u64::try_from(policy.fleet_deadline.as_millis().div_ceil(interval_ms)).unwrap_or(u64::MAX)
-}
-
-pub fn action_name(action: &Action) -> &'static str {
-    match action {
-        Action::Start => "start",
-        Action::Hold => "hold",
-        Action::Promote { .. } => "promote",
-        Action::Rollback => "rollback",
-        Action::Pause => "pause",
-        Action::Resume => "resume",
-        Action::SetShare { .. } => "set share",
-    }
-}
-
-/// One line per row: `error_rate: canary 0.0123 vs control 0.0051 (worse, p=0.001)`.
-pub fn describe_row(row: &ComparisonRow) -> String {
-    let value = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
-    let p = row.p_value.map_or(String::new(), |p| format!(", p={p:.3}"));
-    format!("{}: canary {} vs control {} ({:?}{p})", row.metric, value(row.canary), value(row.control), row.verdict)
 }
 
 /// Runs the checks until `shutdown` resolves.

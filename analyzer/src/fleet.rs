@@ -74,8 +74,7 @@ impl FleetView {
                 .lagging
                 .iter()
                 .map(|l| {
-                    let share =
-                        l.share_bp.map_or("share unknown".to_string(), |bp| format!("{}.{:02} %", bp / 100, bp % 100));
+                    let share = l.share_bp.map_or("share unknown".to_string(), crate::present::percent);
                     let generation = if l.generation == 0 {
                         "no answer yet".to_string()
                     } else {

@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod auth;
 pub mod cli;
 pub mod dashboard;
 pub mod engine;
@@ -12,6 +13,7 @@ pub mod fleet;
 pub mod ladder;
 pub mod notify;
 pub mod policy;
+pub mod present;
 pub mod simulation;
 pub mod source;
 pub mod stats;

@@ -5,8 +5,8 @@
 //! The URL is a secret ([`WebhookUrl`]): a failure is logged with its redacted
 //! form, and reqwest's error without the URL its `Display` would otherwise carry.
 
-use crate::dashboard::duration_text;
 use crate::policy::{RolloutPolicy, WebhookUrl};
+use crate::present::duration_text;
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -33,7 +33,7 @@ pub struct StatusUpdate {
 impl StatusUpdate {
     /// The Slack-compatible message body.
     pub fn to_slack_json(&self) -> Value {
-        let share = format!("{}.{:02} %", self.share_bp / 100, self.share_bp % 100);
+        let share = crate::present::percent(self.share_bp);
         let headline = format!("wasm canary · {}: {} → {share}", self.deployment, self.decision);
         let next =
             self.next_step_in_s.map_or("no further step".to_string(), |s| format!("next step in {}", duration_text(s)));

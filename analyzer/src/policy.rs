@@ -67,6 +67,10 @@ const BASIS_POINTS_PER_PERCENT: f64 = 100.0;
 const FULL_SHARE_BP: u32 = 10_000;
 /// Checking more often than once a second is busy-work: scrapes and polls are slower than that.
 const MIN_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest step window or check interval a written policy may have: a year. Longer is a
+/// typo, and the engine adds these to clocks and multiplies them (`Instant + check_interval`,
+/// ten intervals, checks per window × 10), which overflowed and panicked near `u64::MAX` s.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3_600);
 /// Placeholders a custom PromQL query template may use.
 const QUERY_PLACEHOLDERS: [&str; 3] = ["cohort", "deployment", "window"];
 
@@ -258,14 +262,47 @@ impl RolloutPolicy {
     /// Parses and validates a YAML (or JSON, a subset of YAML) policy document.
     /// A redacted webhook URL (what the audit log shows) is refused: it cannot be posted to.
     pub fn from_yaml(text: &str) -> Result<RolloutPolicy, PolicyError> {
+        check_flow_nesting(text)?;
         let raw: RawDocument = serde_yaml_ng::from_str(text).map_err(|e| yaml_error(&e))?;
         let policy = RolloutPolicy::try_from(raw)?;
+        policy.check_runnable()?;
         if let Some(notify) = &policy.notify
             && notify.webhook_url.secret().is_none()
         {
             return Err(PolicyError::new("spec.notify.webhook_url", &notify.webhook_url, webhook::NOT_REDACTED));
         }
         Ok(policy)
+    }
+
+    /// Limits for policies people write, beyond the document's own rules: values the
+    /// engine could not run. Not applied when a policy is read back from the audit log or
+    /// a state file (through serde), so a record an older analyzer wrote still loads.
+    fn check_runnable(&self) -> Result<(), PolicyError> {
+        let at_most_a_year = "a duration of at most a year (8760h)";
+        if self.check_interval > MAX_DURATION {
+            let shown = format_duration(self.check_interval);
+            return Err(PolicyError::new("spec.check_interval", shown, at_most_a_year));
+        }
+        if let Some((i, step)) = self.ladder.iter().enumerate().find(|(_, step)| step.window > MAX_DURATION) {
+            return Err(PolicyError::new(
+                format!("spec.ladder[{i}].window"),
+                format_duration(step.window),
+                format!("{at_most_a_year}; a step without a window takes spec.default_window"),
+            ));
+        }
+        for (i, metric) in self.metrics.iter().enumerate() {
+            // The statistics take the tolerance in µs: above f64::MAX / 1000 ms it is infinite there.
+            if let Metric::Latency { tolerance: LatencyTolerance { max_increase_ms: Some(ms), .. }, .. } = metric.metric
+                && !(ms * MICROS_PER_MILLI).is_finite()
+            {
+                return Err(PolicyError::new(
+                    format!("spec.metrics[{i}].max_increase_ms"),
+                    ms,
+                    "a finite number >= 0 whose microseconds are finite too (below 1.7e305)",
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The full document, every default explicit, as YAML.
@@ -458,14 +495,59 @@ struct RawNotify {
 }
 
 /// serde_yaml_ng prefixes errors inside the document with their path
-/// ("spec.ladder[0]: unknown field ..."): name that field when it can.
+/// ("spec.ladder[0]: unknown field ..."): name that field when it can. Keys are quoted
+/// as written, so control characters are escaped to keep the error on one line.
 fn yaml_error(error: &serde_yaml_ng::Error) -> PolicyError {
-    let message = error.to_string();
+    let message = one_line(&error.to_string());
     let (field, detail) = match message.split_once(": ") {
         Some((path, detail)) if !path.contains(' ') && !path.is_empty() => (path.to_string(), detail.to_string()),
         _ => ("(document)".to_string(), message.clone()),
     };
     PolicyError::new(field, "(as written)", format!("a valid RolloutPolicy document: {detail}"))
+}
+
+/// Deepest nesting of `[` and `{` a policy document may have. A policy needs 3 levels
+/// (`spec: {ladder: [{share: 1}]}`) and a PromQL template adds a few, counted as if
+/// outside quotes. The YAML parser's work per token grows with this depth: 8 000 levels
+/// took 2.8 s and 100 000 (a 200 KB body) 352 s in a debug build.
+const MAX_FLOW_NESTING: usize = 64;
+
+/// Refuses a document nested deeper than [`MAX_FLOW_NESTING`] before the YAML parser sees
+/// it, naming the line: one pass over the bytes, so parsing stays linear in the text.
+fn check_flow_nesting(text: &str) -> Result<(), PolicyError> {
+    let mut depth = 0usize;
+    let mut line = 1usize;
+    for byte in text.bytes() {
+        match byte {
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_FLOW_NESTING {
+                    return Err(PolicyError::new(
+                        "(document)",
+                        format!("line {line}: more than {MAX_FLOW_NESTING} nested `[`/`{{`"),
+                        format!("at most {MAX_FLOW_NESTING} nested flow collections (`[...]`, `{{...}}`)"),
+                    ));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            b'\n' => line += 1,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// `text` with control characters escaped (`\n`, `\u{1b}`): one log line whatever a key holds.
+pub(crate) fn one_line(text: &str) -> String {
+    let mut line = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            line.extend(c.escape_default());
+        } else {
+            line.push(c);
+        }
+    }
+    line
 }
 
 impl TryFrom<RawDocument> for RolloutPolicy {
@@ -1228,5 +1310,113 @@ mod tests {
         assert_eq!(custom.max_absolute_increase, Some(0.5));
         assert_eq!(policy.metrics[2].report_metric(), "checkout_failures");
         assert!(policy.metrics[2].critical, "listed metrics are critical by default");
+    }
+
+    /// Found by `generated_policies_are_accepted_consistently_or_refused_by_field`
+    /// (tests/parser_properties): serde_yaml_ng quotes an unknown key as written, so a
+    /// key holding a line break, a tab or an escape character split the error over
+    /// lines (the analyzer's start-up error, the CLI's output) or coloured a terminal.
+    #[test]
+    fn regression_unknown_keys_with_control_characters_are_refused_on_one_line() {
+        for text in [
+            "{'\n\n'",
+            "\"\\t\": 1\n",
+            "apiVersion: canary.wasm.dev/v1alpha1\n\"\\r\\0\\e[31m\": 1\n",
+            "metadata: {labels: {\"a\\nb\": [1]}}\n",
+        ] {
+            let error = RolloutPolicy::from_yaml(text).unwrap_err();
+            let line = error.to_string();
+            assert!(!line.chars().any(char::is_control), "for {text:?}: {line:?}");
+        }
+    }
+
+    /// Found by `deep_nesting_is_refused_in_bounded_time` (tests/parser_properties): the
+    /// YAML parser's work per token grows with the nesting depth of `[`/`{`, so 100 000
+    /// levels (a 200 KB register body) kept a core busy for 352 s in a debug build. At
+    /// 20 000 levels this took ~17 s before the depth was bounded; now it is refused at once.
+    #[test]
+    fn regression_deep_flow_nesting_is_refused_in_linear_time() {
+        for (open, close) in [("[", "]"), ("{a: ", "}")] {
+            let deep =
+                format!("apiVersion: canary.wasm.dev/v1alpha1\nspec: {}{}", open.repeat(20_000), close.repeat(20_000));
+            let started = std::time::Instant::now();
+            let error = RolloutPolicy::from_yaml(&deep).unwrap_err();
+            assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+            assert_eq!(error.field, "(document)");
+            assert!(error.value.starts_with("line 2: more than 64 nested"), "{error}");
+        }
+        // Brackets inside PromQL templates and flow-style ladders are far below the bound.
+        let policy = parse(
+            "  ladder: [{share: 1, window: 1m}, {share: 100}]\n  metrics:\n    - {name: error_rate}\n\
+             \x20   - {name: c, query: 'sum(rate(x{cohort=\"{{cohort}}\"}[{{window}}]))', max_relative_increase: 0.1}\n",
+        );
+        assert_eq!(policy.unwrap().ladder.len(), 2);
+    }
+
+    /// Found by `generated_policies_are_accepted_consistently_or_refused_by_field`
+    /// (tests/parser_properties, 3 000 cases): serde_json's default float parser can miss
+    /// by one ULP, so a policy read back from its state file or audit record (JSON) was
+    /// not the policy written (2.120705760146268 came back as 2.1207057601462678) and
+    /// its fingerprint changed: a restarted analyzer threw the saved evidence away.
+    #[test]
+    fn regression_a_policy_read_back_from_json_keeps_its_floats_and_fingerprint() {
+        let policy = parse(
+            "  alpha: 0.049999999999999996\n  metrics:\n\
+             \x20   - {name: latency_p50, max_increase_ms: 2.120705760146268}\n\
+             \x20   - {name: error_rate, max_relative_increase: 0.30000000000000004}\n",
+        )
+        .unwrap();
+        let back: RolloutPolicy = serde_json::from_str(&serde_json::to_string(&policy).unwrap()).unwrap();
+        assert_eq!(back, policy);
+        assert_eq!(back.fingerprint(), policy.fingerprint());
+    }
+
+    /// Found by `register_bodies_are_registered_exactly_when_the_policy_parses`
+    /// (tests/parser_properties, 1 500 cases): `max_increase_ms: 1e308` passed the policy's
+    /// checks, but is infinite in microseconds, so registering it failed with "statistics:
+    /// latency tolerance_us must be finite" naming no field (and a `--policy` file
+    /// stopped the analyzer at start). The policy now refuses it by field.
+    #[test]
+    fn regression_a_latency_tolerance_infinite_in_microseconds_is_refused_by_field() {
+        let error = parse("  metrics:\n    - {name: latency_p99, max_increase_ms: 1.0e308}\n").unwrap_err();
+        assert_eq!(error.field, "spec.metrics[0].max_increase_ms", "{error}");
+        let largest = parse("  metrics:\n    - {name: latency_p99, max_increase_ms: 1.0e305}\n").unwrap();
+        assert!(crate::evaluation::RolloutEvaluation::new(&largest).is_ok());
+    }
+
+    /// Found by `register_bodies_are_registered_exactly_when_the_policy_parses`
+    /// (tests/parser_properties, 1 500 cases): `check_interval: 5124095576030431h` parsed,
+    /// then registering it panicked ("overflow when adding duration to instant"); step
+    /// windows near `u64::MAX` seconds overflowed the checks-per-window arithmetic.
+    #[test]
+    fn regression_durations_beyond_a_year_are_refused_by_field() {
+        for (extra, field) in [
+            ("  check_interval: 5124095576030431h\n", "spec.check_interval"),
+            ("  default_window: 8761h\n", "spec.ladder[0].window"),
+            ("  ladder: [{share: 1, window: 18446744073709551615s}, {share: 100}]\n", "spec.ladder[0].window"),
+        ] {
+            let error = parse(extra).unwrap_err();
+            assert_eq!(error.field, field, "{error}");
+            assert!(error.expected.contains("at most a year"), "{error}");
+        }
+        let year = parse("  check_interval: 8760h\n  default_window: 8760h\n").unwrap();
+        assert_eq!(year.check_interval, MAX_DURATION);
+    }
+
+    /// The limits above are for policies people write: an audit record or state file an
+    /// older analyzer wrote with such values still loads (a refused record would stop the
+    /// analyzer at start as a corrupt audit log); the engine then reports it as broken.
+    #[test]
+    fn limits_of_written_policies_do_not_apply_to_records_read_back() {
+        let mut policy = parse("  metrics:\n    - {name: latency_p99, max_increase_ms: 1}\n").unwrap();
+        policy.check_interval = MAX_DURATION * 2;
+        policy.ladder[0].window = MAX_DURATION * 2;
+        policy.metrics[0].metric = Metric::Latency {
+            quantile: LatencyQuantile::P99,
+            tolerance: LatencyTolerance { max_increase_ms: Some(1e306), max_relative_increase: None },
+        };
+        let back: RolloutPolicy = serde_json::from_str(&serde_json::to_string(&policy).unwrap()).unwrap();
+        assert_eq!(back, policy);
+        assert!(RolloutPolicy::from_yaml(&policy.to_yaml().unwrap()).is_err(), "written, it is refused");
     }
 }

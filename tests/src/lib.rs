@@ -6,9 +6,11 @@
 pub mod analyzer;
 pub mod browser;
 pub mod config_server;
+pub mod containers;
 pub mod envoy;
 pub mod http_server;
 pub mod istio_api;
+pub mod kubernetes_api;
 pub mod load;
 pub mod manifests;
 pub mod rig;

@@ -173,7 +173,7 @@ async fn the_dashboard_shows_a_live_rollout_and_takes_an_override() {
         text(&browser, "#override-result.ok").await.filter(|t| !t.is_empty())
     })
     .await;
-    assert!(applied.contains("paused"), "{applied:?}");
+    assert!(applied.contains("paused") && applied.contains("as token (admin)"), "{applied:?}");
     let logged = eventually(Duration::from_secs(6), "the override in the decision log", || async {
         let first = text(&browser, "#decision-log tbody tr:first-child").await?;
         first.contains(REASON).then_some(first)
@@ -185,7 +185,10 @@ async fn the_dashboard_shows_a_live_rollout_and_takes_an_override() {
 
     let audit: Vec<AuditRecord> =
         http.get(format!("{}/v1/rollouts/demo/audit", analyzer.url())).send().await.unwrap().json().await.unwrap();
-    let humans: Vec<&AuditRecord> = audit.iter().filter(|r| r.decision.actor.name() == "dashboard-e2e").collect();
+    // The token's identity (`--token`: `token`) acted; the form's note is kept beside it.
+    let humans: Vec<&AuditRecord> =
+        audit.iter().filter(|r| r.decision.actor_note.as_deref() == Some("dashboard-e2e")).collect();
+    assert!(humans.iter().all(|r| r.decision.actor.name() == "token"), "{humans:#?}");
     assert_eq!(humans.len(), 1, "one override logged, the refused ones not: {audit:#?}");
     assert_eq!(humans[0].decision.reason, REASON, "the reason as typed");
     assert_eq!(status(&http, &analyzer).await.state.phase, RolloutPhase::Paused);

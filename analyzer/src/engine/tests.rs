@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::audit::AUDIT_FILE;
+use crate::ladder::Actor;
 use std::net::SocketAddr;
 use std::sync::Mutex as StdMutex;
 use std::sync::atomic::AtomicUsize;
@@ -11,6 +12,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 const T0: u64 = 1_700_000_000_000;
+
+/// The caller of the overrides below, as the API would authenticate it.
+fn alice() -> ActedBy {
+    Actor::human("alice").unwrap().into()
+}
 
 /// A fresh state directory per test, removed on drop.
 struct TempDir(PathBuf);
@@ -124,6 +130,18 @@ fn policy(deployment: &str, extra: &str) -> RolloutPolicy {
     .unwrap()
 }
 
+/// A policy the statistics refuse (`max_increase_ms: 1e306` is infinite in µs), as an older
+/// analyzer could register it: `from_yaml` now refuses it by field, so it is built directly.
+fn statistics_refused(deployment: &str) -> RolloutPolicy {
+    let mut policy = policy(deployment, "    - {name: latency_p99, max_increase_ms: 1}\n");
+    for metric in &mut policy.metrics {
+        if let crate::policy::Metric::Latency { tolerance, .. } = &mut metric.metric {
+            tolerance.max_increase_ms = Some(1e306);
+        }
+    }
+    policy
+}
+
 /// A wall clock the test sets.
 fn stepped_clock(start_ms: u64) -> (WallClock, Arc<AtomicU64>) {
     let now = Arc::new(AtomicU64::new(start_ms));
@@ -231,7 +249,8 @@ async fn a_hung_target_delays_neither_an_override_nor_other_rollouts_checks() {
         .await
         .unwrap_or_else(|_| panic!("only {} of 20 checks reached the hung target", accepted.load(Ordering::SeqCst)));
     // ...and an override goes through while they all still wait for it.
-    let rollback = engine.override_rollout("service-00", &OverrideAction::Rollback, "alice", "bad build", T0 + 1).await;
+    let rollback =
+        engine.override_rollout("service-00", &OverrideAction::Rollback, &alice(), "bad build", T0 + 1).await;
     assert_eq!(rollback.unwrap().state.phase, canary_core::RolloutPhase::RolledBack);
     assert!(checks.iter().all(|c| !c.is_finished()), "the override did not wait for a check");
     for check in checks {
@@ -250,7 +269,7 @@ async fn a_policy_the_statistics_refuse_leaves_no_trace() {
     let dir = TempDir::new();
     let (clock, _) = stepped_clock(T0);
     let engine = engine(&dir, vec!["http://127.0.0.1:1".into()], clock);
-    let bad = policy("checkout", "    - {name: latency_p99, max_increase_ms: 1e306}\n");
+    let bad = statistics_refused("checkout");
     let refused = engine.register(bad, Actor::human("ci").unwrap(), T0).await.unwrap_err();
     assert!(matches!(refused, EngineError::InvalidPolicy(_)), "{refused}");
     assert!(refused.to_string().contains("tolerance"), "{refused}");
@@ -265,7 +284,7 @@ async fn a_rollout_that_cannot_be_rebuilt_does_not_stop_the_others() {
     {
         // Written as an older analyzer would have: the store accepts what the statistics refuse.
         let (mut store, _) = RolloutStore::open(&dir.0).unwrap();
-        for policy in [policy("good", ""), policy("broken", "    - {name: latency_p99, max_increase_ms: 1e306}\n")] {
+        for policy in [policy("good", ""), statistics_refused("broken")] {
             let state = RolloutState::start(&policy, 0, T0);
             let start = Decision::start(&state, Actor::human("ci").unwrap(), "deploy");
             store.commit(T0, &policy, &start, None, &state).unwrap();
@@ -283,7 +302,7 @@ async fn a_rollout_that_cannot_be_rebuilt_does_not_stop_the_others() {
     assert_eq!(engine.list(T0).await.len(), 2);
     engine.check_now("good").await.unwrap();
     // A human can still take the broken one back to 0 %.
-    engine.override_rollout("broken", &OverrideAction::Rollback, "alice", "policy broken", T0 + 5).await.unwrap();
+    engine.override_rollout("broken", &OverrideAction::Rollback, &alice(), "policy broken", T0 + 5).await.unwrap();
     assert_eq!(engine.config("broken").map(|c| c.share_bp), Some(0));
     let records = AuditLog::read_all(&dir.0.join(AUDIT_FILE)).unwrap();
     assert_eq!(records.len(), 3);

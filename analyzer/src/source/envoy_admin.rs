@@ -131,12 +131,13 @@ fn percent_encode(value: &str) -> String {
         .collect()
 }
 
-/// The first [`ERROR_BODY_LIMIT`] characters of a body, trimmed.
+/// The first [`ERROR_BODY_LIMIT`] characters of a body, trimmed, on one line (an error page's
+/// line breaks and control characters escaped).
 pub(crate) fn truncate(body: &str) -> String {
     let body = body.trim();
     match body.char_indices().nth(ERROR_BODY_LIMIT) {
-        Some((cut, _)) => format!("{}…", body.get(..cut).unwrap_or(body)),
-        None => body.to_string(),
+        Some((cut, _)) => format!("{}…", crate::policy::one_line(body.get(..cut).unwrap_or(body))),
+        None => crate::policy::one_line(body),
     }
 }
 

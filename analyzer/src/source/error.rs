@@ -75,7 +75,8 @@ pub enum ExpositionError {
 }
 
 /// An error and its chain of sources on one line (`outer: inner: innermost`), for
-/// reports that must outlive the error value.
+/// reports that must outlive the error value. Control characters a source quoted from
+/// an answer (serde's unknown variants) are escaped.
 pub(crate) fn describe(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
@@ -84,5 +85,5 @@ pub(crate) fn describe(error: &dyn std::error::Error) -> String {
         text.push_str(&cause.to_string());
         source = cause.source();
     }
-    text
+    crate::policy::one_line(&text)
 }

@@ -42,6 +42,9 @@ mod prometheus_api;
 mod prometheus_proxies;
 mod snapshot;
 
+#[cfg(test)]
+mod prometheus_api_props;
+
 pub use admin_json::{parse_detailed_stats, stats_filter};
 pub use body::DEFAULT_MAX_BODY_BYTES;
 pub use delta::{DeltaTracker, TargetDelta, TargetScrape, target_delta};

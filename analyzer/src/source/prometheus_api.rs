@@ -132,8 +132,8 @@ pub(crate) fn decode_answer(url: &str, query: &str, http_status: u16, body: &str
         return Err(SourceError::Query {
             url: url.to_string(),
             query: query.to_string(),
-            error_type: envelope.error_type.unwrap_or_else(|| "unknown".to_string()),
-            message: envelope.error.unwrap_or_default(),
+            error_type: crate::policy::one_line(envelope.error_type.as_deref().unwrap_or("unknown")),
+            message: crate::policy::one_line(envelope.error.as_deref().unwrap_or_default()),
         });
     }
     envelope.data.ok_or_else(|| unexpected(query, "a success without data"))
