@@ -8,7 +8,8 @@
 //! generation, and every request the clients saw answered is in Envoy's counters and in
 //! Prometheus, and in the analyzer's evidence up to what `increase()` and the faults
 //! leave out (measured and bounded below). The same scenario without faults reaches
-//! the same decision.
+//! the same decision. `FLEET_DEBUG=1` prints each check's evidence against the clients'
+//! count in its window.
 
 use canary_analyzer::audit::AuditRecord;
 use canary_analyzer::engine::RolloutStatus;
@@ -41,9 +42,10 @@ const SCRAPE_INTERVAL: Duration = Duration::from_millis(250);
 /// Requests per second per Envoy: 120 in all, enough for 20 per cohort per check at 10 %
 /// within a few checks, light enough for a busy two-core machine.
 const RPS_PER_ENVOY: u32 = 40;
-/// First step: long enough that every fault happens inside it on a slow machine.
-const FIRST_STEP: (f64, &str) = (10.0, "20s");
-/// The ladder: 10 % for 20 s, 50 % for 5 s, then 100 % (promoted).
+/// First step: every fault happens inside it. They take 11-13 s from its start here
+/// (load ~10 on 2 cores); 25 s leaves room for a machine twice as slow.
+const FIRST_STEP: (f64, &str) = (10.0, "25s");
+/// The ladder: 10 % for 25 s, 50 % for 5 s, then 100 % (promoted).
 const LADDER: [(f64, &str); 3] = [FIRST_STEP, (50.0, "5s"), (100.0, "1s")];
 /// Generous bound for any single event (a whole rollout takes ~40 s); only a guard against hanging.
 const PATIENCE: Duration = Duration::from_secs(120);
@@ -509,10 +511,14 @@ async fn run(name: &str, faults: bool) -> Outcome {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let during = fleet.checks(2).await;
-        eprintln!("scrape target down; the fleet view then: {:?}", during.fleet);
+        // The second check's window lies wholly in the outage: Prometheus has marked the
+        // target's gauges stale, so the analyzer's fleet view holds the other two.
+        let view = during.fleet.as_ref().expect("a fleet view");
+        assert_eq!((view.proxies, view.on_generation), (ENVOYS - 1, ENVOYS - 1), "{view:?}");
         fleet.members[2].scrape.open();
-        let during_step = during.state.step;
-        eprintln!("faults done at step {during_step}, {:?} in", started.elapsed());
+        let into_step = canary_analyzer::engine::now_ms() - first.state.step_started_at_ms;
+        assert_eq!(during.state.step, 0, "every fault inside the first step");
+        eprintln!("faults done {into_step} ms into the first step ({} window)", FIRST_STEP.1);
     }
 
     let promoted = fleet.until("promoted", |s| s.state.phase == RolloutPhase::Promoted).await;
