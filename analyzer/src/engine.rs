@@ -256,11 +256,18 @@ impl LiveRollout {
         })
     }
 
-    /// Whether a check is due at `now` and none is in flight.
+    /// Whether a check is due at `now` and none is in flight. A finished rollout is
+    /// still checked until every proxy reports its final generation, so the fleet view
+    /// shows the end state rather than the last check before it (nothing is decided).
     fn check_is_due(&self, now: Instant) -> bool {
         let in_flight =
             self.check_started_at.is_some_and(|started| now.saturating_duration_since(started) < CHECK_PRESUMED_LOST);
-        !self.state.is_finished() && !in_flight && self.next_check_at <= now
+        let wanted = !self.state.is_finished()
+            || self
+                .fleet
+                .as_ref()
+                .is_some_and(|fleet| fleet.generation != self.state.generation || !fleet.all_applied());
+        wanted && !in_flight && self.next_check_at <= now
     }
 
     /// Copies out what the check needs and marks it in flight.
@@ -641,6 +648,12 @@ impl Engine {
                 None => (IntervalMetrics::default(), false),
             },
             Fetched::Prometheus(answer) => match *answer {
+                // No request in any cohort: an empty answer (fewer than two scrapes in the
+                // window) or no traffic. Either way no data; the span goes into the next window.
+                Ok(interval) if Cohort::ALL.iter().all(|&c| interval.requests(c) == 0) => {
+                    live.prometheus_windows.carry_over();
+                    (interval, false)
+                }
                 Ok(interval) => (interval, true),
                 Err(e) => {
                     live.prometheus_windows.forget();
