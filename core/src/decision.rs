@@ -49,6 +49,10 @@ impl<V: RequestView> Lookup<'_, V> {
             IdSource::Cookie(c) => self.cookie(c),
         }?;
         let trimmed = value.trim();
+        if trimmed.len() == value.len() {
+            // The common case: no copy.
+            return (!value.is_empty()).then_some(value);
+        }
         (!trimmed.is_empty()).then(|| trimmed.to_string())
     }
 }
