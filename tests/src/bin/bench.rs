@@ -12,7 +12,7 @@
 //! 3. The same Envoys at a fixed request rate (half the slowest one's maximum): Envoy CPU
 //!    per request and the p50/p99 latency a client sees, the latency users feel.
 //! 4. VM start: the time from Envoy's start to the first answered request, with and
-//!    without wasm, and the module's compile time in V8 (node, `--no-liftoff` as Envoy).
+//!    without wasm, and the module's compile time in V8 (node, TurboFan only and eager).
 //! 5. Header strips, and what one host call costs: the probe filter repeats one kind of
 //!    host call per Envoy, and the difference to the no-op filter divided by the count
 //!    is that call's cost.
@@ -469,8 +469,10 @@ fn answers(listener: SocketAddr) -> bool {
         && reply.starts_with("HTTP/1.1 200")
 }
 
-/// Milliseconds V8 (node's, `--no-liftoff` as Envoy runs it) takes to compile a module;
-/// each compile gets a distinct custom section so V8's module cache cannot answer.
+/// Milliseconds V8 (node's, `--no-liftoff` as Envoy runs it, and eagerly: node compiles
+/// lazily by default, which takes ~10 ms instead of ~1 s and hides what Envoy pays at VM
+/// start) takes to compile a module; each compile gets a distinct custom section so
+/// V8's module cache cannot answer.
 fn compile_ms(wasm: &Path) -> Option<Spread> {
     let script = format!(
         "const bytes = require('fs').readFileSync({path:?}); const times = [];\n\
@@ -483,7 +485,7 @@ fn compile_ms(wasm: &Path) -> Option<Spread> {
          console.log(times.join(' '));",
         path = wasm.display().to_string()
     );
-    let out = Command::new("node").args(["--no-liftoff", "-e", &script]).output().ok()?;
+    let out = Command::new("node").args(["--no-liftoff", "--no-wasm-lazy-compilation", "-e", &script]).output().ok()?;
     let times: Vec<f64> =
         String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|t| t.parse().ok()).collect();
     (times.len() == COMPILES).then(|| spread(times))
@@ -507,7 +509,9 @@ fn vm_start(rig: &Rig, filters: &[(String, PathBuf)]) {
         let start = spread(times[i].clone());
         println!("  {name:42} {start} ms  ({:+.1} ms)", start.median - baseline);
     }
-    println!("Module size and V8 compile time (node --no-liftoff, {COMPILES} compiles, median (min-max) ms):");
+    println!(
+        "Module size and V8 compile time (node --no-liftoff --no-wasm-lazy-compilation, {COMPILES} compiles, median (min-max) ms):"
+    );
     let mut modules = vec![("no-op wasm filter".to_string(), rig.probe_wasm.clone())];
     modules.extend(filters.iter().cloned());
     for (name, wasm) in modules {
