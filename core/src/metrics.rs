@@ -133,6 +133,21 @@ impl StatusClass {
     }
 }
 
+/// Longest `:status` value parsed: ten digits hold any u32, and Envoy sends three.
+const MAX_STATUS_DIGITS: usize = 10;
+
+/// A response's `:status` header value as a number; `None` unless 1-10 ASCII digits
+/// that fit a u32. Bytes in, so the filter reads the header without a UTF-8 check.
+pub fn status_code(value: &[u8]) -> Option<u32> {
+    if value.is_empty() || value.len() > MAX_STATUS_DIGITS {
+        return None;
+    }
+    value.iter().try_fold(0u32, |code, &digit| {
+        let digit = char::from(digit).to_digit(10)?;
+        code.checked_mul(10)?.checked_add(digit)
+    })
+}
+
 /// Envoy response-code details that mean the connection, not the application, failed.
 fn is_reset_detail(details: &str) -> bool {
     details.starts_with("upstream_reset") || details.contains("connection_failure") || details.contains("disconnect")
@@ -215,6 +230,18 @@ mod tests {
         let app = || Some("via_upstream".to_string());
         assert_eq!(StatusClass::classify(503, app), StatusClass::ServerError);
         assert!(StatusClass::Reset.is_error() && !StatusClass::ClientError.is_error());
+    }
+
+    #[test]
+    fn status_codes_parse_from_bytes() {
+        assert_eq!(status_code(b"200"), Some(200));
+        assert_eq!(status_code(b"503"), Some(503));
+        assert_eq!(status_code(b"4294967295"), Some(u32::MAX));
+        assert_eq!(status_code(b"4294967296"), None, "overflow");
+        assert_eq!(status_code(b""), None);
+        assert_eq!(status_code(b"20x"), None);
+        assert_eq!(status_code(b"+200"), None);
+        assert_eq!(status_code(b" 200"), None);
     }
 
     #[test]
