@@ -198,6 +198,27 @@ pub struct RolloutStatus {
     pub stalled: Option<String>,
 }
 
+impl RolloutStatus {
+    /// Where a rollout stands under its policy, with nothing measured yet.
+    fn unmeasured(policy: &RolloutPolicy, state: &RolloutState, now_ms: u64) -> RolloutStatus {
+        RolloutStatus {
+            deployment: state.deployment.clone(),
+            policy: policy.name.clone(),
+            state: state.clone(),
+            config: state.config(),
+            ladder_bp: policy.ladder.iter().map(|s| s.share_bp).collect(),
+            window_remaining_s: state.window_remaining(policy, now_ms).map(|d| d.as_secs()),
+            last_check_ms: None,
+            rows: Vec::new(),
+            failed_targets: Vec::new(),
+            history: Vec::new(),
+            problem: None,
+            fleet: None,
+            stalled: None,
+        }
+    }
+}
+
 struct LiveRollout {
     policy: RolloutPolicy,
     state: RolloutState,
@@ -293,19 +314,13 @@ impl LiveRollout {
 
     fn status(&self, now_ms: u64) -> RolloutStatus {
         RolloutStatus {
-            deployment: self.state.deployment.clone(),
-            policy: self.policy.name.clone(),
-            state: self.state.clone(),
-            config: self.state.config(),
-            ladder_bp: self.policy.ladder.iter().map(|s| s.share_bp).collect(),
-            window_remaining_s: self.state.window_remaining(&self.policy, now_ms).map(|d| d.as_secs()),
             last_check_ms: self.last_check_ms,
             rows: self.rows.clone(),
             failed_targets: self.failed_targets.clone(),
             history: self.history.iter().cloned().collect(),
-            problem: None,
             fleet: self.fleet.clone(),
             stalled: self.stalled.clone(),
+            ..RolloutStatus::unmeasured(&self.policy, &self.state, now_ms)
         }
     }
 }
@@ -338,19 +353,8 @@ struct BrokenRollout {
 impl BrokenRollout {
     fn status(&self, now_ms: u64) -> RolloutStatus {
         RolloutStatus {
-            deployment: self.state.deployment.clone(),
-            policy: self.policy.name.clone(),
-            state: self.state.clone(),
-            config: self.state.config(),
-            ladder_bp: self.policy.ladder.iter().map(|s| s.share_bp).collect(),
-            window_remaining_s: self.state.window_remaining(&self.policy, now_ms).map(|d| d.as_secs()),
-            last_check_ms: None,
-            rows: Vec::new(),
-            failed_targets: Vec::new(),
-            history: Vec::new(),
             problem: Some(self.problem.clone()),
-            fleet: None,
-            stalled: None,
+            ..RolloutStatus::unmeasured(&self.policy, &self.state, now_ms)
         }
     }
 }
@@ -526,10 +530,7 @@ impl Engine {
         let mut live = LiveRollout::new(policy, state, &self.source, &self.notifier)
             .map_err(|e| EngineError::InvalidPolicy(e.to_string()))?;
         let decision = Decision::start(&live.state, by, format!("registered with policy {:?}", live.policy.name));
-        let committed = inner.store.commit(now_ms, &live.policy, &decision, previous.as_ref(), &live.state)?;
-        if let Some(e) = committed.state_error {
-            tracing::warn!(%deployment, error = %e, "state file not written; the audit log has the decision");
-        }
+        commit_logged(&mut inner.store, now_ms, &live.policy, &decision, previous.as_ref(), &live.state)?;
         if self.prometheus.is_none() && live.policy.metrics.iter().any(|m| matches!(m.metric, Metric::Custom(_))) {
             tracing::warn!(%deployment, "custom PromQL metrics need --prometheus; they will show no data");
         }
@@ -558,10 +559,7 @@ impl Engine {
             // No statistics run for it, but a human can still roll it back or pause it.
             let decision = human_override(&broken.policy, &broken.state, action, by, reason, Vec::new())?;
             let after = broken.state.next(&decision, now_ms)?;
-            let committed = store.commit(now_ms, &broken.policy, &decision, Some(&broken.state), &after)?;
-            if let Some(e) = committed.state_error {
-                tracing::warn!(%deployment, error = %e, "state file not written; the audit log has the decision");
-            }
+            commit_logged(store, now_ms, &broken.policy, &decision, Some(&broken.state), &after)?;
             broken.state = after;
             self.publish(&broken.state);
             self.counters.overrides.fetch_add(1, Ordering::Relaxed);
@@ -762,10 +760,7 @@ impl Engine {
         now_ms: u64,
     ) -> Result<(), EngineError> {
         let after = live.state.next(decision, now_ms)?;
-        let committed = store.commit(now_ms, &live.policy, decision, Some(&live.state), &after)?;
-        if let Some(e) = committed.state_error {
-            tracing::warn!(deployment = %after.deployment, error = %e, "state file not written; the audit log has the decision");
-        }
+        commit_logged(store, now_ms, &live.policy, decision, Some(&live.state), &after)?;
         let share_changed = after.share_bp != live.state.share_bp;
         tracing::info!(
             deployment = %after.deployment, action = ?decision.action, actor = %decision.actor.name(),
@@ -821,6 +816,23 @@ fn on_statistics_grid(interval: &mut IntervalMetrics) {
             }
         }
     }
+}
+
+/// Appends a decision to the audit log and saves the state after it; a state file
+/// that could not be written is only a warning, the log being the truth.
+fn commit_logged(
+    store: &mut RolloutStore,
+    at_ms: u64,
+    policy: &RolloutPolicy,
+    decision: &Decision,
+    before: Option<&RolloutState>,
+    after: &RolloutState,
+) -> Result<(), AuditError> {
+    let committed = store.commit(at_ms, policy, decision, before, after)?;
+    if let Some(e) = committed.state_error {
+        tracing::warn!(deployment = %after.deployment, error = %e, "state file not written; the audit log has the decision");
+    }
+    Ok(())
 }
 
 /// Checks a step waits for every proxy to apply it before its window starts anyway.
