@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::comparison::{ComparisonRow, DifferenceScale, Interval, Verdict, reported_p_value};
 use super::eprocess::EvidenceMaximum;
 use super::error::{StatsError, check_non_negative, check_open_unit};
+use super::event_rate::WorseDirection;
 use super::odds_ratio::{OddsRatioEvidence, OddsRatioPrior};
 use super::ratio_sequence::RatioConfidenceSequence;
 
@@ -39,21 +40,26 @@ pub struct IntervalCounts {
 /// How the error-rate test is tuned.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ErrorRateSettings {
-    /// The canary may have up to `1 + relative_tolerance` times control's error
-    /// rate before it counts as worse (0 = any significant increase).
+    /// With [`WorseDirection::Higher`] the canary may have up to `1 + relative_tolerance`
+    /// times control's rate before it counts as worse (0 = any significant increase);
+    /// with [`WorseDirection::Lower`] down to `1 − relative_tolerance` times, in [0, 1).
     pub relative_tolerance: f64,
     pub prior: OddsRatioPrior,
+    /// Which way a change of the event rate is a regression (see `event_rate`).
+    #[serde(default)]
+    pub worse: WorseDirection,
 }
 
 impl Default for ErrorRateSettings {
     fn default() -> Self {
-        ErrorRateSettings { relative_tolerance: 0.0, prior: OddsRatioPrior::ERROR_RATE }
+        ErrorRateSettings { relative_tolerance: 0.0, prior: OddsRatioPrior::ERROR_RATE, worse: WorseDirection::Higher }
     }
 }
 
-/// Index of the "worse" null boundary `ln(1 + tolerance)` among the evidence anchors.
+/// Index of the "worse" null boundary `ln(1 + tolerance)` among the evidence anchors
+/// (`ln(1 − tolerance)` when lower is worse).
 const WORSE_ANCHOR: usize = 0;
-/// Index of the "better" null boundary `−ln(1 + tolerance)` among the evidence anchors.
+/// Index of the "better" null boundary, the worse one mirrored, among the evidence anchors.
 const BETTER_ANCHOR: usize = 1;
 
 /// The sequential error-rate test of one rollout; feed it every interval.
@@ -66,12 +72,15 @@ pub struct ErrorRateTest {
     canary_totals: CohortCounts,
     control_totals: CohortCounts,
     informative_intervals: u64,
+    /// Absent from evidence saved before outcome metrics existed: those were error rates.
+    #[serde(default)]
+    worse_direction: WorseDirection,
 }
 
 impl ErrorRateTest {
     pub fn new(settings: ErrorRateSettings) -> Result<Self, StatsError> {
         let tolerance = check_non_negative("error-rate relative_tolerance", settings.relative_tolerance)?;
-        let boundary = tolerance.ln_1p();
+        let boundary = settings.worse.worse_log_ratio(tolerance)?;
         let evidence = OddsRatioEvidence::new(settings.prior, vec![boundary, -boundary])?;
         let sequence = RatioConfidenceSequence::new(evidence.grid().len());
         Ok(ErrorRateTest {
@@ -82,6 +91,7 @@ impl ErrorRateTest {
             canary_totals: CohortCounts::default(),
             control_totals: CohortCounts::default(),
             informative_intervals: 0,
+            worse_direction: settings.worse,
         })
     }
 
@@ -100,19 +110,22 @@ impl ErrorRateTest {
         let all_errors = interval.canary.errors.saturating_add(interval.control.errors);
         if self.evidence.add(interval.canary.errors, all_errors, canary_share) {
             self.informative_intervals += 1;
-            self.worse.observe(self.evidence.log_e_anchor(WORSE_ANCHOR, true));
-            self.better.observe(self.evidence.log_e_anchor(BETTER_ANCHOR, false));
+            let worse_above = self.worse_direction == WorseDirection::Higher;
+            self.worse.observe(self.evidence.log_e_anchor(WORSE_ANCHOR, worse_above));
+            self.better.observe(self.evidence.log_e_anchor(BETTER_ANCHOR, !worse_above));
             self.sequence.observe(&self.evidence);
         }
         Ok(())
     }
 
-    /// Anytime-valid p-value for "the canary's error rate exceeds control's by more than the tolerance".
+    /// Anytime-valid p-value for "the canary's error rate exceeds control's by more than the
+    /// tolerance" (for [`WorseDirection::Lower`]: falls below it by more than the tolerance).
     pub fn p_worse(&self) -> f64 {
         self.worse.p_value()
     }
 
-    /// Anytime-valid p-value for "the canary's error rate is below control's by more than the tolerance".
+    /// Anytime-valid p-value for "the canary's error rate is below control's by more than the
+    /// tolerance" (for [`WorseDirection::Lower`]: above it, beyond the mirrored tolerance).
     pub fn p_better(&self) -> f64 {
         self.better.p_value()
     }

@@ -13,6 +13,7 @@
 //! - `odds_ratio`: the shared engine, a grid mixture of binomial likelihood ratios.
 //! - `ratio_sequence`: confidence sequences for a ratio from that engine.
 //! - `error_rate`: errors as counting processes, conditioned on each interval's split.
+//! - `event_rate`: the same test for any "events among requests" rate, either direction.
 //! - `sample_ratio`: is the canary getting the share the hashing should give?
 //! - `histogram`, `quantile`, `latency`: latency quantiles from bucket counts.
 //! - `comparison`: the report row, verdicts and worst-first ordering.
@@ -24,6 +25,7 @@ mod comparison;
 mod eprocess;
 mod error;
 mod error_rate;
+mod event_rate;
 mod histogram;
 mod latency;
 mod odds_ratio;
@@ -35,6 +37,7 @@ pub use comparison::{ComparisonRow, DifferenceScale, Interval, Verdict, sort_wor
 pub use eprocess::EvidenceMaximum;
 pub use error::StatsError;
 pub use error_rate::{CohortCounts, ErrorRateSettings, ErrorRateTest, IntervalCounts};
+pub use event_rate::{EventRateTest, WorseDirection};
 pub use histogram::LatencyHistogram;
 pub use latency::{LatencyComparison, LatencySettings, QuantileEstimate, QuantileTolerance, REPORTED_QUANTILES};
 pub use odds_ratio::OddsRatioPrior;

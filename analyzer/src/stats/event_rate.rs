@@ -1,0 +1,168 @@
+//! Any "events among requests" rate compared between canary and control: a cache's
+//! hits, declined payments, a feature's successes. It is the error-rate test
+//! ([`super::error_rate`]) with a name and a direction, not a copy of it.
+//!
+//! Why the same test fits: per cohort and interval the data are `events` out of
+//! `requests`, exactly the error rate's shape, and conditioning on the interval's
+//! total events removes the base rate and the load in the same way.
+//!
+//! Lower-is-worse (a hit rate that must not fall) is the same e-process with the
+//! null boundary and the side of the alternatives flipped: "worse" rejects
+//! `ρ >= 1 − tolerance` with the mixture over `ρ < 1 − tolerance`, "better" the
+//! mirrored boundary `1 / (1 − tolerance)`. Counting the complementary events
+//! (misses) instead would express a tolerance on the miss rate, not on the rate
+//! the policy names: a 10 % fall of a 90 % hit rate is a 90 % rise of the miss
+//! rate. See `docs/statistics.md` for validity when events are common.
+
+use serde::{Deserialize, Serialize};
+
+use super::comparison::ComparisonRow;
+use super::error::StatsError;
+use super::error_rate::{ErrorRateSettings, ErrorRateTest, IntervalCounts};
+
+/// Which way a rate's change is a regression.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorseDirection {
+    /// Errors, declines: more is worse.
+    #[default]
+    Higher,
+    /// Hits, successes: fewer is worse.
+    Lower,
+}
+
+impl WorseDirection {
+    /// The log rate ratio at the "worse" null boundary: `ln(1 + tolerance)` when
+    /// higher is worse, `ln(1 − tolerance)` when lower is worse (tolerance below 1).
+    pub(crate) fn worse_log_ratio(self, tolerance: f64) -> Result<f64, StatsError> {
+        match self {
+            WorseDirection::Higher => Ok(tolerance.ln_1p()),
+            WorseDirection::Lower if (0.0..1.0).contains(&tolerance) => Ok((-tolerance).ln_1p()),
+            WorseDirection::Lower => Err(StatsError::OutOfRange {
+                field: "event-rate relative_tolerance (lower is worse)",
+                value: tolerance,
+                expected: "in [0, 1)",
+            }),
+        }
+    }
+}
+
+/// One named rate's sequential test, fed every interval.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRateTest {
+    /// The report row's metric name.
+    name: String,
+    test: ErrorRateTest,
+    /// Whether any interval had counts for this rate at all (see [`Self::observe`]).
+    reported: bool,
+}
+
+impl EventRateTest {
+    pub fn new(name: impl Into<String>, relative_tolerance: f64, worse: WorseDirection) -> Result<Self, StatsError> {
+        let settings = ErrorRateSettings { relative_tolerance, worse, ..ErrorRateSettings::default() };
+        Ok(EventRateTest { name: name.into(), test: ErrorRateTest::new(settings)?, reported: false })
+    }
+
+    /// Adds one interval; `None` when no source reported the rate's counters in it
+    /// (as opposed to counters that did not move, which are zeros).
+    pub fn observe(&mut self, counts: Option<IntervalCounts>) -> Result<(), StatsError> {
+        let Some(counts) = counts else { return Ok(()) };
+        self.test.observe(counts)?;
+        self.reported = true;
+        Ok(())
+    }
+
+    /// Whether any interval so far had this rate's counters.
+    pub fn reported(&self) -> bool {
+        self.reported
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Anytime-valid p-value of "the canary is worse beyond the tolerance".
+    pub fn p_worse(&self) -> f64 {
+        self.test.p_worse()
+    }
+
+    /// The row, named after the metric: events per request in each cohort, the
+    /// relative difference with its confidence sequence, the p-value and verdict;
+    /// `NotEnoughData` below `min_requests` requests in either cohort.
+    pub fn row(&self, alpha: f64, min_requests: u64) -> Result<ComparisonRow, StatsError> {
+        let mut row = self.test.row(alpha, min_requests)?;
+        row.metric.clone_from(&self.name);
+        Ok(row)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)] // tests fail loudly by design
+mod tests {
+    use super::*;
+    use crate::stats::{CohortCounts, Verdict};
+
+    fn interval(canary: (u64, u64), control: (u64, u64)) -> Option<IntervalCounts> {
+        Some(IntervalCounts {
+            canary: CohortCounts { requests: canary.0, errors: canary.1 },
+            control: CohortCounts { requests: control.0, errors: control.1 },
+        })
+    }
+
+    #[test]
+    fn a_fallen_hit_rate_is_worse_when_lower_is_worse_and_better_when_higher_is() {
+        let mut lower_worse = EventRateTest::new("cache_hit", 0.1, WorseDirection::Lower).unwrap();
+        let mut higher_worse = EventRateTest::new("cache_hit", 0.1, WorseDirection::Higher).unwrap();
+        for _ in 0..10 {
+            // 5 % share; control hits 80 %, canary 60 % (a ratio of 0.75, beyond 0.9).
+            let counts = interval((600, 360), (11_400, 9_120));
+            lower_worse.observe(counts).unwrap();
+            higher_worse.observe(counts).unwrap();
+        }
+        let row = lower_worse.row(0.05, 1_000).unwrap();
+        assert_eq!((row.metric.as_str(), row.verdict), ("cache_hit", Verdict::Worse));
+        assert!(row.p_value.unwrap() < 0.001, "{row:?}");
+        assert_eq!((row.canary, row.control), (Some(0.6), Some(0.8)));
+        let interval = row.interval.unwrap();
+        assert!(interval.contains(-0.25) && !interval.contains(0.0), "{interval:?}");
+        assert_eq!(higher_worse.row(0.05, 1_000).unwrap().verdict, Verdict::Better);
+    }
+
+    #[test]
+    fn a_fall_within_the_tolerance_is_not_worse() {
+        // 5 % fewer hits on a lot of traffic: beyond noise, within a 10 % tolerance.
+        let mut tolerant = EventRateTest::new("cache_hit", 0.1, WorseDirection::Lower).unwrap();
+        let mut strict = EventRateTest::new("cache_hit", 0.0, WorseDirection::Lower).unwrap();
+        for _ in 0..50 {
+            let counts = interval((50_000, 38_000), (50_000, 40_000));
+            tolerant.observe(counts).unwrap();
+            strict.observe(counts).unwrap();
+        }
+        assert!(strict.p_worse() < 0.01, "{}", strict.p_worse());
+        assert_eq!(tolerant.p_worse(), 1.0);
+        assert_eq!(tolerant.row(0.05, 100).unwrap().verdict, Verdict::NoDifference);
+    }
+
+    #[test]
+    fn a_rate_never_reported_has_no_values_and_no_verdict() {
+        let mut test = EventRateTest::new("cache_hit", 0.1, WorseDirection::Lower).unwrap();
+        test.observe(None).unwrap();
+        assert!(!test.reported());
+        let row = test.row(0.05, 1).unwrap();
+        assert_eq!((row.canary, row.control, row.p_value, row.verdict), (None, None, None, Verdict::NotEnoughData));
+        test.observe(interval((0, 0), (0, 0))).unwrap();
+        assert!(test.reported(), "counters that exist but did not move are data");
+    }
+
+    #[test]
+    fn a_lower_is_worse_tolerance_of_one_or_more_is_refused() {
+        let error = EventRateTest::new("hits", 1.0, WorseDirection::Lower).unwrap_err();
+        assert!(error.to_string().contains("in [0, 1)"), "{error}");
+        assert!(EventRateTest::new("hits", 1.0, WorseDirection::Higher).is_ok());
+        let events_above_requests = EventRateTest::new("hits", 0.0, WorseDirection::Lower)
+            .unwrap()
+            .observe(interval((10, 11), (10, 0)))
+            .unwrap_err();
+        assert!(matches!(events_above_requests, StatsError::ErrorsExceedRequests { .. }));
+    }
+}
