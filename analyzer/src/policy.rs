@@ -15,7 +15,9 @@
 //! webhook URL ([`webhook`]), is written in full only by the plain serialisation
 //! (the state files); the audit log and the API use [`RolloutPolicy::redacted`].
 
+mod rate_metric;
 mod webhook;
+pub use rate_metric::{CounterPairMetric, OutcomeMetric, RateTolerance};
 pub use webhook::{WebhookUrl, WebhookUrlError};
 
 use std::collections::{BTreeMap, HashSet};
@@ -146,8 +148,12 @@ pub enum Metric {
     Latency { quantile: LatencyQuantile, tolerance: LatencyTolerance },
     /// The traffic split itself; traffic odds within `1 ± max_relative_deviation` of the expected share are fine.
     SampleRatio { max_relative_deviation: f64 },
-    /// A PromQL metric of the user's; higher is worse.
+    /// A PromQL metric of the user's; higher is worse. A guardrail: no p-value.
     Custom(CustomMetric),
+    /// A rate the filter counts per cohort (events among requests), tested like the error rate.
+    Outcome(OutcomeMetric),
+    /// A rate from a PromQL numerator and denominator per cohort, tested like the error rate.
+    CounterPair(CounterPairMetric),
 }
 
 /// The latency quantiles a policy can name.
@@ -245,6 +251,8 @@ impl MetricPolicy {
             Metric::Latency { quantile, .. } => quantile.policy_name(),
             Metric::SampleRatio { .. } => SAMPLE_RATIO,
             Metric::Custom(custom) => &custom.name,
+            Metric::Outcome(outcome) => &outcome.name,
+            Metric::CounterPair(pair) => &pair.name,
         }
     }
 
@@ -485,6 +493,19 @@ struct RawMetric {
     max_relative_deviation: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     query: Option<String>,
+    /// A data-path outcome the filter counts (`rate_metric`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outcome: Option<String>,
+    /// A PromQL counter pair (`rate_metric`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    numerator: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    denominator: Option<String>,
+    /// `higher_is_worse` or `lower_is_worse`, for rate metrics.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    direction: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_relative_decrease: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -843,6 +864,23 @@ fn tolerance(field: String, value: Option<f64>) -> Result<Option<f64>, PolicyErr
 
 impl RawMetric {
     fn validate(self, field: &str) -> Result<MetricPolicy, PolicyError> {
+        if rate_metric::is_rate_metric(&self) {
+            return self.validate_rate(field);
+        }
+        if let Some(direction) = &self.direction {
+            return Err(PolicyError::new(
+                format!("{field}.direction"),
+                format!("{direction:?}"),
+                "not set: it applies to `outcome` and `numerator`/`denominator` metrics",
+            ));
+        }
+        if let Some(decrease) = self.max_relative_decrease {
+            return Err(PolicyError::new(
+                format!("{field}.max_relative_decrease"),
+                decrease,
+                "not set: it applies to `lower_is_worse` outcome and counter-pair metrics",
+            ));
+        }
         let name = self.name.clone().ok_or_else(|| {
             PolicyError::missing(
                 format!("{field}.name"),
@@ -909,26 +947,66 @@ impl RawMetric {
         Ok(MetricPolicy { metric, critical })
     }
 
-    /// A custom metric's name is checked, then its query template.
-    fn custom_query(&self, field: &str, name: &str) -> Result<String, PolicyError> {
-        let starts_ok = name.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_');
-        if !starts_ok || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+    /// An outcome or counter-pair metric: its source, name (an outcome's defaults to
+    /// the outcome), direction and tolerance.
+    fn validate_rate(self, field: &str) -> Result<MetricPolicy, PolicyError> {
+        let source = rate_metric::rate_source(&self, field)?;
+        let name = match (&self.name, &source) {
+            (Some(name), _) => name.clone(),
+            (None, rate_metric::RateSource::Outcome(outcome)) => outcome.clone(),
+            (None, rate_metric::RateSource::CounterPair { .. }) => {
+                return Err(PolicyError::missing(format!("{field}.name"), "a name for the counter-pair metric"));
+            }
+        };
+        let builtin = name == ERROR_RATE || name == SAMPLE_RATIO || LatencyQuantile::from_policy_name(&name).is_some();
+        if builtin {
             return Err(PolicyError::new(
                 format!("{field}.name"),
                 format!("{name:?}"),
-                "a built-in metric (error_rate, latency_p50, latency_p90, latency_p99, latency_p99_9, sample_ratio) \
-                 or a custom name matching [a-z_][a-z0-9_]*",
+                "a name of its own: built-in metrics take no outcome or counter pair",
             ));
         }
+        validate_custom_name(field, &name)?;
+        let tolerance = rate_metric::rate_tolerance(&self, field)?;
+        let critical = self.critical.unwrap_or(defaults::CRITICAL);
+        let metric = match source {
+            rate_metric::RateSource::Outcome(outcome) => Metric::Outcome(OutcomeMetric { name, outcome, tolerance }),
+            rate_metric::RateSource::CounterPair { numerator, denominator } => {
+                Metric::CounterPair(CounterPairMetric { name, numerator, denominator, tolerance })
+            }
+        };
+        Ok(MetricPolicy { metric, critical })
+    }
+
+    /// A custom metric's name is checked, then its query template.
+    fn custom_query(&self, field: &str, name: &str) -> Result<String, PolicyError> {
+        validate_custom_name(field, name)?;
         let query = self.query.clone().ok_or_else(|| {
             PolicyError::missing(
                 format!("{field}.query"),
-                format!("a PromQL query template: `{name}` is not a built-in metric"),
+                format!(
+                    "a PromQL query template (or an `outcome`, or a `numerator` and `denominator`): \
+                     `{name}` is not a built-in metric"
+                ),
             )
         })?;
         validate_query(&format!("{field}.query"), &query)?;
         Ok(query)
     }
+}
+
+/// A custom (PromQL, outcome or counter-pair) metric's name: `[a-z_][a-z0-9_]*`.
+fn validate_custom_name(field: &str, name: &str) -> Result<(), PolicyError> {
+    let starts_ok = name.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_');
+    if !starts_ok || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+        return Err(PolicyError::new(
+            format!("{field}.name"),
+            format!("{name:?}"),
+            "a built-in metric (error_rate, latency_p50, latency_p90, latency_p99, latency_p99_9, sample_ratio) \
+             or a custom name matching [a-z_][a-z0-9_]*",
+        ));
+    }
+    Ok(())
 }
 
 /// A query template must be non-empty, use only known `{{placeholders}}`, and
@@ -1032,6 +1110,15 @@ impl From<&MetricPolicy> for RawMetric {
                 raw.query = Some(custom.query.clone());
                 raw.max_relative_increase = custom.max_relative_increase;
                 raw.max_absolute_increase = custom.max_absolute_increase;
+            }
+            Metric::Outcome(outcome) => {
+                raw.outcome = Some(outcome.outcome.clone());
+                outcome.tolerance.write(&mut raw);
+            }
+            Metric::CounterPair(pair) => {
+                raw.numerator = Some(pair.numerator.clone());
+                raw.denominator = Some(pair.denominator.clone());
+                pair.tolerance.write(&mut raw);
             }
         }
         raw

@@ -2,7 +2,8 @@
 //! and state files keep): YAML or JSON that an operator or a pipeline writes.
 
 use crate::support::{self, bounded, is_one_line, text};
-use canary_analyzer::policy::{PolicyError, RolloutPolicy, format_duration, parse_duration};
+use canary_analyzer::policy::{Metric, PolicyError, RolloutPolicy, format_duration, parse_duration};
+use canary_analyzer::stats::WorseDirection;
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 use std::time::Duration;
@@ -88,7 +89,60 @@ fn query() -> BoxedStrategy<Value> {
     .boxed()
 }
 
+/// An outcome or counter-pair metric (`policy/rate_metric.rs`), valid or not: mostly one
+/// source, a direction and the tolerance of that direction, sometimes a mix.
+fn rate_metric() -> BoxedStrategy<Value> {
+    let outcome = prop_oneof![
+        4 => "[a-z][a-z0-9_]{0,31}".prop_map(Value::from),
+        1 => "[a-z][a-z0-9_]{32,40}".prop_map(Value::from),
+        1 => text().prop_map(Value::from),
+    ];
+    let direction = prop_oneof![
+        3 => Just(json!("higher_is_worse")),
+        3 => Just(json!("lower_is_worse")),
+        1 => text().prop_map(Value::from),
+    ];
+    let decrease = prop_oneof![
+        4 => (0.0f64..1.0).prop_map(Value::from),
+        1 => prop::sample::select(vec![1.0, 1.5, -0.1]).prop_map(Value::from),
+    ];
+    let name = prop_oneof![4 => "[a-z_][a-z0-9_]{0,12}", 1 => Just("error_rate".to_string()), 1 => text()];
+    (
+        proptest::option::weighted(0.8, name),
+        prop_oneof![3 => Just(0u8), 2 => Just(1u8), 1 => Just(2u8), 1 => Just(3u8)],
+        outcome,
+        (query(), query()),
+        proptest::option::weighted(0.95, direction),
+        proptest::option::weighted(0.5, tolerance()),
+        proptest::option::weighted(0.5, decrease),
+        proptest::option::of(any::<bool>()),
+    )
+        .prop_map(|(name, source, outcome, (numerator, denominator), direction, increase, decrease, critical)| {
+            let mut metric = Map::new();
+            let mut put = |key: &str, value: Option<Value>| {
+                if let Some(value) = value {
+                    metric.insert(key.to_string(), value);
+                }
+            };
+            put("name", name.map(Value::from));
+            // 0: an outcome; 1: a counter pair; 2: only a numerator; 3: an outcome and a pair.
+            put("outcome", (source == 0 || source == 3).then_some(outcome));
+            put("numerator", (source >= 1).then_some(numerator));
+            put("denominator", (source == 1 || source == 3).then_some(denominator));
+            put("direction", direction);
+            put("max_relative_increase", increase);
+            put("max_relative_decrease", decrease);
+            put("critical", critical.map(Value::from));
+            Value::Object(metric)
+        })
+        .boxed()
+}
+
 fn metric() -> BoxedStrategy<Value> {
+    prop_oneof![4 => fixed_metric(), 2 => rate_metric()].boxed()
+}
+
+fn fixed_metric() -> BoxedStrategy<Value> {
     let name = prop_oneof![
         4 => prop::sample::select(vec![
             "error_rate", "latency_p50", "latency_p90", "latency_p99", "latency_p99_9", "sample_ratio",
@@ -258,6 +312,23 @@ fn check_accepted(policy: &RolloutPolicy) -> Result<(), TestCaseError> {
     prop_assert!(policy.alpha > 0.0 && policy.alpha <= 0.5);
     prop_assert!(policy.min_requests_per_cohort >= 1);
     prop_assert!(policy.critical_metrics().count() >= 1);
+    for metric in &policy.metrics {
+        let tolerance = match &metric.metric {
+            Metric::Outcome(outcome) => {
+                let name = outcome.outcome.as_bytes();
+                prop_assert!(name.len() <= 32 && name.first().is_some_and(u8::is_ascii_lowercase), "{outcome:?}");
+                outcome.tolerance
+            }
+            Metric::CounterPair(pair) => {
+                prop_assert!(pair.numerator.contains("{{") && pair.denominator.contains("{{"), "{pair:?}");
+                pair.tolerance
+            }
+            _ => continue,
+        };
+        let change = tolerance.max_relative_change;
+        prop_assert!(change.is_finite() && change >= 0.0, "{tolerance:?}");
+        prop_assert!(tolerance.worse == WorseDirection::Higher || change < 1.0, "{tolerance:?}");
+    }
     let yaml = policy.to_yaml().unwrap();
     prop_assert_eq!(&parse(&yaml).unwrap(), policy, "YAML round trip of {}", yaml);
     let json = serde_json::to_string(policy).unwrap();
