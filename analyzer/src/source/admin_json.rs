@@ -22,6 +22,7 @@ use super::envoy_bins::{BinPlace, bin_place};
 use super::error::ExpositionError;
 use super::exposition::share_bp;
 use super::latency::CumulativeLatency;
+use super::outcomes::parse_stat_name;
 use super::snapshot::DeploymentSnapshot;
 
 /// Envoy's uptime gauge (seconds) in the JSON form: if it goes down, the Envoy restarted.
@@ -109,8 +110,14 @@ pub fn parse_detailed_stats(text: &str, deployment: &str) -> Result<DeploymentSn
             continue;
         }
         let Some(name) = entry.get("name").and_then(Value::as_str) else { continue };
-        let Some(stat) = names.get(name) else { continue };
         let value = entry.get("value");
+        let Some(stat) = names.get(name) else {
+            let outcome = name.strip_prefix(WASM_PREFIX).and_then(|n| parse_stat_name(n, deployment));
+            if let Some((cohort, outcome, counter)) = outcome {
+                counter.set(&mut snapshot.cohorts.get_mut(cohort).outcomes, &outcome, whole(name, value)?);
+            }
+            continue;
+        };
         let applied = &mut snapshot.applied;
         match *stat {
             Stat::Requests(cohort, class) => {

@@ -30,6 +30,7 @@ use crate::stats::StatsError;
 
 use super::error::{SourceError, describe};
 use super::interval::{IntervalMetrics, ProxyApplied, TargetFailure};
+use super::outcomes;
 use super::snapshot::{AppliedRollout, CohortSnapshot, DeploymentSnapshot, PerCohort};
 
 /// One target's scrape in one round: its snapshot, or why there is none.
@@ -61,7 +62,8 @@ pub fn target_delta(previous: &DeploymentSnapshot, current: &DeploymentSnapshot)
             (Some(now), None) => Some(now.clone()),
             (None, _) => None,
         };
-        *cohorts.get_mut(cohort) = CohortSnapshot { requests: now.requests.minus(&before.requests), latency };
+        let outcomes = outcomes::minus(&now.outcomes, &before.outcomes);
+        *cohorts.get_mut(cohort) = CohortSnapshot { requests: now.requests.minus(&before.requests), latency, outcomes };
     }
     TargetDelta { cohorts, restarted: false }
 }
@@ -73,6 +75,7 @@ fn add_delta(sums: &mut IntervalMetrics, delta: &TargetDelta) -> Result<(), Stat
         let from_target = delta.cohorts.get(cohort);
         let sum = updated.get_mut(cohort);
         sum.requests.add(&from_target.requests);
+        outcomes::add(&mut sum.outcomes, &from_target.outcomes);
         if let Some(latency) = &from_target.latency {
             let histogram = latency.to_histogram()?;
             match &mut sum.latency {
@@ -177,6 +180,7 @@ mod tests {
     /// observations all fall in the first bucket.
     fn snapshot(canary: (u64, u64), control: (u64, u64)) -> DeploymentSnapshot {
         let cohort = |(ok, failed): (u64, u64)| CohortSnapshot {
+            outcomes: Default::default(),
             requests: ClassCounts { success: ok, server_error: failed, ..Default::default() },
             latency: Some(CumulativeLatency {
                 upper_bounds_us: BOUNDS.to_vec(),

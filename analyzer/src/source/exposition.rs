@@ -1,7 +1,8 @@
 //! Prometheus exposition text (Envoy's `/stats/prometheus`) → [`DeploymentSnapshot`].
 //!
 //! Envoy exports a thousand or more series, almost all of them its own; only
-//! `canary_requests_total`, `canary_latency_us`, the three applied-rollout gauges
+//! `canary_requests_total`, `canary_latency_us`, the outcome counter pairs
+//! (`canary_outcome_requests_total`, `canary_outcome_events_total`), the three applied-rollout gauges
 //! (for the wanted deployment) and `envoy_server_uptime` (to detect restarts) matter here. Lines are filtered by
 //! prefix before `prometheus-parse` sees them: its regex per line is the cost.
 //! Label values the analyzer does not know (a newer filter's cohort or class) are
@@ -13,13 +14,15 @@ use prometheus_parse::{HistogramCount, Scrape, Value};
 
 use super::error::ExpositionError;
 use super::latency::CumulativeLatency;
+use super::outcomes::{OUTCOME_EVENTS, OUTCOME_REQUESTS, OutcomeCounter, is_outcome_name};
 use super::snapshot::DeploymentSnapshot;
 
 /// Envoy's uptime gauge in `/stats/prometheus`.
 const UPTIME: &str = "envoy_server_uptime";
 
 /// The filter's metrics read per deployment: their samples carry `deployment="id"`.
-const PER_DEPLOYMENT: [&str; 5] = [REQUESTS, LATENCY, APPLIED_GENERATION, APPLIED_SHARE_BP, CONFIG_AGE_MS];
+const PER_DEPLOYMENT: [&str; 7] =
+    [REQUESTS, LATENCY, APPLIED_GENERATION, APPLIED_SHARE_BP, CONFIG_AGE_MS, OUTCOME_REQUESTS, OUTCOME_EVENTS];
 
 /// Largest share in basis points (everybody on the canary).
 const FULL_SHARE_BP: f64 = 10_000.0;
@@ -95,6 +98,16 @@ pub fn parse_exposition(text: &str, deployment: &str) -> Result<DeploymentSnapsh
                 let Some(class) = sample.labels.get("class").and_then(class_of) else { continue };
                 let Some(value) = sample_number(value) else { continue };
                 *cohort_snapshot.requests.get_mut(class) = count(REQUESTS, value)?;
+            }
+            (metric, value) if OutcomeCounter::from_metric(metric).is_some() => {
+                let (Some(counter), Some(outcome), Some(number)) = (
+                    OutcomeCounter::from_metric(metric),
+                    sample.labels.get("outcome").filter(|name| is_outcome_name(name)),
+                    sample_number(value),
+                ) else {
+                    continue;
+                };
+                counter.set(&mut cohort_snapshot.outcomes, outcome, count(metric, number)?);
             }
             (LATENCY, Value::Histogram(buckets)) => {
                 let latency = cohort_snapshot.latency.get_or_insert_with(CumulativeLatency::default);

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::stats::{CohortCounts, IntervalCounts, LatencyHistogram};
 
+use super::outcomes::Outcomes;
 use super::snapshot::{ClassCounts, PerCohort};
 
 /// One cohort's interval: requests per class and, when any target exported the
@@ -15,6 +16,10 @@ pub struct CohortInterval {
     pub requests: ClassCounts,
     /// `None` means no data (no contributing target exported the histogram), not "fast".
     pub latency: Option<LatencyHistogram>,
+    /// Outcome counters' deltas by outcome name; an outcome no contributing target
+    /// exported is absent (no data), one whose counters did not move holds zeros.
+    #[serde(default)]
+    pub outcomes: Outcomes,
 }
 
 /// A target that contributed nothing to the interval, and why.
@@ -84,6 +89,22 @@ impl IntervalMetrics {
     /// All requests of one cohort (the sample-ratio check's input).
     pub fn requests(&self, cohort: Cohort) -> u64 {
         self.cohorts.get(cohort).requests.total()
+    }
+
+    /// An outcome's requests and events (as `errors`) for canary and control; `None`
+    /// when neither cohort has the outcome's counters (no target exported them). A
+    /// cohort without them while the other has them counted nothing: zeros.
+    pub fn outcome_counts(&self, outcome: &str) -> Option<IntervalCounts> {
+        let counts = |cohort: Cohort| self.cohorts.get(cohort).outcomes.get(outcome).copied();
+        let (canary, control) = (counts(Cohort::Canary), counts(Cohort::Control));
+        if canary.is_none() && control.is_none() {
+            return None;
+        }
+        let as_counts = |counts: Option<super::outcomes::OutcomeCounts>| {
+            let counts = counts.unwrap_or_default();
+            CohortCounts { requests: counts.requests, errors: counts.events }
+        };
+        Some(IntervalCounts { canary: as_counts(canary), control: as_counts(control) })
     }
 
     /// The interval's latency histogram of one cohort; `None` when there is no data.

@@ -20,6 +20,7 @@
 //! - `admin_json`: Envoy's JSON stats with detailed bins → snapshot (pure).
 //! - `exposition`: exposition text → snapshot (pure).
 //! - `interval`: the per-interval result both sources produce.
+//! - `outcomes`: the filter's per-outcome counter pairs (names, deltas, sums).
 //! - `delta`: snapshots → interval deltas, restarts, failed targets (pure).
 //! - `body`: reading a response body with a size cap (both HTTP edges).
 //! - `envoy_admin`: the HTTP edge for Envoy admin endpoints.
@@ -37,6 +38,7 @@ mod error;
 mod exposition;
 mod interval;
 mod latency;
+mod outcomes;
 mod prometheus;
 mod prometheus_api;
 mod prometheus_proxies;
@@ -55,6 +57,7 @@ pub use error::{ExpositionError, SourceError};
 pub use exposition::{deployment_label, is_relevant, parse_exposition};
 pub use interval::{CohortInterval, IntervalMetrics, ProxyApplied, TargetFailure};
 pub use latency::{BucketLayout, CumulativeLatency, fold_onto};
+pub use outcomes::{OUTCOME_EVENTS, OUTCOME_REQUESTS, OutcomeCounts, Outcomes};
 pub use prometheus::PrometheusSource;
 pub use prometheus_api::{
     CohortValues, expand_template, latency_query, parse_latency_answer, promql_duration, requests_query,

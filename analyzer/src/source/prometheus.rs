@@ -12,9 +12,10 @@ use super::error::{SourceError, describe};
 use super::interval::{IntervalMetrics, ProxyApplied};
 use super::prometheus_api::{
     CohortValues, QueryData, decode_answer, expand_template, interval_from_answers, latency_from_answer, latency_query,
-    requests_from_answer, requests_query, single_value,
+    outcome_query, outcomes_from_answers, pair_count, requests_from_answer, requests_query, single_value,
 };
 use super::prometheus_proxies::{ProxyAnswers, ProxyQueries, proxies_from_answers};
+use crate::stats::{CohortCounts, IntervalCounts};
 
 /// The instant-query endpoint of the Prometheus HTTP API.
 const QUERY_PATH: &str = "/api/v1/query";
@@ -61,14 +62,25 @@ impl PrometheusSource {
         // Pin "now" once so the queries cannot straddle a scrape.
         let at = at.unwrap_or_else(SystemTime::now);
         let (requests_promql, latency_promql) = (requests_query(deployment, window), latency_query(deployment, window));
-        let (requests, latency, proxies) = tokio::join!(
+        let outcome_requests_promql = outcome_query(deployment, window, false);
+        let outcome_events_promql = outcome_query(deployment, window, true);
+        let (requests, latency, outcome_requests, outcome_events, proxies) = tokio::join!(
             self.query(&requests_promql, Some(at)),
             self.query(&latency_promql, Some(at)),
+            self.query(&outcome_requests_promql, Some(at)),
+            self.query(&outcome_events_promql, Some(at)),
             self.proxies(deployment, window, at),
         );
         let requests = requests_from_answer(&requests_promql, &requests?)?;
         let latency = latency_from_answer(&latency_promql, &latency?)?;
+        let outcomes = outcomes_from_answers(
+            (&outcome_requests_promql, &outcome_requests?),
+            (&outcome_events_promql, &outcome_events?),
+        )?;
         let mut metrics = interval_from_answers(&self.base_url, requests, latency);
+        for cohort in Cohort::ALL {
+            metrics.cohorts.get_mut(cohort).outcomes = outcomes.get(cohort).clone();
+        }
         metrics.proxies = proxies.unwrap_or_else(|error| {
             tracing::warn!(
                 %deployment,
@@ -126,6 +138,48 @@ impl PrometheusSource {
         })
     }
 
+    /// A policy's counter pair: the `numerator` and `denominator` templates for canary
+    /// and control (placeholders as in [`Self::custom_metric`]), as whole counts. `None`
+    /// when any of the four has no data; events above requests are refused (the two
+    /// templates do not count the same requests).
+    pub async fn counter_pair(
+        &self,
+        numerator: &str,
+        denominator: &str,
+        deployment: &str,
+        window: Duration,
+        at: Option<SystemTime>,
+    ) -> Result<Option<IntervalCounts>, SourceError> {
+        let at = at.unwrap_or_else(SystemTime::now);
+        let expand = |template: &str, cohort| expand_template(template, deployment, cohort, window);
+        let promql = [
+            expand(numerator, Cohort::Canary),
+            expand(denominator, Cohort::Canary),
+            expand(numerator, Cohort::Control),
+            expand(denominator, Cohort::Control),
+        ];
+        let [events_canary, requests_canary, events_control, requests_control] = &promql;
+        let answers = tokio::join!(
+            self.query(events_canary, Some(at)),
+            self.query(requests_canary, Some(at)),
+            self.query(events_control, Some(at)),
+            self.query(requests_control, Some(at)),
+        );
+        let counts = [
+            pair_count(events_canary, &answers.0?)?,
+            pair_count(requests_canary, &answers.1?)?,
+            pair_count(events_control, &answers.2?)?,
+            pair_count(requests_control, &answers.3?)?,
+        ];
+        let [Some(canary_events), Some(canary_requests), Some(control_events), Some(control_requests)] = counts else {
+            return Ok(None);
+        };
+        Ok(Some(IntervalCounts {
+            canary: pair_counts(events_canary, canary_events, canary_requests)?,
+            control: pair_counts(events_control, control_events, control_requests)?,
+        }))
+    }
+
     /// One instant query, evaluated at `at` (Prometheus' "now" when `None`).
     pub(crate) async fn query(&self, promql: &str, at: Option<SystemTime>) -> Result<QueryData, SourceError> {
         let url = format!("{}{QUERY_PATH}", self.base_url);
@@ -146,6 +200,25 @@ impl PrometheusSource {
     }
 }
 
+/// Extrapolation slack between a pair's two counts: `increase()` extrapolates the
+/// numerator and denominator separately, so when nearly every request is an event the
+/// rounded events can pass the rounded requests by a count or two, about 1 % at most.
+const PAIR_SLACK_FRACTION: u64 = 100;
+const PAIR_SLACK_COUNTS: u64 = 2;
+
+/// One cohort's pair: events within the slack above requests are capped at requests;
+/// more means the templates do not count the same requests, and is refused.
+fn pair_counts(numerator_query: &str, events: u64, requests: u64) -> Result<CohortCounts, SourceError> {
+    let slack = requests / PAIR_SLACK_FRACTION + PAIR_SLACK_COUNTS;
+    if events > requests.saturating_add(slack) {
+        return Err(super::prometheus_api::unexpected(
+            numerator_query,
+            format!("{events} events, more than the denominator's {requests} requests"),
+        ));
+    }
+    Ok(CohortCounts { requests, errors: events.min(requests) })
+}
+
 /// A time as the API's `time` parameter: Unix seconds with millisecond precision
 /// (Prometheus' timestamp resolution).
 fn unix_seconds(at: SystemTime) -> String {
@@ -157,6 +230,15 @@ fn unix_seconds(at: SystemTime) -> String {
 mod tests {
     use super::*;
     use crate::source::body::tests::{Framing, serve_oversized};
+
+    #[test]
+    fn a_pair_with_a_few_events_too_many_is_capped_and_with_many_refused() {
+        assert_eq!(pair_counts("n", 15, 80).unwrap(), CohortCounts { requests: 80, errors: 15 });
+        // 1 % of 200 plus 2: extrapolation's slack.
+        assert_eq!(pair_counts("n", 204, 200).unwrap(), CohortCounts { requests: 200, errors: 200 });
+        let refused = pair_counts("sum(declines)", 205, 200).unwrap_err().to_string();
+        assert!(refused.contains("sum(declines)") && refused.contains("205 events"), "{refused}");
+    }
 
     #[test]
     fn times_are_unix_seconds_to_the_millisecond() {

@@ -26,6 +26,7 @@ use crate::stats::LatencyHistogram;
 
 use super::error::SourceError;
 use super::interval::IntervalMetrics;
+use super::outcomes::{OUTCOME_EVENTS, OUTCOME_REQUESTS, OutcomeCounter, Outcomes, is_outcome_name};
 use super::snapshot::{ClassCounts, PerCohort};
 
 /// A custom metric's value for each compared cohort; `None` is "no data"
@@ -62,6 +63,60 @@ pub fn latency_query(deployment: &str, window: Duration) -> String {
         escape_label_value(deployment),
         promql_duration(window)
     )
+}
+
+/// One of the outcome counters per cohort and outcome in the `window` before the
+/// evaluation time; every outcome the fleet exports (the policy picks its own).
+pub fn outcome_query(deployment: &str, window: Duration, events: bool) -> String {
+    format!(
+        "sum by (cohort, outcome) (increase({}{{deployment=\"{}\"}}[{}]))",
+        if events { OUTCOME_EVENTS } else { OUTCOME_REQUESTS },
+        escape_label_value(deployment),
+        promql_duration(window)
+    )
+}
+
+/// The two [`outcome_query`] answers → outcome counts per cohort. `increase()`
+/// extrapolates the two counters separately, so rounded events can exceed rounded
+/// requests by one or two when nearly every request is an event: events are capped
+/// at requests (the test refuses more events than requests).
+pub(crate) fn outcomes_from_answers(
+    (requests_query, requests): (&str, &QueryData),
+    (events_query, events): (&str, &QueryData),
+) -> Result<PerCohort<Outcomes>, SourceError> {
+    let mut outcomes = PerCohort::<Outcomes>::default();
+    for (query, data, counter) in
+        [(requests_query, requests, OutcomeCounter::Requests), (events_query, events, OutcomeCounter::Events)]
+    {
+        for sample in vector(query, data)? {
+            let Some(cohort) = cohort_of(sample) else { continue };
+            let Some(outcome) = sample.label("outcome").filter(|name| is_outcome_name(name)) else { continue };
+            if let Some(count) = whole_count(query, &sample.value)? {
+                counter.set(outcomes.get_mut(cohort), outcome, count);
+            }
+        }
+    }
+    for cohort in Cohort::ALL {
+        for counts in outcomes.get_mut(cohort).values_mut() {
+            counts.events = counts.events.min(counts.requests);
+        }
+    }
+    Ok(outcomes)
+}
+
+/// A counter-pair template's answer → a whole count: `increase()` extrapolates to
+/// the window's edges, so its values are rarely integers; they are rounded to the
+/// nearest count. `None` for no data (empty, NaN, ±Inf); a negative value (not a
+/// counter's increase) is refused.
+pub(crate) fn pair_count(query: &str, data: &QueryData) -> Result<Option<u64>, SourceError> {
+    match single_value(query, data)? {
+        Some(value) if value < 0.0 => {
+            Err(unexpected(query, format!("a count >= 0 (an increase of a counter), got {value}")))
+        }
+        // Finite and >= 0: the rounded value fits (saturating above u64::MAX).
+        Some(value) => Ok(Some(value.round() as u64)),
+        None => Ok(None),
+    }
 }
 
 /// A policy's custom query for one cohort: `{{deployment}}` and `{{cohort}}` become the
@@ -347,6 +402,51 @@ mod tests {
         let matrix = decode(r#"{"status":"success","data":{"resultType":"matrix","result":[]}}"#);
         let wrong = requests_from_answer("q", &matrix).unwrap_err();
         assert_eq!(wrong.to_string(), r#"unexpected prometheus result for query "q": expected an instant vector"#);
+    }
+
+    #[test]
+    fn outcome_counts_are_read_per_cohort_and_outcome_and_events_capped_at_requests() {
+        assert_eq!(
+            outcome_query("demo", Duration::from_secs(30), true),
+            "sum by (cohort, outcome) (increase(canary_outcome_events_total{deployment=\"demo\"}[30000ms]))"
+        );
+        // increase() extrapolates each counter on its own: 100 % hits can come back as 40.4 of 40.2.
+        let requests = decode(
+            r#"{"status":"success","data":{"resultType":"vector","result":[
+            {"metric":{"cohort":"canary","outcome":"cache_hit"},"value":[1,"40.2"]},
+            {"metric":{"cohort":"control","outcome":"cache_hit"},"value":[1,"119.6"]},
+            {"metric":{"cohort":"control","outcome":"Bad-Name"},"value":[1,"5"]},
+            {"metric":{"cohort":"canary"},"value":[1,"5"]}]}}"#,
+        );
+        let events = decode(
+            r#"{"status":"success","data":{"resultType":"vector","result":[
+            {"metric":{"cohort":"canary","outcome":"cache_hit"},"value":[1,"40.6"]},
+            {"metric":{"cohort":"control","outcome":"cache_hit"},"value":[1,"107.5"]},
+            {"metric":{"cohort":"control","outcome":"declined"},"value":[1,"NaN"]}]}}"#,
+        );
+        let outcomes = outcomes_from_answers(("r", &requests), ("e", &events)).unwrap();
+        let hits = |cohort: Cohort| outcomes.get(cohort)["cache_hit"];
+        assert_eq!((hits(Cohort::Canary).requests, hits(Cohort::Canary).events), (40, 40), "capped");
+        assert_eq!((hits(Cohort::Control).requests, hits(Cohort::Control).events), (120, 108));
+        assert_eq!(outcomes.control.len(), 1, "bad names and NaN are no data");
+        let scalar = decode(r#"{"status":"success","data":{"resultType":"scalar","result":[1,"2"]}}"#);
+        assert!(outcomes_from_answers(("r", &scalar), ("e", &events)).is_err());
+    }
+
+    #[test]
+    fn counter_pair_counts_are_rounded_whole_and_never_negative() {
+        let one = |value: &str| {
+            decode(&format!(
+                r#"{{"status":"success","data":{{"resultType":"vector","result":[{{"metric":{{}},"value":[1,"{value}"]}}]}}}}"#
+            ))
+        };
+        assert_eq!(pair_count("q", &one("14.6")).unwrap(), Some(15));
+        assert_eq!(pair_count("q", &one("0")).unwrap(), Some(0));
+        assert_eq!(pair_count("q", &one("NaN")).unwrap(), None);
+        let negative = pair_count("declines", &one("-3")).unwrap_err().to_string();
+        assert!(negative.contains("declines") && negative.contains("a count >= 0"), "{negative}");
+        let empty = decode(r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#);
+        assert_eq!(pair_count("q", &empty).unwrap(), None);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use canary_core::metrics::StatusClass;
 use serde::{Deserialize, Serialize};
 
 use super::latency::CumulativeLatency;
+use super::outcomes::{self, Outcomes};
 
 /// One value per cohort, addressed by [`Cohort`] (no indexing, no missing cohort).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -119,6 +120,9 @@ pub struct CohortSnapshot {
     pub requests: ClassCounts,
     /// Cumulative `canary_latency_us` (either layout); `None` when the target exported no histogram.
     pub latency: Option<CumulativeLatency>,
+    /// Cumulative outcome counters by outcome name (absent outcomes: not exported).
+    #[serde(default)]
+    pub outcomes: Outcomes,
 }
 
 /// What a target's applied-rollout gauges said; each `None` when the gauge is absent
@@ -147,7 +151,7 @@ pub struct DeploymentSnapshot {
 
 impl DeploymentSnapshot {
     /// Whether the target restarted between `earlier` and this snapshot: uptime went
-    /// down, a request counter went down, or a histogram shrank or changed layout.
+    /// down, a request or outcome counter went down, or a histogram shrank or changed layout.
     pub fn restarted_since(&self, earlier: &DeploymentSnapshot) -> bool {
         let uptime_went_down = matches!(
             (self.server_uptime_seconds, earlier.server_uptime_seconds),
@@ -161,7 +165,9 @@ impl DeploymentSnapshot {
                     (None, Some(_)) => true,
                     _ => false,
                 };
-                now.requests.any_below(&before.requests) || latency_restarted
+                now.requests.any_below(&before.requests)
+                    || latency_restarted
+                    || outcomes::any_below(&now.outcomes, &before.outcomes)
             })
     }
 }
