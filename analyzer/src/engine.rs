@@ -27,6 +27,7 @@ use crate::fleet::{FleetView, applied_share_bp};
 use crate::ladder::{ActedBy, Actor, Decision, OverrideAction, OverrideError, RolloutState, TransitionError};
 use crate::ladder::{decide, human_override};
 use crate::notify::{Notifier, StatusUpdate};
+use crate::outcome_metric::missing_outcomes_note;
 use crate::policy::{Metric, RolloutPolicy};
 use crate::present::{action_name, describe_row};
 use crate::source::{DeltaTracker, EnvoyAdminSource, IntervalMetrics, PrometheusSource, SourceError};
@@ -196,6 +197,10 @@ pub struct RolloutStatus {
     /// its promotion: `stalled after 3 windows (...): why`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stalled: Option<String>,
+    /// Outcomes the policy names that no proxy has exported in any check so far: their
+    /// rows have no data and, if critical, hold promotion (see `outcome_metric`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_outcomes: Vec<String>,
 }
 
 impl RolloutStatus {
@@ -215,6 +220,7 @@ impl RolloutStatus {
             problem: None,
             fleet: None,
             stalled: None,
+            missing_outcomes: Vec::new(),
         }
     }
 }
@@ -308,6 +314,7 @@ impl LiveRollout {
             generation: self.state.generation,
             fetch,
             custom: CheckPlan::custom_metrics(&self.policy),
+            counter_pairs: CheckPlan::counter_pair_metrics(&self.policy),
             prometheus: prometheus.cloned(),
         }
     }
@@ -320,6 +327,10 @@ impl LiveRollout {
             history: self.history.iter().cloned().collect(),
             fleet: self.fleet.clone(),
             stalled: self.stalled.clone(),
+            missing_outcomes: match self.last_check_ms {
+                Some(_) => self.evaluation.missing_outcomes().into_iter().map(String::from).collect(),
+                None => Vec::new(),
+            },
             ..RolloutStatus::unmeasured(&self.policy, &self.state, now_ms)
         }
     }
@@ -531,7 +542,8 @@ impl Engine {
             .map_err(|e| EngineError::InvalidPolicy(e.to_string()))?;
         let decision = Decision::start(&live.state, by, format!("registered with policy {:?}", live.policy.name));
         commit_logged(&mut inner.store, now_ms, &live.policy, &decision, previous.as_ref(), &live.state)?;
-        if self.prometheus.is_none() && live.policy.metrics.iter().any(|m| matches!(m.metric, Metric::Custom(_))) {
+        let promql = |m: &crate::policy::MetricPolicy| matches!(m.metric, Metric::Custom(_) | Metric::CounterPair(_));
+        if self.prometheus.is_none() && live.policy.metrics.iter().any(promql) {
             tracing::warn!(%deployment, "custom PromQL metrics need --prometheus; they will show no data");
         }
         live.rows = live.evaluation.rows(Vec::new())?;
@@ -627,7 +639,7 @@ impl Engine {
         &self,
         plan: &CheckPlan,
         fetched: Fetched,
-        custom: Vec<ComparisonRow>,
+        custom: fetch::CustomResults,
         now_ms: u64,
     ) -> Result<(), EngineError> {
         let mut inner = self.inner.lock().await;
@@ -687,6 +699,10 @@ impl Engine {
             return Ok(());
         }
         live.evaluation.observe(&interval, applied_share_bp(&interval.proxies, live.state.share_bp))?;
+        if had_data {
+            // Same window as the interval; an empty window is asked again next time.
+            live.evaluation.observe_counter_pairs(&custom.pairs);
+        }
         let fleet_lagging = (!interval.proxies.is_empty())
             .then(|| FleetView::new(live.state.generation, &interval.proxies))
             .filter(|fleet| !fleet.all_applied())
@@ -698,12 +714,17 @@ impl Engine {
             fleet_lagging,
         };
         live.step_evidence.record(check, fleet_deadline_checks(&live.policy));
-        live.rows = live.evaluation.rows(custom)?;
+        live.rows = live.evaluation.rows(custom.rows)?;
         if live.history.len() >= HISTORY_LEN {
             live.history.pop_front();
         }
         live.history.push_back(HistoryPoint::from_interval(now_ms, live.state.share_bp, &interval));
-        let decision = decide(&live.policy, &live.state, &live.rows, &live.step_evidence, now_ms);
+        let mut decision = decide(&live.policy, &live.state, &live.rows, &live.step_evidence, now_ms);
+        if let Some(note) = missing_outcomes_note(&live.evaluation.missing_outcomes())
+            && !decision.changes_state()
+        {
+            decision.reason = format!("{}; {note}", decision.reason);
+        }
         if decision.changes_state() {
             self.commit(store, live, &decision, now_ms)?;
         } else {

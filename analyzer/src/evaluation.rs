@@ -5,6 +5,7 @@
 //! evidence carries across ladder steps; the latency comparison pools histograms
 //! and is restarted whenever the share changes (see [`RolloutEvaluation::restart_latency`]).
 
+use crate::outcome_metric::{CounterPairCounts, RateMetricTests};
 use crate::policy::{CustomMetric, Metric, RolloutPolicy};
 use crate::source::{CohortValues, IntervalMetrics};
 use crate::stats::{
@@ -59,6 +60,9 @@ pub struct RolloutEvaluation {
     latency_settings: LatencySettings,
     alpha: f64,
     min_requests: u64,
+    /// Outcome and counter-pair metrics (absent from evidence saved before they existed).
+    #[serde(default)]
+    rates: RateMetricTests,
 }
 
 fn latency_settings(policy: &RolloutPolicy) -> LatencySettings {
@@ -108,6 +112,7 @@ impl RolloutEvaluation {
             latency_settings,
             alpha: policy.alpha,
             min_requests: policy.min_requests_per_cohort,
+            rates: RateMetricTests::new(policy)?,
         })
     }
 
@@ -133,7 +138,18 @@ impl RolloutEvaluation {
         if let (Some(canary), Some(control)) = (interval.latency(Cohort::Canary), interval.latency(Cohort::Control)) {
             self.latency.observe(canary, control)?;
         }
+        self.rates.observe_outcomes(interval);
         Ok(())
+    }
+
+    /// Adds one check's PromQL counter-pair counts (see [`RateMetricTests`]).
+    pub fn observe_counter_pairs(&mut self, pairs: &[CounterPairCounts]) {
+        self.rates.observe_counter_pairs(pairs);
+    }
+
+    /// Outcomes the policy names that no proxy has exported yet.
+    pub fn missing_outcomes(&self) -> Vec<&str> {
+        self.rates.missing_outcomes()
     }
 
     /// A new share changes who is in each cohort: pooled latency starts over.
@@ -152,6 +168,7 @@ impl RolloutEvaluation {
             self.sample_ratio.row(self.alpha, self.min_requests)?,
         ];
         rows.extend(self.latency.rows(self.alpha, self.min_requests)?);
+        rows.extend(self.rates.rows(self.alpha, self.min_requests)?);
         rows.extend(extra);
         sort_worst_first(&mut rows);
         Ok(rows)

@@ -74,6 +74,7 @@ pub fn status(history: Vec<HistoryPoint>, rows: Vec<ComparisonRow>) -> RolloutSt
         problem: None,
         fleet: None,
         stalled: None,
+        missing_outcomes: Vec::new(),
     }
 }
 

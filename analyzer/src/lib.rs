@@ -12,6 +12,7 @@ mod fixtures;
 pub mod fleet;
 pub mod ladder;
 pub mod notify;
+pub mod outcome_metric;
 pub mod policy;
 pub mod present;
 pub mod simulation;

@@ -10,7 +10,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::evaluation::custom_row;
-use crate::policy::{CustomMetric, Metric, RolloutPolicy};
+use crate::outcome_metric::CounterPairCounts;
+use crate::policy::{CounterPairMetric, CustomMetric, Metric, RolloutPolicy};
 use crate::source::{CohortValues, EnvoyAdminSource, IntervalMetrics, PrometheusSource, SourceError, TargetScrape};
 use crate::stats::ComparisonRow;
 
@@ -36,7 +37,17 @@ pub(super) struct CheckPlan {
     pub fetch: FetchPlan,
     /// Custom PromQL metrics and where to ask them (`None` without `--prometheus`).
     pub custom: Vec<CustomMetric>,
+    /// Counter-pair PromQL metrics, asked over the same window.
+    pub counter_pairs: Vec<CounterPairMetric>,
     pub prometheus: Option<PrometheusSource>,
+}
+
+/// What the policy's own PromQL brought back: the single-query guardrails' rows and
+/// the counter pairs' counts (tested under the lock, with the rest of the evidence).
+#[derive(Debug, Default)]
+pub(super) struct CustomResults {
+    pub rows: Vec<ComparisonRow>,
+    pub pairs: Vec<CounterPairCounts>,
 }
 
 /// What came back.
@@ -62,17 +73,67 @@ impl CheckPlan {
             .collect()
     }
 
+    /// The counter-pair PromQL metrics of a policy.
+    pub fn counter_pair_metrics(policy: &RolloutPolicy) -> Vec<CounterPairMetric> {
+        policy
+            .metrics
+            .iter()
+            .filter_map(|m| match &m.metric {
+                Metric::CounterPair(pair) => Some(pair.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Runs every request of the check concurrently, abandoning all of them at `deadline`.
-    pub async fn fetch(&self, deadline: Duration) -> (Fetched, Vec<ComparisonRow>) {
+    pub async fn fetch(&self, deadline: Duration) -> (Fetched, CustomResults) {
         let started = Instant::now();
-        let work = async { tokio::join!(self.fetch_interval(), self.custom_rows()) };
+        let work = async { tokio::join!(self.fetch_interval(), self.custom_rows(), self.counter_pair_counts()) };
         match tokio::time::timeout_at(started + deadline, work).await {
-            Ok(done) => done,
+            Ok((fetched, rows, pairs)) => (fetched, CustomResults { rows, pairs }),
             Err(_) => {
                 let rows = self.custom.iter().map(|m| custom_row(m, CohortValues::default())).collect();
-                (Fetched::DeadlineMissed(deadline), rows)
+                (Fetched::DeadlineMissed(deadline), CustomResults { rows, pairs: Vec::new() })
             }
         }
+    }
+
+    /// Counter pairs, each four queries at once over the check's window; `None` counts
+    /// without a Prometheus window or when a query fails (logged).
+    async fn counter_pair_counts(&self) -> Vec<CounterPairCounts> {
+        let FetchPlan::Prometheus { window, end, .. } = &self.fetch else {
+            return self
+                .counter_pairs
+                .iter()
+                .map(|m| CounterPairCounts { name: m.name.clone(), counts: None })
+                .collect();
+        };
+        let (window, end) = (*window, *end);
+        let mut queries = JoinSet::new();
+        for (position, metric) in self.counter_pairs.iter().enumerate() {
+            let (prometheus, metric, deployment) = (self.prometheus.clone(), metric.clone(), self.deployment.clone());
+            queries.spawn(async move {
+                let counts = match &prometheus {
+                    Some(prometheus) => prometheus
+                        .counter_pair(&metric.numerator, &metric.denominator, &deployment, window, Some(end))
+                        .await
+                        .unwrap_or_else(|e| {
+                            tracing::warn!(%deployment, metric = %metric.name, error = %e, "counter-pair query failed");
+                            None
+                        }),
+                    None => None,
+                };
+                (position, CounterPairCounts { name: metric.name, counts })
+            });
+        }
+        let mut pairs: Vec<(usize, CounterPairCounts)> = Vec::with_capacity(self.counter_pairs.len());
+        while let Some(joined) = queries.join_next().await {
+            if let Ok(pair) = joined {
+                pairs.push(pair);
+            }
+        }
+        pairs.sort_by_key(|(position, _)| *position);
+        pairs.into_iter().map(|(_, pair)| pair).collect()
     }
 
     async fn fetch_interval(&self) -> Fetched {

@@ -375,3 +375,68 @@ async fn a_step_without_enough_traffic_is_reported_stalled_and_never_promoted() 
     assert_eq!(status.config.share_bp, 100);
     assert!(crate::cli::status_text(&status).contains("STALLED: stalled after 2 windows"));
 }
+
+/// Cumulative `cache_hit` counters of one deployment, appended to what the stub serves.
+fn append_cache_hits(envoy: &StubEnvoy, deployment: &str, canary: (u64, u64), control: (u64, u64)) {
+    let mut answer = envoy.answer.lock().unwrap();
+    for (cohort, (requests, hits)) in [("canary", canary), ("control", control)] {
+        let labels = format!("deployment=\"{deployment}\",cohort=\"{cohort}\",outcome=\"cache_hit\"");
+        answer.1.push_str(&format!(
+            "canary_outcome_requests_total{{{labels}}} {requests}\ncanary_outcome_events_total{{{labels}}} {hits}\n"
+        ));
+    }
+}
+
+const CACHE_HIT: &str =
+    "    - {name: cache_hit, outcome: cache_hit, direction: lower_is_worse, max_relative_decrease: 0.1}\n";
+
+#[tokio::test]
+async fn an_outcome_no_proxy_exports_has_no_data_holds_promotion_and_is_named() {
+    let (dir, envoy) = (TempDir::new(), StubEnvoy::start().await);
+    let (clock, wall) = stepped_clock(T0);
+    let engine = engine(&dir, vec![envoy.url()], clock);
+    engine.register(policy("checkout", CACHE_HIT), Actor::human("ci").unwrap(), T0).await.unwrap();
+    let fresh = engine.status("checkout", T0).await.unwrap();
+    assert!(fresh.missing_outcomes.is_empty(), "nothing is missing before the first check");
+    // 20 s of healthy traffic, twice the first step's window, without outcome counters.
+    for second in 1..=20u64 {
+        envoy.serve_counts(&[("checkout", 10 * second, 990 * second)]);
+        wall.store(T0 + second * 1_000, Ordering::SeqCst);
+        engine.check_now("checkout").await.unwrap();
+    }
+    let status = engine.status("checkout", T0 + 20_000).await.unwrap();
+    assert_eq!(status.config.share_bp, 100, "held at the first step: {:?}", status.state);
+    assert_eq!(status.missing_outcomes, ["cache_hit"]);
+    let row = status.rows.iter().find(|r| r.metric == "cache_hit").expect("a cache_hit row");
+    assert_eq!((row.canary, row.control, row.p_value, row.verdict), (None, None, None, Verdict::NotEnoughData));
+    let error_rate = status.rows.iter().find(|r| r.metric == "error_rate").unwrap();
+    assert_ne!(error_rate.verdict, Verdict::NotEnoughData, "the other metrics had data");
+    assert_eq!(engine.audit("checkout").unwrap().len(), 1, "only the start: no promotion");
+}
+
+#[tokio::test]
+async fn a_fallen_hit_rate_rolls_back_naming_the_outcome() {
+    let (dir, envoy) = (TempDir::new(), StubEnvoy::start().await);
+    let (clock, wall) = stepped_clock(T0);
+    let engine = engine(&dir, vec![envoy.url()], clock);
+    engine.register(policy("checkout", CACHE_HIT), Actor::human("ci").unwrap(), T0).await.unwrap();
+    // 1 % share of 10 000 requests a second: canary hits 60 %, control 90 %.
+    for second in 1..=10u64 {
+        let (canary, control) = (100 * second, 9_900 * second);
+        envoy.serve_counts(&[("checkout", canary, control)]);
+        append_cache_hits(&envoy, "checkout", (canary, 60 * second), (control, 8_910 * second));
+        wall.store(T0 + second * 1_000, Ordering::SeqCst);
+        engine.check_now("checkout").await.unwrap();
+        if engine.config("checkout").unwrap().state != canary_core::RolloutPhase::Progressing {
+            break;
+        }
+    }
+    let status = engine.status("checkout", T0 + 10_000).await.unwrap();
+    assert_eq!(status.state.phase, canary_core::RolloutPhase::RolledBack, "{:#?}", status.rows);
+    assert!(status.missing_outcomes.is_empty());
+    let rollback = engine.audit("checkout").unwrap().pop().unwrap();
+    assert!(rollback.decision.reason.contains("cache_hit"), "{}", rollback.decision.reason);
+    let row = rollback.decision.rows.iter().find(|r| r.metric == "cache_hit").unwrap();
+    assert_eq!((row.canary, row.control, row.verdict), (Some(0.6), Some(0.9), Verdict::Worse));
+    assert!(row.p_value.is_some_and(|p| p <= 0.05) && row.interval.is_some(), "{row:?}");
+}
