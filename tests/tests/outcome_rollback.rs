@@ -1,0 +1,247 @@
+//! A data-path outcome end to end: the filter counts `cache_hit` per cohort in the real
+//! Envoy, the analyzer (the real binary) compares the hit rates with the event-rate
+//! test and rolls back a canary that misses the cache twice as often as stable
+//! (20 % against 10 % `x-cache: MISS`), at the first or second step, with the audit
+//! record naming `cache_hit`. Once on the Envoy admin source, once on the Prometheus
+//! source with a real Prometheus scraping Envoy.
+//!
+//! Depends on the filter half of issue 12 (branch `outcomes-filter`): before that is
+//! merged the filter counts no outcomes and these tests fail (the rollout holds with
+//! "no proxy exports outcome(s) `cache_hit`").
+
+use canary_analyzer::audit::AuditRecord;
+use canary_analyzer::engine::RolloutStatus;
+use canary_core::RolloutPhase;
+use canary_e2e::analyzer::{AnalyzerOptions, AnalyzerProcess, fresh_dir};
+use canary_e2e::envoy::{Envoy, EnvoyConfig};
+use canary_e2e::free_port;
+use canary_e2e::http_server::{self, HttpResult, response};
+use canary_e2e::load::{Load, LoadOptions};
+use canary_e2e::prometheus::Prometheus;
+use serde_yaml_ng::Value as Yaml;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+// ---- TO ADAPT AT MERGE --------------------------------------------------------------
+/// The filter's outcome rules, as the plugin configuration's `outcomes` field. Written
+/// against the config shape the `outcomes-filter` branch had in progress (a rule: `name`,
+/// `response_header` with `equals`); the lead adapts it to the merged filter.
+const OUTCOME_RULES: &str = r#"[{ "name": "cache_hit", "response_header": "x-cache", "equals": "HIT" }]"#;
+/// The `stats_tags` entry that lifts the `outcome` segment into a label, so that
+/// `/stats/prometheus` shows `canary_outcome_requests_total{deployment,cohort,outcome}`.
+/// Added to the shipped config only if it has no `outcome` tag of its own.
+const OUTCOME_STATS_TAG: (&str, &str) =
+    ("outcome", r"^wasmcustom\.canary\.deployment\.[^.]+\.cohort\.[^.]+\.(outcome\.([^.]+)\.)");
+// --------------------------------------------------------------------------------------
+
+/// Every n-th ordinary request misses the cache: stable 1 in 10, canary 1 in 5 (twice as often).
+const STABLE_MISS_EVERY: u64 = 10;
+const CANARY_MISS_EVERY: u64 = 5;
+/// The filter polls every 500 ms, as in the other e2e tests; the analyzer checks every second.
+const POLL_MS: u64 = 500;
+/// 200 requests per second: at 25 % about 50 canary requests a second. The test's
+/// information per request is small (90 % against 80 % hits: a rate ratio of 0.89), and
+/// the evidence needed for alpha 0.05 takes ~25 s of it at 50 % (see the README figures);
+/// light enough for a busy two-core machine.
+const RPS: u32 = 200;
+/// 25 % for 20 s, then 50 % until the verdict: the rollback comes at one of these two.
+const LADDER: [(f64, &str); 3] = [(25.0, "20s"), (50.0, "120s"), (100.0, "1s")];
+/// Prometheus scrapes four times per 1 s check: `increase()` needs two samples in a window.
+const SCRAPE_INTERVAL: Duration = Duration::from_millis(250);
+/// The whole rollout must end within this (expected: 20-40 s).
+const LIMIT: Duration = Duration::from_secs(75);
+
+/// An upstream answering `x-version` and `x-cache: HIT`, or `MISS` on every `miss_every`-th request.
+struct CacheUpstream {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Drop for CacheUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn answer(version: &'static str, miss_every: u64, seen: Arc<AtomicU64>) -> HttpResult {
+    let n = seen.fetch_add(1, Ordering::Relaxed) + 1;
+    let cache = if n % miss_every == 0 { "MISS" } else { "HIT" };
+    response(200, &[("x-version", version), ("x-cache", cache)], format!(r#"{{"version":"{version}"}}"#))
+}
+
+impl CacheUpstream {
+    async fn start(version: &'static str, miss_every: u64) -> CacheUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind an upstream");
+        let addr = listener.local_addr().expect("upstream address");
+        let seen = Arc::new(AtomicU64::new(0));
+        let task = http_server::spawn(listener, move |_request| answer(version, miss_every, Arc::clone(&seen)));
+        CacheUpstream { addr, task }
+    }
+}
+
+/// The policy: the error rate and `cache_hit` (lower is worse, no tolerance) critical.
+fn policy(dir: &Path) -> PathBuf {
+    let steps: String =
+        LADDER.iter().map(|(share, window)| format!("    - {{share: {share}, window: {window}}}\n")).collect();
+    let text = format!(
+        "apiVersion: canary.wasm.dev/v1alpha1\nkind: RolloutPolicy\nmetadata: {{name: outcome-e2e}}\nspec:\n  \
+         deployment: demo\n  ladder:\n{steps}  check_interval: 1s\n  min_requests_per_cohort: 50\n  metrics:\n    \
+         - {{name: error_rate, critical: true}}\n    \
+         - {{name: cache_hit, outcome: cache_hit, direction: lower_is_worse, max_relative_decrease: 0, critical: true}}\n"
+    );
+    let path = dir.join("policy.yaml");
+    std::fs::write(&path, text).expect("write the policy");
+    path
+}
+
+/// Adds [`OUTCOME_STATS_TAG`] unless the shipped config tags `outcome` already.
+fn with_outcome_stats_tag(config: &mut EnvoyConfig) {
+    let tags = config.yaml["stats_config"]["stats_tags"].as_sequence_mut().expect("envoy.yaml: stats_tags");
+    if tags.iter().any(|tag| tag["tag_name"].as_str() == Some(OUTCOME_STATS_TAG.0)) {
+        return;
+    }
+    let mut tag = serde_yaml_ng::Mapping::new();
+    tag.insert("tag_name".into(), OUTCOME_STATS_TAG.0.into());
+    tag.insert("regex".into(), OUTCOME_STATS_TAG.1.into());
+    tags.push(Yaml::Mapping(tag));
+}
+
+/// Which source the analyzer reads.
+enum Source {
+    EnvoyAdmin,
+    Prometheus,
+}
+
+struct Run {
+    _upstreams: (CacheUpstream, CacheUpstream),
+    _envoy: Envoy,
+    _prometheus: Option<Prometheus>,
+    analyzer: AnalyzerProcess,
+    _load: Load,
+    http: reqwest::Client,
+}
+
+impl Run {
+    async fn start(name: &str, source: Source) -> Run {
+        let dir = fresh_dir(name);
+        let stable = CacheUpstream::start("stable", STABLE_MISS_EVERY).await;
+        let canary = CacheUpstream::start("canary", CANARY_MISS_EVERY).await;
+        let analyzer_port = free_port();
+        let mut config =
+            EnvoyConfig::shipped(stable.addr, canary.addr, SocketAddr::from(([127, 0, 0, 1], analyzer_port)));
+        config.edit_plugin_config(|json| {
+            json["analyzer"]["poll_interval_ms"] = POLL_MS.into();
+            json["analyzer"]["timeout_ms"] = 250.into();
+            json["outcomes"] = serde_json::from_str(OUTCOME_RULES).expect("OUTCOME_RULES is JSON");
+        });
+        with_outcome_stats_tag(&mut config);
+        let envoy = Envoy::start(&config, 2).await;
+        let load = Load::start(envoy.listener, LoadOptions { rps: RPS, users: 4_000, ..LoadOptions::default() });
+        let mut options = AnalyzerOptions::new(dir.join("state"));
+        options.policies = vec![policy(&dir)];
+        options.port = Some(analyzer_port);
+        let prometheus = match source {
+            Source::EnvoyAdmin => {
+                options.envoy_admin = vec![format!("http://{}", envoy.admin)];
+                None
+            }
+            Source::Prometheus => {
+                let prometheus = Prometheus::start(&[envoy.admin], SCRAPE_INTERVAL).await;
+                wait_for_two_scrapes(&prometheus).await;
+                options.extra_args = vec!["--prometheus".into(), prometheus.url.clone()];
+                Some(prometheus)
+            }
+        };
+        let analyzer = AnalyzerProcess::start(options).await;
+        Run {
+            _upstreams: (stable, canary),
+            _envoy: envoy,
+            _prometheus: prometheus,
+            analyzer,
+            _load: load,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn status(&self) -> RolloutStatus {
+        let url = format!("{}/v1/rollouts/demo", self.analyzer.url());
+        let body = self.http.get(url).send().await.expect("analyzer reachable").text().await.expect("status body");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("status {body}: {e}"))
+    }
+
+    async fn audit(&self) -> Vec<AuditRecord> {
+        let url = format!("{}/v1/rollouts/demo/audit", self.analyzer.url());
+        self.http.get(url).send().await.expect("analyzer reachable").json().await.expect("audit json")
+    }
+
+    /// Polls until the rollout leaves `Progressing`; the final status and the shares seen.
+    async fn until_decided(&self) -> (RolloutStatus, Vec<u32>) {
+        let start = Instant::now();
+        let mut shares = Vec::new();
+        loop {
+            let status = self.status().await;
+            if shares.last() != Some(&status.state.share_bp) {
+                shares.push(status.state.share_bp);
+            }
+            if status.state.phase != RolloutPhase::Progressing {
+                return (status, shares);
+            }
+            assert!(
+                start.elapsed() < LIMIT,
+                "not decided within {LIMIT:?}; last status {status:#?}\nanalyzer log:\n{}",
+                self.analyzer.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Until Prometheus holds two scrapes of Envoy, `increase()` answers nothing.
+async fn wait_for_two_scrapes(prometheus: &Prometheus) {
+    let start = Instant::now();
+    loop {
+        let samples = prometheus.query("count_over_time(up[1m])").await;
+        let scrapes = samples.first().and_then(|s| s["value"][1].as_str()?.parse::<f64>().ok()).unwrap_or(0.0);
+        if scrapes >= 2.0 {
+            return;
+        }
+        assert!(start.elapsed() < LIMIT, "prometheus never scraped envoy twice:\n{}", prometheus.log());
+        tokio::time::sleep(SCRAPE_INTERVAL).await;
+    }
+}
+
+/// The scenario on one source: rolled back at 25 % or 50 %, by `cache_hit`.
+async fn a_canary_missing_the_cache_twice_as_often_is_rolled_back(name: &str, source: Source) {
+    let run = Run::start(name, source).await;
+    let (status, shares) = run.until_decided().await;
+    assert_eq!(status.state.phase, RolloutPhase::RolledBack, "{status:#?}\n{}", run.analyzer.log_text());
+    assert!(shares == [2_500, 0] || shares == [2_500, 5_000, 0], "rolled back at the first or second step: {shares:?}");
+    assert!(status.missing_outcomes.is_empty(), "the filter exports cache_hit: {:?}", status.missing_outcomes);
+    let audit = run.audit().await;
+    let rollback = audit.last().expect("audit records");
+    assert_eq!(format!("{:?}", rollback.decision.action), "Rollback", "{rollback:#?}");
+    assert!(rollback.decision.reason.contains("cache_hit"), "{}", rollback.decision.reason);
+    let row = rollback.decision.rows.iter().find(|r| r.metric == "cache_hit").expect("a cache_hit row");
+    assert_eq!(format!("{:?}", row.verdict), "Worse", "{row:?}");
+    let (canary, control) = (row.canary.expect("canary hit rate"), row.control.expect("control hit rate"));
+    // 80 % and 90 % hits, give or take the requests in flight at a scrape.
+    assert!((canary - 0.8).abs() < 0.03 && (control - 0.9).abs() < 0.03, "{row:?}");
+    assert!(row.p_value.is_some_and(|p| p <= 0.05), "{row:?}");
+    let error_rate = rollback.decision.rows.iter().find(|r| r.metric == "error_rate").expect("an error_rate row");
+    assert_ne!(format!("{:?}", error_rate.verdict), "Worse", "no errors here: {error_rate:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_envoy_admin_source_a_canary_missing_the_cache_twice_as_often_is_rolled_back() {
+    a_canary_missing_the_cache_twice_as_often_is_rolled_back("outcome-admin", Source::EnvoyAdmin).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_prometheus_source_a_canary_missing_the_cache_twice_as_often_is_rolled_back() {
+    a_canary_missing_the_cache_twice_as_often_is_rolled_back("outcome-prometheus", Source::Prometheus).await;
+}
