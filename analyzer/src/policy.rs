@@ -1146,8 +1146,10 @@ mod tests {
         assert_eq!(policy.ladder[0].window, Duration::from_secs(120));
         assert_eq!(policy.ladder[1].window, Duration::from_secs(600));
         assert_eq!(policy.check_interval, Duration::from_secs(30));
-        assert!(policy.critical_metrics().count() == 2);
+        assert!(policy.critical_metrics().count() == 3);
         assert!(policy.metrics.iter().any(|m| matches!(m.metric, Metric::Custom(_))));
+        assert!(policy.metrics.iter().any(|m| matches!(m.metric, Metric::Outcome(_))));
+        assert!(policy.metrics.iter().any(|m| matches!(m.metric, Metric::CounterPair(_))));
         assert!(policy.notify.is_some());
     }
 
