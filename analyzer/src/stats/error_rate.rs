@@ -19,7 +19,6 @@ use serde::{Deserialize, Serialize};
 use super::comparison::{ComparisonRow, DifferenceScale, Interval, Verdict, reported_p_value};
 use super::eprocess::EvidenceMaximum;
 use super::error::{StatsError, check_non_negative, check_open_unit};
-use super::event_rate::WorseDirection;
 use super::odds_ratio::{OddsRatioEvidence, OddsRatioPrior};
 use super::ratio_sequence::RatioConfidenceSequence;
 
@@ -40,26 +39,21 @@ pub struct IntervalCounts {
 /// How the error-rate test is tuned.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ErrorRateSettings {
-    /// With [`WorseDirection::Higher`] the canary may have up to `1 + relative_tolerance`
-    /// times control's rate before it counts as worse (0 = any significant increase);
-    /// with [`WorseDirection::Lower`] down to `1 − relative_tolerance` times, in [0, 1).
+    /// The canary may have up to `1 + relative_tolerance` times control's error
+    /// rate before it counts as worse (0 = any significant increase).
     pub relative_tolerance: f64,
     pub prior: OddsRatioPrior,
-    /// Which way a change of the event rate is a regression (see `event_rate`).
-    #[serde(default)]
-    pub worse: WorseDirection,
 }
 
 impl Default for ErrorRateSettings {
     fn default() -> Self {
-        ErrorRateSettings { relative_tolerance: 0.0, prior: OddsRatioPrior::ERROR_RATE, worse: WorseDirection::Higher }
+        ErrorRateSettings { relative_tolerance: 0.0, prior: OddsRatioPrior::ERROR_RATE }
     }
 }
 
-/// Index of the "worse" null boundary `ln(1 + tolerance)` among the evidence anchors
-/// (`ln(1 − tolerance)` when lower is worse).
+/// Index of the "worse" null boundary `ln(1 + tolerance)` among the evidence anchors.
 const WORSE_ANCHOR: usize = 0;
-/// Index of the "better" null boundary, the worse one mirrored, among the evidence anchors.
+/// Index of the "better" null boundary `−ln(1 + tolerance)` among the evidence anchors.
 const BETTER_ANCHOR: usize = 1;
 
 /// The sequential error-rate test of one rollout; feed it every interval.
@@ -72,15 +66,12 @@ pub struct ErrorRateTest {
     canary_totals: CohortCounts,
     control_totals: CohortCounts,
     informative_intervals: u64,
-    /// Absent from evidence saved before outcome metrics existed: those were error rates.
-    #[serde(default)]
-    worse_direction: WorseDirection,
 }
 
 impl ErrorRateTest {
     pub fn new(settings: ErrorRateSettings) -> Result<Self, StatsError> {
         let tolerance = check_non_negative("error-rate relative_tolerance", settings.relative_tolerance)?;
-        let boundary = settings.worse.worse_log_ratio(tolerance)?;
+        let boundary = tolerance.ln_1p();
         let evidence = OddsRatioEvidence::new(settings.prior, vec![boundary, -boundary])?;
         let sequence = RatioConfidenceSequence::new(evidence.grid().len());
         Ok(ErrorRateTest {
@@ -91,7 +82,6 @@ impl ErrorRateTest {
             canary_totals: CohortCounts::default(),
             control_totals: CohortCounts::default(),
             informative_intervals: 0,
-            worse_direction: settings.worse,
         })
     }
 
@@ -110,22 +100,19 @@ impl ErrorRateTest {
         let all_errors = interval.canary.errors.saturating_add(interval.control.errors);
         if self.evidence.add(interval.canary.errors, all_errors, canary_share) {
             self.informative_intervals += 1;
-            let worse_above = self.worse_direction == WorseDirection::Higher;
-            self.worse.observe(self.evidence.log_e_anchor(WORSE_ANCHOR, worse_above));
-            self.better.observe(self.evidence.log_e_anchor(BETTER_ANCHOR, !worse_above));
+            self.worse.observe(self.evidence.log_e_anchor(WORSE_ANCHOR, true));
+            self.better.observe(self.evidence.log_e_anchor(BETTER_ANCHOR, false));
             self.sequence.observe(&self.evidence);
         }
         Ok(())
     }
 
-    /// Anytime-valid p-value for "the canary's error rate exceeds control's by more than the
-    /// tolerance" (for [`WorseDirection::Lower`]: falls below it by more than the tolerance).
+    /// Anytime-valid p-value for "the canary's error rate exceeds control's by more than the tolerance".
     pub fn p_worse(&self) -> f64 {
         self.worse.p_value()
     }
 
-    /// Anytime-valid p-value for "the canary's error rate is below control's by more than the
-    /// tolerance" (for [`WorseDirection::Lower`]: above it, beyond the mirrored tolerance).
+    /// Anytime-valid p-value for "the canary's error rate is below control's by more than the tolerance".
     pub fn p_better(&self) -> f64 {
         self.better.p_value()
     }

@@ -7,9 +7,11 @@
 //! total events removes the base rate and the load in the same way.
 //!
 //! Lower-is-worse (a hit rate that must not fall) is the same e-process with the
-//! null boundary and the side of the alternatives flipped: "worse" rejects
-//! `ρ >= 1 − tolerance` with the mixture over `ρ < 1 − tolerance`, "better" the
-//! mirrored boundary `1 / (1 − tolerance)`. Counting the complementary events
+//! sign of the log rate ratio flipped: the test runs with canary and control swapped,
+//! on `1/ρ` with tolerance `d / (1 − d)`, so "worse" rejects `ρ >= 1 − d` with the
+//! mixture over `ρ < 1 − d` (the grid and prior are symmetric in `ln ρ`, so this is
+//! exactly the mirrored test), "better" the mirrored boundary `1 / (1 − d)`; the row
+//! maps the interval back to `ρ`. Counting the complementary events
 //! (misses) instead would express a tolerance on the miss rate, not on the rate
 //! the policy names: a 10 % fall of a 90 % hit rate is a 90 % rise of the miss rate.
 //!
@@ -23,7 +25,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::comparison::{ComparisonRow, Verdict, reported_p_value};
+use super::comparison::{ComparisonRow, DifferenceScale, Interval, Verdict, reported_p_value};
 use super::error::StatsError;
 use super::error_rate::{CohortCounts, ErrorRateSettings, ErrorRateTest, IntervalCounts};
 
@@ -38,26 +40,48 @@ pub enum WorseDirection {
     Lower,
 }
 
-impl WorseDirection {
-    /// The log rate ratio at the "worse" null boundary: `ln(1 + tolerance)` when
-    /// higher is worse, `ln(1 − tolerance)` when lower is worse (tolerance below 1).
-    fn opposite(self) -> WorseDirection {
-        match self {
-            WorseDirection::Higher => WorseDirection::Lower,
-            WorseDirection::Lower => WorseDirection::Higher,
-        }
+/// One `ErrorRateTest` ("higher is worse") on oriented counts: cohorts swapped when the
+/// rate this side tests is worse when lower, events replaced by non-events for the
+/// complementary side.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct OrientedTest {
+    test: ErrorRateTest,
+    swapped: bool,
+    non_events: bool,
+}
+
+impl OrientedTest {
+    fn new(worse: WorseDirection, relative_tolerance: f64, non_events: bool) -> Result<OrientedTest, StatsError> {
+        let swapped = worse == WorseDirection::Lower;
+        let tolerance = if swapped {
+            if !(0.0..1.0).contains(&relative_tolerance) {
+                return Err(StatsError::OutOfRange {
+                    field: "event-rate relative_tolerance (lower is worse)",
+                    value: relative_tolerance,
+                    expected: "in [0, 1)",
+                });
+            }
+            // ρ >= 1 − d  ⟺  1/ρ <= 1 + d / (1 − d).
+            relative_tolerance / (1.0 - relative_tolerance)
+        } else {
+            relative_tolerance
+        };
+        let settings = ErrorRateSettings { relative_tolerance: tolerance, ..ErrorRateSettings::default() };
+        Ok(OrientedTest { test: ErrorRateTest::new(settings)?, swapped, non_events })
     }
 
-    pub(crate) fn worse_log_ratio(self, tolerance: f64) -> Result<f64, StatsError> {
-        match self {
-            WorseDirection::Higher => Ok(tolerance.ln_1p()),
-            WorseDirection::Lower if (0.0..1.0).contains(&tolerance) => Ok((-tolerance).ln_1p()),
-            WorseDirection::Lower => Err(StatsError::OutOfRange {
-                field: "event-rate relative_tolerance (lower is worse)",
-                value: tolerance,
-                expected: "in [0, 1)",
-            }),
-        }
+    fn observe(&mut self, counts: IntervalCounts) -> Result<(), StatsError> {
+        // Events were checked against requests by the caller, so this cannot underflow.
+        let side = |c: CohortCounts| match self.non_events {
+            true => CohortCounts { requests: c.requests, errors: c.requests.saturating_sub(c.errors) },
+            false => c,
+        };
+        let (canary, control) = (side(counts.canary), side(counts.control));
+        let oriented = match self.swapped {
+            true => IntervalCounts { canary: control, control: canary },
+            false => IntervalCounts { canary, control },
+        };
+        self.test.observe(oriented)
     }
 }
 
@@ -66,32 +90,38 @@ impl WorseDirection {
 pub struct EventRateTest {
     /// The report row's metric name.
     name: String,
-    test: ErrorRateTest,
-    /// With tolerance 0 only: the same test on the non-events, in the opposite direction.
-    #[serde(default)]
-    complement: Option<ErrorRateTest>,
+    /// The named events, oriented so that "worse" is the policy's direction.
+    direct: OrientedTest,
+    /// With tolerance 0 only: the non-events, in the opposite direction.
+    complement: Option<OrientedTest>,
     /// Whether any interval had counts for this rate at all (see [`Self::observe`]).
     reported: bool,
 }
 
 impl EventRateTest {
     pub fn new(name: impl Into<String>, relative_tolerance: f64, worse: WorseDirection) -> Result<Self, StatsError> {
-        let settings = ErrorRateSettings { relative_tolerance, worse, ..ErrorRateSettings::default() };
-        let complement = (relative_tolerance == 0.0)
-            .then(|| ErrorRateTest::new(ErrorRateSettings { worse: worse.opposite(), ..settings }))
-            .transpose()?;
-        Ok(EventRateTest { name: name.into(), test: ErrorRateTest::new(settings)?, complement, reported: false })
+        let direct = OrientedTest::new(worse, relative_tolerance, false)?;
+        let opposite = match worse {
+            WorseDirection::Higher => WorseDirection::Lower,
+            WorseDirection::Lower => WorseDirection::Higher,
+        };
+        let complement = (relative_tolerance == 0.0).then(|| OrientedTest::new(opposite, 0.0, true)).transpose()?;
+        Ok(EventRateTest { name: name.into(), direct, complement, reported: false })
     }
 
     /// Adds one interval; `None` when no source reported the rate's counters in it
-    /// (as opposed to counters that did not move, which are zeros).
+    /// (as opposed to counters that did not move, which are zeros). More events than
+    /// requests in a cohort are refused and leave the test as it was.
     pub fn observe(&mut self, counts: Option<IntervalCounts>) -> Result<(), StatsError> {
         let Some(counts) = counts else { return Ok(()) };
-        self.test.observe(counts)?;
+        for (cohort, c) in [("canary", counts.canary), ("control", counts.control)] {
+            if c.errors > c.requests {
+                return Err(StatsError::ErrorsExceedRequests { cohort, errors: c.errors, requests: c.requests });
+            }
+        }
+        self.direct.observe(counts)?;
         if let Some(complement) = &mut self.complement {
-            // Cannot fail: the events were checked against the requests above.
-            let others = |c: CohortCounts| CohortCounts { requests: c.requests, errors: c.requests - c.errors };
-            complement.observe(IntervalCounts { canary: others(counts.canary), control: others(counts.control) })?;
+            complement.observe(counts)?;
         }
         self.reported = true;
         Ok(())
@@ -109,36 +139,60 @@ impl EventRateTest {
     /// Anytime-valid p-value of "the canary is worse beyond the tolerance" (with the
     /// complementary test: twice the smaller of the two, at most 1).
     pub fn p_worse(&self) -> f64 {
-        self.either(self.test.p_worse(), |c| c.p_worse())
+        self.either(|t| t.test.p_worse())
     }
 
     /// Anytime-valid p-value of "the canary is better beyond the tolerance".
     pub fn p_better(&self) -> f64 {
-        self.either(self.test.p_better(), |c| c.p_better())
+        self.either(|t| t.test.p_better())
     }
 
-    fn either(&self, direct: f64, of_complement: impl Fn(&ErrorRateTest) -> f64) -> f64 {
+    fn either(&self, p: impl Fn(&OrientedTest) -> f64) -> f64 {
         match &self.complement {
-            Some(complement) => (2.0 * direct.min(of_complement(complement))).min(1.0),
-            None => direct,
+            Some(complement) => (2.0 * p(&self.direct).min(p(complement))).min(1.0),
+            None => p(&self.direct),
         }
     }
 
     /// The row, named after the metric: events per request in each cohort, the
-    /// relative difference with the named events' confidence sequence, the p-value and
+    /// relative difference `ρ − 1` with the named events' interval, the p-value and
     /// verdict; `NotEnoughData` below `min_requests` requests in either cohort.
     pub fn row(&self, alpha: f64, min_requests: u64) -> Result<ComparisonRow, StatsError> {
-        let mut row = self.test.row(alpha, min_requests)?;
-        row.metric.clone_from(&self.name);
-        if self.complement.is_some() {
-            let enough_data = row.verdict != Verdict::NotEnoughData;
-            let (p_worse, p_better) = (self.p_worse(), self.p_better());
-            row.verdict = Verdict::from_tests(p_worse, p_better, alpha, enough_data);
-            let has_evidence = row.p_value.is_some() || enough_data;
-            row.p_value = has_evidence.then(|| reported_p_value(row.verdict, p_worse, p_better));
+        let oriented = self.direct.test.row(alpha, min_requests)?;
+        let (mut canary_totals, mut control_totals) =
+            (self.direct.test.canary_totals(), self.direct.test.control_totals());
+        if self.direct.swapped {
+            std::mem::swap(&mut canary_totals, &mut control_totals);
         }
-        Ok(row)
+        let rate = |c: CohortCounts| (c.requests > 0).then(|| c.errors as f64 / c.requests as f64);
+        let (canary, control) = (rate(canary_totals), rate(control_totals));
+        let (absolute_difference, relative_difference) = ComparisonRow::differences(canary, control);
+        let enough_data = canary_totals.requests >= min_requests && control_totals.requests >= min_requests;
+        let (p_worse, p_better) = (self.p_worse(), self.p_better());
+        let verdict = Verdict::from_tests(p_worse, p_better, alpha, enough_data);
+        let has_evidence = oriented.p_value.is_some() || enough_data;
+        Ok(ComparisonRow {
+            metric: self.name.clone(),
+            canary,
+            control,
+            absolute_difference,
+            relative_difference,
+            interval: oriented.interval.map(|i| if self.direct.swapped { inverted(i) } else { i }),
+            interval_scale: DifferenceScale::Relative,
+            p_value: has_evidence.then(|| reported_p_value(verdict, p_worse, p_better)),
+            verdict,
+        })
     }
+}
+
+/// An interval for `1/ρ − 1` as one for `ρ − 1`: the ends swap and invert; an open
+/// upper end becomes a ratio of 0 (−1), a ratio of 0 an open upper end.
+fn inverted(interval: Interval) -> Interval {
+    let invert = |relative: f64| {
+        let ratio = 1.0 + relative;
+        (ratio > 0.0).then(|| 1.0 / ratio - 1.0)
+    };
+    Interval { lo: Some(interval.hi.and_then(invert).unwrap_or(-1.0)), hi: interval.lo.and_then(invert) }
 }
 
 #[cfg(test)]
