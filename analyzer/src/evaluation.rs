@@ -142,16 +142,6 @@ impl RolloutEvaluation {
         Ok(())
     }
 
-    /// Adds one check's PromQL counter-pair counts (see [`RateMetricTests`]).
-    pub fn observe_counter_pairs(&mut self, pairs: &[CounterPairCounts]) {
-        self.rates.observe_counter_pairs(pairs);
-    }
-
-    /// Outcomes the policy names that no proxy has exported yet.
-    pub fn missing_outcomes(&self) -> Vec<&str> {
-        self.rates.missing_outcomes()
-    }
-
     /// A new share changes who is in each cohort: pooled latency starts over.
     pub fn restart_latency(&mut self) -> Result<(), StatsError> {
         self.latency = LatencyComparison::new(&LATENCY_BUCKETS_US, self.latency_settings.clone())?;
@@ -168,10 +158,20 @@ impl RolloutEvaluation {
             self.sample_ratio.row(self.alpha, self.min_requests)?,
         ];
         rows.extend(self.latency.rows(self.alpha, self.min_requests)?);
-        rows.extend(self.rates.rows(self.alpha, self.min_requests)?);
         rows.extend(extra);
+        rows.extend(self.rates.rows(self.alpha, self.min_requests)?);
         sort_worst_first(&mut rows);
         Ok(rows)
+    }
+
+    /// Adds one check's PromQL counter-pair counts (see [`RateMetricTests`]).
+    pub fn observe_counter_pairs(&mut self, pairs: &[CounterPairCounts]) {
+        self.rates.observe_counter_pairs(pairs);
+    }
+
+    /// Outcomes the policy names that no proxy has exported yet.
+    pub fn missing_outcomes(&self) -> Vec<&str> {
+        self.rates.missing_outcomes()
     }
 }
 
