@@ -1,16 +1,18 @@
 //! One rollout's running comparison: the statistical tests a policy asks for, fed
 //! one interval at a time, turned into the report rows the ladder decides on.
 //!
-//! Error rate and sample ratio condition on each interval's own split, so their
-//! evidence carries across ladder steps; the latency comparison pools histograms
-//! and is restarted whenever the share changes (see [`RolloutEvaluation::restart_latency`]).
+//! Error rate, sample ratio and the latency verdicts (tail exceedances) condition
+//! on each interval's own split, so their evidence carries across ladder steps and
+//! stays valid when load moves latency (see `docs/statistics.md`, "Pooled or per
+//! step"). Only the quantile estimates the latency rows show pool histograms, and
+//! those restart whenever the share changes (see [`RolloutEvaluation::restart_latency`]).
 
 use crate::policy::{CustomMetric, Metric, RolloutPolicy};
 use crate::source::{CohortValues, IntervalMetrics};
 use crate::stats::{
     CohortCounts, ComparisonRow, DifferenceScale, ErrorRateSettings, ErrorRateTest, IntervalCounts, LatencyComparison,
-    LatencySettings, QuantileTolerance, REPORTED_QUANTILES, SampleRatioSettings, SampleRatioTest, StatsError, Verdict,
-    sort_worst_first,
+    LatencySettings, QuantileTolerance, REPORTED_QUANTILES, SampleRatioSettings, SampleRatioTest, StatsError,
+    TailExceedanceSettings, TailExceedanceTest, Verdict, latency_metric_name, sort_worst_first,
 };
 use canary_core::Cohort;
 use canary_core::metrics::LATENCY_BUCKETS_US;
@@ -55,8 +57,12 @@ pub struct RolloutEvaluation {
     /// the success-rate comparison, read as its complement. Reported, never critical.
     non_success: ErrorRateTest,
     sample_ratio: SampleRatioTest,
+    /// This step's pooled histograms: the quantile estimates the latency rows show.
     latency: LatencyComparison,
     latency_settings: LatencySettings,
+    /// One tail-exceedance test per reported quantile, over the whole rollout:
+    /// the latency rows' verdicts, p-values and intervals.
+    latency_verdicts: Vec<TailExceedanceTest>,
     alpha: f64,
     min_requests: u64,
 }
@@ -100,12 +106,18 @@ impl RolloutEvaluation {
             }
         }
         let latency_settings = latency_settings(policy);
+        let latency_verdicts = latency_settings
+            .quantiles
+            .iter()
+            .map(|q| TailExceedanceTest::new(TailExceedanceSettings::new(q.quantile, q.tolerance_us)))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(RolloutEvaluation {
             error_rate: ErrorRateTest::new(error_settings)?,
             non_success: ErrorRateTest::new(ErrorRateSettings::default())?,
             sample_ratio: SampleRatioTest::new(ratio_settings)?,
             latency: LatencyComparison::new(&LATENCY_BUCKETS_US, latency_settings.clone())?,
             latency_settings,
+            latency_verdicts,
             alpha: policy.alpha,
             min_requests: policy.min_requests_per_cohort,
         })
@@ -128,11 +140,16 @@ impl RolloutEvaluation {
         )?;
         if let (Some(canary), Some(control)) = (interval.latency(Cohort::Canary), interval.latency(Cohort::Control)) {
             self.latency.observe(canary, control)?;
+            for test in &mut self.latency_verdicts {
+                test.observe(canary, control)?;
+            }
         }
         Ok(())
     }
 
-    /// A new share changes who is in each cohort: pooled latency starts over.
+    /// A new share changes who is in each cohort: the pooled quantile estimates
+    /// start over. The latency verdicts' evidence is kept: it compares the cohorts
+    /// within each interval, which a new share does not bias.
     pub fn restart_latency(&mut self) -> Result<(), StatsError> {
         self.latency = LatencyComparison::new(&LATENCY_BUCKETS_US, self.latency_settings.clone())?;
         Ok(())
@@ -147,7 +164,11 @@ impl RolloutEvaluation {
             non_success,
             self.sample_ratio.row(self.alpha, self.min_requests)?,
         ];
-        rows.extend(self.latency.rows(self.alpha, self.min_requests)?);
+        for test in &self.latency_verdicts {
+            let (canary, control) = self.latency.estimates_us(test.quantile());
+            let metric = latency_metric_name(test.quantile());
+            rows.push(test.row(metric, canary, control, self.alpha, self.min_requests)?);
+        }
         rows.extend(extra);
         sort_worst_first(&mut rows);
         Ok(rows)
@@ -223,6 +244,55 @@ mod tests {
         assert_eq!(rows[0].verdict, Verdict::Worse);
         assert_ne!(verdict(&rows, "latency_p99_us"), Verdict::Worse, "identical latency");
         assert_ne!(verdict(&rows, "sample_ratio"), Verdict::Worse, "a 50/50 split at 50 %");
+    }
+
+    /// One interval at a 50 % share with `n` requests per cohort, no errors:
+    /// control 96 % at 10 ms, 2 % in (20, 25] ms, 2 % in (45, 50] ms; the canary
+    /// the same but 4 % in (60, 70] ms instead of the last two (p99 ~20 ms slower).
+    fn slow_tail_interval(n: u64) -> IntervalMetrics {
+        let mut metrics = IntervalMetrics::default();
+        let index = |bound: u64| LATENCY_BUCKETS_US.iter().position(|b| *b == bound).unwrap();
+        for cohort in [Cohort::Canary, Cohort::Control] {
+            let mut counts = vec![0u64; LATENCY_BUCKETS_US.len() + 1];
+            counts[index(10_000)] = n * 96 / 100;
+            if cohort == Cohort::Canary {
+                counts[index(70_000)] = n * 4 / 100;
+            } else {
+                counts[index(25_000)] = n * 2 / 100;
+                counts[index(50_000)] = n * 2 / 100;
+            }
+            let c: &mut CohortInterval = metrics.cohorts.get_mut(cohort);
+            c.requests.success = counts.iter().sum();
+            c.latency = Some(LatencyHistogram::from_bucket_counts(&LATENCY_BUCKETS_US, &counts).unwrap());
+        }
+        metrics
+    }
+
+    #[test]
+    fn latency_evidence_survives_a_new_share_and_the_row_shows_this_steps_estimates() {
+        let policy = RolloutPolicy::from_yaml(
+            "apiVersion: canary.wasm.dev/v1alpha1\nkind: RolloutPolicy\nmetadata: {name: t}\n\
+             spec:\n  deployment: checkout\n  min_requests_per_cohort: 500\n  metrics:\n    \
+             - {name: error_rate}\n    - {name: latency_p99, max_increase_ms: 5}\n",
+        )
+        .unwrap();
+        let mut eval = RolloutEvaluation::new(&policy).unwrap();
+        for _ in 0..3 {
+            eval.observe(&slow_tail_interval(2_000), 5_000).unwrap();
+        }
+        let p99 = |eval: &RolloutEvaluation| {
+            eval.rows(Vec::new()).unwrap().into_iter().find(|r| r.metric == "latency_p99_us").unwrap()
+        };
+        let before = p99(&eval);
+        eval.restart_latency().unwrap();
+        assert_eq!(p99(&eval).canary, None, "the estimates are this step's");
+        assert_eq!(p99(&eval).p_value, before.p_value, "the evidence is the rollout's");
+        eval.observe(&slow_tail_interval(2_000), 5_000).unwrap();
+        let after = p99(&eval);
+        assert_eq!(after.verdict, Verdict::Worse, "{after:?}");
+        assert!(after.p_value.unwrap() < before.p_value.unwrap());
+        // Worse means the shift is shown beyond the 5 ms tolerance, and the interval says so.
+        assert!(after.interval.unwrap().lo.unwrap() >= 5_000.0, "{after:?}");
     }
 
     #[test]

@@ -125,6 +125,17 @@ impl LatencyComparison {
         cohort_quantiles(&self.control, check_open_unit("alpha", alpha)?)
     }
 
+    /// Point estimates of `quantile` for (canary, control); `None` without data
+    /// or for a quantile the comparison was not built with.
+    pub fn estimates_us(&self, quantile: f64) -> (Option<f64>, Option<f64>) {
+        (self.canary.histogram.quantile_estimate_us(quantile), self.control.histogram.quantile_estimate_us(quantile))
+    }
+
+    /// Observations per cohort since this comparison started: (canary, control).
+    pub fn observations(&self) -> (u64, u64) {
+        (self.canary.histogram.total(), self.control.histogram.total())
+    }
+
     /// One row per configured quantile, named like `latency_p99_us`.
     pub fn rows(&self, alpha: f64, min_samples: u64) -> Result<Vec<ComparisonRow>, StatsError> {
         let alpha = check_open_unit("alpha", alpha)?;
@@ -143,7 +154,7 @@ impl LatencyComparison {
             let control_value = self.control.histogram.quantile_estimate_us(tolerance.quantile);
             let (absolute_difference, relative_difference) = ComparisonRow::differences(canary_value, control_value);
             ComparisonRow {
-                metric: format!("latency_p{}_us", quantile_label(tolerance.quantile)),
+                metric: latency_metric_name(tolerance.quantile),
                 canary: canary_value,
                 control: control_value,
                 absolute_difference,
@@ -185,6 +196,11 @@ fn cohort_quantiles(cohort: &CohortLatency, alpha: f64) -> Result<Vec<QuantileEs
         },
     });
     Ok(estimates.collect())
+}
+
+/// The row name of a latency quantile: `0.99` → `latency_p99_us`.
+pub fn latency_metric_name(quantile: f64) -> String {
+    format!("latency_p{}_us", quantile_label(quantile))
 }
 
 /// `0.99` → `99`, `0.999` → `99_9` (for metric names).

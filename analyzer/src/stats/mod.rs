@@ -14,7 +14,8 @@
 //! - `ratio_sequence`: confidence sequences for a ratio from that engine.
 //! - `error_rate`: errors as counting processes, conditioned on each interval's split.
 //! - `sample_ratio`: is the canary getting the share the hashing should give?
-//! - `histogram`, `quantile`, `latency`: latency quantiles from bucket counts.
+//! - `histogram`, `quantile`, `latency`: latency quantiles from bucket counts (reported).
+//! - `tail_exceedance`: the latency verdict, tail exceedances at matched thresholds.
 //! - `comparison`: the report row, verdicts and worst-first ordering.
 //!
 //! Everything is pure: no I/O, no clock; time is the sequence of intervals
@@ -30,12 +31,16 @@ mod odds_ratio;
 mod quantile;
 mod ratio_sequence;
 mod sample_ratio;
+mod tail_exceedance;
 
 pub use comparison::{ComparisonRow, DifferenceScale, Interval, Verdict, sort_worst_first};
 pub use eprocess::EvidenceMaximum;
 pub use error::StatsError;
 pub use error_rate::{CohortCounts, ErrorRateSettings, ErrorRateTest, IntervalCounts};
 pub use histogram::LatencyHistogram;
-pub use latency::{LatencyComparison, LatencySettings, QuantileEstimate, QuantileTolerance, REPORTED_QUANTILES};
+pub use latency::{
+    LatencyComparison, LatencySettings, QuantileEstimate, QuantileTolerance, REPORTED_QUANTILES, latency_metric_name,
+};
 pub use odds_ratio::OddsRatioPrior;
 pub use sample_ratio::{SampleRatioSettings, SampleRatioTest};
+pub use tail_exceedance::{TailExceedanceSettings, TailExceedanceTest};
