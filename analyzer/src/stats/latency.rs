@@ -1,5 +1,8 @@
-//! Latency comparison: per-cohort quantile estimates with anytime-valid
-//! intervals, and a tolerance-aware verdict on the difference.
+//! Latency comparison by quantile bounds: per-cohort quantile estimates with
+//! anytime-valid intervals, and a tolerance-aware verdict on the difference.
+//! The report's latency verdicts come from [`super::tail_exceedance`], which sees
+//! shifts below the bucket width; this comparison stays for per-cohort quantile
+//! intervals and as the method the simulation compares against.
 //!
 //! "p99 may rise at most T µs" is tested as the null `q_canary − q_control <= T`.
 //! The canary's sequence can show `q_canary > b_c` and control's can show
@@ -123,17 +126,6 @@ impl LatencyComparison {
     /// Control's quantiles with `1 − alpha` intervals (each quantile separately).
     pub fn control_quantiles(&self, alpha: f64) -> Result<Vec<QuantileEstimate>, StatsError> {
         cohort_quantiles(&self.control, check_open_unit("alpha", alpha)?)
-    }
-
-    /// Point estimates of `quantile` for (canary, control); `None` without data
-    /// or for a quantile the comparison was not built with.
-    pub fn estimates_us(&self, quantile: f64) -> (Option<f64>, Option<f64>) {
-        (self.canary.histogram.quantile_estimate_us(quantile), self.control.histogram.quantile_estimate_us(quantile))
-    }
-
-    /// Observations per cohort since this comparison started: (canary, control).
-    pub fn observations(&self) -> (u64, u64) {
-        (self.canary.histogram.total(), self.control.histogram.total())
     }
 
     /// One row per configured quantile, named like `latency_p99_us`.

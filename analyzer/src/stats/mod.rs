@@ -11,7 +11,7 @@
 //! Modules, one concern each:
 //! - `eprocess`: running maximum of an e-process and its p-value.
 //! - `odds_ratio`: the shared engine, a grid mixture of binomial likelihood ratios.
-//! - `ratio_sequence`: confidence sequences for a ratio from that engine.
+//! - `one_sided`: one-sided bounds read from the verdicts' own e-processes.
 //! - `error_rate`: errors as counting processes, conditioned on each interval's split.
 //! - `sample_ratio`: is the canary getting the share the hashing should give?
 //! - `histogram`, `quantile`, `latency`: latency quantiles from bucket counts (reported).
@@ -28,8 +28,8 @@ mod error_rate;
 mod histogram;
 mod latency;
 mod odds_ratio;
+mod one_sided;
 mod quantile;
-mod ratio_sequence;
 mod sample_ratio;
 mod tail_exceedance;
 
