@@ -175,10 +175,45 @@ impl LatencySimulationConfig {
         }
     }
 
+    /// The benchmark's runs, titled: the filter's buckets with every procedure;
+    /// a finer log-spaced layout (10 % wide, 1 ms to 10 s: a candidate Prometheus
+    /// layout) with the new and the old verdict; and a median that follows load
+    /// (±25 % at ±50 % load), where pooling histograms and pooling per-interval
+    /// evidence part ways.
+    pub fn benchmark(seed: u64) -> Vec<(String, LatencySimulationConfig)> {
+        let fine = log_spaced_bounds(FINE_BUCKETS_FROM_US, FINE_BUCKETS_TO_US, FINE_BUCKET_RATIO);
+        vec![
+            ("the filter's buckets".to_string(), LatencySimulationConfig::full(seed)),
+            (
+                format!("{} log-spaced buckets, 10 % wide, 1 ms to 10 s", fine.len()),
+                LatencySimulationConfig {
+                    bounds_us: fine,
+                    procedures: vec![LatencyProcedure::ExceedancePooled, LatencyProcedure::QuantileBoundsPerStep],
+                    ..LatencySimulationConfig::full(seed)
+                },
+            ),
+            (
+                format!("median ×(1 + {LOAD_SENSITIVITY} × (load − 1)), the filter's buckets"),
+                LatencySimulationConfig {
+                    load_sensitivity: LOAD_SENSITIVITY,
+                    scenarios: vec![LatencyScenario::AA, LatencyScenario::Slower { factor: 1.15 }],
+                    ..LatencySimulationConfig::full(seed)
+                },
+            ),
+        ]
+    }
+
     fn observed_steps(&self) -> Vec<f64> {
         self.ladder_percent.iter().copied().filter(|share| *share < 100.0).collect()
     }
 }
+
+/// The finer candidate layout: each bound 10 % above the last, 1 ms to 10 s (µs).
+const FINE_BUCKET_RATIO: f64 = 1.1;
+const FINE_BUCKETS_FROM_US: f64 = 1_000.0;
+const FINE_BUCKETS_TO_US: f64 = 10_000_000.0;
+/// The load-dependence case: the median moves by half the load's swing (±25 % at ±50 % load).
+const LOAD_SENSITIVITY: f64 = 0.5;
 
 /// A log-spaced layout: bounds from `from_us` growing by `ratio` up to at least
 /// `to_us`, rounded to whole µs (e.g. 1 ms to 10 s at 10 %: 98 bounds).
@@ -578,8 +613,11 @@ mod tests {
     /// The benchmark at full size; run with
     /// `cargo test --release -p canary-analyzer -- --ignored --nocapture latency_full_size`.
     #[test]
-    #[ignore = "benchmark size: minutes unoptimised"]
+    #[ignore = "benchmark size: minutes even optimised"]
     fn latency_full_size_report() {
-        println!("{}", run(&LatencySimulationConfig::full(2024)));
+        for (title, config) in LatencySimulationConfig::benchmark(2024) {
+            let start = std::time::Instant::now();
+            println!("{title}:\n{}({:.1} s)\n", run(&config), start.elapsed().as_secs_f64());
+        }
     }
 }

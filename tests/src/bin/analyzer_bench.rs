@@ -17,12 +17,17 @@
 //!    (`/proc/self/clear_refs`) after generating the texts so the check's own peak shows.
 //! 2. **The simulation at full size** (`SimulationConfig::full`): false rollbacks on A/A
 //!    traffic and detection of a 0.5 % → 1 % error-rate regression at 5 % canary, ours
-//!    vs. a peeked fixed-horizon test vs. a Flagger-style threshold rule.
+//!    vs. a peeked fixed-horizon test vs. a Flagger-style threshold rule. Then the latency
+//!    simulation (`LatencySimulationConfig::full`): the targets for the tail-exceedance
+//!    verdict against the quantile bounds it replaced, on the filter's buckets, on a finer
+//!    log-spaced layout (10 % wide, 1 ms to 10 s: a candidate Prometheus layout), and with a
+//!    latency that follows load (pooled vs per step).
 //!
 //! `BENCH=parse` or `BENCH=simulation` runs one half (for quick experiments).
 
 use canary_analyzer::evaluation::RolloutEvaluation;
 use canary_analyzer::policy::RolloutPolicy;
+use canary_analyzer::simulation::latency::{self as latency_simulation, LatencySimulationConfig};
 use canary_analyzer::simulation::{self, SimulationConfig};
 use canary_analyzer::source::{
     DeltaTracker, DeploymentSnapshot, IntervalMetrics, TargetScrape, deployment_label, is_relevant, parse_exposition,
@@ -583,6 +588,16 @@ fn simulation_benchmark() {
     let elapsed = start.elapsed();
     print!("{report}");
     println!("({:.1} s)", elapsed.as_secs_f64());
+    latency_simulation_benchmark();
+}
+
+fn latency_simulation_benchmark() {
+    for (title, config) in LatencySimulationConfig::benchmark(SIMULATION_SEED) {
+        println!("\nlatency simulation, {title}:");
+        let start = Instant::now();
+        print!("{}", latency_simulation::run(&config));
+        println!("({:.1} s)", start.elapsed().as_secs_f64());
+    }
 }
 
 fn main() {
