@@ -15,6 +15,7 @@ use crate::stats::{
     TailExceedanceTest, Verdict, latency_metric_name, sort_worst_first,
 };
 use canary_core::Cohort;
+use std::time::Duration;
 
 /// Row name of the share of requests that are not 2xx (1 − success rate).
 pub const NON_SUCCESS_RATE: &str = "non_success_rate";
@@ -179,6 +180,56 @@ impl RolloutEvaluation {
         sort_worst_first(&mut rows);
         Ok(rows)
     }
+}
+
+/// What a step has gathered so far, for [`stalled`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepTraffic {
+    /// Time spent at this step.
+    pub elapsed: Duration,
+    pub canary_requests: u64,
+    pub control_requests: u64,
+}
+
+/// Whether a step is stalled for lack of traffic: after `stall_after_windows`
+/// of the step's windows, a cohort still has fewer than `min_requests_per_cohort`
+/// requests at this step, so no verdict can be reached and the step can never be
+/// promoted. Returns the status line (`stalled: not enough traffic: ...`, with the
+/// counts and, when the cohort has any traffic, how many more windows the
+/// observed rate would need), or `None` while the step may still make it. Pure:
+/// the caller decides what to show and when to notify.
+pub fn stalled(
+    traffic: StepTraffic,
+    window: Duration,
+    stall_after_windows: u32,
+    min_requests_per_cohort: u64,
+) -> Option<String> {
+    let window_s = window.as_secs_f64();
+    let elapsed_s = traffic.elapsed.as_secs_f64();
+    if window_s <= 0.0 || elapsed_s < window_s * f64::from(stall_after_windows.max(1)) {
+        return None;
+    }
+    let (cohort, fewest) = if traffic.canary_requests <= traffic.control_requests {
+        ("canary", traffic.canary_requests)
+    } else {
+        ("control", traffic.control_requests)
+    };
+    if fewest >= min_requests_per_cohort {
+        return None;
+    }
+    let windows = elapsed_s / window_s;
+    let outlook = if fewest == 0 {
+        format!("the {cohort} has served none")
+    } else {
+        // At the rate seen so far, the missing requests take this many more windows.
+        let more_windows = (min_requests_per_cohort - fewest) as f64 / (fewest as f64 / windows);
+        format!("at this rate the {cohort} needs {more_windows:.1} more windows")
+    };
+    Some(format!(
+        "stalled: not enough traffic: {windows:.1} windows at this step served {} canary and {} control requests, \
+         {min_requests_per_cohort} per cohort needed; {outlook}",
+        traffic.canary_requests, traffic.control_requests
+    ))
 }
 
 #[cfg(test)]
@@ -389,6 +440,33 @@ mod tests {
         }
         assert!(seen.contains(&("error_rate".to_string(), Verdict::Better)));
         assert!(seen.contains(&("latency_p99_us".to_string(), Verdict::Better)));
+    }
+
+    #[test]
+    fn a_step_without_enough_traffic_stalls_after_the_configured_windows() {
+        let window = Duration::from_secs(900);
+        let traffic = |minutes: u64, canary, control| StepTraffic {
+            elapsed: Duration::from_secs(60 * minutes),
+            canary_requests: canary,
+            control_requests: control,
+        };
+        // 2 windows of 15 min with 300 canary requests: not yet stalled after 3 windows' allowance.
+        assert_eq!(stalled(traffic(30, 300, 30_000), window, 3, 1_000), None);
+        // 3 windows, 450 canary requests: 150 per window, 550 missing → 3.7 more windows.
+        let why = stalled(traffic(45, 450, 45_000), window, 3, 1_000).unwrap();
+        assert_eq!(
+            why,
+            "stalled: not enough traffic: 3.0 windows at this step served 450 canary and 45000 control requests, \
+             1000 per cohort needed; at this rate the canary needs 3.7 more windows"
+        );
+        assert!(stalled(traffic(45, 0, 0), window, 3, 1_000).unwrap().ends_with("the canary has served none"));
+        // Enough requests in both cohorts: never stalled, however long.
+        assert_eq!(stalled(traffic(600, 5_000, 90_000), window, 3, 1_000), None);
+        // The control side can be the short one (a step near 100 %).
+        assert!(stalled(traffic(45, 90_000, 10), window, 3, 1_000).unwrap().contains("the control needs"));
+        // A zero window or zero windows allowed cannot divide by zero or stall at once.
+        assert_eq!(stalled(traffic(45, 0, 0), Duration::ZERO, 3, 1_000), None);
+        assert!(stalled(traffic(15, 0, 0), window, 0, 1_000).is_some());
     }
 
     #[test]
