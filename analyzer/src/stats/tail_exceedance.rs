@@ -17,7 +17,7 @@
 //! Which `b_k`: chosen before the interval is seen, from control's histograms
 //! of the previous [`REFERENCE_CHECKS`] checks, among the edges whose control
 //! level lies in `[ℓ_low, p]` (exceedance odds at most [`LEVEL_BAND_ODDS`] times
-//! those of `p`: p99 → p97.1…p99). Levels at or below `p` are the conservative
+//! those of `p`: p99 → p97.1…p99), or nearest to that band when no edge is in it. Levels at or below `p` are the conservative
 //! side for the usual slowdown, which grows with latency: one that is at most
 //! `T` at `p` is at most `T` below it. Among them the edge whose canary edge
 //! leaves the least room beyond `T` wins (most power near the boundary). A
@@ -335,12 +335,14 @@ fn odds(exceedance: f64) -> f64 {
 }
 
 /// The control edge to test at, from `reference` (control's recent histogram):
-/// among edges whose control level lies in the band at or below `quantile`
-/// ([`LEVEL_BAND_ODDS`]) and that have a canary edge `>= edge + tolerance`, the
-/// one whose canary edge leaves the least room beyond the tolerance, measured as
-/// `S(canary edge − T) / S(edge)` on control's survival `S` (interpolated inside
-/// buckets; 1 = no room lost). Ties go to the higher level. `None` without data
-/// or without a candidate.
+/// among edges that have a canary edge `>= edge + tolerance`, those whose control
+/// level lies in the band at or below `quantile` ([`LEVEL_BAND_ODDS`]) or, when
+/// none does (a quantile inside the first bucket, or past the last), those
+/// nearest to the band in log odds. Among these, the one whose canary edge leaves
+/// the least room beyond the tolerance, measured as `S(canary edge − T) / S(edge)`
+/// on control's survival `S` (interpolated inside buckets; 1 = no room lost);
+/// ties go to the higher level. Edges that control never or always exceeds are
+/// not levels. `None` without data or without a candidate.
 pub(crate) fn choose_control_edge(reference: &LatencyHistogram, quantile: f64, tolerance_us: f64) -> Option<usize> {
     let total = reference.total();
     if total == 0 {
@@ -349,19 +351,28 @@ pub(crate) fn choose_control_edge(reference: &LatencyHistogram, quantile: f64, t
     let edges = reference.upper_bounds_us();
     let survival_at_edges: Vec<f64> =
         reference.cumulative_at_bounds().iter().map(|below| 1.0 - *below as f64 / total as f64).collect();
-    let null_odds = odds(1.0 - quantile);
-    let mut best: Option<(usize, f64)> = None;
+    let (band_low, band_high) = (odds(1.0 - quantile), LEVEL_BAND_ODDS * odds(1.0 - quantile));
+    // (index, distance to the band in log odds, room kept)
+    let mut best: Option<(usize, f64, f64)> = None;
     for (index, (edge, survival)) in edges.iter().zip(&survival_at_edges).enumerate() {
-        let in_band = *survival >= 1.0 - quantile && odds(*survival) <= LEVEL_BAND_ODDS * null_odds;
         let canary_edge = edges.iter().find(|e| **e as f64 >= *edge as f64 + tolerance_us);
-        let (true, Some(canary_edge)) = (in_band, canary_edge) else { continue };
+        let (true, Some(canary_edge)) = (*survival > 0.0 && *survival < 1.0, canary_edge) else { continue };
+        let level_odds = odds(*survival);
+        let distance = (band_low / level_odds).ln().max((level_odds / band_high).ln()).max(0.0);
         let kept = survival_interpolated(edges, &survival_at_edges, *canary_edge as f64 - tolerance_us) / survival;
-        // Later (higher) edges win ties, up to rounding.
-        if best.is_none_or(|(_, score)| kept >= score - SCORE_TIE) {
-            best = Some((index, kept));
+        let better = match best {
+            None => true,
+            Some((_, best_distance, _)) if distance < best_distance - SCORE_TIE => true,
+            // Later (higher) edges win ties, up to rounding.
+            Some((_, best_distance, best_kept)) => {
+                distance <= best_distance + SCORE_TIE && kept >= best_kept - SCORE_TIE
+            }
+        };
+        if better {
+            best = Some((index, distance, kept));
         }
     }
-    best.map(|(index, _)| index)
+    best.map(|(index, _, _)| index)
 }
 
 /// Control's survival at `x`, linear inside the bucket (as `histogram_quantile`).
@@ -492,6 +503,28 @@ mod tests {
         let row = faster.row("latency_p99_us".into(), None, None, 0.05, 1_000).unwrap();
         assert_eq!(row.verdict, Verdict::Better);
         assert!(row.interval.unwrap().hi.unwrap() <= -5_000.0, "{row:?}");
+    }
+
+    #[test]
+    fn a_tail_regression_is_seen_when_controls_p99_sits_in_the_first_bucket() {
+        // Loopback-fast service: control 99.5 % at or below 250 µs, so no edge has a
+        // control level in the p97.1–p99 band. The canary sends 5 % of requests 100 ms later.
+        let bounds = &LATENCY_BUCKETS_US;
+        let mut test = TailExceedanceTest::new(TailExceedanceSettings::new(0.99, 5_000.0)).unwrap();
+        let mut control_counts = vec![0u64; bounds.len() + 1];
+        control_counts[0] = 9_950;
+        control_counts[1] = 50;
+        let mut canary_counts = vec![0u64; bounds.len() + 1];
+        canary_counts[0] = 950;
+        canary_counts[bounds.iter().position(|b| *b == 100_000).unwrap()] = 50;
+        let control = LatencyHistogram::from_bucket_counts(bounds, &control_counts).unwrap();
+        let canary = LatencyHistogram::from_bucket_counts(bounds, &canary_counts).unwrap();
+        for _ in 0..5 {
+            test.observe(&canary, &control).unwrap();
+        }
+        assert!(test.p_worse() < 1e-6, "{}", test.p_worse());
+        // Nearest to the band: the first edge (level 99.5 %); its canary edge is 5 ms.
+        assert_eq!(choose_control_edge(&control, 0.99, 5_000.0), Some(0));
     }
 
     #[test]
