@@ -1,15 +1,22 @@
 //! The HTTP API: the config the filter polls, rollout status and reports, the
-//! audit log, registration and human overrides (bearer token), `/healthz` and
-//! the analyzer's own `/metrics`, and the dashboard's pages (`/`, `/rollouts/{deployment}`
-//! and their live fragments, rendered by [`crate::dashboard`]). One error type maps to
+//! audit log, registration and human overrides, `/healthz` and the analyzer's own
+//! `/metrics`, and the dashboard's pages (`/`, `/rollouts/{deployment}` and their
+//! live fragments, rendered by [`crate::dashboard`]). One error type maps to
 //! status codes; 5xx bodies never carry internals (they are logged instead).
+//!
+//! Who may do what ([`crate::auth`]): registration needs a `pipeline` or `admin`
+//! token, overrides an `operator` or `admin` one, and the audit log records that
+//! token's name (a self-declared actor is kept as a note). Reads (status, report,
+//! audit, dashboard) are open unless `--require-viewer`; `/v1/rollouts/{d}/config`
+//! (the filter's poll carries no token), `/healthz` and `/metrics` are always open.
 
+use crate::auth::{Authenticator, Identity, Permission, Refusal};
 use crate::dashboard;
 use crate::engine::{Engine, EngineError, now_ms};
-use crate::ladder::{Actor, OverrideAction, OverrideError, TransitionError};
+use crate::ladder::{ActedBy, Actor, OverrideAction, OverrideError, TransitionError};
 use crate::policy::RolloutPolicy;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -24,18 +31,18 @@ use tower_http::trace::TraceLayer;
 #[derive(Clone)]
 pub struct AppState {
     pub engine: Arc<Engine>,
-    /// Bearer token for registration and overrides; `None` disables them.
-    pub token: Option<Arc<str>>,
+    /// Who may read, register and override ([`crate::auth`]); build it with
+    /// [`Authenticator::from_settings`] (or [`Authenticator::without_tokens`]: writes refused).
+    pub auth: Arc<Authenticator>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
-    #[error("missing or wrong bearer token")]
-    Unauthorized,
-    #[error("overrides are disabled: the analyzer was started without a token (CANARY_ANALYZER_TOKEN)")]
-    Disabled,
+    /// 401 or 403, see [`crate::auth::RefusalReason::status`].
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -62,8 +69,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = match &self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Disabled => StatusCode::FORBIDDEN,
+            ApiError::Refused(refusal) => {
+                StatusCode::from_u16(refusal.reason().status()).unwrap_or(StatusCode::FORBIDDEN)
+            }
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Internal(detail) => {
@@ -71,33 +79,85 @@ impl IntoResponse for ApiError {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         };
-        (status, Json(json!({ "error": self.to_string() }))).into_response()
+        let mut response = (status, Json(json!({ "error": self.to_string() }))).into_response();
+        if let ApiError::Refused(refusal) = &self
+            && status == StatusCode::UNAUTHORIZED
+        {
+            let challenges = response.headers_mut();
+            // A browser shows its login prompt for Basic: offered for reads only (see `crate::auth`).
+            if refusal.permission() == Permission::Read {
+                challenges.append(header::WWW_AUTHENTICATE, HeaderValue::from_static(BASIC_CHALLENGE));
+            }
+            challenges.append(header::WWW_AUTHENTICATE, HeaderValue::from_static(BEARER_CHALLENGE));
+        }
+        response
     }
 }
 
-/// Compares without an early exit, so response time does not reveal a prefix.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+const BASIC_CHALLENGE: &str = "Basic realm=\"canary-analyzer\", charset=\"UTF-8\"";
+const BEARER_CHALLENGE: &str = "Bearer realm=\"canary-analyzer\"";
+/// Longest self-declared actor kept as a note: a name or an e-mail address, not a story.
+const MAX_NOTE_CHARS: usize = 100;
+/// The response header that names who a write was recorded as: `alice (operator)`.
+pub const IDENTITY_HEADER: &str = "x-canary-identity";
+
+fn authorization(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
 }
 
 impl AppState {
-    fn authorize(&self, headers: &HeaderMap, what: &str) -> Result<(), ApiError> {
-        let Some(token) = &self.token else { return Err(ApiError::Disabled) };
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if same_secret(given.as_bytes(), token.as_bytes()) {
-            return Ok(());
+    /// Counts a 401 in the older `canary_analyzer_unauthorized_total` too (dashboards use it).
+    fn refused(&self, refusal: Refusal) -> ApiError {
+        if refusal.reason().status() == 401 {
+            self.engine.counters.unauthorized.fetch_add(1, Ordering::Relaxed);
         }
-        self.engine.counters.unauthorized.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(request = %what, "unauthorized request refused");
-        Err(ApiError::Unauthorized)
+        ApiError::Refused(refusal)
+    }
+
+    /// The identity a write is recorded as, if its role holds `permission`.
+    fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        permission: Permission,
+        request: &str,
+    ) -> Result<Arc<Identity>, ApiError> {
+        self.auth.authenticate(authorization(headers), permission, request).map_err(|r| self.refused(r))
+    }
+
+    /// A read: open unless `--require-viewer`.
+    fn check_read(&self, headers: &HeaderMap, request: &str) -> Result<(), ApiError> {
+        self.auth.check_read(authorization(headers), request).map_err(|r| self.refused(r))
     }
 }
 
-/// The router; `state` carries the engine and the token.
+/// Who a write is recorded as: the authenticated name, with what the caller
+/// declared about itself (`field`) as a note. A note is optional, at most
+/// [`MAX_NOTE_CHARS`] printable characters, and never `analyzer`.
+fn acted_by(identity: &Identity, declared: Option<&str>, field: &str) -> Result<ActedBy, ApiError> {
+    let actor = Actor::human(&identity.name).map_err(|e| ApiError::Internal(format!("identity name: {e}")))?;
+    let note = declared.map(str::trim).filter(|n| !n.is_empty());
+    if let Some(note) = note
+        && (note.chars().count() > MAX_NOTE_CHARS || note.chars().any(char::is_control) || Actor::human(note).is_err())
+    {
+        return Err(ApiError::BadRequest(format!(
+            "{field} = {note:?}: expected at most {MAX_NOTE_CHARS} printable characters, not \"analyzer\" \
+             (kept as a note; the audit log names the token's identity)"
+        )));
+    }
+    Ok(ActedBy { actor, note: note.map(str::to_string) })
+}
+
+/// `answer` with the [`IDENTITY_HEADER`] of `identity`.
+fn with_identity(identity: &Identity, answer: impl IntoResponse) -> Response {
+    let mut response = answer.into_response();
+    let shown = format!("{} ({})", identity.name, identity.role);
+    if let Ok(value) = HeaderValue::from_str(&shown) {
+        response.headers_mut().insert(IDENTITY_HEADER, value);
+    }
+    response
+}
+
+/// The router; `state` carries the engine and who may do what.
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
@@ -133,31 +193,52 @@ async fn config(State(state): State<AppState>, Path(deployment): Path<String>) -
     Ok(Json(config).into_response())
 }
 
-async fn list(State(state): State<AppState>) -> Response {
-    Json(state.engine.list(now_ms()).await).into_response()
+async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    state.check_read(&headers, "list rollouts")?;
+    Ok(Json(state.engine.list(now_ms()).await).into_response())
 }
 
-async fn status(State(state): State<AppState>, Path(deployment): Path<String>) -> Result<Response, ApiError> {
+async fn status(
+    State(state): State<AppState>,
+    Path(deployment): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state.check_read(&headers, "rollout status")?;
     Ok(Json(state.engine.status(&deployment, now_ms()).await?).into_response())
 }
 
-async fn report(State(state): State<AppState>, Path(deployment): Path<String>) -> Result<Response, ApiError> {
+async fn report(
+    State(state): State<AppState>,
+    Path(deployment): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state.check_read(&headers, "rollout report")?;
     Ok(Json(state.engine.status(&deployment, now_ms()).await?.rows).into_response())
 }
 
-async fn audit(State(state): State<AppState>, Path(deployment): Path<String>) -> Result<Response, ApiError> {
+async fn audit(
+    State(state): State<AppState>,
+    Path(deployment): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state.check_read(&headers, "audit log")?;
     Ok(Json(state.engine.audit(&deployment)?).into_response())
 }
 
-/// Body: the policy document (YAML or JSON). Header `x-actor` names who registers.
+/// Body: the policy document (YAML or JSON). Recorded as the token's identity; the
+/// optional header `x-actor` is kept as a note.
 async fn register(State(state): State<AppState>, headers: HeaderMap, body: String) -> Result<Response, ApiError> {
-    state.authorize(&headers, "register rollout")?;
+    let identity = state.authenticate(&headers, Permission::Register, "register rollout")?;
+    let declared = match headers.get("x-actor") {
+        None => None,
+        Some(value) => Some(value.to_str().map_err(|_| {
+            ApiError::BadRequest("header `x-actor`: expected visible ASCII characters (kept as a note)".into())
+        })?),
+    };
+    let by = acted_by(&identity, declared, "header `x-actor`")?;
     let policy = RolloutPolicy::from_yaml(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let actor = headers.get("x-actor").and_then(|v| v.to_str().ok()).unwrap_or("pipeline").to_string();
-    // A caller may name itself but never claim to be the analyzer.
-    let actor = Actor::human(&actor).map_err(|e| ApiError::BadRequest(format!("header `x-actor`: {e}")))?;
-    let status = state.engine.register(policy, actor, now_ms()).await?;
-    Ok((StatusCode::CREATED, Json(status)).into_response())
+    let status = state.engine.register(policy, by, now_ms()).await?;
+    Ok(with_identity(&identity, (StatusCode::CREATED, Json(status))))
 }
 
 #[derive(Debug, Deserialize)]
@@ -166,6 +247,7 @@ struct OverrideRequest {
     /// promote | rollback | hold (or pause) | resume | set_share
     action: String,
     reason: Option<String>,
+    /// Who the caller says it is: kept as a note beside the token's identity.
     actor: Option<String>,
     /// For `set_share`: percent, e.g. 12.5.
     share_percent: Option<f64>,
@@ -203,14 +285,14 @@ async fn override_rollout(
     headers: HeaderMap,
     body: String,
 ) -> Result<Response, ApiError> {
-    state.authorize(&headers, "override")?;
-    let request: OverrideRequest =
-        serde_json::from_str(&body).map_err(|e| ApiError::BadRequest(format!("override request: {e}")))?;
+    let identity = state.authenticate(&headers, Permission::Override, "override")?;
+    let request: OverrideRequest = serde_json::from_str(&body)
+        .map_err(|e| ApiError::BadRequest(crate::policy::one_line(&format!("override request: {e}"))))?;
     let action = parse_action(&request)?;
     let reason = request.reason.as_deref().unwrap_or("");
-    let actor = request.actor.as_deref().unwrap_or("operator");
-    let status = state.engine.override_rollout(&deployment, &action, actor, reason, now_ms()).await?;
-    Ok(Json(status).into_response())
+    let by = acted_by(&identity, request.actor.as_deref(), "field `actor`")?;
+    let status = state.engine.override_rollout(&deployment, &action, &by, reason, now_ms()).await?;
+    Ok(with_identity(&identity, Json(status)))
 }
 
 /// An HTML answer that is never cached (the pages change with every check).
@@ -228,12 +310,14 @@ fn html_not_found(deployment: &str) -> Response {
     (StatusCode::NOT_FOUND, Html(body)).into_response()
 }
 
-async fn dashboard_index(State(state): State<AppState>) -> Response {
-    html(dashboard::index_page(&state.engine.list(now_ms()).await))
+async fn dashboard_index(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    state.check_read(&headers, "dashboard")?;
+    Ok(html(dashboard::index_page(&state.engine.list(now_ms()).await)))
 }
 
-async fn dashboard_index_live(State(state): State<AppState>) -> Response {
-    html(dashboard::index_fragment(&state.engine.list(now_ms()).await))
+async fn dashboard_index_live(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    state.check_read(&headers, "dashboard")?;
+    Ok(html(dashboard::index_fragment(&state.engine.list(now_ms()).await)))
 }
 
 /// One rollout's status and audit records, or the page's answer when there is none.
@@ -254,20 +338,31 @@ async fn rollout_view(
 async fn dashboard_rollout(
     State(state): State<AppState>,
     Path(deployment): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    state.check_read(&headers, "dashboard")?;
     rollout_view(&state, &deployment, dashboard::rollout_page).await
 }
 
 async fn dashboard_rollout_live(
     State(state): State<AppState>,
     Path(deployment): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    state.check_read(&headers, "dashboard")?;
     rollout_view(&state, &deployment, dashboard::rollout_fragment).await
 }
 
-/// Liveness for Kubernetes and humans: `ok`, or `degraded` (200, with the reasons)
-/// when a rollout could not be rebuilt at start: restarting would not fix that.
+/// Liveness for Kubernetes and humans: 503 `unhealthy` when decisions can no longer
+/// be recorded (every rollback would be refused: restart, or page a human); else
+/// `ok`, or `degraded` (200, with the reasons) when a rollout could not be rebuilt
+/// at start: restarting would not fix that.
 async fn healthz(State(state): State<AppState>) -> Response {
+    if let Some(failure) = state.engine.recording_failure() {
+        tracing::error!(error = %failure, "health check: decisions cannot be recorded");
+        let body = format!("unhealthy\ncannot record decisions: {failure}\n");
+        return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
+    }
     let broken = state.engine.broken_rollouts();
     if broken.is_empty() {
         return "ok\n".into_response();
@@ -294,12 +389,21 @@ async fn metrics(State(state): State<AppState>) -> Response {
         ("canary_analyzer_overrides_total", "Human overrides applied.", c.overrides.load(Ordering::Relaxed)),
         (
             "canary_analyzer_unauthorized_total",
-            "Requests refused for a missing or wrong token.",
+            "Requests refused for a missing or wrong token (401; by reason in canary_analyzer_auth_refusals_total).",
             c.unauthorized.load(Ordering::Relaxed),
         ),
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
     }
+    let recording = u8::from(state.engine.recording_failure().is_none());
+    let broken = state.engine.broken_rollouts().len();
+    let _ = writeln!(
+        out,
+        "# HELP canary_analyzer_audit_recording 1 while decisions can be appended to the audit log, 0 once it failed.\n\
+         # TYPE canary_analyzer_audit_recording gauge\ncanary_analyzer_audit_recording {recording}\n\
+         # HELP canary_analyzer_broken_rollouts Rollouts that could not be rebuilt at start (served, not checked).\n\
+         # TYPE canary_analyzer_broken_rollouts gauge\ncanary_analyzer_broken_rollouts {broken}"
+    );
     let _ = writeln!(
         out,
         "# HELP canary_analyzer_share_bp Canary share served, basis points.\n# TYPE canary_analyzer_share_bp gauge"
@@ -316,6 +420,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         let _ =
             writeln!(out, "canary_analyzer_generation{{deployment=\"{}\"}} {}", config.deployment, config.generation);
     }
+    out.push_str(&state.auth.metrics_text());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
@@ -332,10 +437,25 @@ mod tests {
                           spec: {deployment: checkout}\n";
 
     fn state(token: Option<&str>) -> AppState {
-        let dir = std::env::temp_dir().join(format!("canary-api-{}-{}", std::process::id(), now_ms() ^ rand_suffix()));
-        let source = SourceSettings::EnvoyAdmin(vec!["http://127.0.0.1:1".into()]);
-        let engine = Engine::open(&dir, source, Notifier::new(None)).unwrap();
-        AppState { engine: Arc::new(engine), token: token.map(Arc::from) }
+        state_in(&temp_dir(), token)
+    }
+
+    fn temp_dir() -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("canary-api-{}-{}", std::process::id(), now_ms() ^ rand_suffix()))
+    }
+
+    fn state_in(dir: &std::path::Path, token: Option<&str>) -> AppState {
+        let auth = Authenticator::from_settings(token, None, false).unwrap();
+        state_with(dir, auth)
+    }
+
+    fn state_with(dir: &std::path::Path, auth: Authenticator) -> AppState {
+        let source = SourceSettings::EnvoyAdmin {
+            admin_urls: vec!["http://127.0.0.1:1".into()],
+            max_body_bytes: crate::source::DEFAULT_MAX_BODY_BYTES,
+        };
+        let engine = Engine::open(dir, source, Notifier::new(None)).unwrap();
+        AppState { engine: Arc::new(engine), auth: Arc::new(auth) }
     }
 
     /// Distinguishes temp dirs of tests running in parallel.
@@ -399,7 +519,9 @@ mod tests {
         let (_, config) = call(&app, "GET", "/v1/rollouts/checkout/config", None, "").await;
         assert!(config.contains("\"share_bp\":500"), "{config}");
         let (_, audit) = call(&app, "GET", "/v1/rollouts/checkout/audit", None, "").await;
-        assert!(audit.contains("manual check passed") && audit.contains("alice"), "{audit}");
+        assert!(audit.contains("manual check passed"), "{audit}");
+        // `--token` is one admin named `token`; the body's `actor` is only a note.
+        assert!(audit.contains(r#""actor":"token","actor_note":"alice""#), "{audit}");
         let set = r#"{"action":"set_share","share_percent":150,"reason":"x","actor":"alice"}"#;
         let (status, body) = call(&app, "POST", "/v1/rollouts/checkout/override", Some("t"), set).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
@@ -443,9 +565,340 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn health_fails_and_a_metric_drops_when_decisions_cannot_be_recorded() {
+        let state = state(Some("t"));
+        let app = app(state.clone());
+        assert_eq!(call(&app, "GET", "/healthz", None, "").await, (StatusCode::OK, "ok\n".to_string()));
+        let (_, metrics) = call(&app, "GET", "/metrics", None, "").await;
+        assert!(metrics.contains("canary_analyzer_audit_recording 1\n"), "{metrics}");
+        state.engine.store_health().fail_for_test("append failed: No space left on device; cut back failed too");
+        let (status, body) = call(&app, "GET", "/healthz", None, "").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.starts_with("unhealthy\n") && body.contains("No space left on device"), "{body}");
+        let (_, metrics) = call(&app, "GET", "/metrics", None, "").await;
+        assert!(metrics.contains("canary_analyzer_audit_recording 0\n"), "{metrics}");
+    }
+
+    #[tokio::test]
     async fn without_a_token_overrides_are_disabled() {
         let app = app(state(None));
         assert_eq!(call(&app, "POST", "/v1/rollouts", Some("any"), POLICY).await.0, StatusCode::FORBIDDEN);
         assert_eq!(call(&app, "GET", "/healthz", None, "").await, (StatusCode::OK, "ok\n".to_string()));
+    }
+
+    #[tokio::test]
+    async fn a_blank_token_lets_no_one_in() {
+        use crate::auth::{BlankToken, TokenTable};
+        for blank in ["", " ", "\n"] {
+            assert_eq!(TokenTable::single(blank).unwrap_err(), BlankToken { length: blank.len() });
+            assert!(Authenticator::from_settings(Some(blank), None, false).is_err(), "{blank:?}");
+        }
+        let message = BlankToken { length: 1 }.to_string();
+        assert!(message.contains("empty") && message.contains("expected at least one non-whitespace"), "{message}");
+        // A newline from `kubectl create secret --from-file` is trimmed, not made part of the secret.
+        let app = app(state(Some(" s3cret\n")));
+        assert_eq!(call(&app, "POST", "/v1/rollouts", None, POLICY).await.0, StatusCode::UNAUTHORIZED);
+        // `Bearer ` with nothing after it, or only spaces, is no token.
+        assert_eq!(call(&app, "POST", "/v1/rollouts", Some(" "), POLICY).await.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(call(&app, "POST", "/v1/rollouts", Some("s3cret"), POLICY).await.0, StatusCode::CREATED);
+    }
+
+    const VIEWER: &str = "viewer-token-0123456789";
+    const PIPELINE: &str = "pipeline-token-0123456789";
+    const OPERATOR: &str = "operator-token-0123456789";
+    const ADMIN: &str = "admin-token-0123456789";
+
+    /// A state whose identities come from a tokens file with one of each role.
+    fn state_with_roles(require_viewer: bool) -> (AppState, std::path::PathBuf) {
+        let dir = temp_dir();
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("tokens.csv");
+        std::fs::write(
+            &file,
+            format!(
+                "# token,name,role\n{VIEWER},vera,viewer\n{PIPELINE},ci-deploy,pipeline\n\
+                 {OPERATOR},alice,operator\n{ADMIN},root,admin\n"
+            ),
+        )
+        .unwrap();
+        let auth = Authenticator::from_settings(None, Some(&file), require_viewer).unwrap();
+        (state_with(&dir, auth), file)
+    }
+
+    /// A request with `headers`; answers status, headers and body.
+    async fn call_with(
+        app: &Router,
+        method: &str,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (StatusCode, HeaderMap, String) {
+        let mut request = Request::builder().method(method).uri(uri);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = app.clone().oneshot(request.body(Body::from(body.to_string())).unwrap()).await.unwrap();
+        let (parts, body) = response.into_parts();
+        let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+        (parts.status, parts.headers, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    fn policy_for(deployment: &str) -> String {
+        POLICY.replace("deployment: checkout", &format!("deployment: {deployment}"))
+    }
+
+    /// Every read that `--require-viewer` closes.
+    const READS: [&str; 8] = [
+        "/v1/rollouts",
+        "/v1/rollouts/checkout",
+        "/v1/rollouts/checkout/report",
+        "/v1/rollouts/checkout/audit",
+        "/",
+        "/live",
+        "/rollouts/checkout",
+        "/rollouts/checkout/live",
+    ];
+    /// What the filter and the probes need: open whatever the settings.
+    const ALWAYS_OPEN: [&str; 3] = ["/v1/rollouts/checkout/config", "/healthz", "/metrics"];
+
+    #[tokio::test]
+    async fn each_role_is_allowed_its_actions_and_refused_the_rest() {
+        use StatusCode as S;
+        let (state, _) = state_with_roles(true);
+        let app = app(state.clone());
+        assert_eq!(call(&app, "POST", "/v1/rollouts", Some(ADMIN), POLICY).await.0, S::CREATED);
+        let set_share = r#"{"action":"set_share","share_percent":1,"reason":"role table"}"#;
+        // Who calls, and what register, override and every read must answer.
+        let table = [
+            ("no token", None, S::UNAUTHORIZED, S::UNAUTHORIZED, S::UNAUTHORIZED),
+            ("unknown token", Some("not-a-token-0123456789"), S::UNAUTHORIZED, S::UNAUTHORIZED, S::UNAUTHORIZED),
+            ("viewer", Some(VIEWER), S::FORBIDDEN, S::FORBIDDEN, S::OK),
+            ("pipeline", Some(PIPELINE), S::CREATED, S::FORBIDDEN, S::OK),
+            ("operator", Some(OPERATOR), S::FORBIDDEN, S::OK, S::OK),
+            ("admin", Some(ADMIN), S::CREATED, S::OK, S::OK),
+        ];
+        for (row, (who, token, register, override_, read)) in table.into_iter().enumerate() {
+            let policy = policy_for(&format!("reg-{row}"));
+            let (status, body) = call(&app, "POST", "/v1/rollouts", token, &policy).await;
+            assert_eq!(status, register, "{who} registers: {body}");
+            let (status, body) = call(&app, "POST", "/v1/rollouts/checkout/override", token, set_share).await;
+            assert_eq!(status, override_, "{who} overrides: {body}");
+            if status == S::FORBIDDEN {
+                assert!(body.contains("needs operator or admin"), "{who}: {body}");
+            }
+            for uri in READS {
+                assert_eq!(call(&app, "GET", uri, token, "").await.0, read, "{who} reads {uri}");
+            }
+            for uri in ALWAYS_OPEN {
+                assert_eq!(call(&app, "GET", uri, token, "").await.0, S::OK, "{who} reads {uri}");
+            }
+        }
+        // Refusals counted per reason: 10 requests (2 writes, 8 reads) for each anonymous
+        // caller; the viewer refused twice, the pipeline and the operator once each.
+        let (_, metrics) = call(&app, "GET", "/metrics", None, "").await;
+        for line in [
+            "canary_analyzer_auth_refusals_total{status=\"401\",reason=\"missing_token\"} 10\n",
+            "canary_analyzer_auth_refusals_total{status=\"401\",reason=\"unknown_token\"} 10\n",
+            "canary_analyzer_auth_refusals_total{status=\"403\",reason=\"role\"} 4\n",
+            "canary_analyzer_auth_refusals_total{status=\"403\",reason=\"disabled\"} 0\n",
+            "canary_analyzer_unauthorized_total 20\n",
+            "canary_analyzer_identities 4\n",
+        ] {
+            assert!(metrics.contains(line), "{line}{metrics}");
+        }
+    }
+
+    #[tokio::test]
+    async fn reads_are_open_without_require_viewer_and_writes_need_tokens_either_way() {
+        let (with_roles, _) = state_with_roles(false);
+        let app = app(with_roles);
+        assert_eq!(call(&app, "POST", "/v1/rollouts", Some(PIPELINE), POLICY).await.0, StatusCode::CREATED);
+        for uri in READS.iter().chain(&ALWAYS_OPEN) {
+            assert_eq!(call(&app, "GET", uri, None, "").await.0, StatusCode::OK, "{uri}");
+        }
+        assert_eq!(call(&app, "POST", "/v1/rollouts", None, POLICY).await.0, StatusCode::UNAUTHORIZED);
+        // Without any token: reads open, writes off (403, reason `disabled`).
+        let app = super::app(state(None));
+        let (status, body) = call(&app, "POST", "/v1/rollouts", Some(ADMIN), POLICY).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert!(body.contains("registering a rollout is disabled") && body.contains("--tokens-file"), "{body}");
+        let (_, metrics) = call(&app, "GET", "/metrics", None, "").await;
+        assert!(metrics.contains("{status=\"403\",reason=\"disabled\"} 1\n"), "{metrics}");
+    }
+
+    #[tokio::test]
+    async fn a_browser_reads_with_basic_but_never_writes_with_it() {
+        use base64::Engine as _;
+        let basic = |token: &str| {
+            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("anyone:{token}")))
+        };
+        let (state, _) = state_with_roles(true);
+        let app = app(state);
+        call(&app, "POST", "/v1/rollouts", Some(ADMIN), POLICY).await;
+        // A page without credentials: 401 with the Basic challenge, so the browser asks.
+        let (status, headers, _) = call_with(&app, "GET", "/rollouts/checkout", &[], "").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let challenges: Vec<&str> =
+            headers.get_all(header::WWW_AUTHENTICATE).iter().map(|v| v.to_str().unwrap()).collect();
+        assert!(challenges.iter().any(|c| c.starts_with("Basic ")), "{challenges:?}");
+        let viewer = basic(VIEWER);
+        let (status, _, page) = call_with(&app, "GET", "/rollouts/checkout", &[("authorization", &viewer)], "").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(page.contains("<form id=\"override\""), "{page}");
+        // An admin's Basic credentials (which a browser re-sends to any form post) change nothing.
+        let admin = basic(ADMIN);
+        let hold = r#"{"action":"hold","reason":"cross-site form"}"#;
+        let (status, headers, body) =
+            call_with(&app, "POST", "/v1/rollouts/checkout/override", &[("authorization", &admin)], hold).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+        let challenges: Vec<&str> =
+            headers.get_all(header::WWW_AUTHENTICATE).iter().map(|v| v.to_str().unwrap()).collect();
+        assert_eq!(challenges, ["Bearer realm=\"canary-analyzer\""], "no login prompt for a write");
+        let (_, audit) = call(&app, "GET", "/v1/rollouts/checkout/audit", Some(VIEWER), "").await;
+        assert!(!audit.contains("cross-site form"), "{audit}");
+    }
+
+    #[tokio::test]
+    async fn the_audit_log_names_the_token_and_keeps_the_declared_actor_as_a_note() {
+        let (state, _) = state_with_roles(false);
+        let app = app(state);
+        let pipeline = format!("Bearer {PIPELINE}");
+        let headers = [("authorization", pipeline.as_str()), ("x-actor", "release-bot")];
+        let (status, answer, body) = call_with(&app, "POST", "/v1/rollouts", &headers, POLICY).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        assert_eq!(answer[IDENTITY_HEADER], "ci-deploy (pipeline)");
+        let operator = format!("Bearer {OPERATOR}");
+        let claims = r#"{"action":"hold","reason":"looks off","actor":"mallory"}"#;
+        let (status, answer, body) =
+            call_with(&app, "POST", "/v1/rollouts/checkout/override", &[("authorization", &operator)], claims).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(answer[IDENTITY_HEADER], "alice (operator)");
+        let plain = r#"{"action":"resume","reason":"fine"}"#;
+        assert_eq!(call(&app, "POST", "/v1/rollouts/checkout/override", Some(OPERATOR), plain).await.0, StatusCode::OK);
+        let (_, audit) = call(&app, "GET", "/v1/rollouts/checkout/audit", None, "").await;
+        let audit: Vec<crate::audit::AuditRecord> = serde_json::from_str(&audit).unwrap();
+        let who: Vec<(&str, Option<&str>)> =
+            audit.iter().map(|r| (r.decision.actor.name(), r.decision.actor_note.as_deref())).collect();
+        assert_eq!(who, [("ci-deploy", Some("release-bot")), ("alice", Some("mallory")), ("alice", None)]);
+        let (_, page) = call(&app, "GET", "/rollouts/checkout", None, "").await;
+        assert!(page.contains("alice (note: mallory)"), "{page}");
+        // A note is a note: it cannot claim the analyzer, carry control characters or run long.
+        let long = "x".repeat(101);
+        for declared in ["analyzer", "a\u{7}b", long.as_str()] {
+            let body = serde_json::json!({"action": "hold", "reason": "r", "actor": declared}).to_string();
+            let (status, answer) = call(&app, "POST", "/v1/rollouts/checkout/override", Some(OPERATOR), &body).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{declared:?}");
+            assert!(answer.contains("field `actor`") && answer.contains("expected at most 100 printable"), "{answer}");
+        }
+        let (_, audit) = call(&app, "GET", "/v1/rollouts/checkout/audit", None, "").await;
+        assert_eq!(
+            serde_json::from_str::<Vec<serde_json::Value>>(&audit).unwrap().len(),
+            3,
+            "nothing refused is logged"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_rotated_tokens_file_takes_effect_on_sighup_without_a_restart() {
+        use crate::auth::{ReloadTrigger, Reloaded};
+        let (state, file) = state_with_roles(false);
+        let app = app(state.clone());
+        assert_eq!(call(&app, "POST", "/v1/rollouts", Some(ADMIN), POLICY).await.0, StatusCode::CREATED);
+        let hold = r#"{"action":"hold","reason":"r"}"#;
+        let resume = r#"{"action":"resume","reason":"r"}"#;
+        let rotated = "rotated-operator-token-0123456789";
+        std::fs::write(&file, format!("{rotated},alice,operator\n{ADMIN},root,admin\n")).unwrap();
+        // What the SIGHUP handler calls.
+        assert_eq!(state.auth.reload(ReloadTrigger::Signal).unwrap(), Reloaded::Loaded { identities: 2 });
+        let (status, _) = call(&app, "POST", "/v1/rollouts/checkout/override", Some(OPERATOR), hold).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "the old token is refused");
+        assert_eq!(call(&app, "POST", "/v1/rollouts/checkout/override", Some(rotated), hold).await.0, StatusCode::OK);
+        // A broken rotation keeps the identities in force.
+        std::fs::write(&file, "half-written-line-0123456789,alice\n").unwrap();
+        let error = state.auth.reload(ReloadTrigger::Signal).unwrap_err().to_string();
+        assert!(error.contains("line 1: 2 comma-separated field(s): expected 3"), "{error}");
+        assert!(!error.contains("half-written"), "no token in the error: {error}");
+        assert_eq!(call(&app, "POST", "/v1/rollouts/checkout/override", Some(rotated), resume).await.0, StatusCode::OK);
+        let (_, metrics) = call(&app, "GET", "/metrics", None, "").await;
+        assert!(metrics.contains("canary_analyzer_tokens_reloads_total{result=\"refused\"} 1\n"), "{metrics}");
+    }
+
+    const SECRET_PATH: &str = "/services/T000/B000/SECRETSECRET";
+
+    fn policy_with_webhook() -> String {
+        format!("{POLICY}  notify: {{webhook_url: 'https://hooks.slack.com{SECRET_PATH}'}}\n")
+            .replace("spec: {deployment: checkout}", "spec:\n  deployment: checkout")
+    }
+
+    #[tokio::test]
+    async fn the_webhook_url_is_served_and_audited_only_redacted() {
+        let dir = temp_dir();
+        let app = app(state_in(&dir, Some("t")));
+        let (status, registered) = call(&app, "POST", "/v1/rollouts", Some("t"), &policy_with_webhook()).await;
+        assert_eq!(status, StatusCode::CREATED, "{registered}");
+        let pause = r#"{"action":"hold","reason":"look","actor":"alice"}"#;
+        assert_eq!(call(&app, "POST", "/v1/rollouts/checkout/override", Some("t"), pause).await.0, StatusCode::OK);
+        let mut served = vec![registered];
+        for uri in [
+            "/v1/rollouts",
+            "/v1/rollouts/checkout",
+            "/v1/rollouts/checkout/report",
+            "/v1/rollouts/checkout/audit",
+            "/",
+            "/live",
+            "/rollouts/checkout",
+            "/rollouts/checkout/live",
+        ] {
+            let (status, body) = call(&app, "GET", uri, None, "").await;
+            assert_eq!(status, StatusCode::OK, "{uri}");
+            assert!(!body.contains("SECRETSECRET") && !body.contains("/services/"), "{uri} serves the secret: {body}");
+            served.push(body);
+        }
+        let audit: Vec<crate::audit::AuditRecord> = serde_json::from_str(&served[4]).unwrap();
+        assert_eq!(audit.len(), 2);
+        let real = RolloutPolicy::from_yaml(&policy_with_webhook()).unwrap();
+        for record in &audit {
+            let url = &record.policy.notify.as_ref().unwrap().webhook_url;
+            assert!(url.secret().is_none() && url.redacted().starts_with("https://hooks.slack.com/…#xxh3:"), "{url}");
+            // The hash is the real policy's, and the redacted copy reproduces it.
+            assert_eq!(record.policy_hash, real.fingerprint());
+            assert_eq!(record.policy.fingerprint(), record.policy_hash);
+        }
+        // On disk: the audit log redacted, the state file (what a restart rebuilds the notifier from) whole.
+        let log = std::fs::read_to_string(dir.join(crate::audit::AUDIT_FILE)).unwrap();
+        assert!(!log.contains("SECRETSECRET") && log.contains("hooks.slack.com/…#xxh3:"), "{log}");
+        let state_file = dir.join(crate::audit::STATE_DIR).join("checkout.json");
+        assert!(std::fs::read_to_string(&state_file).unwrap().contains(SECRET_PATH));
+    }
+
+    #[tokio::test]
+    async fn a_restart_one_record_behind_takes_the_webhook_url_from_the_state_file() {
+        let dir = temp_dir();
+        let state_file = dir.join(crate::audit::STATE_DIR).join("checkout.json");
+        {
+            let router = app(state_in(&dir, Some("t")));
+            assert_eq!(
+                call(&router, "POST", "/v1/rollouts", Some("t"), &policy_with_webhook()).await.0,
+                StatusCode::CREATED
+            );
+            let registered = std::fs::read(&state_file).unwrap();
+            let pause = r#"{"action":"hold","reason":"look","actor":"alice"}"#;
+            call(&router, "POST", "/v1/rollouts/checkout/override", Some("t"), pause).await;
+            // A crash between appending the hold to the log and replacing the state file.
+            std::fs::write(&state_file, registered).unwrap();
+        }
+        let router = app(state_in(&dir, Some("t")));
+        let (_, status) = call(&router, "GET", "/v1/rollouts/checkout", None, "").await;
+        assert!(status.contains("\"phase\":\"paused\""), "the hold was recovered from the log: {status}");
+        let caught_up = std::fs::read_to_string(&state_file).unwrap();
+        assert!(caught_up.contains(SECRET_PATH), "the URL came from the old state file: {caught_up}");
+        // Without any state file the URL is lost (only its redacted form is logged): still no secret anywhere.
+        drop(router);
+        std::fs::remove_file(&state_file).unwrap();
+        let router = app(state_in(&dir, Some("t")));
+        let (_, status) = call(&router, "GET", "/v1/rollouts/checkout", None, "").await;
+        assert!(status.contains("\"phase\":\"paused\""), "{status}");
+        let rebuilt = std::fs::read_to_string(&state_file).unwrap();
+        assert!(!rebuilt.contains("SECRETSECRET") && rebuilt.contains("hooks.slack.com/…#xxh3:"), "{rebuilt}");
     }
 }

@@ -2,23 +2,51 @@
 //! `override`, `register` and `wait` talk to a running analyzer over its API and
 //! print for people (tables, a live terminal view) or for pipelines (exit codes,
 //! `--json`). The renderings are pure functions of the API's answers.
+//!
+//! Every request has a time limit ([`DEFAULT_REQUEST_TIMEOUT`], connecting
+//! included), and `wait` cuts each one short at its own deadline: a pipeline gate
+//! must end on time even against an analyzer that accepts connections and never answers.
 
 use crate::audit::AuditRecord;
-use crate::dashboard::{action_text, duration_text, timestamp};
 use crate::engine::RolloutStatus;
-use crate::stats::{ComparisonRow, DifferenceScale, Verdict};
+use crate::present::{
+    action_text, duration_text, format_interval, format_p, format_relative, format_value, percent, timestamp,
+    verdict_name,
+};
+use crate::stats::ComparisonRow;
 use anyhow::{Context, bail};
 use canary_core::RolloutPhase;
 use serde_json::json;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
+/// How long one request may take, connecting included: an analyzer answers status
+/// calls in milliseconds, so 10 s means it is hung or unreachable, not busy.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How the analyzer is reached.
 #[derive(Debug, Clone)]
 pub struct Client {
     pub server: String,
     pub token: Option<String>,
+    /// The limit of every request ([`DEFAULT_REQUEST_TIMEOUT`] unless set).
+    pub request_timeout: Duration,
     http: reqwest::Client,
+}
+
+/// The answer to a write: the rollout after it, and who the analyzer recorded it as.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub status: RolloutStatus,
+    /// `alice (operator)`; `None` from an analyzer older than named identities.
+    pub identity: Option<String>,
+}
+
+impl Recorded {
+    /// `recorded as alice (operator)`, for the person at the terminal.
+    pub fn identity_line(&self) -> String {
+        format!("recorded as {}", self.identity.as_deref().unwrap_or("(the analyzer did not say)"))
+    }
 }
 
 /// `wait`'s exit codes: pipelines branch on them.
@@ -30,17 +58,41 @@ pub mod exit {
 }
 
 impl Client {
+    /// `token` is trimmed like the server trims its own (a newline from a Secret file); empty means none.
     pub fn new(server: &str, token: Option<String>) -> Client {
-        Client { server: server.trim_end_matches('/').to_string(), token, http: reqwest::Client::new() }
+        let token = token.map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
+        Client {
+            server: server.trim_end_matches('/').to_string(),
+            token,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// The same client with another limit per request.
+    pub fn with_request_timeout(self, request_timeout: Duration) -> Client {
+        Client { request_timeout, ..self }
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<String> {
+        Ok(self.send_for_identity(request).await?.0)
+    }
+
+    /// The answer's body and the identity the analyzer recorded the request as
+    /// ([`crate::api::IDENTITY_HEADER`], on writes).
+    async fn send_for_identity(&self, request: reqwest::RequestBuilder) -> anyhow::Result<(String, Option<String>)> {
+        // From connecting to the end of the body (reqwest's per-request timeout covers all of it).
+        let request = request.timeout(self.request_timeout);
         let request = match &self.token {
             Some(token) => request.bearer_auth(token),
             None => request,
         };
-        let response = request.send().await.with_context(|| format!("cannot reach the analyzer at {}", self.server))?;
+        let response = request.send().await.with_context(|| {
+            format!("cannot reach the analyzer at {} within {} s", self.server, self.request_timeout.as_secs_f64())
+        })?;
         let status = response.status();
+        let identity =
+            response.headers().get(crate::api::IDENTITY_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
         let body = response.text().await.context("reading the analyzer's answer")?;
         if !status.is_success() {
             let message = serde_json::from_str::<serde_json::Value>(&body)
@@ -49,7 +101,7 @@ impl Client {
                 .unwrap_or(body);
             bail!("analyzer answered {status}: {message}");
         }
-        Ok(body)
+        Ok((body, identity))
     }
 
     pub async fn status(&self, deployment: &str) -> anyhow::Result<RolloutStatus> {
@@ -68,9 +120,15 @@ impl Client {
         serde_json::from_str(&body).context("the analyzer's list is not what this client expects")
     }
 
-    pub async fn register(&self, policy_text: String, actor: &str) -> anyhow::Result<RolloutStatus> {
-        let request = self.http.post(format!("{}/v1/rollouts", self.server)).header("x-actor", actor).body(policy_text);
-        serde_json::from_str(&self.send(request).await?).context("unexpected answer to register")
+    /// Registers a policy; `actor` is sent as `x-actor`, a note beside the token's identity.
+    pub async fn register(&self, policy_text: String, actor: Option<&str>) -> anyhow::Result<Recorded> {
+        let mut request = self.http.post(format!("{}/v1/rollouts", self.server)).body(policy_text);
+        if let Some(actor) = actor {
+            request = request.header("x-actor", actor);
+        }
+        let (body, identity) = self.send_for_identity(request).await?;
+        let status = serde_json::from_str(&body).context("unexpected answer to register")?;
+        Ok(Recorded { status, identity })
     }
 
     pub async fn override_rollout(
@@ -78,21 +136,28 @@ impl Client {
         deployment: &str,
         action: &str,
         reason: &str,
-        actor: &str,
+        actor: Option<&str>,
         share_percent: Option<f64>,
-    ) -> anyhow::Result<RolloutStatus> {
+    ) -> anyhow::Result<Recorded> {
         let body = json!({ "action": action, "reason": reason, "actor": actor, "share_percent": share_percent });
         let request = self.http.post(format!("{}/v1/rollouts/{deployment}/override", self.server)).json(&body);
-        serde_json::from_str(&self.send(request).await?).context("unexpected answer to override")
+        let (body, identity) = self.send_for_identity(request).await?;
+        let status = serde_json::from_str(&body).context("unexpected answer to override")?;
+        Ok(Recorded { status, identity })
     }
 
-    /// Polls until the rollout ends; returns the exit code for pipelines.
+    /// Polls until the rollout ends; returns the exit code for pipelines. Ends by
+    /// `timeout` however the analyzer behaves: each status call is cut short at the deadline.
     pub async fn wait(&self, deployment: &str, timeout: Duration, every: Duration) -> i32 {
-        let start = Instant::now();
+        // No deadline the clock can hold (`--timeout` near u64::MAX seconds) is no deadline.
+        let deadline = Instant::now().checked_add(timeout);
+        let time_left = || deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(Instant::now()));
         let mut last_line = String::new();
         loop {
-            match self.status(deployment).await {
-                Ok(status) => {
+            match tokio::time::timeout(time_left(), self.status(deployment)).await {
+                Err(_) => eprintln!("no answer from the analyzer at {} before the deadline", self.server),
+                Ok(Err(e)) => eprintln!("{e:#}"),
+                Ok(Ok(status)) => {
                     let line = progress_line(&status);
                     if line != last_line {
                         println!("{line}");
@@ -104,19 +169,15 @@ impl Client {
                         _ => {}
                     }
                 }
-                Err(e) => eprintln!("{e:#}"),
             }
-            if start.elapsed() >= timeout {
+            let remaining = time_left();
+            if remaining.is_zero() {
                 eprintln!("gave up after {} s without a verdict", timeout.as_secs());
                 return exit::UNKNOWN;
             }
-            tokio::time::sleep(every).await;
+            tokio::time::sleep(every.min(remaining)).await;
         }
     }
-}
-
-fn percent(bp: u32) -> String {
-    format!("{}.{:02} %", bp / 100, bp % 100)
 }
 
 /// One line of progress: `checkout: progressing at 5.00 % (step 2/5), window ends in 2 min 00 s`.
@@ -133,16 +194,6 @@ pub fn progress_line(status: &RolloutStatus) -> String {
         let _ = write!(line, ", window ends in {}", duration_text(s));
     }
     line
-}
-
-/// A row's value for people: latencies in ms, rates and the sample ratio in %, `-` without data.
-pub fn format_value(v: Option<f64>, metric: &str) -> String {
-    match v {
-        None => "-".into(),
-        Some(v) if metric.ends_with("_us") => format!("{:.1} ms", v / 1_000.0),
-        Some(v) if metric.ends_with("_rate") || metric == "sample_ratio" => format!("{:.3} %", v * 100.0),
-        Some(v) => format!("{v:.4}"),
-    }
 }
 
 /// The comparison table, worst first, as the API returns it.
@@ -168,44 +219,6 @@ pub fn report_table(rows: &[ComparisonRow]) -> String {
     out
 }
 
-/// `canary / control − 1` in percent with a sign, `-` without it.
-pub fn format_relative(row: &ComparisonRow) -> String {
-    row.relative_difference.map_or("-".into(), |r| format!("{:+.1} %", r * 100.0))
-}
-
-/// The anytime-valid interval with its scale, e.g. `[-0.010, 0.230] relative`; `-` without one.
-pub fn format_interval(row: &ComparisonRow) -> String {
-    match &row.interval {
-        Some(i) if i.lo.is_some() || i.hi.is_some() => {
-            // Latency differences in ms like the values; relative scales in percent.
-            let (unit, scale): (fn(f64) -> String, &str) = match row.interval_scale {
-                DifferenceScale::Absolute if row.metric.ends_with("_us") => (|v| format!("{:+.1} ms", v / 1_000.0), ""),
-                DifferenceScale::Absolute => (|v| format!("{v:+.4}"), ""),
-                DifferenceScale::Relative => (|v| format!("{:+.1} %", v * 100.0), " relative"),
-                DifferenceScale::RelativeOdds => (|v| format!("{:+.1} %", v * 100.0), " odds"),
-            };
-            let (lo, hi) = (i.lo.map_or("-∞".to_string(), unit), i.hi.map_or("+∞".to_string(), unit));
-            format!("[{lo}, {hi}]{scale}")
-        }
-        _ => "-".into(),
-    }
-}
-
-/// The p-value to three places, `-` without one.
-pub fn format_p(row: &ComparisonRow) -> String {
-    row.p_value.map_or("-".into(), |p| format!("{p:.3}"))
-}
-
-/// `worse`, `better`, `no difference`, `not enough data`.
-pub fn verdict_name(verdict: Verdict) -> &'static str {
-    match verdict {
-        Verdict::Worse => "worse",
-        Verdict::Better => "better",
-        Verdict::NoDifference => "no difference",
-        Verdict::NotEnoughData => "not enough data",
-    }
-}
-
 /// The status of one rollout for people.
 pub fn status_text(status: &RolloutStatus) -> String {
     let mut out = progress_line(status);
@@ -219,10 +232,24 @@ pub fn status_text(status: &RolloutStatus) -> String {
     if let Some(problem) = &status.problem {
         let _ = write!(out, "\nPROBLEM: {problem}");
     }
+    out.push_str(&fleet_and_stall_lines(status));
     if !status.failed_targets.is_empty() {
         let _ = write!(out, "\nfailed scrape targets: {}", status.failed_targets.join("; "));
     }
     let _ = write!(out, "\n\n{}", report_table(&status.rows));
+    out
+}
+
+/// `fleet: 3 of 4 proxies on generation 17; lagging: ...` and `STALLED: ...`, each on
+/// its own line, when the status has them.
+fn fleet_and_stall_lines(status: &RolloutStatus) -> String {
+    let mut out = String::new();
+    if let Some(fleet) = &status.fleet {
+        let _ = write!(out, "\nfleet: {}", fleet.summary());
+    }
+    if let Some(stalled) = &status.stalled {
+        let _ = write!(out, "\nSTALLED: {stalled}");
+    }
     out
 }
 
@@ -268,6 +295,7 @@ pub fn watch_view(status: &RolloutStatus, audit: &[AuditRecord]) -> String {
             last.canary_requests, last.canary_errors, last.control_requests, last.control_errors
         );
     }
+    out.push_str(&fleet_and_stall_lines(status));
     if !status.failed_targets.is_empty() {
         let _ = write!(out, "\nfailed scrape targets: {}", status.failed_targets.join("; "));
     }
@@ -295,7 +323,7 @@ pub fn watch_view(status: &RolloutStatus, audit: &[AuditRecord]) -> String {
             "\n  #{} {}  {:<10} {:<16} {}",
             record.sequence,
             timestamp(record.at_ms),
-            record.decision.actor.name(),
+            record.decision.actor_text(),
             action_text(&record.decision.action),
             record.decision.reason
         );
@@ -314,6 +342,7 @@ mod tests {
     use super::*;
     use crate::fixtures::{point, row, state};
     use crate::ladder::{Action, Actor};
+    use crate::stats::Verdict;
 
     /// The shared rollout after one check, with `rows` comparison rows.
     fn status(rows: usize) -> RolloutStatus {
@@ -377,6 +406,48 @@ mod tests {
                 && view.contains("error_rate worse"),
             "{view}"
         );
+    }
+
+    /// A server that accepts connections and never answers: returns its URL; the
+    /// task holds every connection open until the test's runtime ends.
+    async fn silent_server() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((connection, _)) = listener.accept().await {
+                held.push(connection);
+            }
+        });
+        url
+    }
+
+    /// An outer limit on the unfixed code, which waits forever, so a failing run ends.
+    const HUNG: Duration = Duration::from_secs(15);
+
+    #[tokio::test]
+    async fn wait_ends_on_time_against_a_server_that_never_answers() {
+        let client = Client::new(&silent_server().await, None);
+        let start = Instant::now();
+        let outcome =
+            tokio::time::timeout(HUNG, client.wait("demo", Duration::from_secs(1), Duration::from_millis(100))).await;
+        let took = start.elapsed();
+        assert_eq!(outcome, Ok(exit::UNKNOWN), "still waiting after {took:?}");
+        // 1 s of `--timeout`; the rest is slack for a busy machine.
+        assert!(took < Duration::from_secs(5), "took {took:?}");
+    }
+
+    #[tokio::test]
+    async fn every_call_has_a_request_timeout() {
+        let client = Client::new(&silent_server().await, None).with_request_timeout(Duration::from_millis(500));
+        let start = Instant::now();
+        let answer = tokio::time::timeout(HUNG, client.status("demo")).await;
+        let took = start.elapsed();
+        let error = answer.expect("no request timeout: still waiting").unwrap_err();
+        assert!(format!("{error:#}").contains("within 0.5 s"), "{error:#}");
+        assert!(took < Duration::from_secs(5), "took {took:?}");
+        assert_eq!(Client::new("http://x/", Some(" \n".into())).token, None, "a blank token is no token");
+        assert_eq!(Client::new("http://x/", Some("t\n".into())).token.as_deref(), Some("t"));
     }
 
     #[test]

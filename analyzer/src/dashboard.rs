@@ -8,7 +8,10 @@
 //! `data-src` names a fragment URL (`/live`, `/rollouts/{deployment}/live`); a few
 //! lines of inline script fetch it every 2 s and swap it in. The override form
 //! sits outside that element so a refresh never clears it, and posts JSON to the
-//! existing `POST /v1/rollouts/{deployment}/override` with the bearer token.
+//! existing `POST /v1/rollouts/{deployment}/override` with the bearer token typed
+//! into it (an operator's or admin's line of the tokens file); the answer names the
+//! identity the override was recorded as, and the optional "note" field is kept
+//! beside it, never as it.
 //!
 //! Everything here is a pure function from [`RolloutStatus`] and audit records to
 //! a string (the handlers in [`crate::api`] do the I/O). Inline CSS and script,
@@ -18,12 +21,12 @@ mod html;
 mod sections;
 mod svg;
 
-pub use html::{escape, timestamp};
-pub use sections::{action_text, duration_text};
+pub use html::escape;
 
 use crate::audit::AuditRecord;
 use crate::engine::RolloutStatus;
-use html::{path_segment, share};
+use crate::present::share;
+use html::path_segment;
 use sections::{charts, comparison_table, decision_log, ladder, override_form, requests, summary};
 use std::fmt::Write as _;
 
@@ -72,7 +75,9 @@ out.className='';out.textContent='sending…';\
 try{const r=await fetch(form.dataset.url,{method:'POST',headers:{'content-type':'application/json',\
 authorization:'Bearer '+f.get('token')},body:JSON.stringify(body)});\
 const answer=await r.json().catch(()=>({}));\
-if(r.ok){out.className='ok';out.textContent='applied: '+answer.state.phase+' at '+(answer.state.share_bp/100)+' %';\
+const who=r.headers.get('x-canary-identity');\
+if(r.ok){out.className='ok';out.textContent='applied'+(who?' as '+who:'')+': '+answer.state.phase+' at '+\
+(answer.state.share_bp/100)+' %';\
 form.reason.value='';}\
 else{out.className='error';out.textContent=r.status+': '+(answer.error||r.statusText);}}\
 catch(e){out.className='error';out.textContent='cannot reach the analyzer: '+e;}\
@@ -104,7 +109,7 @@ pub fn index_fragment(statuses: &[RolloutStatus]) -> String {
     let mut out = String::from("<div class=\"rollouts\">");
     for status in statuses {
         let worst = status.rows.first().map_or("no comparison yet".to_string(), |row| {
-            format!("worst: {} ({})", row.metric, crate::cli::verdict_name(row.verdict))
+            format!("worst: {} ({})", row.metric, crate::present::verdict_name(row.verdict))
         });
         let _ = write!(
             out,
@@ -273,10 +278,23 @@ mod tests {
     }
 
     #[test]
+    fn the_decision_log_shows_the_identity_with_the_callers_note() {
+        let mut noted = record(7, "looks off", "alice", Action::Pause);
+        noted.decision.actor_note = Some("<dana>".into());
+        let html = sections::decision_log(&[record(6, "start", "ci-deploy", Action::Start), noted]);
+        assert!(html.contains("<td class=\"actor\">alice (note: &lt;dana&gt;)</td>"), "{html}");
+        assert!(html.contains("<td class=\"actor\">ci-deploy</td>"), "{html}");
+    }
+
+    #[test]
     fn the_override_form_needs_a_reason_and_sends_the_token() {
         let page = rollout_page(&status(Vec::new(), Vec::new()), &[]);
         assert!(page.contains("id=\"override-reason\" required"), "{page}");
         assert!(page.contains("authorization:'Bearer '+f.get('token')"));
+        // The token is required; the actor field is an optional note; the answer names who acted.
+        assert!(page.contains("id=\"override-token\" type=\"password\" autocomplete=\"off\" required"), "{page}");
+        assert!(page.contains("<label>note <input name=\"actor\" id=\"override-actor\" maxlength=\"100\""));
+        assert!(page.contains("r.headers.get('x-canary-identity')") && page.contains("'applied'+(who?' as '+who:'')"));
         assert!(page.contains("<option value=\"set_share\">") && page.contains("id=\"override-result\""));
         // The form is outside the live part, so a refresh does not clear it.
         let live_end = page.find("</div><section><h2>override</h2>").unwrap();

@@ -21,12 +21,14 @@ mod fetch;
 #[cfg(test)]
 mod tests;
 
-use crate::audit::{AuditError, AuditLog, AuditRecord, RolloutStore};
+use crate::audit::{AuditError, AuditLog, AuditRecord, RolloutStore, StoreHealth};
 use crate::evaluation::RolloutEvaluation;
-use crate::ladder::{Action, Actor, Decision, OverrideAction, OverrideError, RolloutState, TransitionError};
+use crate::fleet::{FleetView, applied_share_bp};
+use crate::ladder::{ActedBy, Actor, Decision, OverrideAction, OverrideError, RolloutState, TransitionError};
 use crate::ladder::{decide, human_override};
 use crate::notify::{Notifier, StatusUpdate};
 use crate::policy::{Metric, RolloutPolicy};
+use crate::present::{action_name, describe_row};
 use crate::source::{DeltaTracker, EnvoyAdminSource, IntervalMetrics, PrometheusSource, SourceError};
 use crate::stats::{ComparisonRow, StatsError, Verdict};
 use crate::step_evidence::{CheckOutcome, StepEvidence};
@@ -105,10 +107,11 @@ pub fn now_ms() -> u64 {
 /// Where per-cohort metrics come from.
 #[derive(Debug, Clone)]
 pub enum SourceSettings {
-    /// Envoy admin endpoints, scraped directly and summed (the embedded default).
-    EnvoyAdmin(Vec<String>),
-    /// A Prometheus server that scrapes the fleet.
-    Prometheus(String),
+    /// Envoy admin endpoints, scraped directly and summed (the embedded default);
+    /// a body over `max_body_bytes` fails its target.
+    EnvoyAdmin { admin_urls: Vec<String>, max_body_bytes: u64 },
+    /// A Prometheus server that scrapes the fleet; an answer over `max_body_bytes` fails its query.
+    Prometheus { url: String, max_body_bytes: u64 },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,7 +126,8 @@ pub enum EngineError {
     Override(#[from] OverrideError),
     #[error(transparent)]
     Transition(#[from] TransitionError),
-    #[error("audit log: {0}")]
+    /// The store's own messages name the file and the action (no prefix: `{:#}` would print it twice).
+    #[error(transparent)]
     Audit(#[from] AuditError),
     #[error("statistics: {0}")]
     Stats(#[from] StatsError),
@@ -185,6 +189,34 @@ pub struct RolloutStatus {
     /// Why the analyzer cannot run this rollout's checks (it could not be rebuilt at start).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
+    /// What the proxies applied at the latest check (when they report it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetView>,
+    /// Set when the current step has gone `stall_after_windows` windows without earning
+    /// its promotion: `stalled after 3 windows (...): why`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stalled: Option<String>,
+}
+
+impl RolloutStatus {
+    /// Where a rollout stands under its policy, with nothing measured yet.
+    fn unmeasured(policy: &RolloutPolicy, state: &RolloutState, now_ms: u64) -> RolloutStatus {
+        RolloutStatus {
+            deployment: state.deployment.clone(),
+            policy: policy.name.clone(),
+            state: state.clone(),
+            config: state.config(),
+            ladder_bp: policy.ladder.iter().map(|s| s.share_bp).collect(),
+            window_remaining_s: state.window_remaining(policy, now_ms).map(|d| d.as_secs()),
+            last_check_ms: None,
+            rows: Vec::new(),
+            failed_targets: Vec::new(),
+            history: Vec::new(),
+            problem: None,
+            fleet: None,
+            stalled: None,
+        }
+    }
 }
 
 struct LiveRollout {
@@ -203,6 +235,8 @@ struct LiveRollout {
     last_check_ms: Option<u64>,
     failed_targets: Vec<String>,
     history: VecDeque<HistoryPoint>,
+    fleet: Option<FleetView>,
+    stalled: Option<String>,
     /// Where this rollout's status updates go: the policy's webhook, else the analyzer's.
     notifier: Notifier,
 }
@@ -215,16 +249,14 @@ impl LiveRollout {
         default_notifier: &Notifier,
     ) -> Result<Self, EngineError> {
         // Built once per rollout: a client per announcement would redo its TLS setup each time.
-        let notifier = match &policy.notify {
-            Some(notify) => Notifier::new(Some(notify.webhook_url.clone())),
-            None => default_notifier.clone(),
-        };
+        let notifier = Notifier::for_policy(&policy, default_notifier);
         let envoy = match source {
-            SourceSettings::EnvoyAdmin(urls) => Some((
-                EnvoyAdminSource::new(urls.clone(), policy.deployment.clone(), SCRAPE_TIMEOUT)?,
+            SourceSettings::EnvoyAdmin { admin_urls, max_body_bytes } => Some((
+                EnvoyAdminSource::new(admin_urls.clone(), policy.deployment.clone(), SCRAPE_TIMEOUT)?
+                    .with_max_body_bytes(*max_body_bytes),
                 DeltaTracker::new(),
             )),
-            SourceSettings::Prometheus(_) => None,
+            SourceSettings::Prometheus { .. } => None,
         };
         Ok(LiveRollout {
             evaluation: RolloutEvaluation::new(&policy)?,
@@ -239,15 +271,24 @@ impl LiveRollout {
             last_check_ms: None,
             failed_targets: Vec::new(),
             history: VecDeque::new(),
+            fleet: None,
+            stalled: None,
             notifier,
         })
     }
 
-    /// Whether a check is due at `now` and none is in flight.
+    /// Whether a check is due at `now` and none is in flight. A finished rollout is
+    /// still checked until every proxy reports its final generation, so the fleet view
+    /// shows the end state rather than the last check before it (nothing is decided).
     fn check_is_due(&self, now: Instant) -> bool {
         let in_flight =
             self.check_started_at.is_some_and(|started| now.saturating_duration_since(started) < CHECK_PRESUMED_LOST);
-        !self.state.is_finished() && !in_flight && self.next_check_at <= now
+        let wanted = !self.state.is_finished()
+            || self
+                .fleet
+                .as_ref()
+                .is_some_and(|fleet| fleet.generation != self.state.generation || !fleet.all_applied());
+        wanted && !in_flight && self.next_check_at <= now
     }
 
     /// Copies out what the check needs and marks it in flight.
@@ -273,17 +314,13 @@ impl LiveRollout {
 
     fn status(&self, now_ms: u64) -> RolloutStatus {
         RolloutStatus {
-            deployment: self.state.deployment.clone(),
-            policy: self.policy.name.clone(),
-            state: self.state.clone(),
-            config: self.state.config(),
-            ladder_bp: self.policy.ladder.iter().map(|s| s.share_bp).collect(),
-            window_remaining_s: self.state.window_remaining(&self.policy, now_ms).map(|d| d.as_secs()),
             last_check_ms: self.last_check_ms,
             rows: self.rows.clone(),
             failed_targets: self.failed_targets.clone(),
             history: self.history.iter().cloned().collect(),
-            problem: None,
+            fleet: self.fleet.clone(),
+            stalled: self.stalled.clone(),
+            ..RolloutStatus::unmeasured(&self.policy, &self.state, now_ms)
         }
     }
 }
@@ -316,17 +353,8 @@ struct BrokenRollout {
 impl BrokenRollout {
     fn status(&self, now_ms: u64) -> RolloutStatus {
         RolloutStatus {
-            deployment: self.state.deployment.clone(),
-            policy: self.policy.name.clone(),
-            state: self.state.clone(),
-            config: self.state.config(),
-            ladder_bp: self.policy.ladder.iter().map(|s| s.share_bp).collect(),
-            window_remaining_s: self.state.window_remaining(&self.policy, now_ms).map(|d| d.as_secs()),
-            last_check_ms: None,
-            rows: Vec::new(),
-            failed_targets: Vec::new(),
-            history: Vec::new(),
             problem: Some(self.problem.clone()),
+            ..RolloutStatus::unmeasured(&self.policy, &self.state, now_ms)
         }
     }
 }
@@ -347,6 +375,8 @@ pub struct Engine {
     wall_clock: WallClock,
     /// `deployment: reason` of every rollout that could not be rebuilt at start.
     broken_rollouts: RwLock<Vec<String>>,
+    /// Whether the audit log still takes records, readable without the lock.
+    store_health: StoreHealth,
     pub counters: EngineCounters,
 }
 
@@ -357,8 +387,10 @@ impl Engine {
     pub fn open(state_dir: &Path, source: SourceSettings, notifier: Notifier) -> Result<Engine, EngineError> {
         let (store, persisted) = RolloutStore::open(state_dir)?;
         let prometheus = match &source {
-            SourceSettings::Prometheus(url) => Some(PrometheusSource::new(url.clone(), SCRAPE_TIMEOUT)?),
-            SourceSettings::EnvoyAdmin(_) => None,
+            SourceSettings::Prometheus { url, max_body_bytes } => {
+                Some(PrometheusSource::new(url.clone(), SCRAPE_TIMEOUT)?.with_max_body_bytes(*max_body_bytes))
+            }
+            SourceSettings::EnvoyAdmin { .. } => None,
         };
         let (mut rollouts, mut broken) = (BTreeMap::new(), BTreeMap::new());
         for (deployment, p) in persisted {
@@ -401,6 +433,7 @@ impl Engine {
         let broken_rollouts = broken.iter().map(|(d, b)| format!("{d}: {}", b.problem)).collect();
         Ok(Engine {
             audit_path: store.audit_path().to_path_buf(),
+            store_health: store.health(),
             state_dir: state_dir.to_path_buf(),
             inner: Mutex::new(Inner { rollouts, broken, store }),
             configs: RwLock::new(configs),
@@ -433,6 +466,18 @@ impl Engine {
         self.configs.read().map(|c| c.values().cloned().collect()).unwrap_or_default()
     }
 
+    /// Why decisions can no longer be recorded (the audit log failed a write it could
+    /// not undo): every later decision, automatic rollbacks included, is refused.
+    pub fn recording_failure(&self) -> Option<String> {
+        self.store_health.failure().map(str::to_string)
+    }
+
+    /// The store's health signal (tests poison it to check its readers).
+    #[cfg(test)]
+    pub(crate) fn store_health(&self) -> &StoreHealth {
+        &self.store_health
+    }
+
     /// Rollouts that could not be rebuilt at start, as `deployment: reason` (for `/healthz`).
     pub fn broken_rollouts(&self) -> Vec<String> {
         self.broken_rollouts.read().map(|b| b.clone()).unwrap_or_default()
@@ -461,13 +506,14 @@ impl Engine {
     }
 
     /// Registers (or restarts, once the previous one ended) a rollout.
-    /// `actor` is `Actor::Analyzer` only for policies given at start; API callers are named humans or pipelines.
+    /// `by` is `Actor::Analyzer` only for policies given at start; API callers are the
+    /// identity their token names, with what they declared about themselves as a note.
     /// Everything that can refuse the policy runs before the audit append: a refused
     /// registration leaves no record, no state file and no served config.
     pub async fn register(
         &self,
         policy: RolloutPolicy,
-        actor: Actor,
+        by: impl Into<ActedBy>,
         now_ms: u64,
     ) -> Result<RolloutStatus, EngineError> {
         let mut inner = self.inner.lock().await;
@@ -483,11 +529,8 @@ impl Engine {
         let state = RolloutState::start(&policy, previous.as_ref().map_or(0, |s| s.generation), now_ms);
         let mut live = LiveRollout::new(policy, state, &self.source, &self.notifier)
             .map_err(|e| EngineError::InvalidPolicy(e.to_string()))?;
-        let decision = Decision::start(&live.state, actor, format!("registered with policy {:?}", live.policy.name));
-        let committed = inner.store.commit(now_ms, &live.policy, &decision, previous.as_ref(), &live.state)?;
-        if let Some(e) = committed.state_error {
-            tracing::warn!(%deployment, error = %e, "state file not written; the audit log has the decision");
-        }
+        let decision = Decision::start(&live.state, by, format!("registered with policy {:?}", live.policy.name));
+        commit_logged(&mut inner.store, now_ms, &live.policy, &decision, previous.as_ref(), &live.state)?;
         if self.prometheus.is_none() && live.policy.metrics.iter().any(|m| matches!(m.metric, Metric::Custom(_))) {
             tracing::warn!(%deployment, "custom PromQL metrics need --prometheus; they will show no data");
         }
@@ -501,12 +544,12 @@ impl Engine {
         Ok(status)
     }
 
-    /// A human override: checked, logged, applied.
+    /// A human override: checked, logged, applied; `by` is the authenticated caller.
     pub async fn override_rollout(
         &self,
         deployment: &str,
         action: &OverrideAction,
-        actor: &str,
+        by: &ActedBy,
         reason: &str,
         now_ms: u64,
     ) -> Result<RolloutStatus, EngineError> {
@@ -514,19 +557,16 @@ impl Engine {
         let Inner { rollouts, broken, store } = &mut *inner;
         if let Some(broken) = broken.get_mut(deployment) {
             // No statistics run for it, but a human can still roll it back or pause it.
-            let decision = human_override(&broken.policy, &broken.state, action, actor, reason, Vec::new())?;
+            let decision = human_override(&broken.policy, &broken.state, action, by, reason, Vec::new())?;
             let after = broken.state.next(&decision, now_ms)?;
-            let committed = store.commit(now_ms, &broken.policy, &decision, Some(&broken.state), &after)?;
-            if let Some(e) = committed.state_error {
-                tracing::warn!(%deployment, error = %e, "state file not written; the audit log has the decision");
-            }
+            commit_logged(store, now_ms, &broken.policy, &decision, Some(&broken.state), &after)?;
             broken.state = after;
             self.publish(&broken.state);
             self.counters.overrides.fetch_add(1, Ordering::Relaxed);
             return Ok(broken.status(now_ms));
         }
         let live = rollouts.get_mut(deployment).ok_or_else(|| EngineError::NotFound(deployment.into()))?;
-        let decision = human_override(&live.policy, &live.state, action, actor, reason, live.rows.clone())?;
+        let decision = human_override(&live.policy, &live.state, action, by, reason, live.rows.clone())?;
         self.commit(store, live, &decision, now_ms)?;
         self.counters.overrides.fetch_add(1, Ordering::Relaxed);
         Ok(live.status(now_ms))
@@ -598,13 +638,20 @@ impl Engine {
         let (interval, had_data) = match fetched {
             Fetched::Envoy(round) => match &mut live.envoy {
                 Some((_, tracker)) => {
-                    let interval = tracker.advance(round);
+                    let mut interval = tracker.advance(round);
+                    on_statistics_grid(&mut interval);
                     let had_data = !interval.contributing_targets.is_empty();
                     (interval, had_data)
                 }
                 None => (IntervalMetrics::default(), false),
             },
             Fetched::Prometheus(answer) => match *answer {
+                // No request in any cohort: an empty answer (fewer than two scrapes in the
+                // window) or no traffic. Either way no data; the span goes into the next window.
+                Ok(interval) if Cohort::ALL.iter().all(|&c| interval.requests(c) == 0) => {
+                    live.prometheus_windows.carry_over();
+                    (interval, false)
+                }
                 Ok(interval) => (interval, true),
                 Err(e) => {
                     live.prometheus_windows.forget();
@@ -630,18 +677,27 @@ impl Engine {
         };
         live.failed_targets = interval.failed_targets.iter().map(|f| format!("{}: {}", f.target, f.reason)).collect();
         live.last_check_ms = Some(now_ms);
+        if !interval.proxies.is_empty() {
+            live.fleet = Some(FleetView::new(live.state.generation, &interval.proxies));
+        }
         if live.state.generation != plan.generation || live.state.is_finished() {
             // Decided on (an override, say) while this check was fetching: the interval
             // straddles two shares. Its scrapes still moved the baselines; its counts are not used.
             tracing::debug!(%deployment, "state changed during the check; interval not used");
             return Ok(());
         }
-        live.evaluation.observe(&interval, live.state.share_bp)?;
-        live.step_evidence.record(CheckOutcome {
+        live.evaluation.observe(&interval, applied_share_bp(&interval.proxies, live.state.share_bp))?;
+        let fleet_lagging = (!interval.proxies.is_empty())
+            .then(|| FleetView::new(live.state.generation, &interval.proxies))
+            .filter(|fleet| !fleet.all_applied())
+            .map(|fleet| fleet.summary());
+        let check = CheckOutcome {
             had_data,
             canary_requests: interval.requests(Cohort::Canary),
             control_requests: interval.requests(Cohort::Control),
-        });
+            fleet_lagging,
+        };
+        live.step_evidence.record(check, fleet_deadline_checks(&live.policy));
         live.rows = live.evaluation.rows(custom)?;
         if live.history.len() >= HISTORY_LEN {
             live.history.pop_front();
@@ -652,9 +708,47 @@ impl Engine {
             self.commit(store, live, &decision, now_ms)?;
         } else {
             tracing::debug!(%deployment, reason = %decision.reason, "hold");
+            self.note_stall(live);
             save_evidence(&self.state_dir, live);
         }
         Ok(())
+    }
+
+    /// Marks a step that has gone too long without earning its promotion, and says so
+    /// once per step: a warning in the log and one webhook post.
+    fn note_stall(&self, live: &mut LiveRollout) {
+        let policy = &live.policy;
+        live.stalled = match (live.state.phase, policy.step(live.state.step)) {
+            (canary_core::RolloutPhase::Progressing, Some(step)) => live.step_evidence.stalled(
+                step.window,
+                policy.check_interval,
+                policy.min_requests_per_cohort,
+                policy.stall_after_windows,
+            ),
+            _ => None,
+        };
+        let Some(stalled) = live.stalled.clone() else { return };
+        if live.step_evidence.stall_announced {
+            return;
+        }
+        live.step_evidence.stall_announced = true;
+        tracing::warn!(deployment = %live.state.deployment, share_bp = live.state.share_bp, "{stalled}");
+        live.notifier.send(StatusUpdate {
+            deployment: live.state.deployment.clone(),
+            decision: "stalled".to_string(),
+            reason: stalled,
+            actor: Actor::Analyzer.name().to_string(),
+            share_bp: live.state.share_bp,
+            next_step_in_s: None,
+            key_metrics: live
+                .rows
+                .iter()
+                .filter(|r| r.verdict != Verdict::NotEnoughData)
+                .take(4)
+                .map(describe_row)
+                .collect(),
+            fleet: live.fleet.as_ref().map(FleetView::summary),
+        });
     }
 
     /// Logs the decision, then applies it, publishes the config and announces it.
@@ -666,10 +760,7 @@ impl Engine {
         now_ms: u64,
     ) -> Result<(), EngineError> {
         let after = live.state.next(decision, now_ms)?;
-        let committed = store.commit(now_ms, &live.policy, decision, Some(&live.state), &after)?;
-        if let Some(e) = committed.state_error {
-            tracing::warn!(deployment = %after.deployment, error = %e, "state file not written; the audit log has the decision");
-        }
+        commit_logged(store, now_ms, &live.policy, decision, Some(&live.state), &after)?;
         let share_changed = after.share_bp != live.state.share_bp;
         tracing::info!(
             deployment = %after.deployment, action = ?decision.action, actor = %decision.actor.name(),
@@ -681,6 +772,7 @@ impl Engine {
         }
         if live.step_evidence.generation != live.state.generation {
             live.step_evidence = StepEvidence::new(live.state.generation);
+            live.stalled = None;
         }
         self.counters.decisions.fetch_add(1, Ordering::Relaxed);
         save_evidence(&self.state_dir, live);
@@ -706,27 +798,47 @@ impl Engine {
             share_bp: live.state.share_bp,
             next_step_in_s: live.state.window_remaining(&live.policy, now_ms).map(|d| d.as_secs()),
             key_metrics,
+            fleet: live.fleet.as_ref().map(FleetView::summary),
         });
     }
 }
 
-pub fn action_name(action: &Action) -> &'static str {
-    match action {
-        Action::Start => "start",
-        Action::Hold => "hold",
-        Action::Promote { .. } => "promote",
-        Action::Rollback => "rollback",
-        Action::Pause => "pause",
-        Action::Resume => "resume",
-        Action::SetShare { .. } => "set share",
+/// Envoy's own bins (the admin source) folded onto the buckets the statistics compare
+/// (`LATENCY_BUCKETS_US`, every one of which is an edge of Envoy's bins, so the fold
+/// is exact). A histogram that cannot be folded is left out: no data, not wrong data.
+fn on_statistics_grid(interval: &mut IntervalMetrics) {
+    use canary_core::metrics::LATENCY_BUCKETS_US;
+    for cohort in Cohort::ALL {
+        let latency = &mut interval.cohorts.get_mut(cohort).latency;
+        if let Some(histogram) = latency.as_ref() {
+            if histogram.upper_bounds_us() != LATENCY_BUCKETS_US.as_slice() {
+                *latency = crate::source::fold_onto(histogram, &LATENCY_BUCKETS_US).ok();
+            }
+        }
     }
 }
 
-/// One line per row: `error_rate: canary 0.0123 vs control 0.0051 (worse, p=0.001)`.
-pub fn describe_row(row: &ComparisonRow) -> String {
-    let value = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
-    let p = row.p_value.map_or(String::new(), |p| format!(", p={p:.3}"));
-    format!("{}: canary {} vs control {} ({:?}{p})", row.metric, value(row.canary), value(row.control), row.verdict)
+/// Appends a decision to the audit log and saves the state after it; a state file
+/// that could not be written is only a warning, the log being the truth.
+fn commit_logged(
+    store: &mut RolloutStore,
+    at_ms: u64,
+    policy: &RolloutPolicy,
+    decision: &Decision,
+    before: Option<&RolloutState>,
+    after: &RolloutState,
+) -> Result<(), AuditError> {
+    let committed = store.commit(at_ms, policy, decision, before, after)?;
+    if let Some(e) = committed.state_error {
+        tracing::warn!(deployment = %after.deployment, error = %e, "state file not written; the audit log has the decision");
+    }
+    Ok(())
+}
+
+/// Checks a step waits for every proxy to apply it before its window starts anyway.
+fn fleet_deadline_checks(policy: &RolloutPolicy) -> u64 {
+    let interval_ms = policy.check_interval.as_millis().max(1);
+    u64::try_from(policy.fleet_deadline.as_millis().div_ceil(interval_ms)).unwrap_or(u64::MAX)
 }
 
 /// Runs the checks until `shutdown` resolves.

@@ -72,6 +72,8 @@ pub fn status(history: Vec<HistoryPoint>, rows: Vec<ComparisonRow>) -> RolloutSt
         failed_targets: Vec::new(),
         history,
         problem: None,
+        fleet: None,
+        stalled: None,
     }
 }
 
@@ -85,7 +87,14 @@ pub fn record(sequence: u64, reason: &str, actor: Actor, action: Action) -> Audi
         sequence,
         at_ms: 1_700_000_000_000 + sequence * 1_000,
         deployment: "checkout".into(),
-        decision: Decision { action, reason: reason.into(), actor, rows: Vec::new(), based_on_generation: 6 },
+        decision: Decision {
+            action,
+            reason: reason.into(),
+            actor,
+            actor_note: None,
+            rows: Vec::new(),
+            based_on_generation: 6,
+        },
         policy_name: "web".into(),
         policy_hash: "x".into(),
         policy,

@@ -55,7 +55,8 @@ pub struct RolloutState {
     pub updated_at_ms: u64,
 }
 
-/// Who decided: the analyzer itself or a named human. Serialised as a plain
+/// Who decided: the analyzer itself or a named caller (a person or a pipeline, named
+/// by the token it authenticated with, see [`crate::auth`]). Serialised as a plain
 /// string, `"analyzer"` being reserved.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -90,10 +91,29 @@ pub struct Decision {
     pub action: Action,
     pub reason: String,
     pub actor: Actor,
+    /// What the caller said about who it is (the `x-actor` header, the override's
+    /// `actor`, the CLI's `--actor`): unverified, so kept beside the authenticated
+    /// `actor`, never as it. Absent in records written before identities existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor_note: Option<String>,
     /// The report the decision was made on, worst first (may be empty for an override).
     pub rows: Vec<ComparisonRow>,
     /// The state generation the decision was made against; applying it to any other is refused.
     pub based_on_generation: u64,
+}
+
+/// Who acts, as the engine records it: the authenticated [`Actor`] and, apart from
+/// it, what the caller declared about itself ([`Decision::actor_note`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActedBy {
+    pub actor: Actor,
+    pub note: Option<String>,
+}
+
+impl From<Actor> for ActedBy {
+    fn from(actor: Actor) -> ActedBy {
+        ActedBy { actor, note: None }
+    }
 }
 
 /// A human's request, before it is checked against the state.
@@ -278,13 +298,23 @@ impl RolloutState {
 
 impl Decision {
     /// The record of a rollout's registration (its `based_on_generation` is the new state's).
-    pub fn start(state: &RolloutState, actor: Actor, reason: impl Into<String>) -> Decision {
+    pub fn start(state: &RolloutState, by: impl Into<ActedBy>, reason: impl Into<String>) -> Decision {
+        let ActedBy { actor, note } = by.into();
         Decision {
             action: Action::Start,
             reason: reason.into(),
             actor,
+            actor_note: note,
             rows: Vec::new(),
             based_on_generation: state.generation,
+        }
+    }
+
+    /// The actor for people: `alice`, or `token (note: dana)` when the caller declared itself.
+    pub fn actor_text(&self) -> String {
+        match &self.actor_note {
+            Some(note) => format!("{} (note: {note})", self.actor.name()),
+            None => self.actor.name().to_string(),
         }
     }
 
@@ -324,6 +354,7 @@ pub fn decide(
         action,
         reason,
         actor: Actor::Analyzer,
+        actor_note: None,
         rows: rows.to_vec(),
         based_on_generation: state.generation,
     };
@@ -399,7 +430,7 @@ pub fn decide(
 }
 
 /// A human's override, checked against the state: the reason is required, the
-/// actor must be a named human, and a finished rollout takes no more overrides.
+/// actor must be a named caller (not the analyzer), and a finished rollout takes no more overrides.
 /// `rows` is the latest report, kept as the evidence the human saw.
 ///
 /// A human promote skips the window and the data requirement and goes to the
@@ -411,11 +442,11 @@ pub fn human_override(
     policy: &RolloutPolicy,
     state: &RolloutState,
     action: &OverrideAction,
-    actor: &str,
+    by: &ActedBy,
     reason: &str,
     rows: Vec<ComparisonRow>,
 ) -> Result<Decision, OverrideError> {
-    let actor = Actor::human(actor)?;
+    let actor = Actor::human(by.actor.name())?;
     let reason = reason.trim();
     if reason.is_empty() {
         return Err(OverrideError::MissingReason);
@@ -443,7 +474,14 @@ pub fn human_override(
         }
         OverrideAction::SetShare { share_bp } => Action::SetShare { to_step: policy.step_at_share(share_bp), share_bp },
     };
-    Ok(Decision { action, reason: reason.to_string(), actor, rows, based_on_generation: state.generation })
+    Ok(Decision {
+        action,
+        reason: reason.to_string(),
+        actor,
+        actor_note: by.note.clone(),
+        rows,
+        based_on_generation: state.generation,
+    })
 }
 
 #[cfg(test)]
@@ -453,6 +491,11 @@ mod tests {
     use crate::step_evidence::CheckOutcome;
 
     const MINUTE_MS: u64 = 60_000;
+
+    /// A caller authenticated as `name`, with no note.
+    fn by(name: &str) -> ActedBy {
+        ActedBy { actor: Actor::Human(name.into()), note: None }
+    }
     /// A start time far from zero so that "elapsed" arithmetic is exercised.
     const T0: u64 = 1_700_000_000_000;
 
@@ -603,7 +646,10 @@ mod tests {
         let (policy, state) = (policy(), started());
         let mut outage = StepEvidence::new(state.generation);
         for _ in 0..20 {
-            outage.record(CheckOutcome { had_data: false, canary_requests: 0, control_requests: 0 });
+            outage.record(
+                CheckOutcome { had_data: false, canary_requests: 0, control_requests: 0, fleet_lagging: None },
+                2,
+            );
         }
         let held = decide(&policy, &state, &healthy(), &outage, T0 + 50 * MINUTE_MS);
         assert_eq!(held.action, Action::Hold);
@@ -652,7 +698,8 @@ mod tests {
     fn a_paused_rollout_never_promotes_but_still_rolls_back() {
         let policy = policy();
         let mut state = started();
-        let pause = human_override(&policy, &state, &OverrideAction::Pause, "alice", "investigating", vec![]).unwrap();
+        let pause =
+            human_override(&policy, &state, &OverrideAction::Pause, &by("alice"), "investigating", vec![]).unwrap();
         assert_eq!(pause.actor, Actor::Human("alice".into()));
         let generation = state.generation;
         step(&mut state, &pause, T0 + MINUTE_MS);
@@ -666,7 +713,7 @@ mod tests {
         let worse = vec![row("error_rate", Verdict::Worse)];
         assert_eq!(decide(&policy, &state, &worse, &StepEvidence::ample(), long_after).action, Action::Rollback);
         // Resuming restarts the window.
-        let resume = human_override(&policy, &state, &OverrideAction::Resume, "alice", "fine", vec![]).unwrap();
+        let resume = human_override(&policy, &state, &OverrideAction::Resume, &by("alice"), "fine", vec![]).unwrap();
         step(&mut state, &resume, long_after);
         assert_eq!((state.phase, state.step_started_at_ms), (RolloutPhase::Progressing, long_after));
         assert_eq!(
@@ -685,7 +732,7 @@ mod tests {
         let mut state = started();
         let evidence = healthy();
         let promote =
-            human_override(&policy, &state, &OverrideAction::Promote, "bob", "  looks good  ", evidence.clone())
+            human_override(&policy, &state, &OverrideAction::Promote, &by("bob"), "  looks good  ", evidence.clone())
                 .unwrap();
         assert_eq!(promote.action, Action::Promote { to_step: 1, share_bp: 500 });
         assert_eq!((promote.reason.as_str(), &promote.rows), ("looks good", &evidence));
@@ -693,7 +740,7 @@ mod tests {
         assert_eq!(state.share_bp, 500, "a human may promote before the window");
 
         let set = OverrideAction::SetShare { share_bp: 1_000 };
-        let decision = human_override(&policy, &state, &set, "bob", "hold at 10 %", vec![]).unwrap();
+        let decision = human_override(&policy, &state, &set, &by("bob"), "hold at 10 %", vec![]).unwrap();
         assert_eq!(decision.action, Action::SetShare { to_step: 1, share_bp: 1_000 });
         step(&mut state, &decision, T0 + 2 * MINUTE_MS);
         assert_eq!((state.step, state.share_bp, state.step_started_at_ms), (1, 1_000, T0 + 2 * MINUTE_MS));
@@ -702,12 +749,13 @@ mod tests {
         assert_eq!(next.action, Action::Promote { to_step: 2, share_bp: 2_500 });
 
         let full =
-            human_override(&policy, &state, &OverrideAction::SetShare { share_bp: 10_000 }, "bob", "ship", vec![]);
+            human_override(&policy, &state, &OverrideAction::SetShare { share_bp: 10_000 }, &by("bob"), "ship", vec![]);
         let mut finished = state.clone();
         step(&mut finished, &full.unwrap(), T0 + 3 * MINUTE_MS);
         assert_eq!(finished.phase, RolloutPhase::Promoted, "100 % ends the rollout however it is reached");
 
-        let rollback = human_override(&policy, &state, &OverrideAction::Rollback, "carol", "pager", vec![]).unwrap();
+        let rollback =
+            human_override(&policy, &state, &OverrideAction::Rollback, &by("carol"), "pager", vec![]).unwrap();
         step(&mut state, &rollback, T0 + 4 * MINUTE_MS);
         assert_eq!((state.share_bp, state.phase), (0, RolloutPhase::RolledBack));
     }
@@ -717,7 +765,7 @@ mod tests {
         let policy = policy();
         let state = started();
         let over = |action: OverrideAction, actor: &str, reason: &str| {
-            human_override(&policy, &state, &action, actor, reason, vec![]).unwrap_err()
+            human_override(&policy, &state, &action, &by(actor), reason, vec![]).unwrap_err()
         };
         assert_eq!(over(OverrideAction::Promote, "alice", " "), OverrideError::MissingReason);
         assert_eq!(over(OverrideAction::Promote, "", "why"), OverrideError::InvalidActor(String::new()));
@@ -729,11 +777,11 @@ mod tests {
         );
         let mut paused = state.clone();
         paused.phase = RolloutPhase::Paused;
-        let again = human_override(&policy, &paused, &OverrideAction::Pause, "alice", "why", vec![]);
+        let again = human_override(&policy, &paused, &OverrideAction::Pause, &by("alice"), "why", vec![]);
         assert!(matches!(again, Err(OverrideError::AlreadyPaused(_))));
         let mut ended = state.clone();
         ended.phase = RolloutPhase::RolledBack;
-        let late = human_override(&policy, &ended, &OverrideAction::Promote, "alice", "why", vec![]);
+        let late = human_override(&policy, &ended, &OverrideAction::Promote, &by("alice"), "why", vec![]);
         assert!(matches!(late, Err(OverrideError::Finished { .. })));
         assert!(OverrideError::MissingReason.to_string().starts_with("an override"));
     }
@@ -743,7 +791,7 @@ mod tests {
         let policy = policy();
         let mut state = started();
         let promote = decide(&policy, &state, &healthy(), &StepEvidence::ample(), T0 + 5 * MINUTE_MS);
-        let rollback = human_override(&policy, &state, &OverrideAction::Rollback, "alice", "bad", vec![]).unwrap();
+        let rollback = human_override(&policy, &state, &OverrideAction::Rollback, &by("alice"), "bad", vec![]).unwrap();
         step(&mut state, &promote, T0 + 5 * MINUTE_MS);
         let stale = state.next(&rollback, T0 + 5 * MINUTE_MS).unwrap_err();
         assert_eq!(stale, TransitionError::Stale { decided: T0, current: T0 + 1 });
@@ -758,10 +806,11 @@ mod tests {
     #[test]
     fn decisions_and_actors_serialise_readably() {
         let decision =
-            human_override(&policy(), &started(), &OverrideAction::SetShare { share_bp: 42 }, "dana", "r", vec![])
+            human_override(&policy(), &started(), &OverrideAction::SetShare { share_bp: 42 }, &by("dana"), "r", vec![])
                 .unwrap();
         let json = serde_json::to_value(&decision).unwrap();
         assert_eq!(json["actor"], "dana");
+        assert!(json.get("actor_note").is_none(), "no note, no field: {json}");
         assert_eq!(json["action"]["kind"], "set_share");
         assert_eq!(json["action"]["share_bp"], 42);
         let back: Decision = serde_json::from_value(json).unwrap();
@@ -769,6 +818,17 @@ mod tests {
         assert_eq!(serde_json::to_value(Actor::Analyzer).unwrap(), "analyzer");
         assert_eq!(serde_json::from_value::<Actor>("analyzer".into()).unwrap(), Actor::Analyzer);
         assert!(serde_json::from_value::<Actor>("".into()).is_err());
+        // A caller's declared name rides beside the authenticated one, never in its place.
+        let noted = ActedBy { actor: Actor::Human("token".into()), note: Some("dana".into()) };
+        let decision = human_override(&policy(), &started(), &OverrideAction::Pause, &noted, "look", vec![]).unwrap();
+        let json = serde_json::to_value(&decision).unwrap();
+        assert_eq!((json["actor"].as_str(), json["actor_note"].as_str()), (Some("token"), Some("dana")));
+        assert_eq!(decision.actor_text(), "token (note: dana)");
+        assert_eq!(serde_json::from_value::<Decision>(json).unwrap(), decision);
+        // A record written before notes existed still reads, with none.
+        let old = r#"{"action":{"kind":"pause"},"reason":"r","actor":"dana","rows":[],"based_on_generation":3}"#;
+        let old: Decision = serde_json::from_str(old).unwrap();
+        assert_eq!((old.actor_note, old.actor), (None, Actor::Human("dana".into())));
         let state = started();
         let json = serde_json::to_string(&state).unwrap();
         assert_eq!(serde_json::from_str::<RolloutState>(&json).unwrap(), state);

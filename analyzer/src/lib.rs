@@ -2,15 +2,18 @@
 
 pub mod api;
 pub mod audit;
+pub mod auth;
 pub mod cli;
 pub mod dashboard;
 pub mod engine;
 pub mod evaluation;
 #[cfg(test)]
 mod fixtures;
+pub mod fleet;
 pub mod ladder;
 pub mod notify;
 pub mod policy;
+pub mod present;
 pub mod simulation;
 pub mod source;
 pub mod stats;

@@ -11,12 +11,17 @@
 //!
 //! The typed policy serialises back to the same document shape with every
 //! default filled in, so the audit log can keep an exact, re-loadable snapshot
-//! and a [`RolloutPolicy::fingerprint`] of it.
+//! and a [`RolloutPolicy::fingerprint`] of it. The one secret in a policy, the
+//! webhook URL ([`webhook`]), is written in full only by the plain serialisation
+//! (the state files); the audit log and the API use [`RolloutPolicy::redacted`].
+
+mod webhook;
+pub use webhook::{WebhookUrl, WebhookUrlError};
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer};
 
 /// The `apiVersion` every policy document must carry.
 pub const API_VERSION: &str = "canary.wasm.dev/v1alpha1";
@@ -37,6 +42,12 @@ pub mod defaults {
     pub const ALPHA: f64 = 0.05;
     /// At a 0.5 % error rate 1000 requests hold ~5 errors; fewer cannot tell a doubling from noise.
     pub const MIN_REQUESTS_PER_COHORT: u64 = 1_000;
+    /// How long a step waits for every proxy to apply it before its window starts anyway:
+    /// twelve of the filter's default 5 s polls, and the filter's default `stale_after_ms`.
+    pub const FLEET_DEADLINE: Duration = Duration::from_secs(60);
+    /// A step that has not gathered its data in three windows' time is stalled: one more
+    /// window rarely brings traffic that three did not, and a human should look.
+    pub const STALL_AFTER_WINDOWS: u32 = 3;
     /// "The error rate may not rise at all" (beyond what the test can tell from noise).
     pub const ERROR_RATE_MAX_RELATIVE_INCREASE: f64 = 0.0;
     /// Per-user hashing with heavy users moves the request split by a few percent on its own
@@ -56,6 +67,10 @@ const BASIS_POINTS_PER_PERCENT: f64 = 100.0;
 const FULL_SHARE_BP: u32 = 10_000;
 /// Checking more often than once a second is busy-work: scrapes and polls are slower than that.
 const MIN_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest step window or check interval a written policy may have: a year. Longer is a
+/// typo, and the engine adds these to clocks and multiplies them (`Instant + check_interval`,
+/// ten intervals, checks per window × 10), which overflowed and panicked near `u64::MAX` s.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3_600);
 /// Placeholders a custom PromQL query template may use.
 const QUERY_PLACEHOLDERS: [&str; 3] = ["cohort", "deployment", "window"];
 
@@ -95,6 +110,11 @@ pub struct RolloutPolicy {
     pub min_requests_per_cohort: u64,
     /// Unique names, at least one critical.
     pub metrics: Vec<MetricPolicy>,
+    /// A step's window starts once every proxy applies it, or when this much time has
+    /// passed since the step began (after which laggards hold the promotion).
+    pub fleet_deadline: Duration,
+    /// A step still short of data after this many windows is reported stalled.
+    pub stall_after_windows: u32,
     pub notify: Option<Notify>,
 }
 
@@ -180,8 +200,8 @@ pub struct CustomMetric {
 /// Where step changes are announced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notify {
-    /// A Slack-compatible incoming webhook (`http://` or `https://`).
-    pub webhook_url: String,
+    /// A Slack-compatible incoming webhook (`http://` or `https://`); shown redacted.
+    pub webhook_url: WebhookUrl,
 }
 
 impl LatencyQuantile {
@@ -240,9 +260,49 @@ impl MetricPolicy {
 
 impl RolloutPolicy {
     /// Parses and validates a YAML (or JSON, a subset of YAML) policy document.
+    /// A redacted webhook URL (what the audit log shows) is refused: it cannot be posted to.
     pub fn from_yaml(text: &str) -> Result<RolloutPolicy, PolicyError> {
+        check_flow_nesting(text)?;
         let raw: RawDocument = serde_yaml_ng::from_str(text).map_err(|e| yaml_error(&e))?;
-        RolloutPolicy::try_from(raw)
+        let policy = RolloutPolicy::try_from(raw)?;
+        policy.check_runnable()?;
+        if let Some(notify) = &policy.notify
+            && notify.webhook_url.secret().is_none()
+        {
+            return Err(PolicyError::new("spec.notify.webhook_url", &notify.webhook_url, webhook::NOT_REDACTED));
+        }
+        Ok(policy)
+    }
+
+    /// Limits for policies people write, beyond the document's own rules: values the
+    /// engine could not run. Not applied when a policy is read back from the audit log or
+    /// a state file (through serde), so a record an older analyzer wrote still loads.
+    fn check_runnable(&self) -> Result<(), PolicyError> {
+        let at_most_a_year = "a duration of at most a year (8760h)";
+        if self.check_interval > MAX_DURATION {
+            let shown = format_duration(self.check_interval);
+            return Err(PolicyError::new("spec.check_interval", shown, at_most_a_year));
+        }
+        if let Some((i, step)) = self.ladder.iter().enumerate().find(|(_, step)| step.window > MAX_DURATION) {
+            return Err(PolicyError::new(
+                format!("spec.ladder[{i}].window"),
+                format_duration(step.window),
+                format!("{at_most_a_year}; a step without a window takes spec.default_window"),
+            ));
+        }
+        for (i, metric) in self.metrics.iter().enumerate() {
+            // The statistics take the tolerance in µs: above f64::MAX / 1000 ms it is infinite there.
+            if let Metric::Latency { tolerance: LatencyTolerance { max_increase_ms: Some(ms), .. }, .. } = metric.metric
+                && !(ms * MICROS_PER_MILLI).is_finite()
+            {
+                return Err(PolicyError::new(
+                    format!("spec.metrics[{i}].max_increase_ms"),
+                    ms,
+                    "a finite number >= 0 whose microseconds are finite too (below 1.7e305)",
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The full document, every default explicit, as YAML.
@@ -252,10 +312,68 @@ impl RolloutPolicy {
 
     /// A stable 64-bit hash (16 hex digits) of the full document, so an audit
     /// reader can tell at a glance whether two decisions ran under the same policy.
+    ///
+    /// Computed over the [redacted](RolloutPolicy::redacted) document, whose webhook
+    /// URL is `scheme://host` plus xxh3-64 of the whole URL: a different URL gives a
+    /// different fingerprint, and an audit record's redacted policy has the same
+    /// fingerprint as the real one, so its `policy_hash` can be checked without the secret.
     pub fn fingerprint(&self) -> String {
         // Serialising a validated policy cannot fail: string keys, finite numbers only.
-        let canonical = serde_json::to_vec(self).unwrap_or_default();
+        let canonical = serde_json::to_vec(&self.redacted()).unwrap_or_default();
         format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&canonical))
+    }
+
+    /// The policy with its webhook URL reduced to the redacted form: what the audit
+    /// log, the API and the dashboard may show.
+    pub fn redacted(&self) -> RolloutPolicy {
+        let mut redacted = self.clone();
+        if let Some(notify) = &mut redacted.notify {
+            notify.webhook_url = notify.webhook_url.without_secret();
+        }
+        redacted
+    }
+
+    /// For `#[serde(serialize_with = ...)]`: writes [`RolloutPolicy::redacted`].
+    pub fn serialize_redacted<S: Serializer>(policy: &RolloutPolicy, serializer: S) -> Result<S::Ok, S::Error> {
+        policy.redacted().serialize(serializer)
+    }
+
+    /// Recovery's side of redaction: a policy read back from the audit log knows its
+    /// webhook URL only redacted; `known` (the state file's policy) supplies the real
+    /// one when it names the same URL (same fingerprint). Without it the URL stays
+    /// unknown and [`crate::notify::Notifier::for_policy`] falls back to `--webhook`.
+    pub fn with_webhook_secret_from(mut self, known: Option<&RolloutPolicy>) -> RolloutPolicy {
+        let Some(notify) = &mut self.notify else { return self };
+        if notify.webhook_url.secret().is_some() {
+            return self;
+        }
+        let known_url = known.and_then(|k| k.notify.as_ref()).map(|n| &n.webhook_url);
+        match known_url.filter(|url| url.same_url(&notify.webhook_url) && url.secret().is_some()) {
+            Some(url) => {
+                tracing::info!(
+                    deployment = %self.deployment, webhook = %url,
+                    "audit record's redacted webhook URL matched the state file's by fingerprint; using the state file's"
+                );
+                notify.webhook_url = url.clone();
+            }
+            None => tracing::warn!(
+                deployment = %self.deployment, webhook = %notify.webhook_url,
+                "the audit log has this rollout's webhook URL only redacted and no state file holds it"
+            ),
+        }
+        self
+    }
+
+    /// The same policy with another fleet deadline (tests and tools; YAML sets `spec.fleet_deadline`).
+    pub fn with_fleet_deadline(mut self, deadline: Duration) -> RolloutPolicy {
+        self.fleet_deadline = deadline;
+        self
+    }
+
+    /// The same policy with another stall limit (tests and tools; YAML sets `spec.stall_after_windows`).
+    pub fn with_stall_after_windows(mut self, windows: u32) -> RolloutPolicy {
+        self.stall_after_windows = windows.max(1);
+        self
     }
 
     /// The policy entries whose regressions roll back.
@@ -331,6 +449,10 @@ struct RawSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     min_requests_per_cohort: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    fleet_deadline: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stall_after_windows: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     metrics: Option<Vec<RawMetric>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     notify: Option<RawNotify>,
@@ -373,14 +495,59 @@ struct RawNotify {
 }
 
 /// serde_yaml_ng prefixes errors inside the document with their path
-/// ("spec.ladder[0]: unknown field ..."): name that field when it can.
+/// ("spec.ladder[0]: unknown field ..."): name that field when it can. Keys are quoted
+/// as written, so control characters are escaped to keep the error on one line.
 fn yaml_error(error: &serde_yaml_ng::Error) -> PolicyError {
-    let message = error.to_string();
+    let message = one_line(&error.to_string());
     let (field, detail) = match message.split_once(": ") {
         Some((path, detail)) if !path.contains(' ') && !path.is_empty() => (path.to_string(), detail.to_string()),
         _ => ("(document)".to_string(), message.clone()),
     };
     PolicyError::new(field, "(as written)", format!("a valid RolloutPolicy document: {detail}"))
+}
+
+/// Deepest nesting of `[` and `{` a policy document may have. A policy needs 3 levels
+/// (`spec: {ladder: [{share: 1}]}`) and a PromQL template adds a few, counted as if
+/// outside quotes. The YAML parser's work per token grows with this depth: 8 000 levels
+/// took 2.8 s and 100 000 (a 200 KB body) 352 s in a debug build.
+const MAX_FLOW_NESTING: usize = 64;
+
+/// Refuses a document nested deeper than [`MAX_FLOW_NESTING`] before the YAML parser sees
+/// it, naming the line: one pass over the bytes, so parsing stays linear in the text.
+fn check_flow_nesting(text: &str) -> Result<(), PolicyError> {
+    let mut depth = 0usize;
+    let mut line = 1usize;
+    for byte in text.bytes() {
+        match byte {
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_FLOW_NESTING {
+                    return Err(PolicyError::new(
+                        "(document)",
+                        format!("line {line}: more than {MAX_FLOW_NESTING} nested `[`/`{{`"),
+                        format!("at most {MAX_FLOW_NESTING} nested flow collections (`[...]`, `{{...}}`)"),
+                    ));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            b'\n' => line += 1,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// `text` with control characters escaped (`\n`, `\u{1b}`): one log line whatever a key holds.
+pub(crate) fn one_line(text: &str) -> String {
+    let mut line = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            line.extend(c.escape_default());
+        } else {
+            line.push(c);
+        }
+    }
+    line
 }
 
 impl TryFrom<RawDocument> for RolloutPolicy {
@@ -471,7 +638,30 @@ impl RawSpec {
             None => default_metrics(),
         };
         let notify = self.notify.map(RawNotify::validate).transpose()?;
-        Ok(RolloutPolicy { name, deployment, ladder, check_interval, alpha, min_requests_per_cohort, metrics, notify })
+        let fleet_deadline = match &self.fleet_deadline {
+            Some(text) => positive_duration("spec.fleet_deadline", text)?,
+            None => defaults::FLEET_DEADLINE,
+        };
+        let stall_after_windows = self.stall_after_windows.unwrap_or(defaults::STALL_AFTER_WINDOWS);
+        if stall_after_windows == 0 {
+            return Err(PolicyError::new(
+                "spec.stall_after_windows",
+                0,
+                "at least 1 (windows before a step is stalled)",
+            ));
+        }
+        Ok(RolloutPolicy {
+            name,
+            deployment,
+            ladder,
+            check_interval,
+            alpha,
+            min_requests_per_cohort,
+            metrics,
+            notify,
+            fleet_deadline,
+            stall_after_windows,
+        })
     }
 }
 
@@ -775,17 +965,13 @@ fn validate_query(field: &str, query: &str) -> Result<(), PolicyError> {
 }
 
 impl RawNotify {
+    /// Accepts the redacted form too (audit records are read back through here);
+    /// [`RolloutPolicy::from_yaml`] refuses it for policies people write.
     fn validate(self) -> Result<Notify, PolicyError> {
         let url = self.webhook_url.ok_or_else(|| PolicyError::missing("spec.notify.webhook_url", "an http(s) URL"))?;
-        let host = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://")).unwrap_or_default();
-        if host.is_empty() || host.starts_with('/') || url.chars().any(char::is_whitespace) {
-            return Err(PolicyError::new(
-                "spec.notify.webhook_url",
-                format!("{url:?}"),
-                "an http:// or https:// URL with a host",
-            ));
-        }
-        Ok(Notify { webhook_url: url })
+        let webhook_url = WebhookUrl::parse_stored(&url)
+            .map_err(|e| PolicyError::new("spec.notify.webhook_url", e.shown, e.expected))?;
+        Ok(Notify { webhook_url })
     }
 }
 
@@ -814,8 +1000,13 @@ impl From<RolloutPolicy> for RawDocument {
                 check_interval: Some(format_duration(policy.check_interval)),
                 alpha: Some(policy.alpha),
                 min_requests_per_cohort: Some(policy.min_requests_per_cohort),
+                // Written only when set otherwise: policies without them keep their fingerprint.
+                fleet_deadline: (policy.fleet_deadline != defaults::FLEET_DEADLINE)
+                    .then(|| format_duration(policy.fleet_deadline)),
+                stall_after_windows: (policy.stall_after_windows != defaults::STALL_AFTER_WINDOWS)
+                    .then_some(policy.stall_after_windows),
                 metrics: Some(metrics),
-                notify: policy.notify.map(|n| RawNotify { webhook_url: Some(n.webhook_url) }),
+                notify: policy.notify.map(|n| RawNotify { webhook_url: Some(n.webhook_url.stored_text()) }),
             }),
         }
     }
@@ -956,6 +1147,50 @@ mod tests {
         assert!(serde_json::from_str::<RolloutPolicy>(&bad).unwrap_err().to_string().contains("spec.alpha"));
     }
 
+    const SLACK: &str = "https://hooks.slack.com/services/T000/B000/SECRETSECRET";
+
+    fn with_webhook(url: &str) -> RolloutPolicy {
+        parse(&format!("  notify: {{webhook_url: '{url}'}}\n")).unwrap()
+    }
+
+    #[test]
+    fn the_webhook_url_is_in_the_state_files_form_only() {
+        let policy = with_webhook(SLACK);
+        // The plain serialisation (state files) keeps the URL and reads back whole.
+        let stored = serde_json::to_string(&policy).unwrap();
+        assert!(stored.contains(SLACK));
+        assert_eq!(serde_json::from_str::<RolloutPolicy>(&stored).unwrap(), policy);
+        // The audit and API form does not, and reads back as a URL that cannot be posted to.
+        let mut shown = Vec::new();
+        RolloutPolicy::serialize_redacted(&policy, &mut serde_json::Serializer::new(&mut shown)).unwrap();
+        let shown = String::from_utf8(shown).unwrap();
+        assert!(!shown.contains("SECRETSECRET") && shown.contains("https://hooks.slack.com/…#xxh3:"), "{shown}");
+        let back: RolloutPolicy = serde_json::from_str(&shown).unwrap();
+        assert_eq!(back, policy.redacted());
+        assert!(back.notify.as_ref().unwrap().webhook_url.secret().is_none());
+        assert!(!format!("{policy:?}").contains("SECRETSECRET"), "Debug is redacted too");
+        // The fingerprint covers the URL (by its hash) and is the same for both forms.
+        assert_eq!(back.fingerprint(), policy.fingerprint());
+        assert_ne!(with_webhook(&SLACK.replace("SECRET", "OTHER")).fingerprint(), policy.fingerprint());
+        assert_ne!(parse("").unwrap().fingerprint(), policy.fingerprint());
+        // Written by a person, the redacted form is refused: nothing could be posted to it.
+        let error = parse(&format!("  notify: {{webhook_url: '{}'}}\n", back.notify.unwrap().webhook_url)).unwrap_err();
+        assert_eq!(error.field, "spec.notify.webhook_url");
+        assert!(error.expected.contains("not the redacted form"), "{error}");
+    }
+
+    #[test]
+    fn recovery_takes_the_webhook_url_from_a_policy_with_the_same_fingerprint() {
+        let policy = with_webhook(SLACK);
+        let redacted = policy.redacted();
+        assert_eq!(redacted.clone().with_webhook_secret_from(Some(&policy)), policy);
+        let other = with_webhook(&SLACK.replace("SECRET", "OTHER"));
+        assert_eq!(redacted.clone().with_webhook_secret_from(Some(&other)), redacted, "another URL is not taken");
+        assert_eq!(redacted.clone().with_webhook_secret_from(Some(&redacted)), redacted);
+        assert_eq!(redacted.clone().with_webhook_secret_from(None), redacted);
+        assert_eq!(policy.clone().with_webhook_secret_from(Some(&other)), policy, "a known URL stays");
+    }
+
     #[test]
     fn ladder_helpers_find_steps() {
         let policy = parse("").unwrap();
@@ -1075,5 +1310,113 @@ mod tests {
         assert_eq!(custom.max_absolute_increase, Some(0.5));
         assert_eq!(policy.metrics[2].report_metric(), "checkout_failures");
         assert!(policy.metrics[2].critical, "listed metrics are critical by default");
+    }
+
+    /// Found by `generated_policies_are_accepted_consistently_or_refused_by_field`
+    /// (tests/parser_properties): serde_yaml_ng quotes an unknown key as written, so a
+    /// key holding a line break, a tab or an escape character split the error over
+    /// lines (the analyzer's start-up error, the CLI's output) or coloured a terminal.
+    #[test]
+    fn regression_unknown_keys_with_control_characters_are_refused_on_one_line() {
+        for text in [
+            "{'\n\n'",
+            "\"\\t\": 1\n",
+            "apiVersion: canary.wasm.dev/v1alpha1\n\"\\r\\0\\e[31m\": 1\n",
+            "metadata: {labels: {\"a\\nb\": [1]}}\n",
+        ] {
+            let error = RolloutPolicy::from_yaml(text).unwrap_err();
+            let line = error.to_string();
+            assert!(!line.chars().any(char::is_control), "for {text:?}: {line:?}");
+        }
+    }
+
+    /// Found by `deep_nesting_is_refused_in_bounded_time` (tests/parser_properties): the
+    /// YAML parser's work per token grows with the nesting depth of `[`/`{`, so 100 000
+    /// levels (a 200 KB register body) kept a core busy for 352 s in a debug build. At
+    /// 20 000 levels this took ~17 s before the depth was bounded; now it is refused at once.
+    #[test]
+    fn regression_deep_flow_nesting_is_refused_in_linear_time() {
+        for (open, close) in [("[", "]"), ("{a: ", "}")] {
+            let deep =
+                format!("apiVersion: canary.wasm.dev/v1alpha1\nspec: {}{}", open.repeat(20_000), close.repeat(20_000));
+            let started = std::time::Instant::now();
+            let error = RolloutPolicy::from_yaml(&deep).unwrap_err();
+            assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+            assert_eq!(error.field, "(document)");
+            assert!(error.value.starts_with("line 2: more than 64 nested"), "{error}");
+        }
+        // Brackets inside PromQL templates and flow-style ladders are far below the bound.
+        let policy = parse(
+            "  ladder: [{share: 1, window: 1m}, {share: 100}]\n  metrics:\n    - {name: error_rate}\n\
+             \x20   - {name: c, query: 'sum(rate(x{cohort=\"{{cohort}}\"}[{{window}}]))', max_relative_increase: 0.1}\n",
+        );
+        assert_eq!(policy.unwrap().ladder.len(), 2);
+    }
+
+    /// Found by `generated_policies_are_accepted_consistently_or_refused_by_field`
+    /// (tests/parser_properties, 3 000 cases): serde_json's default float parser can miss
+    /// by one ULP, so a policy read back from its state file or audit record (JSON) was
+    /// not the policy written (2.120705760146268 came back as 2.1207057601462678) and
+    /// its fingerprint changed: a restarted analyzer threw the saved evidence away.
+    #[test]
+    fn regression_a_policy_read_back_from_json_keeps_its_floats_and_fingerprint() {
+        let policy = parse(
+            "  alpha: 0.049999999999999996\n  metrics:\n\
+             \x20   - {name: latency_p50, max_increase_ms: 2.120705760146268}\n\
+             \x20   - {name: error_rate, max_relative_increase: 0.30000000000000004}\n",
+        )
+        .unwrap();
+        let back: RolloutPolicy = serde_json::from_str(&serde_json::to_string(&policy).unwrap()).unwrap();
+        assert_eq!(back, policy);
+        assert_eq!(back.fingerprint(), policy.fingerprint());
+    }
+
+    /// Found by `register_bodies_are_registered_exactly_when_the_policy_parses`
+    /// (tests/parser_properties, 1 500 cases): `max_increase_ms: 1e308` passed the policy's
+    /// checks, but is infinite in microseconds, so registering it failed with "statistics:
+    /// latency tolerance_us must be finite" naming no field (and a `--policy` file
+    /// stopped the analyzer at start). The policy now refuses it by field.
+    #[test]
+    fn regression_a_latency_tolerance_infinite_in_microseconds_is_refused_by_field() {
+        let error = parse("  metrics:\n    - {name: latency_p99, max_increase_ms: 1.0e308}\n").unwrap_err();
+        assert_eq!(error.field, "spec.metrics[0].max_increase_ms", "{error}");
+        let largest = parse("  metrics:\n    - {name: latency_p99, max_increase_ms: 1.0e305}\n").unwrap();
+        assert!(crate::evaluation::RolloutEvaluation::new(&largest).is_ok());
+    }
+
+    /// Found by `register_bodies_are_registered_exactly_when_the_policy_parses`
+    /// (tests/parser_properties, 1 500 cases): `check_interval: 5124095576030431h` parsed,
+    /// then registering it panicked ("overflow when adding duration to instant"); step
+    /// windows near `u64::MAX` seconds overflowed the checks-per-window arithmetic.
+    #[test]
+    fn regression_durations_beyond_a_year_are_refused_by_field() {
+        for (extra, field) in [
+            ("  check_interval: 5124095576030431h\n", "spec.check_interval"),
+            ("  default_window: 8761h\n", "spec.ladder[0].window"),
+            ("  ladder: [{share: 1, window: 18446744073709551615s}, {share: 100}]\n", "spec.ladder[0].window"),
+        ] {
+            let error = parse(extra).unwrap_err();
+            assert_eq!(error.field, field, "{error}");
+            assert!(error.expected.contains("at most a year"), "{error}");
+        }
+        let year = parse("  check_interval: 8760h\n  default_window: 8760h\n").unwrap();
+        assert_eq!(year.check_interval, MAX_DURATION);
+    }
+
+    /// The limits above are for policies people write: an audit record or state file an
+    /// older analyzer wrote with such values still loads (a refused record would stop the
+    /// analyzer at start as a corrupt audit log); the engine then reports it as broken.
+    #[test]
+    fn limits_of_written_policies_do_not_apply_to_records_read_back() {
+        let mut policy = parse("  metrics:\n    - {name: latency_p99, max_increase_ms: 1}\n").unwrap();
+        policy.check_interval = MAX_DURATION * 2;
+        policy.ladder[0].window = MAX_DURATION * 2;
+        policy.metrics[0].metric = Metric::Latency {
+            quantile: LatencyQuantile::P99,
+            tolerance: LatencyTolerance { max_increase_ms: Some(1e306), max_relative_increase: None },
+        };
+        let back: RolloutPolicy = serde_json::from_str(&serde_json::to_string(&policy).unwrap()).unwrap();
+        assert_eq!(back, policy);
+        assert!(RolloutPolicy::from_yaml(&policy.to_yaml().unwrap()).is_err(), "written, it is refused");
     }
 }

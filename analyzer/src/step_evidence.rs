@@ -10,7 +10,13 @@
 //! - up to [`MISSING_CHECKS_TOLERANCE_PERCENT`] of them may lack data (a target
 //!   restarting, one failed scrape); the step needs the rest with data;
 //! - the latest check must have found data (never promote during an outage);
-//! - each compared cohort must have served `min_requests_per_cohort` at this step.
+//! - each compared cohort must have served `min_requests_per_cohort` at this step;
+//! - the window starts once every proxy applies the step (the filter's gauges, see
+//!   [`crate::fleet`]) or once the policy's `fleet_deadline` has passed; checks before
+//!   that do not count, and while a proxy lags at the latest check nothing is promoted.
+//!
+//! A step still short of its data after `stall_after_windows` windows is *stalled*:
+//! it still never promotes, and the status and one webhook post say so.
 //!
 //! Pure: the engine records each check and resets the record when the step changes.
 
@@ -34,15 +40,33 @@ pub struct StepEvidence {
     pub latest_had_data: bool,
     pub canary_requests: u64,
     pub control_requests: u64,
+    /// Every check at this step, counted towards the window or not.
+    #[serde(default)]
+    pub checks_seen: u64,
+    /// Some check at this step saw every proxy on the step's generation.
+    #[serde(default)]
+    pub fleet_applied: bool,
+    /// Checks that waited for the fleet to apply the step (not counted).
+    #[serde(default)]
+    pub checks_waiting_for_fleet: u64,
+    /// The latest check's fleet summary, when some proxy lagged.
+    #[serde(default)]
+    pub latest_lagging: Option<String>,
+    /// The stall has been announced (once per step).
+    #[serde(default)]
+    pub stall_announced: bool,
 }
 
 /// What one check contributed to its step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckOutcome {
     /// At least one target (or the Prometheus server) answered with usable data.
     pub had_data: bool,
     pub canary_requests: u64,
     pub control_requests: u64,
+    /// `None` when every proxy that reports applies the step's generation (or none reports);
+    /// else the fleet summary naming the laggards.
+    pub fleet_lagging: Option<String>,
 }
 
 impl StepEvidence {
@@ -51,7 +75,19 @@ impl StepEvidence {
         StepEvidence { generation, ..StepEvidence::default() }
     }
 
-    pub fn record(&mut self, check: CheckOutcome) {
+    /// Records one check; `fleet_deadline_checks` is how many checks the window waits
+    /// for every proxy to apply the step before it starts anyway.
+    pub fn record(&mut self, check: CheckOutcome, fleet_deadline_checks: u64) {
+        self.checks_seen = self.checks_seen.saturating_add(1);
+        self.latest_lagging = check.fleet_lagging.clone();
+        if check.fleet_lagging.is_none() {
+            self.fleet_applied = true;
+        }
+        if !self.fleet_applied && self.checks_seen <= fleet_deadline_checks {
+            self.checks_waiting_for_fleet = self.checks_waiting_for_fleet.saturating_add(1);
+            self.latest_had_data = check.had_data;
+            return;
+        }
         if check.had_data {
             self.checks_with_data = self.checks_with_data.saturating_add(1);
         } else {
@@ -70,6 +106,8 @@ impl StepEvidence {
         evidence.latest_had_data = true;
         evidence.canary_requests = 1_000_000_000;
         evidence.control_requests = 1_000_000_000;
+        evidence.checks_seen = 1_000_000;
+        evidence.fleet_applied = true;
         evidence
     }
 
@@ -106,7 +144,27 @@ impl StepEvidence {
                 self.canary_requests, self.control_requests
             ));
         }
+        if let Some(lagging) = &self.latest_lagging {
+            return Some(format!("not every proxy applies this step: {lagging}"));
+        }
         None
+    }
+
+    /// `Some(why)` when the step has run `stall_after_windows` windows' worth of checks
+    /// and still has not earned its promotion.
+    pub fn stalled(
+        &self,
+        window: Duration,
+        check_interval: Duration,
+        min_requests_per_cohort: u64,
+        stall_after_windows: u32,
+    ) -> Option<String> {
+        let limit = expected_checks(window, check_interval).saturating_mul(u64::from(stall_after_windows));
+        if self.checks_seen < limit {
+            return None;
+        }
+        let why = self.promotion_blocker(window, check_interval, min_requests_per_cohort)?;
+        Some(format!("stalled after {stall_after_windows} windows ({} checks): {why}", self.checks_seen))
     }
 }
 
@@ -126,7 +184,13 @@ mod tests {
 
     fn checks(evidence: &mut StepEvidence, n: u64, had_data: bool, requests: u64) {
         for _ in 0..n {
-            evidence.record(CheckOutcome { had_data, canary_requests: requests, control_requests: requests * 19 });
+            let check = CheckOutcome {
+                had_data,
+                canary_requests: requests,
+                control_requests: requests * 19,
+                fleet_lagging: None,
+            };
+            evidence.record(check, 2);
         }
     }
 
@@ -175,6 +239,56 @@ mod tests {
         checks(&mut evidence, 10, true, 10);
         let why = blocker(&evidence, 300, 30, 1_000).unwrap();
         assert!(why.contains("100 canary and 1900 control requests, 1000 per cohort needed"), "{why}");
+    }
+
+    fn lagging(evidence: &mut StepEvidence, n: u64, deadline_checks: u64) {
+        for _ in 0..n {
+            let check = CheckOutcome {
+                had_data: true,
+                canary_requests: 200,
+                control_requests: 3_800,
+                fleet_lagging: Some("1 of 2 proxies on generation 8; lagging: b (generation 7, 1.00 %)".into()),
+            };
+            evidence.record(check, deadline_checks);
+        }
+    }
+
+    #[test]
+    fn the_window_starts_when_the_fleet_applies_the_step() {
+        let mut evidence = StepEvidence::new(8);
+        lagging(&mut evidence, 3, 6);
+        assert_eq!((evidence.checks_waiting_for_fleet, evidence.checks_with_data), (3, 0));
+        // Every proxy on the step from the fourth check: the window's ten checks start then.
+        checks(&mut evidence, 9, true, 200);
+        assert_eq!(blocker(&evidence, 300, 30, 1_000), None);
+        assert_eq!(evidence.checks_with_data, 9);
+    }
+
+    #[test]
+    fn past_the_fleet_deadline_the_window_runs_but_a_laggard_holds_the_promotion() {
+        let mut evidence = StepEvidence::new(8);
+        lagging(&mut evidence, 14, 4);
+        assert_eq!((evidence.checks_waiting_for_fleet, evidence.checks_with_data), (4, 10));
+        let why = blocker(&evidence, 300, 30, 1_000).unwrap();
+        assert!(
+            why.contains("not every proxy applies this step: 1 of 2 proxies") && why.contains("lagging: b"),
+            "{why}"
+        );
+        checks(&mut evidence, 1, true, 200);
+        assert_eq!(blocker(&evidence, 300, 30, 1_000), None, "the laggard caught up");
+    }
+
+    #[test]
+    fn a_step_short_of_traffic_for_three_windows_is_stalled() {
+        let mut evidence = StepEvidence::new(8);
+        checks(&mut evidence, 29, true, 1);
+        assert_eq!(evidence.stalled(Duration::from_secs(300), Duration::from_secs(30), 1_000, 3), None);
+        checks(&mut evidence, 1, true, 1);
+        let why = evidence.stalled(Duration::from_secs(300), Duration::from_secs(30), 1_000, 3).unwrap();
+        assert!(why.starts_with("stalled after 3 windows (30 checks): this step served 30 canary"), "{why}");
+        let mut healthy = StepEvidence::new(8);
+        checks(&mut healthy, 30, true, 200);
+        assert_eq!(healthy.stalled(Duration::from_secs(300), Duration::from_secs(30), 1_000, 3), None);
     }
 
     #[test]

@@ -16,6 +16,10 @@ pub const BUCKETS: u16 = 10_000;
 /// `[A-Za-z0-9_-]`, so `:` cannot appear in them and the concatenation is unambiguous.
 const SEPARATOR: u8 = b':';
 
+/// Inputs up to this size (a 20-byte deployment id and a 36-byte UUID fit) are
+/// hashed from a small stack buffer; zeroing it costs less than zeroing the large one.
+const SMALL_INPUT: usize = 64;
+
 /// Inputs up to this size are hashed from a stack buffer (one-shot xxh3, no
 /// allocation); longer ones use the streaming hasher, which gives the same value.
 const STACK_INPUT: usize = 256;
@@ -23,26 +27,28 @@ const STACK_INPUT: usize = 256;
 /// The bucket (0..10 000) of a user for a deployment.
 pub fn bucket(deployment: &str, user_id: &str) -> u16 {
     let (d, u) = (deployment.as_bytes(), user_id.as_bytes());
-    let mut buf = [0u8; STACK_INPUT];
-    let hash = match buf.get_mut(..d.len() + 1 + u.len()) {
-        Some(input) => {
-            let (head, user) = input.split_at_mut(d.len() + 1);
-            let (dep, sep) = head.split_at_mut(d.len());
-            dep.copy_from_slice(d);
-            sep.fill(SEPARATOR);
-            user.copy_from_slice(u);
-            xxh3_64(input)
-        }
-        None => {
-            let mut hasher = Xxh3::new();
-            hasher.update(d);
-            hasher.update(&[SEPARATOR]);
-            hasher.update(u);
-            hasher.digest()
-        }
-    };
+    let hash = hash_joined::<SMALL_INPUT>(d, u).or_else(|| hash_joined::<STACK_INPUT>(d, u)).unwrap_or_else(|| {
+        let mut hasher = Xxh3::new();
+        hasher.update(d);
+        hasher.update(&[SEPARATOR]);
+        hasher.update(u);
+        hasher.digest()
+    });
     // u64 % 10_000 < 10_000 always fits in u16; modulo bias is below 1e-15.
     (hash % u64::from(BUCKETS)) as u16
+}
+
+/// xxh3 of `deployment ++ ":" ++ user`, joined in an `N`-byte stack buffer;
+/// `None` if they do not fit.
+fn hash_joined<const N: usize>(d: &[u8], u: &[u8]) -> Option<u64> {
+    let mut buf = [0u8; N];
+    let input = buf.get_mut(..d.len() + 1 + u.len())?;
+    let (head, user) = input.split_at_mut(d.len() + 1);
+    let (dep, sep) = head.split_at_mut(d.len());
+    dep.copy_from_slice(d);
+    sep.fill(SEPARATOR);
+    user.copy_from_slice(u);
+    Some(xxh3_64(input))
 }
 
 /// A canary share in basis points (0 = nobody, 10 000 = everybody).
@@ -158,10 +164,13 @@ mod tests {
 
     #[test]
     fn long_ids_hash_like_short_ones() {
-        let long = "u".repeat(1000);
-        let mut joined = b"checkout:".to_vec();
-        joined.extend_from_slice(long.as_bytes());
-        assert_eq!(bucket("checkout", &long), (xxh3_64(&joined) % 10_000) as u16);
+        // "checkout:" is 9 bytes: ids of 55/56 and 247/248 bytes sit on the buffers' edges.
+        for len in [0, 1, 36, 54, 55, 56, 100, 246, 247, 248, 1000] {
+            let id = "u".repeat(len);
+            let mut joined = b"checkout:".to_vec();
+            joined.extend_from_slice(id.as_bytes());
+            assert_eq!(bucket("checkout", &id), (xxh3_64(&joined) % 10_000) as u16, "{len}-byte id");
+        }
     }
 
     #[test]

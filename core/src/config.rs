@@ -55,6 +55,9 @@ pub fn is_valid_deployment_id(id: &str) -> bool {
 }
 /// The poll interval floor: every VM ticks at a quarter of it, below 100 ms that is busy-work.
 const MIN_POLL_INTERVAL_MS: u32 = 100;
+/// The poll interval ceiling (~24.8 days): `stale_after_ms` must be at least two
+/// intervals and is a u32, so two intervals must fit in one.
+const MAX_POLL_INTERVAL_MS: u32 = u32::MAX / 2;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -171,7 +174,7 @@ impl FilterConfig {
             ConfigError::new(
                 json_error_field(&e),
                 format!("{shown:?}"),
-                format!("valid plugin configuration JSON ({e})"),
+                format!("valid plugin configuration JSON ({})", one_line(&e.to_string())),
             )
         })?;
         raw.validate()
@@ -184,13 +187,32 @@ impl FilterConfig {
 }
 
 /// serde_json reports unknown fields as "unknown field `x`, expected ...": name the field when it can.
+/// The key is as written, so it may hold backticks (the last "`, expected" ends it) or
+/// line breaks; an empty key or one with control characters is shown quoted and escaped.
 fn json_error_field(e: &serde_json::Error) -> String {
     let message = e.to_string();
-    message
-        .split('`')
-        .nth(1)
-        .filter(|_| message.starts_with("unknown field"))
-        .map_or_else(|| "(document)".to_string(), str::to_string)
+    let key = message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.rfind("`, expected").and_then(|end| rest.get(..end)));
+    match key {
+        Some(key) if key.is_empty() || key.chars().any(char::is_control) => format!("{key:?}"),
+        Some(key) => key.to_string(),
+        None => "(document)".to_string(),
+    }
+}
+
+/// `text` with control characters escaped (`\n`, `\u{1b}`), so an error quoting a
+/// key or value as serde wrote it stays one log line.
+pub(crate) fn one_line(text: &str) -> String {
+    let mut line = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            line.extend(c.escape_default());
+        } else {
+            line.push(c);
+        }
+    }
+    line
 }
 
 impl RawConfig {
@@ -336,6 +358,15 @@ impl RawAnalyzer {
         if poll_interval_ms < MIN_POLL_INTERVAL_MS {
             return Err(ConfigError::new("analyzer.poll_interval_ms", poll_interval_ms, "at least 100"));
         }
+        if poll_interval_ms > MAX_POLL_INTERVAL_MS {
+            return Err(ConfigError::new(
+                "analyzer.poll_interval_ms",
+                poll_interval_ms,
+                format!("at most {MAX_POLL_INTERVAL_MS} (two intervals must fit in `stale_after_ms`)"),
+            ));
+        }
+        // Cannot overflow: at most MAX_POLL_INTERVAL_MS.
+        let two_intervals_ms = 2 * poll_interval_ms;
         let timeout_ms = self.timeout_ms.unwrap_or(defaults::POLL_TIMEOUT_MS.min(poll_interval_ms));
         if timeout_ms == 0 || timeout_ms > poll_interval_ms {
             return Err(ConfigError::new(
@@ -344,12 +375,12 @@ impl RawAnalyzer {
                 format!("between 1 and the poll interval ({poll_interval_ms})"),
             ));
         }
-        let stale_after_ms = self.stale_after_ms.unwrap_or(defaults::STALE_AFTER_MS.max(2 * poll_interval_ms));
-        if stale_after_ms < 2 * poll_interval_ms {
+        let stale_after_ms = self.stale_after_ms.unwrap_or(defaults::STALE_AFTER_MS.max(two_intervals_ms));
+        if stale_after_ms < two_intervals_ms {
             return Err(ConfigError::new(
                 "analyzer.stale_after_ms",
                 stale_after_ms,
-                format!("at least two poll intervals ({})", 2 * poll_interval_ms),
+                format!("at least two poll intervals ({two_intervals_ms})"),
             ));
         }
         let when_stale = match self.when_stale.as_deref().unwrap_or("keep") {
@@ -413,6 +444,41 @@ mod tests {
         assert_eq!(a.authority, "analyzer");
         assert_eq!(a.stale_after_ms, 60_000);
         assert_eq!(a.when_stale, WhenStale::Control);
+    }
+
+    /// Found by `mutated_configurations_never_panic_and_refusals_name_a_field`
+    /// (tests/parser_properties): `2 * poll_interval_ms` overflowed u32 above 2^31 - 1,
+    /// a panic in debug builds and, wrapped in the filter's release build, a stale bound
+    /// far below the interval. The interval is now capped at two intervals fitting a u32.
+    #[test]
+    fn regression_a_poll_interval_whose_double_overflows_is_refused() {
+        for poll in [2_147_483_648u32, 3_000_000_000, u32::MAX] {
+            let e = error(&format!(r#"{{"deployment":"a","analyzer":{{"cluster":"c","poll_interval_ms":{poll}}}}}"#));
+            assert_eq!((e.field.as_str(), e.value.as_str()), ("analyzer.poll_interval_ms", poll.to_string().as_str()));
+            assert!(e.expected.contains("at most 2147483647"), "{e}");
+        }
+        let most = parse(r#"{"deployment":"a","analyzer":{"cluster":"c","poll_interval_ms":2147483647}}"#).unwrap();
+        let analyzer = most.analyzer.unwrap();
+        assert_eq!((analyzer.poll_interval_ms, analyzer.stale_after_ms), (2_147_483_647, 4_294_967_294));
+    }
+
+    /// Found by `generated_configurations_are_accepted_consistently_or_refused_by_field`
+    /// (tests/parser_properties): the unknown key was cut at its first backtick, so
+    /// `` {"`":1} `` and `{"":1}` named the empty field, and serde's message quotes the
+    /// key raw, so `{"a\nb":1}` split the error over two log lines.
+    #[test]
+    fn regression_unknown_keys_are_named_on_one_line_whatever_they_hold() {
+        for (json, field) in [
+            (r#"{"deployment":"a","`":1}"#, "`"),
+            (r#"{"deployment":"a","x`, y":1}"#, "x`, y"),
+            (r#"{"deployment":"a","":1}"#, r#""""#),
+            (r#"{"deployment":"a","a\nb":1}"#, r#""a\nb""#),
+            (r#"{"deployment":"a","user_id":{"\u001b[31m":1}}"#, r#""\u{1b}[31m""#),
+        ] {
+            let e = error(json);
+            assert_eq!(e.field, field, "for {json}: {e}");
+            assert!(!e.to_string().chars().any(char::is_control), "for {json}: {e}");
+        }
     }
 
     /// Every error path: (configuration, field named, a word of what was expected).

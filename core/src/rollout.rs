@@ -49,7 +49,8 @@ pub enum AnswerError {
 
 /// Parses and checks one answer body for `deployment`.
 pub fn parse_answer(body: &[u8], deployment: &str) -> Result<RolloutConfig, AnswerError> {
-    let config: RolloutConfig = serde_json::from_slice(body).map_err(|e| AnswerError::Malformed(e.to_string()))?;
+    let config: RolloutConfig =
+        serde_json::from_slice(body).map_err(|e| AnswerError::Malformed(crate::config::one_line(&e.to_string())))?;
     if config.deployment != deployment {
         return Err(AnswerError::WrongDeployment { got: config.deployment, expected: deployment.to_string() });
     }
@@ -102,6 +103,17 @@ mod tests {
         assert_eq!(parse_answer(big, "checkout"), Err(AnswerError::ShareOutOfRange(10_001)));
         let state = br#"{"deployment":"checkout","generation":1,"share_bp":1,"state":"exploded"}"#;
         assert!(matches!(parse_answer(state, "checkout"), Err(AnswerError::Malformed(_))));
+    }
+
+    /// Found by `out_of_range_fields_are_refused_by_name` (tests/parser_properties): serde
+    /// quotes an unknown variant raw, so a `state` holding a line break split the filter's log line.
+    #[test]
+    fn regression_a_state_with_a_line_break_is_refused_on_one_line() {
+        let body = br#"{"deployment":"checkout","generation":1,"share_bp":1,"state":"paused\nforged log line"}"#;
+        let error = parse_answer(body, "checkout").unwrap_err();
+        assert!(matches!(error, AnswerError::Malformed(_)), "{error:?}");
+        assert!(!error.to_string().chars().any(char::is_control), "{error}");
+        assert!(error.to_string().contains(r"paused\nforged"), "{error}");
     }
 
     #[test]

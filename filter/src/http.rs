@@ -12,7 +12,7 @@ use crate::runtime::Runtime;
 use canary_core::Cohort;
 use canary_core::cohort::{ROUTE_CANARY, ROUTE_STABLE};
 use canary_core::decision::{RequestView, decide};
-use canary_core::metrics::StatusClass;
+use canary_core::metrics::{StatusClass, status_code};
 use canary_core::user_id::sticky_id_from_bytes;
 use proxy_wasm::hostcalls::{increment_metric, record_metric};
 use proxy_wasm::traits::{Context, HttpContext};
@@ -69,7 +69,8 @@ impl HttpContext for CanaryHttp {
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
         // Local replies (e.g. Envoy's 503 for an upstream reset) pass here too.
-        self.status = self.get_http_response_header(":status").and_then(|s| s.parse().ok());
+        // Bytes, not a `String`: no UTF-8 check, no `str::parse`.
+        self.status = self.get_http_response_header_bytes(":status").and_then(|s| status_code(&s));
         if let Some(cookie) = self.set_cookie.take() {
             self.add_http_response_header("set-cookie", &cookie);
         }
@@ -90,7 +91,9 @@ impl HttpContext for CanaryHttp {
         // is an error and the sample is skipped (a step forward lengthens this one sample).
         let elapsed = self.started.and_then(|start| self.get_current_time().duration_since(start).ok());
         if let (Some(id), Some(elapsed)) = (metrics.latency(cohort), elapsed) {
-            let _ = record_metric(id, u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX));
+            // In u64: `as_micros()` is a u128, whose division is a library call in wasm32.
+            let micros = elapsed.as_secs().saturating_mul(1_000_000).saturating_add(u64::from(elapsed.subsec_micros()));
+            let _ = record_metric(id, micros);
         }
     }
 }

@@ -1,14 +1,14 @@
 //! The root context of one VM: validates the configuration, defines metrics, and
-//! on every tick (a) reads the published rollout config and derives the share this
-//! VM routes with, (b) if the poll lease is due and it wins the compare-and-swap,
-//! polls the analyzer and publishes an accepted answer for every VM.
+//! on every tick (a) reads the published rollout config, derives the share this
+//! VM routes with and exports it in the applied-rollout gauges, (b) if the poll
+//! lease is due and it wins the compare-and-swap, polls the analyzer and publishes
+//! an accepted answer for every VM.
 
 use crate::http::CanaryHttp;
 use crate::runtime::{MetricIds, Runtime};
 use canary_core::FilterConfig;
-use canary_core::poll::{
-    Published, effective_share, lease_is_due, lease_key, published_key, renewed_lease, tick_period_ms,
-};
+use canary_core::metrics::Applied;
+use canary_core::poll::{Published, lease_is_due, lease_key, published_key, renewed_lease, tick_period_ms};
 use canary_core::rollout::{AnswerError, Merge, merge, parse_answer};
 use log::{error, info, warn};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -25,6 +25,8 @@ pub struct CanaryRoot {
     published: Option<Published>,
     /// The token of this VM's poll in flight, if any.
     in_flight: Option<u32>,
+    /// The last attempt to set the applied-rollout gauges failed (and was logged).
+    gauges_failed: bool,
 }
 
 fn millis(time: SystemTime) -> u64 {
@@ -36,7 +38,8 @@ impl CanaryRoot {
         millis(self.get_current_time())
     }
 
-    /// Reads the published record (if it changed) and updates the share in force.
+    /// Reads the published record (if it changed), updates the share in force and
+    /// exports what this VM applies in the three applied-rollout gauges.
     fn refresh_share(&mut self, runtime: &Runtime, now_ms: u64) {
         let key = published_key(&runtime.config.deployment);
         if let (Some(bytes), cas) = self.get_shared_data(&key) {
@@ -48,13 +51,22 @@ impl CanaryRoot {
                 }
             }
         }
-        let share = effective_share(
+        let applied = Applied::derive(
             self.published.as_ref(),
             runtime.config.analyzer.as_ref(),
             runtime.config.initial_share,
             now_ms,
         );
-        runtime.share.set(share);
+        runtime.share.set(applied.share);
+        match runtime.metrics.record_applied(&applied) {
+            Ok(()) => self.gauges_failed = false,
+            // The host refused an id it handed out: say so once, not on every tick, and route on.
+            Err(status) if !self.gauges_failed => {
+                self.gauges_failed = true;
+                warn!("wasm canary {}: cannot set the applied-rollout gauges: {status:?}", runtime.config.deployment);
+            }
+            Err(_) => {}
+        }
     }
 
     /// Takes the poll lease if it is due and this VM wins the compare-and-swap.

@@ -1,24 +1,44 @@
 //! What a VM's root context shares with its HTTP contexts: the validated
 //! configuration, the metric ids, and the share currently in force.
 
-use canary_core::metrics::{StatusClass, latency_stat, requests_stat};
+use canary_core::metrics::{
+    Applied, StatusClass, applied_generation_stat, applied_share_stat, config_age_stat, latency_stat, requests_stat,
+};
 use canary_core::{Cohort, FilterConfig, Share};
-use proxy_wasm::hostcalls::define_metric;
+use proxy_wasm::hostcalls::{define_metric, record_metric};
 use proxy_wasm::types::{MetricType, Status};
 use std::cell::Cell;
 
-/// Host metric ids for one deployment: a counter per (cohort, status class) and a
-/// latency histogram per cohort, defined once per VM at configure time.
+/// Host metric ids for one deployment: a counter per (cohort, status class), a
+/// latency histogram per cohort and the three applied-rollout gauges, defined once
+/// per VM at configure time.
 #[derive(Debug)]
 pub struct MetricIds {
     requests: [[u32; StatusClass::ALL.len()]; Cohort::ALL.len()],
     latency: [u32; Cohort::ALL.len()],
+    applied: AppliedGaugeIds,
+}
+
+/// The gauges saying what this Envoy applies; every VM sets them on every tick.
+#[derive(Debug)]
+struct AppliedGaugeIds {
+    generation: u32,
+    share_bp: u32,
+    config_age_ms: u32,
 }
 
 impl MetricIds {
     pub fn define(deployment: &str) -> Result<MetricIds, Status> {
-        let mut ids =
-            MetricIds { requests: [[0; StatusClass::ALL.len()]; Cohort::ALL.len()], latency: [0; Cohort::ALL.len()] };
+        let applied = AppliedGaugeIds {
+            generation: define_metric(MetricType::Gauge, &applied_generation_stat(deployment))?,
+            share_bp: define_metric(MetricType::Gauge, &applied_share_stat(deployment))?,
+            config_age_ms: define_metric(MetricType::Gauge, &config_age_stat(deployment))?,
+        };
+        let mut ids = MetricIds {
+            requests: [[0; StatusClass::ALL.len()]; Cohort::ALL.len()],
+            latency: [0; Cohort::ALL.len()],
+            applied,
+        };
         for (cohort, row) in Cohort::ALL.iter().zip(ids.requests.iter_mut()) {
             for (class, id) in StatusClass::ALL.iter().zip(row.iter_mut()) {
                 *id = define_metric(MetricType::Counter, &requests_stat(deployment, *cohort, *class))?;
@@ -36,6 +56,15 @@ impl MetricIds {
 
     pub fn latency(&self, cohort: Cohort) -> Option<u32> {
         self.latency.get(cohort.index()).copied()
+    }
+
+    /// Sets the applied-rollout gauges (tick time only). The gauges are one per Envoy,
+    /// shared by its VMs: the last VM to tick wins, and all derive the same values
+    /// from the one published record.
+    pub fn record_applied(&self, applied: &Applied) -> Result<(), Status> {
+        record_metric(self.applied.generation, applied.generation)?;
+        record_metric(self.applied.share_bp, applied.share_bp())?;
+        record_metric(self.applied.config_age_ms, applied.config_age_ms)
     }
 }
 

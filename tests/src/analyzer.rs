@@ -55,6 +55,15 @@ pub struct AnalyzerOptions {
     /// Loopback port to listen on; `None` picks a free one. Choose it up front when Envoy's
     /// `canary_analyzer` cluster must point at the analyzer before it starts.
     pub port: Option<u16>,
+    /// Extra environment variables (e.g. `CANARY_ANALYZER_FAILPOINT`).
+    pub env: Vec<(String, String)>,
+    /// Run it in a mount namespace of its own with the state directory on a tmpfs of
+    /// this many bytes (root only: `unshare` and `mount`), so a test can fill it up or
+    /// make it read-only under the running analyzer. The test reaches that tmpfs through
+    /// `/proc/<pid>/root/<state dir>` ([`AnalyzerProcess::state_path`]).
+    pub state_on_tmpfs_bytes: Option<u64>,
+    /// With `state_on_tmpfs_bytes`: mount that tmpfs read-only.
+    pub state_tmpfs_read_only: bool,
 }
 
 impl AnalyzerOptions {
@@ -106,11 +115,23 @@ impl AnalyzerProcess {
         std::fs::create_dir_all(&options.state_dir)
             .unwrap_or_else(|e| panic!("create {}: {e}", options.state_dir.display()));
         let log = log_path(&options.state_dir, port);
-        let mut command = Command::new(analyzer_binary());
+        let mut command = match options.state_on_tmpfs_bytes {
+            None => Command::new(analyzer_binary()),
+            Some(bytes) => {
+                // `sh` mounts the tmpfs in the new namespace, then becomes the analyzer (exec).
+                let mut unshare = Command::new("unshare");
+                unshare.args(["--mount", "--propagation", "private", "sh", "-c"]);
+                let ro = if options.state_tmpfs_read_only { ",ro" } else { "" };
+                unshare.arg(format!("mount -t tmpfs -o size={bytes}{ro} tmpfs \"$0\" && exec \"$@\""));
+                unshare.arg(&options.state_dir).arg(analyzer_binary());
+                unshare
+            }
+        };
         command.args(serve_args(&options, addr));
         if let Some(token) = &options.token {
             command.env("CANARY_ANALYZER_TOKEN", token);
         }
+        command.envs(options.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -154,6 +175,32 @@ impl AnalyzerProcess {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// `relative` inside its state directory as the analyzer sees it (through its own
+    /// mount namespace when the state is on a tmpfs of its own).
+    pub fn state_path(&self, relative: &str) -> PathBuf {
+        match self.options.state_on_tmpfs_bytes {
+            None => self.options.state_dir.join(relative),
+            Some(_) => {
+                let inside = self.options.state_dir.strip_prefix("/").unwrap_or(&self.options.state_dir);
+                PathBuf::from(format!("/proc/{}/root", self.pid())).join(inside).join(relative)
+            }
+        }
+    }
+
+    /// Waits up to `limit` for the process to exit on its own; its exit status, if it did.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Everything it wrote to stdout and stderr so far.

@@ -254,6 +254,14 @@ impl Envoy {
         self.child.id()
     }
 
+    /// SIGKILLs this Envoy and starts it again on `config` (the same ports): a new process
+    /// whose counters start from 0.
+    pub async fn restart(&mut self, config: &EnvoyConfig, concurrency: u32) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        *self = Envoy::start(config, concurrency).await;
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -1,420 +1,356 @@
-//! The fields Istio's API defines for the kinds shipped in istio/, and a checker that
-//! walks a document against them and names every field Istio does not know.
+//! Istio's own schemas for the Istio kinds shipped in istio/, and a validator that
+//! applies them as the Kubernetes API server applies a CRD's structural schema.
 //!
-//! Follows **Istio 1.24**: `networking.istio.io/v1` (VirtualService, DestinationRule,
-//! Gateway), `networking.istio.io/v1alpha3` (EnvoyFilter) and
-//! `extensions.istio.io/v1alpha1` (WasmPlugin), written from Istio's API reference
-//! (istio.io/v1.24/docs/reference/config and the protos of istio/api release-1.24).
-//! Field names are the protos' JSON names (camelCase), as `kubectl` and Istio accept them.
+//! The schemas are the OpenAPI v3 schemas of **Istio 1.30.3**'s CRDs, every served
+//! version, vendored in `tests/schemas/` (origin and licence in its README). A document
+//! is checked against the entry for the `apiVersion` and `kind` it names.
 //!
-//! Every message the shipped manifests use is spelled out, and so are their neighbours
-//! a user is likely to add (retries, fault injection, TLS settings). Free-form values
-//! are not walked: `pluginConfig` (a `Struct`, checked by the filter's own parser
-//! instead) and an EnvoyFilter patch's `value` (an Envoy proto, validated by Envoy in
-//! the tests). The same holds for the few deep messages listed as [`Shape::Opaque`]
-//! below with the reason. Enum values are checked too, so `phase: AUTHZZ` fails.
+//! Checked, with the API server's semantics: types (`nullable`,
+//! `x-kubernetes-int-or-string`; a null is pruned like an absent field), unknown fields
+//! (an error, as `kubectl apply`'s default strict field validation reports them, except
+//! under `x-kubernetes-preserve-unknown-fields`), `required`, `enum`, `minimum` /
+//! `maximum`, lengths, item and property counts, `pattern`, `format: int32`, list
+//! uniqueness (`x-kubernetes-list-type: set | map`) and `oneOf` / `anyOf` / `allOf` /
+//! `not`.
 //!
-//! The Kubernetes kinds (Deployment, Service, ...) get a minimal check only: apiVersion,
-//! kind and metadata.name present, and only ObjectMeta's fields in `metadata`.
+//! Not checked here, and reported instead so a test can account for each:
+//! - the CEL rules (`x-kubernetes-validations`): there is no CEL interpreter here;
+//!   [`Validation::unevaluated_rules`] lists the rules attached to paths the document has;
+//! - values the schema leaves free-form (`x-kubernetes-preserve-unknown-fields`, e.g. a
+//!   WasmPlugin's `pluginConfig`, an EnvoyFilter patch's `value`):
+//!   [`Validation::free_form`] lists their paths;
+//! - `metadata`: Kubernetes' ObjectMeta, not part of a CRD's schema; checked with
+//!   Kubernetes' own schema by [`crate::kubernetes_api`].
 
+use crate::repo_root;
+use serde_json::Value as Json;
 use serde_yaml_ng::Value as Yaml;
+use std::collections::HashSet;
 
-/// What a value must look like.
-#[derive(Debug)]
-pub enum Shape {
-    /// A string, number or bool.
-    Scalar,
-    /// One of these strings.
-    Enum(&'static [&'static str]),
-    /// A list of values of this shape.
-    List(&'static Shape),
-    /// A map from any string key to values of this shape (labels, header matches).
-    Map(&'static Shape),
-    /// An object with exactly these fields (each optional).
-    Message(&'static [(&'static str, Shape)]),
-    /// Anything: not walked (the module doc says which and why).
-    Opaque,
-}
+/// The vendored schema file, relative to the repository root.
+pub const ISTIO_SCHEMAS: &str = "tests/schemas/istio-1.30.3-schemas.json";
 
-use Shape::{Enum, List, Map, Message, Opaque, Scalar};
-
-// Field lists are `const` slices, so messages can nest them: `Message(FIELDS)`,
-// `List(&Message(FIELDS))`.
-type Fields = &'static [(&'static str, Shape)];
-
-// ---- shared messages -----------------------------------------------------------
-
-const OBJECT_META: Fields =
-    &[("name", Scalar), ("namespace", Scalar), ("labels", Map(&Scalar)), ("annotations", Map(&Scalar))];
-const POLICY_TARGET_REFERENCE: Fields = &[("group", Scalar), ("kind", Scalar), ("name", Scalar), ("namespace", Scalar)];
-const PORT_SELECTOR: Fields = &[("number", Scalar)];
-const PERCENT: Fields = &[("value", Scalar)];
-const STRING_MATCH: Fields = &[("exact", Scalar), ("prefix", Scalar), ("regex", Scalar)];
-const STRINGS: Shape = List(&Scalar);
-const LABELS: Shape = Map(&Scalar);
-
-// ---- networking.istio.io/v1 VirtualService ---------------------------------------
-
-const DESTINATION: Fields = &[("host", Scalar), ("subset", Scalar), ("port", Message(PORT_SELECTOR))];
-const HEADER_OPERATIONS: Fields = &[("set", LABELS), ("add", LABELS), ("remove", STRINGS)];
-const HEADERS: Fields = &[("request", Message(HEADER_OPERATIONS)), ("response", Message(HEADER_OPERATIONS))];
-const HTTP_MATCH_REQUEST: Fields = &[
-    ("name", Scalar),
-    ("uri", Message(STRING_MATCH)),
-    ("scheme", Message(STRING_MATCH)),
-    ("method", Message(STRING_MATCH)),
-    ("authority", Message(STRING_MATCH)),
-    ("headers", Map(&Message(STRING_MATCH))),
-    ("port", Scalar),
-    ("sourceLabels", LABELS),
-    ("gateways", STRINGS),
-    ("queryParams", Map(&Message(STRING_MATCH))),
-    ("ignoreUriCase", Scalar),
-    ("withoutHeaders", Map(&Message(STRING_MATCH))),
-    ("sourceNamespace", Scalar),
-    ("statPrefix", Scalar),
-];
-const HTTP_ROUTE_DESTINATION: Fields =
-    &[("destination", Message(DESTINATION)), ("weight", Scalar), ("headers", Message(HEADERS))];
-const HTTP_RETRY: Fields =
-    &[("attempts", Scalar), ("perTryTimeout", Scalar), ("retryOn", Scalar), ("retryRemoteLocalities", Scalar)];
-const HTTP_FAULT_INJECTION: Fields = &[
-    ("delay", Message(&[("fixedDelay", Scalar), ("percentage", Message(PERCENT)), ("percent", Scalar)])),
-    (
-        "abort",
-        Message(&[
-            ("httpStatus", Scalar),
-            ("grpcStatus", Scalar),
-            ("http2Error", Scalar),
-            ("percentage", Message(PERCENT)),
-        ]),
-    ),
-];
-const HTTP_MIRROR_POLICY: Fields = &[("destination", Message(DESTINATION)), ("percentage", Message(PERCENT))];
-const CORS_POLICY: Fields = &[
-    ("allowOrigins", List(&Message(STRING_MATCH))),
-    ("allowOrigin", STRINGS),
-    ("allowMethods", STRINGS),
-    ("allowHeaders", STRINGS),
-    ("exposeHeaders", STRINGS),
-    ("maxAge", Scalar),
-    ("allowCredentials", Scalar),
-    ("unmatchedPreflights", Enum(&["UNSPECIFIED", "FORWARD", "IGNORE"])),
-];
-const HTTP_REDIRECT: Fields = &[
-    ("uri", Scalar),
-    ("authority", Scalar),
-    ("port", Scalar),
-    ("derivePort", Enum(&["FROM_PROTOCOL_DEFAULT", "FROM_REQUEST_PORT"])),
-    ("scheme", Scalar),
-    ("redirectCode", Scalar),
-];
-const HTTP_REWRITE: Fields =
-    &[("uri", Scalar), ("authority", Scalar), ("uriRegexRewrite", Message(&[("match", Scalar), ("rewrite", Scalar)]))];
-const HTTP_ROUTE: Fields = &[
-    ("name", Scalar),
-    ("match", List(&Message(HTTP_MATCH_REQUEST))),
-    ("route", List(&Message(HTTP_ROUTE_DESTINATION))),
-    ("redirect", Message(HTTP_REDIRECT)),
-    ("directResponse", Message(&[("status", Scalar), ("body", Message(&[("string", Scalar), ("bytes", Scalar)]))])),
-    ("delegate", Message(&[("name", Scalar), ("namespace", Scalar)])),
-    ("rewrite", Message(HTTP_REWRITE)),
-    ("timeout", Scalar),
-    ("retries", Message(HTTP_RETRY)),
-    ("fault", Message(HTTP_FAULT_INJECTION)),
-    ("mirror", Message(DESTINATION)),
-    ("mirrors", List(&Message(HTTP_MIRROR_POLICY))),
-    ("mirrorPercentage", Message(PERCENT)),
-    ("mirrorPercent", Scalar),
-    ("corsPolicy", Message(CORS_POLICY)),
-    ("headers", Message(HEADERS)),
-];
-const ROUTE_DESTINATION: Fields = &[("destination", Message(DESTINATION)), ("weight", Scalar)];
-const L4_MATCH: Fields = &[
-    ("destinationSubnets", STRINGS),
-    ("port", Scalar),
-    ("sourceLabels", LABELS),
-    ("gateways", STRINGS),
-    ("sourceNamespace", Scalar),
-];
-const TLS_MATCH: Fields = &[
-    ("sniHosts", STRINGS),
-    ("destinationSubnets", STRINGS),
-    ("port", Scalar),
-    ("sourceLabels", LABELS),
-    ("gateways", STRINGS),
-    ("sourceNamespace", Scalar),
-];
-const VIRTUAL_SERVICE: Fields = &[
-    ("hosts", STRINGS),
-    ("gateways", STRINGS),
-    ("http", List(&Message(HTTP_ROUTE))),
-    ("tls", List(&Message(&[("match", List(&Message(TLS_MATCH))), ("route", List(&Message(ROUTE_DESTINATION)))]))),
-    ("tcp", List(&Message(&[("match", List(&Message(L4_MATCH))), ("route", List(&Message(ROUTE_DESTINATION)))]))),
-    ("exportTo", STRINGS),
-];
-
-// ---- networking.istio.io/v1 DestinationRule --------------------------------------
-
-const CLIENT_TLS_SETTINGS: Fields = &[
-    ("mode", Enum(&["DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL"])),
-    ("clientCertificate", Scalar),
-    ("privateKey", Scalar),
-    ("caCertificates", Scalar),
-    ("credentialName", Scalar),
-    ("subjectAltNames", STRINGS),
-    ("sni", Scalar),
-    ("insecureSkipVerify", Scalar),
-    ("caCrl", Scalar),
-];
-/// Load balancer, connection pool, outlier detection and per-port settings have deep,
-/// version-dependent sub-messages the shipped manifests do not use: the traffic
-/// policy's own fields are checked, those values are not walked.
-const TRAFFIC_POLICY: Fields = &[
-    ("loadBalancer", Opaque),
-    ("connectionPool", Message(&[("tcp", Opaque), ("http", Opaque)])),
-    ("outlierDetection", Opaque),
-    ("tls", Message(CLIENT_TLS_SETTINGS)),
-    ("portLevelSettings", Opaque),
-    ("tunnel", Message(&[("protocol", Scalar), ("targetHost", Scalar), ("targetPort", Scalar)])),
-    ("proxyProtocol", Message(&[("version", Enum(&["V1", "V2"]))])),
-];
-const SUBSET: Fields = &[("name", Scalar), ("labels", LABELS), ("trafficPolicy", Message(TRAFFIC_POLICY))];
-const DESTINATION_RULE: Fields = &[
-    ("host", Scalar),
-    ("trafficPolicy", Message(TRAFFIC_POLICY)),
-    ("subsets", List(&Message(SUBSET))),
-    ("exportTo", STRINGS),
-    ("workloadSelector", Message(&[("matchLabels", LABELS)])),
-];
-
-// ---- networking.istio.io/v1 Gateway -----------------------------------------------
-
-const TLS_VERSIONS: &[&str] = &["TLS_AUTO", "TLSV1_0", "TLSV1_1", "TLSV1_2", "TLSV1_3"];
-const SERVER_TLS_SETTINGS: Fields = &[
-    ("httpsRedirect", Scalar),
-    ("mode", Enum(&["PASSTHROUGH", "SIMPLE", "MUTUAL", "AUTO_PASSTHROUGH", "ISTIO_MUTUAL", "OPTIONAL_MUTUAL"])),
-    ("serverCertificate", Scalar),
-    ("privateKey", Scalar),
-    ("caCertificates", Scalar),
-    ("caCrl", Scalar),
-    ("credentialName", Scalar),
-    ("subjectAltNames", STRINGS),
-    ("verifyCertificateSpki", STRINGS),
-    ("verifyCertificateHash", STRINGS),
-    ("minProtocolVersion", Enum(TLS_VERSIONS)),
-    ("maxProtocolVersion", Enum(TLS_VERSIONS)),
-    ("cipherSuites", STRINGS),
-];
-const SERVER: Fields = &[
-    ("port", Message(&[("number", Scalar), ("protocol", Scalar), ("name", Scalar), ("targetPort", Scalar)])),
-    ("bind", Scalar),
-    ("hosts", STRINGS),
-    ("tls", Message(SERVER_TLS_SETTINGS)),
-    ("defaultEndpoint", Scalar),
-    ("name", Scalar),
-];
-const GATEWAY: Fields = &[("selector", LABELS), ("servers", List(&Message(SERVER)))];
-
-// ---- extensions.istio.io/v1alpha1 WasmPlugin --------------------------------------
-
-const WASM_PLUGIN: Fields = &[
-    ("selector", Message(&[("matchLabels", LABELS)])),
-    ("targetRef", Message(POLICY_TARGET_REFERENCE)),
-    ("targetRefs", List(&Message(POLICY_TARGET_REFERENCE))),
-    ("url", Scalar),
-    ("sha256", Scalar),
-    ("imagePullPolicy", Enum(&["UNSPECIFIED_POLICY", "IfNotPresent", "Always"])),
-    ("imagePullSecret", Scalar),
-    ("verificationKey", Scalar),
-    // A protobuf Struct: the filter's own parser checks it (tests/tests/manifests.rs).
-    ("pluginConfig", Opaque),
-    ("pluginName", Scalar),
-    ("phase", Enum(&["UNSPECIFIED_PHASE", "AUTHN", "AUTHZ", "STATS"])),
-    ("priority", Scalar),
-    // What Istio 1.24 knows; FAIL_RELOAD came later.
-    ("failStrategy", Enum(&["FAIL_CLOSE", "FAIL_OPEN"])),
-    (
-        "vmConfig",
-        Message(&[(
-            "env",
-            List(&Message(&[("name", Scalar), ("valueFrom", Enum(&["INLINE", "HOST"])), ("value", Scalar)])),
-        )]),
-    ),
-    (
-        "match",
-        List(&Message(&[
-            ("mode", Enum(&["UNDEFINED", "CLIENT", "SERVER", "CLIENT_AND_SERVER"])),
-            ("ports", List(&Message(PORT_SELECTOR))),
-        ])),
-    ),
-    ("type", Enum(&["UNSPECIFIED_PLUGIN_TYPE", "HTTP", "NETWORK"])),
-];
-
-// ---- networking.istio.io/v1alpha3 EnvoyFilter -------------------------------------
-
-const ENVOY_FILTER_LISTENER_MATCH: Fields = &[
-    ("portNumber", Scalar),
-    (
-        "filterChain",
-        Message(&[
-            ("name", Scalar),
-            ("sni", Scalar),
-            ("transportProtocol", Scalar),
-            ("applicationProtocols", Scalar),
-            ("filter", Message(&[("name", Scalar), ("subFilter", Message(&[("name", Scalar)]))])),
-            ("destinationPort", Scalar),
-        ]),
-    ),
-    ("listenerFilter", Scalar),
-    ("name", Scalar),
-];
-const ENVOY_FILTER_APPLY_TO: &[&str] = &[
-    "INVALID",
-    "LISTENER",
-    "FILTER_CHAIN",
-    "NETWORK_FILTER",
-    "HTTP_FILTER",
-    "ROUTE_CONFIGURATION",
-    "VIRTUAL_HOST",
-    "HTTP_ROUTE",
-    "CLUSTER",
-    "EXTENSION_CONFIG",
-    "BOOTSTRAP",
-    "LISTENER_FILTER",
-];
-const ENVOY_FILTER_OPERATIONS: &[&str] =
-    &["INVALID", "MERGE", "ADD", "REMOVE", "INSERT_BEFORE", "INSERT_AFTER", "INSERT_FIRST", "REPLACE"];
-const ENVOY_CONFIG_OBJECT_PATCH: Fields = &[
-    ("applyTo", Enum(ENVOY_FILTER_APPLY_TO)),
-    (
-        "match",
-        Message(&[
-            ("context", Enum(&["ANY", "SIDECAR_INBOUND", "SIDECAR_OUTBOUND", "GATEWAY"])),
-            ("proxy", Message(&[("proxyVersion", Scalar), ("metadata", LABELS)])),
-            ("listener", Message(ENVOY_FILTER_LISTENER_MATCH)),
-            // Route configuration and cluster matches: not used here, not walked.
-            ("routeConfiguration", Opaque),
-            ("cluster", Opaque),
-        ]),
-    ),
-    (
-        "patch",
-        Message(&[
-            ("operation", Enum(ENVOY_FILTER_OPERATIONS)),
-            // An Envoy proto: Envoy itself validates it (tests/tests/manifests.rs).
-            ("value", Opaque),
-            ("filterClass", Enum(&["UNSPECIFIED", "AUTHN", "AUTHZ", "STATS"])),
-        ]),
-    ),
-];
-const ENVOY_FILTER: Fields = &[
-    ("workloadSelector", Message(&[("labels", LABELS)])),
-    ("targetRefs", List(&Message(POLICY_TARGET_REFERENCE))),
-    ("configPatches", List(&Message(ENVOY_CONFIG_OBJECT_PATCH))),
-    ("priority", Scalar),
-];
-
-/// The Istio kinds this checker knows: (apiVersion, kind, fields of `spec`).
-pub const ISTIO_KINDS: [(&str, &str, Fields); 5] = [
-    ("networking.istio.io/v1", "VirtualService", VIRTUAL_SERVICE),
-    ("networking.istio.io/v1", "DestinationRule", DESTINATION_RULE),
-    ("networking.istio.io/v1", "Gateway", GATEWAY),
-    ("networking.istio.io/v1alpha3", "EnvoyFilter", ENVOY_FILTER),
-    ("extensions.istio.io/v1alpha1", "WasmPlugin", WASM_PLUGIN),
-];
+/// The largest value of `format: int32`.
+const INT32_RANGE: std::ops::RangeInclusive<i64> = (i32::MIN as i64)..=(i32::MAX as i64);
 
 /// Whether a document claims an Istio API group.
 pub fn is_istio(document: &Yaml) -> bool {
     document["apiVersion"].as_str().is_some_and(|v| v.split('/').next().is_some_and(|g| g.ends_with(".istio.io")))
 }
 
-/// Every problem of an Istio document, each naming its path (e.g.
-/// `spec.http[0].route[0].destination.subsett: unknown field`). Empty when it conforms.
-pub fn check_istio_document(document: &Yaml) -> Vec<String> {
-    let api_version = document["apiVersion"].as_str().unwrap_or("");
-    let kind = document["kind"].as_str().unwrap_or("");
-    let Some((_, _, spec)) = ISTIO_KINDS.iter().find(|(v, k, _)| *v == api_version && *k == kind) else {
-        return vec![format!("{api_version} {kind}: not a kind of Istio 1.24's API that this checker knows")];
-    };
-    const TOP: Fields = &[("apiVersion", Scalar), ("kind", Scalar), ("metadata", Opaque), ("spec", Opaque)];
-    let mut errors = Vec::new();
-    walk(document, &Message(TOP), "", &mut errors);
-    walk(&document["metadata"], &Message(OBJECT_META), "metadata", &mut errors);
-    walk(&document["spec"], &Message(spec), "spec", &mut errors);
-    if document["metadata"]["name"].as_str().is_none_or(str::is_empty) {
-        errors.push("metadata.name: missing".to_string());
-    }
-    errors
+/// What checking one document found.
+#[derive(Debug, Default, Clone)]
+pub struct Validation {
+    /// Each a path and what is wrong there, e.g.
+    /// `spec.http[0].route[0].destination.subsett: unknown field`. Empty when it conforms.
+    pub errors: Vec<String>,
+    /// Paths whose values the schema leaves free-form (not walked).
+    pub free_form: Vec<String>,
+    /// `path: rule` of each CEL rule the schema attaches to a path the document has.
+    pub unevaluated_rules: Vec<String>,
 }
 
-/// The minimal check of a Kubernetes (non-Istio) document.
-pub fn check_kubernetes_document(document: &Yaml) -> Vec<String> {
-    let mut errors = Vec::new();
-    for field in ["apiVersion", "kind"] {
-        if document[field].as_str().is_none_or(str::is_empty) {
-            errors.push(format!("{field}: missing"));
+/// The vendored schemas, keyed `group/version/Kind`.
+#[derive(Debug)]
+pub struct IstioSchemas {
+    by_kind: serde_json::Map<String, Json>,
+}
+
+impl IstioSchemas {
+    /// Loads `tests/schemas/istio-1.30.3-schemas.json`.
+    pub fn load() -> IstioSchemas {
+        let path = repo_root().join(ISTIO_SCHEMAS);
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        match serde_json::from_str(&text) {
+            Ok(Json::Object(by_kind)) => IstioSchemas { by_kind },
+            other => panic!("{ISTIO_SCHEMAS}: expected an object keyed group/version/Kind, got {other:?}"),
         }
     }
-    if document["metadata"]["name"].as_str().is_none_or(str::is_empty) {
-        errors.push("metadata.name: missing".to_string());
+
+    /// Every `group/version/Kind` the schemas cover.
+    pub fn kinds(&self) -> Vec<&str> {
+        self.by_kind.keys().map(String::as_str).collect()
     }
-    walk(&document["metadata"], &Message(OBJECT_META), "metadata", &mut errors);
-    errors
+
+    /// Checks an Istio document (`apiVersion`, `kind`, `metadata`, `spec`) against the
+    /// schema of the kind and version it names.
+    pub fn validate(&self, document: &Yaml) -> Validation {
+        let mut found = Validation::default();
+        let json = match serde_json::to_value(document) {
+            Ok(json) => json,
+            Err(e) => {
+                found.errors.push(format!("not representable as JSON: {e}"));
+                return found;
+            }
+        };
+        let api_version = json["apiVersion"].as_str().unwrap_or("");
+        let kind = json["kind"].as_str().unwrap_or("");
+        let key = format!("{api_version}/{kind}");
+        let Some(schema) = self.by_kind.get(&key) else {
+            let served: Vec<&str> = self.kinds().into_iter().filter(|k| k.ends_with(&format!("/{kind}"))).collect();
+            found.errors.push(format!(
+                "apiVersion/kind: {key:?} is not a kind of Istio 1.30.3's API; {kind} is served as {served:?}"
+            ));
+            return found;
+        };
+        let Json::Object(fields) = json else {
+            found.errors.push("expected a mapping".to_string());
+            return found;
+        };
+        // apiVersion, kind and metadata are the API server's, not the CRD schema's.
+        let mut body = serde_json::Map::new();
+        for (field, value) in fields {
+            match field.as_str() {
+                "apiVersion" | "kind" => {}
+                "metadata" if value.is_object() => {}
+                "metadata" => found.errors.push(format!("metadata: expected object, found {}", describe(&value))),
+                _ => {
+                    body.insert(field, value);
+                }
+            }
+        }
+        Walk { strict_fields: true, found: &mut found }.check(&Json::Object(body), schema, "");
+        found
+    }
 }
 
 fn join(path: &str, field: &str) -> String {
     if path.is_empty() { field.to_string() } else { format!("{path}.{field}") }
 }
 
-fn walk(value: &Yaml, shape: &Shape, path: &str, errors: &mut Vec<String>) {
-    match (shape, value) {
-        (Opaque, _) | (_, Yaml::Null) => {}
-        (Scalar, Yaml::Bool(_) | Yaml::Number(_) | Yaml::String(_)) => {}
-        (Enum(allowed), Yaml::String(s)) if allowed.contains(&s.as_str()) => {}
-        (Enum(allowed), other) => errors.push(format!("{path}: {} is not one of {allowed:?}", describe(other))),
-        (List(item), Yaml::Sequence(items)) => {
-            for (i, v) in items.iter().enumerate() {
-                walk(v, item, &format!("{path}[{i}]"), errors);
+/// One walk of a value against a schema, collecting into `found`.
+struct Walk<'a> {
+    /// Unknown fields are errors; off inside `oneOf` and friends, whose alternatives
+    /// only constrain values (a structural schema declares fields outside them).
+    strict_fields: bool,
+    found: &'a mut Validation,
+}
+
+impl Walk<'_> {
+    fn error(&mut self, path: &str, message: String) {
+        let path = if path.is_empty() { "(document)" } else { path };
+        self.found.errors.push(format!("{path}: {message}"));
+    }
+
+    /// Whether `value` satisfies `schema` (for the combinators): no errors in a scratch walk.
+    fn satisfies(value: &Json, schema: &Json, path: &str) -> bool {
+        let mut scratch = Validation::default();
+        Walk { strict_fields: false, found: &mut scratch }.check(value, schema, path);
+        scratch.errors.is_empty()
+    }
+
+    fn check(&mut self, value: &Json, schema: &Json, path: &str) {
+        if value.is_null() {
+            // A null is pruned unless the schema is nullable; either way nothing to walk.
+            return;
+        }
+        if self.strict_fields
+            && let Some(rules) = schema["x-kubernetes-validations"].as_array()
+        {
+            for rule in rules {
+                let text = rule["rule"].as_str().unwrap_or("?");
+                self.found.unevaluated_rules.push(format!("{}: {text}", if path.is_empty() { "." } else { path }));
             }
         }
-        (Map(item), Yaml::Mapping(map)) => {
-            for (k, v) in map {
-                walk(v, item, &join(path, &key_text(k)), errors);
+        if !self.type_matches(value, schema, path) {
+            return;
+        }
+        self.check_value(value, schema, path);
+        self.check_combinators(value, schema, path);
+        match value {
+            Json::Object(fields) => self.check_fields(fields, schema, path),
+            Json::Array(items) => {
+                if let Some(item_schema) = schema.get("items") {
+                    for (i, item) in items.iter().enumerate() {
+                        self.check(item, item_schema, &format!("{path}[{i}]"));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn type_matches(&mut self, value: &Json, schema: &Json, path: &str) -> bool {
+        let integer = value.as_i64().is_some() || value.as_u64().is_some();
+        if schema["x-kubernetes-int-or-string"] == Json::Bool(true) {
+            if integer || value.is_string() {
+                return true;
+            }
+            self.error(path, format!("expected integer or string, found {}", describe(value)));
+            return false;
+        }
+        let Some(expected) = schema["type"].as_str() else { return true };
+        let matches = match expected {
+            "object" => value.is_object(),
+            "array" => value.is_array(),
+            "string" => value.is_string(),
+            "integer" => integer,
+            "number" => value.is_number(),
+            "boolean" => value.is_boolean(),
+            _ => true,
+        };
+        if !matches {
+            self.error(path, format!("expected {expected}, found {}", describe(value)));
+        }
+        matches
+    }
+
+    /// enum, bounds, lengths, counts, pattern, format, required, list uniqueness.
+    fn check_value(&mut self, value: &Json, schema: &Json, path: &str) {
+        if let Some(allowed) = schema["enum"].as_array()
+            && !allowed.contains(value)
+        {
+            let allowed: Vec<String> = allowed.iter().map(Json::to_string).collect();
+            self.error(path, format!("{value} is not one of [{}]", allowed.join(", ")));
+        }
+        if let Some(number) = value.as_f64() {
+            if let Some(minimum) = schema["minimum"].as_f64()
+                && number < minimum
+            {
+                self.error(path, format!("{value} is below the minimum {minimum}"));
+            }
+            if let Some(maximum) = schema["maximum"].as_f64()
+                && number > maximum
+            {
+                self.error(path, format!("{value} is above the maximum {maximum}"));
+            }
+            if schema["format"] == "int32" && value.as_i64().is_none_or(|n| !INT32_RANGE.contains(&n)) {
+                self.error(path, format!("{value} is not an int32"));
             }
         }
-        (Message(fields), Yaml::Mapping(map)) => {
-            for (k, v) in map {
-                let key = k.as_str().unwrap_or("");
-                match fields.iter().find(|(name, _)| *name == key) {
-                    Some((_, field_shape)) => walk(v, field_shape, &join(path, key), errors),
-                    None => errors.push(format!("{}: unknown field", join(path, &key_text(k)))),
+        let length = match value {
+            Json::String(s) => Some((s.chars().count(), "Length", "characters")),
+            Json::Array(a) => Some((a.len(), "Items", "items")),
+            Json::Object(o) => Some((o.len(), "Properties", "fields")),
+            _ => None,
+        };
+        if let Some((length, keyword, unit)) = length {
+            if let Some(min) = schema[format!("min{keyword}")].as_u64()
+                && (length as u64) < min
+            {
+                self.error(path, format!("{length} {unit}, fewer than the minimum {min}"));
+            }
+            if let Some(max) = schema[format!("max{keyword}")].as_u64()
+                && (length as u64) > max
+            {
+                self.error(path, format!("{length} {unit}, more than the maximum {max}"));
+            }
+        }
+        if let (Some(text), Some(pattern)) = (value.as_str(), schema["pattern"].as_str()) {
+            match regex::Regex::new(pattern) {
+                Ok(re) if re.is_match(text) => {}
+                Ok(_) => self.error(path, format!("{value} does not match the pattern {pattern:?}")),
+                Err(e) => self.error(path, format!("the schema's pattern {pattern:?} does not compile here: {e}")),
+            }
+        }
+        if let (Some(fields), Some(required)) = (value.as_object(), schema["required"].as_array()) {
+            for name in required.iter().filter_map(Json::as_str) {
+                if fields.get(name).is_none_or(Json::is_null) {
+                    self.error(&join(path, name), "required field missing".to_string());
                 }
             }
         }
-        (expected, other) => {
-            errors.push(format!("{path}: expected {}, found {}", expected_name(expected), describe(other)))
+        if let Some(items) = value.as_array() {
+            let keys: Option<Vec<&str>> = match schema["x-kubernetes-list-type"].as_str() {
+                Some("map") => {
+                    schema["x-kubernetes-list-map-keys"].as_array().map(|k| k.iter().filter_map(Json::as_str).collect())
+                }
+                Some("set") => Some(Vec::new()),
+                _ => None,
+            };
+            if let Some(keys) = keys {
+                let mut seen = HashSet::new();
+                for (i, item) in items.iter().enumerate() {
+                    let identity = if keys.is_empty() {
+                        item.to_string()
+                    } else {
+                        keys.iter().map(|k| item[*k].to_string()).collect::<Vec<_>>().join("/")
+                    };
+                    if !seen.insert(identity.clone()) {
+                        self.error(
+                            &format!("{path}[{i}]"),
+                            format!("duplicate entry {identity} in a list of unique entries"),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn check_combinators(&mut self, value: &Json, schema: &Json, path: &str) {
+        if let Some(alternatives) = schema["oneOf"].as_array() {
+            let matched = alternatives.iter().filter(|s| Self::satisfies(value, s, path)).count();
+            if matched != 1 {
+                self.error(
+                    path,
+                    format!(
+                        "matches {matched} of oneOf's {} alternatives, expected exactly 1{}",
+                        alternatives.len(),
+                        exclusive_fields_hint(alternatives)
+                    ),
+                );
+            }
+        }
+        if let Some(alternatives) = schema["anyOf"].as_array()
+            && !alternatives.iter().any(|s| Self::satisfies(value, s, path))
+        {
+            self.error(path, format!("matches none of anyOf's {} alternatives", alternatives.len()));
+        }
+        if let Some(all) = schema["allOf"].as_array() {
+            for (i, part) in all.iter().enumerate() {
+                if !Self::satisfies(value, part, path) {
+                    self.error(path, format!("does not satisfy allOf[{i}]"));
+                }
+            }
+        }
+        if let Some(forbidden) = schema.get("not")
+            && Self::satisfies(value, forbidden, path)
+        {
+            self.error(path, "matches a schema under `not`".to_string());
+        }
+    }
+
+    fn check_fields(&mut self, fields: &serde_json::Map<String, Json>, schema: &Json, path: &str) {
+        let preserve_unknown = schema["x-kubernetes-preserve-unknown-fields"] == Json::Bool(true);
+        let properties = schema["properties"].as_object();
+        if preserve_unknown && properties.is_none() {
+            if self.strict_fields {
+                self.found.free_form.push(if path.is_empty() { ".".to_string() } else { path.to_string() });
+            }
+            return;
+        }
+        for (name, value) in fields {
+            let field_path = join(path, name);
+            if let Some(field_schema) = properties.and_then(|p| p.get(name)) {
+                self.check(value, field_schema, &field_path);
+            } else if let Some(value_schema) = schema.get("additionalProperties").filter(|s| s.is_object()) {
+                self.check(value, value_schema, &field_path);
+            } else if preserve_unknown {
+                if self.strict_fields {
+                    self.found.free_form.push(field_path);
+                }
+            } else if self.strict_fields && (properties.is_some() || schema["type"] == "object") {
+                self.error(&field_path, "unknown field".to_string());
+            }
         }
     }
 }
 
-fn key_text(key: &Yaml) -> String {
-    key.as_str().map_or_else(|| describe(key), str::to_string)
+/// Istio writes "at most one of these fields" as `oneOf: [not anyOf required..., required a,
+/// required b, ...]`: name the fields, which says more than the alternative count.
+fn exclusive_fields_hint(alternatives: &[Json]) -> String {
+    let fields: Vec<&str> =
+        alternatives.iter().filter_map(|a| a["required"].as_array()).flatten().filter_map(Json::as_str).collect();
+    if fields.is_empty() { String::new() } else { format!(" (at most one of {})", fields.join(", ")) }
 }
 
-fn expected_name(shape: &Shape) -> &'static str {
-    match shape {
-        Scalar | Enum(_) => "a scalar",
-        List(_) => "a list",
-        Map(_) | Message(_) => "a mapping",
-        Opaque => "anything",
-    }
-}
-
-fn describe(value: &Yaml) -> String {
+fn describe(value: &Json) -> String {
     match value {
-        Yaml::Sequence(_) => "a list".to_string(),
-        Yaml::Mapping(_) => "a mapping".to_string(),
-        other => serde_yaml_ng::to_string(other).map_or_else(|_| "a value".to_string(), |s| s.trim().to_string()),
+        Json::Null => "null".to_string(),
+        Json::Bool(_) => format!("boolean {value}"),
+        Json::Number(_) => format!("number {value}"),
+        Json::String(_) => format!("string {value}"),
+        Json::Array(_) => "array".to_string(),
+        Json::Object(_) => "object".to_string(),
     }
 }

@@ -6,12 +6,16 @@
 pub mod analyzer;
 pub mod browser;
 pub mod config_server;
+pub mod containers;
 pub mod envoy;
 pub mod http_server;
 pub mod istio_api;
+pub mod kubernetes_api;
 pub mod load;
 pub mod manifests;
+pub mod prometheus;
 pub mod rig;
+pub mod tcp_gate;
 pub mod traffic;
 pub mod upstream;
 pub mod webhook;

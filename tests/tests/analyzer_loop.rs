@@ -275,6 +275,8 @@ async fn overrides_need_the_token_and_a_reason_and_are_logged() {
     assert_eq!(status.config.share_bp, 1_250);
     lp.wait_for_envoy(1_250).await;
     let last = lp.audit().await.last().cloned().unwrap();
-    assert_eq!((last.decision.reason.as_str(), last.decision.actor.name()), ("more data", "dana"));
+    // `--token` is one admin named `token`; `--actor` is kept as a note, never as the identity.
+    assert_eq!((last.decision.reason.as_str(), last.decision.actor.name()), ("more data", "token"));
+    assert_eq!(last.decision.actor_note.as_deref(), Some("dana"));
     assert_eq!(lp.audit().await.len(), 2, "start + the one accepted override");
 }

@@ -83,13 +83,24 @@ async fn the_dashboard_shows_a_live_rollout_and_takes_an_override() {
     let analyzer = AnalyzerProcess::start(options).await;
     let _load = Load::start(envoy.listener, LoadOptions { rps: 150, users: 3_000, ..LoadOptions::default() });
 
-    // A rollout in progress with a few checks of history and a report.
+    // A rollout in progress with a few checks of history and a report, and what the
+    // charts below draw: latency points for both cohorts (Envoy flushes histograms
+    // every 5 s, so they come later than the request counts).
     let http = reqwest::Client::new();
-    eventually(Duration::from_secs(30), "three checks with canary traffic and a report", || async {
-        let s = status(&http, &analyzer).await;
-        let canary_seen = s.history.iter().filter(|p| p.canary_requests > 0).count();
-        (canary_seen >= 3 && !s.rows.is_empty()).then_some(())
-    })
+    eventually(
+        Duration::from_secs(60),
+        "checks with canary traffic, latency for both cohorts and a report",
+        || async {
+            let s = status(&http, &analyzer).await;
+            let canary_seen = s.history.iter().filter(|p| p.canary_requests > 0).count();
+            let latency_seen = |quantile: fn(&canary_analyzer::engine::HistoryPoint) -> [Option<f64>; 2]| {
+                s.history.iter().filter(|p| quantile(p).iter().all(Option::is_some)).count()
+            };
+            let p50 = latency_seen(|p| [p.canary_p50_us, p.control_p50_us]);
+            let p99 = latency_seen(|p| [p.canary_p99_us, p.control_p99_us]);
+            (canary_seen >= 3 && p50 >= 1 && p99 >= 1 && !s.rows.is_empty()).then_some(())
+        },
+    )
     .await;
 
     let driver = ChromeDriver::start(&dir).await;
@@ -162,7 +173,7 @@ async fn the_dashboard_shows_a_live_rollout_and_takes_an_override() {
         text(&browser, "#override-result.ok").await.filter(|t| !t.is_empty())
     })
     .await;
-    assert!(applied.contains("paused"), "{applied:?}");
+    assert!(applied.contains("paused") && applied.contains("as token (admin)"), "{applied:?}");
     let logged = eventually(Duration::from_secs(6), "the override in the decision log", || async {
         let first = text(&browser, "#decision-log tbody tr:first-child").await?;
         first.contains(REASON).then_some(first)
@@ -174,7 +185,10 @@ async fn the_dashboard_shows_a_live_rollout_and_takes_an_override() {
 
     let audit: Vec<AuditRecord> =
         http.get(format!("{}/v1/rollouts/demo/audit", analyzer.url())).send().await.unwrap().json().await.unwrap();
-    let humans: Vec<&AuditRecord> = audit.iter().filter(|r| r.decision.actor.name() == "dashboard-e2e").collect();
+    // The token's identity (`--token`: `token`) acted; the form's note is kept beside it.
+    let humans: Vec<&AuditRecord> =
+        audit.iter().filter(|r| r.decision.actor_note.as_deref() == Some("dashboard-e2e")).collect();
+    assert!(humans.iter().all(|r| r.decision.actor.name() == "token"), "{humans:#?}");
     assert_eq!(humans.len(), 1, "one override logged, the refused ones not: {audit:#?}");
     assert_eq!(humans[0].decision.reason, REASON, "the reason as typed");
     assert_eq!(status(&http, &analyzer).await.state.phase, RolloutPhase::Paused);

@@ -1,13 +1,16 @@
 //! The shipped manifests (istio/, envoy/, examples/ci/): every YAML parses; every
 //! plugin configuration in them is accepted by the filter's own parser; every Envoy
-//! config by `envoy --mode validate`; the Istio manifests use only fields Istio 1.24's
-//! API defines (`canary_e2e::istio_api`); the policy parses with the analyzer's parser;
-//! and the pieces agree with each other (cluster names, headers, subsets, metric tags).
+//! config by `envoy --mode validate`; the Istio documents validate against Istio
+//! 1.30.3's own CRD schemas (`canary_e2e::istio_api`, vendored in tests/schemas/) and
+//! the Kubernetes ones strictly against Kubernetes' schemas (`canary_e2e::kubernetes_api`);
+//! the policy parses with the analyzer's parser; and the pieces agree with each other
+//! (cluster names, headers, subsets, metric tags).
 
 use canary_analyzer::policy::RolloutPolicy;
 use canary_core::FilterConfig;
 use canary_e2e::envoy::{EnvoyConfig, envoy_binary, wasm_path};
-use canary_e2e::istio_api::{check_istio_document, check_kubernetes_document, is_istio};
+use canary_e2e::istio_api::{ISTIO_SCHEMAS, IstioSchemas, is_istio};
+use canary_e2e::kubernetes_api::{KUBERNETES_VERSIONS, Named, metadata_as_config_map, validate_strictly};
 use canary_e2e::manifests::{
     Document, assert_stats_config_matches_the_code, is_envoy_config, istio_struct_json, parse_documents,
     shipped_documents, wasm_filter_configs, yaml_files,
@@ -149,10 +152,42 @@ fn the_compose_config_is_envoy_yaml_with_other_addresses() {
     assert_eq!(envoy, compose);
 }
 
+/// A compose value as compose reads it with none of its variables set: each
+/// `${NAME:-default}` replaced by its default.
+fn with_compose_defaults(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..].find('}').map(|e| start + e).unwrap_or_else(|| panic!("unclosed ${{ in {text}"));
+        let expression = &rest[start + 2..end];
+        let (_, default) = expression.split_once(":-").unwrap_or_else(|| panic!("{expression}: no default"));
+        out.push_str(default);
+        rest = &rest[end + 1..];
+    }
+    out + rest
+}
+
 #[test]
 fn docker_compose_runs_the_compose_config_and_matching_services() {
     let compose = documents_of("envoy/docker-compose.yaml").remove(0).value;
     let services = &compose["services"];
+    // Without variables, users get the official Envoy image and the public demo app;
+    // the tests swap in local stand-ins (tests/tests/containers_compose.rs).
+    let image = |service: &str| with_compose_defaults(services[service]["image"].as_str().unwrap());
+    assert_eq!(image("envoy"), "envoyproxy/envoy:v1.40.0");
+    assert_eq!(
+        (image("stable"), image("canary")),
+        ("hashicorp/http-echo:1.0".into(), "hashicorp/http-echo:1.0".into())
+    );
+    assert_eq!(image("analyzer"), "wasm-canary/canary-analyzer:dev", "the Makefile's ANALYZER_IMAGE");
+    // Every published port is on the host's loopback only.
+    for (name, service) in services.as_mapping().unwrap() {
+        for port in service["ports"].as_sequence().into_iter().flatten() {
+            let port = with_compose_defaults(port.as_str().unwrap());
+            assert!(port.starts_with("127.0.0.1:"), "{name:?} publishes {port} beyond loopback");
+        }
+    }
     let command: Vec<&str> =
         services["envoy"]["command"].as_sequence().unwrap().iter().filter_map(|v| v.as_str()).collect();
     assert_eq!(command[..2], ["-c", "envoy/envoy.compose.yaml"]);
@@ -183,63 +218,112 @@ fn docker_compose_runs_the_compose_config_and_matching_services() {
     // The analyzer's policy is for the deployment the filter is configured with.
     let filter =
         FilterConfig::parse(envoy_plugin_configurations(&documents_of("envoy/envoy.yaml")[0])[0].as_bytes()).unwrap();
-    let policy_mount = services["analyzer"]["volumes"][0].as_str().unwrap();
+    let policy_mount = with_compose_defaults(services["analyzer"]["volumes"][0].as_str().unwrap());
     let policy_file = policy_mount.split(':').next().unwrap().trim_start_matches("../");
     let policy = RolloutPolicy::from_yaml(&std::fs::read_to_string(repo_root().join(policy_file)).unwrap()).unwrap();
     assert_eq!(policy.deployment, filter.deployment);
 }
 
+/// What the Istio schemas leave free-form in the shipped manifests, and the test that
+/// checks each some other way: `origin kind name: path` → test.
+const FREE_FORM_CHECKED_ELSEWHERE: [(&str, &str); 2] = [
+    (
+        "istio/strip-cohort-header.yaml#0 EnvoyFilter strip-canary-cohort-header: spec.configPatches[0].patch.value",
+        "envoy_validates_the_header_strip_patch (envoy --mode validate)",
+    ),
+    (
+        "istio/wasmplugin.yaml#0 WasmPlugin wasm-canary: spec.pluginConfig",
+        "every_plugin_configuration_is_accepted_by_the_filter_parser (the filter's own parser)",
+    ),
+];
+
+/// Every Istio document validates against Istio 1.30.3's own schema for the kind and
+/// version it names; what the schema leaves free-form is exactly what other tests check.
 #[test]
-fn istio_manifests_use_only_fields_of_istio_1_24s_api() {
-    let mut istio = 0;
-    let mut kubernetes = 0;
+fn every_istio_document_validates_against_istio_1_30_3s_schemas() {
+    let schemas = IstioSchemas::load();
+    let mut checked = Vec::new();
     let mut problems = Vec::new();
-    for document in shipped_documents().iter().filter(|d| d.file.starts_with("istio/")) {
-        let errors = if is_istio(&document.value) {
-            istio += 1;
-            check_istio_document(&document.value)
-        } else if document.kind() == "Kustomization" {
-            continue;
-        } else {
-            kubernetes += 1;
-            let mut errors = check_kubernetes_document(&document.value);
-            // Nothing is namespaced by kustomize here: each namespaced object names its own.
-            if document.kind() != "Namespace" && document.value["metadata"]["namespace"].as_str().is_none() {
-                errors.push("metadata.namespace: missing".to_string());
-            }
-            errors
-        };
-        problems.extend(
-            errors.into_iter().map(|e| format!("{}: {} {}: {e}", document.origin(), document.kind(), document.name())),
-        );
+    let mut free_form = Vec::new();
+    let mut rules = Vec::new();
+    for document in shipped_documents().iter().filter(|d| is_istio(&d.value)) {
+        let label = format!("{} {} {}", document.origin(), document.kind(), document.name());
+        let found = schemas.validate(&document.value);
+        problems.extend(found.errors.iter().map(|e| format!("{label}: {e}")));
+        free_form.extend(found.free_form.iter().map(|p| format!("{label}: {p}")));
+        rules.extend(found.unevaluated_rules.iter().map(|r| format!("{label}: {r}")));
+        checked.push(label);
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
-    println!("{istio} Istio documents checked field by field, {kubernetes} Kubernetes documents minimally");
-    assert_eq!((istio, kubernetes), (6, 12));
+    println!("{} Istio documents valid against {ISTIO_SCHEMAS}: {checked:#?}", checked.len());
+    assert_eq!(checked.len(), 6, "{checked:#?}");
+    let expected: Vec<&str> = FREE_FORM_CHECKED_ELSEWHERE.iter().map(|(path, _)| *path).collect();
+    assert_eq!(free_form, expected, "free-form values, each needing a check of its own");
+    println!("CEL rules on these paths, not evaluated (no CEL interpreter here): {rules:#?}");
 }
 
-/// A typo anywhere in a shipped Istio manifest fails the build: misspell fields and
-/// values at several depths of parsed copies and the checker names each path.
+/// Every Kubernetes document, and the metadata of every Istio document, validates
+/// strictly (no unknown field) against Kubernetes' own schemas, for the oldest and
+/// newest Kubernetes checked. The kustomization is kustomize's, not Kubernetes' API:
+/// kubernetes-validate has no schema for it (the kustomization test builds it where
+/// kubectl is installed).
 #[test]
-fn the_istio_checker_catches_misspelt_fields_and_values() {
-    fn rename(map: &mut Yaml, from: &str, to: &str) {
-        let map = map.as_mapping_mut().unwrap();
-        let value = map.remove(from).unwrap_or_else(|| panic!("no field {from}"));
-        map.insert(Yaml::from(to), value);
+fn every_kubernetes_document_validates_strictly_against_kubernetes_schemas() {
+    let mut documents = Vec::new();
+    let mut problems = Vec::new();
+    for document in shipped_documents().iter().filter(|d| d.file.starts_with("istio/")) {
+        let origin = format!("{} {} {}", document.origin(), document.kind(), document.name());
+        if document.kind() == "Kustomization" {
+            continue;
+        }
+        if is_istio(&document.value) {
+            documents
+                .push(Named { origin: format!("{origin} (metadata)"), value: metadata_as_config_map(&document.value) });
+            continue;
+        }
+        // Nothing is namespaced by kustomize here: each namespaced object names its own.
+        if document.kind() != "Namespace" && document.value["metadata"]["namespace"].as_str().is_none() {
+            problems.push(format!("{origin}: metadata.namespace: missing"));
+        }
+        documents.push(Named { origin, value: document.value.clone() });
     }
+    for version in KUBERNETES_VERSIONS {
+        for (origin, result) in validate_strictly(&documents, version) {
+            if let Err(e) = result {
+                problems.push(format!("Kubernetes {version}: {origin}: {e}"));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    let kinds: Vec<&str> = documents.iter().map(|d| d.origin.as_str()).collect();
+    println!("valid against Kubernetes {KUBERNETES_VERSIONS:?}, strictly: {kinds:#?}");
+    // 12 Kubernetes documents, the metadata of 6 Istio ones.
+    assert_eq!(documents.len(), 18, "{kinds:#?}");
+}
+
+fn rename(map: &mut Yaml, from: &str, to: &str) {
+    let map = map.as_mapping_mut().unwrap();
+    let value = map.remove(from).unwrap_or_else(|| panic!("no field {from}"));
+    map.insert(Yaml::from(to), value);
+}
+
+/// A typo or a wrong type anywhere in a shipped Istio manifest fails: misspell fields,
+/// change types and values at several depths of parsed copies, and the schema check
+/// names each path.
+#[test]
+fn the_istio_schema_check_catches_misspelt_fields_and_wrong_types() {
+    let schemas = IstioSchemas::load();
     let plugin = the_wasm_plugin().value;
     let service = the("VirtualService", "checkout").value;
     let rule = the("DestinationRule", "checkout").value;
     let filter = the("EnvoyFilter", "strip-canary-cohort-header").value;
-    assert!([&plugin, &service, &rule, &filter].iter().all(|d| check_istio_document(d).is_empty()));
+    assert!([&plugin, &service, &rule, &filter].iter().all(|d| schemas.validate(d).errors.is_empty()));
 
     let mut cases: Vec<(Yaml, &str)> = Vec::new();
+    // Misspelt fields.
     let mut typo = plugin.clone();
     rename(&mut typo["spec"], "failStrategy", "failStrategey");
     cases.push((typo, "spec.failStrategey: unknown field"));
-    let mut typo = plugin.clone();
-    typo["spec"]["phase"] = Yaml::from("AUTHZZ");
-    cases.push((typo, "spec.phase: AUTHZZ is not one of"));
     let mut typo = plugin.clone();
     rename(&mut typo["spec"]["selector"], "matchLabels", "matchLabel");
     cases.push((typo, "spec.selector.matchLabel: unknown field"));
@@ -258,17 +342,72 @@ fn the_istio_checker_catches_misspelt_fields_and_values() {
     let mut typo = service.clone();
     rename(&mut typo, "spec", "sepc");
     cases.push((typo, "sepc: unknown field"));
-    let mut typo = service.clone();
-    typo["spec"]["hosts"] = Yaml::from("checkout.example.com");
-    cases.push((typo, "spec.hosts: expected a list"));
+    // Wrong types and values.
+    let mut wrong = service.clone();
+    wrong["spec"]["hosts"] = Yaml::from("checkout.example.com");
+    cases.push((wrong, "spec.hosts: expected array, found string"));
+    let mut wrong = plugin.clone();
+    wrong["spec"]["priority"] = Yaml::from("high");
+    cases.push((wrong, "spec.priority: expected integer, found string \"high\""));
+    let mut wrong = service.clone();
+    wrong["spec"]["http"][0]["route"][0]["destination"]["port"]["number"] = Yaml::from(4_294_967_296_u64);
+    cases.push((wrong, "spec.http[0].route[0].destination.port.number: 4294967296 is above the maximum 4294967295"));
+    let mut wrong = plugin.clone();
+    wrong["spec"]["phase"] = Yaml::from("AUTHZZ");
+    cases.push((wrong, "spec.phase: \"AUTHZZ\" is not one of"));
+    let mut wrong = plugin.clone();
+    wrong["spec"]["match"][0]["ports"] = serde_yaml_ng::from_str("[{number: 0}]").unwrap();
+    cases.push((wrong, "spec.match[0].ports[0].number: 0 is below the minimum 1"));
+    let mut wrong = service.clone();
+    wrong["spec"]["http"][0]["match"][0]["headers"]["x-canary-cohort"]["prefix"] = Yaml::from("can");
+    cases.push((wrong, "spec.http[0].match[0].headers.x-canary-cohort: matches 2 of oneOf's 4 alternatives"));
+    let mut wrong = rule.clone();
+    wrong["spec"]["subsets"][0].as_mapping_mut().unwrap().remove("name");
+    cases.push((wrong, "spec.subsets[0].name: required field missing"));
 
     for (document, expected) in cases {
-        let errors = check_istio_document(&document);
+        let errors = schemas.validate(&document).errors;
         assert!(errors.iter().any(|e| e.starts_with(expected)), "expected `{expected}…`, got {errors:?}");
     }
-    let mut unknown_kind = service;
-    unknown_kind["apiVersion"] = Yaml::from("networking.istio.io/v1beta2");
-    assert!(check_istio_document(&unknown_kind)[0].contains("not a kind"));
+    let mut unknown_version = service;
+    unknown_version["apiVersion"] = Yaml::from("networking.istio.io/v1beta2");
+    let errors = schemas.validate(&unknown_version).errors;
+    assert!(errors[0].contains("is not a kind of Istio 1.30.3's API"), "{errors:?}");
+    assert!(errors[0].contains("networking.istio.io/v1/VirtualService"), "names the served versions: {errors:?}");
+}
+
+/// The same for Kubernetes' schemas: a misspelt field, a wrong type and a misspelt
+/// metadata field of an Istio document each fail kubernetes-validate's strict mode.
+#[test]
+fn the_kubernetes_schema_check_catches_misspelt_fields_and_wrong_types() {
+    let deployment = the("Deployment", "canary-analyzer").value;
+    let service = the("Service", "canary-analyzer").value;
+    let mut cases: Vec<(Named, &str)> = Vec::new();
+    let mut typo = deployment.clone();
+    rename(&mut typo["spec"]["template"]["spec"]["securityContext"], "runAsNonRoot", "runAsNonroot");
+    cases.push((Named { origin: "misspelt".into(), value: typo }, "'runAsNonroot' was unexpected"));
+    let mut wrong = deployment.clone();
+    wrong["spec"]["replicas"] = Yaml::from("one");
+    cases.push((Named { origin: "replicas as text".into(), value: wrong }, "'one' is not of type 'integer'"));
+    let mut wrong = service;
+    wrong["spec"]["ports"][0]["port"] = Yaml::from("eighty");
+    cases.push((Named { origin: "port as text".into(), value: wrong }, "'eighty' is not of type 'integer'"));
+    let mut typo = the_wasm_plugin().value;
+    rename(&mut typo["metadata"], "namespace", "namespac");
+    cases.push((
+        Named { origin: "Istio metadata".into(), value: metadata_as_config_map(&typo) },
+        "'namespac' was unexpected",
+    ));
+    let documents: Vec<Named> = cases.iter().map(|(named, _)| named.clone()).collect();
+    let results = validate_strictly(&documents, KUBERNETES_VERSIONS[KUBERNETES_VERSIONS.len() - 1]);
+    for (named, expected) in &cases {
+        let result = &results[&named.origin];
+        assert!(
+            result.as_ref().is_err_and(|e| e.contains(expected)),
+            "{}: expected `{expected}`, got {result:?}",
+            named.origin
+        );
+    }
 }
 
 #[test]
@@ -322,12 +461,23 @@ fn the_istio_pieces_agree_with_each_other_and_the_code() {
     assert_eq!(env("CANARY_ANALYZER_LISTEN")["value"].as_str(), Some(format!("0.0.0.0:{port}").as_str()));
     assert_eq!(deployment["spec"]["replicas"].as_u64(), Some(1), "one analyzer owns the state");
 
-    // The token: referenced by name, shown in the example with a placeholder only.
-    let secret_ref = &env("CANARY_ANALYZER_TOKEN")["valueFrom"]["secretKeyRef"];
+    // The tokens file: a whole-directory mount of the Secret (a subPath mount would never see a
+    // rotation), the example's shape with placeholders only, and no `--token` beside it (refused).
+    let tokens_file = env("CANARY_ANALYZER_TOKENS_FILE")["value"].as_str().unwrap().to_string();
+    let (dir, key) = tokens_file.rsplit_once('/').unwrap();
+    let mount = container["volumeMounts"].as_sequence().unwrap().iter().find(|m| m["mountPath"] == dir).unwrap();
+    assert!(mount["subPath"].is_null(), "{mount:?}");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let volume = pod["volumes"].as_sequence().unwrap().iter().find(|v| v["name"] == mount["name"]).unwrap();
     let example = documents_of("istio/secret.example.yaml").remove(0).value;
-    assert_eq!(secret_ref["name"], example["metadata"]["name"]);
-    let key = secret_ref["key"].as_str().unwrap();
-    assert!(example["stringData"][key].as_str().unwrap().starts_with("REPLACE"), "no real token in the repository");
+    assert_eq!(volume["secret"]["secretName"], example["metadata"]["name"]);
+    let lines = example["stringData"][key].as_str().unwrap();
+    let table = canary_analyzer::auth::TokenTable::parse(lines).unwrap_or_else(|e| panic!("{e}"));
+    assert!(table.len() >= 2, "{table:?}");
+    let tokens = lines.lines().filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty());
+    assert!(tokens.clone().all(|l| l.starts_with("REPLACE")), "no real token in the repository: {lines}");
+    let has_env = |name: &str| container["env"].as_sequence().unwrap().iter().any(|e| e["name"] == name);
+    assert!(!has_env("CANARY_ANALYZER_TOKEN"), "--token and --tokens-file together are refused");
 
     // Routing: the canary route matches exactly the value the filter writes.
     let gateway_routes = the("VirtualService", "checkout").value;

@@ -1,10 +1,12 @@
 //! The analyzer's metric sources against the real thing: Envoy with the filter,
 //! scraped by a real Prometheus (`/usr/bin/prometheus`, Debian package `prometheus`,
 //! or `$PROMETHEUS`) every second. Known traffic, including 503s, must come back as
-//! the same per-cohort counts from the Prometheus source and the Envoy admin source.
+//! the same per-cohort counts from the Prometheus source and the Envoy admin source,
+//! and both sources must report the one Envoy with the generation and share it applies.
 
 use canary_analyzer::source::{DeltaTracker, EnvoyAdminSource, IntervalMetrics, PrometheusSource};
 use canary_core::Cohort;
+use canary_e2e::config_server::Answer;
 use canary_e2e::free_port;
 use canary_e2e::rig::{DEPLOYMENT, Rig, RigOptions};
 use canary_e2e::traffic::user_ids;
@@ -99,6 +101,43 @@ impl Prometheus {
             .await
             .ok()?;
         answer["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    }
+
+    /// The applied-generation samples of the last 30 s: `(ms since the epoch, generation)`.
+    async fn generation_samples(&self) -> Vec<(u64, u64)> {
+        let query = format!("canary_applied_generation{{deployment=\"{DEPLOYMENT}\"}}[30s]");
+        let answer: serde_json::Value = reqwest::Client::new()
+            .get(format!("{}/api/v1/query", self.url))
+            .query(&[("query", query.as_str())])
+            .send()
+            .await
+            .expect("prometheus reachable")
+            .json()
+            .await
+            .expect("prometheus answers json");
+        let values = answer["data"]["result"][0]["values"].as_array().cloned().unwrap_or_default();
+        values
+            .iter()
+            .map(|pair| {
+                let ms = (pair[0].as_f64().expect("sample time") * 1_000.0).round() as u64;
+                (ms, pair[1].as_str().and_then(|v| v.parse().ok()).expect("generation"))
+            })
+            .collect()
+    }
+
+    /// Waits until Prometheus holds a sample of `generation` after one of another;
+    /// the times of the last sample before it and of its first: `(before_ms, first_ms)`.
+    async fn generation_change(&self, generation: u64) -> (u64, u64) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let samples = self.generation_samples().await;
+            let first = samples.iter().position(|(_, g)| *g == generation);
+            if let Some(first) = first.filter(|at| *at > 0) {
+                return (samples[first - 1].0, samples[first].0);
+            }
+            assert!(Instant::now() < deadline, "no change to generation {generation}: {samples:?}\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     /// Waits for a scrape taken after `after_ms` that saw `total` requests; its timestamp.
@@ -197,9 +236,53 @@ async fn prometheus_and_envoy_admin_sources_count_the_same_known_traffic() {
     assert_eq!(figures(&from_prometheus, Cohort::Canary), expected, "prometheus source, canary");
     assert_eq!(figures(&from_prometheus, Cohort::Control), expected, "prometheus source, control");
     assert_eq!(from_prometheus.interval_counts(), from_envoy.interval_counts());
-    assert_eq!(from_prometheus.latency(Cohort::Canary), from_envoy.latency(Cohort::Canary), "same buckets");
-    assert_eq!(from_prometheus.latency(Cohort::Control), from_envoy.latency(Cohort::Control), "same buckets");
+    // Prometheus has the configured buckets, the admin source Envoy's own bins. Envoy's
+    // `le="B"` counts each of its bins that starts at or below B (docs/metrics.md): the
+    // admin source's count up to the bin edge after B.
+    for cohort in [Cohort::Canary, Cohort::Control] {
+        let prometheus = from_prometheus.latency(cohort).expect("prometheus histogram");
+        let admin = from_envoy.latency(cohort).expect("admin histogram");
+        let (bins, admin_at) = (admin.upper_bounds_us(), admin.cumulative_at_bounds());
+        let bounds = prometheus.upper_bounds_us();
+        let expected: Vec<u64> = bounds.iter().map(|b| admin_at[bins.partition_point(|bin| bin <= b)]).collect();
+        assert_eq!(prometheus.cumulative_at_bounds(), expected, "{cohort:?}: same counts");
+        assert_eq!(prometheus.total(), admin.total(), "{cohort:?}");
+    }
     assert_eq!(from_prometheus.requests(Cohort::Forced), 0);
+
+    // Both sources see the one Envoy applying generation 1 at 50 %, unchanged, with the
+    // same canary and control requests. Prometheus names it by its `instance` label.
+    let [from_admin] = from_envoy.proxies.as_slice() else { panic!("one proxy: {:?}", from_envoy.proxies) };
+    let [proxy] = from_prometheus.proxies.as_slice() else { panic!("one proxy: {:?}", from_prometheus.proxies) };
+    assert_eq!(proxy.proxy, rig.envoy.admin.to_string());
+    assert_eq!((proxy.generation, proxy.share_bp, proxy.changed_during_interval), (Some(1), Some(5_000), false));
+    assert_eq!((proxy.canary_requests, proxy.control_requests), (80, 80));
+    assert_eq!(
+        (from_admin.generation, from_admin.share_bp, from_admin.canary_requests, from_admin.control_requests),
+        (proxy.generation, proxy.share_bp, proxy.canary_requests, proxy.control_requests)
+    );
+    // The rig's stale_after_ms is 2 000: a healthy Envoy's last confirmation is younger.
+    assert!(proxy.config_age_ms.is_some_and(|age| age < 2_000), "{proxy:?}");
+
+    // Generation 2 arrives between two scrapes. A window holding both is a change; so is a
+    // window holding only the first sample of generation 2 (changes() alone sees none there,
+    // the generation one window earlier differs); the window after that first sample is not.
+    rig.config_server.set(Answer::share(DEPLOYMENT, 2, 2_500));
+    let (before_ms, first_ms) = prometheus.generation_change(2).await;
+    let at_first = Some(UNIX_EPOCH + Duration::from_millis(first_ms));
+    let gap = first_ms - before_ms;
+    for (what, window) in [("both samples", gap + 1), ("only the new sample", gap / 2)] {
+        let interval = source.interval(DEPLOYMENT, Duration::from_millis(window), at_first).await.expect(what);
+        let [proxy] = interval.proxies.as_slice() else { panic!("{what}: one proxy: {:?}", interval.proxies) };
+        let applied = (proxy.generation, proxy.share_bp, proxy.changed_during_interval);
+        assert_eq!(applied, (Some(2), Some(2_500), true), "{what}: {proxy:?}");
+    }
+    let later_ms = prometheus.scrape_after(first_ms + 1_000, after_total).await;
+    let since_first = Duration::from_millis(later_ms - first_ms - gap / 2);
+    let later = UNIX_EPOCH + Duration::from_millis(later_ms);
+    let steady = source.interval(DEPLOYMENT, since_first, Some(later)).await.expect("after the change");
+    let [proxy] = steady.proxies.as_slice() else { panic!("one proxy: {:?}", steady.proxies) };
+    assert_eq!((proxy.generation, proxy.share_bp, proxy.changed_during_interval), (Some(2), Some(2_500), false));
 
     // A policy's custom query, once per cohort.
     let template = "sum(increase(canary_requests_total{deployment=\"{{deployment}}\",cohort=\"{{cohort}}\",class=\"5xx\"}[{{window}}]))";

@@ -3,11 +3,12 @@
 
 use anyhow::Context;
 use canary_analyzer::api::{self, AppState};
+use canary_analyzer::auth::{self, Authenticator, ReloadTrigger};
 use canary_analyzer::cli::{self, Client};
 use canary_analyzer::engine::{self, Engine, SourceSettings, now_ms};
 use canary_analyzer::ladder::Actor;
 use canary_analyzer::notify::Notifier;
-use canary_analyzer::policy::RolloutPolicy;
+use canary_analyzer::policy::{RolloutPolicy, WebhookUrl};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -50,9 +51,10 @@ enum Command {
         policy: PathBuf,
         #[command(flatten)]
         server: ServerArgs,
-        /// Who registers (recorded in the audit log).
-        #[arg(long, default_value = "pipeline")]
-        actor: String,
+        /// Who you say you are: kept in the audit log as a note beside the identity
+        /// your token names (that identity, not this, is who registered).
+        #[arg(long)]
+        actor: Option<String>,
     },
     /// Override a rollout: promote, rollback, hold, resume or set_share, with a reason.
     Override {
@@ -62,9 +64,10 @@ enum Command {
         /// Why (required; recorded in the audit log).
         #[arg(long)]
         reason: String,
-        /// Who you are (recorded in the audit log).
-        #[arg(long, env = "USER", default_value = "operator")]
-        actor: String,
+        /// Who you say you are: kept in the audit log as a note beside the identity
+        /// your token names (that identity, not this, is who acted).
+        #[arg(long, env = "USER")]
+        actor: Option<String>,
         /// For set_share: the canary share in percent.
         #[arg(long)]
         share: Option<f64>,
@@ -108,14 +111,21 @@ struct ServerArgs {
     /// The analyzer's base URL.
     #[arg(long, env = "CANARY_ANALYZER_URL", default_value = "http://127.0.0.1:8080")]
     server: String,
-    /// Bearer token for register and override.
+    /// Bearer token: your line of the analyzer's tokens file (or its single `--token`).
+    /// Register needs a pipeline or admin token, override an operator or admin one,
+    /// reads any (only when the analyzer runs with `--require-viewer`).
     #[arg(long, env = "CANARY_ANALYZER_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Seconds one request to the analyzer may take, connecting included; `wait`
+    /// also cuts a request short at its own `--timeout`.
+    #[arg(long, env = "CANARY_ANALYZER_REQUEST_TIMEOUT", default_value_t = cli::DEFAULT_REQUEST_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    request_timeout: u64,
 }
 
 impl ServerArgs {
     fn client(&self) -> Client {
-        Client::new(&self.server, self.token.clone())
+        Client::new(&self.server, self.token.clone()).with_request_timeout(Duration::from_secs(self.request_timeout))
     }
 }
 
@@ -136,12 +146,32 @@ struct ServeArgs {
     /// Read metrics from this Prometheus server instead of Envoy admin endpoints.
     #[arg(long, env = "CANARY_ANALYZER_PROMETHEUS")]
     prometheus: Option<String>,
+    /// Largest scrape or Prometheus answer read, in bytes (default 64 MiB); a bigger
+    /// one fails that target or query for the check instead of filling memory.
+    #[arg(
+        long,
+        env = "CANARY_ANALYZER_MAX_SCRAPE_BYTES",
+        default_value_t = canary_analyzer::source::DEFAULT_MAX_BODY_BYTES,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    max_scrape_bytes: u64,
     /// Webhook for status updates (Slack-compatible); a policy's own `notify` wins.
-    #[arg(long, env = "CANARY_ANALYZER_WEBHOOK")]
+    /// A secret: logged and shown only as `scheme://host/…#xxh3:<fingerprint>`.
+    #[arg(long, env = "CANARY_ANALYZER_WEBHOOK", hide_env_values = true)]
     webhook: Option<String>,
-    /// Bearer token required for register and override; without one they are disabled.
+    /// One shared bearer token: an `admin` identity named `token`. Without it or a
+    /// tokens file, register and override are disabled. Must not be empty; leading and
+    /// trailing whitespace (a newline from a file) is trimmed. Not with --tokens-file.
     #[arg(long, env = "CANARY_ANALYZER_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Named identities, one `TOKEN,NAME,ROLE` line each (role viewer, pipeline,
+    /// operator or admin); read again on SIGHUP and when the file changes. Not with --token.
+    #[arg(long, env = "CANARY_ANALYZER_TOKENS_FILE")]
+    tokens_file: Option<PathBuf>,
+    /// Reads (status, report, audit, the dashboard) need a token of any role; the
+    /// filter's `/config`, `/healthz` and `/metrics` stay open.
+    #[arg(long, env = "CANARY_ANALYZER_REQUIRE_VIEWER")]
+    require_viewer: bool,
     #[arg(long, env = "CANARY_ANALYZER_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
 }
@@ -155,7 +185,9 @@ enum LogFormat {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour only for a person at a terminal: journald, `kubectl logs` and CI files get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -179,13 +211,46 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// With a tokens file: reload it on SIGHUP and when its content changes (polled
+/// every [`auth::FILE_POLL_INTERVAL`]). Without one SIGHUP keeps its default action.
+fn reload_tokens_on_change(auth: &Arc<Authenticator>) -> anyhow::Result<()> {
+    if auth.file().is_none() {
+        return Ok(());
+    }
+    tokio::spawn(Arc::clone(auth).watch_file(auth::FILE_POLL_INTERVAL));
+    #[cfg(unix)]
+    {
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("listening for SIGHUP (reloads the tokens file)")?;
+        let auth = Arc::clone(auth);
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                // Logged and counted by `reload`; a bad file keeps the identities in force.
+                let _ = auth.reload(ReloadTrigger::Signal);
+            }
+        });
+    }
+    Ok(())
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(args.log_format);
+    // Checked before anything else: a blank token would open registration and overrides to anyone.
+    let auth = Arc::new(Authenticator::from_settings(
+        args.token.as_deref(),
+        args.tokens_file.as_deref(),
+        args.require_viewer,
+    )?);
+    reload_tokens_on_change(&auth)?;
+    // Parsed here, not by clap: clap's error would print the whole URL.
+    let webhook =
+        args.webhook.as_deref().map(WebhookUrl::parse).transpose().context("--webhook / CANARY_ANALYZER_WEBHOOK")?;
+    let webhook_shown = webhook.as_ref().map_or("none".to_string(), ToString::to_string);
     let source = match args.prometheus {
-        Some(url) => SourceSettings::Prometheus(url),
-        None => SourceSettings::EnvoyAdmin(args.envoy_admin),
+        Some(url) => SourceSettings::Prometheus { url, max_body_bytes: args.max_scrape_bytes },
+        None => SourceSettings::EnvoyAdmin { admin_urls: args.envoy_admin, max_body_bytes: args.max_scrape_bytes },
     };
-    let engine = Engine::open(&args.state_dir, source, Notifier::new(args.webhook))
+    let engine = Engine::open(&args.state_dir, source, Notifier::new(webhook))
         .with_context(|| format!("opening the state directory {}", args.state_dir.display()))?;
     let engine = Arc::new(engine);
     for path in &args.policies {
@@ -202,7 +267,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let listener =
         tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("binding {}", args.listen))?;
-    tracing::info!(listen = %args.listen, overrides = args.token.is_some(), "analyzer serving");
+    tracing::info!(
+        listen = %args.listen,
+        overrides = auth.has_tokens(),
+        identities = auth.identities(),
+        tokens_file = %auth.file().map_or("none".into(), |p| p.display().to_string()),
+        require_viewer = auth.requires_viewer(),
+        webhook = %webhook_shown,
+        "analyzer serving"
+    );
+    if !auth.has_tokens() {
+        tracing::warn!(
+            "no bearer token (--token / CANARY_ANALYZER_TOKEN or --tokens-file): registration and overrides are \
+             refused with 403"
+        );
+    }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let checks = tokio::spawn(engine::run_checks(Arc::clone(&engine), {
         let mut stopped = stopped.clone();
@@ -210,7 +289,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let _ = stopped.changed().await;
         }
     }));
-    let state = AppState { engine, token: args.token.map(Arc::from) };
+    let state = AppState { engine, auth };
     api::run(listener, state, async move {
         shutdown_signal().await;
         let _ = stop.send(true);
@@ -295,14 +374,18 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Register { policy, server, actor } => {
             let text = std::fs::read_to_string(&policy).with_context(|| format!("reading {}", policy.display()))?;
-            let status = server.client().register(text, &actor).await?;
-            println!("{}", cli::progress_line(&status));
+            let recorded = server.client().register(text, actor.as_deref()).await?;
+            println!("{}", cli::progress_line(&recorded.status));
+            eprintln!("{}", recorded.identity_line());
             Ok(0)
         }
         Command::Override { deployment, action, reason, actor, share, server } => {
-            let status =
-                server.client().override_rollout(&deployment, action.api_name(), &reason, &actor, share).await?;
-            println!("{}", cli::progress_line(&status));
+            let recorded = server
+                .client()
+                .override_rollout(&deployment, action.api_name(), &reason, actor.as_deref(), share)
+                .await?;
+            println!("{}", cli::progress_line(&recorded.status));
+            eprintln!("{}", recorded.identity_line());
             Ok(0)
         }
         Command::Wait { deployment, server, timeout } => {

@@ -2,12 +2,14 @@
 //! ladder with the current step and time left, the per-cohort charts from the
 //! check history, the comparison table, the decision log and the override form.
 
-use super::html::{escape, path_segment, share, timestamp};
+use super::html::{escape, path_segment};
 use super::svg::{Chart, Series};
 use crate::audit::AuditRecord;
-use crate::cli::{format_interval, format_p, format_relative, format_value, verdict_name};
-use crate::engine::{HistoryPoint, RolloutStatus, action_name};
-use crate::ladder::Action;
+use crate::engine::{HistoryPoint, RolloutStatus};
+use crate::present::{
+    action_text, duration_text, format_interval, format_p, format_relative, format_value, phase_name, share, timestamp,
+    verdict_name,
+};
 use crate::stats::{ComparisonRow, Verdict};
 use canary_core::RolloutPhase;
 use std::fmt::Write as _;
@@ -19,17 +21,6 @@ const REFERENCE: &str = "#868e96";
 /// Audit records shown in the decision log, newest first; the API has them all.
 pub const LOG_LIMIT: usize = 50;
 
-/// `progressing`, `paused`, `promoted`, `rolled back`, `pending`.
-pub fn phase_name(phase: RolloutPhase) -> &'static str {
-    match phase {
-        RolloutPhase::Pending => "pending",
-        RolloutPhase::Progressing => "progressing",
-        RolloutPhase::Paused => "paused",
-        RolloutPhase::Promoted => "promoted",
-        RolloutPhase::RolledBack => "rolled back",
-    }
-}
-
 /// CSS class of a phase (no spaces).
 fn phase_class(phase: RolloutPhase) -> &'static str {
     match phase {
@@ -39,11 +30,6 @@ fn phase_class(phase: RolloutPhase) -> &'static str {
         RolloutPhase::Promoted => "promoted",
         RolloutPhase::RolledBack => "rolled-back",
     }
-}
-
-/// `12 s`, `4 min 05 s`.
-pub fn duration_text(seconds: u64) -> String {
-    if seconds < 60 { format!("{seconds} s") } else { format!("{} min {:02} s", seconds / 60, seconds % 60) }
 }
 
 /// The headline: phase, share, step, generation, last check, failed scrape targets.
@@ -67,6 +53,16 @@ pub fn summary(status: &RolloutStatus) -> String {
         None => out.push_str(" · no check yet"),
     }
     out.push_str("</p>");
+    if let Some(fleet) = &status.fleet {
+        let class = if fleet.all_applied() { "fleet" } else { "fleet warning" };
+        let _ = write!(out, "<p class=\"{class}\" id=\"fleet\">fleet: {}</p>", escape(&fleet.summary()));
+    }
+    if let Some(stalled) = &status.stalled {
+        let _ = write!(out, "<p class=\"warning\" id=\"stalled\">{}</p>", escape(stalled));
+    }
+    if let Some(problem) = &status.problem {
+        let _ = write!(out, "<p class=\"warning\" id=\"problem\">{}</p>", escape(problem));
+    }
     if !status.failed_targets.is_empty() {
         let targets: Vec<String> = status.failed_targets.iter().map(|t| escape(t)).collect();
         let _ = write!(out, "<p class=\"warning\">failed scrape targets: {}</p>", targets.join("; "));
@@ -246,16 +242,6 @@ pub fn comparison_table(rows: &[ComparisonRow]) -> String {
     out
 }
 
-/// What a decision did, for the log: `promote → 25 %`.
-pub fn action_text(action: &Action) -> String {
-    match action {
-        Action::Promote { share_bp, .. } | Action::SetShare { share_bp, .. } => {
-            format!("{} → {}", action_name(action), share(*share_bp))
-        }
-        other => action_name(other).to_string(),
-    }
-}
-
 /// The decision log, newest first (at most [`LOG_LIMIT`] records).
 pub fn decision_log(records: &[AuditRecord]) -> String {
     if records.is_empty() {
@@ -274,7 +260,7 @@ pub fn decision_log(records: &[AuditRecord]) -> String {
             record.sequence,
             record.sequence,
             timestamp(record.at_ms),
-            escape(record.decision.actor.name()),
+            escape(&record.decision.actor_text()),
             escape(&action_text(&record.decision.action)),
             before,
             share(record.after.share_bp),
@@ -298,9 +284,10 @@ pub fn override_form(deployment: &str) -> String {
          step=\"0.01\" placeholder=\"set share only\"></label>\
          <label class=\"wide\">reason <input name=\"reason\" id=\"override-reason\" required minlength=\"1\" \
          placeholder=\"why (recorded in the audit log)\"></label>\
-         <label>actor <input name=\"actor\" id=\"override-actor\" value=\"operator\" required></label>\
+         <label>note <input name=\"actor\" id=\"override-actor\" maxlength=\"100\" \
+         placeholder=\"optional; the token names who acts\"></label>\
          <label>token <input name=\"token\" id=\"override-token\" type=\"password\" autocomplete=\"off\" \
-         placeholder=\"CANARY_ANALYZER_TOKEN\"></label>\
+         required placeholder=\"operator or admin token\"></label>\
          <button type=\"submit\" id=\"override-submit\">apply</button>\
          <output id=\"override-result\" role=\"status\"></output></form>",
         escape(&path_segment(deployment))

@@ -127,6 +127,8 @@ impl CheckPlan {
 pub(super) struct PrometheusWindows {
     /// When the last window that was asked for ended (Prometheus' time axis is wall time).
     last_end: Option<SystemTime>,
+    /// The end before that, to carry an empty window's span into the next one.
+    previous_end: Option<SystemTime>,
 }
 
 /// Longest window asked for, in check intervals: after a longer gap (the analyzer was
@@ -140,6 +142,7 @@ impl PrometheusWindows {
     /// and tiling starts again from `end`.
     pub fn next(&mut self, end: SystemTime, check_interval: Duration) -> Result<Duration, String> {
         let previous = self.last_end.replace(end);
+        self.previous_end = previous;
         let Some(previous) = previous else { return Ok(check_interval) };
         match end.duration_since(previous) {
             Ok(span) if span.is_zero() => Err("no time passed since the previous window".to_string()),
@@ -162,6 +165,15 @@ impl PrometheusWindows {
     /// Forget the previous end (its window failed): the next window is one check interval.
     pub fn forget(&mut self) {
         self.last_end = None;
+    }
+
+    /// The last window held no sample pair (`increase()` needs two scrapes in the
+    /// window, so a window shorter than the scrape interval answers empty): the next
+    /// window starts where that one started, so its requests are counted then.
+    pub fn carry_over(&mut self) {
+        if self.previous_end.is_some() {
+            self.last_end = self.previous_end;
+        }
     }
 }
 
@@ -192,6 +204,16 @@ mod tests {
         let skipped = windows.next(at(10_000_000 - 3_600_000), INTERVAL).unwrap_err();
         assert!(skipped.contains("went back 3600000 ms"), "{skipped}");
         assert_eq!(windows.next(at(10_000_000 - 3_570_000), INTERVAL), Ok(INTERVAL));
+    }
+
+    #[test]
+    fn an_empty_window_is_carried_into_the_next() {
+        let mut windows = PrometheusWindows::default();
+        windows.next(at(1_000_000), INTERVAL).unwrap();
+        assert_eq!(windows.next(at(1_030_000), INTERVAL), Ok(INTERVAL));
+        windows.carry_over();
+        assert_eq!(windows.next(at(1_060_000), INTERVAL), Ok(Duration::from_secs(60)), "both spans, once");
+        assert_eq!(windows.next(at(1_090_000), INTERVAL), Ok(INTERVAL));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::audit::AUDIT_FILE;
+use crate::ladder::Actor;
 use std::net::SocketAddr;
 use std::sync::Mutex as StdMutex;
 use std::sync::atomic::AtomicUsize;
@@ -11,6 +12,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 const T0: u64 = 1_700_000_000_000;
+
+/// The caller of the overrides below, as the API would authenticate it.
+fn alice() -> ActedBy {
+    Actor::human("alice").unwrap().into()
+}
 
 /// A fresh state directory per test, removed on drop.
 struct TempDir(PathBuf);
@@ -81,6 +87,17 @@ impl StubEnvoy {
         *self.answer.lock().unwrap() = (200, body);
     }
 
+    /// Counts plus the filter's applied-rollout gauges for one deployment.
+    fn serve_counts_and_gauges(&self, deployment: &str, canary: u64, control: u64, generation: u64, share_bp: u32) {
+        self.serve_counts(&[(deployment, canary, control)]);
+        let mut answer = self.answer.lock().unwrap();
+        answer.1.push_str(&format!(
+            "canary_applied_generation{{deployment=\"{deployment}\"}} {generation}\n\
+             canary_applied_share_bp{{deployment=\"{deployment}\"}} {share_bp}\n\
+             canary_config_age_ms{{deployment=\"{deployment}\"}} 250\n"
+        ));
+    }
+
     fn fail_with(&self, status: u16) {
         *self.answer.lock().unwrap() = (status, "no healthy upstream".to_string());
     }
@@ -113,6 +130,18 @@ fn policy(deployment: &str, extra: &str) -> RolloutPolicy {
     .unwrap()
 }
 
+/// A policy the statistics refuse (`max_increase_ms: 1e306` is infinite in µs), as an older
+/// analyzer could register it: `from_yaml` now refuses it by field, so it is built directly.
+fn statistics_refused(deployment: &str) -> RolloutPolicy {
+    let mut policy = policy(deployment, "    - {name: latency_p99, max_increase_ms: 1}\n");
+    for metric in &mut policy.metrics {
+        if let crate::policy::Metric::Latency { tolerance, .. } = &mut metric.metric {
+            tolerance.max_increase_ms = Some(1e306);
+        }
+    }
+    policy
+}
+
 /// A wall clock the test sets.
 fn stepped_clock(start_ms: u64) -> (WallClock, Arc<AtomicU64>) {
     let now = Arc::new(AtomicU64::new(start_ms));
@@ -121,7 +150,9 @@ fn stepped_clock(start_ms: u64) -> (WallClock, Arc<AtomicU64>) {
 }
 
 fn engine(dir: &TempDir, targets: Vec<String>, clock: WallClock) -> Arc<Engine> {
-    let engine = Engine::open(&dir.0, SourceSettings::EnvoyAdmin(targets), Notifier::new(None)).unwrap();
+    let source =
+        SourceSettings::EnvoyAdmin { admin_urls: targets, max_body_bytes: crate::source::DEFAULT_MAX_BODY_BYTES };
+    let engine = Engine::open(&dir.0, source, Notifier::new(None)).unwrap();
     Arc::new(engine.with_wall_clock(clock))
 }
 
@@ -218,7 +249,8 @@ async fn a_hung_target_delays_neither_an_override_nor_other_rollouts_checks() {
         .await
         .unwrap_or_else(|_| panic!("only {} of 20 checks reached the hung target", accepted.load(Ordering::SeqCst)));
     // ...and an override goes through while they all still wait for it.
-    let rollback = engine.override_rollout("service-00", &OverrideAction::Rollback, "alice", "bad build", T0 + 1).await;
+    let rollback =
+        engine.override_rollout("service-00", &OverrideAction::Rollback, &alice(), "bad build", T0 + 1).await;
     assert_eq!(rollback.unwrap().state.phase, canary_core::RolloutPhase::RolledBack);
     assert!(checks.iter().all(|c| !c.is_finished()), "the override did not wait for a check");
     for check in checks {
@@ -237,7 +269,7 @@ async fn a_policy_the_statistics_refuse_leaves_no_trace() {
     let dir = TempDir::new();
     let (clock, _) = stepped_clock(T0);
     let engine = engine(&dir, vec!["http://127.0.0.1:1".into()], clock);
-    let bad = policy("checkout", "    - {name: latency_p99, max_increase_ms: 1e306}\n");
+    let bad = statistics_refused("checkout");
     let refused = engine.register(bad, Actor::human("ci").unwrap(), T0).await.unwrap_err();
     assert!(matches!(refused, EngineError::InvalidPolicy(_)), "{refused}");
     assert!(refused.to_string().contains("tolerance"), "{refused}");
@@ -252,7 +284,7 @@ async fn a_rollout_that_cannot_be_rebuilt_does_not_stop_the_others() {
     {
         // Written as an older analyzer would have: the store accepts what the statistics refuse.
         let (mut store, _) = RolloutStore::open(&dir.0).unwrap();
-        for policy in [policy("good", ""), policy("broken", "    - {name: latency_p99, max_increase_ms: 1e306}\n")] {
+        for policy in [policy("good", ""), statistics_refused("broken")] {
             let state = RolloutState::start(&policy, 0, T0);
             let start = Decision::start(&state, Actor::human("ci").unwrap(), "deploy");
             store.commit(T0, &policy, &start, None, &state).unwrap();
@@ -270,8 +302,76 @@ async fn a_rollout_that_cannot_be_rebuilt_does_not_stop_the_others() {
     assert_eq!(engine.list(T0).await.len(), 2);
     engine.check_now("good").await.unwrap();
     // A human can still take the broken one back to 0 %.
-    engine.override_rollout("broken", &OverrideAction::Rollback, "alice", "policy broken", T0 + 5).await.unwrap();
+    engine.override_rollout("broken", &OverrideAction::Rollback, &alice(), "policy broken", T0 + 5).await.unwrap();
     assert_eq!(engine.config("broken").map(|c| c.share_bp), Some(0));
     let records = AuditLog::read_all(&dir.0.join(AUDIT_FILE)).unwrap();
     assert_eq!(records.len(), 3);
+}
+
+#[tokio::test]
+async fn a_step_waits_for_the_fleet_and_a_laggard_holds_the_promotion() {
+    // Issue 9 item 4: the window starts when every proxy applies the step (or after the
+    // fleet deadline), and a proxy still on an old generation holds the promotion.
+    let (dir, envoy) = (TempDir::new(), StubEnvoy::start().await);
+    let (clock, wall) = stepped_clock(T0);
+    let engine = engine(&dir, vec![envoy.url()], clock);
+    let policy = policy("checkout", "").with_fleet_deadline(Duration::from_secs(3));
+    let registered = engine.register(policy, Actor::human("ci").unwrap(), T0).await.unwrap();
+    let served = registered.config.generation;
+    let (mut canary, mut control) = (0u64, 0u64);
+    let mut check = |second: u64, generation: u64| {
+        canary += 10;
+        control += 990;
+        envoy.serve_counts_and_gauges("checkout", canary, control, generation, 100);
+        wall.store(T0 + second * 1_000, Ordering::SeqCst);
+    };
+    // The proxy is stuck on an older generation for 30 s: windows run after the 3 s deadline,
+    // but nothing is promoted.
+    for second in 1..=30 {
+        check(second, served - 1);
+        engine.check_now("checkout").await.unwrap();
+    }
+    let status = engine.status("checkout", T0 + 30_000).await.unwrap();
+    assert_eq!(status.config.share_bp, 100, "held by the laggard");
+    let fleet = status.fleet.expect("the fleet view");
+    assert_eq!((fleet.proxies, fleet.on_generation, fleet.generation), (1, 0, served));
+    assert!(fleet.summary().contains("lagging:") && fleet.summary().contains(&envoy.url()), "{}", fleet.summary());
+    // It catches up: promoted within a window's worth of checks.
+    let mut promoted_at = None;
+    for second in 31..=50 {
+        check(second, served);
+        engine.check_now("checkout").await.unwrap();
+        if engine.config("checkout").unwrap().share_bp == 500 {
+            promoted_at = Some(second);
+            break;
+        }
+    }
+    assert!(promoted_at.is_some(), "promoted once the proxy applied the step");
+    let audit = engine.audit("checkout").unwrap();
+    assert!(audit.last().unwrap().decision.reason.contains("promoting to 5 %"), "{:?}", audit.last());
+}
+
+#[tokio::test]
+async fn a_step_without_enough_traffic_is_reported_stalled_and_never_promoted() {
+    // Issue 9 item 6: after `stall_after_windows` windows short of data, status says so.
+    let (dir, envoy) = (TempDir::new(), StubEnvoy::start().await);
+    let (clock, wall) = stepped_clock(T0);
+    let engine = engine(&dir, vec![envoy.url()], clock);
+    let policy = policy("checkout", "").with_stall_after_windows(2);
+    engine.register(policy, Actor::human("ci").unwrap(), T0).await.unwrap();
+    // One canary request a second: 20 needed per window of 10 s, never there at 1 %.
+    for second in 1..=19 {
+        envoy.serve_counts(&[("checkout", second, second * 99)]);
+        wall.store(T0 + second * 1_000, Ordering::SeqCst);
+        engine.check_now("checkout").await.unwrap();
+    }
+    assert_eq!(engine.status("checkout", T0).await.unwrap().stalled, None, "not yet two windows");
+    envoy.serve_counts(&[("checkout", 20, 20 * 99)]);
+    wall.store(T0 + 20_000, Ordering::SeqCst);
+    engine.check_now("checkout").await.unwrap();
+    let status = engine.status("checkout", T0 + 20_000).await.unwrap();
+    let stalled = status.stalled.clone().expect("stalled after two windows");
+    assert!(stalled.starts_with("stalled after 2 windows") && stalled.contains("per cohort needed"), "{stalled}");
+    assert_eq!(status.config.share_bp, 100);
+    assert!(crate::cli::status_text(&status).contains("STALLED: stalled after 2 windows"));
 }

@@ -5,7 +5,9 @@
 //! - **Targets are kept apart until deltas are taken**: summing cumulative counters
 //!   first would hide one Envoy's restart inside another's growth.
 //! - **Restart** (any counter or histogram bucket went down, the bucket layout
-//!   changed, or `envoy_server_uptime` went down): the target's delta is its current
+//!   changed, or `envoy_server_uptime` went down; for Envoy's detailed bins, any bin
+//!   went down or vanished: bins appear as they fill, so deltas take the union of the
+//!   two scrapes' bins, see `latency`): the target's delta is its current
 //!   value — the counters restarted from 0, the Prometheus `increase()` convention,
 //!   so both sources agree. The whole target is treated alike (every cohort, every
 //!   series), so canary and control always cover the same stretch of time. Requests
@@ -15,16 +17,20 @@
 //!   interval ever holds a target's counts from more than one analyzer interval (a
 //!   lumped delta could straddle a share change and bias the sample-ratio check).
 //! - **New target**: its first scrape is its baseline; it contributes from the next.
+//! - **Proxies**: every target that contributed, and every baseline target (with no
+//!   requests), is listed with the gauges of its current scrape. It changed generation
+//!   during the interval when its previous scrape (before a restart, too) showed another
+//!   one; a target without the gauges in either scrape is never said to have changed.
 
 use std::collections::BTreeMap;
 
 use canary_core::Cohort;
 
-use crate::stats::{LatencyHistogram, StatsError};
+use crate::stats::StatsError;
 
 use super::error::{SourceError, describe};
-use super::interval::{IntervalMetrics, TargetFailure};
-use super::snapshot::{CohortSnapshot, DeploymentSnapshot, PerCohort};
+use super::interval::{IntervalMetrics, ProxyApplied, TargetFailure};
+use super::snapshot::{AppliedRollout, CohortSnapshot, DeploymentSnapshot, PerCohort};
 
 /// One target's scrape in one round: its snapshot, or why there is none.
 #[derive(Debug)]
@@ -68,8 +74,7 @@ fn add_delta(sums: &mut IntervalMetrics, delta: &TargetDelta) -> Result<(), Stat
         let sum = updated.get_mut(cohort);
         sum.requests.add(&from_target.requests);
         if let Some(latency) = &from_target.latency {
-            let histogram =
-                LatencyHistogram::from_cumulative(&latency.upper_bounds_us, &latency.le_counts, latency.count)?;
+            let histogram = latency.to_histogram()?;
             match &mut sum.latency {
                 Some(total) => total.add(&histogram)?,
                 None => sum.latency = Some(histogram),
@@ -78,6 +83,31 @@ fn add_delta(sums: &mut IntervalMetrics, delta: &TargetDelta) -> Result<(), Stat
     }
     sums.cohorts = updated;
     Ok(())
+}
+
+/// A target's entry in [`IntervalMetrics::proxies`]: the gauges of its current scrape,
+/// compared with those of its previous one (`None` for a baseline), and the canary and
+/// control requests of its delta (`None`: none counted).
+fn proxy_applied(
+    target: &str,
+    before: Option<&AppliedRollout>,
+    now: &AppliedRollout,
+    delta: Option<&TargetDelta>,
+) -> ProxyApplied {
+    let requests = |cohort: Cohort| delta.map_or(0, |d| d.cohorts.get(cohort).requests.total());
+    let changed_during_interval = matches!(
+        (before.and_then(|b| b.generation), now.generation),
+        (Some(start), Some(end)) if start != end
+    );
+    ProxyApplied {
+        proxy: target.to_string(),
+        generation: now.generation,
+        share_bp: now.share_bp,
+        config_age_ms: now.config_age_ms,
+        changed_during_interval,
+        canary_requests: requests(Cohort::Canary),
+        control_requests: requests(Cohort::Control),
+    }
 }
 
 /// Remembers each target's last good snapshot and turns each round of scrapes
@@ -106,7 +136,10 @@ impl DeltaTracker {
                 }
             };
             match self.previous.get(&target) {
-                None => metrics.baseline_targets.push(target.clone()),
+                None => {
+                    metrics.proxies.push(proxy_applied(&target, None, &current.applied, None));
+                    metrics.baseline_targets.push(target.clone());
+                }
                 Some(previous) => {
                     let delta = target_delta(previous, &current);
                     match add_delta(&mut metrics, &delta) {
@@ -114,6 +147,8 @@ impl DeltaTracker {
                             if delta.restarted {
                                 metrics.restarted_targets.push(target.clone());
                             }
+                            let proxy = proxy_applied(&target, Some(&previous.applied), &current.applied, Some(&delta));
+                            metrics.proxies.push(proxy);
                             metrics.contributing_targets.push(target.clone());
                         }
                         Err(error) => metrics
@@ -132,7 +167,8 @@ impl DeltaTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::snapshot::{ClassCounts, CumulativeLatency};
+    use crate::source::latency::CumulativeLatency;
+    use crate::source::snapshot::ClassCounts;
     use crate::stats::{CohortCounts, IntervalCounts};
 
     const BOUNDS: [u64; 3] = [1_000, 10_000, 100_000];
@@ -147,6 +183,7 @@ mod tests {
                 le_counts: vec![ok + failed; 3],
                 count: ok + failed,
                 sum_us: 500.0 * (ok + failed) as f64,
+                ..Default::default()
             }),
         };
         let mut snapshot = DeploymentSnapshot::default();
@@ -285,5 +322,152 @@ mod tests {
         assert!(!delta.restarted);
         assert_eq!(delta.cohorts.canary.requests.total(), 10);
         assert_eq!(delta.cohorts.canary.latency.as_ref().unwrap().count, 0);
+    }
+
+    /// `snapshot` whose canary and control latencies are Envoy's bins `(grid bound, count)`.
+    fn with_bins(
+        mut snapshot: DeploymentSnapshot,
+        canary: &[(u64, u64)],
+        control: &[(u64, u64)],
+    ) -> DeploymentSnapshot {
+        snapshot.cohorts.canary.latency = Some(CumulativeLatency::from_envoy_bins(canary.to_vec(), 0));
+        snapshot.cohorts.control.latency = Some(CumulativeLatency::from_envoy_bins(control.to_vec(), 0));
+        snapshot
+    }
+
+    #[test]
+    fn envoys_bins_are_summed_over_targets_on_one_grid_and_a_bin_going_down_restarts() {
+        let grid = crate::source::envoy_bins::envoy_bin_bounds_us();
+        let count_at = |interval: &IntervalMetrics, cohort, bound: u64| {
+            let histogram = interval.latency(cohort).unwrap();
+            assert_eq!(histogram.upper_bounds_us(), grid);
+            histogram.bucket_counts()[grid.iter().position(|b| *b == bound).unwrap()]
+        };
+        let mut tracker = DeltaTracker::new();
+        tracker.advance(vec![
+            ok("a", with_bins(snapshot((10, 0), (10, 0)), &[(1_300, 10)], &[(1_300, 10)])),
+            ok("b", with_bins(snapshot((5, 0), (5, 0)), &[(84, 5)], &[(84, 5)])),
+        ]);
+        // "a" filled a new bin (72 000); "b" has other bins than "a": both sum on the grid.
+        let interval = tracker.advance(vec![
+            ok("a", with_bins(snapshot((14, 0), (12, 0)), &[(1_300, 12), (72_000, 2)], &[(1_300, 12)])),
+            ok("b", with_bins(snapshot((8, 0), (7, 0)), &[(84, 8)], &[(84, 7)])),
+        ]);
+        assert!(interval.restarted_targets.is_empty() && interval.failed_targets.is_empty(), "{interval:?}");
+        assert_eq!((count_at(&interval, Cohort::Canary, 1_300), count_at(&interval, Cohort::Canary, 72_000)), (2, 2));
+        assert_eq!(count_at(&interval, Cohort::Canary, 84), 3);
+        assert_eq!(interval.latency(Cohort::Control).unwrap().total(), 4);
+        // "a" restarted and served more 1.3 ms requests than before, but its 72 ms bin
+        // went back to 0: the whole target restarted, its delta is its current value.
+        let restarted = tracker.advance(vec![
+            ok("a", with_bins(snapshot((20, 0), (20, 0)), &[(1_300, 20)], &[(1_300, 20)])),
+            ok("b", with_bins(snapshot((8, 0), (7, 0)), &[(84, 8)], &[(84, 7)])),
+        ]);
+        assert_eq!(restarted.restarted_targets, vec!["a"]);
+        assert_eq!(count_at(&restarted, Cohort::Canary, 1_300), 20);
+        assert_eq!(restarted.latency(Cohort::Canary).unwrap().total(), 20);
+    }
+
+    /// `snapshot` with the gauges of a filter applying `generation` at `share_bp`.
+    fn applying(mut snapshot: DeploymentSnapshot, generation: u64, share_bp: u32) -> DeploymentSnapshot {
+        snapshot.applied =
+            AppliedRollout { generation: Some(generation), share_bp: Some(share_bp), config_age_ms: Some(400) };
+        snapshot
+    }
+
+    fn proxy(
+        target: &str,
+        (generation, share_bp): (u64, u32),
+        changed_during_interval: bool,
+        (canary_requests, control_requests): (u64, u64),
+    ) -> ProxyApplied {
+        ProxyApplied {
+            proxy: target.to_string(),
+            generation: Some(generation),
+            share_bp: Some(share_bp),
+            config_age_ms: Some(400),
+            changed_during_interval,
+            canary_requests,
+            control_requests,
+        }
+    }
+
+    #[test]
+    fn every_scraped_target_is_a_proxy_with_its_gauges_and_requests() {
+        let mut tracker = DeltaTracker::new();
+        let first = tracker.advance(vec![
+            ok("a", applying(snapshot((10, 0), (100, 0)), 7, 500)),
+            ok("b", applying(snapshot((5, 0), (50, 0)), 7, 500)),
+        ]);
+        // Baselines are proxies too, with nothing counted.
+        assert_eq!(first.proxies, vec![proxy("a", (7, 500), false, (0, 0)), proxy("b", (7, 500), false, (0, 0))]);
+
+        // "b" moved to generation 8 (25 %) during the interval, "a" lags on 7.
+        let second = tracker.advance(vec![
+            ok("a", applying(snapshot((20, 1), (200, 2)), 7, 500)),
+            ok("b", applying(snapshot((30, 0), (120, 0)), 8, 2_500)),
+        ]);
+        assert_eq!(
+            second.proxies,
+            vec![proxy("a", (7, 500), false, (11, 102)), proxy("b", (8, 2_500), true, (25, 70))]
+        );
+        let third = tracker.advance(vec![
+            ok("a", applying(snapshot((20, 1), (200, 2)), 8, 2_500)),
+            ok("b", applying(snapshot((40, 0), (150, 0)), 8, 2_500)),
+        ]);
+        assert_eq!(third.proxies, vec![proxy("a", (8, 2_500), true, (0, 0)), proxy("b", (8, 2_500), false, (10, 30))]);
+    }
+
+    #[test]
+    fn failed_targets_are_not_proxies_of_the_interval() {
+        let mut tracker = DeltaTracker::new();
+        let mut odd = applying(snapshot((10, 0), (100, 0)), 7, 500);
+        odd.cohorts.canary.latency.as_mut().unwrap().upper_bounds_us = vec![5_000, 50_000, 500_000];
+        tracker.advance(vec![
+            ok("a", applying(snapshot((10, 0), (100, 0)), 7, 500)),
+            ok("b", applying(snapshot((10, 0), (100, 0)), 7, 500)),
+            ok("odd", odd.clone()),
+        ]);
+        let interval = tracker.advance(vec![failed("a"), ok("b", applying(snapshot((10, 0), (100, 0)), 7, 500)), {
+            let mut grown = odd;
+            grown.cohorts.canary.requests.success = 20;
+            ok("odd", grown)
+        }]);
+        assert_eq!(interval.failed_targets.len(), 2, "{:?}", interval.failed_targets);
+        assert_eq!(interval.proxies, vec![proxy("b", (7, 500), false, (0, 0))]);
+    }
+
+    #[test]
+    fn a_restarted_target_changed_only_if_its_generation_differs_from_before_the_restart() {
+        let mut tracker = DeltaTracker::new();
+        tracker.advance(vec![
+            ok("same", applying(snapshot((1_000, 0), (9_000, 0)), 7, 500)),
+            ok("other", applying(snapshot((1_000, 0), (9_000, 0)), 7, 500)),
+        ]);
+        let interval = tracker.advance(vec![
+            ok("same", applying(snapshot((3, 0), (30, 0)), 7, 500)),
+            ok("other", applying(snapshot((4, 0), (40, 0)), 8, 2_500)),
+        ]);
+        assert_eq!(interval.restarted_targets, vec!["same", "other"]);
+        assert_eq!(
+            interval.proxies,
+            vec![proxy("same", (7, 500), false, (3, 30)), proxy("other", (8, 2_500), true, (4, 40))]
+        );
+    }
+
+    #[test]
+    fn a_filter_without_gauges_is_a_proxy_of_unknown_generation_that_never_changed() {
+        let mut tracker = DeltaTracker::new();
+        tracker.advance(vec![ok("old", snapshot((10, 0), (100, 0)))]);
+        // Upgraded in place to a filter with gauges: no generation at the start to compare.
+        let interval = tracker.advance(vec![ok("old", applying(snapshot((12, 0), (110, 0)), 7, 500))]);
+        assert_eq!(interval.proxies, vec![proxy("old", (7, 500), false, (2, 10))]);
+        let older = DeltaTracker::new().advance(vec![ok("old", snapshot((10, 0), (100, 0)))]);
+        let expected = ProxyApplied { proxy: "old".into(), ..ProxyApplied::default() };
+        assert_eq!(older.proxies, vec![expected]);
+        assert_eq!(
+            (older.proxies[0].generation, older.proxies[0].share_bp, older.proxies[0].config_age_ms),
+            (None, None, None)
+        );
     }
 }

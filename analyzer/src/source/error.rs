@@ -16,11 +16,14 @@ pub enum SourceError {
         #[source]
         source: reqwest::Error,
     },
+    /// The body passed the cap (`--max-scrape-bytes`): declared or streamed.
+    #[error("{url}: body exceeds {} limit (--max-scrape-bytes)", super::body::byte_size(*.limit))]
+    BodyTooLarge { url: String, limit: u64 },
     /// The server answered with a non-success status.
     #[error("{url} answered with status {status}: {body}")]
     Status { url: String, status: u16, body: String },
-    /// The exposition text from a target did not parse.
-    #[error("cannot parse the exposition from {url}")]
+    /// A target's answer (exposition text or Envoy's JSON stats) did not parse.
+    #[error("cannot parse the stats from {url}")]
     Exposition {
         url: String,
         #[source]
@@ -41,7 +44,8 @@ pub enum SourceError {
     UnexpectedResult { query: String, detail: String },
 }
 
-/// Why exposition text could not be turned into a snapshot.
+/// Why a target's answer (exposition text, or Envoy's JSON stats) could not be turned
+/// into a snapshot.
 #[derive(Debug, Error)]
 pub enum ExpositionError {
     /// The text could not be read line by line.
@@ -50,13 +54,29 @@ pub enum ExpositionError {
     /// A counter or bucket value is negative, infinite or NaN.
     #[error("{metric} has value {value}, expected a finite count >= 0")]
     BadValue { metric: String, value: f64 },
+    /// A gauge's value lies outside what it can mean.
+    #[error("{metric} has value {value}, expected {expected}")]
+    OutOfRange { metric: String, value: f64, expected: &'static str },
     /// A latency bucket bound is not a whole, non-negative number of microseconds.
     #[error("{metric} has bucket bound le={bound}, expected whole microseconds")]
     BadBound { metric: String, bound: f64 },
+    /// Envoy's JSON stats answer is not JSON.
+    #[error("the answer is not json")]
+    Json(#[source] serde_json::Error),
+    /// A field of Envoy's JSON stats does not hold what Envoy writes there.
+    #[error("{field} is {value}, expected {expected}")]
+    JsonField { field: String, value: String, expected: &'static str },
+    /// A histogram bin is not one of Envoy's log-linear bins (see `envoy_bins`).
+    #[error(
+        "{histogram} has a bin at lower_bound {lower_bound} of width {width}, expected one of Envoy's \
+         log-linear bins (two significant digits)"
+    )]
+    NotAnEnvoyBin { histogram: String, lower_bound: f64, width: f64 },
 }
 
 /// An error and its chain of sources on one line (`outer: inner: innermost`), for
-/// reports that must outlive the error value.
+/// reports that must outlive the error value. Control characters a source quoted from
+/// an answer (serde's unknown variants) are escaped.
 pub(crate) fn describe(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
@@ -65,5 +85,5 @@ pub(crate) fn describe(error: &dyn std::error::Error) -> String {
         text.push_str(&cause.to_string());
         source = cause.source();
     }
-    text
+    crate::policy::one_line(&text)
 }

@@ -1,21 +1,28 @@
 //! Prometheus exposition text (Envoy's `/stats/prometheus`) → [`DeploymentSnapshot`].
 //!
 //! Envoy exports a thousand or more series, almost all of them its own; only
-//! `canary_requests_total`, `canary_latency_us` (for the wanted deployment) and
-//! `envoy_server_uptime` (to detect restarts) matter here. Lines are filtered by
+//! `canary_requests_total`, `canary_latency_us`, the three applied-rollout gauges
+//! (for the wanted deployment) and `envoy_server_uptime` (to detect restarts) matter here. Lines are filtered by
 //! prefix before `prometheus-parse` sees them: its regex per line is the cost.
 //! Label values the analyzer does not know (a newer filter's cohort or class) are
 //! skipped rather than refused, so a filter upgrade cannot blind the analyzer.
 
 use canary_core::Cohort;
-use canary_core::metrics::{LATENCY, REQUESTS, StatusClass};
+use canary_core::metrics::{APPLIED_GENERATION, APPLIED_SHARE_BP, CONFIG_AGE_MS, LATENCY, REQUESTS, StatusClass};
 use prometheus_parse::{HistogramCount, Scrape, Value};
 
 use super::error::ExpositionError;
-use super::snapshot::{CumulativeLatency, DeploymentSnapshot};
+use super::latency::CumulativeLatency;
+use super::snapshot::DeploymentSnapshot;
 
 /// Envoy's uptime gauge in `/stats/prometheus`.
 const UPTIME: &str = "envoy_server_uptime";
+
+/// The filter's metrics read per deployment: their samples carry `deployment="id"`.
+const PER_DEPLOYMENT: [&str; 5] = [REQUESTS, LATENCY, APPLIED_GENERATION, APPLIED_SHARE_BP, CONFIG_AGE_MS];
+
+/// Largest share in basis points (everybody on the canary).
+const FULL_SHARE_BP: f64 = 10_000.0;
 
 /// The `deployment="id"` needle [`is_relevant`] looks for.
 pub fn deployment_label(deployment: &str) -> String {
@@ -29,10 +36,10 @@ pub fn deployment_label(deployment: &str) -> String {
 /// the cost: 75 ms -> 4 ms on a 100k-series exposition of 200 deployments).
 pub fn is_relevant(line: &str, deployment_label: &str) -> bool {
     if let Some(comment) = line.strip_prefix("# TYPE ").or_else(|| line.strip_prefix("# HELP ")) {
-        return comment.starts_with(REQUESTS) || comment.starts_with(LATENCY) || comment.starts_with(UPTIME);
+        return comment.starts_with(UPTIME) || PER_DEPLOYMENT.iter().any(|name| comment.starts_with(name));
     }
     line.starts_with(UPTIME)
-        || ((line.starts_with(REQUESTS) || line.starts_with(LATENCY)) && line.contains(deployment_label))
+        || (PER_DEPLOYMENT.iter().any(|name| line.starts_with(name)) && line.contains(deployment_label))
 }
 
 /// Envoy writes label-less series as `name{} value`, which `prometheus-parse` does
@@ -78,6 +85,9 @@ pub fn parse_exposition(text: &str, deployment: &str) -> Result<DeploymentSnapsh
         if sample.labels.get("deployment") != Some(deployment) {
             continue;
         }
+        if read_applied(&mut snapshot, &sample.metric, &sample.value)? {
+            continue;
+        }
         let Some(cohort) = sample.labels.get("cohort").and_then(cohort_of) else { continue };
         let cohort_snapshot = snapshot.cohorts.get_mut(cohort);
         match (sample.metric.as_str(), &sample.value) {
@@ -103,6 +113,33 @@ pub fn parse_exposition(text: &str, deployment: &str) -> Result<DeploymentSnapsh
         }
     }
     Ok(snapshot)
+}
+
+/// Reads `metric` into `snapshot.applied` if it is one of the applied-rollout gauges;
+/// whether it was. A negative, infinite or NaN value, or a share above 10 000 bp, is refused.
+fn read_applied(snapshot: &mut DeploymentSnapshot, metric: &str, value: &Value) -> Result<bool, ExpositionError> {
+    let applied = &mut snapshot.applied;
+    let Some(number) = sample_number(value) else { return Ok(false) };
+    match metric {
+        APPLIED_GENERATION => applied.generation = Some(count(metric, number)?),
+        CONFIG_AGE_MS => applied.config_age_ms = Some(count(metric, number)?),
+        APPLIED_SHARE_BP => applied.share_bp = Some(share_bp(metric, number)?),
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// The share gauge's value in basis points; a value outside 0..=10 000 is refused.
+pub(super) fn share_bp(metric: &str, number: f64) -> Result<u32, ExpositionError> {
+    if !(0.0..=FULL_SHARE_BP).contains(&number) {
+        return Err(ExpositionError::OutOfRange {
+            metric: metric.to_string(),
+            value: number,
+            expected: "0 to 10000 basis points",
+        });
+    }
+    // In range, so the rounded value fits.
+    Ok(number.round() as u32)
 }
 
 /// The number of a non-histogram sample.
@@ -139,7 +176,14 @@ fn fill_buckets(latency: &mut CumulativeLatency, buckets: &[HistogramCount]) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use canary_core::metrics::LATENCY_BUCKETS_US;
+    use crate::source::snapshot::AppliedRollout;
+
+    /// The 36 bounds `histogram_bucket_settings` had when the testdata was captured.
+    const CAPTURED_BUCKETS_US: [u64; 36] = [
+        250, 500, 1_000, 2_000, 3_000, 4_000, 5_000, 6_000, 7_000, 8_000, 9_000, 10_000, 12_500, 15_000, 17_500,
+        20_000, 25_000, 30_000, 35_000, 40_000, 45_000, 50_000, 55_000, 60_000, 70_000, 80_000, 100_000, 150_000,
+        250_000, 500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000, 30_000_000, 60_000_000,
+    ];
 
     /// Real `/stats/prometheus` output of Envoy 1.40 with the filter (`envoy/envoy.yaml`,
     /// share 50 %): 80 requests to `/`, 10 to a missing path (404), one denied user.
@@ -159,7 +203,7 @@ mod tests {
         assert_eq!(snapshot.server_uptime_seconds, Some(11.0));
 
         let latency = canary.latency.as_ref().unwrap();
-        assert_eq!(latency.upper_bounds_us, LATENCY_BUCKETS_US.to_vec());
+        assert_eq!(latency.upper_bounds_us, CAPTURED_BUCKETS_US.to_vec());
         assert_eq!(latency.count, 44);
         assert!((latency.sum_us - 130_379.636_924_678_7).abs() < 1e-6);
         assert!(latency.le_counts.windows(2).all(|w| w[0] <= w[1]));
@@ -198,6 +242,57 @@ mod tests {
             canary_latency_us_bucket{deployment=\"d\",cohort=\"canary\",le=\"0.5\"} 1\n\
             canary_latency_us_bucket{deployment=\"d\",cohort=\"canary\",le=\"+Inf\"} 1\n";
         assert!(matches!(parse_exposition(fractional, "d"), Err(ExpositionError::BadBound { .. })));
+    }
+
+    /// The three gauges as Envoy writes them (gauge type, label-tagged, u64 values).
+    fn gauges(deployment: &str, generation: u64, share_bp: u64, config_age_ms: u64) -> String {
+        format!(
+            "# TYPE canary_applied_generation gauge\n\
+             canary_applied_generation{{deployment=\"{deployment}\"}} {generation}\n\
+             # TYPE canary_applied_share_bp gauge\n\
+             canary_applied_share_bp{{deployment=\"{deployment}\"}} {share_bp}\n\
+             # TYPE canary_config_age_ms gauge\n\
+             canary_config_age_ms{{deployment=\"{deployment}\"}} {config_age_ms}\n"
+        )
+    }
+
+    #[test]
+    fn the_applied_rollout_gauges_of_the_wanted_deployment_are_read() {
+        let text = format!(
+            "{}{}{ENVOY_1_40}",
+            gauges("demo", 1_764_000_000_000, 2_500, 730),
+            gauges("demo-2", 9, 10_000, u64::MAX)
+        );
+        let snapshot = parse_exposition(&text, "demo").unwrap();
+        let expected =
+            AppliedRollout { generation: Some(1_764_000_000_000), share_bp: Some(2_500), config_age_ms: Some(730) };
+        assert_eq!(snapshot.applied, expected);
+        assert_eq!(snapshot.cohorts.canary.requests.total(), 44, "the counters are read as before");
+        // Unknown age as Envoy prints u64::MAX: read back as u64::MAX, not wrapped or refused.
+        let other = parse_exposition(&text, "demo-2").unwrap().applied;
+        assert_eq!(
+            other,
+            AppliedRollout { generation: Some(9), share_bp: Some(10_000), config_age_ms: Some(u64::MAX) }
+        );
+    }
+
+    #[test]
+    fn a_filter_without_the_gauges_reads_as_none() {
+        assert_eq!(parse_exposition(ENVOY_1_40, "demo").unwrap().applied, AppliedRollout::default());
+    }
+
+    #[test]
+    fn impossible_gauge_values_are_refused_with_the_metric_and_the_value() {
+        let share = gauges("d", 3, 10_001, 0);
+        assert_eq!(
+            parse_exposition(&share, "d").unwrap_err().to_string(),
+            "canary_applied_share_bp has value 10001, expected 0 to 10000 basis points"
+        );
+        let negative = gauges("d", 3, 500, 0).replace("} 3\n", "} -3\n");
+        assert_eq!(
+            parse_exposition(&negative, "d").unwrap_err().to_string(),
+            "canary_applied_generation has value -3, expected a finite count >= 0"
+        );
     }
 
     #[test]

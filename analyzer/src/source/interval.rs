@@ -24,6 +24,30 @@ pub struct TargetFailure {
     pub reason: String,
 }
 
+/// What one proxy (one Envoy) applied in an interval, from its applied-rollout
+/// gauges (`docs/metrics.md`), and how much traffic it served under it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxyApplied {
+    /// The scrape target (admin URL) or, from Prometheus, the series' identifying
+    /// labels: `pod (instance)`, or the `instance` alone.
+    pub proxy: String,
+    /// The generation it applies at the end of the interval; `None` when it exports no
+    /// gauges (a filter older than the gauges). 0 means it has accepted no answer yet.
+    pub generation: Option<u64>,
+    /// The share it routes with at the end of the interval, in basis points.
+    pub share_bp: Option<u32>,
+    /// Milliseconds since the analyzer last confirmed its config; `u64::MAX` when
+    /// that is unknown (never confirmed, or the proxy's clock stepped back).
+    pub config_age_ms: Option<u64>,
+    /// It applied a different generation at the start of the interval (its previous
+    /// scrape) than at the end: requests in this interval were split under two shares.
+    pub changed_during_interval: bool,
+    /// Canary requests this proxy served in the interval (to weight its share).
+    pub canary_requests: u64,
+    /// Control requests this proxy served in the interval.
+    pub control_requests: u64,
+}
+
 /// The interval deltas of one deployment, summed across targets, with an account
 /// of which targets counted.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -39,6 +63,10 @@ pub struct IntervalMetrics {
     pub baseline_targets: Vec<String>,
     /// Targets that failed to scrape or whose data could not be used.
     pub failed_targets: Vec<TargetFailure>,
+    /// Every proxy seen in the interval, with what it applies. Empty when the source
+    /// could not tell (a failed gauge query on Prometheus); failed targets are absent.
+    #[serde(default)]
+    pub proxies: Vec<ProxyApplied>,
 }
 
 impl IntervalMetrics {

@@ -5,8 +5,9 @@
 //! statistics want what happened *in one check interval*, summed over the fleet. Two
 //! sources produce that same [`IntervalMetrics`]:
 //!
-//! - [`EnvoyAdminSource`] (the embedded default, needs nothing else running): scrapes
-//!   `/stats/prometheus` of each Envoy into a [`DeploymentSnapshot`] per target; a
+//! - [`EnvoyAdminSource`] (the embedded default, needs nothing else running): reads
+//!   each Envoy's JSON stats with its own log-linear histogram bins (1-10 % wide, no
+//!   bucket configuration needed) into a [`DeploymentSnapshot`] per target; a
 //!   [`DeltaTracker`] turns consecutive snapshots into per-target deltas (handling
 //!   Envoy restarts and failed scrapes) and sums them.
 //! - [`PrometheusSource`] (fleets): lets a Prometheus server that scrapes the mesh do
@@ -14,29 +15,49 @@
 //!
 //! Modules, one concern each:
 //! - `snapshot`: cumulative values of one target ([`DeploymentSnapshot`]).
+//! - `latency`: a cumulative histogram in either layout, its deltas, the statistics' form.
+//! - `envoy_bins`: Envoy's log-linear bins and the one grid they are laid on.
+//! - `admin_json`: Envoy's JSON stats with detailed bins → snapshot (pure).
 //! - `exposition`: exposition text → snapshot (pure).
 //! - `interval`: the per-interval result both sources produce.
 //! - `delta`: snapshots → interval deltas, restarts, failed targets (pure).
+//! - `body`: reading a response body with a size cap (both HTTP edges).
 //! - `envoy_admin`: the HTTP edge for Envoy admin endpoints.
 //! - `prometheus_api`: PromQL building and the query API's JSON (pure).
+//! - `prometheus_proxies`: the per-proxy PromQL and its answers joined per Envoy (pure).
 //! - `prometheus`: the HTTP edge for a Prometheus server.
 //! - `error`: the one error type, naming the URL, status or parse problem.
 
+mod admin_json;
+mod body;
 mod delta;
 mod envoy_admin;
+mod envoy_bins;
 mod error;
 mod exposition;
 mod interval;
+mod latency;
 mod prometheus;
 mod prometheus_api;
+mod prometheus_proxies;
 mod snapshot;
 
+#[cfg(test)]
+mod prometheus_api_props;
+
+pub use admin_json::{parse_detailed_stats, stats_filter};
+pub use body::DEFAULT_MAX_BODY_BYTES;
 pub use delta::{DeltaTracker, TargetDelta, TargetScrape, target_delta};
 pub use envoy_admin::{EnvoyAdminSource, STATS_PATH};
+pub use envoy_bins::{BinPlace, bin_place, envoy_bin_bounds_us};
 pub(crate) use error::describe;
 pub use error::{ExpositionError, SourceError};
 pub use exposition::{deployment_label, is_relevant, parse_exposition};
-pub use interval::{CohortInterval, IntervalMetrics, TargetFailure};
+pub use interval::{CohortInterval, IntervalMetrics, ProxyApplied, TargetFailure};
+pub use latency::{BucketLayout, CumulativeLatency, fold_onto};
 pub use prometheus::PrometheusSource;
-pub use prometheus_api::{CohortValues, expand_template, latency_query, promql_duration, requests_query};
-pub use snapshot::{ClassCounts, CohortSnapshot, CumulativeLatency, DeploymentSnapshot, PerCohort};
+pub use prometheus_api::{
+    CohortValues, expand_template, latency_query, parse_latency_answer, promql_duration, requests_query,
+};
+pub use prometheus_proxies::ProxyQueries;
+pub use snapshot::{AppliedRollout, ClassCounts, CohortSnapshot, DeploymentSnapshot, PerCohort};

@@ -1,17 +1,20 @@
 //! The Prometheus source (fleets): instant queries against a Prometheus server's
 //! HTTP API (`POST /api/v1/query`, form-encoded so long queries fit). The thin I/O
-//! edge around `prometheus_api`, which builds the PromQL and reads the answers.
+//! edge around `prometheus_api`, which builds the PromQL and reads the answers, and
+//! `prometheus_proxies`, which does the same for the per-proxy view.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use canary_core::Cohort;
 
-use super::error::SourceError;
-use super::interval::IntervalMetrics;
+use super::body::{DEFAULT_MAX_BODY_BYTES, read_capped};
+use super::error::{SourceError, describe};
+use super::interval::{IntervalMetrics, ProxyApplied};
 use super::prometheus_api::{
     CohortValues, QueryData, decode_answer, expand_template, interval_from_answers, latency_from_answer, latency_query,
     requests_from_answer, requests_query, single_value,
 };
+use super::prometheus_proxies::{ProxyAnswers, ProxyQueries, proxies_from_answers};
 
 /// The instant-query endpoint of the Prometheus HTTP API.
 const QUERY_PATH: &str = "/api/v1/query";
@@ -22,13 +25,22 @@ pub struct PrometheusSource {
     http: reqwest::Client,
     /// Base URL (`http://prometheus:9090`), no trailing `/`.
     base_url: String,
+    /// An answer longer than this fails the query (`--max-scrape-bytes`).
+    max_body_bytes: u64,
 }
 
 impl PrometheusSource {
-    /// Every query is abandoned after `timeout`.
+    /// Every query is abandoned after `timeout`, or when its answer passes
+    /// [`DEFAULT_MAX_BODY_BYTES`] (see [`Self::with_max_body_bytes`]).
     pub fn new(base_url: impl Into<String>, timeout: Duration) -> Result<PrometheusSource, SourceError> {
         let http = reqwest::Client::builder().timeout(timeout).build().map_err(SourceError::Client)?;
-        Ok(PrometheusSource { http, base_url: base_url.into().trim_end_matches('/').to_string() })
+        let base_url = base_url.into().trim_end_matches('/').to_string();
+        Ok(PrometheusSource { http, base_url, max_body_bytes: DEFAULT_MAX_BODY_BYTES })
+    }
+
+    /// An answer over `max_body_bytes` fails its query, so one runaway answer cannot exhaust memory.
+    pub fn with_max_body_bytes(self, max_body_bytes: u64) -> PrometheusSource {
+        PrometheusSource { max_body_bytes, ..self }
     }
 
     pub fn base_url(&self) -> &str {
@@ -36,22 +48,61 @@ impl PrometheusSource {
     }
 
     /// Requests per cohort and class and latency histograms per cohort in the
-    /// `window` ending at `at` (Prometheus' "now" when `None`). Both queries run
-    /// at the same evaluation time so counts and histograms cover the same window.
+    /// `window` ending at `at` (Prometheus' "now" when `None`), and what every proxy
+    /// applied (`proxies`). All queries run concurrently at the same evaluation time
+    /// so counts, histograms and gauges cover the same window. A failed per-proxy
+    /// query leaves `proxies` empty (and is logged); it never fails the interval.
     pub async fn interval(
         &self,
         deployment: &str,
         window: Duration,
         at: Option<SystemTime>,
     ) -> Result<IntervalMetrics, SourceError> {
-        // Pin "now" once so the two queries cannot straddle a scrape.
+        // Pin "now" once so the queries cannot straddle a scrape.
         let at = at.unwrap_or_else(SystemTime::now);
         let (requests_promql, latency_promql) = (requests_query(deployment, window), latency_query(deployment, window));
-        let (requests, latency) =
-            tokio::join!(self.query(&requests_promql, Some(at)), self.query(&latency_promql, Some(at)));
+        let (requests, latency, proxies) = tokio::join!(
+            self.query(&requests_promql, Some(at)),
+            self.query(&latency_promql, Some(at)),
+            self.proxies(deployment, window, at),
+        );
         let requests = requests_from_answer(&requests_promql, &requests?)?;
         let latency = latency_from_answer(&latency_promql, &latency?)?;
-        Ok(interval_from_answers(&self.base_url, requests, latency))
+        let mut metrics = interval_from_answers(&self.base_url, requests, latency);
+        metrics.proxies = proxies.unwrap_or_else(|error| {
+            tracing::warn!(
+                %deployment,
+                error = %describe(&error),
+                "per-proxy gauges unavailable from prometheus; the interval lists no proxies"
+            );
+            Vec::new()
+        });
+        Ok(metrics)
+    }
+
+    /// What every proxy applies at `at` and what it served in the `window` before it.
+    pub async fn proxies(
+        &self,
+        deployment: &str,
+        window: Duration,
+        at: SystemTime,
+    ) -> Result<Vec<ProxyApplied>, SourceError> {
+        let queries = ProxyQueries::new(deployment, window);
+        let (generation, share_bp, config_age_ms, changed, requests) = tokio::join!(
+            self.query(&queries.generation, Some(at)),
+            self.query(&queries.share_bp, Some(at)),
+            self.query(&queries.config_age_ms, Some(at)),
+            self.query(&queries.changed, Some(at)),
+            self.query(&queries.requests, Some(at)),
+        );
+        let answers = ProxyAnswers {
+            generation: &generation?,
+            share_bp: &share_bp?,
+            config_age_ms: &config_age_ms?,
+            changed: &changed?,
+            requests: &requests?,
+        };
+        proxies_from_answers(&queries, &answers)
     }
 
     /// A policy's custom PromQL, evaluated once for canary and once for control with
@@ -82,10 +133,15 @@ impl PrometheusSource {
         if let Some(at) = at {
             form.push(("time", unix_seconds(at)));
         }
-        let request_failed = |source| SourceError::Request { url: url.clone(), source };
-        let response = self.http.post(&url).form(&form).send().await.map_err(request_failed)?;
+        let response = self
+            .http
+            .post(&url)
+            .form(&form)
+            .send()
+            .await
+            .map_err(|source| SourceError::Request { url: url.clone(), source })?;
         let status = response.status().as_u16();
-        let body = response.text().await.map_err(request_failed)?;
+        let body = read_capped(response, &url, self.max_body_bytes).await?;
         decode_answer(&url, promql, status, &body)
     }
 }
@@ -100,11 +156,72 @@ fn unix_seconds(at: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::body::tests::{Framing, serve_oversized};
 
     #[test]
     fn times_are_unix_seconds_to_the_millisecond() {
         assert_eq!(unix_seconds(UNIX_EPOCH + Duration::from_millis(1_700_000_000_123)), "1700000000.123");
         assert_eq!(unix_seconds(UNIX_EPOCH + Duration::from_secs(5)), "5.000");
+    }
+
+    /// A Prometheus stand-in: answers the interval queries with one canary 2xx count and
+    /// one latency bucket, and the per-proxy queries (the ones naming `instance`) with
+    /// `proxy_status` and, when that is 200, one proxy row.
+    async fn fake_prometheus(proxy_status: u16) -> std::net::SocketAddr {
+        use axum::extract::Form;
+        use axum::http::StatusCode;
+        use std::collections::HashMap;
+        let answer = move |Form(form): Form<HashMap<String, String>>| async move {
+            let query = form.get("query").cloned().unwrap_or_default();
+            let result = if query.contains("instance") {
+                if proxy_status != 200 {
+                    return (StatusCode::from_u16(proxy_status).unwrap(), "overloaded".to_string());
+                }
+                let value = if query.contains("share_bp") { "500" } else { "7" };
+                format!(r#"{{"metric":{{"instance":"10.0.0.7:15020","cohort":"canary"}},"value":[1,"{value}"]}}"#)
+            } else if query.contains("canary_latency_us") {
+                r#"{"metric":{"cohort":"canary","le":"1000"},"value":[1,"7"]},{"metric":{"cohort":"canary","le":"+Inf"},"value":[1,"7"]}"#.to_string()
+            } else {
+                r#"{"metric":{"cohort":"canary","class":"2xx"},"value":[1,"7"]}"#.to_string()
+            };
+            let body = format!(r#"{{"status":"success","data":{{"resultType":"vector","result":[{result}]}}}}"#);
+            (StatusCode::OK, body)
+        };
+        let app = axum::Router::new().route(QUERY_PATH, axum::routing::post(answer));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+
+    #[tokio::test]
+    async fn the_interval_carries_every_proxy_the_gauges_name() {
+        let addr = fake_prometheus(200).await;
+        let source = PrometheusSource::new(format!("http://{addr}"), Duration::from_secs(2)).unwrap();
+        let interval = source.interval("demo", Duration::from_secs(60), None).await.unwrap();
+        assert_eq!(interval.requests(Cohort::Canary), 7);
+        let expected = ProxyApplied {
+            proxy: "10.0.0.7:15020".into(),
+            generation: Some(7),
+            share_bp: Some(500),
+            config_age_ms: Some(7),
+            changed_during_interval: true,
+            canary_requests: 7,
+            control_requests: 0,
+        };
+        assert_eq!(interval.proxies, vec![expected]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_gauge_query_leaves_proxies_empty_but_keeps_the_interval() {
+        let addr = fake_prometheus(503).await;
+        let source = PrometheusSource::new(format!("http://{addr}"), Duration::from_secs(2)).unwrap();
+        let interval = source.interval("demo", Duration::from_secs(60), None).await.unwrap();
+        assert_eq!(interval.requests(Cohort::Canary), 7);
+        assert_eq!(interval.latency(Cohort::Canary).map(|h| h.total()), Some(7));
+        assert!(interval.proxies.is_empty(), "{:?}", interval.proxies);
+        let error = source.proxies("demo", Duration::from_secs(60), SystemTime::now()).await.unwrap_err();
+        assert_eq!(error.to_string(), format!("http://{addr}/api/v1/query answered with status 503: overloaded"));
     }
 
     #[tokio::test]
@@ -113,5 +230,27 @@ mod tests {
         let source = PrometheusSource::new(format!("http://{closed}/"), Duration::from_secs(2)).unwrap();
         let error = source.interval("demo", Duration::from_secs(60), None).await.unwrap_err();
         assert_eq!(error.to_string(), format!("request to http://{closed}/api/v1/query failed"));
+    }
+
+    #[tokio::test]
+    async fn an_answer_over_the_cap_fails_the_query_before_it_is_read_whole() {
+        // 64 MiB served against a 1 MiB cap, as in the Envoy admin source's test.
+        const SERVED_BYTES: usize = 64 * 1024 * 1024;
+        const CAP_BYTES: u64 = 1024 * 1024;
+        for framing in [Framing::Chunked, Framing::ContentLength] {
+            let (addr, written) = serve_oversized(SERVED_BYTES, framing).await;
+            let source = PrometheusSource::new(format!("http://{addr}"), Duration::from_secs(2))
+                .unwrap()
+                .with_max_body_bytes(CAP_BYTES);
+            let error = source.query("sum(up)", None).await.unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                format!("http://{addr}/api/v1/query: body exceeds 1 MiB limit (--max-scrape-bytes)"),
+                "{framing:?}"
+            );
+            let written = written.await.unwrap();
+            eprintln!("{framing:?}: the server wrote {written} of {SERVED_BYTES} bytes before the client hung up");
+            assert!(written < SERVED_BYTES, "{framing:?}: the whole body was sent ({written} bytes)");
+        }
     }
 }

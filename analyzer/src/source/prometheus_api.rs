@@ -37,7 +37,7 @@ pub struct CohortValues {
 }
 
 /// `value` as a PromQL double-quoted string body (backslash, quote and newline escaped).
-fn escape_label_value(value: &str) -> String {
+pub(super) fn escape_label_value(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
@@ -105,8 +105,13 @@ pub(crate) struct VectorSample {
 }
 
 impl VectorSample {
-    fn label(&self, name: &str) -> Option<&str> {
+    pub(super) fn label(&self, name: &str) -> Option<&str> {
         self.metric.get(name).map(String::as_str)
+    }
+
+    /// The sample's number; `None` for NaN and ±Inf (no data).
+    pub(super) fn finite_value(&self, query: &str) -> Result<Option<f64>, SourceError> {
+        finite_value(query, &self.value)
     }
 }
 
@@ -127,18 +132,18 @@ pub(crate) fn decode_answer(url: &str, query: &str, http_status: u16, body: &str
         return Err(SourceError::Query {
             url: url.to_string(),
             query: query.to_string(),
-            error_type: envelope.error_type.unwrap_or_else(|| "unknown".to_string()),
-            message: envelope.error.unwrap_or_default(),
+            error_type: crate::policy::one_line(envelope.error_type.as_deref().unwrap_or("unknown")),
+            message: crate::policy::one_line(envelope.error.as_deref().unwrap_or_default()),
         });
     }
     envelope.data.ok_or_else(|| unexpected(query, "a success without data"))
 }
 
-fn unexpected(query: &str, detail: impl Into<String>) -> SourceError {
+pub(super) fn unexpected(query: &str, detail: impl Into<String>) -> SourceError {
     SourceError::UnexpectedResult { query: query.to_string(), detail: detail.into() }
 }
 
-fn vector<'a>(query: &str, data: &'a QueryData) -> Result<&'a [VectorSample], SourceError> {
+pub(super) fn vector<'a>(query: &str, data: &'a QueryData) -> Result<&'a [VectorSample], SourceError> {
     match data {
         QueryData::Vector(samples) => Ok(samples),
         _ => Err(unexpected(query, "expected an instant vector")),
@@ -221,6 +226,16 @@ pub(crate) fn latency_from_answer(
         *histograms.get_mut(cohort) = Some(histogram);
     }
     Ok(histograms)
+}
+
+/// A [`latency_query`] answer body from `url` → one histogram per cohort, as the
+/// Prometheus source reads it (public for `make bench`'s parse cost).
+pub fn parse_latency_answer(
+    url: &str,
+    query: &str,
+    body: &str,
+) -> Result<PerCohort<Option<LatencyHistogram>>, SourceError> {
+    latency_from_answer(query, &decode_answer(url, query, 200, body)?)
 }
 
 /// Both answers → the interval, with the Prometheus server as the one target.

@@ -6,6 +6,8 @@ use canary_core::Cohort;
 use canary_core::metrics::StatusClass;
 use serde::{Deserialize, Serialize};
 
+use super::latency::CumulativeLatency;
+
 /// One value per cohort, addressed by [`Cohort`] (no indexing, no missing cohort).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PerCohort<T> {
@@ -110,58 +112,34 @@ impl ClassCounts {
     }
 }
 
-/// A latency histogram in Prometheus form: cumulative counts at or below each
-/// finite bound (µs), the total (`_count`, the `+Inf` bucket) and the sum (µs).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct CumulativeLatency {
-    /// Finite upper bounds in microseconds, strictly ascending.
-    pub upper_bounds_us: Vec<u64>,
-    /// Observations at or below the bound of the same position.
-    pub le_counts: Vec<u64>,
-    /// All observations (`le="+Inf"`).
-    pub count: u64,
-    /// Sum of all observations in microseconds (Envoy reports a fraction).
-    pub sum_us: f64,
-}
-
-impl CumulativeLatency {
-    /// Whether any bucket or the total is lower here than in `earlier`, or the
-    /// bucket layout changed: either way the histogram did not just grow.
-    pub fn restarted_since(&self, earlier: &CumulativeLatency) -> bool {
-        self.upper_bounds_us != earlier.upper_bounds_us
-            || self.count < earlier.count
-            || self.le_counts.iter().zip(&earlier.le_counts).any(|(now, before)| now < before)
-    }
-
-    /// Bucket by bucket `self − earlier` (same layout assumed; see [`Self::restarted_since`]).
-    pub fn minus(&self, earlier: &CumulativeLatency) -> CumulativeLatency {
-        CumulativeLatency {
-            upper_bounds_us: self.upper_bounds_us.clone(),
-            le_counts: self
-                .le_counts
-                .iter()
-                .zip(&earlier.le_counts)
-                .map(|(now, before)| now.saturating_sub(*before))
-                .collect(),
-            count: self.count.saturating_sub(earlier.count),
-            sum_us: (self.sum_us - earlier.sum_us).max(0.0),
-        }
-    }
-}
-
 /// What one target reported for one cohort.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CohortSnapshot {
     /// Cumulative `canary_requests_total` per class (absent series read as 0).
     pub requests: ClassCounts,
-    /// Cumulative `canary_latency_us`; `None` when the target exported no histogram.
+    /// Cumulative `canary_latency_us` (either layout); `None` when the target exported no histogram.
     pub latency: Option<CumulativeLatency>,
+}
+
+/// What a target's applied-rollout gauges said; each `None` when the gauge is absent
+/// (a filter older than the gauges).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedRollout {
+    /// `canary_applied_generation`: 0 before the filter accepted any answer.
+    pub generation: Option<u64>,
+    /// `canary_applied_share_bp`: the share it routes with, 0..=10 000.
+    pub share_bp: Option<u32>,
+    /// `canary_config_age_ms`: `u64::MAX` when unknown.
+    pub config_age_ms: Option<u64>,
 }
 
 /// One scrape of one target, for one deployment.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DeploymentSnapshot {
     pub cohorts: PerCohort<CohortSnapshot>,
+    /// What the target applies at the time of the scrape (gauges, not deltas).
+    #[serde(default)]
+    pub applied: AppliedRollout,
     /// Envoy's `envoy_server_uptime` (seconds), when exported: if it goes down,
     /// the Envoy restarted even if its counters already grew past their old values.
     pub server_uptime_seconds: Option<f64>,

@@ -272,10 +272,10 @@ mod tests {
         let comparison = compare(10_000.0, 0.0);
         let quantiles = comparison.control_quantiles(0.05).unwrap();
         let p99 = quantiles.iter().find(|q| q.quantile == 0.99).unwrap();
-        // True p99 46 052 µs lies in the bucket (45 000, 50 000].
-        assert_eq!(p99.interval, Interval { lo: Some(45_000.0), hi: Some(50_000.0) });
+        // True p99 46 052 µs lies in the bucket (42 000, 50 000] of the shipped layout.
+        assert_eq!(p99.interval, Interval { lo: Some(42_000.0), hi: Some(50_000.0) });
         let estimate = p99.estimate_us.unwrap();
-        assert!((45_000.0..=50_000.0).contains(&estimate));
+        assert!((42_000.0..=50_000.0).contains(&estimate));
     }
 
     #[test]

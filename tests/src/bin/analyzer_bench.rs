@@ -1,11 +1,12 @@
 //! `make bench`, analyzer half: what one check costs at mesh scale, and the simulation table.
 //!
-//! 1. **One check on a 100k-series scrape.** A deterministic, Envoy-1.40-shaped
+//! 1. **One check on a 168k-series scrape.** A deterministic, Envoy-1.40-shaped
 //!    `/stats/prometheus` text (the format of `analyzer/src/source/testdata/envoy_1_40.prom`:
 //!    `# TYPE` lines, `name{} value` for label-less series, 32-digit sums) with
 //!    [`DEPLOYMENTS`] deployments' `canary_requests_total` and `canary_latency_us` series
 //!    (the buckets of [`LATENCY_BUCKETS_US`]) among the stats of two clusters per
-//!    deployment (stable and canary subsets), ~100 000 sample lines in all. The stages of
+//!    deployment (stable and canary subsets), ~168 000 sample lines in all (~100 000 with the
+//!    old 36 buckets). The stages of
 //!    one check are timed on it, each over [`REPETITIONS`] runs (median and best):
 //!    `parse_exposition` for one deployment, the [`DeltaTracker`] step (previous and
 //!    current snapshot → interval), [`RolloutEvaluation`] observe + rows, and the three
@@ -15,12 +16,19 @@
 //!    into its line filter and `prometheus-parse`, so a slow parse says where the time
 //!    goes. Peak RSS (`VmHWM`) is reported before and after; the peak is reset
 //!    (`/proc/self/clear_refs`) after generating the texts so the check's own peak shows.
+//!
+//!    Then **the latency histogram path** on the old 36-bucket layout, the shipped
+//!    121-bucket one and Envoy's own bins (what the admin source reads: `/stats?format=json&
+//!    histogram_buckets=detailed` filtered to one deployment, ~190 bins per histogram of a
+//!    log-normal service): series, answer size and parse cost of the admin answer and of
+//!    Prometheus' answer to the latency query, the delta step and the latency comparison
+//!    on each layout, with ratios against the old layout measured in the same run.
 //! 2. **The simulation at full size** (`SimulationConfig::full`): false rollbacks on A/A
 //!    traffic and detection of a 0.5 % → 1 % error-rate regression at 5 % canary, ours
 //!    vs. a peeked fixed-horizon test vs. a Flagger-style threshold rule. Then the latency
 //!    simulation (`LatencySimulationConfig::full`): the targets for the tail-exceedance
-//!    verdict against the quantile bounds it replaced, on the filter's buckets, on a finer
-//!    log-spaced layout (10 % wide, 1 ms to 10 s: a candidate Prometheus layout), and with a
+//!    verdict against the quantile bounds it replaced, on the shipped 121 buckets by the
+//!    Prometheus path and by the admin path (Envoy's bins folded onto them), and with a
 //!    latency that follows load (pooled vs per step).
 //!
 //! `BENCH=parse` or `BENCH=simulation` runs one half (for quick experiments).
@@ -30,17 +38,19 @@ use canary_analyzer::policy::RolloutPolicy;
 use canary_analyzer::simulation::latency::{self as latency_simulation, LatencySimulationConfig};
 use canary_analyzer::simulation::{self, SimulationConfig};
 use canary_analyzer::source::{
-    DeltaTracker, DeploymentSnapshot, IntervalMetrics, TargetScrape, deployment_label, is_relevant, parse_exposition,
+    DeltaTracker, DeploymentSnapshot, IntervalMetrics, TargetScrape, deployment_label, envoy_bin_bounds_us,
+    is_relevant, latency_query, parse_detailed_stats, parse_exposition, parse_latency_answer, target_delta,
 };
+use canary_analyzer::stats::{LatencyComparison, LatencyHistogram, LatencySettings};
 use canary_core::Cohort;
-use canary_core::metrics::{LATENCY, LATENCY_BUCKETS_US, REQUESTS, StatusClass};
+use canary_core::metrics::{LATENCY, LATENCY_BUCKETS_US, REQUESTS, StatusClass, latency_stat, requests_stat};
 use prometheus_parse::Scrape;
 use std::fmt::Write as _;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-/// Deployments in the scrape: each brings 180 of our series and 2 clusters × 160 of
-/// Envoy's own, so 200 give 100 000 series (plus a few server-wide ones).
+/// Deployments in the scrape: each brings 520 of our series (180 with the old 36 buckets)
+/// and 2 clusters × 160 of Envoy's own, so 200 give 168 000 series (plus a few server-wide ones).
 const DEPLOYMENTS: u32 = 200;
 /// The deployment the check is about: one in the middle, so no early exit can help.
 const WANTED: u32 = 117;
@@ -226,6 +236,18 @@ fn envoy_float(value: f64) -> String {
     if digits.contains('.') { digits.trim_end_matches('0').trim_end_matches('.').to_string() } else { digits }
 }
 
+/// Our series per deployment in the synthetic exposition: 24 counters and 4 histograms
+/// of `bounds` finite buckets plus `+Inf`, `_sum` and `_count` (the 3 gauges left out).
+fn ours_per_deployment(bounds: usize) -> usize {
+    Cohort::ALL.len() * StatusClass::ALL.len() + Cohort::ALL.len() * (bounds + 3)
+}
+
+/// The bucket holding deployment `d`'s most common latency, 3-10 ms (the same on any layout).
+fn mode_bucket(bounds: &[u64], d: u32) -> usize {
+    let latency_us = 3_000 + 1_000 * u64::from(d % 8);
+    bounds.partition_point(|bound| *bound < latency_us)
+}
+
 /// Per-interval counts of `total` observations over `bounds + 1` buckets, peaked at `mode`.
 fn spread(total: u64, buckets: usize, mode: usize) -> Vec<u64> {
     let weights: Vec<f64> = (0..buckets).map(|i| 0.45f64.powi((i as i32 - mode as i32).abs())).collect();
@@ -299,8 +321,9 @@ fn class_rate(rate: u64, class: StatusClass) -> u64 {
     }
 }
 
-/// The whole exposition at `round` (round 1 is one check interval after round 0).
-fn exposition(round: u64) -> (String, usize) {
+/// The whole exposition at `round` (round 1 is one check interval after round 0), our
+/// latency histograms over `latency_bounds`.
+fn exposition(round: u64, latency_bounds: &[u64]) -> (String, usize) {
     let mut out = String::with_capacity(12 << 20);
     let mut series = 0usize;
     let mut sample = |out: &mut String, line: std::fmt::Arguments<'_>| {
@@ -375,9 +398,9 @@ fn exposition(round: u64) -> (String, usize) {
     }
 
     // Histograms: ours, then Envoy's own per cluster.
-    let bounds: Vec<String> = LATENCY_BUCKETS_US.iter().map(u64::to_string).collect();
+    let bounds: Vec<String> = latency_bounds.iter().map(u64::to_string).collect();
     let midpoints: Vec<f64> = std::iter::once(125.0)
-        .chain(LATENCY_BUCKETS_US.windows(2).map(|w| (w[0] + w[1]) as f64 / 2.0))
+        .chain(latency_bounds.windows(2).map(|w| (w[0] + w[1]) as f64 / 2.0))
         .chain(std::iter::once(90_000_000.0))
         .collect();
     let _ = writeln!(out, "# TYPE {LATENCY} histogram");
@@ -386,9 +409,9 @@ fn exposition(round: u64) -> (String, usize) {
         for (cohort, rate) in cohort_rates(d) {
             // The histogram counts every request the counters count.
             let total = StatusClass::ALL.into_iter().map(|class| class_rate(rate, class)).sum();
-            let counts = spread(total, LATENCY_BUCKETS_US.len() + 1, 4 + (d as usize % 8));
+            let counts = spread(total, latency_bounds.len() + 1, mode_bucket(latency_bounds, d));
             let labels = format!("deployment=\"{deployment}\",cohort=\"{}\"", cohort.label());
-            series += LATENCY_BUCKETS_US.len() + 3;
+            series += latency_bounds.len() + 3;
             histogram(&mut out, LATENCY, &labels, &bounds, &midpoints, &counts, HISTORY + round);
         }
     }
@@ -483,16 +506,17 @@ fn tracker_after(previous: &DeploymentSnapshot) -> DeltaTracker {
 
 fn check_benchmark() {
     let (hwm_start, _) = memory();
-    let (previous_text, _) = exposition(0);
-    let (text, series) = exposition(1);
+    let (previous_text, _) = exposition(0, &LATENCY_BUCKETS_US);
+    let (text, series) = exposition(1, &LATENCY_BUCKETS_US);
     let (hwm_generated, rss_generated) = memory();
     let wanted = deployment_name(WANTED);
     let lines = text.lines().count();
     println!("one check on a synthetic Envoy 1.40 /stats/prometheus, {REPETITIONS} runs per stage (median, best):");
     println!(
-        "  exposition: {:.1} MB, {lines} lines, {series} series ({} deployments x 180 ours, {} clusters x 160 Envoy's)",
+        "  exposition: {:.1} MB, {lines} lines, {series} series ({} deployments x {} ours, {} clusters x 160 Envoy's)",
         text.len() as f64 / 1e6,
         DEPLOYMENTS,
+        ours_per_deployment(LATENCY_BUCKETS_US.len()),
         2 * DEPLOYMENTS
     );
 
@@ -506,7 +530,7 @@ fn check_benchmark() {
     assert!(interval.requests(Cohort::Canary) > 0 && interval.latency(Cohort::Control).is_some());
     let mut warm = RolloutEvaluation::new(&policy()).expect("evaluation");
     for _ in 0..WARM_INTERVALS {
-        warm.observe(&interval, SHARE_BP).expect("observe");
+        warm.observe(&interval, Some(SHARE_BP)).expect("observe");
     }
     let rows = warm.rows(Vec::new()).expect("rows");
     let (hwm_first_check, _) = memory();
@@ -520,14 +544,14 @@ fn check_benchmark() {
         runs[1].push(timed((), |()| parse_exposition(&text, &wanted).expect("parse")));
         runs[2].push(timed(tracker_after(&previous), |mut tracker| tracker.advance(scrape(&current))));
         runs[3].push(timed(warm.clone(), |mut evaluation| {
-            evaluation.observe(&interval, SHARE_BP).expect("observe");
+            evaluation.observe(&interval, Some(SHARE_BP)).expect("observe");
             evaluation.rows(Vec::new()).expect("rows")
         }));
         runs[4].push(timed((tracker_after(&previous), warm.clone()), |(mut tracker, mut evaluation)| {
             let snapshot = parse_exposition(&text, &wanted).expect("parse");
             let interval: IntervalMetrics =
                 tracker.advance(vec![TargetScrape { target: "envoy-0".to_string(), result: Ok(snapshot) }]);
-            evaluation.observe(&interval, SHARE_BP).expect("observe");
+            evaluation.observe(&interval, Some(SHARE_BP)).expect("observe");
             evaluation.rows(Vec::new()).expect("rows")
         }));
         // Where parse's time goes: the line filter alone, then prometheus-parse on what it keeps.
@@ -572,6 +596,270 @@ fn check_benchmark() {
     }
 }
 
+/// The 36 bounds (µs) `LATENCY_BUCKETS_US` had before the 10 %-wide layout: the ratios'
+/// baseline, measured in the same run.
+const OLD_LATENCY_BUCKETS_US: [u64; 36] = [
+    250, 500, 1_000, 2_000, 3_000, 4_000, 5_000, 6_000, 7_000, 8_000, 9_000, 10_000, 12_500, 15_000, 17_500, 20_000,
+    25_000, 30_000, 35_000, 40_000, 45_000, 50_000, 55_000, 60_000, 70_000, 80_000, 100_000, 150_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000, 10_000_000, 30_000_000, 60_000_000,
+];
+
+/// The latency of the JSON and Prometheus answers: log-normal, median 20 ms, σ 0.5 (the service).
+const LATENCY_MEDIAN_US: f64 = 20_000.0;
+const LATENCY_SIGMA: f64 = 0.5;
+/// The Prometheus answer's window evaluation time (unix s), as Prometheus prints it.
+const EVALUATED_AT_S: f64 = 1_764_000_000.123;
+
+/// Standard normal CDF (Abramowitz & Stegun 7.1.26, |error| < 1.5e-7: far below one request).
+fn normal_cdf(z: f64) -> f64 {
+    let x = z.abs() / std::f64::consts::SQRT_2;
+    let t = 1.0 / (1.0 + 0.327_591_1 * x);
+    let poly =
+        t * (0.254_829_592 + t * (-0.284_496_736 + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
+    let erfc = poly * (-x * x).exp();
+    if z >= 0.0 { 1.0 - 0.5 * erfc } else { 0.5 * erfc }
+}
+
+/// Share of the latency distribution below `us`.
+fn latency_cdf(us: f64) -> f64 {
+    if us <= 0.0 { 0.0 } else { normal_cdf((us / LATENCY_MEDIAN_US).ln() / LATENCY_SIGMA) }
+}
+
+/// `total` observations spread over Envoy's bins: `(lower_bound, width, count)` of each non-empty bin.
+fn envoy_bins(total: u64) -> Vec<(u64, u64, u64)> {
+    let mut lower = 0u64;
+    let mut bins = Vec::new();
+    for &upper in envoy_bin_bounds_us() {
+        let count = (total as f64 * (latency_cdf(upper as f64) - latency_cdf(lower as f64))).round() as u64;
+        if count > 0 {
+            bins.push((lower, upper - lower, count));
+        }
+        lower = upper;
+    }
+    bins
+}
+
+/// What Envoy answers the admin source at `round` (`/stats?format=json&histogram_buckets=detailed`
+/// with the deployment's `filter`): the uptime, the wanted deployment's counters and gauges
+/// and its four histograms' bins, cumulative like the exposition's.
+fn detailed_json(round: u64) -> String {
+    let deployment = deployment_name(WANTED);
+    let mut stats = vec![serde_json::json!({"name": "server.uptime", "value": 3_600 + 30 * round})];
+    for name in ["applied_generation", "applied_share_bp", "config_age_ms"] {
+        let name = format!("wasmcustom.canary.deployment.{deployment}.{name}");
+        stats.push(serde_json::json!({"name": name, "value": 500}));
+    }
+    let mut details = Vec::new();
+    for (cohort, rate) in cohort_rates(WANTED) {
+        for class in StatusClass::ALL {
+            let name = format!("wasmcustom.{}", requests_stat(&deployment, cohort, class));
+            stats.push(serde_json::json!({"name": name, "value": class_rate(rate, class) * (HISTORY + round)}));
+        }
+        let total: u64 =
+            StatusClass::ALL.into_iter().map(|class| class_rate(rate, class)).sum::<u64>() * (HISTORY + round);
+        let totals: Vec<serde_json::Value> = envoy_bins(total)
+            .into_iter()
+            .map(|(lower, width, count)| serde_json::json!({"lower_bound": lower, "width": width, "count": count}))
+            .collect();
+        details.push(serde_json::json!({
+            "name": format!("wasmcustom.{}", latency_stat(&deployment, cohort)),
+            "totals": totals,
+            "intervals": [],
+            "percentiles": [],
+        }));
+    }
+    stats.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    let supported = [0.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 100.0];
+    stats.push(serde_json::json!({"histograms": {"supported_percentiles": supported, "details": details}}));
+    serde_json::json!({ "stats": stats }).to_string()
+}
+
+/// Prometheus' answer to [`latency_query`] over one check window on `bounds`: one sample per
+/// cohort and bucket, the window's increase of a fleet's worth of requests (extrapolated: fractional).
+fn prometheus_answer(bounds: &[u64]) -> String {
+    let mut result = Vec::new();
+    for (cohort, rate) in cohort_rates(WANTED) {
+        let window_total = rate as f64 * 10.003;
+        let les = bounds.iter().map(|b| (b.to_string(), latency_cdf(*b as f64))).chain([("+Inf".to_string(), 1.0)]);
+        for (le, share) in les {
+            let value = format!("{}", window_total * share);
+            result.push(serde_json::json!({
+                "metric": {"cohort": cohort.label(), "le": le},
+                "value": [EVALUATED_AT_S, value],
+            }));
+        }
+    }
+    serde_json::json!({"status": "success", "data": {"resultType": "vector", "result": result}}).to_string()
+}
+
+/// One layout's measurements (µs medians over [`REPETITIONS`], sizes in bytes).
+struct LayoutCost {
+    series_per_envoy: usize,
+    answer_bytes: usize,
+    parse: Duration,
+    step: Duration,
+    prometheus_bytes: Option<usize>,
+    prometheus_parse: Option<Duration>,
+    comparison: Duration,
+}
+
+/// The latency comparison on one interval's canary and control histograms: observe and rows.
+fn comparison_time(canary: &LatencyHistogram, control: &LatencyHistogram) -> Duration {
+    let fresh = LatencyComparison::new(canary.upper_bounds_us(), LatencySettings::with_tolerance_us(5_000.0))
+        .expect("comparison");
+    let mut warm = fresh.clone();
+    for _ in 0..WARM_INTERVALS {
+        warm.observe(canary, control).expect("observe");
+    }
+    Timing::of(
+        (0..REPETITIONS)
+            .map(|_| {
+                timed(warm.clone(), |mut comparison| {
+                    comparison.observe(canary, control).expect("observe");
+                    comparison.rows(0.05, 1_000).expect("rows")
+                })
+            })
+            .collect(),
+    )
+    .median
+}
+
+/// The exposition path on `bounds`: the whole `/stats/prometheus` of one Envoy, one deployment parsed.
+fn exposition_cost(bounds: &[u64]) -> LayoutCost {
+    let wanted = deployment_name(WANTED);
+    let ((previous_text, _), (text, series)) = (exposition(0, bounds), exposition(1, bounds));
+    let previous = parse_exposition(&previous_text, &wanted).expect("previous parses");
+    let current = parse_exposition(&text, &wanted).expect("parses");
+    let delta = target_delta(&previous, &current);
+    let histogram =
+        |cohort: Cohort| delta.cohorts.get(cohort).latency.as_ref().expect("histogram").to_histogram().expect("layout");
+    let answer = prometheus_answer(bounds);
+    let query = latency_query(&wanted, Duration::from_secs(60));
+    let mut runs: [Vec<Duration>; 3] = Default::default();
+    for _ in 0..REPETITIONS {
+        runs[0].push(timed((), |()| parse_exposition(&text, &wanted).expect("parse")));
+        runs[1].push(timed(tracker_after(&previous), |mut tracker| tracker.advance(scrape(&current))));
+        runs[2].push(timed((), |()| parse_latency_answer("bench", &query, &answer).expect("prometheus answer")));
+    }
+    let [parse, step, prometheus_parse] = runs.map(|r| Timing::of(r).median);
+    LayoutCost {
+        series_per_envoy: series,
+        answer_bytes: text.len(),
+        parse,
+        step,
+        prometheus_bytes: Some(answer.len()),
+        prometheus_parse: Some(prometheus_parse),
+        comparison: comparison_time(&histogram(Cohort::Canary), &histogram(Cohort::Control)),
+    }
+}
+
+/// The admin source's path: Envoy's JSON with its own bins, filtered to one deployment.
+fn detailed_cost() -> LayoutCost {
+    let wanted = deployment_name(WANTED);
+    let (previous_text, text) = (detailed_json(0), detailed_json(1));
+    let previous = parse_detailed_stats(&previous_text, &wanted).expect("previous parses");
+    let current = parse_detailed_stats(&text, &wanted).expect("parses");
+    let interval = tracker_after(&previous).advance(scrape(&current));
+    let histogram = |cohort: Cohort| interval.latency(cohort).expect("histogram").clone();
+    assert_eq!(histogram(Cohort::Canary).upper_bounds_us(), envoy_bin_bounds_us());
+    let mut runs: [Vec<Duration>; 2] = Default::default();
+    for _ in 0..REPETITIONS {
+        runs[0].push(timed((), |()| parse_detailed_stats(&text, &wanted).expect("parse")));
+        runs[1].push(timed(tracker_after(&previous), |mut tracker| tracker.advance(scrape(&current))));
+    }
+    let [parse, step] = runs.map(|r| Timing::of(r).median);
+    LayoutCost {
+        // Envoy keeps its bins whatever the layout; /stats/prometheus series are as configured.
+        series_per_envoy: 0,
+        answer_bytes: text.len(),
+        parse,
+        step,
+        prometheus_bytes: None,
+        prometheus_parse: None,
+        comparison: comparison_time(&histogram(Cohort::Canary), &histogram(Cohort::Control)),
+    }
+}
+
+/// What the histogram path costs on the old 36-bucket layout, the shipped 121-bucket one
+/// and Envoy's own bins (the admin source), with ratios against the old layout.
+fn histogram_path_benchmark() {
+    println!("\nlatency histogram path, one check of one deployment, {REPETITIONS} runs per figure (median):");
+    let old = exposition_cost(&OLD_LATENCY_BUCKETS_US);
+    let new = exposition_cost(&LATENCY_BUCKETS_US);
+    let bins = detailed_cost();
+    let bins_per_histogram = |round| {
+        let json: serde_json::Value = serde_json::from_str(&detailed_json(round)).expect("json");
+        json["stats"]
+            .as_array()
+            .and_then(|s| s.last())
+            .map_or(0, |h| h["histograms"]["details"][1]["totals"].as_array().map_or(0, Vec::len))
+    };
+    let ratio = |new: f64, old: f64| {
+        let r = new / old;
+        if r < 0.1 { format!("{r:.4}x") } else { format!("{r:.2}x") }
+    };
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "  {:52} {:>14} {:>14} {:>7} {:>16} {:>7}",
+        "", "old 36 buckets", "new 121", "ratio", "Envoy bins (JSON)", "ratio"
+    );
+    println!(
+        "  {:52} {:>14} {:>14} {:>7} {:>16} {:>7}",
+        "our series per deployment per Envoy",
+        ours_per_deployment(OLD_LATENCY_BUCKETS_US.len()) + 3,
+        ours_per_deployment(LATENCY_BUCKETS_US.len()) + 3,
+        ratio(
+            (ours_per_deployment(LATENCY_BUCKETS_US.len()) + 3) as f64,
+            (ours_per_deployment(OLD_LATENCY_BUCKETS_US.len()) + 3) as f64
+        ),
+        format!("{} bins/hist.", bins_per_histogram(1)),
+        "",
+    );
+    println!(
+        "  {:52} {:>14} {:>14} {:>7} {:>16} {:>7}",
+        format!("series in one Envoy's exposition ({DEPLOYMENTS} deployments)"),
+        old.series_per_envoy,
+        new.series_per_envoy,
+        ratio(new.series_per_envoy as f64, old.series_per_envoy as f64),
+        "-",
+        "",
+    );
+    println!(
+        "  {:52} {:>14} {:>14} {:>7} {:>16} {:>7}",
+        "admin answer (JSON: filtered to the deployment)",
+        format!("{:.2} MB", old.answer_bytes as f64 / 1e6),
+        format!("{:.2} MB", new.answer_bytes as f64 / 1e6),
+        ratio(new.answer_bytes as f64, old.answer_bytes as f64),
+        format!("{:.1} KB", bins.answer_bytes as f64 / 1e3),
+        ratio(bins.answer_bytes as f64, old.answer_bytes as f64),
+    );
+    let row = |name: &str, old: Duration, new: Duration, bins: Option<Duration>| {
+        println!(
+            "  {name:52} {:>11.3} ms {:>11.3} ms {:>7} {:>13} {:>7}",
+            ms(old),
+            ms(new),
+            ratio(ms(new), ms(old)),
+            bins.map_or("-".to_string(), |b| format!("{:.3} ms", ms(b))),
+            bins.map_or(String::new(), |b| ratio(ms(b), ms(old))),
+        );
+    };
+    row("admin parse, one deployment", old.parse, new.parse, Some(bins.parse));
+    row("DeltaTracker step (2 snapshots -> interval)", old.step, new.step, Some(bins.step));
+    if let (Some(old_bytes), Some(new_bytes)) = (old.prometheus_bytes, new.prometheus_bytes) {
+        println!(
+            "  {:52} {:>11.1} KB {:>11.1} KB {:>7}",
+            "Prometheus latency answer (4 cohorts)",
+            old_bytes as f64 / 1e3,
+            new_bytes as f64 / 1e3,
+            ratio(new_bytes as f64, old_bytes as f64)
+        );
+    }
+    if let (Some(old_parse), Some(new_parse)) = (old.prometheus_parse, new.prometheus_parse) {
+        row("Prometheus latency answer parse", old_parse, new_parse, None);
+    }
+    row("LatencyComparison observe + 4 rows (stats)", old.comparison, new.comparison, Some(bins.comparison));
+}
+
 /// A duration in ms, or in µs below 1 ms.
 fn human(d: Duration) -> String {
     if d < Duration::from_millis(1) {
@@ -604,6 +892,7 @@ fn main() {
     let only = std::env::var("BENCH").unwrap_or_default();
     if only != "simulation" {
         check_benchmark();
+        histogram_path_benchmark();
     }
     if only != "parse" {
         simulation_benchmark();

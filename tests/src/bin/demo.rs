@@ -51,7 +51,7 @@ async fn watch(analyzer: &AnalyzerProcess, load: &Load) -> Option<RolloutStatus>
             .collect();
         let next = s
             .window_remaining_s
-            .map_or(String::new(), |w| format!(", next step in {}", canary_analyzer::dashboard::duration_text(w)));
+            .map_or(String::new(), |w| format!(", next step in {}", canary_analyzer::present::duration_text(w)));
         println!(
             "   answered: stable {:>6}, canary {:>5} (errors {:>3}) | {}{next}",
             stats.stable,

@@ -1,0 +1,160 @@
+//! How values read for people, shared by the CLI, the dashboard, the webhook and the
+//! engine's log lines: shares, durations, times, phases, actions, and a comparison
+//! row's value, difference, interval, p-value and verdict. Depends on the data types
+//! only, so none of those modules needs another for its wording.
+
+use canary_core::RolloutPhase;
+
+use crate::ladder::Action;
+use crate::stats::{ComparisonRow, DifferenceScale, Verdict};
+
+pub fn percent(bp: u32) -> String {
+    format!("{}.{:02} %", bp / 100, bp % 100)
+}
+
+/// A row's value for people: latencies in ms, rates and the sample ratio in %, `-` without data.
+pub fn format_value(v: Option<f64>, metric: &str) -> String {
+    match v {
+        None => "-".into(),
+        Some(v) if metric.ends_with("_us") => format!("{:.1} ms", v / 1_000.0),
+        Some(v) if metric.ends_with("_rate") || metric == "sample_ratio" => format!("{:.3} %", v * 100.0),
+        Some(v) => format!("{v:.4}"),
+    }
+}
+
+/// `canary / control − 1` in percent with a sign, `-` without it.
+pub fn format_relative(row: &ComparisonRow) -> String {
+    row.relative_difference.map_or("-".into(), |r| format!("{:+.1} %", r * 100.0))
+}
+
+/// The anytime-valid interval with its scale, e.g. `[-0.010, 0.230] relative`; `-` without one.
+pub fn format_interval(row: &ComparisonRow) -> String {
+    match &row.interval {
+        Some(i) if i.lo.is_some() || i.hi.is_some() => {
+            // Latency differences in ms like the values; relative scales in percent.
+            let (unit, scale): (fn(f64) -> String, &str) = match row.interval_scale {
+                DifferenceScale::Absolute if row.metric.ends_with("_us") => (|v| format!("{:+.1} ms", v / 1_000.0), ""),
+                DifferenceScale::Absolute => (|v| format!("{v:+.4}"), ""),
+                DifferenceScale::Relative => (|v| format!("{:+.1} %", v * 100.0), " relative"),
+                DifferenceScale::RelativeOdds => (|v| format!("{:+.1} %", v * 100.0), " odds"),
+            };
+            let (lo, hi) = (i.lo.map_or("-∞".to_string(), unit), i.hi.map_or("+∞".to_string(), unit));
+            format!("[{lo}, {hi}]{scale}")
+        }
+        _ => "-".into(),
+    }
+}
+
+/// The p-value to three places, `-` without one.
+pub fn format_p(row: &ComparisonRow) -> String {
+    row.p_value.map_or("-".into(), |p| format!("{p:.3}"))
+}
+
+/// `worse`, `better`, `no difference`, `not enough data`.
+pub fn verdict_name(verdict: Verdict) -> &'static str {
+    match verdict {
+        Verdict::Worse => "worse",
+        Verdict::Better => "better",
+        Verdict::NoDifference => "no difference",
+        Verdict::NotEnoughData => "not enough data",
+    }
+}
+
+/// `progressing`, `paused`, `promoted`, `rolled back`, `pending`.
+pub fn phase_name(phase: RolloutPhase) -> &'static str {
+    match phase {
+        RolloutPhase::Pending => "pending",
+        RolloutPhase::Progressing => "progressing",
+        RolloutPhase::Paused => "paused",
+        RolloutPhase::Promoted => "promoted",
+        RolloutPhase::RolledBack => "rolled back",
+    }
+}
+
+/// `12 s`, `4 min 05 s`.
+pub fn duration_text(seconds: u64) -> String {
+    if seconds < 60 { format!("{seconds} s") } else { format!("{} min {:02} s", seconds / 60, seconds % 60) }
+}
+
+/// What a decision did, for the log: `promote → 25 %`.
+pub fn action_text(action: &Action) -> String {
+    match action {
+        Action::Promote { share_bp, .. } | Action::SetShare { share_bp, .. } => {
+            format!("{} → {}", action_name(action), share(*share_bp))
+        }
+        other => action_name(other).to_string(),
+    }
+}
+
+/// Basis points as a percentage: `500` → `5 %`, `1250` → `12.5 %`.
+pub fn share(bp: u32) -> String {
+    let whole = bp / 100;
+    match bp % 100 {
+        0 => format!("{whole} %"),
+        rest if rest % 10 == 0 => format!("{whole}.{} %", rest / 10),
+        rest => format!("{whole}.{rest:02} %"),
+    }
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, u32::try_from(month).unwrap_or(0), u32::try_from(day).unwrap_or(0))
+}
+
+/// `2026-11-21 21:46:45 UTC` for a Unix-millisecond time.
+pub fn timestamp(at_ms: u64) -> String {
+    let seconds = at_ms / 1_000;
+    let (year, month, day) = civil_from_days(i64::try_from(seconds / 86_400).unwrap_or(0));
+    let s = seconds % 86_400;
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", s / 3_600, s / 60 % 60, s % 60)
+}
+
+pub fn action_name(action: &Action) -> &'static str {
+    match action {
+        Action::Start => "start",
+        Action::Hold => "hold",
+        Action::Promote { .. } => "promote",
+        Action::Rollback => "rollback",
+        Action::Pause => "pause",
+        Action::Resume => "resume",
+        Action::SetShare { .. } => "set share",
+    }
+}
+
+/// One line per row: `error_rate: canary 0.0123 vs control 0.0051 (worse, p=0.001)`.
+pub fn describe_row(row: &ComparisonRow) -> String {
+    let value = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
+    let p = row.p_value.map_or(String::new(), |p| format!(", p={p:.3}"));
+    format!("{}: canary {} vs control {} ({:?}{p})", row.metric, value(row.canary), value(row.control), row.verdict)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_print_without_trailing_zeros() {
+        assert_eq!(share(0), "0 %");
+        assert_eq!(share(100), "1 %");
+        assert_eq!(share(1_250), "12.5 %");
+        assert_eq!(share(1), "0.01 %");
+        assert_eq!(share(10_000), "100 %");
+    }
+
+    #[test]
+    fn timestamps_are_utc_calendar_dates() {
+        assert_eq!(timestamp(0), "1970-01-01 00:00:00 UTC");
+        // 2024-02-29 12:34:56 UTC (a leap day).
+        assert_eq!(timestamp(1_709_210_096_000), "2024-02-29 12:34:56 UTC");
+        assert_eq!(timestamp(1_798_761_599_000), "2026-12-31 23:59:59 UTC");
+    }
+}

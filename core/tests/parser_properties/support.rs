@@ -1,0 +1,106 @@
+//! Shared by the property modules: case counts, the per-case time bound and byte mutations.
+
+use proptest::prelude::*;
+use std::time::{Duration, Instant};
+
+/// Cases per property unless `PROPTEST_CASES` says otherwise: 256 (proptest's default)
+/// takes ~1 s per property in debug; these run on wasm32 under Node too, ~5x slower.
+pub const CASES: u32 = 128;
+
+/// The proptest configuration of every property here: [`CASES`] cases, or `PROPTEST_CASES`.
+pub fn config() -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(CASES);
+    ProptestConfig { cases, ..ProptestConfig::default() }
+}
+
+/// A hang detector, not a benchmark: generated inputs are at most a few KiB and parse
+/// in well under 10 ms in a debug build on wasm32 under Node; one case taking 2 s means
+/// work far beyond the input's size (a loop that does not advance, a blow-up).
+pub const CASE_WALL_BOUND: Duration = Duration::from_secs(2);
+
+/// Runs `parse` and fails if it took longer than [`CASE_WALL_BOUND`].
+pub fn bounded<T>(what: &str, parse: impl FnOnce() -> T) -> T {
+    let started = Instant::now();
+    let out = parse();
+    let took = started.elapsed();
+    assert!(took < CASE_WALL_BOUND, "{what} took {took:?} (bound {CASE_WALL_BOUND:?})");
+    out
+}
+
+/// Whether a message fits one log line: no line breaks or other control characters.
+pub fn is_one_line(text: &str) -> bool {
+    !text.chars().any(char::is_control)
+}
+
+/// Text as an attacker or a careless editor writes it: arbitrary Unicode, or short strings
+/// dense in what breaks naive parsing and logging (quotes, backticks, separators, line
+/// breaks, escape and NUL characters).
+pub fn text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        1 => any::<String>(),
+        1 => "[a-z`\"\\\\;=,:. \n\r\t\x00\x1b{}-]{0,12}",
+    ]
+}
+
+/// One edit of a byte string: what a truncated, corrupted or hand-mangled document looks like.
+#[derive(Debug, Clone)]
+pub enum Edit {
+    /// Cut everything from this position (a torn read).
+    Truncate(usize),
+    /// Remove the byte at this position.
+    Delete(usize),
+    /// Insert a byte at this position.
+    Insert(usize, u8),
+    /// Replace the byte at this position.
+    Replace(usize, u8),
+    /// Copy the range at (start, length) to the end (a duplicated field or line).
+    Duplicate(usize, usize),
+}
+
+/// Bytes that matter to JSON, YAML, exposition text and cookies, plus a few arbitrary ones.
+fn interesting_byte() -> impl Strategy<Value = u8> {
+    prop_oneof![
+        3 => prop::sample::select(b"{}[]\":,;= \n\t\\'#-+.0123456789eE{}_|&*!%@`\r\0".to_vec()),
+        1 => any::<u8>(),
+    ]
+}
+
+pub fn edit() -> impl Strategy<Value = Edit> {
+    prop_oneof![
+        1 => any::<usize>().prop_map(Edit::Truncate),
+        3 => any::<usize>().prop_map(Edit::Delete),
+        3 => (any::<usize>(), interesting_byte()).prop_map(|(at, b)| Edit::Insert(at, b)),
+        3 => (any::<usize>(), interesting_byte()).prop_map(|(at, b)| Edit::Replace(at, b)),
+        1 => (any::<usize>(), 0usize..64).prop_map(|(at, len)| Edit::Duplicate(at, len)),
+    ]
+}
+
+/// Applies `edits` in order; positions wrap around the current length.
+pub fn mutate(mut bytes: Vec<u8>, edits: &[Edit]) -> Vec<u8> {
+    for edit in edits {
+        let len = bytes.len();
+        let at = |i: usize| if len == 0 { 0 } else { i % len };
+        match *edit {
+            Edit::Truncate(i) => bytes.truncate(at(i)),
+            Edit::Delete(i) if len > 0 => {
+                bytes.remove(at(i));
+            }
+            Edit::Delete(_) => {}
+            Edit::Insert(i, b) => bytes.insert(if len == 0 { 0 } else { i % (len + 1) }, b),
+            Edit::Replace(i, b) if len > 0 => bytes[at(i)] = b,
+            Edit::Replace(_, _) => {}
+            Edit::Duplicate(i, n) => {
+                let start = at(i);
+                let end = (start + n).min(len);
+                let copy = bytes[start..end].to_vec();
+                bytes.extend_from_slice(&copy);
+            }
+        }
+    }
+    bytes
+}
+
+/// Up to `max` edits.
+pub fn edits(max: usize) -> impl Strategy<Value = Vec<Edit>> {
+    prop::collection::vec(edit(), 1..=max)
+}
