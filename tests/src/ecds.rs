@@ -280,16 +280,36 @@ impl IstioGateway {
     /// Envoy reports it applied. Returns when the file was replaced and when Envoy had
     /// applied it.
     pub async fn publish(&mut self, source: &ModuleSource) -> (Instant, Instant) {
-        let (applied_before, refused_before) = extension_config_updates(self.envoy.admin).await;
+        self.publish_expecting(source, Outcome::Applied).await
+    }
+
+    /// Publishes the plugin with its module from `source` and waits (at most 10 s) until
+    /// Envoy reports it refused. Returns when the file was replaced and when Envoy had refused it.
+    pub async fn publish_refused(&mut self, source: &ModuleSource) -> (Instant, Instant) {
+        self.publish_expecting(source, Outcome::Refused).await
+    }
+
+    async fn publish_expecting(&mut self, source: &ModuleSource, outcome: Outcome) -> (Instant, Instant) {
+        let before = extension_config_updates(self.envoy.admin).await;
         let published = Instant::now();
         self.file.publish(&self.plugin.extension_config(source));
         loop {
-            let (applied, refused) = extension_config_updates(self.envoy.admin).await;
-            assert_eq!(refused, refused_before, "Envoy refused the extension config:\n{}", self.envoy.log_text());
-            if applied > applied_before {
+            let now = extension_config_updates(self.envoy.admin).await;
+            let (wanted, unwanted) = match outcome {
+                Outcome::Applied => ((now.0, before.0), Some((now.1, before.1))),
+                Outcome::Refused => ((now.1, before.1), None),
+            };
+            if let Some((now, before)) = unwanted {
+                assert_eq!(now, before, "Envoy did not do {outcome:?}:\n{}", self.envoy.log_text());
+            }
+            if wanted.0 > wanted.1 {
                 return (published, Instant::now());
             }
-            assert!(published.elapsed() < Duration::from_secs(10), "not applied in 10 s:\n{}", self.envoy.log_text());
+            assert!(
+                published.elapsed() < Duration::from_secs(10),
+                "not {outcome:?} in 10 s:\n{}",
+                self.envoy.log_text()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -364,6 +384,13 @@ pub fn remote_module_config(mut config: EnvoyConfig, server: &ModuleServer, sha2
         .expect("envoy.yaml: clusters")
         .push(serde_yaml_ng::to_value(cluster).expect("cluster as yaml"));
     config
+}
+
+/// What Envoy does with a published extension config.
+#[derive(Debug, Clone, Copy)]
+enum Outcome {
+    Applied,
+    Refused,
 }
 
 /// ECDS counters of Envoy's admin `/stats`: (configs applied, configs refused), summed

@@ -128,8 +128,9 @@ async fn a_plugin_config_edit_under_load_keeps_the_share_the_cohorts_and_one_pol
     let (interval_published, interval_applied) = gateway.inner.publish(&source).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let vms_after_interval = gateway.vms().await;
-    // 6 s at the new 1 s interval: 6 polls, give or take one at each end; at the old
-    // interval, or with the old and new plugin both polling, 12.
+    // 6 s at the new 1 s interval: 6 polls; each comes up to one tick (250 ms) late on a
+    // busy machine, so 4 to 8. At the old interval, or with the old and new plugin both
+    // polling, 10 or more.
     let polls = gateway.polls_over(Duration::from_secs(6)).await;
     let records = load.finish().await;
     let end = Instant::now();
@@ -169,7 +170,7 @@ async fn a_plugin_config_edit_under_load_keeps_the_share_the_cohorts_and_one_pol
     assert!(!denied_after.is_empty() && denied_after.iter().all(|r| r.version.as_deref() == Some("stable")));
     assert!(records.len() > 1_000, "the load ran: {} requests", records.len());
     assert_gauge_never_below(&gauge, start, end, "plugin config edits");
-    assert!((5..=7).contains(&polls), "{polls} polls in 6 s at a 1 s interval");
+    assert!((4..=8).contains(&polls), "{polls} polls in 6 s at a 1 s interval");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -187,7 +188,8 @@ async fn a_new_module_under_load_keeps_the_share_the_cohorts_and_one_poll_per_in
     let (published, applied) = gateway.inner.publish(&ModuleSource::Local(upgraded)).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let vms_after = gateway.vms().await;
-    // 4 s at 500 ms: 8 polls, give or take one at each end; two pollers would give 16.
+    // 4 s at 500 ms: 8 polls; each comes up to one tick (125 ms) late on a busy machine,
+    // so 6 to 9. Two pollers (old and new VMs) would give 12 or more.
     let polls = gateway.polls_over(Duration::from_secs(4)).await;
     let records = load.finish().await;
     let end = Instant::now();
@@ -205,5 +207,5 @@ async fn a_new_module_under_load_keeps_the_share_the_cohorts_and_one_poll_per_in
     assert_eq!(misrouted, 0, "requests left the cohort the filter's decision gives:\n{text}");
     assert!(records.len() > 500, "the load ran: {} requests", records.len());
     assert_gauge_never_below(&gauge, start, end, "module upgrade");
-    assert!((7..=9).contains(&polls), "{polls} polls in 4 s at a 500 ms interval");
+    assert!((6..=9).contains(&polls), "{polls} polls in 4 s at a 500 ms interval");
 }
