@@ -145,6 +145,17 @@ impl WasmPlugin {
         json!({"@type": WASM_FILTER_TYPE, "config": config})
     }
 
+    /// What istio-agent sends in place of the Wasm filter when it cannot fetch the module:
+    /// an RBAC filter of the same name, allow-all under FAIL_OPEN, deny-all otherwise.
+    pub fn fetch_failed_fallback(&self) -> Json {
+        let rbac = if self.spec["failStrategy"].as_str() == Some("FAIL_OPEN") {
+            json!({"@type": RBAC_FILTER_TYPE, "rules_stat_prefix": "wasm-default-allow"})
+        } else {
+            json!({"@type": RBAC_FILTER_TYPE, "rules": {}, "rules_stat_prefix": "wasm-default-deny"})
+        };
+        json!({"@type": EXTENSION_CONFIG_TYPE, "name": self.resource_name(), "typed_config": rbac})
+    }
+
     /// The ECDS resource: a TypedExtensionConfig, as istio-agent passes it to Envoy when
     /// `source` is the local file it fetched the module to.
     pub fn extension_config(&self, source: &ModuleSource) -> Json {
@@ -280,19 +291,28 @@ impl IstioGateway {
     /// Envoy reports it applied. Returns when the file was replaced and when Envoy had
     /// applied it.
     pub async fn publish(&mut self, source: &ModuleSource) -> (Instant, Instant) {
-        self.publish_expecting(source, Outcome::Applied).await
+        let resource = self.plugin.extension_config(source);
+        self.publish_expecting(&resource, Outcome::Applied).await
+    }
+
+    /// Publishes istio-agent's stand-in for a module it could not fetch and waits until
+    /// Envoy applied it.
+    pub async fn publish_fetch_failed(&mut self) -> (Instant, Instant) {
+        let resource = self.plugin.fetch_failed_fallback();
+        self.publish_expecting(&resource, Outcome::Applied).await
     }
 
     /// Publishes the plugin with its module from `source` and waits (at most 10 s) until
     /// Envoy reports it refused. Returns when the file was replaced and when Envoy had refused it.
     pub async fn publish_refused(&mut self, source: &ModuleSource) -> (Instant, Instant) {
-        self.publish_expecting(source, Outcome::Refused).await
+        let resource = self.plugin.extension_config(source);
+        self.publish_expecting(&resource, Outcome::Refused).await
     }
 
-    async fn publish_expecting(&mut self, source: &ModuleSource, outcome: Outcome) -> (Instant, Instant) {
+    async fn publish_expecting(&mut self, resource: &Json, outcome: Outcome) -> (Instant, Instant) {
         let before = extension_config_updates(self.envoy.admin).await;
         let published = Instant::now();
-        self.file.publish(&self.plugin.extension_config(source));
+        self.file.publish(resource);
         loop {
             let now = extension_config_updates(self.envoy.admin).await;
             let (wanted, unwanted) = match outcome {

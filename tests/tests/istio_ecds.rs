@@ -209,3 +209,56 @@ async fn a_new_module_under_load_keeps_the_share_the_cohorts_and_one_poll_per_in
     assert_gauge_never_below(&gauge, start, end, "module upgrade");
     assert!((6..=9).contains(&polls), "{polls} polls in 4 s at a 500 ms interval");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_failed_fetch_the_next_module_starts_without_shared_data_for_one_poll() {
+    // istio-agent, failing to fetch a new module, sends an allow-all RBAC filter in its
+    // place: the Wasm filter and all its VMs go, and with the last VM of its vm_id Envoy
+    // drops that vm_id's shared data. The module that comes next starts from nothing:
+    // the initial share (0) until its first poll answers, at most one tick (125 ms) plus
+    // the poll's round trip. Measured here, and bounded.
+    let mut gateway = Gateway::start().await;
+    let config = gateway.plugin.filter_config();
+    let load = RecordedLoad::start(gateway.envoy.listener, LOAD_RPS, user_ids(0x15, 400));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (fell_back, fallback_applied) = gateway.inner.publish_fetch_failed().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let vms_during = gateway.vms().await;
+    let module = ModuleSource::Local(gateway.module.clone());
+    let (recovered, recovery_applied) = gateway.inner.publish(&module).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let polls = gateway.polls_over(Duration::from_secs(4)).await;
+    let records = load.finish().await;
+
+    println!("VMs (created, active) under the RBAC stand-in: {vms_during:?}; {polls} polls in 4 s");
+    let routed = |r: &Record| -> &'static str {
+        let fallback = r.sent >= fell_back && r.sent < recovery_applied;
+        if fallback && r.sent >= fallback_applied + Duration::from_secs(1) && r.sent < recovered {
+            // No filter: nobody gets a cohort header, everybody reaches stable.
+            return "stable";
+        }
+        if fallback {
+            // Changing over either way.
+            return if r.version.as_deref() == Some("canary") { "canary" } else { "stable" };
+        }
+        expected_version(&config, SHARE_BP, &r.user)
+    };
+    report("failed fetch: the RBAC stand-in (share timeline)", &records, fell_back, routed);
+    let text = report("the module back (share timeline)", &records, recovered, routed);
+    let failed = records.iter().filter(|r| r.failed()).count();
+    assert_eq!(failed, 0, "failed requests");
+    assert_eq!(vms_during.1, 0, "no VM is left under the RBAC stand-in");
+    let misrouted: Vec<Duration> = records
+        .iter()
+        .filter(|r| r.version.as_deref() != Some(routed(r)))
+        .map(|r| r.sent.saturating_duration_since(recovery_applied))
+        .collect();
+    println!(
+        "misrouted after the module came back: {} requests, the last {:?} after Envoy applied it",
+        misrouted.len(),
+        misrouted.iter().max()
+    );
+    // One tick (125 ms) and the poll's round trip, with room for a busy machine.
+    assert!(misrouted.iter().all(|after| *after < Duration::from_millis(500)), "misrouted past 500 ms:\n{text}");
+    assert!((6..=9).contains(&polls), "{polls} polls in 4 s at a 500 ms interval");
+}
