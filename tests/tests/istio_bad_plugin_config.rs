@@ -77,7 +77,8 @@ async fn a_refused_edit_leaves_a_running_gateway_on_the_last_good_config() {
     println!("refused {:?} after the file changed; {} requests", refused - published, records.len());
     let log = gateway.envoy.log_text();
     assert!(log.contains(REASON), "the filter's reason is in Envoy's log:\n{log}");
-    assert!(records.len() > 300, "the load ran: {}", records.len());
+    // 4 s at 100 rps is 400; a busy two-core machine sends fewer.
+    assert!(records.len() > 150, "the load ran: {}", records.len());
     let failed = records.iter().filter(|r| r.failed()).count();
     let misrouted = records.iter().filter(|r| r.version.as_deref() != Some(expected(r))).count();
     assert_eq!((failed, misrouted), (0, 0), "(failed, misrouted) of {} requests", records.len());

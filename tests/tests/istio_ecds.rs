@@ -39,9 +39,13 @@ impl Gateway {
     /// Envoy as an Istio gateway with the shipped WasmPlugin (poll interval shortened),
     /// routing at the analyzer's share.
     async fn start() -> Gateway {
+        Self::start_polling_every(POLL_INTERVAL_MS).await
+    }
+
+    async fn start_polling_every(poll_interval_ms: u64) -> Gateway {
         let mut plugin = WasmPlugin::shipped();
         plugin.edit_plugin_config(|json| {
-            json["analyzer"]["poll_interval_ms"] = POLL_INTERVAL_MS.into();
+            json["analyzer"]["poll_interval_ms"] = poll_interval_ms.into();
             json["analyzer"]["timeout_ms"] = 250.into();
         });
         let gateway = Gateway { inner: IstioGateway::start(plugin, SHARE_BP, |_| {}).await };
@@ -168,7 +172,8 @@ async fn a_plugin_config_edit_under_load_keeps_the_share_the_cohorts_and_one_pol
     let denied_after: Vec<&Record> =
         records.iter().filter(|r| r.user == denied && r.sent > deny_applied + Duration::from_secs(1)).collect();
     assert!(!denied_after.is_empty() && denied_after.iter().all(|r| r.version.as_deref() == Some("stable")));
-    assert!(records.len() > 1_000, "the load ran: {} requests", records.len());
+    // 14 s at 100 rps is 1 400; a busy two-core machine sends fewer.
+    assert!(records.len() > 500, "the load ran: {} requests", records.len());
     assert_gauge_never_below(&gauge, start, end, "plugin config edits");
     assert!((4..=8).contains(&polls), "{polls} polls in 6 s at a 1 s interval");
 }
@@ -205,19 +210,28 @@ async fn a_new_module_under_load_keeps_the_share_the_cohorts_and_one_poll_per_in
     assert!(failed.is_empty(), "{} requests failed: {:?}", failed.len(), failed.first());
     let misrouted = records.iter().filter(|r| r.version.as_deref() != Some(expected(r))).count();
     assert_eq!(misrouted, 0, "requests left the cohort the filter's decision gives:\n{text}");
-    assert!(records.len() > 500, "the load ran: {} requests", records.len());
+    // 9 s at 100 rps is 900; a busy two-core machine sends fewer.
+    assert!(records.len() > 300, "the load ran: {} requests", records.len());
     assert_gauge_never_below(&gauge, start, end, "module upgrade");
     assert!((6..=9).contains(&polls), "{polls} polls in 4 s at a 500 ms interval");
 }
 
+/// The poll interval of the failed-fetch test: long, so that a VM that waited a quarter
+/// interval (500 ms) for its first poll would misroute ~25 requests at 100 rps.
+const SLOW_POLL_INTERVAL_MS: u64 = 2_000;
+/// At most this many requests may go out at the initial share after the module is back:
+/// 50 ms of traffic at 100 rps, half of it canary users (the 25 ms first tick and the
+/// poll's round trip, with room for a busy machine).
+const MISROUTED_AFTER_COLD_START: usize = 5;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_a_failed_fetch_the_next_module_starts_without_shared_data_for_one_poll() {
+async fn after_a_failed_fetch_the_next_module_polls_at_once_for_the_share_it_lost() {
     // istio-agent, failing to fetch a new module, sends an allow-all RBAC filter in its
     // place: the Wasm filter and all its VMs go, and with the last VM of its vm_id Envoy
-    // drops that vm_id's shared data. The module that comes next starts from nothing:
-    // the initial share (0) until its first poll answers, at most one tick (125 ms) plus
-    // the poll's round trip. Measured here, and bounded.
-    let mut gateway = Gateway::start().await;
+    // drops that vm_id's shared data. The module that comes next starts from nothing, as
+    // on a cold start: it routes with the initial share (0) until its first poll answers.
+    // That poll must go out at once, not a quarter interval later.
+    let mut gateway = Gateway::start_polling_every(SLOW_POLL_INTERVAL_MS).await;
     let config = gateway.plugin.filter_config();
     let load = RecordedLoad::start(gateway.envoy.listener, LOAD_RPS, user_ids(0x15, 400));
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -226,11 +240,15 @@ async fn after_a_failed_fetch_the_next_module_starts_without_shared_data_for_one
     let vms_during = gateway.vms().await;
     let module = ModuleSource::Local(gateway.module.clone());
     let (recovered, recovery_applied) = gateway.inner.publish(&module).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let polls = gateway.polls_over(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // 6 s at 2 s: 3 polls, up to one tick (500 ms) late each: 2 to 4.
+    let polls = gateway.polls_over(Duration::from_secs(6)).await;
     let records = load.finish().await;
 
-    println!("VMs (created, active) under the RBAC stand-in: {vms_during:?}; {polls} polls in 4 s");
+    println!("VMs (created, active) under the RBAC stand-in: {vms_during:?}; {polls} polls in 6 s");
+    println!("the module back applied {:?} after the file changed", recovery_applied - recovered);
+    let after = records.iter().filter(|r| r.sent >= recovery_applied).count();
+    assert!(after > 100, "only {after} requests after the module was back");
     let routed = |r: &Record| -> &'static str {
         let fallback = r.sent >= fell_back && r.sent < recovery_applied;
         if fallback && r.sent >= fallback_applied + Duration::from_secs(1) && r.sent < recovered {
@@ -258,7 +276,10 @@ async fn after_a_failed_fetch_the_next_module_starts_without_shared_data_for_one
         misrouted.len(),
         misrouted.iter().max()
     );
-    // One tick (125 ms) and the poll's round trip, with room for a busy machine.
-    assert!(misrouted.iter().all(|after| *after < Duration::from_millis(500)), "misrouted past 500 ms:\n{text}");
-    assert!((6..=9).contains(&polls), "{polls} polls in 4 s at a 500 ms interval");
+    assert!(
+        misrouted.len() <= MISROUTED_AFTER_COLD_START,
+        "{} requests routed at the initial share after the module came back:\n{text}",
+        misrouted.len()
+    );
+    assert!((2..=4).contains(&polls), "{polls} polls in 6 s at a 2 s interval");
 }
