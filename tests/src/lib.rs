@@ -15,6 +15,7 @@ pub mod load;
 pub mod manifests;
 pub mod prometheus;
 pub mod rig;
+pub mod soak;
 pub mod tcp_gate;
 pub mod traffic;
 pub mod upstream;
