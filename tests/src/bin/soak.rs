@@ -25,8 +25,8 @@ use canary_core::RolloutPhase;
 use canary_e2e::analyzer::{AnalyzerOptions, AnalyzerProcess, analyzer_binary, fresh_dir};
 use canary_e2e::envoy::{Envoy, EnvoyConfig};
 use canary_e2e::soak::{
-    PollVerdict, RSS_GROWTH_FLOOR_KIB, RSS_GROWTH_LIMIT, RssVerdict, WrkTotals, envoy_stat, parse_seconds,
-    poll_verdict, prometheus_sum, rss_verdict, share_changes, vm_rss_kib,
+    PollVerdict, RSS_GROWTH_FLOOR_KIB, RSS_GROWTH_LIMIT, RssVerdict, SETTLED_SAMPLES, WrkTotals, envoy_stat,
+    parse_seconds, poll_verdict, prometheus_sum, rss_verdict, share_changes, vm_rss_kib,
 };
 use canary_e2e::upstream::Upstream;
 use canary_e2e::{free_port, rig::DEPLOYMENT};
@@ -245,6 +245,8 @@ async fn drive(analyzer_url: String, applied_now: Arc<AtomicU64>, record: Arc<Mu
     let mut rollouts = 1u64;
     let mut stepped_back = false;
     let mut rolled_back = false;
+    // Ticks in a row on which Envoy applied the share the analyzer serves.
+    let mut agreeing = 0;
     let mut ticks = tokio::time::interval(SAMPLE_EVERY);
     while stop.load(Ordering::Relaxed) == 0 {
         ticks.tick().await;
@@ -255,8 +257,10 @@ async fn drive(analyzer_url: String, applied_now: Arc<AtomicU64>, record: Arc<Mu
         };
         let served = u64::from(status.state.share_bp);
         record.lock().expect("record").served.push(served);
-        // Act only once Envoy routes with what the analyzer serves, so it sees every step.
-        if applied_now.load(Ordering::Relaxed) != served {
+        // Act only once Envoy has routed with what the analyzer serves for as many samples
+        // as a change needs to count (`SETTLED_SAMPLES`), so every step is seen and counted.
+        agreeing = if applied_now.load(Ordering::Relaxed) == served { agreeing + 1 } else { 0 };
+        if agreeing < SETTLED_SAMPLES {
             continue;
         }
         let (action, body): (&str, Option<serde_json::Value>) = match status.state.phase {
@@ -285,6 +289,7 @@ async fn drive(analyzer_url: String, applied_now: Arc<AtomicU64>, record: Arc<Mu
             None => http.post(format!("{analyzer_url}/v1/rollouts")).body(POLICY),
             Some(body) => http.post(format!("{status_url}/override")).json(body),
         };
+        agreeing = 0;
         let refusal = match request.bearer_auth(TOKEN).send().await {
             Ok(answer) if answer.status().is_success() => None,
             Ok(answer) => Some(format!("{} {}", answer.status(), answer.text().await.unwrap_or_default())),
