@@ -61,8 +61,8 @@ bench: wasm
 .PHONY: soak
 soak: wasm
 	@scripts/install-deps.sh bench
-	$(CARGO) build --release -p canary-analyzer --bin canary-analyzer
-	CANARY_ANALYZER_BIN=$(CURDIR)/target/release/canary-analyzer $(CARGO) run --release -p canary-e2e --bin soak
+	$(CARGO) build --release -p canary-analyzer -p canary-e2e --bin canary-analyzer --bin soak
+	CANARY_ANALYZER_BIN=$(CURDIR)/target/release/canary-analyzer target/release/soak
 
 ## demo: the local Envoy with the filter, two versions and a rollout config server
 demo: deps wasm

@@ -414,6 +414,12 @@ async fn envoy_counts(http: &reqwest::Client, admin: SocketAddr) -> EnvoyCounts 
     }
 }
 
+/// The machine's 1-minute load average (`/proc/loadavg`): how busy the shared CPUs were.
+fn load_average() -> String {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace().next().unwrap_or("?").to_string()
+}
+
 fn mib(kib: Option<u64>) -> String {
     kib.map_or("gone".to_string(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
 }
@@ -482,8 +488,8 @@ async fn run(seconds: u64) -> bool {
     let envoy = Envoy::start(&config, CONCURRENCY).await;
     let envoy_comm = std::fs::read_to_string(format!("/proc/{}/comm", envoy.pid())).unwrap_or_default();
     println!(
-        "soak: {seconds} s of load ({} s warm-up), wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} in {SEGMENT_SECONDS} s runs, \
-         {USERS} users",
+        "soak: {seconds} s of load ({} s warm-up), wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} in {SEGMENT_SECONDS} s \
+         runs, {USERS} users",
         WARM_UP.as_secs()
     );
     println!(
@@ -501,6 +507,7 @@ async fn run(seconds: u64) -> bool {
     println!("  upstreams: stable {}, canary {}; state in {}", stable.addr, canary.addr, dir.display());
 
     let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("http client");
+    let load_at_start = load_average();
     let polls_at_start = polls(&http, envoy.admin).await.expect("Envoy admin answers the poll count");
     let started = Instant::now();
     let stop = Arc::new(AtomicU64::new(0));
@@ -572,7 +579,12 @@ async fn run(seconds: u64) -> bool {
         "soak summary (Envoy --concurrency {CONCURRENCY}, wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS}, {} shared CPUs)",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     )];
-    table.push(format!("  duration  {load_seconds:.0} s of load, {} s of it warm-up", WARM_UP.as_secs()));
+    table.push(format!(
+        "  duration  {load_seconds:.0} s of load, {} s of it warm-up; load average {load_at_start} at the start, \
+         {} at the end",
+        WARM_UP.as_secs(),
+        load_average()
+    ));
     let rate = totals.requests as f64 / load_seconds;
     let version = |v: &str| grouped(totals.versions.get(v).copied().unwrap_or(0));
     table.push(format!(
@@ -593,12 +605,17 @@ async fn run(seconds: u64) -> bool {
     if totals.versions.get("none").copied().unwrap_or(0) > 0 {
         failures.push(format!("{} answers carried no x-version (not from an upstream)", version("none")));
     }
-    let (applied_changes, applied_raw) = share_changes(&record.applied);
+    // From the first share the analyzer served on: before its first poll Envoy routes with
+    // `initial_share_bp`, a change the analyzer never served.
+    let first_served = record.served.first().copied();
+    let applied: Vec<u64> =
+        record.applied.iter().copied().skip_while(|v| first_served.is_some_and(|f| f != *v)).collect();
+    let (applied_changes, applied_raw) = share_changes(&applied);
     let (served_changes, _) = share_changes(&record.served);
     table.push(format!(
         "  shares    {applied_changes} changes applied by Envoy ({applied_raw} raw gauge changes, {logged_changes} \
-         logged by the filter), {served_changes} served by the analyzer; {} registrations, {} set_share, {} rollbacks by the driver, {} promoted to 100 %, \
-         {} automatic rollbacks",
+         logged by the filter, its first answer included), {served_changes} served by the analyzer; \
+         {} registrations, {} set_share, {} rollbacks by the driver, {} promoted to 100 %, {} automatic rollbacks",
         record.registrations,
         record.set_shares,
         record.rollbacks_by_driver,
