@@ -230,9 +230,9 @@ pub fn rss_verdict(samples: &[(f64, u64)]) -> Option<RssVerdict> {
     Some(RssVerdict { start_kib, end_kib, max_kib, growth, slope_kib_per_minute, flat })
 }
 
-/// Polls above this multiple of the expected count fail the soak ("about one per
-/// interval", with room for the requests Envoy retries and the poller's lease changing
-/// hands between workers).
+/// Polls above this multiple of the expected count fail the soak: "about one per
+/// interval", with room for the poller's lease passing to another VM, whose first poll
+/// need not wait a whole interval. One poller per VM would be 3x (2 workers + main).
 pub const POLL_LIMIT_FACTOR: f64 = 1.5;
 /// Polls below this fraction of the expected count fail too: the filter stopped
 /// polling (or its polls stopped reaching the analyzer) and shares go stale.
