@@ -18,6 +18,7 @@ pub mod manifests;
 pub mod prometheus;
 pub mod request_log;
 pub mod rig;
+pub mod soak;
 pub mod tcp_gate;
 pub mod traffic;
 pub mod upstream;
