@@ -23,6 +23,8 @@
 //!    route's direct response carries the headers they read, so they match), Envoy CPU µs
 //!    per request, interleaved and paired against 0 rules; opt-in (`BENCH=outcome-instructions`,
 //!    valgrind, ~3 min per Envoy) the same Envoys' instructions per request under callgrind.
+//!    With `BENCH_BEFORE_WASM`, that build (without rules) is measured beside them: 0 rules
+//!    must cost what a filter without outcome support costs.
 //!
 //! `BENCH=native,envoy,start,strips,probes,outcomes` picks parts (default: those); `BENCH_RUNS` and
 //! `BENCH_SECONDS` set rounds and seconds per run; `BENCH_BEFORE_WASM=<path>` adds a
@@ -644,7 +646,7 @@ fn instructions(rig: &Rig, filters: &[(String, PathBuf)]) {
 /// Response headers the direct response carries in the outcome rows: what the rules read,
 /// with values that match them.
 const OUTCOME_RESPONSE_HEADERS: &[(&str, &str)] =
-    &[("x-cache", "HIT"), ("x-db-time-ms", "150"), ("x-payment-result", "declined"), ("x-feature", "on")];
+    &[("x-cache", "HIT"), ("x-db-time-ms", "150"), ("x-payment-result", "declined"), ("x-feature", "enabled")];
 
 /// Adds headers to the (direct) response of the first route, as Envoy's route
 /// `response_headers_to_add` does.
@@ -682,16 +684,19 @@ fn outcome_setups() -> Vec<(String, serde_json::Value)> {
                 cache_hit,
                 {"name": "declined", "response_header": "x-payment-result", "equals": "declined"},
                 {"name": "slow_db", "response_header": "x-db-time-ms", "above": 100},
-                {"name": "feature_on", "response_header": "x-feature", "equals": "on"}
+                {"name": "feature_on", "response_header": "x-feature", "equals": "enabled"}
             ]),
         ),
     ]
 }
 
 /// Outcome rules: Envoy CPU µs per request, saturated and interleaved, paired against 0 rules.
-async fn outcomes(rig: &Rig, rounds: usize, seconds: u32) {
+async fn outcomes(rig: &Rig, before: Option<&Path>, rounds: usize, seconds: u32) {
     let rules = outcome_setups();
-    let setups: Vec<(String, Setup)> = rules.iter().map(|(name, r)| (name.clone(), Setup::Outcomes(r))).collect();
+    let mut setups: Vec<(String, Setup)> = rules.iter().map(|(name, r)| (name.clone(), Setup::Outcomes(r))).collect();
+    if let Some(before) = before {
+        setups.push(("BENCH_BEFORE_WASM (no rules)".to_string(), Setup::Filter(before)));
+    }
     let envoys = start_all(rig, setups).await;
     let runs = interleaved(&envoys, &wrk_script("saturated", None), CONNECTIONS, rounds, seconds);
     println!(
@@ -707,12 +712,16 @@ async fn outcomes(rig: &Rig, rounds: usize, seconds: u32) {
 }
 
 /// Outcome rules: Envoy instructions per request under callgrind, against 0 rules.
-fn outcome_instructions(rig: &Rig) {
+fn outcome_instructions(rig: &Rig, before: Option<&Path>) {
     let rules = outcome_setups();
-    let counts: Vec<Option<f64>> =
-        rules.iter().map(|(name, r)| instructions_per_request(&rig.config(Setup::Outcomes(r)), name)).collect();
+    let mut setups: Vec<(String, EnvoyConfig)> =
+        rules.iter().map(|(name, r)| (name.clone(), rig.config(Setup::Outcomes(r)))).collect();
+    if let Some(before) = before {
+        setups.push(("BENCH_BEFORE_WASM (no rules)".to_string(), rig.config(Setup::Filter(before))));
+    }
+    let counts: Vec<Option<f64>> = setups.iter().map(|(name, config)| instructions_per_request(config, name)).collect();
     println!("\nOutcome rules, Envoy instructions per request under callgrind (wrk -c2, {CALLGRIND_SECONDS} s each):");
-    for ((name, _), count) in rules.iter().zip(&counts) {
+    for ((name, _), count) in setups.iter().zip(&counts) {
         match (count, counts.first().copied().flatten()) {
             (Some(count), Some(none)) => {
                 println!("  {name:42} {count:9.0}   {:+9.0}  ({:.3}x)", count - none, count / none)
@@ -756,10 +765,11 @@ async fn main() {
     if part("probes") {
         host_call_probes(&rig, rounds, seconds).await;
     }
+    let before = std::env::var("BENCH_BEFORE_WASM").ok().map(PathBuf::from);
     if part("outcomes") {
-        outcomes(&rig, rounds, seconds).await;
+        outcomes(&rig, before.as_deref(), rounds, seconds).await;
     }
     if part("outcome-instructions") {
-        outcome_instructions(&rig);
+        outcome_instructions(&rig, before.as_deref());
     }
 }
