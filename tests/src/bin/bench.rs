@@ -245,8 +245,10 @@ enum Setup<'a> {
     /// The probe filter alone with this configuration (`""`: the no-op filter),
     /// to isolate what wasm and each host call cost.
     Probe(&'a str),
-    /// This build of the canary filter, without the strip, with these outcome rules.
-    Outcomes(&'a serde_json::Value),
+    /// The canary filter, without the strip, the direct response carrying the headers the
+    /// outcome rows read: this build with these rules, or another build (`BENCH_BEFORE_WASM`,
+    /// without outcome support) with none.
+    Outcomes(&'a serde_json::Value, Option<&'a Path>),
 }
 
 struct Rig {
@@ -274,9 +276,17 @@ impl Rig {
                     json.as_object_mut().map(|o| o.remove("outcomes"));
                 });
             }
-            Setup::Outcomes(rules) => {
+            Setup::Outcomes(rules, before) => {
                 config.without_header_stripping();
-                config.edit_plugin_config(|json| json["outcomes"] = rules.clone());
+                match before {
+                    Some(wasm) => {
+                        config.with_wasm_module(wasm);
+                        config.edit_plugin_config(|json| {
+                            json.as_object_mut().map(|o| o.remove("outcomes"));
+                        });
+                    }
+                    None => config.edit_plugin_config(|json| json["outcomes"] = rules.clone()),
+                }
                 add_response_headers(&mut config, OUTCOME_RESPONSE_HEADERS);
             }
             Setup::EarlyStrip => config.without_wasm(),
@@ -693,9 +703,11 @@ fn outcome_setups() -> Vec<(String, serde_json::Value)> {
 /// Outcome rules: Envoy CPU µs per request, saturated and interleaved, paired against 0 rules.
 async fn outcomes(rig: &Rig, before: Option<&Path>, rounds: usize, seconds: u32) {
     let rules = outcome_setups();
-    let mut setups: Vec<(String, Setup)> = rules.iter().map(|(name, r)| (name.clone(), Setup::Outcomes(r))).collect();
+    let none = serde_json::json!([]);
+    let mut setups: Vec<(String, Setup)> =
+        rules.iter().map(|(name, r)| (name.clone(), Setup::Outcomes(r, None))).collect();
     if let Some(before) = before {
-        setups.push(("BENCH_BEFORE_WASM (no rules)".to_string(), Setup::Filter(before)));
+        setups.push(("BENCH_BEFORE_WASM (no rules)".to_string(), Setup::Outcomes(&none, Some(before))));
     }
     let envoys = start_all(rig, setups).await;
     let runs = interleaved(&envoys, &wrk_script("saturated", None), CONNECTIONS, rounds, seconds);
@@ -715,9 +727,10 @@ async fn outcomes(rig: &Rig, before: Option<&Path>, rounds: usize, seconds: u32)
 fn outcome_instructions(rig: &Rig, before: Option<&Path>) {
     let rules = outcome_setups();
     let mut setups: Vec<(String, EnvoyConfig)> =
-        rules.iter().map(|(name, r)| (name.clone(), rig.config(Setup::Outcomes(r)))).collect();
+        rules.iter().map(|(name, r)| (name.clone(), rig.config(Setup::Outcomes(r, None)))).collect();
     if let Some(before) = before {
-        setups.push(("BENCH_BEFORE_WASM (no rules)".to_string(), rig.config(Setup::Filter(before))));
+        let none = serde_json::json!([]);
+        setups.push(("BENCH_BEFORE_WASM (no rules)".to_string(), rig.config(Setup::Outcomes(&none, Some(before)))));
     }
     let counts: Vec<Option<f64>> = setups.iter().map(|(name, config)| instructions_per_request(config, name)).collect();
     println!("\nOutcome rules, Envoy instructions per request under callgrind (wrk -c2, {CALLGRIND_SECONDS} s each):");
