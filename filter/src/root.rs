@@ -196,7 +196,7 @@ impl RootContext for CanaryRoot {
                 return false;
             }
         };
-        let metrics = match MetricIds::define(&config.deployment) {
+        let metrics = match MetricIds::define(&config.deployment, &config.outcomes) {
             Ok(m) => m,
             Err(status) => {
                 error!("wasm canary {}: cannot define metrics: {status:?}", config.deployment);
