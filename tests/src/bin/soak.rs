@@ -35,7 +35,7 @@ use canary_e2e::upstream::Upstream;
 use canary_e2e::{free_port, rig::DEPLOYMENT};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -243,7 +243,7 @@ struct Record {
 }
 
 /// Keeps the share moving (see the module doc) until `stop` is set.
-async fn drive(analyzer_url: String, applied_now: Arc<AtomicU64>, record: Arc<Mutex<Record>>, stop: Arc<AtomicU64>) {
+async fn drive(analyzer_url: String, applied_now: Arc<AtomicU64>, record: Arc<Mutex<Record>>, stop: Arc<AtomicBool>) {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("http client");
     let status_url = format!("{analyzer_url}/v1/rollouts/{DEPLOYMENT}");
     let mut rollouts = 1u64;
@@ -252,7 +252,7 @@ async fn drive(analyzer_url: String, applied_now: Arc<AtomicU64>, record: Arc<Mu
     // Ticks in a row on which Envoy applied the share the analyzer serves.
     let mut agreeing = 0;
     let mut ticks = tokio::time::interval(SAMPLE_EVERY);
-    while stop.load(Ordering::Relaxed) == 0 {
+    while !stop.load(Ordering::Relaxed) {
         ticks.tick().await;
         let status: Option<RolloutStatus> = async { http.get(&status_url).send().await.ok()?.json().await.ok() }.await;
         let Some(status) = status else {
@@ -268,16 +268,7 @@ async fn drive(analyzer_url: String, applied_now: Arc<AtomicU64>, record: Arc<Mu
             continue;
         }
         let (action, body): (&str, Option<serde_json::Value>) = match status.state.phase {
-            RolloutPhase::Promoted | RolloutPhase::RolledBack => {
-                let mut r = record.lock().expect("record");
-                match status.state.phase {
-                    RolloutPhase::Promoted => r.promotions_to_full += 1,
-                    _ if rolled_back => {}
-                    _ => r.automatic_rollbacks += 1,
-                }
-                drop(r);
-                ("register", None)
-            }
+            RolloutPhase::Promoted | RolloutPhase::RolledBack => ("register", None),
             _ if served == u64::from(TOP_BP) && !stepped_back => (
                 "set_share",
                 Some(serde_json::json!({"action": "set_share", "share_percent": f64::from(STEP_BACK_BP) / 100.0,
@@ -306,6 +297,12 @@ async fn drive(analyzer_url: String, applied_now: Arc<AtomicU64>, record: Arc<Mu
         }
         match action {
             "register" => {
+                // How the rollout now replaced ended, counted once it is replaced.
+                match status.state.phase {
+                    RolloutPhase::Promoted => r.promotions_to_full += 1,
+                    _ if rolled_back => {}
+                    _ => r.automatic_rollbacks += 1,
+                }
                 r.registrations += 1;
                 rollouts += 1;
                 stepped_back = false;
@@ -333,14 +330,14 @@ async fn sample(
     polls_at_start: u64,
     applied_now: Arc<AtomicU64>,
     record: Arc<Mutex<Record>>,
-    stop: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
 ) {
     let (envoy_pid, admin) = envoy;
     let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("http client");
     let mut ticks = tokio::time::interval(SAMPLE_EVERY);
     let mut next_rss = Duration::ZERO;
     let mut last_requests: Option<(Instant, u64)> = None;
-    while stop.load(Ordering::Relaxed) == 0 {
+    while !stop.load(Ordering::Relaxed) {
         ticks.tick().await;
         if let Some(share) = applied_share(&http, admin).await {
             applied_now.store(share, Ordering::Relaxed);
@@ -514,7 +511,7 @@ async fn run(seconds: u64) -> bool {
     let load_at_start = load_average();
     let polls_at_start = polls(&http, envoy.admin).await.expect("Envoy admin answers the poll count");
     let started = Instant::now();
-    let stop = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
     let applied_now = Arc::new(AtomicU64::new(u64::MAX));
     let record = Arc::new(Mutex::new(Record::default()));
     let sampler = tokio::spawn(sample(
@@ -543,7 +540,7 @@ async fn run(seconds: u64) -> bool {
     }
     let load_seconds = started.elapsed().as_secs_f64();
     let polls_at_end = polls(&http, envoy.admin).await;
-    stop.store(1, Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
     let _ = sampler.await;
     let _ = driver.await;
 
