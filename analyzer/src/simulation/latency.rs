@@ -676,11 +676,14 @@ mod tests {
     }
 
     /// The benchmark at full size; run with
-    /// `cargo test --release -p canary-analyzer -- --ignored --nocapture latency_full_size`.
+    /// `cargo test --release -p canary-analyzer -- --ignored --nocapture latency_full_size`
+    /// (`LATENCY_SIMULATION_RUNS=200` for fewer rollouts per scenario on a busy machine).
     #[test]
     #[ignore = "benchmark size: minutes even optimised"]
     fn latency_full_size_report() {
-        for (title, config) in LatencySimulationConfig::benchmark(2024) {
+        let runs = std::env::var("LATENCY_SIMULATION_RUNS").ok().and_then(|r| r.parse().ok());
+        for (title, mut config) in LatencySimulationConfig::benchmark(2024) {
+            config.runs = runs.unwrap_or(config.runs);
             let start = std::time::Instant::now();
             println!("{title}:\n{}({:.1} s)\n", run(&config), start.elapsed().as_secs_f64());
         }
