@@ -55,6 +55,15 @@ bench: wasm
 	$(CARGO) run --release -p canary-e2e --bin bench
 	$(CARGO) run --release -p canary-e2e --bin analyzer_bench
 
+## soak: SOAK_SECONDS (default 600) of saturating wrk load through Envoy with the filter while the share
+## steps up and back; fails on any non-2xx answer, Envoy or analyzer RSS growing over 20 % after warm-up,
+## or polls beyond 1.5 per interval (see tests/src/bin/soak.rs). Not in CI; the analyzer is the release build.
+.PHONY: soak
+soak: wasm
+	@scripts/install-deps.sh bench
+	$(CARGO) build --release -p canary-analyzer -p canary-e2e --bin canary-analyzer --bin soak
+	CANARY_ANALYZER_BIN=$(CURDIR)/target/release/canary-analyzer target/release/soak
+
 ## demo: the local Envoy with the filter, two versions and a rollout config server
 demo: deps wasm
 	$(CARGO) build -p canary-analyzer

@@ -1,20 +1,21 @@
 //! One rollout's running comparison: the statistical tests a policy asks for, fed
 //! one interval at a time, turned into the report rows the ladder decides on.
 //!
-//! Error rate and sample ratio condition on each interval's own split, so their
-//! evidence carries across ladder steps; the latency comparison pools histograms
-//! and is restarted whenever the share changes (see [`RolloutEvaluation::restart_latency`]).
+//! Error rate, sample ratio and the latency verdicts (tail exceedances) condition
+//! on each interval's own split, so their evidence carries across ladder steps and
+//! stays valid when load moves latency (see `docs/statistics.md`, "Pooled or per
+//! step"). Only the quantile estimates the latency rows show pool histograms, and
+//! those restart whenever the share changes (see [`RolloutEvaluation::restart_latency`]).
 
 use crate::outcome_metric::{CounterPairCounts, RateMetricTests};
 use crate::policy::{CustomMetric, Metric, RolloutPolicy};
 use crate::source::{CohortValues, IntervalMetrics};
 use crate::stats::{
-    CohortCounts, ComparisonRow, DifferenceScale, ErrorRateSettings, ErrorRateTest, IntervalCounts, LatencyComparison,
-    LatencySettings, QuantileTolerance, REPORTED_QUANTILES, SampleRatioSettings, SampleRatioTest, StatsError, Verdict,
-    sort_worst_first,
+    CohortCounts, ComparisonRow, DifferenceScale, ErrorRateSettings, ErrorRateTest, IntervalCounts, LatencyHistogram,
+    QuantileTolerance, REPORTED_QUANTILES, SampleRatioSettings, SampleRatioTest, StatsError, TailExceedanceSettings,
+    TailExceedanceTest, Verdict, latency_metric_name, sort_worst_first,
 };
 use canary_core::Cohort;
-use canary_core::metrics::LATENCY_BUCKETS_US;
 
 /// Row name of the share of requests that are not 2xx (1 − success rate).
 pub const NON_SUCCESS_RATE: &str = "non_success_rate";
@@ -56,8 +57,12 @@ pub struct RolloutEvaluation {
     /// the success-rate comparison, read as its complement. Reported, never critical.
     non_success: ErrorRateTest,
     sample_ratio: SampleRatioTest,
-    latency: LatencyComparison,
-    latency_settings: LatencySettings,
+    /// This step's pooled histograms (canary, control): the quantile estimates
+    /// the latency rows show. `None` before the step's first histograms.
+    step_latency: Option<(LatencyHistogram, LatencyHistogram)>,
+    /// One tail-exceedance test per reported quantile, over the whole rollout:
+    /// the latency rows' verdicts, p-values and intervals.
+    latency_verdicts: Vec<TailExceedanceTest>,
     alpha: f64,
     min_requests: u64,
     /// Outcome and counter-pair metrics (absent from evidence saved before they existed).
@@ -65,11 +70,11 @@ pub struct RolloutEvaluation {
     rates: RateMetricTests,
 }
 
-fn latency_settings(policy: &RolloutPolicy) -> LatencySettings {
+fn latency_tolerances(policy: &RolloutPolicy) -> Vec<QuantileTolerance> {
     // Every reported quantile gets a row; those the policy names get its tolerance
     // (absolute; a relative-only tolerance applies to the control value and is
     // approximated by 0 here, so name an absolute one for latency you gate on).
-    let quantiles = REPORTED_QUANTILES
+    REPORTED_QUANTILES
         .iter()
         .map(|&quantile| {
             let tolerance_us = policy
@@ -84,8 +89,7 @@ fn latency_settings(policy: &RolloutPolicy) -> LatencySettings {
                 .unwrap_or(0.0);
             QuantileTolerance { quantile, tolerance_us }
         })
-        .collect();
-    LatencySettings { quantiles, ..LatencySettings::with_tolerance_us(0.0) }
+        .collect()
 }
 
 impl RolloutEvaluation {
@@ -103,13 +107,16 @@ impl RolloutEvaluation {
                 _ => {}
             }
         }
-        let latency_settings = latency_settings(policy);
+        let latency_verdicts = latency_tolerances(policy)
+            .iter()
+            .map(|q| TailExceedanceTest::new(TailExceedanceSettings::new(q.quantile, q.tolerance_us)))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(RolloutEvaluation {
             error_rate: ErrorRateTest::new(error_settings)?,
             non_success: ErrorRateTest::new(ErrorRateSettings::default())?,
             sample_ratio: SampleRatioTest::new(ratio_settings)?,
-            latency: LatencyComparison::new(&LATENCY_BUCKETS_US, latency_settings.clone())?,
-            latency_settings,
+            step_latency: None,
+            latency_verdicts,
             alpha: policy.alpha,
             min_requests: policy.min_requests_per_cohort,
             rates: RateMetricTests::new(policy)?,
@@ -136,15 +143,28 @@ impl RolloutEvaluation {
             )?;
         }
         if let (Some(canary), Some(control)) = (interval.latency(Cohort::Canary), interval.latency(Cohort::Control)) {
-            self.latency.observe(canary, control)?;
+            for test in &mut self.latency_verdicts {
+                test.observe(canary, control)?;
+            }
+            self.step_latency = Some(match self.step_latency.take() {
+                Some((mut canary_sum, mut control_sum)) if canary_sum.upper_bounds_us() == canary.upper_bounds_us() => {
+                    canary_sum.add(canary)?;
+                    control_sum.add(control)?;
+                    (canary_sum, control_sum)
+                }
+                // The first histograms of the step, or a new bucket layout: start from these.
+                _ => (canary.clone(), control.clone()),
+            });
         }
         self.rates.observe_outcomes(interval);
         Ok(())
     }
 
-    /// A new share changes who is in each cohort: pooled latency starts over.
+    /// A new share changes who is in each cohort: the pooled quantile estimates
+    /// start over. The latency verdicts' evidence is kept: it compares the cohorts
+    /// within each interval, which a new share does not bias.
     pub fn restart_latency(&mut self) -> Result<(), StatsError> {
-        self.latency = LatencyComparison::new(&LATENCY_BUCKETS_US, self.latency_settings.clone())?;
+        self.step_latency = None;
         Ok(())
     }
 
@@ -157,7 +177,14 @@ impl RolloutEvaluation {
             non_success,
             self.sample_ratio.row(self.alpha, self.min_requests)?,
         ];
-        rows.extend(self.latency.rows(self.alpha, self.min_requests)?);
+        for test in &self.latency_verdicts {
+            let estimate = |cohort: fn(&(LatencyHistogram, LatencyHistogram)) -> &LatencyHistogram| {
+                self.step_latency.as_ref().and_then(|step| cohort(step).quantile_estimate_us(test.quantile()))
+            };
+            let (canary, control) = (estimate(|step| &step.0), estimate(|step| &step.1));
+            let metric = latency_metric_name(test.quantile());
+            rows.push(test.row(metric, canary, control, self.alpha, self.min_requests)?);
+        }
         rows.extend(extra);
         rows.extend(self.rates.rows(self.alpha, self.min_requests)?);
         sort_worst_first(&mut rows);
@@ -179,7 +206,8 @@ impl RolloutEvaluation {
 mod tests {
     use super::*;
     use crate::source::{CohortInterval, IntervalMetrics};
-    use crate::stats::{LatencyHistogram, Verdict};
+    use crate::stats::Verdict;
+    use canary_core::metrics::LATENCY_BUCKETS_US;
 
     fn policy() -> RolloutPolicy {
         RolloutPolicy::from_yaml(
@@ -195,7 +223,7 @@ mod tests {
         let mut metrics = IntervalMetrics::default();
         for (cohort, errors) in [(Cohort::Canary, canary_errors), (Cohort::Control, control_errors)] {
             let mut counts = vec![0u64; LATENCY_BUCKETS_US.len() + 1];
-            counts[11] = n; // the 10 000 µs bucket
+            counts[LATENCY_BUCKETS_US.iter().position(|b| *b == 10_000).unwrap()] = n;
             let latency = LatencyHistogram::from_bucket_counts(&LATENCY_BUCKETS_US, &counts).unwrap();
             let c: &mut CohortInterval = metrics.cohorts.get_mut(cohort);
             c.requests.success = n - errors;
@@ -244,6 +272,144 @@ mod tests {
         assert_eq!(rows[0].verdict, Verdict::Worse);
         assert_ne!(verdict(&rows, "latency_p99_us"), Verdict::Worse, "identical latency");
         assert_ne!(verdict(&rows, "sample_ratio"), Verdict::Worse, "a 50/50 split at 50 %");
+    }
+
+    /// One interval at a 50 % share with `n` requests per cohort, no errors:
+    /// control 96 % at 10 ms, 2 % in (22, 24] ms, 2 % in (46, 50] ms; the canary
+    /// the same but 4 % in (66, 72] ms instead of the last two (p99 ~22 ms slower).
+    fn slow_tail_interval(n: u64) -> IntervalMetrics {
+        let mut metrics = IntervalMetrics::default();
+        let index = |bound: u64| LATENCY_BUCKETS_US.iter().position(|b| *b == bound).unwrap();
+        for cohort in [Cohort::Canary, Cohort::Control] {
+            let mut counts = vec![0u64; LATENCY_BUCKETS_US.len() + 1];
+            counts[index(10_000)] = n * 96 / 100;
+            if cohort == Cohort::Canary {
+                counts[index(72_000)] = n * 4 / 100;
+            } else {
+                counts[index(24_000)] = n * 2 / 100;
+                counts[index(50_000)] = n * 2 / 100;
+            }
+            let c: &mut CohortInterval = metrics.cohorts.get_mut(cohort);
+            c.requests.success = counts.iter().sum();
+            c.latency = Some(LatencyHistogram::from_bucket_counts(&LATENCY_BUCKETS_US, &counts).unwrap());
+        }
+        metrics
+    }
+
+    #[test]
+    fn latency_evidence_survives_a_new_share_and_the_row_shows_this_steps_estimates() {
+        let policy = RolloutPolicy::from_yaml(
+            "apiVersion: canary.wasm.dev/v1alpha1\nkind: RolloutPolicy\nmetadata: {name: t}\n\
+             spec:\n  deployment: checkout\n  min_requests_per_cohort: 500\n  metrics:\n    \
+             - {name: error_rate}\n    - {name: latency_p99, max_increase_ms: 5}\n",
+        )
+        .unwrap();
+        let mut eval = RolloutEvaluation::new(&policy).unwrap();
+        for _ in 0..3 {
+            eval.observe(&slow_tail_interval(2_000), Some(5_000)).unwrap();
+        }
+        let p99 = |eval: &RolloutEvaluation| {
+            eval.rows(Vec::new()).unwrap().into_iter().find(|r| r.metric == "latency_p99_us").unwrap()
+        };
+        let before = p99(&eval);
+        eval.restart_latency().unwrap();
+        assert_eq!(p99(&eval).canary, None, "the estimates are this step's");
+        assert_eq!(p99(&eval).p_value, before.p_value, "the evidence is the rollout's");
+        eval.observe(&slow_tail_interval(2_000), Some(5_000)).unwrap();
+        let after = p99(&eval);
+        assert_eq!(after.verdict, Verdict::Worse, "{after:?}");
+        assert!(after.p_value.unwrap() < before.p_value.unwrap());
+        // Worse means the shift is shown beyond the 5 ms tolerance, and the interval says so.
+        assert!(after.interval.unwrap().lo.unwrap() >= 5_000.0, "{after:?}");
+    }
+
+    /// Checks that a row's interval says what its verdict says: "worse" only
+    /// with a lower end at or past the tolerance (an exclusive bound: the
+    /// difference is shown to be more than it), "better" only with an upper end
+    /// at or below minus the tolerance, "no difference" with neither, and the
+    /// ends in order. `tolerance` is on the row's own scale.
+    fn check_interval_agrees(row: &ComparisonRow, tolerance: f64) {
+        let Some(interval) = row.interval else { panic!("{row:?} has no interval") };
+        let (lo, hi) = (interval.lo, interval.hi);
+        assert!(lo.zip(hi).is_none_or(|(lo, hi)| lo <= hi), "{row:?}");
+        match row.verdict {
+            Verdict::Worse => assert!(lo.is_some_and(|lo| lo >= tolerance), "{row:?}"),
+            Verdict::Better => assert!(hi.is_some_and(|hi| hi <= -tolerance), "{row:?}"),
+            Verdict::NoDifference => {
+                assert!(lo.is_none_or(|lo| lo < tolerance) && hi.is_none_or(|hi| hi > -tolerance), "{row:?}")
+            }
+            Verdict::NotEnoughData => {}
+        }
+    }
+
+    /// Property (rows users can trust): over many seeded reports with effects
+    /// near every decision boundary, no row's interval contradicts its verdict.
+    #[test]
+    fn every_rows_interval_agrees_with_its_verdict() {
+        use crate::simulation::latency::{LatencyModel, draw_histogram};
+        use crate::simulation::random::SeededRng;
+        let policy = RolloutPolicy::from_yaml(
+            "apiVersion: canary.wasm.dev/v1alpha1\nkind: RolloutPolicy\nmetadata: {name: t}\n\
+             spec:\n  deployment: checkout\n  min_requests_per_cohort: 200\n  metrics:\n    \
+             - {name: error_rate}\n    - {name: latency_p99, max_increase_ms: 5}\n    \
+             - {name: latency_p50, max_increase_ms: 2, critical: false}\n    \
+             - {name: sample_ratio, critical: false}\n",
+        )
+        .unwrap();
+        // Tolerances on each row's scale: relative for rates, µs for latency. The split's
+        // band is ±10 % in odds; on the share scale it lies strictly around 0.
+        let tolerance = |metric: &str| match metric {
+            "latency_p99_us" => 5_000.0,
+            "latency_p50_us" => 2_000.0,
+            _ => 0.0,
+        };
+        let mut seen = std::collections::HashSet::new();
+        for seed in 0..60u64 {
+            let mut rng = SeededRng::new(seed + 90_000);
+            let error_factor = 0.4 + 2.2 * rng.uniform();
+            let latency_factor = 0.85 + 0.3 * rng.uniform();
+            let split_factor = 0.8 + 0.4 * rng.uniform();
+            let share = [0.05, 0.25, 0.5][(seed % 3) as usize];
+            let mut eval = RolloutEvaluation::new(&policy).unwrap();
+            for _ in 0..20 {
+                let mut metrics = IntervalMetrics::default();
+                let cohorts = [
+                    (Cohort::Canary, 4_000.0 * share * split_factor, 0.005 * error_factor, latency_factor),
+                    (Cohort::Control, 4_000.0 * (1.0 - share), 0.005, 1.0),
+                ];
+                for (cohort, requests, error_rate, factor) in cohorts {
+                    let model = LatencyModel::log_normal(20_000.0 * factor, 0.5);
+                    let latency = draw_histogram(&mut rng, &LATENCY_BUCKETS_US, requests, model).unwrap();
+                    let total = latency.total();
+                    let errors = rng.poisson(requests * error_rate).min(total);
+                    let c: &mut CohortInterval = metrics.cohorts.get_mut(cohort);
+                    c.requests.success = total - errors;
+                    c.requests.server_error = errors;
+                    c.latency = Some(latency);
+                }
+                eval.observe(&metrics, Some((share * 10_000.0) as u32)).unwrap();
+                for row in eval.rows(Vec::new()).unwrap() {
+                    if row.metric == "sample_ratio" {
+                        // Worse: the interval lies outside the band, so it excludes "no change".
+                        let interval = row.interval.unwrap();
+                        let outside = interval.lo.is_some_and(|lo| lo > 0.0) || interval.hi.is_some_and(|hi| hi < 0.0);
+                        assert!(row.verdict != Verdict::Worse || outside, "{row:?}");
+                        assert!(interval.lo.zip(interval.hi).is_none_or(|(lo, hi)| lo <= hi), "{row:?}");
+                    } else {
+                        check_interval_agrees(&row, tolerance(&row.metric));
+                    }
+                    seen.insert((row.metric.clone(), row.verdict));
+                }
+            }
+        }
+        // The seeds reach every verdict the tests can give on the rows that gate rollouts.
+        for metric in ["error_rate", "latency_p99_us", "sample_ratio"] {
+            for verdict in [Verdict::Worse, Verdict::NoDifference] {
+                assert!(seen.contains(&(metric.to_string(), verdict)), "{metric} never {verdict:?}");
+            }
+        }
+        assert!(seen.contains(&("error_rate".to_string(), Verdict::Better)));
+        assert!(seen.contains(&("latency_p99_us".to_string(), Verdict::Better)));
     }
 
     #[test]

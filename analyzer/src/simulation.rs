@@ -25,6 +25,7 @@
 //! - a Flagger-style threshold rule: canary error rate over the last interval
 //!   above control's plus `threshold_margin`, on `threshold_consecutive` checks in a row.
 
+pub mod latency;
 pub mod random;
 
 /// Outcome metrics (event rates) in the same traffic: validity for common events and power.

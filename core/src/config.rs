@@ -5,10 +5,13 @@
 //! every error names the field, the value and what was expected.
 
 use crate::cohort::Share;
+use crate::outcome::OutcomeRules;
 use crate::population::{Eligibility, MatchOp, Rule, RuleSubject};
 use crate::user_id::{AnonymousPolicy, IdSource, StickyCookie};
 use serde::Deserialize;
 use std::collections::HashSet;
+
+mod outcomes;
 
 /// A refused configuration: `field` is a dotted path into the JSON.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -72,6 +75,8 @@ struct RawConfig {
     #[serde(default)]
     initial_share_bp: u32,
     analyzer: Option<RawAnalyzer>,
+    /// Outcome rules, read loosely here so each rule's errors can name `outcomes[i].<key>`.
+    outcomes: Option<outcomes::Json>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -142,6 +147,8 @@ pub struct FilterConfig {
     pub deny: HashSet<String>,
     pub initial_share: Share,
     pub analyzer: Option<AnalyzerConfig>,
+    /// Per-cohort rates counted in `on_log` (`outcomes`), empty by default.
+    pub outcomes: OutcomeRules,
 }
 
 /// Where and how often the filter polls its rollout config.
@@ -234,6 +241,7 @@ impl RawConfig {
             ConfigError::new("initial_share_bp", self.initial_share_bp, "basis points from 0 to 10000")
         })?;
         let analyzer = self.analyzer.map(|a| a.validate(&deployment)).transpose()?;
+        let outcomes = self.outcomes.map(outcomes::validate).transpose()?.unwrap_or_default();
         Ok(FilterConfig {
             deployment,
             sources,
@@ -244,6 +252,7 @@ impl RawConfig {
             deny,
             initial_share,
             analyzer,
+            outcomes,
         })
     }
 }

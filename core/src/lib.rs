@@ -8,6 +8,7 @@ pub mod cohort;
 pub mod config;
 pub mod decision;
 pub mod metrics;
+pub mod outcome;
 pub mod poll;
 pub mod population;
 pub mod rollout;

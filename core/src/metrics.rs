@@ -12,6 +12,12 @@
 //! `deployment` tag turns `canary.deployment.<id>.applied_generation` into
 //! `canary_applied_generation{deployment=".."}`, and likewise
 //! `canary_applied_share_bp` and `canary_config_age_ms`.
+//!
+//! Each outcome rule ([`crate::outcome`]) adds two counters per cohort,
+//! `canary.deployment.<id>.cohort.<cohort>.outcome.<name>.outcome_requests_total`
+//! (the requests it applies to) and `...outcome_events_total` (those that matched);
+//! the `outcome` tag lifts `<name>`, giving [`OUTCOME_REQUESTS`] and [`OUTCOME_EVENTS`]
+//! with labels `deployment`, `cohort` and `outcome`.
 
 use crate::cohort::{Cohort, Share};
 use crate::config::AnalyzerConfig;
@@ -19,6 +25,10 @@ use crate::poll::{Published, effective_share};
 
 /// Prometheus name of the per-cohort request counter.
 pub const REQUESTS: &str = "canary_requests_total";
+/// Prometheus name of the per-cohort, per-outcome denominator: requests the rule applies to.
+pub const OUTCOME_REQUESTS: &str = "canary_outcome_requests_total";
+/// Prometheus name of the per-cohort, per-outcome numerator: those among them that matched.
+pub const OUTCOME_EVENTS: &str = "canary_outcome_events_total";
 /// Prometheus name of the per-cohort latency histogram, in microseconds.
 pub const LATENCY: &str = "canary_latency_us";
 /// Prometheus name of the gauge: generation of the rollout config the Envoy applies.
@@ -163,6 +173,17 @@ pub fn latency_stat(deployment: &str, cohort: Cohort) -> String {
     format!("canary.deployment.{deployment}.cohort.{}.latency_us", cohort.label())
 }
 
+/// Stat name (as the filter defines it) of an outcome's denominator: requests of
+/// `cohort` that rule `outcome` applies to.
+pub fn outcome_requests_stat(deployment: &str, cohort: Cohort, outcome: &str) -> String {
+    format!("canary.deployment.{deployment}.cohort.{}.outcome.{outcome}.outcome_requests_total", cohort.label())
+}
+
+/// Stat name (as the filter defines it) of an outcome's numerator: those that matched.
+pub fn outcome_events_stat(deployment: &str, cohort: Cohort, outcome: &str) -> String {
+    format!("canary.deployment.{deployment}.cohort.{}.outcome.{outcome}.outcome_events_total", cohort.label())
+}
+
 /// Stat name (as the filter defines it) of the applied-generation gauge.
 pub fn applied_generation_stat(deployment: &str) -> String {
     format!("canary.deployment.{deployment}.applied_generation")
@@ -181,10 +202,13 @@ pub fn config_age_stat(deployment: &str) -> String {
 /// Envoy `stats_config.stats_tags`: (tag name, regex). The first capture group is
 /// removed from the name, the second becomes the label value. Envoy matches them
 /// against the full name, which carries the `wasmcustom.` prefix.
-pub const STATS_TAGS: [(&str, &str); 3] = [
+/// The `class` tag matches only request counters and the `outcome` tag only outcome
+/// counters (the segment after the cohort is `class.` or `outcome.`).
+pub const STATS_TAGS: [(&str, &str); 4] = [
     ("deployment", r"^wasmcustom\.canary\.(deployment\.([^.]+)\.)"),
     ("cohort", r"^wasmcustom\.canary\.deployment\.[^.]+\.(cohort\.([^.]+)\.)"),
     ("class", r"^wasmcustom\.canary\.deployment\.[^.]+\.cohort\.[^.]+\.(class\.([^.]+)\.)"),
+    ("outcome", r"^wasmcustom\.canary\.deployment\.[^.]+\.cohort\.[^.]+\.(outcome\.([^.]+)\.)"),
 ];
 
 /// Latency bucket upper bounds in microseconds for `histogram_bucket_settings` (the
@@ -254,6 +278,32 @@ mod tests {
         assert_eq!(applied_generation_stat("checkout"), "canary.deployment.checkout.applied_generation");
         assert_eq!(applied_share_stat("checkout"), "canary.deployment.checkout.applied_share_bp");
         assert_eq!(config_age_stat("checkout"), "canary.deployment.checkout.config_age_ms");
+        assert_eq!(
+            outcome_requests_stat("checkout", Cohort::Canary, "cache_hit"),
+            "canary.deployment.checkout.cohort.canary.outcome.cache_hit.outcome_requests_total"
+        );
+        assert_eq!(
+            outcome_events_stat("checkout", Cohort::Control, "cache_hit"),
+            "canary.deployment.checkout.cohort.control.outcome.cache_hit.outcome_events_total"
+        );
+    }
+
+    /// With the deployment, cohort and outcome segments lifted into labels (and
+    /// `wasmcustom.` dropped, dots made `_`), outcome stats carry the contract's names.
+    /// The real Envoy checks the same in tests/tests/outcomes.rs.
+    #[test]
+    fn outcome_names_become_the_prometheus_names_once_tagged() {
+        for (stat, prometheus) in [
+            (outcome_requests_stat("checkout", Cohort::Canary, "cache_hit"), OUTCOME_REQUESTS),
+            (outcome_events_stat("checkout", Cohort::Canary, "cache_hit"), OUTCOME_EVENTS),
+        ] {
+            let untagged = stat.replacen("deployment.checkout.", "", 1).replacen("cohort.canary.", "", 1).replacen(
+                "outcome.cache_hit.",
+                "",
+                1,
+            );
+            assert_eq!(untagged.replace('.', "_"), prometheus);
+        }
     }
 
     /// Once the `deployment` tag has taken `deployment.<id>.` out, and Envoy has dropped

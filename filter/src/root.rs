@@ -2,13 +2,14 @@
 //! on every tick (a) reads the published rollout config, derives the share this
 //! VM routes with and exports it in the applied-rollout gauges, (b) if the poll
 //! lease is due and it wins the compare-and-swap, polls the analyzer and publishes
-//! an accepted answer for every VM.
+//! an accepted answer for every VM, (c) ticks at the 25 ms floor while it has no
+//! published rollout, so a VM starting without one polls at once.
 
 use crate::http::CanaryHttp;
 use crate::runtime::{MetricIds, Runtime};
 use canary_core::FilterConfig;
 use canary_core::metrics::Applied;
-use canary_core::poll::{Published, lease_is_due, lease_key, published_key, renewed_lease, tick_period_ms};
+use canary_core::poll::{Published, current_tick_period_ms, lease_is_due, lease_key, published_key, renewed_lease};
 use canary_core::rollout::{AnswerError, Merge, merge, parse_answer};
 use log::{error, info, warn};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -27,6 +28,10 @@ pub struct CanaryRoot {
     in_flight: Option<u32>,
     /// The last attempt to set the applied-rollout gauges failed (and was logged).
     gauges_failed: bool,
+    /// When `on_configure` last ran (ms since the epoch).
+    configured_ms: u64,
+    /// The tick period last set, in ms (0: none yet).
+    tick_ms: u32,
 }
 
 fn millis(time: SystemTime) -> u64 {
@@ -66,6 +71,19 @@ impl CanaryRoot {
                 warn!("wasm canary {}: cannot set the applied-rollout gauges: {status:?}", runtime.config.deployment);
             }
             Err(_) => {}
+        }
+    }
+
+    /// Sets the tick period `current_tick_period_ms` asks for, if it changed: the floor
+    /// until this VM has a published rollout (for at most one interval), then a quarter
+    /// interval.
+    fn retune_tick(&mut self, runtime: &Runtime, now_ms: u64) {
+        let Some(analyzer) = runtime.config.analyzer.as_ref() else { return };
+        let configured_for_ms = now_ms.saturating_sub(self.configured_ms);
+        let period = current_tick_period_ms(analyzer, self.published.is_some(), configured_for_ms);
+        if period != self.tick_ms {
+            self.tick_ms = period;
+            self.set_tick_period(Duration::from_millis(u64::from(period)));
         }
     }
 
@@ -178,20 +196,21 @@ impl RootContext for CanaryRoot {
                 return false;
             }
         };
-        let metrics = match MetricIds::define(&config.deployment) {
+        let metrics = match MetricIds::define(&config.deployment, &config.outcomes) {
             Ok(m) => m,
             Err(status) => {
                 error!("wasm canary {}: cannot define metrics: {status:?}", config.deployment);
                 return false;
             }
         };
-        if let Some(analyzer) = &config.analyzer {
-            self.set_tick_period(Duration::from_millis(u64::from(tick_period_ms(analyzer))));
-        }
         let runtime = Rc::new(Runtime { share: Cell::new(config.initial_share), config, metrics });
         self.published = None;
         self.seen_cas = None;
-        self.refresh_share(&runtime, self.now_ms());
+        let now_ms = self.now_ms();
+        self.configured_ms = now_ms;
+        self.tick_ms = 0;
+        self.refresh_share(&runtime, now_ms);
+        self.retune_tick(&runtime, now_ms);
         self.runtime = Some(runtime);
         true
     }
@@ -201,6 +220,7 @@ impl RootContext for CanaryRoot {
         let now_ms = self.now_ms();
         self.refresh_share(&runtime, now_ms);
         self.try_poll(&runtime, now_ms);
+        self.retune_tick(&runtime, now_ms);
     }
 
     fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {

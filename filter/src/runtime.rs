@@ -2,21 +2,34 @@
 //! configuration, the metric ids, and the share currently in force.
 
 use canary_core::metrics::{
-    Applied, StatusClass, applied_generation_stat, applied_share_stat, config_age_stat, latency_stat, requests_stat,
+    Applied, StatusClass, applied_generation_stat, applied_share_stat, config_age_stat, latency_stat,
+    outcome_events_stat, outcome_requests_stat, requests_stat,
 };
+use canary_core::outcome::OutcomeRules;
 use canary_core::{Cohort, FilterConfig, Share};
 use proxy_wasm::hostcalls::{define_metric, record_metric};
 use proxy_wasm::types::{MetricType, Status};
 use std::cell::Cell;
 
 /// Host metric ids for one deployment: a counter per (cohort, status class), a
-/// latency histogram per cohort and the three applied-rollout gauges, defined once
-/// per VM at configure time.
+/// latency histogram per cohort, the three applied-rollout gauges and two counters
+/// per (outcome rule, cohort), defined once per VM at configure time.
 #[derive(Debug)]
 pub struct MetricIds {
     requests: [[u32; StatusClass::ALL.len()]; Cohort::ALL.len()],
     latency: [u32; Cohort::ALL.len()],
     applied: AppliedGaugeIds,
+    /// Per outcome rule, in the configuration's order, per cohort.
+    outcomes: Vec<[OutcomeCounterIds; Cohort::ALL.len()]>,
+}
+
+/// One outcome's counters for one cohort.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OutcomeCounterIds {
+    /// The denominator: requests the rule applies to.
+    pub requests: u32,
+    /// The numerator: those that matched.
+    pub events: u32,
 }
 
 /// The gauges saying what this Envoy applies; every VM sets them on every tick.
@@ -28,7 +41,7 @@ struct AppliedGaugeIds {
 }
 
 impl MetricIds {
-    pub fn define(deployment: &str) -> Result<MetricIds, Status> {
+    pub fn define(deployment: &str, outcomes: &OutcomeRules) -> Result<MetricIds, Status> {
         let applied = AppliedGaugeIds {
             generation: define_metric(MetricType::Gauge, &applied_generation_stat(deployment))?,
             share_bp: define_metric(MetricType::Gauge, &applied_share_stat(deployment))?,
@@ -38,6 +51,7 @@ impl MetricIds {
             requests: [[0; StatusClass::ALL.len()]; Cohort::ALL.len()],
             latency: [0; Cohort::ALL.len()],
             applied,
+            outcomes: Vec::with_capacity(outcomes.len()),
         };
         for (cohort, row) in Cohort::ALL.iter().zip(ids.requests.iter_mut()) {
             for (class, id) in StatusClass::ALL.iter().zip(row.iter_mut()) {
@@ -46,6 +60,15 @@ impl MetricIds {
         }
         for (cohort, id) in Cohort::ALL.iter().zip(ids.latency.iter_mut()) {
             *id = define_metric(MetricType::Histogram, &latency_stat(deployment, *cohort))?;
+        }
+        for rule in outcomes.rules() {
+            let mut row = [OutcomeCounterIds::default(); Cohort::ALL.len()];
+            for (cohort, ids) in Cohort::ALL.iter().zip(row.iter_mut()) {
+                ids.requests =
+                    define_metric(MetricType::Counter, &outcome_requests_stat(deployment, *cohort, &rule.name))?;
+                ids.events = define_metric(MetricType::Counter, &outcome_events_stat(deployment, *cohort, &rule.name))?;
+            }
+            ids.outcomes.push(row);
         }
         Ok(ids)
     }
@@ -56,6 +79,11 @@ impl MetricIds {
 
     pub fn latency(&self, cohort: Cohort) -> Option<u32> {
         self.latency.get(cohort.index()).copied()
+    }
+
+    /// The counters of outcome rule `index` (its position in the configuration) for `cohort`.
+    pub fn outcome(&self, index: usize, cohort: Cohort) -> Option<OutcomeCounterIds> {
+        self.outcomes.get(index)?.get(cohort.index()).copied()
     }
 
     /// Sets the applied-rollout gauges (tick time only). The gauges are one per Envoy,

@@ -33,6 +33,9 @@ pub struct EnvoyConfig {
     pub yaml: Yaml,
     pub listener_port: u16,
     pub admin_port: u16,
+    /// More command-line arguments, e.g. `--config-yaml` (how istio-agent applies a
+    /// bootstrap override) or `--component-log-level`.
+    pub extra_args: Vec<String>,
 }
 
 /// The HTTP connection manager's config in a parsed envoy.yaml (its one listener).
@@ -59,7 +62,7 @@ impl EnvoyConfig {
         let port = |v: &Yaml| v["socket_address"]["port_value"].as_u64().and_then(|p| u16::try_from(p).ok());
         let admin_port = port(&yaml["admin"]["address"]).expect("envoy.yaml: admin port");
         let listener_port = port(&yaml["static_resources"]["listeners"][0]["address"]).expect("envoy.yaml: port");
-        let mut config = EnvoyConfig { yaml, listener_port, admin_port };
+        let mut config = EnvoyConfig { yaml, listener_port, admin_port, extra_args: Vec::new() };
         let wasm = wasm_path().to_string_lossy().into_owned();
         config.wasm_config()["vm_config"]["code"]["local"]["filename"] = Yaml::from(wasm);
         config
@@ -216,6 +219,7 @@ impl Envoy {
         let child = Command::new(envoy_binary())
             .arg("-c")
             .arg(&path)
+            .args(&config.extra_args)
             .args(["--concurrency", &concurrency.to_string(), "--disable-hot-restart", "-l", "info"])
             .stdout(Stdio::null())
             .stderr(log_file)

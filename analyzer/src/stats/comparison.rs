@@ -74,6 +74,22 @@ pub struct Interval {
 }
 
 impl Interval {
+    /// The interval a row shows from two one-sided ends, each read at level
+    /// alpha from the verdict's own e-processes. Under a constant truth the ends
+    /// cross only with probability <= 2·alpha; when a changing truth makes them
+    /// cross, the interval keeps the side the verdict stands on (a point at that
+    /// end) or, without a verdict, spans the gap between the two ends.
+    pub(crate) fn from_one_sided_ends(lo: Option<f64>, hi: Option<f64>, verdict: Verdict) -> Interval {
+        match (lo, hi) {
+            (Some(l), Some(h)) if l > h => match verdict {
+                Verdict::Worse => Interval { lo, hi: lo },
+                Verdict::Better => Interval { lo: hi, hi },
+                Verdict::NoDifference | Verdict::NotEnoughData => Interval { lo: hi, hi: lo },
+            },
+            _ => Interval { lo, hi },
+        }
+    }
+
     /// Whether `value` lies in the interval (bounds included).
     pub fn contains(&self, value: f64) -> bool {
         self.lo.is_none_or(|lo| lo <= value) && self.hi.is_none_or(|hi| value <= hi)

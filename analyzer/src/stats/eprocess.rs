@@ -53,12 +53,6 @@ pub(crate) fn log_sum_exp(values: impl Iterator<Item = f64> + Clone) -> f64 {
     largest + sum.ln()
 }
 
-/// `ln((exp(a) + exp(b)) / 2)`: the log of the average of two e-values, which is
-/// itself an e-value under any null where both are.
-pub(crate) fn log_average_of_two(log_a: f64, log_b: f64) -> f64 {
-    log_sum_exp([log_a, log_b].into_iter()) - std::f64::consts::LN_2
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)] // tests fail loudly by design
 mod tests {
@@ -87,6 +81,5 @@ mod tests {
         let large = log_sum_exp([1000.0, 1000.0].into_iter());
         assert!((large - (1000.0 + std::f64::consts::LN_2)).abs() < 1e-9);
         assert_eq!(log_sum_exp(std::iter::empty()), f64::NEG_INFINITY);
-        assert!((log_average_of_two(0.0, 0.0)).abs() < 1e-12);
     }
 }

@@ -20,7 +20,7 @@ use super::comparison::{ComparisonRow, DifferenceScale, Interval, Verdict, repor
 use super::eprocess::EvidenceMaximum;
 use super::error::{StatsError, check_non_negative, check_open_unit};
 use super::odds_ratio::{OddsRatioEvidence, OddsRatioPrior};
-use super::ratio_sequence::RatioConfidenceSequence;
+use super::one_sided::OneSidedBounds;
 
 /// Requests and errors (5xx and resets) of one cohort, in one interval or in total.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,7 +60,9 @@ const BETTER_ANCHOR: usize = 1;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorRateTest {
     evidence: OddsRatioEvidence,
-    sequence: RatioConfidenceSequence,
+    bounds: OneSidedBounds,
+    /// `ln(1 + tolerance)`: the verdicts' boundaries are `±boundary`.
+    boundary: f64,
     worse: EvidenceMaximum,
     better: EvidenceMaximum,
     canary_totals: CohortCounts,
@@ -73,10 +75,11 @@ impl ErrorRateTest {
         let tolerance = check_non_negative("error-rate relative_tolerance", settings.relative_tolerance)?;
         let boundary = tolerance.ln_1p();
         let evidence = OddsRatioEvidence::new(settings.prior, vec![boundary, -boundary])?;
-        let sequence = RatioConfidenceSequence::new(evidence.grid().len());
+        let bounds = OneSidedBounds::new(evidence.grid().len());
         Ok(ErrorRateTest {
             evidence,
-            sequence,
+            bounds,
+            boundary,
             worse: EvidenceMaximum::default(),
             better: EvidenceMaximum::default(),
             canary_totals: CohortCounts::default(),
@@ -102,27 +105,33 @@ impl ErrorRateTest {
             self.informative_intervals += 1;
             self.worse.observe(self.evidence.log_e_anchor(WORSE_ANCHOR, true));
             self.better.observe(self.evidence.log_e_anchor(BETTER_ANCHOR, false));
-            self.sequence.observe(&self.evidence);
+            self.bounds.observe(&self.evidence);
         }
         Ok(())
     }
 
     /// Anytime-valid p-value for "the canary's error rate exceeds control's by more than the tolerance".
     pub fn p_worse(&self) -> f64 {
-        self.worse.p_value()
+        self.bounds.p_larger(self.evidence.grid().log_ratios(), self.boundary, self.worse.log_max())
     }
 
     /// Anytime-valid p-value for "the canary's error rate is below control's by more than the tolerance".
     pub fn p_better(&self) -> f64 {
-        self.better.p_value()
+        self.bounds.p_smaller(self.evidence.grid().log_ratios(), -self.boundary, self.better.log_max())
     }
 
-    /// `1 − alpha` confidence sequence for the error-rate ratio canary / control
-    /// (a ratio is never negative, so an open lower end is reported as 0).
+    /// The error-rate ratio canary / control: each end a one-sided anytime-valid
+    /// bound at `alpha`, read from the verdict's own e-processes (see
+    /// [`super::one_sided`]), so "worse" holds exactly when the lower end is at
+    /// least `1 + tolerance`. Ends are exclusive; an open lower end is reported
+    /// as 0 (a ratio is never negative). The ends may cross when the ratio
+    /// changed over time; the row orders them (see [`Interval::from_one_sided_ends`]).
     pub fn rate_ratio_interval(&self, alpha: f64) -> Result<Interval, StatsError> {
         let alpha = check_open_unit("alpha", alpha)?;
-        let (lo, hi) = self.sequence.ratio_interval(&self.evidence, alpha);
-        Ok(Interval { lo: Some(lo.unwrap_or(0.0)), hi })
+        let log_ratios = self.evidence.grid().log_ratios();
+        let lo = self.bounds.lower(log_ratios, alpha, self.boundary, self.worse.log_max()).log_ratio;
+        let hi = self.bounds.upper(log_ratios, alpha, -self.boundary, self.better.log_max()).log_ratio;
+        Ok(Interval { lo: Some(lo.map_or(0.0, f64::exp)), hi: hi.map(f64::exp) })
     }
 
     /// Cumulative counts of the canary.
@@ -151,7 +160,11 @@ impl ErrorRateTest {
             control,
             absolute_difference,
             relative_difference,
-            interval: Some(Interval { lo: ratio.lo.map(|r| r - 1.0), hi: ratio.hi.map(|r| r - 1.0) }),
+            interval: Some(Interval::from_one_sided_ends(
+                ratio.lo.map(|r| r - 1.0),
+                ratio.hi.map(|r| r - 1.0),
+                verdict,
+            )),
             interval_scale: DifferenceScale::Relative,
             p_value: has_evidence.then(|| reported_p_value(verdict, self.p_worse(), self.p_better())),
             verdict,
@@ -239,7 +252,7 @@ mod tests {
     }
 
     /// Property: on arbitrary seeded data, p-values stay in (0, 1], never rise,
-    /// and the ratio interval is ordered.
+    /// and the row's interval is ordered.
     #[test]
     fn p_values_are_probabilities_that_never_increase() {
         for seed in 0..40 {
@@ -260,8 +273,8 @@ mod tests {
                 let (worse, better) = (test.p_worse(), test.p_better());
                 assert!(worse > 0.0 && worse <= last_worse && better > 0.0 && better <= last_better);
                 (last_worse, last_better) = (worse, better);
-                let ratio = test.rate_ratio_interval(0.05).unwrap();
-                assert!(ratio.hi.is_none_or(|hi| ratio.lo.is_some_and(|lo| lo <= hi)));
+                let shown = test.row(0.05, 0).unwrap().interval.unwrap();
+                assert!(shown.hi.is_none_or(|hi| shown.lo.is_some_and(|lo| lo <= hi)), "{shown:?}");
             }
         }
     }

@@ -1,5 +1,8 @@
-//! Latency comparison: per-cohort quantile estimates with anytime-valid
-//! intervals, and a tolerance-aware verdict on the difference.
+//! Latency comparison by quantile bounds: per-cohort quantile estimates with
+//! anytime-valid intervals, and a tolerance-aware verdict on the difference.
+//! The report's latency verdicts come from [`super::tail_exceedance`], which sees
+//! shifts below the bucket width; this comparison stays for per-cohort quantile
+//! intervals and as the method the simulation compares against.
 //!
 //! "p99 may rise at most T µs" is tested as the null `q_canary − q_control <= T`.
 //! The canary's sequence can show `q_canary > b_c` and control's can show
@@ -143,7 +146,7 @@ impl LatencyComparison {
             let control_value = self.control.histogram.quantile_estimate_us(tolerance.quantile);
             let (absolute_difference, relative_difference) = ComparisonRow::differences(canary_value, control_value);
             ComparisonRow {
-                metric: format!("latency_p{}_us", quantile_label(tolerance.quantile)),
+                metric: latency_metric_name(tolerance.quantile),
                 canary: canary_value,
                 control: control_value,
                 absolute_difference,
@@ -185,6 +188,11 @@ fn cohort_quantiles(cohort: &CohortLatency, alpha: f64) -> Result<Vec<QuantileEs
         },
     });
     Ok(estimates.collect())
+}
+
+/// The row name of a latency quantile: `0.99` → `latency_p99_us`.
+pub fn latency_metric_name(quantile: f64) -> String {
+    format!("latency_p{}_us", quantile_label(quantile))
 }
 
 /// `0.99` → `99`, `0.999` → `99_9` (for metric names).

@@ -11,11 +11,12 @@
 //! Modules, one concern each:
 //! - `eprocess`: running maximum of an e-process and its p-value.
 //! - `odds_ratio`: the shared engine, a grid mixture of binomial likelihood ratios.
-//! - `ratio_sequence`: confidence sequences for a ratio from that engine.
+//! - `one_sided`: one-sided bounds read from the verdicts' own e-processes.
 //! - `error_rate`: errors as counting processes, conditioned on each interval's split.
 //! - `event_rate`: the same test for any "events among requests" rate, either direction.
 //! - `sample_ratio`: is the canary getting the share the hashing should give?
-//! - `histogram`, `quantile`, `latency`: latency quantiles from bucket counts.
+//! - `histogram`, `quantile`, `latency`: latency quantiles from bucket counts (reported).
+//! - `tail_exceedance`: the latency verdict, tail exceedances at matched thresholds.
 //! - `comparison`: the report row, verdicts and worst-first ordering.
 //!
 //! Everything is pure: no I/O, no clock; time is the sequence of intervals
@@ -29,9 +30,10 @@ mod event_rate;
 mod histogram;
 mod latency;
 mod odds_ratio;
+mod one_sided;
 mod quantile;
-mod ratio_sequence;
 mod sample_ratio;
+mod tail_exceedance;
 
 pub use comparison::{ComparisonRow, DifferenceScale, Interval, Verdict, sort_worst_first};
 pub use eprocess::EvidenceMaximum;
@@ -39,6 +41,9 @@ pub use error::StatsError;
 pub use error_rate::{CohortCounts, ErrorRateSettings, ErrorRateTest, IntervalCounts};
 pub use event_rate::{EventRateTest, WorseDirection};
 pub use histogram::LatencyHistogram;
-pub use latency::{LatencyComparison, LatencySettings, QuantileEstimate, QuantileTolerance, REPORTED_QUANTILES};
+pub use latency::{
+    LatencyComparison, LatencySettings, QuantileEstimate, QuantileTolerance, REPORTED_QUANTILES, latency_metric_name,
+};
 pub use odds_ratio::OddsRatioPrior;
 pub use sample_ratio::{SampleRatioSettings, SampleRatioTest};
+pub use tail_exceedance::{TailExceedanceSettings, TailExceedanceTest};

@@ -87,26 +87,59 @@ impl OddsRatioGrid {
         self.log_ratios.len()
     }
 
+    /// Normalised log prior weights, one per grid point.
+    pub(crate) fn log_weights(&self) -> &[f64] {
+        &self.log_weights
+    }
+
     /// `ln E` of the mixture over alternatives strictly above `null_log_ratio`
     /// (`above = true`) or strictly below it, against the null at
     /// `null_log_ratio` whose cumulative log likelihood ratio is `null_log_lik`.
     /// `log_lik[j]` is the cumulative `L(u_j)`. Returns 0 (`E = 1`, no evidence)
     /// when the grid has no alternative on that side.
     pub(crate) fn log_e_one_sided(&self, log_lik: &[f64], null_log_ratio: f64, null_log_lik: f64, above: bool) -> f64 {
-        let on_side = |u: f64| if above { u > null_log_ratio } else { u < null_log_ratio };
-        let side =
-            || self.log_ratios.iter().zip(&self.log_weights).zip(log_lik).filter(move |((u, _), _)| on_side(**u));
-        let prior_mass = log_sum_exp(side().map(|((_, w), _)| *w));
-        if prior_mass == f64::NEG_INFINITY {
-            return 0.0;
+        // One pass, streaming log-sum-exps of the prior mass and of the mixture on that side.
+        let (mut mass, mut mixture) = (StreamingLogSum::default(), StreamingLogSum::default());
+        for ((u, w), l) in self.log_ratios.iter().zip(&self.log_weights).zip(log_lik) {
+            if (above && *u > null_log_ratio) || (!above && *u < null_log_ratio) {
+                mass.add(*w);
+                mixture.add(w + l);
+            }
         }
-        log_sum_exp(side().map(|((_, w), l)| w + l)) - prior_mass - null_log_lik
+        match (mass.value(), mixture.value()) {
+            (f64::NEG_INFINITY, _) => 0.0,
+            (mass, mixture) => mixture - mass - null_log_lik,
+        }
+    }
+}
+
+/// `ln Σ e^{x_i}` accumulated one term at a time without overflow: the running
+/// maximum and the sum of `e^{x_i − max}`.
+#[derive(Debug, Clone, Copy)]
+struct StreamingLogSum {
+    max: f64,
+    scaled_sum: f64,
+}
+
+impl Default for StreamingLogSum {
+    fn default() -> Self {
+        StreamingLogSum { max: f64::NEG_INFINITY, scaled_sum: 0.0 }
+    }
+}
+
+impl StreamingLogSum {
+    fn add(&mut self, x: f64) {
+        if x <= self.max {
+            self.scaled_sum += (x - self.max).exp();
+        } else if x > self.max {
+            self.scaled_sum = self.scaled_sum * (self.max - x).exp() + 1.0;
+            self.max = x;
+        }
+        // NaN matches neither branch and is ignored, as in `log_sum_exp`'s maximum.
     }
 
-    /// `ln Σ_j w_j exp(L(u_j))`: the log of the full mixture likelihood ratio
-    /// against `u = 0`; subtracting `L(u_i)` gives the point-null e-value at `u_i`.
-    pub(crate) fn log_mixture(&self, log_lik: &[f64]) -> f64 {
-        log_sum_exp(self.log_weights.iter().zip(log_lik).map(|(w, l)| w + l))
+    fn value(&self) -> f64 {
+        if self.max == f64::NEG_INFINITY { self.max } else { self.max + self.scaled_sum.ln() }
     }
 }
 
@@ -157,18 +190,17 @@ impl OddsRatioEvidence {
         &self.grid
     }
 
+    /// The cumulative `L(u_j)` at every grid point.
+    pub(crate) fn cumulative(&self) -> &[f64] {
+        &self.cumulative
+    }
+
     /// `ln E` of the one-sided test whose null boundary is anchor `anchor`.
     pub(crate) fn log_e_anchor(&self, anchor: usize, above: bool) -> f64 {
         match (self.anchor_log_ratios.get(anchor), self.anchor_cumulative.get(anchor)) {
             (Some(u0), Some(l0)) => self.grid.log_e_one_sided(&self.cumulative, *u0, *l0, above),
             _ => 0.0,
         }
-    }
-
-    /// `ln E` of the point null at every grid point (mixture over the whole grid).
-    pub(crate) fn log_e_point_nulls(&self) -> impl Iterator<Item = f64> + '_ {
-        let log_mixture = self.grid.log_mixture(&self.cumulative);
-        self.cumulative.iter().map(move |l| log_mixture - l)
     }
 }
 

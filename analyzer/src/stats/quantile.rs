@@ -53,12 +53,15 @@ impl QuantileSequence {
             return;
         }
         let trials = total as f64;
+        // ℓ(u) = x·u − m·ln(1 + p(e^u − 1)): the second term is the same at every edge.
+        let normaliser: Vec<f64> =
+            grid.log_ratios().iter().map(|u| trials * log_likelihood_ratio(*u, 0.0, 1.0, self.quantile)).collect();
         let mut log_lik = vec![0.0; grid.len()];
         let edges = cumulative_at_edges.iter().zip(self.above_edge.iter_mut().zip(self.at_or_below_edge.iter_mut()));
         for (at_or_below, (above, below)) in edges {
             let successes = *at_or_below as f64;
-            for (value, u) in log_lik.iter_mut().zip(grid.log_ratios()) {
-                *value = log_likelihood_ratio(*u, successes, trials, self.quantile);
+            for ((value, u), norm) in log_lik.iter_mut().zip(grid.log_ratios()).zip(&normaliser) {
+                *value = successes * u + norm;
             }
             // Alternatives with F(edge) < p have negative log odds ratio against p.
             above.observe(grid.log_e_one_sided(&log_lik, 0.0, 0.0, false));

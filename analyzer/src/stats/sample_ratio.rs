@@ -10,18 +10,31 @@
 //! same conditional-binomial mixture with a different prior; for a moving `π` it
 //! stays a test martingale, which a Beta prior on the share would not.
 //!
-//! Request counts are overdispersed (a heavy user moves many requests at once),
-//! so the null is `|ln r| <= ln(1 + tolerance)`: the average of the "too much"
-//! and "too little" one-sided e-processes is an e-process under every ratio in
-//! that band.
+//! Request counts are overdispersed (a heavy user moves many requests at once,
+//! and which users hash into the canary is itself a draw that stays fixed for a
+//! whole step), so the null is a band `|ln r| <= ln(1 + tolerance)`. A mismatch
+//! is either side of the band: each side is a one-sided test at `α/2` (their
+//! p-value `2·min(p_more, p_less)`), and the row's interval has each end at
+//! one-sided `α/2` from the same e-processes (see [`super::one_sided`]), so
+//! "worse" holds exactly when the interval lies outside the band.
+//!
+//! The row speaks one scale: the canary's share relative to the expected share,
+//! `realised / expected − 1`. The odds ratio `r` maps to it through
+//! `R(r) = Σ_t m_t·share_t(r) / Σ_t m_t·π_t − 1` (the share the canary would
+//! have had under `r`, weighted like the realised one); `R` is increasing, so
+//! the interval for `r` maps to one for `R`, and at the maximum-likelihood `r̂`
+//! it equals the row's relative difference exactly (the score equation
+//! `Σ x_t = Σ m_t·share_t(r̂)`).
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use super::comparison::{ComparisonRow, DifferenceScale, Interval, Verdict};
-use super::eprocess::{EvidenceMaximum, log_average_of_two};
+use super::eprocess::EvidenceMaximum;
 use super::error::{StatsError, check_non_negative, check_open_unit};
 use super::odds_ratio::{OddsRatioEvidence, OddsRatioPrior};
-use super::ratio_sequence::RatioConfidenceSequence;
+use super::one_sided::OneSidedBounds;
 
 /// How the sample-ratio test is tuned.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -43,17 +56,26 @@ impl Default for SampleRatioSettings {
 const UPPER_ANCHOR: usize = 0;
 /// Index of the lower null boundary `−ln(1 + tolerance)` among the evidence anchors.
 const LOWER_ANCHOR: usize = 1;
+/// Expected shares are kept per basis point (1/10 000) for the scale of the interval.
+const SHARE_RESOLUTION: f64 = 10_000.0;
 
 /// The sequential sample-ratio test of one rollout.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SampleRatioTest {
     evidence: OddsRatioEvidence,
-    sequence: RatioConfidenceSequence,
-    mismatch: EvidenceMaximum,
+    bounds: OneSidedBounds,
+    /// `ln(1 + tolerance)`.
+    boundary: f64,
+    /// Evidence that the canary gets more than the band allows.
+    more: EvidenceMaximum,
+    /// Evidence that the canary gets less than the band allows.
+    less: EvidenceMaximum,
     canary_requests: u64,
     all_requests: u64,
     /// `Σ π_t · requests_t`, to report the request-weighted expected share.
     expected_canary_requests: f64,
+    /// Requests per expected share (in basis points): what `R(r)` needs.
+    requests_by_share_bp: BTreeMap<u32, u64>,
 }
 
 impl SampleRatioTest {
@@ -61,14 +83,17 @@ impl SampleRatioTest {
         let tolerance = check_non_negative("sample-ratio relative_tolerance", settings.relative_tolerance)?;
         let boundary = tolerance.ln_1p();
         let evidence = OddsRatioEvidence::new(settings.prior, vec![boundary, -boundary])?;
-        let sequence = RatioConfidenceSequence::new(evidence.grid().len());
+        let bounds = OneSidedBounds::new(evidence.grid().len());
         Ok(SampleRatioTest {
             evidence,
-            sequence,
-            mismatch: EvidenceMaximum::default(),
+            bounds,
+            boundary,
+            more: EvidenceMaximum::default(),
+            less: EvidenceMaximum::default(),
             canary_requests: 0,
             all_requests: 0,
             expected_canary_requests: 0.0,
+            requests_by_share_bp: BTreeMap::new(),
         })
     }
 
@@ -92,30 +117,58 @@ impl SampleRatioTest {
         self.canary_requests = self.canary_requests.saturating_add(canary_requests);
         self.all_requests = self.all_requests.saturating_add(all_requests);
         self.expected_canary_requests += expected_share * all_requests as f64;
+        let share_bp = (expected_share * SHARE_RESOLUTION).round() as u32;
+        let requests = self.requests_by_share_bp.entry(share_bp).or_insert(0);
+        *requests = requests.saturating_add(all_requests);
         if self.evidence.add(canary_requests, all_requests, expected_share) {
-            let upper = self.evidence.log_e_anchor(UPPER_ANCHOR, true);
-            let lower = self.evidence.log_e_anchor(LOWER_ANCHOR, false);
-            self.mismatch.observe(log_average_of_two(upper, lower));
-            self.sequence.observe(&self.evidence);
+            self.more.observe(self.evidence.log_e_anchor(UPPER_ANCHOR, true));
+            self.less.observe(self.evidence.log_e_anchor(LOWER_ANCHOR, false));
+            self.bounds.observe(&self.evidence);
         }
         Ok(())
     }
 
-    /// Anytime-valid p-value for "the split is outside the tolerated band".
-    pub fn p_value(&self) -> f64 {
-        self.mismatch.p_value()
+    fn p_more(&self) -> f64 {
+        self.bounds.p_larger(self.evidence.grid().log_ratios(), self.boundary, self.more.log_max())
     }
 
-    /// `1 − alpha` confidence sequence for the traffic odds ratio realised / expected.
+    fn p_less(&self) -> f64 {
+        self.bounds.p_smaller(self.evidence.grid().log_ratios(), -self.boundary, self.less.log_max())
+    }
+
+    /// Anytime-valid p-value for "the split is outside the tolerated band" (either side).
+    pub fn p_value(&self) -> f64 {
+        (2.0 * self.p_more().min(self.p_less())).min(1.0)
+    }
+
+    /// The traffic odds ratio realised / expected, each end a one-sided bound at
+    /// `alpha / 2` (the level each side of the mismatch test is decided at).
     pub fn odds_ratio_interval(&self, alpha: f64) -> Result<Interval, StatsError> {
-        let alpha = check_open_unit("alpha", alpha)?;
-        let (lo, hi) = self.sequence.ratio_interval(&self.evidence, alpha);
-        Ok(Interval { lo: Some(lo.unwrap_or(0.0)), hi })
+        let side = check_open_unit("alpha", alpha)? / 2.0;
+        let log_ratios = self.evidence.grid().log_ratios();
+        let lo = self.bounds.lower(log_ratios, side, self.boundary, self.more.log_max()).log_ratio;
+        let hi = self.bounds.upper(log_ratios, side, -self.boundary, self.less.log_max()).log_ratio;
+        Ok(Interval { lo: Some(lo.map_or(0.0, f64::exp)), hi: hi.map(f64::exp) })
+    }
+
+    /// `R(r)`: the canary's share under traffic odds ratio `r`, relative to the
+    /// expected share (see the module doc). `None` without requests.
+    fn relative_share(&self, odds_ratio: f64) -> Option<f64> {
+        let (mut under_r, mut expected) = (0.0, 0.0);
+        for (share_bp, requests) in &self.requests_by_share_bp {
+            let share = f64::from(*share_bp) / SHARE_RESOLUTION;
+            let requests = *requests as f64;
+            let denominator = odds_ratio * share + 1.0 - share;
+            under_r += requests * if denominator > 0.0 { odds_ratio * share / denominator } else { 0.0 };
+            expected += requests * share;
+        }
+        (expected > 0.0).then(|| under_r / expected - 1.0)
     }
 
     /// The `sample_ratio` row: `canary` is the realised canary share, `control`
-    /// the expected one. A mismatch is Worse (in either direction): it means the
-    /// comparison itself cannot be trusted. NotEnoughData below `min_requests`.
+    /// the expected one, the relative difference and the interval both
+    /// `share / expected − 1`. A mismatch is Worse (in either direction): it
+    /// means the comparison itself cannot be trusted. NotEnoughData below `min_requests`.
     pub fn row(&self, alpha: f64, min_requests: u64) -> Result<ComparisonRow, StatsError> {
         let odds = self.odds_ratio_interval(alpha)?;
         let has_data = self.all_requests > 0;
@@ -130,14 +183,18 @@ impl SampleRatioTest {
         } else {
             Verdict::NoDifference
         };
+        let lo = odds.lo.and_then(|r| self.relative_share(r));
+        let hi = odds.hi.and_then(|r| self.relative_share(r));
+        // A mismatch on the "less" side is shown by the upper end: keep that end when ends cross.
+        let side_shown = if self.p_less() < self.p_more() { Verdict::Better } else { verdict };
         Ok(ComparisonRow {
             metric: "sample_ratio".to_string(),
             canary,
             control,
             absolute_difference,
             relative_difference,
-            interval: Some(Interval { lo: odds.lo.map(|r| r - 1.0), hi: odds.hi.map(|r| r - 1.0) }),
-            interval_scale: DifferenceScale::RelativeOdds,
+            interval: Some(Interval::from_one_sided_ends(lo, hi, side_shown)),
+            interval_scale: DifferenceScale::Relative,
             p_value: has_data.then_some(p_value),
             verdict,
         })
@@ -177,8 +234,12 @@ mod tests {
         let row = test.row(0.05, 1_000).unwrap();
         assert_eq!(row.verdict, Verdict::Worse);
         let interval = row.interval.unwrap();
-        // Realised odds ratio (400/11400)/(0.05/0.95) = 0.667 → −0.333 on the report's scale.
-        assert!(interval.contains(-0.333) && !interval.contains(-0.1), "{interval:?}");
+        // Realised share 400/11 800 = 3.39 % against 5 %: −32.2 %, the row's relative
+        // difference and the scale of its interval.
+        let relative = row.relative_difference.unwrap();
+        assert!((relative - (400.0 / 11_800.0 / 0.05 - 1.0)).abs() < 1e-12);
+        assert!(interval.contains(relative) && !interval.contains(-0.1), "{interval:?}");
+        assert_eq!(row.interval_scale, DifferenceScale::Relative);
     }
 
     /// Property (validity): requests split exactly as expected while the

@@ -3,14 +3,15 @@
 
 use crate::support::{self, bounded, is_one_line, text};
 use canary_core::config::is_valid_deployment_id;
+use canary_core::outcome::{MAX_OUTCOMES, OutcomeMatch, is_valid_outcome_name};
 use canary_core::user_id::AnonymousPolicy;
 use canary_core::{ConfigError, FilterConfig};
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 
 /// Field paths an error may name (a path, a prefix of one, or the whole document).
-const KNOWN_FIELDS: [&str; 7] =
-    ["(document)", "deployment", "routing_header", "user_id", "population", "initial_share_bp", "analyzer"];
+const KNOWN_FIELDS: [&str; 8] =
+    ["(document)", "deployment", "routing_header", "user_id", "population", "initial_share_bp", "analyzer", "outcomes"];
 
 /// A deployment id: mostly valid, sometimes one of the refused shapes.
 fn deployment() -> BoxedStrategy<Value> {
@@ -167,6 +168,90 @@ fn analyzer() -> BoxedStrategy<Value> {
         .boxed()
 }
 
+/// An outcome name: mostly valid (from a small set, so duplicates happen), or refused.
+fn outcome_name() -> BoxedStrategy<Value> {
+    prop_oneof![
+        6 => "[a-z][a-z0-9_]{0,5}".prop_map(Value::from),
+        2 => prop::sample::select(vec!["cache_hit", "declined", "slow_db"]).prop_map(Value::from),
+        1 => Just(Value::from("a".repeat(33))),
+        1 => "[A-Z0-9._ -][a-z]{0,4}".prop_map(Value::from),
+        1 => text().prop_map(Value::from),
+        1 => Just(json!(7)),
+    ]
+    .boxed()
+}
+
+/// A status code: mostly in range, sometimes the edges, fractions or a string.
+fn status() -> BoxedStrategy<Value> {
+    prop_oneof![
+        4 => (100u32..=599).prop_map(Value::from),
+        2 => prop::sample::select(vec![json!(0), json!(99), json!(600), json!(402.0), json!(402.5), json!(-402), json!("402"), json!(4_294_967_698u64)]),
+    ]
+    .boxed()
+}
+
+/// One outcome rule: a header rule (`equals` or `above`) or a status rule, with or
+/// without a path prefix and methods; each part valid or one of the refused shapes,
+/// sometimes both match kinds, neither, or an unknown key.
+fn outcome() -> BoxedStrategy<Value> {
+    let threshold = prop_oneof![
+        4 => (-1e6f64..1e6).prop_map(Value::from),
+        1 => prop::sample::select(vec![json!("100"), json!(true), json!(null), json!(1e308)]),
+    ];
+    let header_match = prop_oneof![
+        3 => text().prop_map(|v| vec![("equals", Value::from(v))]),
+        3 => threshold.prop_map(|t| vec![("above", t)]),
+        1 => Just(vec![]),
+        1 => Just(vec![("equals", json!("HIT")), ("above", json!(1))]),
+    ];
+    let kind = prop_oneof![
+        4 => (name(), header_match).prop_map(|(h, m)| {
+            let mut parts = vec![("response_header", h)];
+            parts.extend(m);
+            parts
+        }),
+        3 => status().prop_map(|s| vec![("status", s)]),
+        1 => (name(), status()).prop_map(|(h, s)| vec![("response_header", h), ("equals", json!("x")), ("status", s)]),
+        1 => Just(vec![]),
+    ];
+    let path_prefix = prop_oneof![4 => "/[a-z/]{0,8}".prop_map(Value::from), 1 => "[a-z]{0,4}".prop_map(Value::from)];
+    let method = prop_oneof![
+        4 => prop::sample::select(vec!["GET", "POST", "PUT", "DELETE"]).prop_map(Value::from),
+        1 => prop_oneof![Just(json!("post")), Just(json!("")), text().prop_map(Value::from)],
+    ];
+    (
+        proptest::option::weighted(0.95, outcome_name()),
+        kind,
+        proptest::option::of(path_prefix),
+        proptest::option::of(prop::collection::vec(method, 0..3)),
+        proptest::option::weighted(0.05, Just(("colour", json!(1)))),
+    )
+        .prop_map(|(name, kind, path_prefix, methods, unknown)| {
+            let mut rule = Map::new();
+            put(&mut rule, "name", name);
+            for (key, value) in kind {
+                rule.insert(key.to_string(), value);
+            }
+            put(&mut rule, "path_prefix", path_prefix);
+            put(&mut rule, "methods", methods.map(Value::from));
+            if let Some((key, value)) = unknown {
+                rule.insert(key.to_string(), value);
+            }
+            Value::Object(rule)
+        })
+        .boxed()
+}
+
+/// The `outcomes` list: usually a few rules, sometimes more than the 16 allowed, or not a list.
+fn outcomes() -> BoxedStrategy<Value> {
+    prop_oneof![
+        8 => prop::collection::vec(outcome(), 0..5).prop_map(Value::from),
+        1 => prop::collection::vec(outcome(), 15..19).prop_map(Value::from),
+        1 => prop_oneof![Just(json!({})), Just(json!("cache_hit")), Just(json!([7]))],
+    ]
+    .boxed()
+}
+
 /// A near-valid configuration: every field present or not, each value valid or one of the refused shapes,
 /// and sometimes a key the schema does not have (returned too, as an error may name it).
 fn document() -> BoxedStrategy<(Value, Option<String>)> {
@@ -177,9 +262,10 @@ fn document() -> BoxedStrategy<(Value, Option<String>)> {
         proptest::option::of(population()),
         proptest::option::of(u32_field(0..=10_000)),
         proptest::option::of(analyzer()),
+        proptest::option::of(outcomes()),
         proptest::option::weighted(0.1, prop_oneof![Just("colour".to_string()), text()]),
     )
-        .prop_map(|(deployment, routing_header, user_id, population, share, analyzer, unknown)| {
+        .prop_map(|(deployment, routing_header, user_id, population, share, analyzer, outcomes, unknown)| {
             let mut object = Map::new();
             put(&mut object, "deployment", deployment);
             put(&mut object, "routing_header", routing_header);
@@ -187,6 +273,7 @@ fn document() -> BoxedStrategy<(Value, Option<String>)> {
             put(&mut object, "population", population);
             put(&mut object, "initial_share_bp", share);
             put(&mut object, "analyzer", analyzer);
+            put(&mut object, "outcomes", outcomes);
             let unknown = unknown.filter(|key| !object.contains_key(key));
             if let Some(key) = &unknown {
                 object.insert(key.clone(), json!(1));
@@ -215,6 +302,28 @@ fn check_accepted(config: &FilterConfig) -> Result<(), TestCaseError> {
     prop_assert!(config.initial_share.basis_points() <= 10_000);
     prop_assert!(!config.sources.is_empty() || config.anonymous != AnonymousPolicy::Control, "{config:?}");
     prop_assert!(config.allow.iter().chain(&config.deny).all(|id| !id.is_empty()), "{config:?}");
+    let rules = config.outcomes.rules();
+    prop_assert!(rules.len() <= MAX_OUTCOMES, "{} rules", rules.len());
+    for (i, rule) in rules.iter().enumerate() {
+        prop_assert!(is_valid_outcome_name(&rule.name), "{rule:?}");
+        prop_assert!(rules[..i].iter().all(|earlier| earlier.name != rule.name), "duplicate {rule:?}");
+        prop_assert!(rule.path_prefix.as_ref().is_none_or(|p| p.starts_with('/')), "{rule:?}");
+        prop_assert!(
+            rule.methods.iter().all(|m| !m.is_empty() && m.bytes().all(|b| !b.is_ascii_lowercase())),
+            "{rule:?}"
+        );
+        match &rule.matcher {
+            OutcomeMatch::Status(code) => prop_assert!((100..=599).contains(code), "{rule:?}"),
+            OutcomeMatch::HeaderAbove { header, threshold } => {
+                prop_assert!(threshold.is_finite(), "{rule:?}");
+                prop_assert!(!header.is_empty() && header.to_ascii_lowercase() == *header, "{rule:?}");
+            }
+            OutcomeMatch::HeaderEquals { header, value } => {
+                prop_assert!(!value.is_empty(), "{rule:?}");
+                prop_assert!(!header.is_empty() && header.to_ascii_lowercase() == *header, "{rule:?}");
+            }
+        }
+    }
     if let Some(analyzer) = &config.analyzer {
         prop_assert!(analyzer.path.starts_with('/') && !analyzer.cluster.is_empty(), "{analyzer:?}");
         prop_assert!(analyzer.poll_interval_ms >= 100, "{analyzer:?}");

@@ -25,12 +25,17 @@
 //!    on each layout, with ratios against the old layout measured in the same run.
 //! 2. **The simulation at full size** (`SimulationConfig::full`): false rollbacks on A/A
 //!    traffic and detection of a 0.5 % → 1 % error-rate regression at 5 % canary, ours
-//!    vs. a peeked fixed-horizon test vs. a Flagger-style threshold rule.
+//!    vs. a peeked fixed-horizon test vs. a Flagger-style threshold rule. Then the latency
+//!    simulation (`LatencySimulationConfig::full`): the targets for the tail-exceedance
+//!    verdict against the quantile bounds it replaced, on the shipped 121 buckets by the
+//!    Prometheus path and by the admin path (Envoy's bins folded onto them), and with a
+//!    latency that follows load (pooled vs per step).
 //!
 //! `BENCH=parse` or `BENCH=simulation` runs one half (for quick experiments).
 
 use canary_analyzer::evaluation::RolloutEvaluation;
 use canary_analyzer::policy::RolloutPolicy;
+use canary_analyzer::simulation::latency::{self as latency_simulation, LatencySimulationConfig};
 use canary_analyzer::simulation::{self, SimulationConfig};
 use canary_analyzer::source::{
     DeltaTracker, DeploymentSnapshot, IntervalMetrics, TargetScrape, deployment_label, envoy_bin_bounds_us,
@@ -871,6 +876,16 @@ fn simulation_benchmark() {
     let elapsed = start.elapsed();
     print!("{report}");
     println!("({:.1} s)", elapsed.as_secs_f64());
+    latency_simulation_benchmark();
+}
+
+fn latency_simulation_benchmark() {
+    for (title, config) in LatencySimulationConfig::benchmark(SIMULATION_SEED) {
+        println!("\nlatency simulation, {title}:");
+        let start = Instant::now();
+        print!("{}", latency_simulation::run(&config));
+        println!("({:.1} s)", start.elapsed().as_secs_f64());
+    }
 }
 
 fn main() {

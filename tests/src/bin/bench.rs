@@ -19,8 +19,14 @@
 //!
 //! 6. Opt-in (`BENCH=instructions`, needs valgrind, ~3 min per Envoy): Envoy's instructions
 //!    per request under callgrind, the figure that does not move with the machine's load.
+//! 7. What outcome rules cost (`outcomes`): the canary filter with 0, 1 and 4 rules (the
+//!    route's direct response carries the headers they read, so they match), Envoy CPU µs
+//!    per request, interleaved and paired against 0 rules; opt-in (`BENCH=outcome-instructions`,
+//!    valgrind, ~3 min per Envoy) the same Envoys' instructions per request under callgrind.
+//!    With `BENCH_BEFORE_WASM`, that build (without rules) is measured beside them: 0 rules
+//!    must cost what a filter without outcome support costs.
 //!
-//! `BENCH=native,envoy,start,strips,probes` picks parts (default: those); `BENCH_RUNS` and
+//! `BENCH=native,envoy,start,strips,probes,outcomes` picks parts (default: those); `BENCH_RUNS` and
 //! `BENCH_SECONDS` set rounds and seconds per run; `BENCH_BEFORE_WASM=<path>` adds a
 //! row for another build of the filter (e.g. `main`'s), so before/after share one run.
 
@@ -239,6 +245,10 @@ enum Setup<'a> {
     /// The probe filter alone with this configuration (`""`: the no-op filter),
     /// to isolate what wasm and each host call cost.
     Probe(&'a str),
+    /// The canary filter, without the strip, the direct response carrying the headers the
+    /// outcome rows read: this build with these rules, or another build (`BENCH_BEFORE_WASM`,
+    /// without outcome support) with none.
+    Outcomes(&'a serde_json::Value, Option<&'a Path>),
 }
 
 struct Rig {
@@ -260,6 +270,24 @@ impl Rig {
             Setup::Filter(wasm) => {
                 config.without_header_stripping();
                 config.with_wasm_module(wasm);
+                // Without the shipped example rule, so the row stays comparable with runs
+                // before outcome rules existed; `BENCH=outcomes` measures rules.
+                config.edit_plugin_config(|json| {
+                    json.as_object_mut().map(|o| o.remove("outcomes"));
+                });
+            }
+            Setup::Outcomes(rules, before) => {
+                config.without_header_stripping();
+                match before {
+                    Some(wasm) => {
+                        config.with_wasm_module(wasm);
+                        config.edit_plugin_config(|json| {
+                            json.as_object_mut().map(|o| o.remove("outcomes"));
+                        });
+                    }
+                    None => config.edit_plugin_config(|json| json["outcomes"] = rules.clone()),
+                }
+                add_response_headers(&mut config, OUTCOME_RESPONSE_HEADERS);
             }
             Setup::EarlyStrip => config.without_wasm(),
             Setup::HeaderMutationFilterStrip => {
@@ -625,10 +653,101 @@ fn instructions(rig: &Rig, filters: &[(String, PathBuf)]) {
     }
 }
 
+/// Response headers the direct response carries in the outcome rows: what the rules read,
+/// with values that match them.
+const OUTCOME_RESPONSE_HEADERS: &[(&str, &str)] =
+    &[("x-cache", "HIT"), ("x-db-time-ms", "150"), ("x-payment-result", "declined"), ("x-feature", "enabled")];
+
+/// Adds headers to the (direct) response of the first route, as Envoy's route
+/// `response_headers_to_add` does.
+fn add_response_headers(config: &mut EnvoyConfig, headers: &[(&str, &str)]) {
+    let route = &mut config.yaml["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        ["route_config"]["virtual_hosts"][0]["routes"][0];
+    let list: Vec<serde_yaml_ng::Value> = headers
+        .iter()
+        .map(|(key, value)| {
+            serde_yaml_ng::from_str(&format!("{{header: {{key: {key}, value: '{value}'}}}}")).expect("header option")
+        })
+        .collect();
+    route["response_headers_to_add"] = serde_yaml_ng::Value::Sequence(list);
+}
+
+/// The outcome rows: (name, rules). The benchmark requests are `GET /`.
+fn outcome_setups() -> Vec<(String, serde_json::Value)> {
+    use serde_json::json;
+    let cache_hit = json!({"name": "cache_hit", "response_header": "x-cache", "equals": "HIT"});
+    vec![
+        ("0 outcome rules".to_string(), json!([])),
+        ("1 rule (cache_hit, applies and matches)".to_string(), json!([cache_hit])),
+        (
+            "4 rules (the issue's; 2 apply to GET /)".to_string(),
+            json!([
+                cache_hit,
+                {"name": "declined", "response_header": "x-payment-result", "equals": "declined", "path_prefix": "/pay"},
+                {"name": "slow_db", "response_header": "x-db-time-ms", "above": 100},
+                {"name": "payment_required", "status": 402, "path_prefix": "/checkout", "methods": ["POST"]}
+            ]),
+        ),
+        (
+            "4 rules (4 headers, all apply and match)".to_string(),
+            json!([
+                cache_hit,
+                {"name": "declined", "response_header": "x-payment-result", "equals": "declined"},
+                {"name": "slow_db", "response_header": "x-db-time-ms", "above": 100},
+                {"name": "feature_on", "response_header": "x-feature", "equals": "enabled"}
+            ]),
+        ),
+    ]
+}
+
+/// Outcome rules: Envoy CPU µs per request, saturated and interleaved, paired against 0 rules.
+async fn outcomes(rig: &Rig, before: Option<&Path>, rounds: usize, seconds: u32) {
+    let rules = outcome_setups();
+    let none = serde_json::json!([]);
+    let mut setups: Vec<(String, Setup)> =
+        rules.iter().map(|(name, r)| (name.clone(), Setup::Outcomes(r, None))).collect();
+    if let Some(before) = before {
+        setups.push(("BENCH_BEFORE_WASM (no rules)".to_string(), Setup::Outcomes(&none, Some(before))));
+    }
+    let envoys = start_all(rig, setups).await;
+    let runs = interleaved(&envoys, &wrk_script("saturated", None), CONNECTIONS, rounds, seconds);
+    println!(
+        "\nOutcome rules: the canary filter (no header strip), direct response carrying the rules' headers, \
+         Envoy CPU µs/request saturated, {rounds} interleaved rounds x {seconds} s, median (min-max), paired minus 0 rules:"
+    );
+    for (i, (name, _)) in envoys.iter().enumerate() {
+        let cpu = spread(runs[i].iter().map(|r| r.cpu_us_per_request).collect());
+        let over =
+            if i == 0 { String::new() } else { format!("{:+}", paired(&runs[i], &runs[0], |r| r.cpu_us_per_request)) };
+        println!("  {name:42} {cpu} {over:>28}");
+    }
+}
+
+/// Outcome rules: Envoy instructions per request under callgrind, against 0 rules.
+fn outcome_instructions(rig: &Rig, before: Option<&Path>) {
+    let rules = outcome_setups();
+    let mut setups: Vec<(String, EnvoyConfig)> =
+        rules.iter().map(|(name, r)| (name.clone(), rig.config(Setup::Outcomes(r, None)))).collect();
+    if let Some(before) = before {
+        let none = serde_json::json!([]);
+        setups.push(("BENCH_BEFORE_WASM (no rules)".to_string(), rig.config(Setup::Outcomes(&none, Some(before)))));
+    }
+    let counts: Vec<Option<f64>> = setups.iter().map(|(name, config)| instructions_per_request(config, name)).collect();
+    println!("\nOutcome rules, Envoy instructions per request under callgrind (wrk -c2, {CALLGRIND_SECONDS} s each):");
+    for ((name, _), count) in setups.iter().zip(&counts) {
+        match (count, counts.first().copied().flatten()) {
+            (Some(count), Some(none)) => {
+                println!("  {name:42} {count:9.0}   {:+9.0}  ({:.3}x)", count - none, count / none)
+            }
+            _ => println!("  {name:42} not measured (valgrind and callgrind_control installed?)"),
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() {
-    // `BENCH=native,envoy,start,strips,probes` runs some parts (for quick experiments).
-    let parts = std::env::var("BENCH").unwrap_or_else(|_| "native,envoy,start,strips,probes".to_string());
+    // `BENCH=native,envoy,start,strips,probes,outcomes` runs some parts (for quick experiments).
+    let parts = std::env::var("BENCH").unwrap_or_else(|_| "native,envoy,start,strips,probes,outcomes".to_string());
     let part = |name: &str| parts.split(',').any(|p| p.trim() == name);
     let rounds = env_number("BENCH_RUNS", RUNS).max(1);
     let seconds = env_number("BENCH_SECONDS", RUN_SECONDS).max(1);
@@ -658,5 +777,12 @@ async fn main() {
     }
     if part("probes") {
         host_call_probes(&rig, rounds, seconds).await;
+    }
+    let before = std::env::var("BENCH_BEFORE_WASM").ok().map(PathBuf::from);
+    if part("outcomes") {
+        outcomes(&rig, before.as_deref(), rounds, seconds).await;
+    }
+    if part("outcome-instructions") {
+        outcome_instructions(&rig, before.as_deref());
     }
 }
