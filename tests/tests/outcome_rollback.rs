@@ -18,7 +18,6 @@ use canary_e2e::free_port;
 use canary_e2e::http_server::{self, HttpResult, response};
 use canary_e2e::load::{Load, LoadOptions};
 use canary_e2e::prometheus::Prometheus;
-use serde_yaml_ng::Value as Yaml;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,17 +26,9 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-// ---- TO ADAPT AT MERGE --------------------------------------------------------------
-/// The filter's outcome rules, as the plugin configuration's `outcomes` field. Written
-/// against the config shape the `outcomes-filter` branch had in progress (a rule: `name`,
-/// `response_header` with `equals`); the lead adapts it to the merged filter.
+/// The filter's outcome rules, as the plugin configuration's `outcomes` field (README,
+/// "Plugin configuration"); the shipped `envoy/envoy.yaml` tags the `outcome` segment.
 const OUTCOME_RULES: &str = r#"[{ "name": "cache_hit", "response_header": "x-cache", "equals": "HIT" }]"#;
-/// The `stats_tags` entry that lifts the `outcome` segment into a label, so that
-/// `/stats/prometheus` shows `canary_outcome_requests_total{deployment,cohort,outcome}`.
-/// Added to the shipped config only if it has no `outcome` tag of its own.
-const OUTCOME_STATS_TAG: (&str, &str) =
-    ("outcome", r"^wasmcustom\.canary\.deployment\.[^.]+\.cohort\.[^.]+\.(outcome\.([^.]+)\.)");
-// --------------------------------------------------------------------------------------
 
 /// Every n-th ordinary request misses the cache: stable 1 in 10, canary 1 in 5 (twice as often).
 const STABLE_MISS_EVERY: u64 = 10;
@@ -99,18 +90,6 @@ fn policy(dir: &Path) -> PathBuf {
     path
 }
 
-/// Adds [`OUTCOME_STATS_TAG`] unless the shipped config tags `outcome` already.
-fn with_outcome_stats_tag(config: &mut EnvoyConfig) {
-    let tags = config.yaml["stats_config"]["stats_tags"].as_sequence_mut().expect("envoy.yaml: stats_tags");
-    if tags.iter().any(|tag| tag["tag_name"].as_str() == Some(OUTCOME_STATS_TAG.0)) {
-        return;
-    }
-    let mut tag = serde_yaml_ng::Mapping::new();
-    tag.insert("tag_name".into(), OUTCOME_STATS_TAG.0.into());
-    tag.insert("regex".into(), OUTCOME_STATS_TAG.1.into());
-    tags.push(Yaml::Mapping(tag));
-}
-
 /// Which source the analyzer reads.
 enum Source {
     EnvoyAdmin,
@@ -139,7 +118,6 @@ impl Run {
             json["analyzer"]["timeout_ms"] = 250.into();
             json["outcomes"] = serde_json::from_str(OUTCOME_RULES).expect("OUTCOME_RULES is JSON");
         });
-        with_outcome_stats_tag(&mut config);
         let envoy = Envoy::start(&config, 2).await;
         let load = Load::start(envoy.listener, LoadOptions { rps: RPS, users: 4_000, ..LoadOptions::default() });
         let mut options = AnalyzerOptions::new(dir.join("state"));

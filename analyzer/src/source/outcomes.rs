@@ -16,12 +16,7 @@ use std::collections::BTreeMap;
 use canary_core::Cohort;
 use serde::{Deserialize, Serialize};
 
-// TODO(merge): use canary_core::metrics::OUTCOME_REQUESTS
-/// Prometheus name of the per-cohort, per-outcome denominator counter.
-pub const OUTCOME_REQUESTS: &str = "canary_outcome_requests_total";
-// TODO(merge): use canary_core::metrics::OUTCOME_EVENTS
-/// Prometheus name of the per-cohort, per-outcome numerator counter.
-pub const OUTCOME_EVENTS: &str = "canary_outcome_events_total";
+pub use canary_core::metrics::{OUTCOME_EVENTS, OUTCOME_REQUESTS};
 
 /// The last segment of the denominator's stat name in Envoy's own (JSON) stats.
 const REQUESTS_SUFFIX: &str = "outcome_requests_total";
