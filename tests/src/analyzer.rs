@@ -5,6 +5,8 @@
 //! a restart. Also hands out fresh per-test directories for state and logs.
 
 use crate::{free_port, repo_root};
+use canary_analyzer::audit::AuditRecord;
+use canary_analyzer::engine::RolloutStatus;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -171,6 +173,48 @@ impl AnalyzerProcess {
     /// `http://127.0.0.1:PORT`, no trailing slash.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// `GET /v1/rollouts/<deployment>`, decoded (the body is in the panic if it does not decode).
+    pub async fn status(&self, deployment: &str) -> RolloutStatus {
+        let url = format!("{}/v1/rollouts/{deployment}", self.url());
+        let answer = reqwest::get(url).await.expect("analyzer reachable");
+        let body = answer.text().await.expect("status body");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("status {body}: {e}"))
+    }
+
+    /// `GET /v1/rollouts/<deployment>/audit`: the rollout's audit records, oldest first.
+    pub async fn audit(&self, deployment: &str) -> Vec<AuditRecord> {
+        let url = format!("{}/v1/rollouts/{deployment}/audit", self.url());
+        reqwest::get(url).await.expect("analyzer reachable").json().await.expect("audit json")
+    }
+
+    /// Polls the status every `every` until `done`, failing after `limit` with the last
+    /// status and this analyzer's log; returns that status and the shares seen on the way.
+    pub async fn until(
+        &self,
+        deployment: &str,
+        limit: Duration,
+        every: Duration,
+        done: impl Fn(&RolloutStatus) -> bool,
+    ) -> (RolloutStatus, Vec<u32>) {
+        let start = Instant::now();
+        let mut shares = Vec::new();
+        loop {
+            let status = self.status(deployment).await;
+            if shares.last() != Some(&status.state.share_bp) {
+                shares.push(status.state.share_bp);
+            }
+            if done(&status) {
+                return (status, shares);
+            }
+            assert!(
+                start.elapsed() < limit,
+                "no outcome within {limit:?}; last status {status:#?}\nanalyzer log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(every).await;
+        }
     }
 
     pub fn pid(&self) -> u32 {

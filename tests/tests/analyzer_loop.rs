@@ -28,7 +28,6 @@ struct Loop {
     envoy: Envoy,
     analyzer: AnalyzerProcess,
     load: Load,
-    http: reqwest::Client,
 }
 
 /// A policy for the shipped deployment `demo` with second-long windows.
@@ -69,39 +68,20 @@ impl Loop {
         options.port = Some(analyzer_port);
         let analyzer = AnalyzerProcess::start(options).await;
         let load = Load::start(envoy.listener, LoadOptions { rps, users: 4_000, ..LoadOptions::default() });
-        Loop { webhook, stable, canary, envoy, analyzer, load, http: reqwest::Client::new() }
+        Loop { webhook, stable, canary, envoy, analyzer, load }
     }
 
     async fn status(&self) -> RolloutStatus {
-        let url = format!("{}/v1/rollouts/demo", self.analyzer.url());
-        let body = self.http.get(url).send().await.unwrap().text().await.unwrap();
-        serde_json::from_str(&body).unwrap_or_else(|e| panic!("status {body}: {e}"))
+        self.analyzer.status("demo").await
     }
 
     async fn audit(&self) -> Vec<AuditRecord> {
-        let url = format!("{}/v1/rollouts/demo/audit", self.analyzer.url());
-        self.http.get(url).send().await.unwrap().json().await.unwrap()
+        self.analyzer.audit("demo").await
     }
 
     /// Polls the status until `done`, returning the shares seen on the way.
     async fn until(&self, limit: Duration, done: impl Fn(&RolloutStatus) -> bool) -> (RolloutStatus, Vec<u32>) {
-        let start = Instant::now();
-        let mut shares = Vec::new();
-        loop {
-            let status = self.status().await;
-            if shares.last() != Some(&status.state.share_bp) {
-                shares.push(status.state.share_bp);
-            }
-            if done(&status) {
-                return (status, shares);
-            }
-            assert!(
-                start.elapsed() < limit,
-                "no outcome within {limit:?}; last status {status:#?}\nanalyzer log:\n{}",
-                self.analyzer.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        self.analyzer.until("demo", limit, Duration::from_millis(100), done).await
     }
 
     /// Envoy routes probe users exactly as the native function says at `share_bp`.

@@ -102,7 +102,6 @@ struct Run {
     _prometheus: Option<Prometheus>,
     analyzer: AnalyzerProcess,
     _load: Load,
-    http: reqwest::Client,
 }
 
 impl Run {
@@ -136,46 +135,17 @@ impl Run {
             }
         };
         let analyzer = AnalyzerProcess::start(options).await;
-        Run {
-            _upstreams: (stable, canary),
-            _envoy: envoy,
-            _prometheus: prometheus,
-            analyzer,
-            _load: load,
-            http: reqwest::Client::new(),
-        }
-    }
-
-    async fn status(&self) -> RolloutStatus {
-        let url = format!("{}/v1/rollouts/demo", self.analyzer.url());
-        let body = self.http.get(url).send().await.expect("analyzer reachable").text().await.expect("status body");
-        serde_json::from_str(&body).unwrap_or_else(|e| panic!("status {body}: {e}"))
-    }
-
-    async fn audit(&self) -> Vec<AuditRecord> {
-        let url = format!("{}/v1/rollouts/demo/audit", self.analyzer.url());
-        self.http.get(url).send().await.expect("analyzer reachable").json().await.expect("audit json")
+        Run { _upstreams: (stable, canary), _envoy: envoy, _prometheus: prometheus, analyzer, _load: load }
     }
 
     /// Polls until the rollout leaves `Progressing`; the final status and the shares seen.
     async fn until_decided(&self) -> (RolloutStatus, Vec<u32>) {
-        let start = Instant::now();
-        let mut shares = Vec::new();
-        loop {
-            let status = self.status().await;
-            if shares.last() != Some(&status.state.share_bp) {
-                shares.push(status.state.share_bp);
-            }
-            if status.state.phase != RolloutPhase::Progressing {
-                return (status, shares);
-            }
-            assert!(
-                start.elapsed() < LIMIT,
-                "not decided within {LIMIT:?}; last status {status:#?}\nanalyzer log:\n{}",
-                self.analyzer.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let decided = |s: &RolloutStatus| s.state.phase != RolloutPhase::Progressing;
+        self.analyzer.until("demo", LIMIT, Duration::from_millis(200), decided).await
+    }
+
+    async fn audit(&self) -> Vec<AuditRecord> {
+        self.analyzer.audit("demo").await
     }
 }
 

@@ -68,7 +68,6 @@ struct SlowCanaryRig {
     _envoy: Envoy,
     analyzer: AnalyzerProcess,
     load: Load,
-    http: reqwest::Client,
 }
 
 impl SlowCanaryRig {
@@ -96,39 +95,16 @@ impl SlowCanaryRig {
             envoy.listener,
             LoadOptions { rps: 150, users: 20_000, max_in_flight: 128, ..LoadOptions::default() },
         );
-        SlowCanaryRig { _upstreams: (stable, canary), _envoy: envoy, analyzer, load, http: reqwest::Client::new() }
-    }
-
-    async fn status(&self) -> RolloutStatus {
-        let url = format!("{}/v1/rollouts/demo", self.analyzer.url());
-        let body = self.http.get(url).send().await.expect("status").text().await.expect("status body");
-        serde_json::from_str(&body).unwrap_or_else(|e| panic!("status {body}: {e}"))
-    }
-
-    async fn audit(&self) -> Vec<AuditRecord> {
-        let url = format!("{}/v1/rollouts/demo/audit", self.analyzer.url());
-        self.http.get(url).send().await.expect("audit").json().await.expect("audit records")
+        SlowCanaryRig { _upstreams: (stable, canary), _envoy: envoy, analyzer, load }
     }
 
     /// Polls the status until `done` or `PATIENCE`; returns it and the shares seen on the way.
     async fn until(&self, done: impl Fn(&RolloutStatus) -> bool) -> (RolloutStatus, Vec<u32>) {
-        let start = Instant::now();
-        let mut shares = Vec::new();
-        loop {
-            let status = self.status().await;
-            if shares.last() != Some(&status.state.share_bp) {
-                shares.push(status.state.share_bp);
-            }
-            if done(&status) {
-                return (status, shares);
-            }
-            assert!(
-                start.elapsed() < PATIENCE,
-                "no outcome within {PATIENCE:?}; last status {status:#?}\nanalyzer log:\n{}",
-                self.analyzer.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        self.analyzer.until("demo", PATIENCE, Duration::from_millis(200), done).await
+    }
+
+    async fn audit(&self) -> Vec<AuditRecord> {
+        self.analyzer.audit("demo").await
     }
 }
 
