@@ -164,7 +164,7 @@ fn odd_line() -> impl Strategy<Value = String> {
 }
 
 proptest! {
-    #![proptest_config(support::config(128))]
+    #![proptest_config(support::config(support::CASES))]
 
     /// What Envoy writes is what the analyzer reads, whatever the label order, timestamps
     /// and neighbouring series.

@@ -17,4 +17,6 @@
 mod api;
 mod exposition;
 mod policy;
+// One copy for both crates' property tests (it needs only std, proptest and, on unix, rustix).
+#[path = "../../../core/tests/parser_properties/support.rs"]
 mod support;

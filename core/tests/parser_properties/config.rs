@@ -349,7 +349,7 @@ fn valid_document() -> BoxedStrategy<Vec<u8>> {
 }
 
 proptest! {
-    #![proptest_config(support::config())]
+    #![proptest_config(support::config(support::CASES))]
 
     #[test]
     fn generated_configurations_are_accepted_consistently_or_refused_by_field((doc, unknown) in document()) {

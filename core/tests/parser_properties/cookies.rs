@@ -48,7 +48,7 @@ fn sticky_config() -> FilterConfig {
 }
 
 proptest! {
-    #![proptest_config(support::config())]
+    #![proptest_config(support::config(support::CASES))]
 
     #[test]
     fn arbitrary_cookie_headers_never_panic_and_values_come_from_the_header(

@@ -49,7 +49,7 @@ fn parse(body: &[u8]) -> Result<RolloutConfig, AnswerError> {
 }
 
 proptest! {
-    #![proptest_config(support::config())]
+    #![proptest_config(support::config(support::CASES))]
 
     /// What the analyzer serves is accepted as is, with or without fields this filter does not know.
     #[test]

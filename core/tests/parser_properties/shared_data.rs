@@ -15,7 +15,7 @@ fn analyzer() -> AnalyzerConfig {
 }
 
 proptest! {
-    #![proptest_config(support::config())]
+    #![proptest_config(support::config(support::CASES))]
 
     #[test]
     fn published_records_round_trip_and_mutations_never_panic(

@@ -1,4 +1,6 @@
-//! Shared by the property modules: case counts, the per-case time bound and byte mutations.
+//! Shared by the property modules of `canary-core` and `canary-analyzer` (the analyzer's
+//! `tests/parser_properties/main.rs` includes this file by path): case counts, the per-case
+//! time bound and byte mutations.
 
 use proptest::prelude::*;
 use std::time::Duration;
@@ -7,15 +9,17 @@ use std::time::Duration;
 /// takes ~1 s per property in debug; these run on wasm32 under Node too, ~5x slower.
 pub const CASES: u32 = 128;
 
-/// The proptest configuration of every property here: [`CASES`] cases, or `PROPTEST_CASES`.
-pub fn config() -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(CASES);
+/// The proptest configuration of a property: `cases` cases (chosen per property so a
+/// file runs in a few seconds in debug; [`CASES`] in core), or `PROPTEST_CASES` when set.
+pub fn config(cases: u32) -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(cases);
     ProptestConfig { cases, ..ProptestConfig::default() }
 }
 
 /// A hang detector, not a benchmark: generated inputs are at most a few KiB and parse
-/// in well under 10 ms in a debug build on wasm32 under Node; one case taking 2 s means
-/// work far beyond the input's size (a loop that does not advance, a blow-up).
+/// in well under 10 ms in a debug build, natively and on wasm32 under Node; one case taking
+/// 2 s means work far beyond the input's size (a loop that does not advance, an alias or
+/// nesting blow-up).
 pub const CASE_CPU_BOUND: Duration = Duration::from_secs(2);
 
 /// Runs `parse` and fails if it used more than [`CASE_CPU_BOUND`] of this thread's CPU time.
