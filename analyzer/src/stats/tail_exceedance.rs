@@ -15,15 +15,28 @@
 //! `b_c − b_k` may exceed `T` (conservative: the canary is given more room).
 //!
 //! Which `b_k`: chosen before the interval is seen, from control's histograms
-//! of the previous [`REFERENCE_CHECKS`] checks, among the edges whose control
-//! level lies in `[ℓ_low, p]` (exceedance odds at most [`LEVEL_BAND_ODDS`] times
-//! those of `p`: p99 → p97.1…p99), or nearest to that band when no edge is in it. Levels at or below `p` are the conservative
-//! side for the usual slowdown, which grows with latency: one that is at most
-//! `T` at `p` is at most `T` below it. Among them the edge whose canary edge
-//! leaves the least room beyond `T` wins (most power near the boundary). A
-//! choice that depends only on the past keeps every interval's factor an
-//! e-value given the past, so the product over intervals is a supermartingale
-//! under the null however the choice moves; the first check (no past) adds no evidence.
+//! of the previous [`REFERENCE_CHECKS`] checks: each check picks an edge on its
+//! own and the median wins, so one check of stalls cannot lift the threshold.
+//! A check picks among the edges whose control level lies in `[ℓ_low, p]`
+//! (exceedance odds at most [`LEVEL_BAND_ODDS`] times those of `p`: p99 →
+//! p97.1…p99) the one whose canary edge leaves the least room beyond `T` (most
+//! power near the boundary); with no edge in the band, the lowest edge control
+//! exceeds less often than `1 − p`, or never (a service whose requests all fall in
+//! one bucket). Levels at or below `p` are the conservative side for the usual
+//! slowdown, which grows with latency: one that is at most `T` at `p` is at most
+//! `T` below it. A choice that depends only on the past keeps every interval's
+//! factor an e-value given the past, so the product over intervals is a
+//! supermartingale under the null however the choice moves; the first check (no
+//! past) adds no evidence.
+//!
+//! Which factor: the smaller of the two-sample likelihood ratio above and a
+//! one-sample one, the canary's exceedance at `b_c` against `1 − p`. Under the
+//! null the canary's exceedance at `b_c` is at most control's at `b_k` when
+//! `b_k`'s level is in the band, and at most `1 − p` when `b_k` is at or above
+//! control's p-quantile; one of the two holds whatever control's level at `b_k`
+//! is in this interval, so the smaller factor is an e-value either way. The
+//! two-sample bound alone would be invalid above the band: at an edge control
+//! never exceeds it would flag any canary request slower than control's slowest.
 //!
 //! Null, precisely: at every check, the canary's quantiles at the levels in the
 //! band are at most `T` above control's at the same time. A/A traffic and a
@@ -48,10 +61,11 @@ use super::error::{StatsError, check_non_negative, check_open_unit};
 use super::histogram::LatencyHistogram;
 use super::odds_ratio::{OddsRatioGrid, OddsRatioPrior, log_likelihood_ratio};
 
-/// Control checks whose histograms choose the next threshold: 5 recent checks
-/// hold ~60 000 control requests at 200 rps and a 1-minute interval (~600 above
-/// the p99), enough to place the p99 within a bucket, and recent enough to
-/// follow a latency that moves with load.
+/// Control checks whose histograms choose the next threshold, one edge each, the
+/// median winning: one check holds ~12 000 control requests at 200 rps and a
+/// 1-minute interval (~120 above the p99), enough to place the p99 within a
+/// bucket; 5 outvote two checks of stalls and are recent enough to follow a
+/// latency that moves with load.
 pub const REFERENCE_CHECKS: usize = 5;
 
 /// The band of tested levels, as a factor on the exceedance odds of `p`: the
@@ -187,7 +201,7 @@ impl TailExceedanceTest {
             // A new bucket layout: thresholds are chosen afresh from its own data.
             self.reference.clear();
         }
-        let chosen = self.control_edge(edges);
+        let chosen = self.control_edge();
         if let (Some(control_edge), true) = (chosen, canary_total > 0 && control_total > 0) {
             self.add_interval(canary, control, control_edge);
         }
@@ -198,13 +212,19 @@ impl TailExceedanceTest {
         Ok(())
     }
 
-    /// The control edge for the coming interval, from the reference alone.
-    fn control_edge(&self, edges: &[u64]) -> Option<usize> {
-        let mut pooled = LatencyHistogram::empty(edges).ok()?;
-        for past in &self.reference {
-            pooled.add(past).ok()?;
-        }
-        choose_control_edge(&pooled, self.quantile, self.tolerance_us)
+    /// The control edge for the coming interval, from the reference alone: the
+    /// median of the edges each reference check chooses on its own (the higher of
+    /// the two middle ones), so that one check with multi-second stalls cannot lift
+    /// the threshold into its stall for the next [`REFERENCE_CHECKS`] checks, as a
+    /// pooled reference would.
+    fn control_edge(&self) -> Option<usize> {
+        let mut choices: Vec<usize> = self
+            .reference
+            .iter()
+            .filter_map(|past| choose_control_edge(past, self.quantile, self.tolerance_us))
+            .collect();
+        choices.sort_unstable();
+        choices.get(choices.len() / 2).copied()
     }
 
     fn add_interval(&mut self, canary: &LatencyHistogram, control: &LatencyHistogram, control_edge: usize) {
@@ -223,6 +243,9 @@ impl TailExceedanceTest {
         // −ln(1 + q(e^u − 1)): the part of ℓ(u) that depends on the interval's split only.
         let normaliser: Vec<f64> =
             self.grid.log_ratios().iter().map(|u| log_likelihood_ratio(*u, 0.0, 1.0, null_share)).collect();
+        // The same for the one-sample half: the canary's exceedance against 1 − p.
+        let level_normaliser: Vec<f64> =
+            self.grid.log_ratios().iter().map(|u| log_likelihood_ratio(*u, 0.0, 1.0, 1.0 - self.quantile)).collect();
         let canary_above = |edge: Option<usize>| {
             edge.and_then(|i| canary_at_or_below.get(i)).map(|below| canary_total.saturating_sub(*below))
         };
@@ -231,7 +254,14 @@ impl TailExceedanceTest {
             // Smallest edge at or above b_k + d: the canary gets at least d of room.
             let edge = edges.iter().position(|e| *e as f64 >= target(evidence.offset_us));
             if let Some(above) = canary_above(edge) {
-                add_counts(&mut evidence.cumulative, self.grid.log_ratios(), &normaliser, above, control_above);
+                let counts = ExceedanceCounts { canary_above: above, control_above, canary_total };
+                add_smaller_factor(
+                    &mut evidence.cumulative,
+                    self.grid.log_ratios(),
+                    &normaliser,
+                    &level_normaliser,
+                    counts,
+                );
             }
             evidence.maximum.observe(self.grid.log_e_one_sided(&evidence.cumulative, 0.0, 0.0, true));
         }
@@ -326,6 +356,42 @@ fn add_counts(cumulative: &mut [f64], log_ratios: &[f64], normaliser: &[f64], ca
     }
 }
 
+/// One interval's exceedances for the "shift exceeds `d`" side.
+#[derive(Debug, Clone, Copy)]
+struct ExceedanceCounts {
+    /// Canary requests above the canary edge.
+    canary_above: u64,
+    /// Control requests above the control edge.
+    control_above: u64,
+    /// All canary requests of the interval.
+    canary_total: u64,
+}
+
+/// Adds one interval's factor for "the shift exceeds `d`" at every grid point: the
+/// smaller of the two-sample log likelihood ratio (the canary's exceedance rate
+/// against control's at `b_k`, `x·u + m·normaliser(u)`) and the one-sample one (the
+/// canary's exceedance probability against `1 − p`, `x·u + n_c·level_normaliser(u)`).
+/// Under the null one of the two bounds holds, whatever control's level at `b_k`
+/// is now: the canary's exceedance at `b_k + d` is at most control's at `b_k` when
+/// that level is in the band, and at most `1 − p` when `b_k` is above control's
+/// p-quantile. Each factor is an e-value under its own bound, so the smaller is one
+/// under either.
+fn add_smaller_factor(
+    cumulative: &mut [f64],
+    log_ratios: &[f64],
+    normaliser: &[f64],
+    level_normaliser: &[f64],
+    counts: ExceedanceCounts,
+) {
+    let x = counts.canary_above as f64;
+    let m = counts.canary_above.saturating_add(counts.control_above) as f64;
+    let n = counts.canary_total as f64;
+    for (((total, u), norm), level_norm) in cumulative.iter_mut().zip(log_ratios).zip(normaliser).zip(level_normaliser)
+    {
+        *total += x * u + (m * norm).min(n * level_norm);
+    }
+}
+
 /// Scores closer than this are a tie: interpolation at an edge rounds in the last bits.
 const SCORE_TIE: f64 = 1e-9;
 
@@ -334,15 +400,20 @@ fn odds(exceedance: f64) -> f64 {
     exceedance / (1.0 - exceedance)
 }
 
-/// The control edge to test at, from `reference` (control's recent histogram):
-/// among edges that have a canary edge `>= edge + tolerance`, those whose control
-/// level lies in the band at or below `quantile` ([`LEVEL_BAND_ODDS`]) or, when
-/// none does (a quantile inside the first bucket, or past the last), those
-/// nearest to the band in log odds. Among these, the one whose canary edge leaves
-/// the least room beyond the tolerance, measured as `S(canary edge − T) / S(edge)`
-/// on control's survival `S` (interpolated inside buckets; 1 = no room lost);
-/// ties go to the higher level. Edges that control never or always exceeds are
-/// not levels. `None` without data or without a candidate.
+/// The control edge to test at, from `reference` (one control histogram), among
+/// the edges that have a canary edge `>= edge + tolerance`:
+/// 1. edges whose control level lies in the band at or below `quantile`
+///    ([`LEVEL_BAND_ODDS`]): the one whose canary edge leaves the least room
+///    beyond the tolerance, measured as `S(canary edge − T) / S(edge)` on
+///    control's survival `S` (interpolated inside buckets; 1 = no room lost),
+///    ties to the higher level;
+/// 2. else the lowest edge that control exceeds less often than `1 − quantile`,
+///    or never: control's quantile is at or below it, which the one-sample half
+///    of each interval's factor needs (a service whose requests all fall in one
+///    bucket, or whose p99 sits inside the first);
+/// 3. else (the quantile past every edge) the edge nearest to the band in log odds.
+///
+/// `None` without data or without a candidate.
 pub(crate) fn choose_control_edge(reference: &LatencyHistogram, quantile: f64, tolerance_us: f64) -> Option<usize> {
     let total = reference.total();
     if total == 0 {
@@ -352,27 +423,35 @@ pub(crate) fn choose_control_edge(reference: &LatencyHistogram, quantile: f64, t
     let survival_at_edges: Vec<f64> =
         reference.cumulative_at_bounds().iter().map(|below| 1.0 - *below as f64 / total as f64).collect();
     let (band_low, band_high) = (odds(1.0 - quantile), LEVEL_BAND_ODDS * odds(1.0 - quantile));
-    // (index, distance to the band in log odds, room kept)
-    let mut best: Option<(usize, f64, f64)> = None;
+    // (index, room kept) in the band; the lowest index above it; (index, distance) below it.
+    let mut in_band: Option<(usize, f64)> = None;
+    let mut above_band: Option<usize> = None;
+    let mut below_band: Option<(usize, f64)> = None;
     for (index, (edge, survival)) in edges.iter().zip(&survival_at_edges).enumerate() {
-        let canary_edge = edges.iter().find(|e| **e as f64 >= *edge as f64 + tolerance_us);
-        let (true, Some(canary_edge)) = (*survival > 0.0 && *survival < 1.0, canary_edge) else { continue };
+        // Edges ascend: the first at or above edge + T by bisection (Envoy's grid has 640).
+        let canary_index = edges.partition_point(|e| (*e as f64) < *edge as f64 + tolerance_us);
+        let Some(canary_edge) = edges.get(canary_index) else { continue };
+        if *survival >= 1.0 {
+            continue;
+        }
         let level_odds = odds(*survival);
-        let distance = (band_low / level_odds).ln().max((level_odds / band_high).ln()).max(0.0);
-        let kept = survival_interpolated(edges, &survival_at_edges, *canary_edge as f64 - tolerance_us) / survival;
-        let better = match best {
-            None => true,
-            Some((_, best_distance, _)) if distance < best_distance - SCORE_TIE => true,
-            // Later (higher) edges win ties, up to rounding.
-            Some((_, best_distance, best_kept)) => {
-                distance <= best_distance + SCORE_TIE && kept >= best_kept - SCORE_TIE
+        if level_odds < band_low * (1.0 - SCORE_TIE) {
+            above_band = above_band.or(Some(index));
+        } else if level_odds > band_high * (1.0 + SCORE_TIE) {
+            let distance = (level_odds / band_high).ln();
+            // Later (lower-odds) edges win ties.
+            if below_band.is_none_or(|(_, best)| distance <= best + SCORE_TIE) {
+                below_band = Some((index, distance));
             }
-        };
-        if better {
-            best = Some((index, distance, kept));
+        } else {
+            let kept = survival_interpolated(edges, &survival_at_edges, *canary_edge as f64 - tolerance_us) / survival;
+            // Later (higher) edges win ties, up to rounding.
+            if in_band.is_none_or(|(_, best)| kept >= best - SCORE_TIE) {
+                in_band = Some((index, kept));
+            }
         }
     }
-    best.map(|(index, _, _)| index)
+    in_band.map(|(index, _)| index).or(above_band).or(below_band.map(|(index, _)| index))
 }
 
 /// Control's survival at `x`, linear inside the bucket (as `histogram_quantile`).
@@ -586,6 +665,99 @@ mod tests {
                 let canary = draw(&mut rng, &LATENCY_BUCKETS_US, n * share, &canary_cdf);
                 let control = draw(&mut rng, &LATENCY_BUCKETS_US, n * (1.0 - share), &log_normal(median, 0.5, 1.0));
                 test.observe(&canary, &control).unwrap();
+            }
+            rejections += u32::from(test.p_worse() <= alpha);
+        }
+        let rate = f64::from(rejections) / f64::from(runs);
+        assert!(rate <= alpha + 3.0 * (alpha * (1.0 - alpha) / f64::from(runs)).sqrt(), "{rate}");
+    }
+
+    /// Envoy's grid with every count in the bin `[lower_us, upper_us)`.
+    fn one_bin(n: u64, upper_us: u64) -> LatencyHistogram {
+        let bounds = crate::source::envoy_bin_bounds_us();
+        let mut counts = vec![0u64; bounds.len() + 1];
+        counts[bounds.iter().position(|b| *b == upper_us).unwrap()] = n;
+        LatencyHistogram::from_bucket_counts(bounds, &counts).unwrap()
+    }
+
+    #[test]
+    fn a_slow_canary_is_worse_when_every_control_request_falls_in_one_bin() {
+        // A fixed 200 ms upstream: all control requests in Envoy's bin [200, 210) ms, no
+        // edge with a control level strictly between 0 and 1. A canary at 260 ms: the
+        // test at the edge control never exceeds (210 ms) against 1 − p has the evidence.
+        let mut slow = TailExceedanceTest::new(TailExceedanceSettings::new(0.99, 5_000.0)).unwrap();
+        let mut same = TailExceedanceTest::new(TailExceedanceSettings::new(0.99, 5_000.0)).unwrap();
+        for _ in 0..10 {
+            slow.observe(&one_bin(7, 270_000), &one_bin(140, 210_000)).unwrap();
+            same.observe(&one_bin(7, 210_000), &one_bin(140, 210_000)).unwrap();
+        }
+        assert!(slow.p_worse() < 1e-6, "{}", slow.p_worse());
+        let row = slow.row("latency_p99_us".into(), None, None, 0.01, 20).unwrap();
+        assert_eq!(row.verdict, Verdict::Worse, "{row:?}");
+        assert!(row.interval.unwrap().lo.unwrap() >= 5_000.0, "{row:?}");
+        // The A/A twin has evidence against a slowdown, none for it.
+        assert_eq!(same.p_worse(), 1.0);
+        assert!(same.row("latency_p99_us".into(), None, None, 0.01, 20).unwrap().p_value.is_some());
+    }
+
+    #[test]
+    fn above_the_band_the_lowest_edge_control_exceeds_less_than_one_minus_p_is_chosen() {
+        // 1 000 control requests: 995 in [200, 210) ms, 5 stragglers at 900 ms. Every
+        // edge from 210 to 900 ms has the same level (99.5 %); the lowest leaves the
+        // canary the least room, where the highest would test above 905 ms.
+        let bounds = crate::source::envoy_bin_bounds_us();
+        let mut counts = vec![0u64; bounds.len() + 1];
+        counts[bounds.iter().position(|b| *b == 210_000).unwrap()] = 995;
+        counts[bounds.iter().position(|b| *b == 910_000).unwrap()] = 5;
+        let reference = LatencyHistogram::from_bucket_counts(bounds, &counts).unwrap();
+        let chosen = choose_control_edge(&reference, 0.99, 5_000.0).map(|i| bounds[i]);
+        assert_eq!(chosen, Some(210_000));
+        // All in one bin: the bin's own upper edge.
+        assert_eq!(choose_control_edge(&one_bin(140, 210_000), 0.99, 5_000.0).map(|i| bounds[i]), Some(210_000));
+    }
+
+    #[test]
+    fn one_check_of_stalls_does_not_lift_the_threshold() {
+        // Four checks of the default service and one where 20 % of control requests
+        // stalled for 2-3 s: the median of the per-check choices stays near 60 ms,
+        // where a pooled reference (6 % above 2 s) would test at seconds.
+        let mut test = TailExceedanceTest::new(TailExceedanceSettings::new(0.99, 5_000.0)).unwrap();
+        let normal = expected_histogram(&LATENCY_BUCKETS_US, 11_000.0, log_normal(20_000.0, 0.5, 1.0));
+        let stalled = expected_histogram(&LATENCY_BUCKETS_US, 11_000.0, |x| {
+            0.8 * log_normal(20_000.0, 0.5, 1.0)(x) + 0.2 * f64::from(u8::from(x >= 2_500_000.0))
+        });
+        for control in [&normal, &stalled, &normal, &normal, &normal] {
+            test.observe(&normal, control).unwrap();
+        }
+        let edge = test.control_edge().map(|i| LATENCY_BUCKETS_US[i]);
+        assert_eq!(edge, Some(55_000));
+        let mut pooled = LatencyHistogram::empty(&LATENCY_BUCKETS_US).unwrap();
+        for control in [&normal, &stalled, &normal, &normal, &normal] {
+            pooled.add(control).unwrap();
+        }
+        assert!(choose_control_edge(&pooled, 0.99, 5_000.0).is_some_and(|i| LATENCY_BUCKETS_US[i] >= 1_000_000));
+    }
+
+    /// Property (validity of the one-sample half): control in one bin, the canary
+    /// with 0.8 % of requests stalled 500 ms (its p99 is still control's) and control
+    /// with none. The two-sample factor alone tests "the canary is never slower than
+    /// control's slowest" and rolls nearly every run back; with the smaller of the
+    /// two factors "worse" stays within alpha (+3 SE).
+    #[test]
+    fn canary_only_outliers_below_one_minus_p_are_not_worse() {
+        let (runs, alpha) = (200u32, 0.05);
+        let mut rejections = 0;
+        for seed in 0..runs {
+            let mut rng = SeededRng::new(u64::from(seed) + 47_000);
+            let mut test = TailExceedanceTest::new(TailExceedanceSettings::verdict_only(0.99, 5_000.0)).unwrap();
+            for _ in 0..40 {
+                let outliers = rng.poisson(500.0 * 0.008);
+                let bounds = crate::source::envoy_bin_bounds_us();
+                let mut counts = vec![0u64; bounds.len() + 1];
+                counts[bounds.iter().position(|b| *b == 210_000).unwrap()] = 500u64.saturating_sub(outliers);
+                counts[bounds.iter().position(|b| *b == 710_000).unwrap()] = outliers;
+                let canary = LatencyHistogram::from_bucket_counts(bounds, &counts).unwrap();
+                test.observe(&canary, &one_bin(2_000, 210_000)).unwrap();
             }
             rejections += u32::from(test.p_worse() <= alpha);
         }
