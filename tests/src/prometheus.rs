@@ -1,8 +1,7 @@
 //! A real Prometheus (`/usr/bin/prometheus`, Debian package `prometheus`, or
-//! `$PROMETHEUS`) scraping several Envoys' `/stats/prometheus` every second, with its own
-//! config and TSDB in a temp dir, and the few API reads the fleet test needs (instant
-//! values per `instance`, raw samples of a range). `tests/tests/prometheus_source.rs`
-//! keeps its own one-target copy of the start-up.
+//! `$PROMETHEUS`) scraping one or more Envoys' `/stats/prometheus` at a given interval, with its own
+//! config and TSDB in a temp dir, and the few API reads the e2e tests need (instant
+//! values per `instance`, raw samples of a range).
 
 use crate::free_port;
 use std::collections::BTreeMap;

@@ -7,151 +7,52 @@
 use canary_analyzer::source::{DeltaTracker, EnvoyAdminSource, IntervalMetrics, PrometheusSource};
 use canary_core::Cohort;
 use canary_e2e::config_server::Answer;
-use canary_e2e::free_port;
+use canary_e2e::prometheus::Prometheus;
 use canary_e2e::rig::{DEPLOYMENT, Rig, RigOptions};
 use canary_e2e::traffic::user_ids;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Generous upper bound for anything to show up; only a guard against hanging.
 const PATIENCE: Duration = Duration::from_secs(60);
 
-/// A running Prometheus with its own config and TSDB in a temp dir; killed,
-/// reaped and removed on drop (also when the test panics).
-struct Prometheus {
-    child: Child,
-    dir: PathBuf,
-    url: String,
+/// Time (ms since the epoch) and values of the latest scrape of the demo counters:
+/// `(timestamp, total requests)`, once Prometheus has one.
+async fn latest_scrape(prometheus: &Prometheus) -> Option<(u64, f64)> {
+    let single = |result: Vec<serde_json::Value>| result.first()?["value"][1].as_str()?.parse::<f64>().ok();
+    let query = format!("max(timestamp(canary_requests_total{{deployment=\"{DEPLOYMENT}\"}}))");
+    let ms = single(prometheus.query(&query).await)? * 1_000.0;
+    let total = single(prometheus.query(&format!("sum(canary_requests_total{{deployment=\"{DEPLOYMENT}\"}})")).await)?;
+    Some((ms.round() as u64, total))
 }
 
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+/// Waits until Prometheus holds a sample of `generation` after one of another;
+/// the times of the last sample before it and of its first: `(before_ms, first_ms)`.
+async fn generation_change(prometheus: &Prometheus, generation: u64) -> (u64, u64) {
+    let deadline = Instant::now() + PATIENCE;
+    let query = format!("canary_applied_generation{{deployment=\"{DEPLOYMENT}\"}}[30s]");
+    loop {
+        let series = prometheus.samples(&query).await;
+        let samples = series.first().map(|(_, samples)| samples.as_slice()).unwrap_or_default();
+        let first = samples.iter().position(|(_, g)| *g == generation as f64);
+        if let Some(first) = first.filter(|at| *at > 0) {
+            return (samples[first - 1].0, samples[first].0);
+        }
+        assert!(Instant::now() < deadline, "no change to generation {generation}: {samples:?}\n{}", prometheus.log());
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
-impl Prometheus {
-    /// Starts Prometheus scraping `target`'s `/stats/prometheus` every second.
-    fn start(target: std::net::SocketAddr) -> Prometheus {
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!("wasm-canary-prometheus-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("prometheus temp dir");
-        let config = format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-             scrape_configs:\n  - job_name: envoy\n    metrics_path: /stats/prometheus\n    \
-             static_configs:\n      - targets: ['{target}']\n"
-        );
-        std::fs::write(dir.join("prometheus.yml"), config).expect("write prometheus.yml");
-        let log = std::fs::File::create(dir.join("prometheus.log")).expect("prometheus log");
-        let binary = std::env::var("PROMETHEUS").unwrap_or_else(|_| "/usr/bin/prometheus".to_string());
-        let child = Command::new(&binary)
-            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log handle"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {binary} (install the `prometheus` package): {e}"));
-        Prometheus { child, dir, url: format!("http://127.0.0.1:{port}") }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default()
-    }
-
-    async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + PATIENCE;
-        let http = reqwest::Client::new();
-        loop {
-            if let Ok(response) = http.get(format!("{}/-/ready", self.url)).send().await {
-                if response.status().is_success() {
-                    return;
-                }
+/// Waits for a scrape taken after `after_ms` that saw `total` requests; its timestamp.
+async fn scrape_after(prometheus: &Prometheus, after_ms: u64, total: u64) -> u64 {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some((at_ms, seen)) = latest_scrape(prometheus).await {
+            if at_ms > after_ms && seen as u64 == total {
+                return at_ms;
             }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("prometheus exited with {status}:\n{}", self.log());
-            }
-            assert!(Instant::now() < deadline, "prometheus not ready:\n{}", self.log());
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-    }
-
-    /// Time (ms since the epoch) and values of the latest scrape of the demo counters:
-    /// `(timestamp, total requests)`, once Prometheus has one.
-    async fn latest_scrape(&self) -> Option<(u64, f64)> {
-        let query = format!("max(timestamp(canary_requests_total{{deployment=\"{DEPLOYMENT}\"}}))");
-        let ms = self.instant(&query).await? * 1_000.0;
-        let total = self.instant(&format!("sum(canary_requests_total{{deployment=\"{DEPLOYMENT}\"}})")).await?;
-        Some((ms.round() as u64, total))
-    }
-
-    /// The single value of an instant query, if any.
-    async fn instant(&self, query: &str) -> Option<f64> {
-        let answer: serde_json::Value = reqwest::Client::new()
-            .get(format!("{}/api/v1/query", self.url))
-            .query(&[("query", query)])
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        answer["data"]["result"][0]["value"][1].as_str()?.parse().ok()
-    }
-
-    /// The applied-generation samples of the last 30 s: `(ms since the epoch, generation)`.
-    async fn generation_samples(&self) -> Vec<(u64, u64)> {
-        let query = format!("canary_applied_generation{{deployment=\"{DEPLOYMENT}\"}}[30s]");
-        let answer: serde_json::Value = reqwest::Client::new()
-            .get(format!("{}/api/v1/query", self.url))
-            .query(&[("query", query.as_str())])
-            .send()
-            .await
-            .expect("prometheus reachable")
-            .json()
-            .await
-            .expect("prometheus answers json");
-        let values = answer["data"]["result"][0]["values"].as_array().cloned().unwrap_or_default();
-        values
-            .iter()
-            .map(|pair| {
-                let ms = (pair[0].as_f64().expect("sample time") * 1_000.0).round() as u64;
-                (ms, pair[1].as_str().and_then(|v| v.parse().ok()).expect("generation"))
-            })
-            .collect()
-    }
-
-    /// Waits until Prometheus holds a sample of `generation` after one of another;
-    /// the times of the last sample before it and of its first: `(before_ms, first_ms)`.
-    async fn generation_change(&self, generation: u64) -> (u64, u64) {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let samples = self.generation_samples().await;
-            let first = samples.iter().position(|(_, g)| *g == generation);
-            if let Some(first) = first.filter(|at| *at > 0) {
-                return (samples[first - 1].0, samples[first].0);
-            }
-            assert!(Instant::now() < deadline, "no change to generation {generation}: {samples:?}\n{}", self.log());
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
-
-    /// Waits for a scrape taken after `after_ms` that saw `total` requests; its timestamp.
-    async fn scrape_after(&self, after_ms: u64, total: u64) -> u64 {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some((at_ms, seen)) = self.latest_scrape().await {
-                if at_ms > after_ms && seen as u64 == total {
-                    return at_ms;
-                }
-            }
-            assert!(Instant::now() < deadline, "prometheus never scraped {total} requests:\n{}", self.log());
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        assert!(Instant::now() < deadline, "prometheus never scraped {total} requests:\n{}", prometheus.log());
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
@@ -189,8 +90,7 @@ fn figures(metrics: &IntervalMetrics, cohort: Cohort) -> (u64, u64, u64, u64, u6
 async fn prometheus_and_envoy_admin_sources_count_the_same_known_traffic() {
     let rig = Rig::start(5_000, RigOptions::default()).await;
     let admin_url = format!("http://{}", rig.envoy.admin);
-    let mut prometheus = Prometheus::start(rig.envoy.admin);
-    prometheus.wait_ready().await;
+    let prometheus = Prometheus::start(&[rig.envoy.admin], Duration::from_secs(1)).await;
     let envoy = EnvoyAdminSource::new([admin_url.clone()], DEPLOYMENT, Duration::from_secs(2)).expect("source");
 
     // Baseline: the rig's readiness probes are already counted; wait until they are
@@ -199,7 +99,7 @@ async fn prometheus_and_envoy_admin_sources_count_the_same_known_traffic() {
     let mut tracker = DeltaTracker::new();
     let baseline = tracker.advance(envoy.scrape().await);
     assert_eq!(baseline.baseline_targets, vec![admin_url.clone()]);
-    let start_ms = prometheus.scrape_after(now_ms(), before_total).await;
+    let start_ms = scrape_after(&prometheus, now_ms(), before_total).await;
 
     // Known traffic, per cohort: 60 x 200, 15 x 503 (application errors), 5 x 404.
     let (canary, control): (Vec<String>, Vec<String>) =
@@ -228,7 +128,7 @@ async fn prometheus_and_envoy_admin_sources_count_the_same_known_traffic() {
     // edges on scrape times, increase() has (almost) nothing to extrapolate. The extra
     // millisecond keeps the first scrape inside under Prometheus 3's left-open ranges
     // too; its 1 ms of extrapolation vanishes in the rounding.
-    let end_ms = prometheus.scrape_after(settled_ms, after_total).await;
+    let end_ms = scrape_after(&prometheus, settled_ms, after_total).await;
     let window = Duration::from_millis(end_ms - start_ms + 1);
     let at = UNIX_EPOCH + Duration::from_millis(end_ms);
     let source = PrometheusSource::new(prometheus.url.clone(), Duration::from_secs(5)).expect("source");
@@ -268,7 +168,7 @@ async fn prometheus_and_envoy_admin_sources_count_the_same_known_traffic() {
     // window holding only the first sample of generation 2 (changes() alone sees none there,
     // the generation one window earlier differs); the window after that first sample is not.
     rig.config_server.set(Answer::share(DEPLOYMENT, 2, 2_500));
-    let (before_ms, first_ms) = prometheus.generation_change(2).await;
+    let (before_ms, first_ms) = generation_change(&prometheus, 2).await;
     let at_first = Some(UNIX_EPOCH + Duration::from_millis(first_ms));
     let gap = first_ms - before_ms;
     for (what, window) in [("both samples", gap + 1), ("only the new sample", gap / 2)] {
@@ -277,7 +177,7 @@ async fn prometheus_and_envoy_admin_sources_count_the_same_known_traffic() {
         let applied = (proxy.generation, proxy.share_bp, proxy.changed_during_interval);
         assert_eq!(applied, (Some(2), Some(2_500), true), "{what}: {proxy:?}");
     }
-    let later_ms = prometheus.scrape_after(first_ms + 1_000, after_total).await;
+    let later_ms = scrape_after(&prometheus, first_ms + 1_000, after_total).await;
     let since_first = Duration::from_millis(later_ms - first_ms - gap / 2);
     let later = UNIX_EPOCH + Duration::from_millis(later_ms);
     let steady = source.interval(DEPLOYMENT, since_first, Some(later)).await.expect("after the change");
