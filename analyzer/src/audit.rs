@@ -684,6 +684,7 @@ mod tests {
             interval_scale: DifferenceScale::Relative,
             p_value: Some(0.01),
             verdict,
+            unit: crate::stats::ValueUnit::Fraction,
         }]
     }
 

@@ -13,7 +13,7 @@ use crate::source::{CohortValues, IntervalMetrics};
 use crate::stats::{
     CohortCounts, ComparisonRow, DifferenceScale, ErrorRateSettings, ErrorRateTest, IntervalCounts, LatencyHistogram,
     QuantileTolerance, REPORTED_QUANTILES, SampleRatioSettings, SampleRatioTest, StatsError, TailExceedanceSettings,
-    TailExceedanceTest, Verdict, latency_metric_name, sort_worst_first,
+    TailExceedanceTest, ValueUnit, Verdict, latency_metric_name, sort_worst_first,
 };
 use canary_core::Cohort;
 
@@ -45,6 +45,7 @@ pub fn custom_row(metric: &CustomMetric, values: CohortValues) -> ComparisonRow 
         interval_scale: DifferenceScale::Absolute,
         p_value: None,
         verdict,
+        unit: ValueUnit::Number,
     }
 }
 

@@ -33,6 +33,7 @@ pub fn row(metric: &str, verdict: Verdict, p: Option<f64>) -> ComparisonRow {
         interval_scale: DifferenceScale::Relative,
         p_value: p,
         verdict,
+        unit: crate::stats::ValueUnit::ByName,
     }
 }
 

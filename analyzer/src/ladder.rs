@@ -324,16 +324,15 @@ impl Decision {
     }
 }
 
-/// One line per row for a reason text: `error_rate (canary 0.012, control 0.005, p = 0.003)`.
+/// One line per row for a reason text: `error_rate (canary 1.200 %, control 0.500 %, p = 3.00e-3)`.
 fn describe_rows(rows: &[&ComparisonRow]) -> String {
-    let show = |value: Option<f64>| value.map_or_else(|| "n/a".to_string(), |v| format!("{v:.4}"));
     rows.iter()
         .map(|row| {
             format!(
                 "{} (canary {}, control {}, p = {})",
                 row.metric,
-                show(row.canary),
-                show(row.control),
+                row.value_text(row.canary),
+                row.value_text(row.control),
                 row.p_value.map_or_else(|| "n/a".to_string(), |p| format!("{p:.2e}"))
             )
         })
@@ -522,6 +521,7 @@ mod tests {
             interval_scale: DifferenceScale::Relative,
             p_value: Some(0.001),
             verdict,
+            unit: crate::stats::ValueUnit::ByName,
         }
     }
 

@@ -6,20 +6,16 @@
 use canary_core::RolloutPhase;
 
 use crate::ladder::Action;
-use crate::stats::{ComparisonRow, DifferenceScale, Verdict};
+use crate::stats::{ComparisonRow, DifferenceScale, ValueUnit, Verdict};
 
 pub fn percent(bp: u32) -> String {
     format!("{}.{:02} %", bp / 100, bp % 100)
 }
 
-/// A row's value for people: latencies in ms, rates and the sample ratio in %, `-` without data.
-pub fn format_value(v: Option<f64>, metric: &str) -> String {
-    match v {
-        None => "-".into(),
-        Some(v) if metric.ends_with("_us") => format!("{:.1} ms", v / 1_000.0),
-        Some(v) if metric.ends_with("_rate") || metric == "sample_ratio" => format!("{:.3} %", v * 100.0),
-        Some(v) => format!("{v:.4}"),
-    }
+/// A row's value for people in the row's unit (latencies in ms, rates and the
+/// sample ratio in %), `-` without data.
+pub fn format_value(v: Option<f64>, row: &ComparisonRow) -> String {
+    row.value_text(v)
 }
 
 /// `canary / control − 1` in percent with a sign, `-` without it.
@@ -33,7 +29,9 @@ pub fn format_interval(row: &ComparisonRow) -> String {
         Some(i) if i.lo.is_some() || i.hi.is_some() => {
             // Latency differences in ms like the values; relative scales in percent.
             let (unit, scale): (fn(f64) -> String, &str) = match row.interval_scale {
-                DifferenceScale::Absolute if row.metric.ends_with("_us") => (|v| format!("{:+.1} ms", v / 1_000.0), ""),
+                DifferenceScale::Absolute if row.value_unit() == ValueUnit::Microseconds => {
+                    (|v| format!("{:+.1} ms", v / 1_000.0), "")
+                }
                 DifferenceScale::Absolute => (|v| format!("{v:+.4}"), ""),
                 DifferenceScale::Relative => (|v| format!("{:+.1} %", v * 100.0), " relative"),
                 DifferenceScale::RelativeOdds => (|v| format!("{:+.1} %", v * 100.0), " odds"),
@@ -130,11 +128,16 @@ pub fn action_name(action: &Action) -> &'static str {
     }
 }
 
-/// One line per row: `error_rate: canary 0.0123 vs control 0.0051 (worse, p=0.001)`.
+/// One line per row: `error_rate: canary 1.230 % vs control 0.510 % (Worse, p=0.001)`.
 pub fn describe_row(row: &ComparisonRow) -> String {
-    let value = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
     let p = row.p_value.map_or(String::new(), |p| format!(", p={p:.3}"));
-    format!("{}: canary {} vs control {} ({:?}{p})", row.metric, value(row.canary), value(row.control), row.verdict)
+    format!(
+        "{}: canary {} vs control {} ({:?}{p})",
+        row.metric,
+        row.value_text(row.canary),
+        row.value_text(row.control),
+        row.verdict
+    )
 }
 
 #[cfg(test)]
@@ -148,6 +151,29 @@ mod tests {
         assert_eq!(share(1_250), "12.5 %");
         assert_eq!(share(1), "0.01 %");
         assert_eq!(share(10_000), "100 %");
+    }
+
+    #[test]
+    fn values_read_in_the_rows_unit_whatever_its_name() {
+        let row =
+            |metric: &str, unit| ComparisonRow { unit, ..crate::fixtures::row(metric, Verdict::Worse, Some(0.01)) };
+        // A user-named outcome rate: 2 % against 1 %, not 0.0200.
+        let hits = row("cache_hit", ValueUnit::Fraction);
+        assert_eq!(format_value(hits.canary, &hits), "2.000 %");
+        assert_eq!(describe_row(&hits), "cache_hit: canary 2.000 % vs control 1.000 % (Worse, p=0.010)");
+        let latency = ComparisonRow { canary: Some(279_800.0), ..row("p99", ValueUnit::Microseconds) };
+        assert_eq!(format_value(latency.canary, &latency), "279.8 ms");
+        let custom = row("declines", ValueUnit::Number);
+        assert_eq!(format_value(custom.canary, &custom), "0.0200");
+        assert_eq!(format_value(None, &custom), "-");
+        // Rows recorded before rows carried a unit read by their name, as they did.
+        let json = serde_json::to_value(row("latency_p99_us", ValueUnit::ByName)).unwrap();
+        let mut old = json.as_object().unwrap().clone();
+        old.remove("unit");
+        let old: ComparisonRow = serde_json::from_value(serde_json::Value::Object(old)).unwrap();
+        assert_eq!(old.value_unit(), ValueUnit::Microseconds);
+        assert_eq!(row("error_rate", ValueUnit::ByName).value_unit(), ValueUnit::Fraction);
+        assert_eq!(row("sample_ratio", ValueUnit::ByName).value_unit(), ValueUnit::Fraction);
     }
 
     #[test]

@@ -96,6 +96,33 @@ impl Interval {
     }
 }
 
+/// What a row's values measure, which decides how they read for people.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ValueUnit {
+    /// Inferred from the metric's name (`_us` → microseconds, `_rate` and
+    /// `sample_ratio` → fraction): rows recorded before rows carried a unit.
+    #[default]
+    ByName,
+    /// Latency in microseconds, shown in ms.
+    Microseconds,
+    /// A share of requests (0..1), shown in percent: error, outcome and counter-pair rates.
+    Fraction,
+    /// A plain number: custom PromQL metrics.
+    Number,
+}
+
+impl ValueUnit {
+    /// `value` for people: `279.8 ms`, `0.512 %`, `12.3400`.
+    pub fn text(self, value: f64) -> String {
+        match self {
+            ValueUnit::Microseconds => format!("{:.1} ms", value / 1_000.0),
+            ValueUnit::Fraction => format!("{:.3} %", value * 100.0),
+            ValueUnit::Number | ValueUnit::ByName => format!("{value:.4}"),
+        }
+    }
+}
+
 /// One line of a canary report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ComparisonRow {
@@ -116,9 +143,27 @@ pub struct ComparisonRow {
     /// "better" test for Better, otherwise twice the smaller one (two-sided).
     pub p_value: Option<f64>,
     pub verdict: Verdict,
+    /// What `canary`, `control` and `absolute_difference` measure.
+    #[serde(default)]
+    pub unit: ValueUnit,
 }
 
 impl ComparisonRow {
+    /// The row's unit, with [`ValueUnit::ByName`] resolved from the metric's name.
+    pub fn value_unit(&self) -> ValueUnit {
+        match self.unit {
+            ValueUnit::ByName if self.metric.ends_with("_us") => ValueUnit::Microseconds,
+            ValueUnit::ByName if self.metric.ends_with("_rate") || self.metric == "sample_ratio" => ValueUnit::Fraction,
+            ValueUnit::ByName => ValueUnit::Number,
+            unit => unit,
+        }
+    }
+
+    /// A value of this row for people; `-` without one.
+    pub fn value_text(&self, value: Option<f64>) -> String {
+        value.map_or_else(|| "-".to_string(), |v| self.value_unit().text(v))
+    }
+
     /// Fills the difference fields from the two values.
     pub(crate) fn differences(canary: Option<f64>, control: Option<f64>) -> (Option<f64>, Option<f64>) {
         match (canary, control) {
@@ -172,6 +217,7 @@ mod tests {
             interval_scale: DifferenceScale::Absolute,
             p_value,
             verdict,
+            unit: ValueUnit::Number,
         }
     }
 

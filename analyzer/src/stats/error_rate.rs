@@ -16,7 +16,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::comparison::{ComparisonRow, DifferenceScale, Interval, Verdict, reported_p_value};
+use super::comparison::{ComparisonRow, DifferenceScale, Interval, ValueUnit, Verdict, reported_p_value};
 use super::eprocess::EvidenceMaximum;
 use super::error::{StatsError, check_non_negative, check_open_unit};
 use super::odds_ratio::{OddsRatioEvidence, OddsRatioPrior};
@@ -168,6 +168,7 @@ impl ErrorRateTest {
             interval_scale: DifferenceScale::Relative,
             p_value: has_evidence.then(|| reported_p_value(verdict, self.p_worse(), self.p_better())),
             verdict,
+            unit: ValueUnit::Fraction,
         })
     }
 }

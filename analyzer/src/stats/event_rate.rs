@@ -25,7 +25,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::comparison::{ComparisonRow, DifferenceScale, Interval, Verdict, reported_p_value};
+use super::comparison::{ComparisonRow, DifferenceScale, Interval, ValueUnit, Verdict, reported_p_value};
 use super::error::StatsError;
 use super::error_rate::{CohortCounts, ErrorRateSettings, ErrorRateTest, IntervalCounts};
 
@@ -181,6 +181,7 @@ impl EventRateTest {
             interval_scale: DifferenceScale::Relative,
             p_value: has_evidence.then(|| reported_p_value(verdict, p_worse, p_better)),
             verdict,
+            unit: ValueUnit::Fraction,
         })
     }
 }

@@ -15,7 +15,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::comparison::{ComparisonRow, DifferenceScale, Interval, Verdict, reported_p_value};
+use super::comparison::{ComparisonRow, DifferenceScale, Interval, ValueUnit, Verdict, reported_p_value};
 use super::error::{StatsError, check_non_negative, check_open_unit};
 use super::histogram::LatencyHistogram;
 use super::odds_ratio::{OddsRatioGrid, OddsRatioPrior};
@@ -155,6 +155,7 @@ impl LatencyComparison {
                 interval_scale: DifferenceScale::Absolute,
                 p_value: has_data.then(|| reported_p_value(verdict, p_worse, p_better)),
                 verdict,
+                unit: ValueUnit::Microseconds,
             }
         });
         Ok(rows.collect())

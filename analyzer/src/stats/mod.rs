@@ -35,7 +35,7 @@ mod quantile;
 mod sample_ratio;
 mod tail_exceedance;
 
-pub use comparison::{ComparisonRow, DifferenceScale, Interval, Verdict, sort_worst_first};
+pub use comparison::{ComparisonRow, DifferenceScale, Interval, ValueUnit, Verdict, sort_worst_first};
 pub use eprocess::EvidenceMaximum;
 pub use error::StatsError;
 pub use error_rate::{CohortCounts, ErrorRateSettings, ErrorRateTest, IntervalCounts};

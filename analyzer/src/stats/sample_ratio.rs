@@ -30,7 +30,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::comparison::{ComparisonRow, DifferenceScale, Interval, Verdict};
+use super::comparison::{ComparisonRow, DifferenceScale, Interval, ValueUnit, Verdict};
 use super::eprocess::EvidenceMaximum;
 use super::error::{StatsError, check_non_negative, check_open_unit};
 use super::odds_ratio::{OddsRatioEvidence, OddsRatioPrior};
@@ -197,6 +197,7 @@ impl SampleRatioTest {
             interval_scale: DifferenceScale::Relative,
             p_value: has_data.then_some(p_value),
             verdict,
+            unit: ValueUnit::Fraction,
         })
     }
 }

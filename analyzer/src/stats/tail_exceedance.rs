@@ -55,7 +55,7 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
-use super::comparison::{ComparisonRow, DifferenceScale, Interval, Verdict, reported_p_value};
+use super::comparison::{ComparisonRow, DifferenceScale, Interval, ValueUnit, Verdict, reported_p_value};
 use super::eprocess::EvidenceMaximum;
 use super::error::{StatsError, check_non_negative, check_open_unit};
 use super::histogram::LatencyHistogram;
@@ -339,6 +339,7 @@ impl TailExceedanceTest {
             interval_scale: DifferenceScale::Absolute,
             p_value: has_evidence.then(|| reported_p_value(verdict, self.p_worse(), self.p_better())),
             verdict,
+            unit: ValueUnit::Microseconds,
         })
     }
 }
