@@ -281,6 +281,26 @@ impl Fleet {
         panic!("{what}\nanalyzer log:\n{}", self.analyzer.log_text())
     }
 
+    /// What Prometheus holds of every target, for a failure message: whether each is up,
+    /// its latest scrape's duration, and the latency observations per cohort of the last
+    /// 10 s (one run once got no latency data for 120 s; this is what would say why).
+    async fn prometheus_view(&self) -> String {
+        let mut view = String::new();
+        for promql in [
+            "up",
+            "scrape_duration_seconds",
+            "count by (instance) (canary_latency_us_bucket)",
+            "sum by (instance, cohort) (increase(canary_latency_us_count[10s]))",
+            "sum by (instance, cohort) (increase(canary_requests_total[10s]))",
+        ] {
+            view.push_str(&format!("{promql}:\n"));
+            for sample in self.prometheus.query(promql).await {
+                view.push_str(&format!("  {} = {}\n", sample["metric"], sample["value"][1]));
+            }
+        }
+        view
+    }
+
     /// Polls the status every 100 ms until `done`; a rollback on the way fails the test.
     async fn until(&self, what: &str, done: impl Fn(&RolloutStatus) -> bool) -> RolloutStatus {
         let start = Instant::now();
@@ -293,7 +313,10 @@ impl Fleet {
                 return status;
             }
             if start.elapsed() > PATIENCE {
-                self.fail(&format!("{what}: not within {PATIENCE:?}; last status {status:#?}"));
+                let prometheus = self.prometheus_view().await;
+                self.fail(&format!(
+                    "{what}: not within {PATIENCE:?}; last status {status:#?}\nprometheus:\n{prometheus}"
+                ));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
