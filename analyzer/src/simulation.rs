@@ -241,13 +241,79 @@ fn checks_per_rollout(config: &SimulationConfig) -> u32 {
 
 /// Steps with an observation window: every share below 100 %.
 fn observed_steps(config: &SimulationConfig) -> Vec<f64> {
-    config.ladder_percent.iter().copied().filter(|share| *share < 100.0).collect()
+    steps_with_a_window(&config.ladder_percent)
+}
+
+/// The shares of a ladder that have an observation window: every one below 100 %.
+pub(crate) fn steps_with_a_window(ladder_percent: &[f64]) -> Vec<f64> {
+    ladder_percent.iter().copied().filter(|share| *share < 100.0).collect()
+}
+
+/// How traffic arrives in every simulation: the load swings as a sinusoid around
+/// its mean, and the canary's realised share scatters around the nominal one.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TrafficShape {
+    pub check_interval_seconds: f64,
+    pub total_requests_per_second: f64,
+    /// Relative amplitude of the load's swing (0.5 = ±50 %).
+    pub load_swing: f64,
+    pub load_period_seconds: f64,
+    /// Standard deviation of `ln(realised / nominal share)`, drawn every interval.
+    pub split_noise: f64,
+}
+
+/// What one simulated check brings.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CheckTraffic {
+    /// Seconds since the rollout began.
+    pub seconds: f64,
+    /// Load relative to the mean.
+    pub load: f64,
+    /// Expected requests in the interval, both cohorts.
+    pub requests: f64,
+    /// The canary's realised share, 0..=1.
+    pub share: f64,
+}
+
+impl TrafficShape {
+    /// Check number `check` (0-based over the rollout) at a step of nominal
+    /// `share_percent` whose split drifted by `step_drift`; draws the check's split
+    /// noise from `rng` (one standard normal).
+    pub(crate) fn check(
+        &self,
+        check: u32,
+        load_phase: f64,
+        share_percent: f64,
+        step_drift: f64,
+        rng: &mut SeededRng,
+    ) -> CheckTraffic {
+        let seconds = f64::from(check) * self.check_interval_seconds;
+        let load =
+            1.0 + self.load_swing * (std::f64::consts::TAU * seconds / self.load_period_seconds + load_phase).sin();
+        let requests = self.total_requests_per_second * load * self.check_interval_seconds;
+        let noise = self.split_noise * rng.standard_normal();
+        let share = (share_percent / 100.0 * (step_drift + noise).exp()).clamp(0.0, 1.0);
+        CheckTraffic { seconds, load, requests, share }
+    }
+}
+
+impl SimulationConfig {
+    pub(crate) fn traffic(&self) -> TrafficShape {
+        TrafficShape {
+            check_interval_seconds: self.check_interval_seconds,
+            total_requests_per_second: self.total_requests_per_second,
+            load_swing: self.load_swing,
+            load_period_seconds: self.load_period_seconds,
+            split_noise: self.split_noise,
+        }
+    }
 }
 
 /// Simulates one rollout and returns, per procedure, the first check (0-based) at which it rolled back.
 fn simulate_rollout(config: &SimulationConfig, rng: &mut SeededRng, regression: bool) -> [Option<u32>; PROCEDURES] {
     let mut rules = procedures(config);
     let mut first_rollback = [None; PROCEDURES];
+    let traffic = config.traffic();
     let load_phase = std::f64::consts::TAU * rng.uniform();
     let error_phase = std::f64::consts::TAU * rng.uniform();
     let mut check = 0u32;
@@ -255,20 +321,16 @@ fn simulate_rollout(config: &SimulationConfig, rng: &mut SeededRng, regression: 
         let step_drift = config.split_drift * rng.standard_normal();
         let regressed = regression && step as u64 >= u64::from(config.regression_step);
         for _ in 0..config.checks_per_step {
-            let seconds = f64::from(check) * config.check_interval_seconds;
-            let load = 1.0
-                + config.load_swing * (std::f64::consts::TAU * seconds / config.load_period_seconds + load_phase).sin();
-            let requests = config.total_requests_per_second * load * config.check_interval_seconds;
-            let noise = config.split_noise * rng.standard_normal();
-            let realised_share = (share_percent / 100.0 * (step_drift + noise).exp()).clamp(0.0, 1.0);
+            let CheckTraffic { seconds, requests, share, .. } =
+                traffic.check(check, load_phase, share_percent, step_drift, rng);
             let swing = 1.0
                 + config.error_rate_swing
                     * (std::f64::consts::TAU * seconds / config.error_rate_period_seconds + error_phase).sin();
             let control_rate = config.baseline_error_rate * swing;
             let canary_rate = if regressed { config.regressed_error_rate * swing } else { control_rate };
             let interval = IntervalCounts {
-                canary: draw_cohort(rng, requests * realised_share, canary_rate),
-                control: draw_cohort(rng, requests * (1.0 - realised_share), control_rate),
+                canary: draw_cohort(rng, requests * share, canary_rate),
+                control: draw_cohort(rng, requests * (1.0 - share), control_rate),
             };
             for (rule, first) in rules.iter_mut().zip(first_rollback.iter_mut()) {
                 if first.is_none() && rule.rolls_back(check, interval) {

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use statrs::function::erf::erfc;
 
 use super::random::SeededRng;
+use super::{CheckTraffic, TrafficShape, steps_with_a_window};
 use crate::source::{envoy_bin_bounds_us, fold_onto};
 use crate::stats::{
     CohortCounts, ErrorRateSettings, ErrorRateTest, IntervalCounts, LatencyComparison, LatencyHistogram,
@@ -222,7 +223,17 @@ impl LatencySimulationConfig {
     }
 
     fn observed_steps(&self) -> Vec<f64> {
-        self.ladder_percent.iter().copied().filter(|share| *share < 100.0).collect()
+        steps_with_a_window(&self.ladder_percent)
+    }
+
+    fn traffic(&self) -> TrafficShape {
+        TrafficShape {
+            check_interval_seconds: self.check_interval_seconds,
+            total_requests_per_second: self.total_requests_per_second,
+            load_swing: self.load_swing,
+            load_period_seconds: self.load_period_seconds,
+            split_noise: self.split_noise,
+        }
     }
 }
 
@@ -435,6 +446,7 @@ fn simulate_rollout(
         config.procedures.iter().map(|p| LatencyTests::new(config, *p, with_p50)).collect();
     let mut outcomes = vec![RolloutOutcome::default(); config.procedures.len()];
     let mut errors = ErrorRateTest::new(ErrorRateSettings::default()).ok();
+    let traffic = config.traffic();
     let load_phase = std::f64::consts::TAU * rng.uniform();
     let mut check = 0u32;
     for share_percent in config.observed_steps() {
@@ -447,12 +459,8 @@ fn simulate_rollout(
             }
         }
         for _ in 0..config.checks_per_step {
-            let seconds = f64::from(check) * config.check_interval_seconds;
-            let load = 1.0
-                + config.load_swing * (std::f64::consts::TAU * seconds / config.load_period_seconds + load_phase).sin();
-            let requests = config.total_requests_per_second * load * config.check_interval_seconds;
-            let noise = config.split_noise * rng.standard_normal();
-            let share = (share_percent / 100.0 * (step_drift + noise).exp()).clamp(0.0, 1.0);
+            let CheckTraffic { load, requests, share, .. } =
+                traffic.check(check, load_phase, share_percent, step_drift, rng);
             // A floor of 5 % of the median keeps an extreme sensitivity from reaching zero.
             let load_factor = (1.0 + config.load_sensitivity * (load - 1.0)).max(0.05);
             let control_model = LatencyModel::log_normal(config.median_us * load_factor, config.sigma);

@@ -26,8 +26,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::SimulationConfig;
 use super::random::SeededRng;
+use super::{CheckTraffic, SimulationConfig, steps_with_a_window};
 use crate::stats::{CohortCounts, EventRateTest, IntervalCounts, WorseDirection};
 
 /// Mixed into the seed ("outcome" in ASCII) so these runs draw other numbers than the
@@ -90,8 +90,8 @@ fn simulate_rollout(config: &SimulationConfig, scenario: &OutcomeScenario, rng: 
     let mut test = EventRateTest::new(&scenario.name, scenario.relative_tolerance, scenario.worse).ok()?;
     let load_phase = std::f64::consts::TAU * rng.uniform();
     let mut check = 0u32;
-    let observed = config.ladder_percent.iter().copied().filter(|share| *share < 100.0);
-    for (step, share_percent) in observed.enumerate() {
+    let traffic = config.traffic();
+    for (step, share_percent) in steps_with_a_window(&config.ladder_percent).into_iter().enumerate() {
         let step_drift = config.split_drift * rng.standard_normal();
         let canary_rate = if step as u64 >= u64::from(scenario.canary_rate_from_step) {
             scenario.canary_rate
@@ -99,12 +99,7 @@ fn simulate_rollout(config: &SimulationConfig, scenario: &OutcomeScenario, rng: 
             scenario.control_rate
         };
         for _ in 0..config.checks_per_step {
-            let seconds = f64::from(check) * config.check_interval_seconds;
-            let load = 1.0
-                + config.load_swing * (std::f64::consts::TAU * seconds / config.load_period_seconds + load_phase).sin();
-            let requests = config.total_requests_per_second * load * config.check_interval_seconds;
-            let noise = config.split_noise * rng.standard_normal();
-            let share = (share_percent / 100.0 * (step_drift + noise).exp()).clamp(0.0, 1.0);
+            let CheckTraffic { requests, share, .. } = traffic.check(check, load_phase, share_percent, step_drift, rng);
             let interval = IntervalCounts {
                 canary: draw(rng, requests * share, canary_rate),
                 control: draw(rng, requests * (1.0 - share), scenario.control_rate),
