@@ -5,6 +5,7 @@
 
 pub mod analyzer;
 pub mod browser;
+pub mod cache_upstream;
 pub mod config_server;
 pub mod containers;
 pub mod ecds;

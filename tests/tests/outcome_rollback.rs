@@ -13,26 +13,22 @@ use canary_analyzer::audit::AuditRecord;
 use canary_analyzer::engine::RolloutStatus;
 use canary_core::RolloutPhase;
 use canary_e2e::analyzer::{AnalyzerOptions, AnalyzerProcess, fresh_dir};
+use canary_e2e::cache_upstream::{CacheUpstream, Misses};
 use canary_e2e::envoy::{Envoy, EnvoyConfig};
 use canary_e2e::free_port;
-use canary_e2e::http_server::{self, HttpResult, response};
 use canary_e2e::load::{Load, LoadOptions};
 use canary_e2e::prometheus::Prometheus;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 
 /// The filter's outcome rules, as the plugin configuration's `outcomes` field (README,
 /// "Plugin configuration"); the shipped `envoy/envoy.yaml` tags the `outcome` segment.
 const OUTCOME_RULES: &str = r#"[{ "name": "cache_hit", "response_header": "x-cache", "equals": "HIT" }]"#;
 
-/// Every n-th ordinary request misses the cache: stable 1 in 10, canary 1 in 5 (twice as often).
-const STABLE_MISS_EVERY: u64 = 10;
-const CANARY_MISS_EVERY: u64 = 5;
+/// One request in n misses the cache: stable 1 in 10, canary 1 in 5 (twice as often).
+const STABLE_MISSES: Misses = Misses { misses: 1, every: 10 };
+const CANARY_MISSES: Misses = Misses { misses: 1, every: 5 };
 /// The filter polls every 500 ms, as in the other e2e tests; the analyzer checks every second.
 const POLL_MS: u64 = 500;
 /// 200 requests per second: at 25 % about 50 canary requests a second. The test's
@@ -46,34 +42,6 @@ const LADDER: [(f64, &str); 3] = [(25.0, "20s"), (50.0, "120s"), (100.0, "1s")];
 const SCRAPE_INTERVAL: Duration = Duration::from_millis(250);
 /// The whole rollout must end within this (expected: 20-40 s).
 const LIMIT: Duration = Duration::from_secs(75);
-
-/// An upstream answering `x-version` and `x-cache: HIT`, or `MISS` on every `miss_every`-th request.
-struct CacheUpstream {
-    addr: SocketAddr,
-    task: JoinHandle<()>,
-}
-
-impl Drop for CacheUpstream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn answer(version: &'static str, miss_every: u64, seen: Arc<AtomicU64>) -> HttpResult {
-    let n = seen.fetch_add(1, Ordering::Relaxed) + 1;
-    let cache = if n % miss_every == 0 { "MISS" } else { "HIT" };
-    response(200, &[("x-version", version), ("x-cache", cache)], format!(r#"{{"version":"{version}"}}"#))
-}
-
-impl CacheUpstream {
-    async fn start(version: &'static str, miss_every: u64) -> CacheUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind an upstream");
-        let addr = listener.local_addr().expect("upstream address");
-        let seen = Arc::new(AtomicU64::new(0));
-        let task = http_server::spawn(listener, move |_request| answer(version, miss_every, Arc::clone(&seen)));
-        CacheUpstream { addr, task }
-    }
-}
 
 /// The policy: the error rate and `cache_hit` (lower is worse, no tolerance) critical.
 fn policy(dir: &Path) -> PathBuf {
@@ -107,8 +75,8 @@ struct Run {
 impl Run {
     async fn start(name: &str, source: Source) -> Run {
         let dir = fresh_dir(name);
-        let stable = CacheUpstream::start("stable", STABLE_MISS_EVERY).await;
-        let canary = CacheUpstream::start("canary", CANARY_MISS_EVERY).await;
+        let stable = CacheUpstream::start("stable", STABLE_MISSES).await;
+        let canary = CacheUpstream::start("canary", CANARY_MISSES).await;
         let analyzer_port = free_port();
         let mut config =
             EnvoyConfig::shipped(stable.addr, canary.addr, SocketAddr::from(([127, 0, 0, 1], analyzer_port)));

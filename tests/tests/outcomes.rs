@@ -2,29 +2,22 @@
 //! the admin JSON, the contract's Prometheus names and labels, and requests a rule does
 //! not apply to counted in neither of its counters.
 //!
-//! The upstreams here are the test's own: each answers `/` with `x-cache: MISS` on a
+//! The upstreams (`canary_e2e::cache_upstream`) answer `/` with `x-cache: MISS` on a
 //! fixed fraction of requests (canary 2 in 5, stable 1 in 5, by a counter, so any
-//! multiple of 5 requests holds the exact fraction), and sets any other response header
+//! multiple of 5 requests holds the exact fraction), and set any other response header
 //! or the status from the query string (`/pay?x-payment-result=declined`,
 //! `/checkout?status=402`), so every other count follows from the requests sent.
 
 use canary_core::metrics::{OUTCOME_EVENTS, OUTCOME_REQUESTS, REQUESTS};
 use canary_core::{Share, bucket};
+use canary_e2e::cache_upstream::{CacheUpstream, Misses};
 use canary_e2e::envoy::{Envoy, EnvoyConfig};
-use canary_e2e::http_server::{self, HttpResult};
 use canary_e2e::traffic::user_ids;
-use hyper::Request;
-use hyper::body::Incoming;
-use hyper::header::HeaderValue;
 use prometheus_parse::{Scrape, Value as PromValue};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 
 /// The deployment id of the shipped configuration.
 const DEPLOYMENT: &str = "demo";
@@ -39,59 +32,6 @@ fn rules() -> Value {
         {"name": "slow_db", "response_header": "x-db-time-ms", "above": 100},
         {"name": "payment_required", "status": 402, "path_prefix": "/checkout", "methods": ["POST"]}
     ])
-}
-
-/// An upstream: `/` gets `x-cache`, MISS on `misses_in_5` of every 5 requests; any path
-/// gets the query's `name=value` pairs as response headers (`status=N` as the status;
-/// the value `binary` as the bytes `\xff150`, which is not UTF-8).
-struct CacheUpstream {
-    addr: SocketAddr,
-    task: JoinHandle<()>,
-}
-
-impl Drop for CacheUpstream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn answer(
-    version: &'static str,
-    misses_in_5: u64,
-    root_requests: Arc<AtomicU64>,
-    req: Request<Incoming>,
-) -> HttpResult {
-    let mut status = 200;
-    let mut builder = hyper::Response::builder().header("x-version", version);
-    if req.uri().path() == "/" {
-        let n = root_requests.fetch_add(1, Ordering::Relaxed);
-        builder = builder.header("x-cache", if n % 5 < misses_in_5 { "MISS" } else { "HIT" });
-    }
-    for pair in req.uri().query().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if name == "status" {
-            status = value.parse().unwrap_or(400);
-        } else if value == "binary" {
-            builder = builder.header(name, HeaderValue::from_bytes(b"\xff150").expect("obs-text is a header value"));
-        } else {
-            builder = builder.header(name, value);
-        }
-    }
-    builder
-        .status(status)
-        .body(http_body_util::Full::new(hyper::body::Bytes::from(version)))
-        .map_err(std::io::Error::other)
-}
-
-impl CacheUpstream {
-    async fn start(version: &'static str, misses_in_5: u64) -> CacheUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
-        let addr = listener.local_addr().expect("upstream address");
-        let root_requests = Arc::new(AtomicU64::new(0));
-        let task =
-            http_server::spawn(listener, move |req| answer(version, misses_in_5, Arc::clone(&root_requests), req));
-        CacheUpstream { addr, task }
-    }
 }
 
 /// One kind of request of the plan: method, path with query, how many per cohort.
@@ -204,8 +144,8 @@ async fn admin_counts(http: &reqwest::Client, envoy: &Envoy) -> BTreeMap<(String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outcomes_are_counted_per_cohort_with_the_contract_names() {
-    let stable = CacheUpstream::start("stable", 1).await;
-    let canary = CacheUpstream::start("canary", 2).await;
+    let stable = CacheUpstream::start("stable", Misses { misses: 1, every: 5 }).await;
+    let canary = CacheUpstream::start("canary", Misses { misses: 2, every: 5 }).await;
     // No analyzer: the share is the initial one, so no config server and no polling.
     let nowhere: SocketAddr = "127.0.0.1:1".parse().expect("address");
     let mut config = EnvoyConfig::shipped(stable.addr, canary.addr, nowhere);
