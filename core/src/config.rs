@@ -407,11 +407,12 @@ impl RawAnalyzer {
 mod tests {
     use super::*;
 
-    fn parse(json: &str) -> Result<FilterConfig, ConfigError> {
+    /// Also the outcome rules' tests' (`config::outcomes`).
+    pub(super) fn parse(json: &str) -> Result<FilterConfig, ConfigError> {
         FilterConfig::parse(json.as_bytes())
     }
 
-    fn error(json: &str) -> ConfigError {
+    pub(super) fn error(json: &str) -> ConfigError {
         match parse(json) {
             Ok(c) => panic!("expected an error for {json}, got {c:?}"),
             Err(e) => e,

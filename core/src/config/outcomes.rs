@@ -334,18 +334,7 @@ fn methods(field: &str, value: Json) -> Result<Vec<String>, ConfigError> {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::{ConfigError, FilterConfig};
-
-    fn parse(json: &str) -> Result<FilterConfig, ConfigError> {
-        FilterConfig::parse(json.as_bytes())
-    }
-
-    fn error(json: &str) -> ConfigError {
-        match parse(json) {
-            Ok(c) => panic!("expected an error for {json}, got {c:?}"),
-            Err(e) => e,
-        }
-    }
+    use crate::config::tests::{error, parse};
 
     /// `{"deployment":"a","outcomes":[<rules>]}`.
     fn with_outcomes(rules: &str) -> String {
