@@ -22,6 +22,7 @@ use canary_e2e::envoy::{Envoy, EnvoyConfig};
 use canary_e2e::free_port;
 use canary_e2e::load::{Load, LoadOptions, LoadStats};
 use canary_e2e::prometheus::Prometheus;
+use canary_e2e::soak::prometheus_sum;
 use canary_e2e::tcp_gate::TcpGate;
 use canary_e2e::upstream::Upstream;
 use std::net::SocketAddr;
@@ -71,15 +72,6 @@ fn policy(dir: &Path) -> PathBuf {
 /// The applied-rollout gauges of one Envoy: `(generation, share_bp, config_age_ms)`.
 type Gauges = (u64, u64, u64);
 
-/// Sum of one metric's samples (all label sets) in exposition text.
-fn sum_of(text: &str, metric: &str) -> u64 {
-    text.lines()
-        .filter(|line| line.starts_with(metric) && line[metric.len()..].starts_with(['{', ' ']))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .sum()
-}
-
 async fn gauges(envoy: &Envoy) -> Gauges {
     let url = format!("http://{}/stats/prometheus", envoy.admin);
     let filter = "(applied_generation|applied_share_bp|config_age_ms)$";
@@ -93,15 +85,15 @@ async fn gauges(envoy: &Envoy) -> Gauges {
         .await
         .expect("stats text");
     (
-        sum_of(&text, "canary_applied_generation"),
-        sum_of(&text, "canary_applied_share_bp"),
-        sum_of(&text, "canary_config_age_ms"),
+        prometheus_sum(&text, "canary_applied_generation") as u64,
+        prometheus_sum(&text, "canary_applied_share_bp") as u64,
+        prometheus_sum(&text, "canary_config_age_ms") as u64,
     )
 }
 
 /// Every request the filter of this Envoy process counted, all cohorts and classes.
 async fn counted(envoy: &Envoy) -> u64 {
-    sum_of(&envoy.prometheus().await, "canary_requests_total")
+    prometheus_sum(&envoy.prometheus().await, "canary_requests_total") as u64
 }
 
 /// One Envoy of the fleet with its gates and its load (one per process: a restart
