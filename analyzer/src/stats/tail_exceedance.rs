@@ -140,8 +140,11 @@ pub struct TailExceedanceTest {
     exceeds: Vec<ShiftEvidence>,
     /// "The canary's shift is below `d`", one per offset, ascending.
     falls_short: Vec<ShiftEvidence>,
-    /// Control's histograms of the last [`REFERENCE_CHECKS`] checks, oldest first.
-    reference: VecDeque<LatencyHistogram>,
+    /// The edge each of the last [`REFERENCE_CHECKS`] checks chose from its own
+    /// control histogram (`None`: no candidate), oldest first; chosen once per check.
+    reference: VecDeque<Option<usize>>,
+    /// The bucket layout (upper bounds, µs) the edges in `reference` index.
+    reference_bounds: Vec<u64>,
     canary_observations: u64,
     control_observations: u64,
     informative_intervals: u64,
@@ -173,6 +176,7 @@ impl TailExceedanceTest {
             falls_short: evidence(&offsets),
             grid,
             reference: VecDeque::new(),
+            reference_bounds: Vec::new(),
             canary_observations: 0,
             control_observations: 0,
             informative_intervals: 0,
@@ -197,15 +201,16 @@ impl TailExceedanceTest {
         let (canary_total, control_total) = (canary.total(), control.total());
         self.canary_observations = self.canary_observations.saturating_add(canary_total);
         self.control_observations = self.control_observations.saturating_add(control_total);
-        if self.reference.front().is_some_and(|oldest| oldest.upper_bounds_us() != edges) {
+        if self.reference_bounds != edges {
             // A new bucket layout: thresholds are chosen afresh from its own data.
             self.reference.clear();
+            self.reference_bounds = edges.to_vec();
         }
         let chosen = self.control_edge();
         if let (Some(control_edge), true) = (chosen, canary_total > 0 && control_total > 0) {
             self.add_interval(canary, control, control_edge);
         }
-        self.reference.push_back(control.clone());
+        self.reference.push_back(choose_control_edge(control, self.quantile, self.tolerance_us));
         while self.reference.len() > REFERENCE_CHECKS {
             self.reference.pop_front();
         }
@@ -218,11 +223,7 @@ impl TailExceedanceTest {
     /// the threshold into its stall for the next [`REFERENCE_CHECKS`] checks, as a
     /// pooled reference would.
     fn control_edge(&self) -> Option<usize> {
-        let mut choices: Vec<usize> = self
-            .reference
-            .iter()
-            .filter_map(|past| choose_control_edge(past, self.quantile, self.tolerance_us))
-            .collect();
+        let mut choices: Vec<usize> = self.reference.iter().flatten().copied().collect();
         choices.sort_unstable();
         choices.get(choices.len() / 2).copied()
     }
