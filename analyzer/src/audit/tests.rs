@@ -1,0 +1,392 @@
+use super::*;
+use crate::ladder::{Actor, OverrideAction, decide, human_override};
+use crate::stats::{ComparisonRow, DifferenceScale, Verdict};
+use crate::step_evidence::StepEvidence;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+const T0: u64 = 1_700_000_000_000;
+const WINDOW_MS: u64 = 300_000;
+
+/// The overrides' caller, as the API authenticates it.
+fn alice() -> crate::ladder::ActedBy {
+    Actor::human("alice").unwrap().into()
+}
+
+/// A fresh directory per test under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let unique = format!(
+            "canary-audit-{}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed),
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+        );
+        let path = std::env::temp_dir().join(unique);
+        fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn policy() -> RolloutPolicy {
+    RolloutPolicy::from_yaml(
+        "apiVersion: canary.wasm.dev/v1alpha1\nkind: RolloutPolicy\nmetadata: {name: p}\nspec:\n  \
+         deployment: checkout\n  metrics: [{name: error_rate}]\n",
+    )
+    .unwrap()
+}
+
+fn rows(verdict: Verdict) -> Vec<ComparisonRow> {
+    vec![ComparisonRow {
+        metric: "error_rate".into(),
+        canary: Some(0.01),
+        control: Some(0.005),
+        absolute_difference: Some(0.005),
+        relative_difference: Some(1.0),
+        interval: None,
+        interval_scale: DifferenceScale::Relative,
+        p_value: Some(0.01),
+        verdict,
+        unit: crate::stats::ValueUnit::Fraction,
+    }]
+}
+
+/// Registers a rollout and commits `promotions` automatic promotions; returns its state.
+fn run(store: &mut RolloutStore, policy: &RolloutPolicy, promotions: u64) -> RolloutState {
+    let mut state = RolloutState::start(policy, 0, T0);
+    store.commit(T0, policy, &Decision::start(&state, Actor::Human("ci".into()), "deploy 42"), None, &state).unwrap();
+    for i in 1..=promotions {
+        let now = T0 + i * WINDOW_MS;
+        let decision = decide(policy, &state, &rows(Verdict::NoDifference), &StepEvidence::ample(), now);
+        let after = state.next(&decision, now).unwrap();
+        let committed = store.commit(now, policy, &decision, Some(&state), &after).unwrap();
+        assert!(committed.state_error.is_none());
+        state = after;
+    }
+    state
+}
+
+fn sequences(path: &Path) -> Vec<u64> {
+    AuditLog::read_all(path).unwrap().iter().map(|r| r.sequence).collect()
+}
+
+#[test]
+fn a_restarted_store_resumes_the_same_step() {
+    let dir = TempDir::new();
+    let policy = policy();
+    let (mut store, rollouts) = RolloutStore::open(&dir.0).unwrap();
+    assert!(rollouts.is_empty());
+    let state = run(&mut store, &policy, 2);
+    assert_eq!(state.share_bp, 2_500);
+    drop(store);
+    let (store, rollouts) = RolloutStore::open(&dir.0).unwrap();
+    let resumed = &rollouts["checkout"];
+    assert_eq!(resumed.state, state);
+    assert_eq!(resumed.policy, policy);
+    assert_eq!(resumed.last_applied_sequence, 3);
+    let records = AuditLog::read_all(store.audit_path()).unwrap();
+    assert_eq!(records.len(), 3);
+    assert_eq!(records[0].before, None);
+    assert_eq!(records[0].decision.actor, Actor::Human("ci".into()));
+    assert_eq!(records[2].before.as_ref().map(|s| s.share_bp), Some(500));
+    assert_eq!(records[2].after, state);
+    assert_eq!(records[2].decision.rows, rows(Verdict::NoDifference));
+    assert_eq!(records[2].policy_hash, policy.fingerprint());
+    assert_eq!(records[2].policy_name, "p");
+}
+
+#[test]
+fn a_torn_last_line_is_cut_off_and_its_sequence_reused() {
+    let dir = TempDir::new();
+    let policy = policy();
+    let (mut store, _) = RolloutStore::open(&dir.0).unwrap();
+    let state = run(&mut store, &policy, 1);
+    let audit_path = store.audit_path().to_path_buf();
+    drop(store);
+    // A crash mid-append: half of a third record, no newline.
+    let complete = fs::read(&audit_path).unwrap();
+    let first_line_len = complete.iter().position(|&b| b == b'\n').unwrap();
+    let torn = &complete[..first_line_len / 2];
+    OpenOptions::new().append(true).open(&audit_path).unwrap().write_all(torn).unwrap();
+
+    let (mut store, rollouts) = RolloutStore::open(&dir.0).unwrap();
+    assert_eq!(rollouts["checkout"].state, state, "the torn record never took effect");
+    assert_eq!(fs::read(&audit_path).unwrap(), complete, "the torn bytes are cut off the log");
+    let aside = audit_path.with_file_name("audit.jsonl.torn-1");
+    assert_eq!(fs::read(&aside).unwrap(), torn, "and set aside, not dropped");
+    let rollback = human_override(&policy, &state, &OverrideAction::Rollback, &alice(), "bad", vec![]).unwrap();
+    let after = state.next(&rollback, T0 + 2 * WINDOW_MS).unwrap();
+    let committed = store.commit(T0 + 2 * WINDOW_MS, &policy, &rollback, Some(&state), &after).unwrap();
+    assert_eq!(committed.record.sequence, 3);
+    assert_eq!(sequences(&audit_path), [1, 2, 3]);
+}
+
+#[test]
+fn a_complete_but_garbled_last_line_is_torn_too() {
+    let dir = TempDir::new();
+    let (mut store, _) = RolloutStore::open(&dir.0).unwrap();
+    run(&mut store, &policy(), 1);
+    let audit_path = store.audit_path().to_path_buf();
+    drop(store);
+    // Delayed allocation can leave zeros where the last write's data never landed.
+    OpenOptions::new().append(true).open(&audit_path).unwrap().write_all(b"{\"sequence\":3,\0\0\0\n").unwrap();
+    let (log, recovery) = AuditLog::open(&audit_path).unwrap();
+    assert_eq!((recovery.records, recovery.truncated_bytes), (2, 18));
+    assert_eq!(log.next_sequence(), 3);
+}
+
+#[test]
+fn a_crash_between_log_and_state_is_replayed_once() {
+    let dir = TempDir::new();
+    let policy = policy();
+    let (mut store, _) = RolloutStore::open(&dir.0).unwrap();
+    let state = run(&mut store, &policy, 1);
+    drop(store);
+    // The decision reached the log but the process died before the state file was replaced.
+    let (mut log, _) = AuditLog::open(&dir.0.join(AUDIT_FILE)).unwrap();
+    let now = T0 + 2 * WINDOW_MS;
+    let promote = decide(&policy, &state, &rows(Verdict::NoDifference), &StepEvidence::ample(), now);
+    let after = state.next(&promote, now).unwrap();
+    log.append(now, &policy, &promote, Some(&state), &after).unwrap();
+    drop(log);
+    let stale = StateStore::open(&dir.0.join(STATE_DIR)).unwrap().load_all().unwrap();
+    assert_eq!(stale["checkout"].state, state);
+
+    for _ in 0..2 {
+        let (store, rollouts) = RolloutStore::open(&dir.0).unwrap();
+        assert_eq!(rollouts["checkout"].state, after);
+        assert_eq!(rollouts["checkout"].last_applied_sequence, 3);
+        assert_eq!(sequences(store.audit_path()), [1, 2, 3], "no record lost or duplicated");
+    }
+    let persisted = StateStore::open(&dir.0.join(STATE_DIR)).unwrap().load_all().unwrap();
+    assert_eq!(persisted["checkout"].state, after, "the state file caught up");
+}
+
+#[test]
+fn a_rollout_registered_just_before_a_crash_is_recovered_from_the_log() {
+    let dir = TempDir::new();
+    let policy = policy();
+    let (mut log, _) = AuditLog::open(&dir.0.join(AUDIT_FILE)).unwrap();
+    let state = RolloutState::start(&policy, 0, T0);
+    log.append(T0, &policy, &Decision::start(&state, Actor::Analyzer, "policy file"), None, &state).unwrap();
+    drop(log);
+    let (_, rollouts) = RolloutStore::open(&dir.0).unwrap();
+    assert_eq!(rollouts["checkout"].state, state);
+    assert_eq!(rollouts["checkout"].policy, policy);
+}
+
+#[test]
+fn sequences_never_go_back_below_what_a_state_file_remembers() {
+    let dir = TempDir::new();
+    let (mut store, _) = RolloutStore::open(&dir.0).unwrap();
+    let state = run(&mut store, &policy(), 2);
+    drop(store);
+    // The audit log is gone (rotated away, say): the state still knows sequence 3.
+    fs::remove_file(dir.0.join(AUDIT_FILE)).unwrap();
+    let (mut store, rollouts) = RolloutStore::open(&dir.0).unwrap();
+    assert_eq!(rollouts["checkout"].state, state);
+    let pause = human_override(&policy(), &state, &OverrideAction::Pause, &alice(), "why", vec![]).unwrap();
+    let after = state.next(&pause, T0).unwrap();
+    assert_eq!(store.commit(T0, &policy(), &pause, Some(&state), &after).unwrap().record.sequence, 4);
+}
+
+/// Keeps only the records with sequence numbers in `keep` (a log rotated or cut by hand).
+fn keep_records(path: &Path, keep: RangeInclusive<u64>) {
+    let kept: String = fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|line| keep.contains(&serde_json::from_str::<AuditRecord>(line).unwrap().sequence))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    fs::write(path, kept).unwrap();
+}
+
+#[test]
+fn a_deleted_audit_log_does_not_stop_the_next_start() {
+    let dir = TempDir::new();
+    let policy = policy();
+    let (mut store, _) = RolloutStore::open(&dir.0).unwrap();
+    let state = run(&mut store, &policy, 2);
+    drop(store);
+    fs::remove_file(dir.0.join(AUDIT_FILE)).unwrap();
+    let (mut store, _) = RolloutStore::open(&dir.0).unwrap();
+    let pause = human_override(&policy, &state, &OverrideAction::Pause, &alice(), "why", vec![]).unwrap();
+    let paused = state.next(&pause, T0).unwrap();
+    assert_eq!(store.commit(T0, &policy, &pause, Some(&state), &paused).unwrap().record.sequence, 4);
+    drop(store);
+    // The log now starts at 4: records 1..=3 went with the deleted file.
+    for _ in 0..2 {
+        let (store, rollouts) = RolloutStore::open(&dir.0).unwrap();
+        assert_eq!(rollouts["checkout"].state, paused);
+        assert_eq!(store.audit.next_sequence(), 5);
+        assert_eq!(sequences(store.audit_path()), [4]);
+    }
+}
+
+#[test]
+fn a_log_rotated_after_its_second_record_opens_from_sequence_3() {
+    let dir = TempDir::new();
+    let (mut store, _) = RolloutStore::open(&dir.0).unwrap();
+    run(&mut store, &policy(), 4);
+    let audit_path = store.audit_path().to_path_buf();
+    drop(store);
+    keep_records(&audit_path, 3..=5);
+    let (log, recovery) = AuditLog::open(&audit_path).unwrap();
+    assert_eq!(recovery.records, 3);
+    assert_eq!(recovery.missing, [1..=2]);
+    assert_eq!(recovery.latest_by_deployment["checkout"].sequence, 5);
+    assert_eq!(log.next_sequence(), 6);
+}
+
+#[test]
+fn state_files_ahead_of_a_rotated_log_are_skipped_past_and_reopen() {
+    let dir = TempDir::new();
+    let policy = policy();
+    let (mut store, _) = RolloutStore::open(&dir.0).unwrap();
+    let state = run(&mut store, &policy, 3);
+    let audit_path = store.audit_path().to_path_buf();
+    drop(store);
+    // Rotated before record 2, and record 4 lost (an older copy restored): the state file remembers 4.
+    keep_records(&audit_path, 2..=3);
+    let (mut store, rollouts) = RolloutStore::open(&dir.0).unwrap();
+    assert_eq!(rollouts["checkout"].state, state, "the state file is newer than the log: kept");
+    let pause = human_override(&policy, &state, &OverrideAction::Pause, &alice(), "why", vec![]).unwrap();
+    let paused = state.next(&pause, T0).unwrap();
+    assert_eq!(store.commit(T0, &policy, &pause, Some(&state), &paused).unwrap().record.sequence, 5);
+    drop(store);
+    for _ in 0..2 {
+        let (store, rollouts) = RolloutStore::open(&dir.0).unwrap();
+        assert_eq!(rollouts["checkout"].state, paused);
+        assert_eq!(store.audit.next_sequence(), 6);
+    }
+    let (_, recovery) = AuditLog::open(&audit_path).unwrap();
+    assert_eq!(recovery.missing, [1..=1, 4..=4]);
+}
+
+#[test]
+fn a_second_open_of_a_locked_store_is_refused_with_the_holders_pid() {
+    let dir = TempDir::new();
+    let (first, _) = RolloutStore::open(&dir.0).unwrap();
+    let pid = std::process::id();
+    assert_eq!(fs::read_to_string(dir.0.join(LOCK_FILE)).unwrap(), format!("{pid}\n"));
+    // The owner is mid-save: the refused open must not clean up its temporary file.
+    let temp = dir.0.join(STATE_DIR).join("checkout.json.tmp");
+    fs::write(&temp, b"{\"half\":").unwrap();
+
+    let error = RolloutStore::open(&dir.0).unwrap_err();
+    assert!(matches!(error, AuditError::Locked { holder_pid: Some(p), .. } if p == pid), "{error:?}");
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "store directory {} is in use by another process (pid {pid}, lock {}): one analyzer per state \
+             directory",
+            dir.0.display(),
+            dir.0.join(LOCK_FILE).display()
+        )
+    );
+    assert!(temp.exists());
+    assert_eq!(fs::read_to_string(dir.0.join(LOCK_FILE)).unwrap(), format!("{pid}\n"), "pid kept");
+
+    drop(first);
+    let (_second, _) = RolloutStore::open(&dir.0).unwrap();
+    assert!(!temp.exists(), "the new owner cleaned up");
+}
+
+#[test]
+fn a_poisoned_log_reports_the_store_unhealthy() {
+    let dir = TempDir::new();
+    let policy = policy();
+    let (mut store, _) = RolloutStore::open(&dir.0).unwrap();
+    let state = run(&mut store, &policy, 0);
+    let health = store.health();
+    assert!(health.is_recording());
+    assert_eq!(health.failure(), None);
+    // A real fault on both steps: write(2) and ftruncate(2) on a read-only descriptor of the log both fail.
+    store.audit.file = File::open(store.audit_path()).unwrap();
+    let pause = human_override(&policy, &state, &OverrideAction::Pause, &alice(), "why", vec![]).unwrap();
+    let paused = state.next(&pause, T0).unwrap();
+    let error = store.commit(T0, &policy, &pause, Some(&state), &paused).unwrap_err();
+    assert!(matches!(error, AuditError::Io { action: "append to audit log", .. }), "{error:?}");
+
+    assert!(!health.is_recording(), "the handle taken before the failure sees it");
+    assert!(!store.health().is_recording());
+    let failure = health.failure().unwrap();
+    assert!(failure.contains("could not be cut off"), "{failure}");
+    assert!(failure.contains(AUDIT_FILE), "{failure}");
+    let error = store.commit(T0, &policy, &pause, Some(&state), &paused).unwrap_err();
+    assert!(matches!(error, AuditError::Poisoned(_)), "{error:?}");
+    drop(store);
+    // Reopening is the cure: the log holds only the complete record.
+    let (store, _) = RolloutStore::open(&dir.0).unwrap();
+    assert!(store.health().is_recording());
+    assert_eq!(sequences(store.audit_path()), [1]);
+}
+
+#[test]
+fn a_failed_state_save_still_commits_the_logged_decision() {
+    let dir = TempDir::new();
+    let policy = policy();
+    let (mut store, _) = RolloutStore::open(&dir.0).unwrap();
+    let state = run(&mut store, &policy, 0);
+    // The state directory disappears under the store: the save fails, the log does not.
+    let state_dir = dir.0.join(STATE_DIR);
+    fs::remove_dir_all(&state_dir).unwrap();
+    fs::write(&state_dir, b"not a directory").unwrap();
+    let pause = human_override(&policy, &state, &OverrideAction::Pause, &alice(), "why", vec![]).unwrap();
+    let after = state.next(&pause, T0).unwrap();
+    let committed = store.commit(T0, &policy, &pause, Some(&state), &after).unwrap();
+    assert!(committed.state_error.is_some());
+    assert_eq!(committed.record.sequence, 2);
+    drop(store);
+    fs::remove_file(&state_dir).unwrap();
+    let (_, rollouts) = RolloutStore::open(&dir.0).unwrap();
+    assert_eq!(rollouts["checkout"].state, after, "recovered from the log");
+}
+
+#[test]
+fn corruption_before_the_last_line_is_refused() {
+    let dir = TempDir::new();
+    let (mut store, _) = RolloutStore::open(&dir.0).unwrap();
+    run(&mut store, &policy(), 2);
+    let audit_path = store.audit_path().to_path_buf();
+    drop(store);
+    let text = fs::read_to_string(&audit_path).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines[1] = "garbage";
+    fs::write(&audit_path, format!("{}\n", lines.join("\n"))).unwrap();
+    let error = RolloutStore::open(&dir.0).unwrap_err();
+    assert!(matches!(error, AuditError::Corrupt { line: 2, .. }), "{error}");
+    // A duplicated record is corruption too.
+    let lines: Vec<&str> = text.lines().collect();
+    fs::write(&audit_path, format!("{}\n{}\n{}\n", lines[0], lines[1], lines[1])).unwrap();
+    let error = AuditLog::open(&audit_path).unwrap_err();
+    assert!(error.to_string().contains("sequence 2 follows 2"), "{error}");
+    // So is one that goes back: missing numbers are accepted, reordered ones are not.
+    fs::write(&audit_path, format!("{}\n{}\n", lines[1], lines[0])).unwrap();
+    let error = AuditLog::open(&audit_path).unwrap_err();
+    assert!(error.to_string().contains("sequence 1 follows 2"), "{error}");
+}
+
+#[test]
+fn left_over_temporary_state_files_are_ignored_and_removed() {
+    let dir = TempDir::new();
+    let (mut store, _) = RolloutStore::open(&dir.0).unwrap();
+    let state = run(&mut store, &policy(), 1);
+    drop(store);
+    let temp = dir.0.join(STATE_DIR).join("checkout.json.tmp");
+    fs::write(&temp, b"{\"half\":").unwrap();
+    let (_, rollouts) = RolloutStore::open(&dir.0).unwrap();
+    assert_eq!(rollouts["checkout"].state, state);
+    assert!(!temp.exists());
+}
