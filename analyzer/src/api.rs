@@ -10,6 +10,10 @@
 //! audit, dashboard) are open unless `--require-viewer`; `/v1/rollouts/{d}/config`
 //! (the filter's poll carries no token), `/healthz` and `/metrics` are always open.
 
+mod audit_pages;
+mod health;
+
+use crate::audit::AuditPage;
 use crate::auth::{Authenticator, Identity, Permission, Refusal};
 use crate::dashboard;
 use crate::engine::{Engine, EngineError, now_ms};
@@ -22,7 +26,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio::net::TcpListener;
@@ -160,13 +163,14 @@ fn with_identity(identity: &Identity, answer: impl IntoResponse) -> Response {
 /// The router; `state` carries the engine and who may do what.
 pub fn app(state: AppState) -> Router {
     Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
+        .route("/healthz", get(health::healthz))
+        .route("/livez", get(health::livez))
+        .route("/metrics", get(health::metrics))
         .route("/v1/rollouts", get(list).post(register))
         .route("/v1/rollouts/{deployment}", get(status))
         .route("/v1/rollouts/{deployment}/config", get(config))
         .route("/v1/rollouts/{deployment}/report", get(report))
-        .route("/v1/rollouts/{deployment}/audit", get(audit))
+        .route("/v1/rollouts/{deployment}/audit", get(audit_pages::audit))
         .route("/v1/rollouts/{deployment}/override", post(override_rollout))
         .route("/", get(dashboard_index))
         .route("/live", get(dashboard_index_live))
@@ -214,15 +218,6 @@ async fn report(
 ) -> Result<Response, ApiError> {
     state.check_read(&headers, "rollout report")?;
     Ok(Json(state.engine.status(&deployment, now_ms()).await?.rows).into_response())
-}
-
-async fn audit(
-    State(state): State<AppState>,
-    Path(deployment): Path<String>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    state.check_read(&headers, "audit log")?;
-    Ok(Json(state.engine.audit(&deployment)?).into_response())
 }
 
 /// Body: the policy document (YAML or JSON). Recorded as the token's identity; the
@@ -331,7 +326,7 @@ async fn rollout_view(
         Err(EngineError::NotFound(_)) => return Ok(html_not_found(deployment)),
         Err(e) => return Err(e.into()),
     };
-    let audit = state.engine.audit(deployment)?;
+    let audit = state.engine.audit_page(deployment, AuditPage::newest(dashboard::LOG_LIMIT)).await?;
     Ok(html(render(&status, &audit)))
 }
 
@@ -353,79 +348,8 @@ async fn dashboard_rollout_live(
     rollout_view(&state, &deployment, dashboard::rollout_fragment).await
 }
 
-/// Liveness for Kubernetes and humans: 503 `unhealthy` when decisions can no longer
-/// be recorded (every rollback would be refused: restart, or page a human); else
-/// `ok`, or `degraded` (200, with the reasons) when a rollout could not be rebuilt
-/// at start: restarting would not fix that.
-async fn healthz(State(state): State<AppState>) -> Response {
-    if let Some(failure) = state.engine.recording_failure() {
-        tracing::error!(error = %failure, "health check: decisions cannot be recorded");
-        let body = format!("unhealthy\ncannot record decisions: {failure}\n");
-        return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
-    }
-    let broken = state.engine.broken_rollouts();
-    if broken.is_empty() {
-        return "ok\n".into_response();
-    }
-    let mut body = String::from("degraded\n");
-    for line in &broken {
-        let _ = writeln!(body, "rollout {line}");
-    }
-    body.into_response()
-}
-
-/// The analyzer's own metrics, Prometheus text format.
-async fn metrics(State(state): State<AppState>) -> Response {
-    let c = &state.engine.counters;
-    let mut out = String::new();
-    for (name, help, value) in [
-        ("canary_analyzer_checks_total", "Checks run.", c.checks.load(Ordering::Relaxed)),
-        (
-            "canary_analyzer_check_failures_total",
-            "Checks that failed (scrape, statistics).",
-            c.check_failures.load(Ordering::Relaxed),
-        ),
-        ("canary_analyzer_decisions_total", "Decisions that changed a rollout.", c.decisions.load(Ordering::Relaxed)),
-        ("canary_analyzer_overrides_total", "Human overrides applied.", c.overrides.load(Ordering::Relaxed)),
-        (
-            "canary_analyzer_unauthorized_total",
-            "Requests refused for a missing or wrong token (401; by reason in canary_analyzer_auth_refusals_total).",
-            c.unauthorized.load(Ordering::Relaxed),
-        ),
-    ] {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
-    }
-    let recording = u8::from(state.engine.recording_failure().is_none());
-    let broken = state.engine.broken_rollouts().len();
-    let _ = writeln!(
-        out,
-        "# HELP canary_analyzer_audit_recording 1 while decisions can be appended to the audit log, 0 once it failed.\n\
-         # TYPE canary_analyzer_audit_recording gauge\ncanary_analyzer_audit_recording {recording}\n\
-         # HELP canary_analyzer_broken_rollouts Rollouts that could not be rebuilt at start (served, not checked).\n\
-         # TYPE canary_analyzer_broken_rollouts gauge\ncanary_analyzer_broken_rollouts {broken}"
-    );
-    let _ = writeln!(
-        out,
-        "# HELP canary_analyzer_share_bp Canary share served, basis points.\n# TYPE canary_analyzer_share_bp gauge"
-    );
-    let configs = state.engine.configs();
-    for config in &configs {
-        let _ = writeln!(out, "canary_analyzer_share_bp{{deployment=\"{}\"}} {}", config.deployment, config.share_bp);
-    }
-    let _ = writeln!(
-        out,
-        "# HELP canary_analyzer_generation Config generation served.\n# TYPE canary_analyzer_generation gauge"
-    );
-    for config in &configs {
-        let _ =
-            writeln!(out, "canary_analyzer_generation{{deployment=\"{}\"}} {}", config.deployment, config.generation);
-    }
-    out.push_str(&state.auth.metrics_text());
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::engine::SourceSettings;
     use crate::notify::Notifier;
@@ -433,18 +357,18 @@ mod tests {
     use axum::http::Request;
     use tower::ServiceExt;
 
-    const POLICY: &str = "apiVersion: canary.wasm.dev/v1alpha1\nkind: RolloutPolicy\nmetadata: {name: api-test}\n\
+    pub(crate) const POLICY: &str = "apiVersion: canary.wasm.dev/v1alpha1\nkind: RolloutPolicy\nmetadata: {name: api-test}\n\
                           spec: {deployment: checkout}\n";
 
     fn state(token: Option<&str>) -> AppState {
         state_in(&temp_dir(), token)
     }
 
-    fn temp_dir() -> std::path::PathBuf {
+    pub(crate) fn temp_dir() -> std::path::PathBuf {
         std::env::temp_dir().join(format!("canary-api-{}-{}", std::process::id(), now_ms() ^ rand_suffix()))
     }
 
-    fn state_in(dir: &std::path::Path, token: Option<&str>) -> AppState {
+    pub(crate) fn state_in(dir: &std::path::Path, token: Option<&str>) -> AppState {
         let auth = Authenticator::from_settings(token, None, false).unwrap();
         state_with(dir, auth)
     }
@@ -465,7 +389,13 @@ mod tests {
         NEXT.fetch_add(1, Ordering::Relaxed) << 48
     }
 
-    async fn call(app: &Router, method: &str, uri: &str, token: Option<&str>, body: &str) -> (StatusCode, String) {
+    pub(crate) async fn call(
+        app: &Router,
+        method: &str,
+        uri: &str,
+        token: Option<&str>,
+        body: &str,
+    ) -> (StatusCode, String) {
         let mut request = Request::builder().method(method).uri(uri);
         if let Some(token) = token {
             request = request.header("authorization", format!("Bearer {token}"));

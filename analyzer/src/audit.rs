@@ -35,6 +35,7 @@
 //! every later commit fails (rollbacks too) until the store is reopened.
 
 mod health;
+mod index;
 mod log;
 mod state_files;
 mod store;
@@ -51,9 +52,10 @@ use crate::ladder::{Decision, RolloutState};
 use crate::policy::RolloutPolicy;
 
 pub use health::StoreHealth;
+pub use index::{AuditPage, AuditReader};
 pub use log::{AuditLog, AuditRecovery};
 pub use state_files::{PersistedRollout, StateStore};
-pub use store::{Committed, RolloutStore};
+pub use store::{Committed, RETRY_INTERVAL_MS, Recorded, RolloutStore};
 
 /// The audit log's file name inside a store directory.
 pub const AUDIT_FILE: &str = "audit.jsonl";
@@ -82,7 +84,7 @@ pub enum AuditError {
     },
     #[error("cannot encode an audit record")]
     Encode(#[source] serde_json::Error),
-    #[error("audit log {0} failed a write it could not undo; reopen the store")]
+    #[error("audit log {0} ends in the partial line of a failed append that cannot be cut off")]
     Poisoned(PathBuf),
     #[error(
         "store directory {dir} is in use by another process ({}, lock {lock}): one analyzer per state directory",
@@ -124,6 +126,35 @@ pub struct AuditRecord {
     /// `None` for the record that registers a rollout.
     pub before: Option<RolloutState>,
     pub after: RolloutState,
+    /// Set only when the decision took effect before its record could be appended
+    /// (a rollback while the disk was full, see [`RolloutStore::commit_or_defer`]):
+    /// when the record finally was (Unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recorded_late_at_ms: Option<u64>,
+}
+
+impl AuditRecord {
+    /// The record of a decision, before the log gives it its sequence number.
+    fn draft(
+        at_ms: u64,
+        policy: &RolloutPolicy,
+        decision: &Decision,
+        before: Option<&RolloutState>,
+        after: &RolloutState,
+    ) -> AuditRecord {
+        AuditRecord {
+            sequence: 0,
+            at_ms,
+            deployment: after.deployment.clone(),
+            decision: decision.clone(),
+            policy_name: policy.name.clone(),
+            policy_hash: policy.fingerprint(),
+            policy: policy.clone(),
+            before: before.cloned(),
+            after: after.clone(),
+            recorded_late_at_ms: None,
+        }
+    }
 }
 
 /// Syncs the directory holding `path`, so a created or renamed entry survives a crash.

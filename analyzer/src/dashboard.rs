@@ -22,6 +22,7 @@ mod sections;
 mod svg;
 
 pub use html::escape;
+pub use sections::LOG_LIMIT;
 
 use crate::audit::AuditRecord;
 use crate::engine::RolloutStatus;

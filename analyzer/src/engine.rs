@@ -18,10 +18,11 @@
 //! only what decisions and records are stamped with.
 
 mod fetch;
+mod recording;
 #[cfg(test)]
 mod tests;
 
-use crate::audit::{AuditError, AuditLog, AuditRecord, RolloutStore, StoreHealth};
+use crate::audit::{AuditError, AuditReader, RolloutStore, StoreHealth};
 use crate::evaluation::RolloutEvaluation;
 use crate::fleet::{FleetView, applied_share_bp};
 use crate::ladder::{ActedBy, Actor, Decision, OverrideAction, OverrideError, RolloutState, TransitionError};
@@ -382,6 +383,8 @@ pub struct Engine {
     prometheus: Option<PrometheusSource>,
     notifier: Notifier,
     audit_path: PathBuf,
+    /// Reads pages of the audit log without the engine's lock.
+    audit_reader: AuditReader,
     state_dir: PathBuf,
     wall_clock: WallClock,
     /// `deployment: reason` of every rollout that could not be rebuilt at start.
@@ -444,6 +447,7 @@ impl Engine {
         let broken_rollouts = broken.iter().map(|(d, b)| format!("{d}: {}", b.problem)).collect();
         Ok(Engine {
             audit_path: store.audit_path().to_path_buf(),
+            audit_reader: store.reader(),
             store_health: store.health(),
             state_dir: state_dir.to_path_buf(),
             inner: Mutex::new(Inner { rollouts, broken, store }),
@@ -477,10 +481,15 @@ impl Engine {
         self.configs.read().map(|c| c.values().cloned().collect()).unwrap_or_default()
     }
 
-    /// Why decisions can no longer be recorded (the audit log failed a write it could
-    /// not undo): every later decision, automatic rollbacks included, is refused.
+    /// Why decisions are not being recorded (the latest append failed, or rollbacks
+    /// in effect wait for their records): see [`recording`].
     pub fn recording_failure(&self) -> Option<String> {
-        self.store_health.failure().map(str::to_string)
+        self.store_health.failure()
+    }
+
+    /// Rollbacks in effect whose audit records wait for the log to take writes again.
+    pub fn unrecorded_decisions(&self) -> usize {
+        self.store_health.pending_records()
     }
 
     /// The store's health signal (tests poison it to check its readers).
@@ -511,11 +520,6 @@ impl Engine {
         all
     }
 
-    /// The audit records of one deployment, oldest first.
-    pub fn audit(&self, deployment: &str) -> Result<Vec<AuditRecord>, EngineError> {
-        Ok(AuditLog::read_all(&self.audit_path)?.into_iter().filter(|r| r.deployment == deployment).collect())
-    }
-
     /// Registers (or restarts, once the previous one ended) a rollout.
     /// `by` is `Actor::Analyzer` only for policies given at start; API callers are the
     /// identity their token names, with what they declared about themselves as a note.
@@ -541,7 +545,7 @@ impl Engine {
         let mut live = LiveRollout::new(policy, state, &self.source, &self.notifier)
             .map_err(|e| EngineError::InvalidPolicy(e.to_string()))?;
         let decision = Decision::start(&live.state, by, format!("registered with policy {:?}", live.policy.name));
-        commit_logged(&mut inner.store, now_ms, &live.policy, &decision, previous.as_ref(), &live.state)?;
+        recording::commit_logged(&mut inner.store, now_ms, &live.policy, &decision, previous.as_ref(), &live.state)?;
         let promql = |m: &crate::policy::MetricPolicy| matches!(m.metric, Metric::Custom(_) | Metric::CounterPair(_));
         if self.prometheus.is_none() && live.policy.metrics.iter().any(promql) {
             tracing::warn!(%deployment, "custom PromQL metrics need --prometheus; they will show no data");
@@ -571,7 +575,8 @@ impl Engine {
             // No statistics run for it, but a human can still roll it back or pause it.
             let decision = human_override(&broken.policy, &broken.state, action, by, reason, Vec::new())?;
             let after = broken.state.next(&decision, now_ms)?;
-            commit_logged(store, now_ms, &broken.policy, &decision, Some(&broken.state), &after)?;
+            // A rollback the log cannot take yet still takes effect (logged by `commit_logged`).
+            recording::commit_logged(store, now_ms, &broken.policy, &decision, Some(&broken.state), &after)?;
             broken.state = after;
             self.publish(&broken.state);
             self.counters.overrides.fetch_add(1, Ordering::Relaxed);
@@ -781,7 +786,7 @@ impl Engine {
         now_ms: u64,
     ) -> Result<(), EngineError> {
         let after = live.state.next(decision, now_ms)?;
-        commit_logged(store, now_ms, &live.policy, decision, Some(&live.state), &after)?;
+        let unrecorded = recording::commit_logged(store, now_ms, &live.policy, decision, Some(&live.state), &after)?;
         let share_changed = after.share_bp != live.state.share_bp;
         tracing::info!(
             deployment = %after.deployment, action = ?decision.action, actor = %decision.actor.name(),
@@ -798,7 +803,13 @@ impl Engine {
         self.counters.decisions.fetch_add(1, Ordering::Relaxed);
         save_evidence(&self.state_dir, live);
         self.publish(&live.state);
-        self.announce(live, decision, now_ms);
+        match unrecorded {
+            None => self.announce(live, decision, now_ms),
+            Some(error) => {
+                let reason = recording::unrecorded_note(&decision.reason, &error);
+                self.announce(live, &Decision { reason, ..decision.clone() }, now_ms);
+            }
+        }
         Ok(())
     }
 
@@ -839,23 +850,6 @@ fn on_statistics_grid(interval: &mut IntervalMetrics) {
     }
 }
 
-/// Appends a decision to the audit log and saves the state after it; a state file
-/// that could not be written is only a warning, the log being the truth.
-fn commit_logged(
-    store: &mut RolloutStore,
-    at_ms: u64,
-    policy: &RolloutPolicy,
-    decision: &Decision,
-    before: Option<&RolloutState>,
-    after: &RolloutState,
-) -> Result<(), AuditError> {
-    let committed = store.commit(at_ms, policy, decision, before, after)?;
-    if let Some(e) = committed.state_error {
-        tracing::warn!(deployment = %after.deployment, error = %e, "state file not written; the audit log has the decision");
-    }
-    Ok(())
-}
-
 /// Checks a step waits for every proxy to apply it before its window starts anyway.
 fn fleet_deadline_checks(policy: &RolloutPolicy) -> u64 {
     let interval_ms = policy.check_interval.as_millis().max(1);
@@ -872,7 +866,10 @@ pub async fn run_checks(engine: Arc<Engine>, shutdown: impl std::future::Future<
         tokio::select! {
             _ = &mut shutdown => return,
             // The checks run in their own tasks: dropping a handle does not stop one.
-            now = ticker.tick() => drop(engine.start_due_checks(now).await),
+            now = ticker.tick() => {
+                drop(engine.start_due_checks(now).await);
+                engine.retry_recording(engine.wall_ms()).await;
+            }
         }
     }
 }

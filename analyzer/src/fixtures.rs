@@ -102,5 +102,6 @@ pub fn record(sequence: u64, reason: &str, actor: Actor, action: Action) -> Audi
         policy,
         before: Some(state(0, 100, RolloutPhase::Progressing)),
         after: state(1, 500, RolloutPhase::Progressing),
+        recorded_late_at_ms: None,
     }
 }

@@ -1,35 +1,77 @@
-//! Whether the store can still record decisions, readable from any thread.
+//! Whether the store is recording decisions, readable from any thread without the
+//! engine's lock (a `/healthz` handler, a metrics scrape).
+//!
+//! It is not recording from the moment an append fails (a full disk, an I/O error,
+//! a partial line that could not be cut off) until an append succeeds again with
+//! no decision left waiting: a rollback that took effect while the log could not
+//! take it (see [`super::RolloutStore::commit_or_defer`]) keeps the store not
+//! recording until its record is in the log.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
 
-/// Whether a store can still record decisions; cheap to clone and to read from
-/// any thread (a `/healthz` handler, a metrics scrape) without the engine's lock.
+/// The store's recording state; clones share it.
 #[derive(Debug, Clone, Default)]
 pub struct StoreHealth {
-    /// Set once, when the audit log is poisoned; a store never recovers without a reopen.
-    failure: Arc<OnceLock<String>>,
+    state: Arc<Mutex<HealthState>>,
+}
+
+#[derive(Debug, Default)]
+struct HealthState {
+    /// Why the latest append failed; cleared by the next one that succeeds.
+    failure: Option<String>,
+    /// Decisions in effect whose records are not in the log yet.
+    pending: usize,
 }
 
 impl StoreHealth {
-    /// `false` once an append failed and could not be undone: every later commit fails.
+    /// `true` while the latest append succeeded and every decision in effect is in the log.
     pub fn is_recording(&self) -> bool {
-        self.failure.get().is_none()
+        self.read(|s| s.failure.is_none() && s.pending == 0)
     }
 
-    /// Why the store stopped recording, when it has.
-    pub fn failure(&self) -> Option<&str> {
-        self.failure.get().map(String::as_str)
+    /// Why the store is not recording, when it is not: the failed append, and how
+    /// many decisions in effect wait for their record.
+    pub fn failure(&self) -> Option<String> {
+        self.read(|s| match (&s.failure, s.pending) {
+            (None, 0) => None,
+            (Some(failure), 0) => Some(failure.clone()),
+            (failure, pending) => Some(format!(
+                "{pending} decision(s) in effect are not in the audit log yet (retried until an append succeeds){}",
+                failure.as_ref().map_or(String::new(), |f| format!("; {f}"))
+            )),
+        })
     }
 
-    /// What a poisoned log does to the health signal, for tests of its readers (the
-    /// poisoning itself is tested with a real write failure in this module).
+    /// Decisions in effect whose records are not in the log yet.
+    pub fn pending_records(&self) -> usize {
+        self.read(|s| s.pending)
+    }
+
+    /// What a failed append does to the health signal, for tests of its readers (the
+    /// failures themselves are tested with real write errors in `audit::tests`).
     #[cfg(test)]
     pub(crate) fn fail_for_test(&self, reason: &str) {
-        self.stop_recording(reason.to_string());
+        self.append_failed(reason.to_string());
     }
 
-    pub(super) fn stop_recording(&self, reason: String) {
-        // A second failure keeps the first reason: that is the one that broke the log.
-        let _ = self.failure.set(reason);
+    pub(super) fn append_failed(&self, reason: String) {
+        self.write(|s| s.failure = Some(reason));
+    }
+
+    pub(super) fn append_succeeded(&self) {
+        self.write(|s| s.failure = None);
+    }
+
+    pub(super) fn set_pending(&self, pending: usize) {
+        self.write(|s| s.pending = pending);
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&HealthState) -> T) -> T {
+        // A panic while holding this lock cannot leave the two fields inconsistent: use them anyway.
+        f(&self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    fn write(&self, f: impl FnOnce(&mut HealthState)) {
+        f(&mut self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
     }
 }

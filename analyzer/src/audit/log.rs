@@ -5,7 +5,9 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
+use super::index::{AuditIndex, AuditReader};
 use super::{AUDIT_FILE, AuditError, AuditRecord, StoreHealth, io_error, sync_parent};
 use crate::ladder::{Decision, RolloutState};
 use crate::policy::RolloutPolicy;
@@ -18,10 +20,17 @@ pub struct AuditLog {
     /// Length of the file up to the end of the last acknowledged record.
     pub(super) committed_len: u64,
     pub(super) next_sequence: u64,
-    /// Set when a failed append could not be cut off again: appending more would bury a torn line.
+    /// Set when a failed append could not be cut off again: the next append cuts
+    /// it off first, and appends nothing while that fails (it would bury a torn line).
     pub(super) poisoned: bool,
-    /// Tells the rest of the analyzer that `poisoned` is set, without going through the log.
+    /// Tells the rest of the analyzer whether appends succeed, without going through the log.
     pub(super) health: StoreHealth,
+    /// Where each deployment's records are, for [`AuditReader`]s.
+    index: Arc<RwLock<AuditIndex>>,
+    reader: AuditReader,
+    /// Tests: every write stops half-way with "no space left", as on a disk that fills up.
+    #[cfg(test)]
+    pub(super) disk_full: bool,
 }
 
 /// What [`AuditLog::open`] found.
@@ -62,7 +71,8 @@ impl AuditLog {
         }
         let mut recovery = AuditRecovery::default();
         let mut last_sequence = 0u64;
-        let committed_len = scan_records(path, &mut file, |line_number, record| {
+        let mut index = AuditIndex::default();
+        let committed_len = scan_records(path, &mut file, |line_number, span, record| {
             if record.sequence <= last_sequence {
                 return Err(AuditError::Corrupt {
                     path: path.to_path_buf(),
@@ -91,6 +101,7 @@ impl AuditLog {
             }
             last_sequence = record.sequence;
             recovery.records = line_number;
+            index.add(&record.deployment, record.sequence, span.0, span.1);
             recovery.latest_by_deployment.insert(record.deployment.clone(), record);
             Ok(())
         })?;
@@ -109,6 +120,8 @@ impl AuditLog {
             );
             recovery.torn_bytes_saved_to = Some(torn);
         }
+        let index = Arc::new(RwLock::new(index));
+        let read_only = File::open(path).map_err(io_error("open audit log for reading", path))?;
         let log = AuditLog {
             path: path.to_path_buf(),
             file,
@@ -116,13 +129,22 @@ impl AuditLog {
             next_sequence: last_sequence.saturating_add(1),
             poisoned: false,
             health: StoreHealth::default(),
+            reader: AuditReader::new(path, read_only, Arc::clone(&index)),
+            index,
+            #[cfg(test)]
+            disk_full: false,
         };
         Ok((log, recovery))
     }
 
-    /// Whether this log can still append; shares its state with every clone.
+    /// Whether this log's appends succeed; shares its state with every clone.
     pub fn health(&self) -> StoreHealth {
         self.health.clone()
+    }
+
+    /// Reads pages of one deployment's records, from any thread, while this log appends.
+    pub fn reader(&self) -> AuditReader {
+        self.reader.clone()
     }
 
     /// The sequence number the next record gets.
@@ -137,7 +159,8 @@ impl AuditLog {
 
     /// Appends one record and syncs it to disk; returns it with its sequence number.
     /// When this returns `Ok`, the record survives a crash; when it returns
-    /// `Err`, the record is not in the log and the decision must not take effect.
+    /// `Err`, the record is not in the log and the decision must not take effect
+    /// (unless it is a rollback the store defers, see [`super::RolloutStore::commit_or_defer`]).
     pub fn append(
         &mut self,
         at_ms: u64,
@@ -146,38 +169,76 @@ impl AuditLog {
         before: Option<&RolloutState>,
         after: &RolloutState,
     ) -> Result<AuditRecord, AuditError> {
-        if self.poisoned {
-            return Err(AuditError::Poisoned(self.path.clone()));
-        }
-        let record = AuditRecord {
-            sequence: self.next_sequence,
-            at_ms,
-            deployment: after.deployment.clone(),
-            decision: decision.clone(),
-            policy_name: policy.name.clone(),
-            policy_hash: policy.fingerprint(),
-            policy: policy.clone(),
-            before: before.cloned(),
-            after: after.clone(),
-        };
+        self.append_record(AuditRecord::draft(at_ms, policy, decision, before, after))
+    }
+
+    /// Appends `record` under the next sequence number (whatever it carries) and syncs it.
+    pub(super) fn append_record(&mut self, mut record: AuditRecord) -> Result<AuditRecord, AuditError> {
+        self.repair()?;
+        record.sequence = self.next_sequence;
         let mut line = serde_json::to_vec(&record).map_err(AuditError::Encode)?;
         line.push(b'\n');
-        let written = self.file.write_all(&line).and_then(|()| self.file.sync_data());
+        let written = self.write_line(&line);
         if let Err(source) = written {
             // Cut the partial line off so the next append does not land behind garbage.
-            if let Err(cut) = self.file.set_len(self.committed_len).and_then(|()| self.file.sync_data()) {
-                self.poisoned = true;
-                self.health.stop_recording(format!(
-                    "an append to audit log {} failed ({source}) and its partial line could not be cut off \
-                     ({cut}); no decision can be recorded until the store is reopened",
-                    self.path.display()
-                ));
-            }
+            let reason = match self.cut_back() {
+                Ok(()) => format!("an append to audit log {} failed ({source})", self.path.display()),
+                Err(cut) => {
+                    self.poisoned = true;
+                    format!(
+                        "an append to audit log {} failed ({source}) and its partial line could not be cut off \
+                         ({cut}); the next append cuts it off first",
+                        self.path.display()
+                    )
+                }
+            };
+            self.health.append_failed(reason);
             return Err(AuditError::Io { action: "append to audit log", path: self.path.clone(), source });
         }
-        self.committed_len = self.committed_len.saturating_add(u64::try_from(line.len()).unwrap_or(u64::MAX));
+        let line_len = u64::try_from(line.len()).unwrap_or(u64::MAX);
+        self.index.write().unwrap_or_else(std::sync::PoisonError::into_inner).add(
+            &record.deployment,
+            record.sequence,
+            self.committed_len,
+            line_len,
+        );
+        self.committed_len = self.committed_len.saturating_add(line_len);
         self.next_sequence = self.next_sequence.saturating_add(1);
+        self.health.append_succeeded();
         Ok(record)
+    }
+
+    /// When an earlier failed append left a partial line that could not be cut off,
+    /// cuts it off now; refuses with [`AuditError::Poisoned`] while that fails.
+    pub(super) fn repair(&mut self) -> Result<(), AuditError> {
+        if !self.poisoned {
+            return Ok(());
+        }
+        if let Err(cut) = self.cut_back() {
+            self.health.append_failed(format!(
+                "audit log {} ends in the partial line of a failed append that still cannot be cut off ({cut})",
+                self.path.display()
+            ));
+            return Err(AuditError::Poisoned(self.path.clone()));
+        }
+        self.poisoned = false;
+        tracing::info!(audit_log = %self.path.display(), "the partial line of a failed append is cut off");
+        Ok(())
+    }
+
+    /// Writes `line` at the end of the log and syncs it.
+    fn write_line(&mut self, line: &[u8]) -> io::Result<()> {
+        #[cfg(test)]
+        if self.disk_full {
+            self.file.write_all(line.get(..line.len() / 2).unwrap_or_default())?;
+            return Err(io::Error::new(io::ErrorKind::StorageFull, "No space left on device (injected)"));
+        }
+        self.file.write_all(line).and_then(|()| self.file.sync_data())
+    }
+
+    /// Cuts the file back to its acknowledged records.
+    fn cut_back(&mut self) -> io::Result<()> {
+        self.file.set_len(self.committed_len).and_then(|()| self.file.sync_data())
     }
 
     /// Every complete record of the log at `path` (for reports and tests; a torn
@@ -185,7 +246,7 @@ impl AuditLog {
     pub fn read_all(path: &Path) -> Result<Vec<AuditRecord>, AuditError> {
         let file = File::open(path).map_err(io_error("read audit log", path))?;
         let mut records = Vec::new();
-        scan_records(path, file, |_, record| {
+        scan_records(path, file, |_, _, record| {
             records.push(record);
             Ok(())
         })?;
@@ -194,12 +255,12 @@ impl AuditLog {
 }
 
 /// Reads the log line by line, handing each record to `visit` with its line
-/// number, and stops at a torn last line: one without a newline or that does
+/// number and its span (offset, length with the newline), and stops at a torn last line: one without a newline or that does
 /// not parse, with nothing after it. Returns the length of the complete records.
 fn scan_records(
     path: &Path,
     reader: impl Read,
-    mut visit: impl FnMut(u64, AuditRecord) -> Result<(), AuditError>,
+    mut visit: impl FnMut(u64, (u64, u64), AuditRecord) -> Result<(), AuditError>,
 ) -> Result<u64, AuditError> {
     let mut reader = BufReader::new(reader);
     let mut line = Vec::new();
@@ -216,7 +277,7 @@ fn scan_records(
             .ok_or_else(|| "no newline".to_string())
             .and_then(|body| serde_json::from_slice::<AuditRecord>(body).map_err(|e| e.to_string()));
         match parsed {
-            Ok(record) => visit(line_number, record)?,
+            Ok(record) => visit(line_number, (committed_len, u64::try_from(read).unwrap_or(u64::MAX)), record)?,
             Err(reason) => {
                 let at_end = reader.fill_buf().map_err(io_error("read audit log", path))?.is_empty();
                 if at_end {

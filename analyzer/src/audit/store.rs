@@ -1,15 +1,15 @@
 //! The audit log and the state files of one analyzer, kept consistent and locked to one process.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rustix::fs::FlockOperation;
 
 use super::{
-    AUDIT_FILE, AuditError, AuditLog, AuditRecord, LOCK_FILE, PersistedRollout, STATE_DIR, StateStore, StoreHealth,
-    io_error,
+    AUDIT_FILE, AuditError, AuditLog, AuditReader, AuditRecord, LOCK_FILE, PersistedRollout, STATE_DIR, StateStore,
+    StoreHealth, io_error,
 };
 use crate::ladder::{Decision, RolloutState};
 use crate::policy::RolloutPolicy;
@@ -42,6 +42,25 @@ pub struct Committed {
     /// Saving the state file failed (log it); the record is durable regardless.
     pub state_error: Option<AuditError>,
 }
+
+/// What [`RolloutStore::commit_or_defer`] did with a decision.
+#[derive(Debug)]
+pub enum Recorded {
+    /// In the log, as [`RolloutStore::commit`] does it.
+    Logged(Box<Committed>),
+    /// The append failed with `error`; the decision takes effect anyway and its
+    /// record waits in memory for the next append that succeeds.
+    Deferred { error: AuditError },
+}
+
+/// The file [`RolloutStore::retry_deferred`] writes to see whether the store takes writes again.
+const PROBE_FILE: &str = "write-probe";
+/// Bytes the probe writes: one page, about one record (a record is 2 to 4 kB),
+/// so a probe that fits says a record would too.
+const PROBE_BYTES: usize = 4_096;
+/// How often a store that is not recording tries again: a freed disk is noticed
+/// within seconds, and a full one costs one failed write of a few kB per try.
+pub const RETRY_INTERVAL_MS: u64 = 2_000;
 
 /// An exclusive `flock` on a store directory's [`LOCK_FILE`]. Released when the
 /// file is closed: when this is dropped, or by the kernel when the process dies.
@@ -86,6 +105,11 @@ impl StoreLock {
 pub struct RolloutStore {
     pub(super) audit: AuditLog,
     states: StateStore,
+    /// Records of decisions in effect that the log has not taken yet, oldest first.
+    deferred: VecDeque<AuditRecord>,
+    /// When the store last tried to record again after a failure (Unix ms).
+    last_retry_ms: Option<u64>,
+    probe_path: PathBuf,
     /// Held for the store's lifetime; dropped last (fields drop in order).
     _lock: StoreLock,
 }
@@ -136,10 +160,20 @@ impl RolloutStore {
                 rollouts.insert(deployment, caught_up);
             }
         }
-        Ok((RolloutStore { audit, states, _lock: lock }, rollouts))
+        let store = RolloutStore {
+            audit,
+            states,
+            deferred: VecDeque::new(),
+            last_retry_ms: None,
+            probe_path: dir.join(PROBE_FILE),
+            _lock: lock,
+        };
+        Ok((store, rollouts))
     }
 
-    /// Logs a decision durably, then persists the state after it.
+    /// Logs a decision durably, then persists the state after it. Deferred
+    /// records go first, in order: a decision is never logged ahead of one that
+    /// took effect before it.
     ///
     /// `Err` means the record is not in the log: the decision must not take
     /// effect. `Ok` means it is logged and must take effect (serve `after`) —
@@ -154,14 +188,121 @@ impl RolloutStore {
         before: Option<&RolloutState>,
         after: &RolloutState,
     ) -> Result<Committed, AuditError> {
+        self.append_deferred(at_ms)?;
         failpoint("before-audit-append", decision);
         let record = self.audit.append(at_ms, policy, decision, before, after)?;
         failpoint("after-audit-append", decision);
-        let rollout =
-            PersistedRollout { policy: policy.clone(), state: after.clone(), last_applied_sequence: record.sequence };
-        let state_error = self.states.save(&rollout).err();
+        let state_error = self.save_state(&record).err();
         failpoint("after-state-save", decision);
         Ok(Committed { record, state_error })
+    }
+
+    /// [`RolloutStore::commit`] for a decision that must take effect even when it
+    /// cannot be recorded (a rollback: serving the canary on because the disk is
+    /// full would be the unsafe failure). When the append fails, its record is
+    /// kept in memory and appended — marked with `recorded_late_at_ms` — by the
+    /// next commit or [`RolloutStore::retry_deferred`] that gets through; until
+    /// then [`StoreHealth`] says the store is not recording. A restart before that
+    /// loses the record (the decision is then made again from fresh data).
+    /// Only a record that cannot even be encoded is refused.
+    pub fn commit_or_defer(
+        &mut self,
+        at_ms: u64,
+        policy: &RolloutPolicy,
+        decision: &Decision,
+        before: Option<&RolloutState>,
+        after: &RolloutState,
+    ) -> Result<Recorded, AuditError> {
+        match self.commit(at_ms, policy, decision, before, after) {
+            Ok(committed) => Ok(Recorded::Logged(Box::new(committed))),
+            Err(error @ (AuditError::Io { .. } | AuditError::Poisoned(_))) => {
+                self.deferred.push_back(AuditRecord::draft(at_ms, policy, decision, before, after));
+                self.audit.health.set_pending(self.deferred.len());
+                Ok(Recorded::Deferred { error })
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    /// While the store is not recording, at most every [`RETRY_INTERVAL_MS`]:
+    /// appends the deferred records, or, with none, writes a probe file to see
+    /// whether writes go through again (so a store whose failed decision nobody
+    /// repeats does not stay unhealthy on a disk that has room again). Returns how
+    /// many deferred records it appended.
+    pub fn retry_deferred(&mut self, now_ms: u64) -> Result<usize, AuditError> {
+        let due = self.last_retry_ms.is_none_or(|last| now_ms.saturating_sub(last) >= RETRY_INTERVAL_MS);
+        if self.audit.health.is_recording() || !due {
+            return Ok(0);
+        }
+        self.last_retry_ms = Some(now_ms);
+        if self.deferred.is_empty() {
+            self.probe()?;
+            return Ok(0);
+        }
+        self.append_deferred(now_ms)
+    }
+
+    /// Appends every deferred record, oldest first, stamped `recorded_late_at_ms = now_ms`.
+    fn append_deferred(&mut self, now_ms: u64) -> Result<usize, AuditError> {
+        let mut appended = 0;
+        while let Some(record) = self.deferred.front() {
+            let late = AuditRecord { recorded_late_at_ms: Some(now_ms), ..record.clone() };
+            let record = self.audit.append_record(late)?;
+            self.deferred.pop_front();
+            self.audit.health.set_pending(self.deferred.len());
+            appended += 1;
+            tracing::warn!(
+                deployment = %record.deployment, sequence = record.sequence, decided_at_ms = record.at_ms,
+                "a decision that took effect while the audit log could not take it is now recorded"
+            );
+            if let Err(e) = self.save_state(&record) {
+                tracing::warn!(deployment = %record.deployment, error = %e, "state file not written; the audit log has the decision");
+            }
+        }
+        Ok(appended)
+    }
+
+    /// Writes, syncs and removes [`PROBE_FILE`]; success clears the failure (a
+    /// partial line the log still ends in is cut off first).
+    fn probe(&mut self) -> Result<(), AuditError> {
+        self.audit.repair()?;
+        let path = &self.probe_path;
+        #[cfg(test)]
+        if self.audit.disk_full {
+            let source = std::io::Error::new(std::io::ErrorKind::StorageFull, "No space left on device (injected)");
+            return Err(AuditError::Io { action: "write probe file", path: path.clone(), source });
+        }
+        let written = File::create(path)
+            .and_then(|mut file| file.write_all(&[0u8; PROBE_BYTES]).and_then(|()| file.sync_data()))
+            .and_then(|()| fs::remove_file(path));
+        if let Err(source) = written {
+            // Best effort: a probe file left on a full disk would take the room it tests for.
+            let _ = fs::remove_file(path);
+            return Err(AuditError::Io { action: "write probe file", path: path.clone(), source });
+        }
+        tracing::info!(audit_log = %self.audit.path.display(), "the store takes writes again");
+        self.audit.health.append_succeeded();
+        Ok(())
+    }
+
+    /// Saves the state after `record` as the rollout's state file.
+    fn save_state(&self, record: &AuditRecord) -> Result<(), AuditError> {
+        self.states.save(&PersistedRollout {
+            policy: record.policy.clone(),
+            state: record.after.clone(),
+            last_applied_sequence: record.sequence,
+        })
+    }
+
+    /// Tests: makes every write to the store fail half-way as on a full disk, or work again.
+    #[cfg(test)]
+    pub(crate) fn set_disk_full_for_test(&mut self, full: bool) {
+        self.audit.disk_full = full;
+    }
+
+    /// Reads pages of one deployment's records without the store (and its lock).
+    pub fn reader(&self) -> AuditReader {
+        self.audit.reader()
     }
 
     pub fn audit_path(&self) -> &Path {

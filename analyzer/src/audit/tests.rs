@@ -390,3 +390,140 @@ fn left_over_temporary_state_files_are_ignored_and_removed() {
     assert_eq!(rollouts["checkout"].state, state);
     assert!(!temp.exists());
 }
+
+/// A rollback decided against `state` at `now`.
+fn rollback_of(policy: &RolloutPolicy, state: &RolloutState) -> Decision {
+    human_override(policy, state, &OverrideAction::Rollback, &alice(), "canary fails 41 %", vec![]).unwrap()
+}
+
+#[test]
+fn a_failed_append_cut_back_cleanly_still_stops_recording_until_an_append_succeeds() {
+    let dir = TempDir::new();
+    let policy = policy();
+    let (mut store, _) = RolloutStore::open(&dir.0).unwrap();
+    let state = run(&mut store, &policy, 1);
+    let audit_path = store.audit_path().to_path_buf();
+    let logged = fs::read(&audit_path).unwrap();
+    let health = store.health();
+    store.set_disk_full_for_test(true);
+    let now = T0 + 2 * WINDOW_MS;
+    let promote = decide(&policy, &state, &rows(Verdict::NoDifference), &StepEvidence::ample(), now);
+    let after = state.next(&promote, now).unwrap();
+    let error = store.commit(now, &policy, &promote, Some(&state), &after).unwrap_err();
+    assert!(matches!(error, AuditError::Io { action: "append to audit log", .. }), "{error:?}");
+    assert_eq!(fs::read(&audit_path).unwrap(), logged, "the partial line is cut off");
+    assert!(!health.is_recording(), "a failed append stops recording even when it was cut back cleanly");
+    let failure = health.failure().unwrap();
+    assert!(failure.contains("No space left on device") && failure.contains(AUDIT_FILE), "{failure}");
+    assert_eq!(health.pending_records(), 0, "a refused promotion is not in effect: nothing waits");
+
+    store.set_disk_full_for_test(false);
+    let committed = store.commit(now, &policy, &promote, Some(&state), &after).unwrap();
+    assert_eq!(committed.record.sequence, 3);
+    assert!(health.is_recording(), "an append that succeeds ends it");
+    assert_eq!(health.failure(), None);
+}
+
+#[test]
+fn a_rollback_the_log_cannot_take_is_deferred_and_recorded_once_the_disk_has_room() {
+    let dir = TempDir::new();
+    let policy = policy();
+    let (mut store, _) = RolloutStore::open(&dir.0).unwrap();
+    let state = run(&mut store, &policy, 1);
+    let health = store.health();
+    store.set_disk_full_for_test(true);
+    let decided_at = T0 + 2 * WINDOW_MS;
+    let rollback = rollback_of(&policy, &state);
+    let rolled_back = state.next(&rollback, decided_at).unwrap();
+    let recorded = store.commit_or_defer(decided_at, &policy, &rollback, Some(&state), &rolled_back).unwrap();
+    assert!(matches!(recorded, Recorded::Deferred { error: AuditError::Io { .. } }), "{recorded:?}");
+    assert_eq!((health.is_recording(), health.pending_records()), (false, 1));
+    assert!(health.failure().unwrap().starts_with("1 decision(s) in effect are not in the audit log yet"));
+    assert_eq!(sequences(store.audit_path()), [1, 2]);
+
+    // Still full: retries fail, at most one per interval, and nothing else is logged ahead of the rollback.
+    assert!(store.retry_deferred(decided_at + RETRY_INTERVAL_MS).is_err());
+    assert_eq!(store.retry_deferred(decided_at + RETRY_INTERVAL_MS + 1).unwrap(), 0, "not due yet");
+    let pause = human_override(&policy, &rolled_back, &OverrideAction::Pause, &alice(), "why", vec![]);
+    assert!(pause.is_err(), "a rolled-back rollout takes no more overrides");
+    assert_eq!(health.pending_records(), 1);
+
+    store.set_disk_full_for_test(false);
+    let recovered_at = decided_at + 3 * RETRY_INTERVAL_MS;
+    assert_eq!(store.retry_deferred(recovered_at).unwrap(), 1);
+    assert!(health.is_recording());
+    let records = AuditLog::read_all(store.audit_path()).unwrap();
+    let last = records.last().unwrap();
+    assert_eq!(sequences(store.audit_path()), [1, 2, 3]);
+    assert_eq!((last.at_ms, last.recorded_late_at_ms), (decided_at, Some(recovered_at)));
+    assert_eq!((last.after.clone(), last.decision.action), (rolled_back.clone(), crate::ladder::Action::Rollback));
+    assert_eq!(store.retry_deferred(recovered_at + RETRY_INTERVAL_MS).unwrap(), 0, "nothing left");
+    drop(store);
+    let (_, rollouts) = RolloutStore::open(&dir.0).unwrap();
+    assert_eq!(rollouts["checkout"].state, rolled_back, "a restart resumes rolled back");
+    assert_eq!(rollouts["checkout"].last_applied_sequence, 3);
+}
+
+#[test]
+fn a_deferred_rollback_is_logged_before_any_later_decision() {
+    let dir = TempDir::new();
+    let policy = policy();
+    let (mut store, _) = RolloutStore::open(&dir.0).unwrap();
+    let state = run(&mut store, &policy, 0);
+    store.set_disk_full_for_test(true);
+    let rollback = rollback_of(&policy, &state);
+    let rolled_back = state.next(&rollback, T0 + 1).unwrap();
+    store.commit_or_defer(T0 + 1, &policy, &rollback, Some(&state), &rolled_back).unwrap();
+    store.set_disk_full_for_test(false);
+    // The next rollout of the deployment, registered before any retry: the rollback goes first.
+    let next = RolloutState::start(&policy, rolled_back.generation, T0 + 2);
+    let start = Decision::start(&next, Actor::Human("ci".into()), "deploy 43");
+    let committed = store.commit(T0 + 2, &policy, &start, Some(&rolled_back), &next).unwrap();
+    assert_eq!(committed.record.sequence, 3);
+    let records = AuditLog::read_all(store.audit_path()).unwrap();
+    assert_eq!(records[1].after, rolled_back);
+    assert_eq!(records[1].recorded_late_at_ms, Some(T0 + 2));
+    assert!(store.health().is_recording());
+}
+
+#[test]
+fn a_probe_ends_a_failure_that_no_decision_repeats() {
+    let dir = TempDir::new();
+    let policy = policy();
+    let (mut store, _) = RolloutStore::open(&dir.0).unwrap();
+    let state = run(&mut store, &policy, 0);
+    store.set_disk_full_for_test(true);
+    let pause = human_override(&policy, &state, &OverrideAction::Pause, &alice(), "why", vec![]).unwrap();
+    let paused = state.next(&pause, T0).unwrap();
+    store.commit(T0, &policy, &pause, Some(&state), &paused).unwrap_err();
+    assert!(store.retry_deferred(T0).is_err(), "still full: the probe fails too");
+    assert!(!store.health().is_recording());
+    store.set_disk_full_for_test(false);
+    assert_eq!(store.retry_deferred(T0 + RETRY_INTERVAL_MS).unwrap(), 0);
+    assert!(store.health().is_recording(), "the disk takes writes again");
+    assert!(!dir.0.join("write-probe").exists(), "the probe cleans up");
+    assert_eq!(sequences(store.audit_path()), [1], "a probe is not a record");
+}
+
+#[test]
+fn a_partial_line_that_could_not_be_cut_off_is_cut_off_by_the_next_append() {
+    let dir = TempDir::new();
+    let policy = policy();
+    let (mut store, _) = RolloutStore::open(&dir.0).unwrap();
+    let state = run(&mut store, &policy, 0);
+    let audit_path = store.audit_path().to_path_buf();
+    let append_handle = std::mem::replace(&mut store.audit.file, File::open(&audit_path).unwrap());
+    let pause = human_override(&policy, &state, &OverrideAction::Pause, &alice(), "why", vec![]).unwrap();
+    let paused = state.next(&pause, T0).unwrap();
+    store.commit(T0, &policy, &pause, Some(&state), &paused).unwrap_err();
+    assert!(store.audit.poisoned);
+    // Garbage where the cut failed, then a descriptor that can cut and write again.
+    OpenOptions::new().append(true).open(&audit_path).unwrap().write_all(b"{\"sequence\":2,\"at").unwrap();
+    store.audit.file = append_handle;
+    let committed = store.commit(T0, &policy, &pause, Some(&state), &paused).unwrap();
+    assert_eq!(committed.record.sequence, 2);
+    assert!(store.health().is_recording());
+    assert_eq!(sequences(&audit_path), [1, 2]);
+    let (_, recovery) = AuditLog::open(&audit_path).unwrap();
+    assert_eq!(recovery.truncated_bytes, 0, "no torn line left behind");
+}

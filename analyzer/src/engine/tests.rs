@@ -3,7 +3,7 @@
 //! a wall clock the test steps.
 
 use super::*;
-use crate::audit::AUDIT_FILE;
+use crate::audit::{AUDIT_FILE, AuditLog};
 use crate::ladder::Actor;
 use std::net::SocketAddr;
 use std::sync::Mutex as StdMutex;
