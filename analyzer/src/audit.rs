@@ -54,7 +54,7 @@ use crate::policy::RolloutPolicy;
 pub use health::StoreHealth;
 pub use index::{AuditPage, AuditReader};
 pub use log::{AuditLog, AuditRecovery};
-pub use state_files::{PersistedRollout, StateStore};
+pub use state_files::{PersistedRollout, StateStore, UnreadableState};
 pub use store::{Committed, RETRY_INTERVAL_MS, Recorded, RolloutStore};
 
 /// The audit log's file name inside a store directory.
@@ -76,12 +76,6 @@ pub enum AuditError {
     },
     #[error("audit log {path} is corrupt at line {line}: {reason}")]
     Corrupt { path: PathBuf, line: u64, reason: String },
-    #[error("state file {path} is unreadable")]
-    State {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
     #[error("cannot encode an audit record")]
     Encode(#[source] serde_json::Error),
     #[error("audit log {0} ends in the partial line of a failed append that cannot be cut off")]

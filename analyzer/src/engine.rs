@@ -382,7 +382,6 @@ pub struct Engine {
     source: SourceSettings,
     prometheus: Option<PrometheusSource>,
     notifier: Notifier,
-    audit_path: PathBuf,
     /// Reads pages of the audit log without the engine's lock.
     audit_reader: AuditReader,
     state_dir: PathBuf,
@@ -397,7 +396,9 @@ pub struct Engine {
 impl Engine {
     /// Opens the state directory and resumes every rollout where it stood. A rollout
     /// that cannot be rebuilt does not stop the others: it is reported (log, status,
-    /// `/healthz`) and its last config stays served.
+    /// `/healthz`) and its last config stays served. A state file that does not read
+    /// back is recovered from the audit log, or reported (log, `/healthz`) and not
+    /// served ([`RolloutStore::open`]).
     pub fn open(state_dir: &Path, source: SourceSettings, notifier: Notifier) -> Result<Engine, EngineError> {
         let (store, persisted) = RolloutStore::open(state_dir)?;
         let prometheus = match &source {
@@ -444,9 +445,16 @@ impl Engine {
             .map(|(d, r)| (d.clone(), r.state.config()))
             .chain(broken.iter().map(|(d, b)| (d.clone(), b.state.config())))
             .collect();
-        let broken_rollouts = broken.iter().map(|(d, b)| format!("{d}: {}", b.problem)).collect();
+        let unreadable = store.unreadable_states().iter().map(|u| {
+            format!(
+                "{}: state file {} does not read back ({}) and no audit record recovers it: not served",
+                u.deployment,
+                u.path.display(),
+                u.reason
+            )
+        });
+        let broken_rollouts = broken.iter().map(|(d, b)| format!("{d}: {}", b.problem)).chain(unreadable).collect();
         Ok(Engine {
-            audit_path: store.audit_path().to_path_buf(),
             audit_reader: store.reader(),
             store_health: store.health(),
             state_dir: state_dir.to_path_buf(),

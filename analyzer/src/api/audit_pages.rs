@@ -11,9 +11,8 @@
 
 use super::{ApiError, AppState};
 use crate::audit::AuditPage;
-use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use std::collections::BTreeMap;
 
@@ -32,7 +31,8 @@ pub(super) async fn audit(
 ) -> Result<Response, ApiError> {
     state.check_read(&headers, "audit log")?;
     let page = parse_page(&query).map_err(ApiError::BadRequest)?;
-    Ok(Json(state.engine.audit_page(&deployment, page).await?).into_response())
+    let json = state.engine.audit_page_json(&deployment, page).await?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response())
 }
 
 /// `limit` (1..=[`MAX_PAGE`], default [`DEFAULT_PAGE`]) and `before` (a sequence number, at least 1).

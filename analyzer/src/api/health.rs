@@ -113,4 +113,41 @@ mod tests {
         assert_eq!(call(&app, "GET", "/healthz", None, "").await.0, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(call(&app, "GET", "/livez", None, "").await, (StatusCode::OK, "ok\n".to_string()));
     }
+
+    #[tokio::test]
+    async fn a_state_file_that_does_not_read_back_leaves_the_rest_served_and_health_degraded() {
+        let dir = temp_dir();
+        let app = crate::api::app(state_in(&dir, Some("t")));
+        for deployment in ["checkout", "search"] {
+            let policy = crate::api::tests::POLICY.replace("checkout", deployment);
+            assert_eq!(call(&app, "POST", "/v1/rollouts", Some("t"), &policy).await.0, StatusCode::CREATED);
+        }
+        drop(app);
+        let path = dir.join(crate::audit::STATE_DIR).join("checkout.json");
+        let text = std::fs::read_to_string(&path).unwrap().replacen("\"spec\": {", "\"spec\": {\"newer_field\": 1,", 1);
+        std::fs::write(&path, text).unwrap();
+        // Recovered from its audit record: both served, healthy.
+        let app = crate::api::app(state_in(&dir, Some("t")));
+        assert_eq!(call(&app, "GET", "/healthz", None, "").await, (StatusCode::OK, "ok\n".to_string()));
+        assert_eq!(call(&app, "GET", "/v1/rollouts/checkout/config", None, "").await.0, StatusCode::OK);
+        drop(app);
+        // Again, with the audit log gone (rotated away): checkout cannot be recovered, search still is served.
+        let text = std::fs::read_to_string(&path).unwrap().replacen("\"spec\": {", "\"spec\": {\"newer_field\": 1,", 1);
+        std::fs::write(&path, text).unwrap();
+        std::fs::remove_file(dir.join(crate::audit::AUDIT_FILE)).unwrap();
+        let app = crate::api::app(state_in(&dir, Some("t")));
+        let (status, body) = call(&app, "GET", "/healthz", None, "").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.starts_with("degraded\nrollout checkout: state file ") && body.contains("newer_field"), "{body}");
+        assert_eq!(call(&app, "GET", "/v1/rollouts/search/config", None, "").await.0, StatusCode::OK);
+        assert_eq!(call(&app, "GET", "/v1/rollouts/checkout/config", None, "").await.0, StatusCode::NOT_FOUND);
+        let (_, metrics) = call(&app, "GET", "/metrics", None, "").await;
+        assert!(metrics.contains("\ncanary_analyzer_broken_rollouts 1\n"), "{metrics}");
+        // Registering it again serves it and clears the report.
+        assert_eq!(
+            call(&app, "POST", "/v1/rollouts", Some("t"), crate::api::tests::POLICY).await.0,
+            StatusCode::CREATED
+        );
+        assert_eq!(call(&app, "GET", "/healthz", None, "").await, (StatusCode::OK, "ok\n".to_string()));
+    }
 }

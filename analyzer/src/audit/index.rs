@@ -8,8 +8,10 @@
 //! read costs what the page holds, not what the log holds. Only complete, synced
 //! records are indexed: a span never covers bytes that a failed append cuts off.
 //!
-//! Reads do blocking file I/O: callers on an async runtime run them on its
-//! blocking pool ([`crate::engine::Engine::audit`] does).
+//! Reads do blocking file I/O and parsing: [`AuditReader::page`] and
+//! [`AuditReader::page_json`] run them on the runtime's blocking pool, one at a
+//! time, so however many clients read the log, at most one core is busy with it
+//! and the runtime's workers stay free for the filters' polls.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -17,7 +19,14 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+use tokio::sync::Semaphore;
+
 use super::{AuditError, AuditRecord};
+
+/// Audit reads running at once. One: a page of 100 records reads in about a
+/// millisecond, so one at a time still serves hundreds of reads a second, and a
+/// burst of readers cannot take more than one core from the rest of the analyzer.
+const CONCURRENT_READS: usize = 1;
 
 /// Where one record is in the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,11 +96,45 @@ pub struct AuditReader {
     /// even if the path is renamed away, so offsets and bytes always agree.
     file: Arc<File>,
     index: Arc<RwLock<AuditIndex>>,
+    /// Admits [`CONCURRENT_READS`] reads at a time to the blocking pool.
+    gate: Arc<Semaphore>,
 }
 
 impl AuditReader {
     pub(super) fn new(path: &Path, file: File, index: Arc<RwLock<AuditIndex>>) -> AuditReader {
-        AuditReader { path: path.to_path_buf(), file: Arc::new(file), index }
+        AuditReader {
+            path: path.to_path_buf(),
+            file: Arc::new(file),
+            index,
+            gate: Arc::new(Semaphore::new(CONCURRENT_READS)),
+        }
+    }
+
+    /// [`AuditReader::read`] on the blocking pool, one read at a time.
+    pub async fn page(&self, deployment: &str, page: AuditPage) -> Result<Vec<AuditRecord>, AuditError> {
+        let (reader, deployment) = (self.clone(), deployment.to_string());
+        self.off_runtime(move || reader.read(&deployment, page)).await
+    }
+
+    /// The same page as a JSON array, encoded on the blocking pool too (a page of
+    /// 100 records is ~300 kB of JSON: not work for the runtime's workers).
+    pub async fn page_json(&self, deployment: &str, page: AuditPage) -> Result<Vec<u8>, AuditError> {
+        let (reader, deployment) = (self.clone(), deployment.to_string());
+        self.off_runtime(move || serde_json::to_vec(&reader.read(&deployment, page)?).map_err(AuditError::Encode)).await
+    }
+
+    async fn off_runtime<T: Send + 'static>(
+        &self,
+        read: impl FnOnce() -> Result<T, AuditError> + Send + 'static,
+    ) -> Result<T, AuditError> {
+        let failed = |reason: String| AuditError::Io {
+            action: "read audit log",
+            path: self.path.clone(),
+            source: std::io::Error::other(reason),
+        };
+        // The semaphore is never closed, so acquiring fails only in theory.
+        let _permit = self.gate.acquire().await.map_err(|e| failed(e.to_string()))?;
+        tokio::task::spawn_blocking(read).await.map_err(|e| failed(format!("the reading task failed: {e}")))?
     }
 
     /// The records of `deployment` that `page` names, oldest first (none for an unknown deployment).

@@ -25,6 +25,19 @@ pub struct PersistedRollout {
     pub last_applied_sequence: u64,
 }
 
+/// A state file that does not read back as a [`PersistedRollout`] (a policy value
+/// edited by hand, a field from a newer version): it stops only its own rollout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnreadableState {
+    /// From the file's name.
+    pub deployment: String,
+    pub path: PathBuf,
+    /// Why it does not read back, on one line.
+    pub reason: String,
+    /// Its `last_applied_sequence`, when the file is JSON that still has it.
+    pub last_applied_sequence: Option<u64>,
+}
+
 /// One JSON file per rollout, replaced atomically.
 #[derive(Debug, Clone)]
 pub struct StateStore {
@@ -60,19 +73,48 @@ impl StateStore {
         sync_parent(&path)
     }
 
-    /// Every persisted rollout, by deployment.
-    pub fn load_all(&self) -> Result<BTreeMap<String, PersistedRollout>, AuditError> {
-        let mut rollouts = BTreeMap::new();
+    /// Every persisted rollout, by deployment, and the state files that do not read
+    /// back (each stops only its own rollout; see [`super::RolloutStore::open`]).
+    pub fn load_all(&self) -> Result<(BTreeMap<String, PersistedRollout>, Vec<UnreadableState>), AuditError> {
+        let (mut rollouts, mut unreadable) = (BTreeMap::new(), Vec::new());
         for entry in fs::read_dir(&self.dir).map_err(io_error("list state directory", &self.dir))? {
             let path = entry.map_err(io_error("list state directory", &self.dir))?.path();
-            if !path.to_string_lossy().ends_with(STATE_SUFFIX) {
-                continue;
-            }
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let Some(deployment) = name.strip_suffix(STATE_SUFFIX) else { continue };
             let bytes = fs::read(&path).map_err(io_error("read state file", &path))?;
-            let rollout: PersistedRollout =
-                serde_json::from_slice(&bytes).map_err(|source| AuditError::State { path: path.clone(), source })?;
-            rollouts.insert(rollout.state.deployment.clone(), rollout);
+            match serde_json::from_slice::<PersistedRollout>(&bytes) {
+                Ok(rollout) => {
+                    rollouts.insert(rollout.state.deployment.clone(), rollout);
+                }
+                Err(e) => unreadable.push(UnreadableState {
+                    deployment: deployment.to_string(),
+                    reason: crate::policy::one_line(&e.to_string()),
+                    last_applied_sequence: serde_json::from_slice::<serde_json::Value>(&bytes)
+                        .ok()
+                        .and_then(|v| v.get("last_applied_sequence").and_then(serde_json::Value::as_u64)),
+                    path,
+                }),
+            }
         }
-        Ok(rollouts)
+        Ok((rollouts, unreadable))
+    }
+
+    /// Renames an unreadable state file to `<name>.invalid-<n>` (the first free `n`),
+    /// so a state file written in its place does not destroy what a human may want to read.
+    pub fn set_aside(&self, unreadable: &UnreadableState) -> Result<PathBuf, AuditError> {
+        let name = unreadable.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        for attempt in 1u32.. {
+            let aside = unreadable.path.with_file_name(format!("{name}.invalid-{attempt}"));
+            if !aside.exists() {
+                fs::rename(&unreadable.path, &aside).map_err(io_error("set aside state file", &unreadable.path))?;
+                sync_parent(&aside)?;
+                return Ok(aside);
+            }
+        }
+        Err(AuditError::Io {
+            action: "set aside state file",
+            path: unreadable.path.clone(),
+            source: std::io::Error::other("no free name"),
+        })
     }
 }

@@ -9,7 +9,7 @@ use rustix::fs::FlockOperation;
 
 use super::{
     AUDIT_FILE, AuditError, AuditLog, AuditReader, AuditRecord, LOCK_FILE, PersistedRollout, STATE_DIR, StateStore,
-    StoreHealth, io_error,
+    StoreHealth, UnreadableState, io_error,
 };
 use crate::ladder::{Decision, RolloutState};
 use crate::policy::RolloutPolicy;
@@ -109,6 +109,8 @@ pub struct RolloutStore {
     deferred: VecDeque<AuditRecord>,
     /// When the store last tried to record again after a failure (Unix ms).
     last_retry_ms: Option<u64>,
+    /// State files that did not read back and could not be recovered from the log.
+    unreadable: Vec<UnreadableState>,
     probe_path: PathBuf,
     /// Held for the store's lifetime; dropped last (fields drop in order).
     _lock: StoreLock,
@@ -119,16 +121,28 @@ impl RolloutStore {
     /// another holds it), opens the store in it (`audit.jsonl` and `state/`),
     /// recovers from a crash, and returns every rollout as it stood after its last
     /// logged decision.
+    ///
+    /// A state file that does not read back (a policy value edited by hand, a field
+    /// from a newer version) stops only its own rollout: when the log has a record
+    /// of that deployment at least as new as the file (by the file's
+    /// `last_applied_sequence`, when it still has one), the rollout is recovered
+    /// from it — the record carries the policy and the state after it — and the
+    /// file is set aside as `<deployment>.json.invalid-<n>`. Otherwise it is left
+    /// in place and listed in [`RolloutStore::unreadable_states`]; the other
+    /// rollouts open as usual.
     pub fn open(dir: &Path) -> Result<(RolloutStore, BTreeMap<String, PersistedRollout>), AuditError> {
         fs::create_dir_all(dir).map_err(io_error("create store directory", dir))?;
         // First: opening the state store removes temporary files another owner may be writing.
         let lock = StoreLock::acquire(dir)?;
         let states = StateStore::open(&dir.join(STATE_DIR))?;
         let (mut audit, recovery) = AuditLog::open(&dir.join(AUDIT_FILE))?;
-        let mut rollouts = states.load_all()?;
+        let (mut rollouts, mut unreadable) = states.load_all()?;
         let logged_up_to = audit.next_sequence().saturating_sub(1);
         for rollout in rollouts.values() {
             audit.skip_past(rollout.last_applied_sequence);
+        }
+        for file in &unreadable {
+            audit.skip_past(file.last_applied_sequence.unwrap_or(0));
         }
         let remembered_up_to = audit.next_sequence().saturating_sub(1);
         if remembered_up_to > logged_up_to && logged_up_to == 0 {
@@ -150,6 +164,22 @@ impl RolloutStore {
         }
         for (deployment, record) in recovery.latest_by_deployment {
             let behind = rollouts.get(&deployment).is_none_or(|r| r.last_applied_sequence < record.sequence);
+            let bad_file = unreadable.iter().position(|u| u.deployment == deployment);
+            if let Some(index) = bad_file {
+                let file = unreadable.remove(index);
+                if file.last_applied_sequence.is_some_and(|sequence| sequence > record.sequence) {
+                    // The log is older than the file (rotated): its record would go back in time.
+                    unreadable.push(file);
+                    continue;
+                }
+                let aside = states.set_aside(&file)?;
+                tracing::warn!(
+                    %deployment, state_file = %file.path.display(), set_aside = %aside.display(), error = %file.reason,
+                    sequence = record.sequence,
+                    "state file does not read back: rollout recovered from its latest audit record; the file is \
+                     set aside"
+                );
+            }
             if behind {
                 let caught_up = PersistedRollout {
                     policy: record.policy.with_webhook_secret_from(rollouts.get(&deployment).map(|r| &r.policy)),
@@ -160,11 +190,19 @@ impl RolloutStore {
                 rollouts.insert(deployment, caught_up);
             }
         }
+        for file in &unreadable {
+            tracing::error!(
+                deployment = %file.deployment, state_file = %file.path.display(), error = %file.reason,
+                "state file does not read back and the audit log has no record to recover it from: this rollout \
+                 is not served; fix the file, or register the rollout again (the file is then set aside)"
+            );
+        }
         let store = RolloutStore {
             audit,
             states,
             deferred: VecDeque::new(),
             last_retry_ms: None,
+            unreadable,
             probe_path: dir.join(PROBE_FILE),
             _lock: lock,
         };
@@ -285,8 +323,20 @@ impl RolloutStore {
         Ok(())
     }
 
-    /// Saves the state after `record` as the rollout's state file.
-    fn save_state(&self, record: &AuditRecord) -> Result<(), AuditError> {
+    /// State files that did not read back at open and could not be recovered from the
+    /// log: their rollouts are not served (until registered again).
+    pub fn unreadable_states(&self) -> &[UnreadableState] {
+        &self.unreadable
+    }
+
+    /// Saves the state after `record` as the rollout's state file (setting aside
+    /// an unreadable one it replaces).
+    fn save_state(&mut self, record: &AuditRecord) -> Result<(), AuditError> {
+        if let Some(index) = self.unreadable.iter().position(|u| u.deployment == record.deployment) {
+            let file = self.unreadable.remove(index);
+            let aside = self.states.set_aside(&file)?;
+            tracing::warn!(deployment = %file.deployment, set_aside = %aside.display(), "unreadable state file set aside");
+        }
         self.states.save(&PersistedRollout {
             policy: record.policy.clone(),
             state: record.after.clone(),

@@ -161,7 +161,7 @@ fn a_crash_between_log_and_state_is_replayed_once() {
     log.append(now, &policy, &promote, Some(&state), &after).unwrap();
     drop(log);
     let stale = StateStore::open(&dir.0.join(STATE_DIR)).unwrap().load_all().unwrap();
-    assert_eq!(stale["checkout"].state, state);
+    assert_eq!(stale.0["checkout"].state, state);
 
     for _ in 0..2 {
         let (store, rollouts) = RolloutStore::open(&dir.0).unwrap();
@@ -170,7 +170,7 @@ fn a_crash_between_log_and_state_is_replayed_once() {
         assert_eq!(sequences(store.audit_path()), [1, 2, 3], "no record lost or duplicated");
     }
     let persisted = StateStore::open(&dir.0.join(STATE_DIR)).unwrap().load_all().unwrap();
-    assert_eq!(persisted["checkout"].state, after, "the state file caught up");
+    assert_eq!(persisted.0["checkout"].state, after, "the state file caught up");
 }
 
 #[test]
@@ -526,4 +526,81 @@ fn a_partial_line_that_could_not_be_cut_off_is_cut_off_by_the_next_append() {
     assert_eq!(sequences(&audit_path), [1, 2]);
     let (_, recovery) = AuditLog::open(&audit_path).unwrap();
     assert_eq!(recovery.truncated_bytes, 0, "no torn line left behind");
+}
+
+/// `policy()` for another deployment.
+fn policy_of(deployment: &str) -> RolloutPolicy {
+    RolloutPolicy::from_yaml(&format!(
+        "apiVersion: canary.wasm.dev/v1alpha1\nkind: RolloutPolicy\nmetadata: {{name: p}}\nspec:\n  \
+         deployment: {deployment}\n  metrics: [{{name: error_rate}}]\n"
+    ))
+    .unwrap()
+}
+
+/// Edits `<deployment>.json` as a human or a newer analyzer might.
+fn edit_state_file(dir: &Path, deployment: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    let path = dir.join(STATE_DIR).join(format!("{deployment}.json"));
+    let mut value: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    edit(&mut value);
+    fs::write(&path, serde_json::to_vec_pretty(&value).unwrap()).unwrap();
+    path
+}
+
+#[test]
+fn a_state_file_that_does_not_validate_is_recovered_from_its_latest_audit_record() {
+    let dir = TempDir::new();
+    let (mut store, _) = RolloutStore::open(&dir.0).unwrap();
+    let checkout = run(&mut store, &policy(), 2);
+    let search_policy = policy_of("search");
+    let search = RolloutState::start(&search_policy, 0, T0);
+    let start = Decision::start(&search, Actor::Human("ci".into()), "deploy 7");
+    store.commit(T0, &search_policy, &start, None, &search).unwrap();
+    drop(store);
+    // A field from a newer version in one, a policy value edited out of range in the other.
+    let path = edit_state_file(&dir.0, "checkout", |v| v["policy"]["spec"]["newer_field"] = true.into());
+    let bad = fs::read(&path).unwrap();
+    edit_state_file(&dir.0, "search", |v| v["policy"]["spec"]["ladder"][0]["share"] = 250.into());
+
+    let (store, rollouts) = RolloutStore::open(&dir.0).unwrap();
+    assert_eq!(rollouts["checkout"].state, checkout);
+    assert_eq!(rollouts["checkout"].policy, policy());
+    assert_eq!(rollouts["checkout"].last_applied_sequence, 3);
+    assert_eq!(rollouts["search"].state, search);
+    assert!(store.unreadable_states().is_empty());
+    assert_eq!(fs::read(path.with_file_name("checkout.json.invalid-1")).unwrap(), bad, "set aside byte for byte");
+    drop(store);
+    let persisted = StateStore::open(&dir.0.join(STATE_DIR)).unwrap().load_all().unwrap();
+    assert_eq!((persisted.0.len(), persisted.1.len()), (2, 0), "both state files were rewritten");
+}
+
+#[test]
+fn a_state_file_no_record_recovers_stops_only_its_own_rollout() {
+    let dir = TempDir::new();
+    let (mut store, _) = RolloutStore::open(&dir.0).unwrap();
+    run(&mut store, &policy(), 2);
+    let search_policy = policy_of("search");
+    let search = RolloutState::start(&search_policy, 0, T0);
+    store.commit(T0, &search_policy, &Decision::start(&search, Actor::Analyzer, "file"), None, &search).unwrap();
+    drop(store);
+    let path = edit_state_file(&dir.0, "checkout", |v| v["policy"]["spec"]["newer_field"] = true.into());
+    // The log was rotated after checkout's last record: only search's record is left.
+    keep_records(&dir.0.join(AUDIT_FILE), 4..=4);
+
+    let (mut store, rollouts) = RolloutStore::open(&dir.0).unwrap();
+    assert_eq!(rollouts.keys().collect::<Vec<_>>(), ["search"]);
+    let unreadable = store.unreadable_states();
+    assert_eq!(unreadable.len(), 1);
+    assert_eq!((unreadable[0].deployment.as_str(), &unreadable[0].path), ("checkout", &path));
+    assert_eq!(unreadable[0].last_applied_sequence, Some(3));
+    assert!(unreadable[0].reason.contains("newer_field"), "{}", unreadable[0].reason);
+    assert!(path.exists(), "left in place for a human");
+    // Registering it again replaces the file and sets the old one aside.
+    let state = RolloutState::start(&policy(), 0, T0 + 1);
+    let committed = store.commit(T0 + 1, &policy(), &Decision::start(&state, Actor::Analyzer, "again"), None, &state);
+    assert_eq!(committed.unwrap().record.sequence, 5, "numbering continues after what the bad file remembered");
+    assert!(store.unreadable_states().is_empty());
+    assert!(path.with_file_name("checkout.json.invalid-1").exists());
+    drop(store);
+    let (_, rollouts) = RolloutStore::open(&dir.0).unwrap();
+    assert_eq!(rollouts.len(), 2);
 }

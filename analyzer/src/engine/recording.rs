@@ -80,21 +80,15 @@ impl Engine {
         }
     }
 
-    /// A page of one deployment's audit records, oldest first; read on the blocking
-    /// pool, so a large log never holds up the runtime that serves the filters' polls.
+    /// A page of one deployment's audit records, oldest first, read off the runtime
+    /// (see [`crate::audit::AuditReader`]): a large log never holds up the filters' polls.
     pub async fn audit_page(&self, deployment: &str, page: AuditPage) -> Result<Vec<AuditRecord>, EngineError> {
-        let reader = self.audit_reader.clone();
-        let deployment = deployment.to_string();
-        let read = tokio::task::spawn_blocking(move || reader.read(&deployment, page));
-        read.await
-            .map_err(|e| {
-                EngineError::Audit(AuditError::Io {
-                    action: "read audit log (the reading task failed)",
-                    path: self.audit_path.clone(),
-                    source: std::io::Error::other(e.to_string()),
-                })
-            })?
-            .map_err(EngineError::from)
+        Ok(self.audit_reader.page(deployment, page).await?)
+    }
+
+    /// The same page as JSON, encoded off the runtime too.
+    pub async fn audit_page_json(&self, deployment: &str, page: AuditPage) -> Result<Vec<u8>, EngineError> {
+        Ok(self.audit_reader.page_json(deployment, page).await?)
     }
 
     /// Every audit record of one deployment, oldest first. Blocking: for tests and

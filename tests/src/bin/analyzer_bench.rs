@@ -31,7 +31,12 @@
 //!    Prometheus path and by the admin path (Envoy's bins folded onto them), and with a
 //!    latency that follows load (pooled vs per step).
 //!
-//! `BENCH=parse` or `BENCH=simulation` runs one half (for quick experiments).
+//! 3. **`/config` latency under audit reads**: see [`audit_reads`].
+//!
+//! `BENCH=parse`, `BENCH=simulation` or `BENCH=audit` runs one part (for quick experiments).
+
+#[path = "analyzer_bench/audit_reads.rs"]
+mod audit_reads;
 
 use canary_analyzer::evaluation::RolloutEvaluation;
 use canary_analyzer::policy::RolloutPolicy;
@@ -890,11 +895,14 @@ fn latency_simulation_benchmark() {
 
 fn main() {
     let only = std::env::var("BENCH").unwrap_or_default();
-    if only != "simulation" {
+    if only.is_empty() || only == "parse" {
         check_benchmark();
         histogram_path_benchmark();
     }
-    if only != "parse" {
+    if only.is_empty() || only == "simulation" {
         simulation_benchmark();
+    }
+    if only.is_empty() || only == "audit" {
+        audit_reads::audit_read_benchmark();
     }
 }
