@@ -506,6 +506,13 @@ impl Engine {
         &self.store_health
     }
 
+    /// Whether `deployment` is one of [`Engine::broken_rollouts`] (served or, when its
+    /// state file does not read back, not).
+    pub fn is_broken(&self, deployment: &str) -> bool {
+        let prefix = format!("{deployment}: ");
+        self.broken_rollouts.read().is_ok_and(|b| b.iter().any(|line| line.starts_with(&prefix)))
+    }
+
     /// Rollouts that could not be rebuilt at start, as `deployment: reason` (for `/healthz`).
     pub fn broken_rollouts(&self) -> Vec<String> {
         self.broken_rollouts.read().map(|b| b.clone()).unwrap_or_default()

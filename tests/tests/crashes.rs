@@ -1,12 +1,14 @@
 //! The analyzer crashing at the worst moments, the real binary against the real Envoy:
 //! SIGKILL just before and just after the audit append of a step change (debug builds
 //! have `CANARY_ANALYZER_FAILPOINT` for exactly that), a torn last line in
-//! `audit.jsonl`, a state directory that fills up under the running analyzer, and
-//! one that is read-only from the start (a tmpfs in a mount namespace of its own;
-//! needs root). A store whose failed append cannot be cut back (poisoned: `/healthz`
-//! 503) is tested in `analyzer/src/audit.rs` with a real read-only file handle:
-//! a tmpfs cannot be remounted read-only while the analyzer holds the log open.
-//! What must hold: no decision takes effect that is not in the audit log, no record is
+//! `audit.jsonl`, a state directory that fills up under the running analyzer (an
+//! override refused, a failing canary rolled back anyway), one that is read-only from
+//! the start (a tmpfs in a mount namespace of its own; needs root), and a state file
+//! that no longer validates. A store whose failed append cannot be cut back is tested
+//! in `analyzer/src/audit/tests.rs` with a real read-only file handle: a tmpfs cannot
+//! be remounted read-only while the analyzer holds the log open.
+//! What must hold: no decision takes effect that is not in the audit log — except a
+//! rollback, which takes effect and is appended once the disk has room — no record is
 //! lost or written twice, and the rollout resumes where the log says it stands.
 
 use canary_analyzer::audit::{AUDIT_FILE, AuditRecord, PersistedRollout, STATE_DIR};
@@ -171,6 +173,40 @@ async fn get(analyzer: &AnalyzerProcess, path: &str) -> (u16, String) {
     (response.status().as_u16(), response.text().await.unwrap())
 }
 
+/// Fills the analyzer's tmpfs to the last byte; returns the filler file (remove it for room again).
+fn fill_up(analyzer: &AnalyzerProcess) -> std::path::PathBuf {
+    let filler = analyzer.state_path("filler");
+    let mut file = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![0u8; 4096];
+    while file.write_all(&chunk).is_ok() {}
+    while file.write_all(&chunk[..1]).is_ok() {}
+    filler
+}
+
+/// On a full tmpfs the log's last page still has room for a record or two (tmpfs
+/// allocates whole pages): overrides until an append needs a new page and is refused
+/// (500). Returns the records and the served share before the refused one.
+async fn refuse_an_override(analyzer: &AnalyzerProcess) -> (usize, u64) {
+    let audit = analyzer.state_path(AUDIT_FILE);
+    for attempt in 0..10u32 {
+        let records_before = canary_analyzer::audit::AuditLog::read_all(&audit).unwrap().len();
+        let share_before = served_share(&get(analyzer, "/v1/rollouts/demo/config").await.1);
+        if override_share(analyzer, 10.0 + f64::from(attempt)).await == 500 {
+            return (records_before, share_before);
+        }
+    }
+    panic!("a full state directory refused no decision within 10:\n{}", analyzer.log_text());
+}
+
+/// Polls `done` every 100 ms until it holds, failing with `what` after `limit`.
+async fn until<F: std::future::Future<Output = bool>>(limit: Duration, what: &str, done: impl Fn() -> F) {
+    let deadline = Instant::now() + limit;
+    while !done().await {
+        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn served_share(config: &str) -> u64 {
     serde_json::from_str::<serde_json::Value>(config).unwrap()["share_bp"].as_u64().unwrap()
 }
@@ -194,32 +230,22 @@ async fn a_full_or_read_only_state_directory_applies_no_unaudited_decision() {
     let count = || canary_analyzer::audit::AuditLog::read_all(&audit).unwrap().len();
     assert_eq!(count(), 1);
 
-    // Full: fill the tmpfs to the last byte.
-    let filler = analyzer.state_path("filler");
-    let mut file = std::fs::File::create(&filler).unwrap();
-    let chunk = vec![0u8; 4096];
-    while file.write_all(&chunk).is_ok() {}
-    while file.write_all(&chunk[..1]).is_ok() {}
-    drop(file);
-    // The log's last page still has room for a record or two (tmpfs allocates whole
-    // pages): decide until an append needs a new page.
-    let mut refused = None;
-    for attempt in 0..10u32 {
-        let (records_before, share_before) =
-            (count(), served_share(&get(&analyzer, "/v1/rollouts/demo/config").await.1));
-        if override_share(&analyzer, 10.0 + f64::from(attempt)).await == 500 {
-            refused = Some((records_before, share_before));
-            break;
-        }
-    }
-    let (records_before, share_before) = refused.expect("a full state directory refused a decision within 10");
+    let filler = fill_up(&analyzer);
+    let (records_before, share_before) = refuse_an_override(&analyzer).await;
     assert_eq!(count(), records_before, "nothing logged");
     assert_eq!(served_share(&get(&analyzer, "/v1/rollouts/demo/config").await.1), share_before, "nothing applied");
-    assert_eq!(get(&analyzer, "/healthz").await, (200, "ok\n".to_string()), "the failed append was cut back cleanly");
+    let (status, body) = get(&analyzer, "/healthz").await;
+    assert!(status == 503 && body.contains("No space left on device"), "a failed append is unhealthy: {status} {body}");
+    assert!(get(&analyzer, "/metrics").await.1.contains("\ncanary_analyzer_audit_recording 0\n"));
+    assert_eq!(get(&analyzer, "/livez").await, (200, "ok\n".to_string()), "and still serving");
     let log = analyzer.log_text();
     assert!(log.contains("No space left on device"), "the reason is logged:\n{log}");
-    // Space again: the same override goes through.
+    // Space again: healthy within a retry (a probe write, no decision needed), and the same override goes through.
     std::fs::remove_file(&filler).unwrap();
+    until(Duration::from_secs(10), "healthy again once the disk has room", || async {
+        get(&analyzer, "/healthz").await == (200, "ok\n".to_string())
+    })
+    .await;
     assert_eq!(override_share(&analyzer, 12.5).await, 200);
     let logged = count();
     assert_eq!(
@@ -242,4 +268,136 @@ async fn a_full_or_read_only_state_directory_applies_no_unaudited_decision() {
         "{}",
         refused.log
     );
+}
+
+/// One step at 10 % with a window too long to end: only a rollback can change it.
+const HOLDING_POLICY: &str = "apiVersion: canary.wasm.dev/v1alpha1\nkind: RolloutPolicy\nmetadata: {name: full}\n\
+    spec:\n  deployment: demo\n  ladder:\n    - {share: 10, window: 1h}\n    - {share: 100, window: 1h}\n  \
+    check_interval: 1s\n  min_requests_per_cohort: 10\n  metrics:\n    - {name: error_rate}\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_state_directory_still_rolls_a_failing_canary_back_and_records_it_once_there_is_room() {
+    assert!(
+        std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0")),
+        "this test needs root (a mount namespace and a tmpfs); make test runs as root in CI"
+    );
+    let rig = rig("full-rollback").await;
+    let policy = rig.options.state_dir.with_file_name("holding.yaml");
+    std::fs::write(&policy, HOLDING_POLICY).unwrap();
+    let webhook = canary_e2e::webhook::WebhookReceiver::start().await;
+    let mut options = rig.options.clone();
+    options.policies = vec![policy];
+    options.state_on_tmpfs_bytes = Some(1 << 20);
+    options.extra_args = vec!["--webhook".into(), webhook.url()];
+    let analyzer = AnalyzerProcess::start(options).await;
+    let audit = analyzer.state_path(AUDIT_FILE);
+    let records = || canary_analyzer::audit::AuditLog::read_all(&audit).unwrap();
+
+    let filler = fill_up(&analyzer);
+    let (logged, _) = refuse_an_override(&analyzer).await;
+    let (_, config) = get(&analyzer, "/v1/rollouts/demo/config").await;
+    let held: serde_json::Value = serde_json::from_str(&config).unwrap();
+    assert!(held["share_bp"].as_u64().unwrap() >= 1_000, "{held}");
+    // The canary fails 41 % of its requests: the rollback cannot be appended, and takes effect anyway.
+    rig._upstreams.1.set_behaviour(canary_e2e::upstream::Behaviour { fail_fraction: 0.41, ..Default::default() });
+    until(Duration::from_secs(60), "the failing canary is rolled back to 0 % on a full disk", || async {
+        served_share(&get(&analyzer, "/v1/rollouts/demo/config").await.1) == 0
+    })
+    .await;
+    let (_, config) = get(&analyzer, "/v1/rollouts/demo/config").await;
+    let rolled_back: serde_json::Value = serde_json::from_str(&config).unwrap();
+    assert_eq!(rolled_back["generation"].as_u64(), held["generation"].as_u64().map(|g| g + 1), "{rolled_back}");
+    assert_eq!(records().len(), logged, "not in the log: the disk is full");
+    let (health, body) = get(&analyzer, "/healthz").await;
+    assert_eq!(health, 503, "{body}");
+    assert!(body.contains("1 decision(s) in effect are not in the audit log yet"), "{body}");
+    let metrics = get(&analyzer, "/metrics").await.1;
+    assert!(
+        metrics.contains("\ncanary_analyzer_audit_recording 0\n")
+            && metrics.contains("\ncanary_analyzer_unrecorded_decisions 1\n"),
+        "{metrics}"
+    );
+    until(Duration::from_secs(10), "a webhook post says the rollback is not recorded yet", || async {
+        webhook
+            .received()
+            .iter()
+            .any(|post| post.to_string().contains("rollback") && post.to_string().contains("NOT yet in the audit log"))
+    })
+    .await;
+    // Envoy applies it: every proxy on the rollback's generation.
+    until(Duration::from_secs(30), "Envoy applies the rollback", || async {
+        status(&analyzer).await.fleet.is_some_and(|fleet| {
+            Some(fleet.generation) == rolled_back["generation"].as_u64() && fleet.on_generation == fleet.proxies
+        })
+    })
+    .await;
+
+    // Room again: the rollback's record is appended, late and marked so, and recording resumes.
+    std::fs::remove_file(&filler).unwrap();
+    until(Duration::from_secs(10), "the rollback is recorded once the disk has room", || async {
+        records().len() == logged + 1
+    })
+    .await;
+    let all = records();
+    let rollback = all.last().unwrap();
+    assert!(matches!(rollback.decision.action, Action::Rollback), "{rollback:?}");
+    assert!(rollback.recorded_late_at_ms.is_some_and(|late| late > rollback.at_ms), "{rollback:?}");
+    assert_eq!(rollback.after.share_bp, 0);
+    assert_eq!(Some(rollback.after.generation), rolled_back["generation"].as_u64());
+    let expected: Vec<u64> = (1..=all.len() as u64).collect();
+    assert_eq!(sequences(&all), expected, "no record lost or written twice");
+    assert_eq!(get(&analyzer, "/healthz").await, (200, "ok\n".to_string()));
+    let metrics = get(&analyzer, "/metrics").await.1;
+    assert!(metrics.contains("\ncanary_analyzer_audit_recording 1\n"), "{metrics}");
+    let state: PersistedRollout =
+        serde_json::from_slice(&std::fs::read(analyzer.state_path(STATE_DIR).join("demo.json")).unwrap()).unwrap();
+    assert_eq!((state.state.phase, state.last_applied_sequence), (RolloutPhase::RolledBack, rollback.sequence));
+}
+
+/// A second rollout beside `demo`, so one can break while the other keeps being served.
+const SEARCH_POLICY: &str = "apiVersion: canary.wasm.dev/v1alpha1\nkind: RolloutPolicy\nmetadata: {name: search}\n\
+    spec: {deployment: search}\n";
+
+#[tokio::test]
+async fn a_state_file_that_no_longer_validates_stops_only_its_own_rollout() {
+    let dir = fresh_dir("state-invalid");
+    let (demo, search) = (dir.join("demo.yaml"), dir.join("search.yaml"));
+    std::fs::write(&demo, POLICY).unwrap();
+    std::fs::write(&search, SEARCH_POLICY).unwrap();
+    let mut options = AnalyzerOptions::new(dir.join("state"));
+    options.policies = vec![demo, search];
+    options.envoy_admin = vec![format!("http://127.0.0.1:{}", free_port())]; // no Envoy: nothing is decided
+    let state_dir = options.state_dir.clone();
+    let demo_file = state_dir.join(STATE_DIR).join("demo.json");
+    // As a newer analyzer would write it: a field this one does not know.
+    let break_demo = || {
+        let text = std::fs::read_to_string(&demo_file).unwrap();
+        std::fs::write(&demo_file, text.replacen("\"spec\": {", "\"spec\": {\"newer_field\": 1,", 1)).unwrap();
+    };
+    let analyzer = AnalyzerProcess::start(options.clone()).await;
+    let (_, demo_config) = get(&analyzer, "/v1/rollouts/demo/config").await;
+    drop(analyzer);
+
+    // With its audit record: recovered from it, the file set aside.
+    break_demo();
+    let analyzer = AnalyzerProcess::start(options.clone()).await;
+    assert_eq!(get(&analyzer, "/v1/rollouts/demo/config").await, (200, demo_config.clone()));
+    assert_eq!(get(&analyzer, "/healthz").await, (200, "ok\n".to_string()));
+    assert!(state_dir.join(STATE_DIR).join("demo.json.invalid-1").exists());
+    assert!(analyzer.log_text().contains("recovered from its latest audit record"), "{}", analyzer.log_text());
+    drop(analyzer);
+
+    // Without (the log rotated away): reported, not served, not registered again; search is served.
+    break_demo();
+    std::fs::remove_file(state_dir.join(AUDIT_FILE)).unwrap();
+    let analyzer = AnalyzerProcess::try_start(options.clone())
+        .await
+        .unwrap_or_else(|e| panic!("serve must start (exit {:?}):\n{}", e.exit_code, e.log));
+    let (health, body) = get(&analyzer, "/healthz").await;
+    assert_eq!(health, 200, "{body}");
+    assert!(body.starts_with("degraded\nrollout demo: state file ") && body.contains("newer_field"), "{body}");
+    assert_eq!(get(&analyzer, "/v1/rollouts/demo/config").await.0, 404);
+    assert_eq!(get(&analyzer, "/v1/rollouts/search/config").await.0, 200);
+    assert!(get(&analyzer, "/metrics").await.1.contains("\ncanary_analyzer_broken_rollouts 1\n"));
+    assert!(demo_file.exists(), "left in place for a human");
 }

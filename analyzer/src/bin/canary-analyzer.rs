@@ -260,6 +260,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tracing::info!(deployment = %policy.deployment, "rollout already known; keeping its state");
             continue;
         }
+        if engine.is_broken(&policy.deployment) {
+            // Registering it would restart a rollout that may stand at any step from the first one.
+            tracing::warn!(
+                deployment = %policy.deployment, policy = %path.display(),
+                "rollout's state file does not read back: not registered again from --policy; fix the file, or \
+                 register it through the API"
+            );
+            continue;
+        }
         engine
             .register(policy, Actor::Analyzer, now_ms())
             .await
