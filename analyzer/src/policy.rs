@@ -31,6 +31,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize, Serializer};
 
+use crate::stats::{BUILT_IN_ROWS, RowKey, RowOrigin};
+
 use document::{RawDocument, RawMetric, check_flow_nesting, yaml_error};
 use validate::validate_query;
 
@@ -263,6 +265,17 @@ impl MetricPolicy {
             _ => self.name().to_string(),
         }
     }
+
+    /// The identity of the comparison row this policy entry judges: a built-in row for
+    /// the error rate, the split and latency, the policy's own row for the rest.
+    pub fn row_key(&self) -> RowKey {
+        match &self.metric {
+            Metric::ErrorRate { .. } | Metric::Latency { .. } | Metric::SampleRatio { .. } => {
+                RowKey::built_in(self.report_metric())
+            }
+            Metric::Custom(_) | Metric::Outcome(_) | Metric::CounterPair(_) => RowKey::policy(self.report_metric()),
+        }
+    }
 }
 
 impl RolloutPolicy {
@@ -273,6 +286,7 @@ impl RolloutPolicy {
         let raw: RawDocument = serde_yaml_ng::from_str(text).map_err(|e| yaml_error(&e))?;
         let policy = RolloutPolicy::try_from(raw)?;
         policy.check_runnable()?;
+        policy.check_no_reserved_names()?;
         if let Some(notify) = &policy.notify
             && notify.webhook_url.secret().is_none()
         {
@@ -306,6 +320,29 @@ impl RolloutPolicy {
                     format!("spec.metrics[{i}].max_increase_ms"),
                     ms,
                     "a finite number >= 0 whose microseconds are finite too (below 1.7e305)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A policy metric may not take the name of a row the analyzer reports on its own
+    /// ([`BUILT_IN_ROWS`]): two rows of one name would read alike in every report,
+    /// webhook and audit record. Like [`RolloutPolicy::check_runnable`], only for policies
+    /// people write: a record an older analyzer wrote with such a name still loads, and
+    /// decisions tell its rows apart by [`MetricPolicy::row_key`].
+    fn check_no_reserved_names(&self) -> Result<(), PolicyError> {
+        for (i, metric) in self.metrics.iter().enumerate() {
+            let own_row = metric.row_key().origin == RowOrigin::Policy;
+            if own_row && BUILT_IN_ROWS.contains(&metric.name()) {
+                return Err(PolicyError::new(
+                    format!("spec.metrics[{i}].name"),
+                    format!("{:?}", metric.name()),
+                    format!(
+                        "a name of its own, not one of the rows every report carries ({}); an outcome \
+                         metric without a name takes its outcome's",
+                        BUILT_IN_ROWS.join(", ")
+                    ),
                 ));
             }
         }

@@ -440,3 +440,67 @@ async fn a_fallen_hit_rate_rolls_back_naming_the_outcome() {
     assert_eq!((row.canary, row.control, row.verdict), (Some(0.6), Some(0.9), Verdict::Worse));
     assert!(row.p_value.is_some_and(|p| p <= 0.05) && row.interval.is_some(), "{row:?}");
 }
+
+/// `policy` with its metric `from` renamed `to`, as a policy read back from a state file or
+/// an audit record may be named: `from_yaml` refuses names of built-in rows, serde does not.
+fn renamed(mut policy: RolloutPolicy, from: &str, to: &str) -> RolloutPolicy {
+    for metric in &mut policy.metrics {
+        if let crate::policy::Metric::Outcome(outcome) = &mut metric.metric
+            && outcome.name == from
+        {
+            outcome.name = to.to_string();
+        }
+    }
+    let read_back: RolloutPolicy = serde_json::from_str(&serde_json::to_string(&policy).unwrap()).unwrap();
+    assert_eq!(read_back, policy, "the renamed policy is one a state file can hold");
+    read_back
+}
+
+#[tokio::test]
+async fn a_critical_outcome_named_like_the_non_success_row_holds_while_no_proxy_exports_it() {
+    // Matched by name, the built-in `non_success_rate` row (which had data) stood in for the
+    // outcome's (which had none): the rollout climbed to 100 % on no data.
+    let (dir, envoy) = (TempDir::new(), StubEnvoy::start().await);
+    let (clock, wall) = stepped_clock(T0);
+    let engine = engine(&dir, vec![envoy.url()], clock);
+    let policy = renamed(policy("checkout", CACHE_HIT), "cache_hit", "non_success_rate");
+    engine.register(policy, Actor::human("ci").unwrap(), T0).await.unwrap();
+    // 60 s of healthy traffic: six windows, enough to climb the whole ladder.
+    for second in 1..=60u64 {
+        envoy.serve_counts(&[("checkout", 100 * second, 9_900 * second)]);
+        wall.store(T0 + second * 1_000, Ordering::SeqCst);
+        engine.check_now("checkout").await.unwrap();
+    }
+    let status = engine.status("checkout", T0 + 60_000).await.unwrap();
+    assert_eq!(status.config.share_bp, 100, "held at the first step: {:?}", status.state);
+    let rows: Vec<_> = status.rows.iter().filter(|r| r.metric == "non_success_rate").collect();
+    assert_eq!(rows.len(), 2, "the built-in row and the outcome's: {rows:?}");
+    assert!(rows.iter().any(|r| r.verdict == Verdict::NotEnoughData), "{rows:?}");
+    assert_eq!(engine.audit("checkout").unwrap().len(), 1, "only the start: no promotion");
+}
+
+#[tokio::test]
+async fn a_non_critical_outcome_named_like_a_latency_row_never_rolls_back() {
+    // Matched by name, the outcome's Worse row counted as the critical `latency_p99_us`:
+    // a rollback "critical metric worse" on a metric the policy marked non-critical.
+    let (dir, envoy) = (TempDir::new(), StubEnvoy::start().await);
+    let (clock, wall) = stepped_clock(T0);
+    let engine = engine(&dir, vec![envoy.url()], clock);
+    let extra =
+        format!("    - {{name: latency_p99, max_increase_ms: 50}}\n{}", CACHE_HIT.replace('}', ", critical: false}"));
+    let policy = renamed(policy("checkout", &extra), "cache_hit", "latency_p99_us");
+    engine.register(policy, Actor::human("ci").unwrap(), T0).await.unwrap();
+    // The canary's hits fall from 90 % to 60 %, as in `a_fallen_hit_rate_rolls_back_naming_the_outcome`.
+    for second in 1..=10u64 {
+        let (canary, control) = (100 * second, 9_900 * second);
+        envoy.serve_counts(&[("checkout", canary, control)]);
+        append_cache_hits(&envoy, "checkout", (canary, 60 * second), (control, 8_910 * second));
+        wall.store(T0 + second * 1_000, Ordering::SeqCst);
+        engine.check_now("checkout").await.unwrap();
+    }
+    let status = engine.status("checkout", T0 + 10_000).await.unwrap();
+    assert_eq!(status.state.phase, canary_core::RolloutPhase::Progressing, "{:?}", engine.audit("checkout"));
+    let outcome = status.rows.iter().find(|r| r.metric == "latency_p99_us" && r.verdict == Verdict::Worse);
+    assert!(outcome.is_some(), "the outcome's own row is worse: {:#?}", status.rows);
+    assert_eq!(engine.audit("checkout").unwrap().len(), 1, "only the start: no rollback");
+}

@@ -370,3 +370,59 @@ fn limits_of_written_policies_do_not_apply_to_records_read_back() {
     assert_eq!(back, policy);
     assert!(RolloutPolicy::from_yaml(&policy.to_yaml().unwrap()).is_err(), "written, it is refused");
 }
+
+/// A policy metric named like a row every report carries would read as that row in
+/// every report; it is refused by field, naming the value and every reserved name.
+#[test]
+fn names_of_the_built_in_rows_are_reserved() {
+    let reserved = ["non_success_rate", "latency_p50_us", "latency_p90_us", "latency_p99_us", "latency_p99_9_us"];
+    for name in reserved {
+        for form in [
+            format!("{{name: {name}, query: 'x{{c=\"{{{{cohort}}}}\"}}', max_relative_increase: 0.1}}"),
+            format!("{{name: {name}, outcome: cache_hit, direction: higher_is_worse}}"),
+            format!("{{outcome: {name}, direction: lower_is_worse}}"),
+            format!(
+                "{{name: {name}, numerator: 'a{{c=\"{{{{cohort}}}}\"}}', denominator: 'b{{c=\"{{{{cohort}}}}\"}}', \
+                 direction: higher_is_worse}}"
+            ),
+        ] {
+            let error = parse(&format!("  metrics:\n    - {{name: error_rate}}\n    - {form}\n")).unwrap_err();
+            assert_eq!(error.field, "spec.metrics[1].name", "{form}: {error}");
+            assert_eq!(error.value, format!("{name:?}"), "{form}: {error}");
+            for listed in ["error_rate", "sample_ratio"].iter().chain(&reserved) {
+                assert!(error.expected.contains(listed), "{form}: {error}");
+            }
+        }
+    }
+    // The two built-in rows that are also policy metrics were refused already.
+    for name in ["error_rate", "sample_ratio"] {
+        let outcome = format!("  metrics:\n    - {{outcome: {name}, direction: lower_is_worse}}\n");
+        assert_eq!(parse(&outcome).unwrap_err().field, "spec.metrics[0].name");
+    }
+    // Names that merely resemble them are a policy's own.
+    let own = parse(
+        "  metrics:\n    - {name: error_rate}\n    - {outcome: latency_p99_us_total, direction: higher_is_worse}\n\
+         \x20   - {name: non_success, outcome: x, direction: higher_is_worse}\n",
+    );
+    assert_eq!(own.unwrap().metrics.len(), 3);
+}
+
+/// The refusal is for policies people write: one an older analyzer recorded with such a
+/// name still reads back from its state file or audit record (its rows are told apart
+/// by origin, see `MetricPolicy::row_key`).
+#[test]
+fn a_recorded_policy_with_a_reserved_name_still_reads_back() {
+    let mut policy =
+        parse("  metrics:\n    - {name: error_rate}\n    - {outcome: cache_hit, direction: higher_is_worse}\n")
+            .unwrap();
+    let Metric::Outcome(outcome) = &mut policy.metrics[1].metric else { panic!("an outcome") };
+    outcome.name = "latency_p99_us".into();
+    let back: RolloutPolicy = serde_json::from_str(&serde_json::to_string(&policy).unwrap()).unwrap();
+    assert_eq!(back, policy);
+    assert_eq!(back.metrics[1].row_key(), crate::stats::RowKey::policy("latency_p99_us"));
+    assert_eq!(
+        back.metrics.iter().map(MetricPolicy::row_key).next(),
+        Some(crate::stats::RowKey::built_in("error_rate"))
+    );
+    assert!(RolloutPolicy::from_yaml(&policy.to_yaml().unwrap()).is_err(), "written, it is refused");
+}
