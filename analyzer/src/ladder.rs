@@ -9,17 +9,19 @@
 //!
 //! This module holds the state, the decision records and the transitions; the
 //! automatic rules are in [`decide`](decide()), a human's overrides in
-//! [`human_override`].
+//! [`human_override`], catching up with proxies on a later generation in [`resync`](resync()).
 //!
 //! Every change of what the filter is served (share or phase) bumps the
 //! generation, because the filter ignores a different answer with an old one.
 
 mod decide;
 mod overrides;
+mod resync;
 #[cfg(test)]
 mod tests;
 pub use decide::decide;
 pub use overrides::human_override;
+pub use resync::{believable as believable_generation, resync};
 
 use std::time::Duration;
 
@@ -80,6 +82,10 @@ pub enum Action {
     Resume,
     /// A human sets the share; the window of the step at that share restarts.
     SetShare { to_step: u32, share_bp: u32 },
+    /// The same share and phase served again above a generation the proxies already
+    /// apply (an analyzer on a state older than theirs, see [`resync`]): the filter
+    /// ignores answers older than what it has, so nothing decided would reach them.
+    Resync { above_generation: u64 },
 }
 
 /// One decision with everything needed to audit it.
@@ -273,13 +279,17 @@ impl RolloutState {
                 next.share_bp = 0;
                 next.phase = RolloutPhase::RolledBack;
             }
+            Action::Resync { above_generation } => {
+                next.generation = self.generation.max(above_generation).saturating_add(1);
+            }
             Action::Pause => next.phase = RolloutPhase::Paused,
             Action::Resume => {
                 next.phase = RolloutPhase::Progressing;
                 next.step_started_at_ms = now_ms;
             }
         }
-        if next.share_bp != self.share_bp || next.phase != self.phase {
+        let served_changed = next.share_bp != self.share_bp || next.phase != self.phase;
+        if served_changed && next.generation == self.generation {
             next.generation = self.generation.saturating_add(1);
         }
         next.updated_at_ms = now_ms;

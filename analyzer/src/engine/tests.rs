@@ -504,3 +504,162 @@ async fn a_non_critical_outcome_named_like_a_latency_row_never_rolls_back() {
     assert!(outcome.is_some(), "the outcome's own row is worse: {:#?}", status.rows);
     assert_eq!(engine.audit("checkout").unwrap().len(), 1, "only the start: no rollback");
 }
+
+/// A copy of a state directory, as a backup holds it.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// An analyzer restored from a backup taken right after registration, while every proxy
+/// (the stub) holds what the lost analyzer served two promotions later. Returns the
+/// restored engine, the config the proxies hold, and the wall clock.
+async fn restored_behind_the_fleet(
+    live: &TempDir,
+    backup: &TempDir,
+    envoy: &StubEnvoy,
+) -> (Arc<Engine>, RolloutConfig, Arc<AtomicU64>) {
+    let (clock, wall) = stepped_clock(T0);
+    let lost = engine(live, vec![envoy.url()], Arc::clone(&clock));
+    lost.register(policy("checkout", ""), Actor::human("ci").unwrap(), T0).await.unwrap();
+    copy_dir(&live.0, &backup.0);
+    for second in 1..=2 {
+        lost.override_rollout("checkout", &OverrideAction::Promote, &alice(), "looks fine", T0 + second * 1_000)
+            .await
+            .unwrap();
+    }
+    let held = lost.config("checkout").unwrap();
+    assert_eq!(held.share_bp, 2_500);
+    drop(lost);
+    let restored = engine(backup, vec![envoy.url()], clock);
+    let served = restored.config("checkout").unwrap();
+    assert_eq!((served.generation, served.share_bp), (held.generation - 2, 100), "the backup's state");
+    assert!(
+        matches!(canary_core::rollout::merge(Some(&held), &served), canary_core::rollout::Merge::Ignored { .. }),
+        "the proxies ignore what the restored analyzer serves"
+    );
+    (restored, held, wall)
+}
+
+/// Whether a proxy holding `held` applies `served` (the filter's own acceptance rule).
+fn applies(held: &RolloutConfig, served: &RolloutConfig) -> bool {
+    canary_core::rollout::merge(Some(held), served) == canary_core::rollout::Merge::Applied
+}
+
+#[tokio::test]
+async fn an_analyzer_restored_behind_the_fleet_serves_above_it_and_a_rollback_reaches_the_proxies() {
+    let (live, backup, envoy) = (TempDir::new(), TempDir::new(), StubEnvoy::start().await);
+    let (engine, held, wall) = restored_behind_the_fleet(&live, &backup, &envoy).await;
+    // The first check sees every proxy on the lost generation.
+    envoy.serve_counts_and_gauges("checkout", 0, 0, held.generation, held.share_bp);
+    wall.store(T0 + 10_000, Ordering::SeqCst);
+    engine.check_now("checkout").await.unwrap();
+    let served = engine.config("checkout").unwrap();
+    assert!(applies(&held, &served), "the proxies take the restored state: {served:?} over {held:?}");
+    assert_eq!((served.generation, served.share_bp), (held.generation + 1, 100));
+    let resync = engine.audit("checkout").unwrap().pop().unwrap();
+    assert_eq!(serde_json::to_value(resync.decision.action).unwrap()["kind"], "resync");
+    assert!(resync.decision.reason.contains(&format!("proxies apply generation {}", held.generation)));
+    assert_eq!(
+        (resync.after.generation, resync.after.share_bp, resync.decision.actor),
+        (served.generation, 100, Actor::Analyzer)
+    );
+    // A rollback goes above it, so it reaches them at once.
+    engine.override_rollout("checkout", &OverrideAction::Rollback, &alice(), "bad build", T0 + 11_000).await.unwrap();
+    let rolled_back = engine.config("checkout").unwrap();
+    assert!(applies(&held, &rolled_back) && rolled_back.share_bp == 0, "{rolled_back:?}");
+}
+
+#[tokio::test]
+async fn an_automatic_rollback_after_a_restore_reaches_proxies_on_a_later_generation() {
+    let (live, backup, envoy) = (TempDir::new(), TempDir::new(), StubEnvoy::start().await);
+    let (engine, held, wall) = restored_behind_the_fleet(&live, &backup, &envoy).await;
+    // The proxies route 25 % and never see anything newer; the canary fails a third of its requests.
+    for second in 1..=30u64 {
+        let (canary, control) = (2_500 * second, 7_500 * second);
+        envoy.serve_counts_and_gauges("checkout", canary, control, held.generation, held.share_bp);
+        envoy.answer.lock().unwrap().1.push_str(&format!(
+            "canary_requests_total{{deployment=\"checkout\",cohort=\"canary\",class=\"5xx\"}} {}\n",
+            canary / 3
+        ));
+        wall.store(T0 + 10_000 + second * 1_000, Ordering::SeqCst);
+        engine.check_now("checkout").await.unwrap();
+        if engine.config("checkout").unwrap().share_bp == 0 {
+            break;
+        }
+    }
+    let served = engine.config("checkout").unwrap();
+    assert_eq!(served.state, canary_core::RolloutPhase::RolledBack, "{:#?}", engine.audit("checkout"));
+    assert!(applies(&held, &served), "the rollback reaches the proxies: {served:?} over {held:?}");
+}
+
+#[tokio::test]
+async fn a_rollout_a_restored_store_does_not_know_is_registered_above_what_the_proxies_hold() {
+    // The backup predates the rollout: the restored analyzer serves nothing for it.
+    let (live, backup, envoy) = (TempDir::new(), TempDir::new(), StubEnvoy::start().await);
+    copy_dir(&live.0, &backup.0);
+    let (clock, wall) = stepped_clock(T0);
+    let lost = engine(&live, vec![envoy.url()], Arc::clone(&clock));
+    lost.register(policy("checkout", ""), Actor::human("ci").unwrap(), T0).await.unwrap();
+    lost.override_rollout("checkout", &OverrideAction::Promote, &alice(), "fine", T0 + 1_000).await.unwrap();
+    let held = lost.config("checkout").unwrap();
+    drop(lost);
+    let restored = engine(&backup, vec![envoy.url()], clock);
+    assert!(restored.config("checkout").is_none());
+    // Registered again on a host whose clock is an hour behind: its generation starts below theirs...
+    let behind = T0 - 3_600_000;
+    wall.store(behind, Ordering::SeqCst);
+    restored.register(policy("checkout", ""), Actor::human("ci").unwrap(), behind).await.unwrap();
+    assert!(!applies(&held, &restored.config("checkout").unwrap()));
+    // ...and its first check, seeing the proxies, goes above it.
+    envoy.serve_counts_and_gauges("checkout", 0, 0, held.generation, held.share_bp);
+    wall.store(behind + 1_000, Ordering::SeqCst);
+    restored.check_now("checkout").await.unwrap();
+    let served = restored.config("checkout").unwrap();
+    assert!(applies(&held, &served) && served.share_bp == 100, "{served:?} over {held:?}");
+}
+
+#[tokio::test]
+async fn a_finished_rollout_is_not_served_over_a_later_one_but_the_next_starts_above_it() {
+    // Restored: the rollout ended rolled back. The proxies hold a later rollout the restored
+    // analyzer never saw (25 %): it is not forced back, and the next registration goes above it.
+    let (dir, envoy) = (TempDir::new(), StubEnvoy::start().await);
+    let (clock, wall) = stepped_clock(T0);
+    let engine = engine(&dir, vec![envoy.url()], clock);
+    engine.register(policy("checkout", ""), Actor::human("ci").unwrap(), T0).await.unwrap();
+    engine.override_rollout("checkout", &OverrideAction::Rollback, &alice(), "bad", T0 + 1_000).await.unwrap();
+    let ended = engine.config("checkout").unwrap();
+    let later = ended.generation + 5_000_000;
+    envoy.serve_counts_and_gauges("checkout", 0, 0, later, 2_500);
+    wall.store(T0 + 2_000, Ordering::SeqCst);
+    engine.check_now("checkout").await.unwrap();
+    assert_eq!(engine.config("checkout").unwrap(), ended, "nothing re-served");
+    assert_eq!(engine.audit("checkout").unwrap().len(), 2);
+    let status = engine.status("checkout", T0 + 2_000).await.unwrap();
+    assert_eq!(status.fleet.and_then(|fleet| fleet.ahead()), Some(later));
+    let again = engine.register(policy("checkout", ""), Actor::human("ci").unwrap(), T0 + 3_000).await.unwrap();
+    assert!(again.config.generation > later, "{} <= {later}", again.config.generation);
+}
+
+#[tokio::test]
+async fn a_generation_no_analyzer_could_have_served_is_not_followed() {
+    // A garbage gauge (u64::MAX) must not lift the served generation to where it can grow no more.
+    let (dir, envoy) = (TempDir::new(), StubEnvoy::start().await);
+    let (clock, wall) = stepped_clock(T0);
+    let engine = engine(&dir, vec![envoy.url()], clock);
+    engine.register(policy("checkout", ""), Actor::human("ci").unwrap(), T0).await.unwrap();
+    envoy.serve_counts_and_gauges("checkout", 0, 0, u64::MAX, 100);
+    wall.store(T0 + 1_000, Ordering::SeqCst);
+    engine.check_now("checkout").await.unwrap();
+    assert_eq!(engine.config("checkout").unwrap().generation, T0);
+    engine.override_rollout("checkout", &OverrideAction::Rollback, &alice(), "bad", T0 + 2_000).await.unwrap();
+    assert_eq!(engine.config("checkout").unwrap().generation, T0 + 1, "decisions still move it");
+}

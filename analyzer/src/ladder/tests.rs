@@ -372,6 +372,49 @@ fn stale_or_misplaced_decisions_are_refused() {
 }
 
 #[test]
+fn a_resync_serves_the_same_state_above_the_generation_the_proxies_hold() {
+    let state = started();
+    let ahead = state.generation + 7;
+    assert_eq!(resync(&state, state.generation, &healthy(), T0), None, "nobody ahead");
+    assert_eq!(resync(&state, state.generation - 1, &healthy(), T0), None, "behind is lagging, not ahead");
+    let decision = resync(&state, ahead, &healthy(), T0).unwrap();
+    assert_eq!(
+        (decision.action, decision.actor.clone()),
+        (Action::Resync { above_generation: ahead }, Actor::Analyzer)
+    );
+    assert!(decision.reason.contains(&format!("proxies apply generation {ahead}")), "{}", decision.reason);
+    assert_eq!(decision.rows, healthy());
+    let after = state.next(&decision, T0 + MINUTE_MS).unwrap();
+    assert_eq!(after.generation, ahead + 1);
+    let unchanged = |s: &RolloutState| (s.step, s.share_bp, s.phase, s.step_started_at_ms);
+    assert_eq!(unchanged(&after), unchanged(&state), "only the generation moves");
+    assert_eq!(after.updated_at_ms, T0 + MINUTE_MS);
+    let json = serde_json::to_value(decision.action).unwrap();
+    assert_eq!((json["kind"].as_str(), json["above_generation"].as_u64()), (Some("resync"), Some(ahead)));
+    // A paused rollout is re-served as paused; a finished one is not re-served at all.
+    let mut paused = state.clone();
+    paused.phase = RolloutPhase::Paused;
+    let decision = resync(&paused, ahead, &[], T0).unwrap();
+    assert_eq!(paused.next(&decision, T0).unwrap().phase, RolloutPhase::Paused);
+    for phase in [RolloutPhase::Promoted, RolloutPhase::RolledBack] {
+        let ended = RolloutState { phase, ..state.clone() };
+        assert_eq!(resync(&ended, ahead, &[], T0), None, "{phase:?}");
+        let forced = Decision { action: Action::Resync { above_generation: ahead }, ..decision.clone() };
+        assert!(matches!(ended.next(&forced, T0), Err(TransitionError::Finished { .. })), "{phase:?}");
+    }
+}
+
+#[test]
+fn a_generation_far_beyond_the_clock_is_not_followed() {
+    let state = started();
+    assert_eq!(resync(&state, u64::MAX, &[], T0), None);
+    let year_ms = 365 * 24 * 3_600 * 1_000;
+    assert!(resync(&state, T0 + year_ms, &[], T0).is_some(), "a clock a year behind is still believed");
+    assert_eq!(resync(&state, T0 + year_ms + 1, &[], T0), None);
+    assert!(believable_generation(T0 + year_ms, T0) && !believable_generation(T0 + year_ms + 1, T0));
+}
+
+#[test]
 fn decisions_and_actors_serialise_readably() {
     let decision =
         human_override(&policy(), &started(), &OverrideAction::SetShare { share_bp: 42 }, &by("dana"), "r", vec![])
