@@ -387,6 +387,16 @@ fn append_cache_hits(envoy: &StubEnvoy, deployment: &str, canary: (u64, u64), co
     }
 }
 
+/// One second of a 1 % share of 10 000 requests a second in which the canary hits the
+/// cache 60 % of the time and control 90 %, then a check.
+async fn check_a_fallen_hit_rate(engine: &Engine, envoy: &StubEnvoy, wall: &AtomicU64, second: u64) {
+    let (canary, control) = (100 * second, 9_900 * second);
+    envoy.serve_counts(&[("checkout", canary, control)]);
+    append_cache_hits(envoy, "checkout", (canary, 60 * second), (control, 8_910 * second));
+    wall.store(T0 + second * 1_000, Ordering::SeqCst);
+    engine.check_now("checkout").await.unwrap();
+}
+
 const CACHE_HIT: &str =
     "    - {name: cache_hit, outcome: cache_hit, direction: lower_is_worse, max_relative_decrease: 0.1}\n";
 
@@ -420,13 +430,8 @@ async fn a_fallen_hit_rate_rolls_back_naming_the_outcome() {
     let (clock, wall) = stepped_clock(T0);
     let engine = engine(&dir, vec![envoy.url()], clock);
     engine.register(policy("checkout", CACHE_HIT), Actor::human("ci").unwrap(), T0).await.unwrap();
-    // 1 % share of 10 000 requests a second: canary hits 60 %, control 90 %.
     for second in 1..=10u64 {
-        let (canary, control) = (100 * second, 9_900 * second);
-        envoy.serve_counts(&[("checkout", canary, control)]);
-        append_cache_hits(&envoy, "checkout", (canary, 60 * second), (control, 8_910 * second));
-        wall.store(T0 + second * 1_000, Ordering::SeqCst);
-        engine.check_now("checkout").await.unwrap();
+        check_a_fallen_hit_rate(&engine, &envoy, &wall, second).await;
         if engine.config("checkout").unwrap().state != canary_core::RolloutPhase::Progressing {
             break;
         }
@@ -492,31 +497,13 @@ async fn a_non_critical_outcome_named_like_a_latency_row_never_rolls_back() {
     engine.register(policy, Actor::human("ci").unwrap(), T0).await.unwrap();
     // The canary's hits fall from 90 % to 60 %, as in `a_fallen_hit_rate_rolls_back_naming_the_outcome`.
     for second in 1..=10u64 {
-        let (canary, control) = (100 * second, 9_900 * second);
-        envoy.serve_counts(&[("checkout", canary, control)]);
-        append_cache_hits(&envoy, "checkout", (canary, 60 * second), (control, 8_910 * second));
-        wall.store(T0 + second * 1_000, Ordering::SeqCst);
-        engine.check_now("checkout").await.unwrap();
+        check_a_fallen_hit_rate(&engine, &envoy, &wall, second).await;
     }
     let status = engine.status("checkout", T0 + 10_000).await.unwrap();
     assert_eq!(status.state.phase, canary_core::RolloutPhase::Progressing, "{:?}", engine.audit("checkout"));
     let outcome = status.rows.iter().find(|r| r.metric == "latency_p99_us" && r.verdict == Verdict::Worse);
     assert!(outcome.is_some(), "the outcome's own row is worse: {:#?}", status.rows);
     assert_eq!(engine.audit("checkout").unwrap().len(), 1, "only the start: no rollback");
-}
-
-/// A copy of a state directory, as a backup holds it.
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
 }
 
 /// An analyzer restored from a backup taken right after registration, while every proxy
@@ -530,7 +517,20 @@ async fn restored_behind_the_fleet(
     let (clock, wall) = stepped_clock(T0);
     let lost = engine(live, vec![envoy.url()], Arc::clone(&clock));
     lost.register(policy("checkout", ""), Actor::human("ci").unwrap(), T0).await.unwrap();
-    copy_dir(&live.0, &backup.0);
+    {
+        // The backup: the registration's record and state, as the store wrote them.
+        let (mut store, _) = RolloutStore::open(&backup.0).unwrap();
+        let state = RolloutState::start(&policy("checkout", ""), 0, T0);
+        store
+            .commit(
+                T0,
+                &policy("checkout", ""),
+                &Decision::start(&state, Actor::human("ci").unwrap(), "deploy"),
+                None,
+                &state,
+            )
+            .unwrap();
+    }
     for second in 1..=2 {
         lost.override_rollout("checkout", &OverrideAction::Promote, &alice(), "looks fine", T0 + second * 1_000)
             .await
@@ -603,9 +603,8 @@ async fn an_automatic_rollback_after_a_restore_reaches_proxies_on_a_later_genera
 
 #[tokio::test]
 async fn a_rollout_a_restored_store_does_not_know_is_registered_above_what_the_proxies_hold() {
-    // The backup predates the rollout: the restored analyzer serves nothing for it.
+    // The backup predates the rollout (an empty state directory): the restored analyzer serves nothing for it.
     let (live, backup, envoy) = (TempDir::new(), TempDir::new(), StubEnvoy::start().await);
-    copy_dir(&live.0, &backup.0);
     let (clock, wall) = stepped_clock(T0);
     let lost = engine(&live, vec![envoy.url()], Arc::clone(&clock));
     lost.register(policy("checkout", ""), Actor::human("ci").unwrap(), T0).await.unwrap();
