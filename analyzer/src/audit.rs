@@ -685,6 +685,7 @@ mod tests {
             p_value: Some(0.01),
             verdict,
             unit: crate::stats::ValueUnit::Fraction,
+            origin: crate::stats::RowOrigin::BuiltIn,
         }]
     }
 
