@@ -11,28 +11,21 @@
 //! early exit over the identities either), so response times reveal neither a
 //! matching prefix nor which line matched. The file is read again on SIGHUP and
 //! when its content changes ([`Authenticator::reload`], [`Authenticator::watch_file`]);
-//! a file that does not parse leaves the identities already loaded in place and is
-//! logged with its path, line and what was expected. Refusals are logged and
-//! counted per reason ([`RefusalReason`]); tokens are never logged or served.
+//! how a changed, bad or missing file changes the identities in force is
+//! [`tokens_file`]'s. Refusals are logged and counted per reason ([`RefusalReason`]);
+//! tokens are never logged or served.
 
 mod token_table;
+mod tokens_file;
 
 pub use token_table::{BlankToken, LineProblem, ParseError, SINGLE_TOKEN_NAME, TokenTable, same_secret};
+pub use tokens_file::{FILE_POLL_INTERVAL, ReloadTrigger, Reloaded, TokensFileError, UNREADABLE_GRACE};
 
 use std::fmt;
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::Duration;
-
-/// Largest tokens file read: a line is under 200 bytes, so 1 MiB is thousands of
-/// identities; anything bigger is the wrong file, not a bigger team.
-const MAX_FILE_BYTES: u64 = 1 << 20;
-/// How often [`Authenticator::watch_file`] reads the file for a change: a rotation
-/// takes effect within 2 s of the file changing (a Kubernetes Secret volume itself
-/// is refreshed by the kubelet within about a minute).
-pub const FILE_POLL_INTERVAL: Duration = Duration::from_secs(2);
+use tokens_file::{ReadHistory, ReloadCounts};
 
 /// What an identity may do. Every role reads; see [`Role::allows`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -112,17 +105,6 @@ impl Permission {
 pub struct Identity {
     pub name: String,
     pub role: Role,
-}
-
-/// Why a tokens file could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum TokensFileError {
-    #[error("tokens file {}: cannot read it: {source}", path.display())]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("tokens file {}: more than {MAX_FILE_BYTES} bytes: expected one short `TOKEN,NAME,ROLE` line per identity", path.display())]
-    TooLarge { path: PathBuf },
-    #[error("tokens file {}: {source}", path.display())]
-    Parse { path: PathBuf, source: ParseError },
 }
 
 /// Why a request was refused: the label of `canary_analyzer_auth_refusals_total`.
@@ -240,26 +222,6 @@ fn presented_token(authorization: Option<&str>, permission: Permission) -> Optio
     None
 }
 
-/// What reloading the tokens file did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reloaded {
-    /// The identities now in force, from a changed (or, on SIGHUP, re-read) file.
-    Loaded { identities: usize },
-    /// The file's content is the one read last time (loaded or refused then): nothing done.
-    Unchanged,
-    /// There is no tokens file (`--token`, or no tokens): nothing to reload.
-    NoFile,
-}
-
-/// What made [`Authenticator::reload`] run (for the log).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReloadTrigger {
-    /// SIGHUP: the file is parsed again even if unchanged.
-    Signal,
-    /// The periodic read found (or may find) different content.
-    FileChange,
-}
-
 /// Start-up settings that cannot be combined.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthSetupError {
@@ -288,11 +250,10 @@ pub struct Authenticator {
     file: Option<PathBuf>,
     /// Whether reads (status, report, audit, the dashboard) need a token of any role.
     require_viewer: bool,
-    /// xxh3 of the file content read last, loaded or refused: a poll acts only on a change.
-    last_read: Mutex<Option<u128>>,
+    /// What the last reads of the tokens file found (see [`tokens_file`]).
+    history: Mutex<ReadHistory>,
     refusals: RefusalCounts,
-    reloads_loaded: AtomicU64,
-    reloads_refused: AtomicU64,
+    reloads: ReloadCounts,
 }
 
 impl Authenticator {
@@ -301,10 +262,9 @@ impl Authenticator {
             table: RwLock::new(table.map(Arc::new)),
             file,
             require_viewer,
-            last_read: Mutex::new(None),
+            history: Mutex::default(),
             refusals: Default::default(),
-            reloads_loaded: AtomicU64::new(0),
-            reloads_refused: AtomicU64::new(0),
+            reloads: Default::default(),
         }
     }
 
@@ -318,12 +278,15 @@ impl Authenticator {
         Authenticator::new(Some(table), None, false)
     }
 
-    /// The identities of the tokens file at `path`; [`Authenticator::reload`] reads it again.
+    /// The identities of the tokens file at `path` (none, if it has no lines);
+    /// [`Authenticator::reload`] reads it again. A file that cannot be read or parsed
+    /// at start is an error: a wrong path or a typo is caught before serving.
     pub fn from_file(path: &Path) -> Result<Authenticator, TokensFileError> {
-        let text = read_limited(path)?;
-        let table = TokenTable::parse(&text).map_err(|source| TokensFileError::Parse { path: path.into(), source })?;
+        let content = tokens_file::read_bytes(path)?;
+        let table = tokens_file::parse_content(path, &content)?;
+        tokens_file::warn_if_empty(&table, path);
         let auth = Authenticator::new(Some(table), Some(path.into()), false);
-        *auth.last_read.lock().unwrap_or_else(PoisonError::into_inner) = Some(content_hash(&text));
+        *auth.history.lock().unwrap_or_else(PoisonError::into_inner) = ReadHistory::started_with(&content);
         Ok(auth)
     }
 
@@ -425,61 +388,6 @@ impl Authenticator {
         self.refusals.of(reason).load(Ordering::Relaxed)
     }
 
-    /// Reads the tokens file again and puts its identities in force. A file that cannot
-    /// be read or parsed changes nothing: the identities loaded before stay, and the
-    /// error (path, line, what was expected) is logged and returned. A poll
-    /// ([`ReloadTrigger::FileChange`]) acts only when the content differs from the
-    /// last read, so a bad file is logged once, not every poll; SIGHUP always re-parses.
-    /// This is what the SIGHUP handler and [`Authenticator::watch_file`] call.
-    pub fn reload(&self, trigger: ReloadTrigger) -> Result<Reloaded, TokensFileError> {
-        let Some(path) = &self.file else { return Ok(Reloaded::NoFile) };
-        let outcome = self.reload_from(path, trigger);
-        match &outcome {
-            Ok(Reloaded::Loaded { identities }) => {
-                self.reloads_loaded.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(file = %path.display(), identities, ?trigger, "tokens file loaded");
-            }
-            Ok(_) => {}
-            Err(e) => {
-                self.reloads_refused.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(
-                    error = %e, kept_identities = self.identities(), ?trigger,
-                    "tokens file refused; the identities loaded before stay in force"
-                );
-            }
-        }
-        outcome
-    }
-
-    fn reload_from(&self, path: &Path, trigger: ReloadTrigger) -> Result<Reloaded, TokensFileError> {
-        // Held from the read to the swap: a poll and a SIGHUP at once cannot put an
-        // older read in force after a newer one.
-        let mut last = self.last_read.lock().unwrap_or_else(PoisonError::into_inner);
-        let text = read_limited(path)?;
-        let hash = content_hash(&text);
-        if trigger == ReloadTrigger::FileChange && *last == Some(hash) {
-            return Ok(Reloaded::Unchanged);
-        }
-        *last = Some(hash);
-        let table = TokenTable::parse(&text).map_err(|source| TokensFileError::Parse { path: path.into(), source })?;
-        let identities = table.len();
-        *self.table.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(table));
-        Ok(Reloaded::Loaded { identities })
-    }
-
-    /// Reads the tokens file every `every` and loads it when its content changed; runs
-    /// until the task is dropped. Without a tokens file it returns at once.
-    pub async fn watch_file(self: Arc<Self>, every: Duration) {
-        if self.file.is_none() {
-            return;
-        }
-        loop {
-            tokio::time::sleep(every).await;
-            // Errors are logged and counted by `reload`; the old identities stay.
-            let _ = self.reload(ReloadTrigger::FileChange);
-        }
-    }
-
     /// The Prometheus lines for refusals and reloads.
     pub fn metrics_text(&self) -> String {
         use std::fmt::Write as _;
@@ -499,33 +407,12 @@ impl Authenticator {
         let _ = write!(
             out,
             "# HELP canary_analyzer_identities Identities whose tokens are accepted.\n\
-             # TYPE canary_analyzer_identities gauge\ncanary_analyzer_identities {}\n\
-             # HELP canary_analyzer_tokens_reloads_total Tokens file reloads, by result (refused: old identities kept).\n\
-             # TYPE canary_analyzer_tokens_reloads_total counter\n\
-             canary_analyzer_tokens_reloads_total{{result=\"loaded\"}} {}\n\
-             canary_analyzer_tokens_reloads_total{{result=\"refused\"}} {}\n",
+             # TYPE canary_analyzer_identities gauge\ncanary_analyzer_identities {}\n{}",
             self.identities(),
-            self.reloads_loaded.load(Ordering::Relaxed),
-            self.reloads_refused.load(Ordering::Relaxed)
+            self.reloads.metrics_text()
         );
         out
     }
-}
-
-fn content_hash(text: &str) -> u128 {
-    xxhash_rust::xxh3::xxh3_128(text.as_bytes())
-}
-
-/// The file's text, refusing more than [`MAX_FILE_BYTES`].
-fn read_limited(path: &Path) -> Result<String, TokensFileError> {
-    let read = |source| TokensFileError::Read { path: path.into(), source };
-    let file = std::fs::File::open(path).map_err(read)?;
-    let mut text = String::new();
-    file.take(MAX_FILE_BYTES + 1).read_to_string(&mut text).map_err(read)?;
-    if text.len() as u64 > MAX_FILE_BYTES {
-        return Err(TokensFileError::TooLarge { path: path.into() });
-    }
-    Ok(text)
 }
 
 #[cfg(test)]
@@ -545,7 +432,7 @@ pub(super) mod tests {
         )
     }
 
-    fn temp_file(name: &str, text: &str) -> PathBuf {
+    pub(super) fn temp_file(name: &str, text: &str) -> PathBuf {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let dir = std::env::temp_dir().join(format!(
             "canary-auth-{}-{}",
@@ -558,7 +445,7 @@ pub(super) mod tests {
         path
     }
 
-    fn bearer(token: &str) -> String {
+    pub(super) fn bearer(token: &str) -> String {
         format!("Bearer {token}")
     }
 
@@ -619,52 +506,5 @@ pub(super) mod tests {
         assert_eq!(single.reload(ReloadTrigger::Signal).unwrap(), Reloaded::NoFile);
         let from_file = Authenticator::from_settings(None, Some(&path), true).unwrap();
         assert!(from_file.requires_viewer() && from_file.identities() == 4);
-    }
-
-    #[test]
-    fn a_rewritten_file_is_loaded_and_a_bad_one_keeps_the_identities_in_force() {
-        let path = temp_file("tokens.csv", &format!("{OPERATOR},alice,operator\n"));
-        let auth = Authenticator::from_file(&path).unwrap();
-        let who = |token: &str| auth.authenticate(Some(&bearer(token)), Permission::Override, "test").ok();
-        assert_eq!(who(OPERATOR).unwrap().name, "alice");
-        assert_eq!(auth.reload(ReloadTrigger::FileChange).unwrap(), Reloaded::Unchanged);
-        std::fs::write(&path, format!("{ADMIN},alice,operator\n")).unwrap();
-        assert_eq!(auth.reload(ReloadTrigger::FileChange).unwrap(), Reloaded::Loaded { identities: 1 });
-        assert_eq!(who(ADMIN).unwrap().name, "alice", "the new token is accepted");
-        assert!(who(OPERATOR).is_none(), "the old one is refused");
-        // A bad file: refused, with path, line and expectation; the identities loaded before stay.
-        std::fs::write(&path, format!("{PIPELINE},bob,pipeline\n{VIEWER},carol,superuser\n")).unwrap();
-        let error = auth.reload(ReloadTrigger::FileChange).unwrap_err().to_string();
-        assert!(error.contains(&path.display().to_string()) && error.contains("line 2: field `role`"), "{error}");
-        assert!(who(ADMIN).is_some() && who(PIPELINE).is_none(), "nothing of the bad file is in force");
-        // A poll does not refuse the same bad content again; SIGHUP re-reads it anyway.
-        assert_eq!(auth.reload(ReloadTrigger::FileChange).unwrap(), Reloaded::Unchanged);
-        assert!(auth.reload(ReloadTrigger::Signal).is_err());
-        std::fs::remove_file(&path).unwrap();
-        assert!(auth.reload(ReloadTrigger::FileChange).unwrap_err().to_string().contains("cannot read it"));
-        assert!(who(ADMIN).is_some(), "a missing file keeps the identities too");
-        let metrics = auth.metrics_text();
-        assert!(metrics.contains("canary_analyzer_tokens_reloads_total{result=\"loaded\"} 1\n"), "{metrics}");
-        assert!(metrics.contains("canary_analyzer_tokens_reloads_total{result=\"refused\"} 3\n"), "{metrics}");
-        assert!(metrics.contains("canary_analyzer_identities 1\n"), "{metrics}");
-        assert!(metrics.contains("{status=\"401\",reason=\"unknown_token\"} 2\n"), "{metrics}");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_watcher_picks_up_a_rotation_without_a_restart() {
-        let path = temp_file("tokens.csv", &format!("{OPERATOR},alice,operator\n"));
-        let auth = Arc::new(Authenticator::from_file(&path).unwrap());
-        let watcher = tokio::spawn(Arc::clone(&auth).watch_file(FILE_POLL_INTERVAL));
-        std::fs::write(&path, format!("{ADMIN},alice,operator\n")).unwrap();
-        let accepted = |token: &str| auth.authenticate(Some(&bearer(token)), Permission::Override, "test").is_ok();
-        // The clock is paused: each step lets exactly one more poll run, no real waiting.
-        let mut polls = 0;
-        while !accepted(ADMIN) && polls < 10 {
-            tokio::time::sleep(FILE_POLL_INTERVAL).await;
-            polls += 1;
-        }
-        assert!(accepted(ADMIN) && !accepted(OPERATOR), "rotated after {polls} poll interval(s)");
-        assert!(polls <= 2, "{polls} poll intervals");
-        watcher.abort();
     }
 }

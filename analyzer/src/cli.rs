@@ -6,6 +6,11 @@
 //! Every request has a time limit ([`DEFAULT_REQUEST_TIMEOUT`], connecting
 //! included), and `wait` cuts each one short at its own deadline: a pipeline gate
 //! must end on time even against an analyzer that accepts connections and never answers.
+//! `wait` asks again only after an error that can pass ([`worth_asking_again`]); a
+//! wrong deployment, server or token ends it at once.
+//!
+//! A closed standard output (`status | head`, `wait | grep -q`) is a normal end, not
+//! a panic: output goes through [`print_out`] and notes through [`note`].
 
 use crate::audit::AuditRecord;
 use crate::engine::RolloutStatus;
@@ -14,10 +19,12 @@ use crate::present::{
     verdict_name,
 };
 use crate::stats::ComparisonRow;
-use anyhow::{Context, bail};
+use anyhow::Context;
 use canary_core::RolloutPhase;
+use reqwest::StatusCode;
 use serde_json::json;
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 /// How long one request may take, connecting included: an analyzer answers status
@@ -53,8 +60,59 @@ impl Recorded {
 pub mod exit {
     pub const PROMOTED: i32 = 0;
     pub const ROLLED_BACK: i32 = 1;
-    /// Timed out, or the analyzer could not be asked.
+    /// Timed out, the analyzer could not be asked, or it refused (unknown
+    /// deployment, missing or wrong token): no verdict.
     pub const UNKNOWN: i32 = 2;
+}
+
+/// An answer of the analyzer that is not a success: its status and its `error` text.
+#[derive(Debug, thiserror::Error)]
+#[error("analyzer answered {status}: {message}")]
+pub struct ErrorAnswer {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+/// Whether asking again may get another answer than `status`: a server error or
+/// overload (5xx), a request timeout (408) or too many requests (429) can pass. A
+/// 404 (no such deployment), 401 (no or a wrong token), 403 (a role that may not)
+/// or any other refusal is the same on every try: a typo must not block a pipeline
+/// until `--timeout`.
+pub fn worth_asking_again(status: StatusCode) -> bool {
+    status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::TOO_MANY_REQUESTS
+}
+
+/// Whether `wait` should ask again after `error`: an [`ErrorAnswer`] by its status,
+/// a transport error (no connection, a timeout, a cut answer) always; anything else
+/// (an answer this client cannot read: another version) never.
+fn error_can_pass(error: &anyhow::Error) -> bool {
+    match error.downcast_ref::<ErrorAnswer>() {
+        Some(answer) => worth_asking_again(answer.status),
+        None => error.chain().any(|cause| cause.is::<reqwest::Error>()),
+    }
+}
+
+/// Standard output was closed by its reader (`| head`, `| grep -q`): the command
+/// ends normally, since nobody reads what it would print.
+#[derive(Debug, thiserror::Error)]
+#[error("standard output is closed")]
+pub struct StdoutClosed;
+
+/// Writes `text` to standard output and flushes it. A closed output is
+/// [`StdoutClosed`]; any other write error is an error naming standard output.
+pub fn print_out(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
+        Err(e) => Err(anyhow::Error::new(e).context("writing to standard output")),
+    }
+}
+
+/// Writes `line` and a newline to standard error, for people; a closed or failing
+/// standard error loses the note and nothing else (`eprintln!` would panic).
+pub fn note(line: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 impl Client {
@@ -99,7 +157,7 @@ impl Client {
                 .ok()
                 .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
                 .unwrap_or(body);
-            bail!("analyzer answered {status}: {message}");
+            return Err(ErrorAnswer { status, message }.into());
         }
         Ok((body, identity))
     }
@@ -147,7 +205,10 @@ impl Client {
     }
 
     /// Polls until the rollout ends; returns the exit code for pipelines. Ends by
-    /// `timeout` however the analyzer behaves: each status call is cut short at the deadline.
+    /// `timeout` however the analyzer behaves: each status call is cut short at the
+    /// deadline. An error that cannot pass ([`worth_asking_again`]) ends it at once
+    /// with [`exit::UNKNOWN`]. Progress goes to standard output while anyone reads
+    /// it; a closed one does not end the wait, whose answer is its exit code.
     pub async fn wait(&self, deployment: &str, timeout: Duration, every: Duration) -> i32 {
         // No deadline the clock can hold (`--timeout` near u64::MAX seconds) is no deadline.
         let deadline = Instant::now().checked_add(timeout);
@@ -155,12 +216,18 @@ impl Client {
         let mut last_line = String::new();
         loop {
             match tokio::time::timeout(time_left(), self.status(deployment)).await {
-                Err(_) => eprintln!("no answer from the analyzer at {} before the deadline", self.server),
-                Ok(Err(e)) => eprintln!("{e:#}"),
+                Err(_) => note(&format!("no answer from the analyzer at {} before the deadline", self.server)),
+                Ok(Err(e)) if error_can_pass(&e) => note(&format!("{e:#}")),
+                Ok(Err(e)) => {
+                    note(&format!("{e:#}"));
+                    note("not asking again: this answer does not change by waiting");
+                    return exit::UNKNOWN;
+                }
                 Ok(Ok(status)) => {
                     let line = progress_line(&status);
                     if line != last_line {
-                        println!("{line}");
+                        // A closed output loses the progress, not the verdict.
+                        let _ = print_out(&format!("{line}\n"));
                         last_line = line;
                     }
                     match status.state.phase {
@@ -172,7 +239,7 @@ impl Client {
             }
             let remaining = time_left();
             if remaining.is_zero() {
-                eprintln!("gave up after {} s without a verdict", timeout.as_secs());
+                note(&format!("gave up after {} s without a verdict", timeout.as_secs()));
                 return exit::UNKNOWN;
             }
             tokio::time::sleep(every.min(remaining)).await;
@@ -343,6 +410,8 @@ mod tests {
     use crate::fixtures::{point, row, state};
     use crate::ladder::{Action, Actor};
     use crate::stats::Verdict;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// The shared rollout after one check, with `rows` comparison rows.
     fn status(rows: usize) -> RolloutStatus {
@@ -448,6 +517,76 @@ mod tests {
         assert!(took < Duration::from_secs(5), "took {took:?}");
         assert_eq!(Client::new("http://x/", Some(" \n".into())).token, None, "a blank token is no token");
         assert_eq!(Client::new("http://x/", Some("t\n".into())).token.as_deref(), Some("t"));
+    }
+
+    /// A server that gives the answers of `script` in turn, then the last one again,
+    /// and counts the requests: returns its URL and the count.
+    async fn scripted_server(script: Vec<(StatusCode, String)>) -> (String, Arc<AtomicUsize>) {
+        let asked = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&asked);
+        let answer = move || {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            let answer = script.get(n).or(script.last()).cloned().unwrap();
+            async move { answer }
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, axum::Router::new().fallback(answer)).await });
+        (url, asked)
+    }
+
+    fn promoted() -> String {
+        let mut done = status(1);
+        done.state = state(4, 10_000, RolloutPhase::Promoted);
+        serde_json::to_string(&done).unwrap()
+    }
+
+    #[tokio::test]
+    async fn wait_ends_at_once_when_asking_again_cannot_help() {
+        let error = |status: StatusCode| (status, format!(r#"{{"error":"answered {}"}}"#, status.as_u16()));
+        for status in [StatusCode::NOT_FOUND, StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN, StatusCode::BAD_REQUEST]
+        {
+            let (url, asked) = scripted_server(vec![error(status)]).await;
+            let start = Instant::now();
+            let outcome = tokio::time::timeout(
+                HUNG,
+                Client::new(&url, None).wait("demo", Duration::from_secs(60), Duration::from_millis(100)),
+            )
+            .await;
+            assert_eq!(outcome, Ok(exit::UNKNOWN), "{status}: still waiting after {:?}", start.elapsed());
+            assert_eq!(asked.load(Ordering::SeqCst), 1, "{status}: asked once");
+        }
+        // An answer this client cannot read (another version): no use asking again either.
+        let (url, asked) = scripted_server(vec![(StatusCode::OK, "{}".into())]).await;
+        let client = Client::new(&url, None);
+        let wait = client.wait("demo", Duration::from_secs(60), Duration::from_millis(100));
+        assert_eq!(tokio::time::timeout(HUNG, wait).await, Ok(exit::UNKNOWN));
+        assert_eq!(asked.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn wait_asks_again_after_errors_that_can_pass() {
+        let script = vec![
+            (StatusCode::SERVICE_UNAVAILABLE, "starting".to_string()),
+            (StatusCode::BAD_GATEWAY, "<html>proxy</html>".into()),
+            (StatusCode::INTERNAL_SERVER_ERROR, r#"{"error":"internal error"}"#.into()),
+            (StatusCode::TOO_MANY_REQUESTS, String::new()),
+            (StatusCode::REQUEST_TIMEOUT, String::new()),
+            (StatusCode::OK, promoted()),
+        ];
+        let (url, asked) = scripted_server(script).await;
+        let client = Client::new(&url, None);
+        let wait = client.wait("demo", Duration::from_secs(60), Duration::from_millis(10));
+        assert_eq!(tokio::time::timeout(HUNG, wait).await, Ok(exit::PROMOTED));
+        assert_eq!(asked.load(Ordering::SeqCst), 6);
+        // No server at all (a transport error) is asked again until the deadline.
+        let closed =
+            format!("http://{}", tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap());
+        let start = Instant::now();
+        let client = Client::new(&closed, None);
+        let wait = client.wait("demo", Duration::from_millis(600), Duration::from_millis(50));
+        assert_eq!(tokio::time::timeout(HUNG, wait).await, Ok(exit::UNKNOWN));
+        assert!(start.elapsed() >= Duration::from_millis(600), "gave up after {:?}", start.elapsed());
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //! only what decisions and records are stamped with.
 
 mod fetch;
+mod fleet_generation;
 mod recording;
 #[cfg(test)]
 mod tests;
@@ -556,7 +557,9 @@ impl Engine {
         if previous.as_ref().is_some_and(|state| !state.is_finished()) {
             return Err(EngineError::InProgress(deployment));
         }
-        let state = RolloutState::start(&policy, previous.as_ref().map_or(0, |s| s.generation), now_ms);
+        let seen = fleet_generation::seen_ahead(inner.rollouts.get(&deployment), now_ms);
+        let previous_generation = previous.as_ref().map_or(0, |s| s.generation).max(seen.unwrap_or(0));
+        let state = RolloutState::start(&policy, previous_generation, now_ms);
         let mut live = LiveRollout::new(policy, state, &self.source, &self.notifier)
             .map_err(|e| EngineError::InvalidPolicy(e.to_string()))?;
         let decision = Decision::start(&live.state, by, format!("registered with policy {:?}", live.policy.name));
@@ -739,6 +742,7 @@ impl Engine {
             live.history.pop_front();
         }
         live.history.push_back(HistoryPoint::from_interval(now_ms, live.state.share_bp, &interval));
+        self.catch_up_with_the_fleet(store, live, &interval, now_ms)?;
         let mut decision = decide(&live.policy, &live.state, &live.rows, &live.step_evidence, now_ms);
         if let Some(note) = missing_outcomes_note(&live.evaluation.missing_outcomes())
             && !decision.changes_state()

@@ -12,13 +12,10 @@ use crate::policy::{CustomMetric, Metric, RolloutPolicy};
 use crate::source::{CohortValues, IntervalMetrics};
 use crate::stats::{
     CohortCounts, ComparisonRow, DifferenceScale, ErrorRateSettings, ErrorRateTest, IntervalCounts, LatencyHistogram,
-    QuantileTolerance, REPORTED_QUANTILES, SampleRatioSettings, SampleRatioTest, StatsError, TailExceedanceSettings,
-    TailExceedanceTest, ValueUnit, Verdict, latency_metric_name, sort_worst_first,
+    NON_SUCCESS_RATE_ROW, QuantileTolerance, REPORTED_QUANTILES, RowOrigin, SampleRatioSettings, SampleRatioTest,
+    StatsError, TailExceedanceSettings, TailExceedanceTest, ValueUnit, Verdict, latency_metric_name, sort_worst_first,
 };
 use canary_core::Cohort;
-
-/// Row name of the share of requests that are not 2xx (1 − success rate).
-pub const NON_SUCCESS_RATE: &str = "non_success_rate";
 
 /// The row of a policy's custom PromQL metric: a guardrail, not a statistical test.
 /// PromQL gives one number per cohort with no sample size, so there is no p-value
@@ -46,6 +43,7 @@ pub fn custom_row(metric: &CustomMetric, values: CohortValues) -> ComparisonRow 
         p_value: None,
         verdict,
         unit: ValueUnit::Number,
+        origin: RowOrigin::Policy,
     }
 }
 
@@ -172,7 +170,7 @@ impl RolloutEvaluation {
     /// The report, worst first; `extra` rows (custom metrics) are sorted in.
     pub fn rows(&self, extra: Vec<ComparisonRow>) -> Result<Vec<ComparisonRow>, StatsError> {
         let mut non_success = self.non_success.row(self.alpha, self.min_requests)?;
-        non_success.metric = NON_SUCCESS_RATE.to_string();
+        non_success.metric = NON_SUCCESS_RATE_ROW.to_string();
         let mut rows = vec![
             self.error_rate.row(self.alpha, self.min_requests)?,
             non_success,
@@ -245,7 +243,40 @@ mod tests {
         let rows = eval.rows(Vec::new()).unwrap();
         assert_eq!(verdict(&rows, "error_rate"), Verdict::NotEnoughData);
         assert!(rows.iter().any(|r| r.metric == "latency_p99_us"));
-        assert!(rows.iter().any(|r| r.metric == NON_SUCCESS_RATE));
+        assert!(rows.iter().any(|r| r.metric == NON_SUCCESS_RATE_ROW));
+    }
+
+    /// The rows the analyzer reports on its own, whatever the policy lists, are exactly the
+    /// reserved names (so a policy cannot take one), and only they are built-in rows.
+    #[test]
+    fn the_built_in_rows_are_the_reserved_ones_and_the_policys_rows_are_its_own() {
+        let policy = RolloutPolicy::from_yaml(
+            "apiVersion: canary.wasm.dev/v1alpha1\nkind: RolloutPolicy\nmetadata: {name: t}\nspec:\n  \
+             deployment: checkout\n  metrics:\n    - {name: error_rate}\n    \
+             - {name: cache_hit, outcome: cache_hit, direction: lower_is_worse}\n",
+        )
+        .unwrap();
+        let mut eval = RolloutEvaluation::new(&policy).unwrap();
+        eval.observe(&interval(100, 1, 1), Some(5_000)).unwrap();
+        let metric = CustomMetric {
+            name: "declines".into(),
+            query: "x{cohort=\"{{cohort}}\"}".into(),
+            max_relative_increase: Some(0.1),
+            max_absolute_increase: None,
+        };
+        let custom = custom_row(&metric, CohortValues { canary: Some(1.0), control: Some(1.0) });
+        let rows = eval.rows(vec![custom]).unwrap();
+        let mut built_in: Vec<&str> =
+            rows.iter().filter(|r| r.origin == RowOrigin::BuiltIn).map(|r| r.metric.as_str()).collect();
+        built_in.sort_unstable();
+        let mut reserved = crate::stats::BUILT_IN_ROWS.to_vec();
+        reserved.sort_unstable();
+        assert_eq!(built_in, reserved);
+        let mut own: Vec<&str> =
+            rows.iter().filter(|r| r.origin == RowOrigin::Policy).map(|r| r.metric.as_str()).collect();
+        own.sort_unstable();
+        assert_eq!(own, ["cache_hit", "declines"]);
+        assert_eq!(rows.len(), reserved.len() + 2, "every row has a known origin");
     }
 
     #[test]

@@ -34,6 +34,7 @@ pub fn row(metric: &str, verdict: Verdict, p: Option<f64>) -> ComparisonRow {
         p_value: p,
         verdict,
         unit: crate::stats::ValueUnit::ByName,
+        origin: crate::stats::RowOrigin::ByName,
     }
 }
 

@@ -2,9 +2,11 @@
 //! (the filter's `canary_applied_*` gauges, read per proxy by both sources) against
 //! what the analyzer serves. Pure: the engine hands in the latest interval's proxies.
 //!
-//! Two uses: people see "N of M proxies on generation G" and which ones lag; and the
+//! Three uses: people see "N of M proxies on generation G" and which ones lag; the
 //! statistics judge the split against the share the proxies applied in each interval,
-//! not the one the analyzer was serving (which they pick up a poll later).
+//! not the one the analyzer was serving (which they pick up a poll later); and a proxy
+//! on a generation *above* the served one tells the engine its state is older than the
+//! fleet's ([`FleetView::ahead`], [`crate::ladder::resync`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -59,6 +61,12 @@ impl FleetView {
             }
         }
         view
+    }
+
+    /// The highest generation a proxy applies, when it is above the served one: the
+    /// analyzer's state is older than the fleet's (see [`crate::ladder::resync`]).
+    pub fn ahead(&self) -> Option<u64> {
+        self.lagging.iter().map(|proxy| proxy.generation).filter(|&g| g > self.generation).max()
     }
 
     /// Every proxy that reports applies the served generation (vacuously, when none reports).
@@ -160,6 +168,18 @@ mod tests {
             applied_share_bp(&[proxy("a", None, None, 100), proxy("b", Some(1), Some(100), 100)], 500),
             Some(300)
         );
+    }
+
+    #[test]
+    fn proxies_above_the_served_generation_are_ahead() {
+        let lagging = [proxy("a", Some(17), Some(500), 100), proxy("b", Some(16), Some(100), 100)];
+        assert_eq!(FleetView::new(17, &lagging).ahead(), None, "behind is not ahead");
+        let restored =
+            [proxy("a", Some(19), Some(2_500), 100), proxy("b", Some(21), Some(2_500), 0), lagging[1].clone()];
+        let view = FleetView::new(17, &restored);
+        assert_eq!(view.ahead(), Some(21));
+        assert!(!view.all_applied());
+        assert_eq!(FleetView::new(17, &[proxy("old", None, None, 10)]).ahead(), None);
     }
 
     #[test]

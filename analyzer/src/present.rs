@@ -125,6 +125,7 @@ pub fn action_name(action: &Action) -> &'static str {
         Action::Pause => "pause",
         Action::Resume => "resume",
         Action::SetShare { .. } => "set share",
+        Action::Resync { .. } => "resync",
     }
 }
 

@@ -189,6 +189,13 @@ impl AnalyzerProcess {
         reqwest::get(url).await.expect("analyzer reachable").json().await.expect("audit json")
     }
 
+    /// The same, read with a bearer token (for an analyzer with `--require-viewer`).
+    pub async fn audit_with_token(&self, deployment: &str, token: &str) -> Vec<AuditRecord> {
+        let url = format!("{}/v1/rollouts/{deployment}/audit", self.url());
+        let answer = reqwest::Client::new().get(url).bearer_auth(token).send().await.expect("analyzer reachable");
+        answer.json().await.expect("audit json")
+    }
+
     /// Polls the status every `every` until `done`, failing after `limit` with the last
     /// status and this analyzer's log; returns that status and the shares seen on the way.
     pub async fn until(

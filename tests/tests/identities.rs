@@ -2,12 +2,12 @@
 //! decides what its token may do, through the CLI as a pipeline or an operator uses
 //! it; the audit log names the token's identity and keeps `--actor` as a note; a
 //! rewritten file is picked up without a restart, by its own poll and on SIGHUP (which
-//! must not stop the process); a broken file keeps the identities in force; no token
-//! ever reaches the log.
+//! must not stop the process); a broken file keeps the identities in force; an emptied
+//! file revokes every token, a deleted one too (fail closed) and is logged once, not on
+//! every poll; no token ever reaches the log.
 
-use canary_analyzer::audit::AuditRecord;
 use canary_e2e::analyzer::{AnalyzerOptions, AnalyzerProcess, analyzer_binary, fresh_dir};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 const VIEWER: &str = "e2e-viewer-token-0123456789";
@@ -103,15 +103,7 @@ async fn roles_audit_names_and_rotation_without_a_restart() {
     assert!(code == Some(0) && stdout.contains("paused"), "{stdout}");
 
     // The audit log: who the tokens name, what the callers said as notes.
-    let audit: Vec<AuditRecord> = reqwest::Client::new()
-        .get(format!("{}/v1/rollouts/roles/audit", analyzer.url()))
-        .bearer_auth(VIEWER)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let audit = analyzer.audit_with_token("roles", VIEWER).await;
     let who: Vec<(&str, Option<&str>)> =
         audit.iter().map(|r| (r.decision.actor.name(), r.decision.actor_note.as_deref())).collect();
     assert_eq!(who, [("ci-deploy", Some("release-bot")), ("alice", Some("mallory"))]);
@@ -174,4 +166,87 @@ async fn a_token_and_a_tokens_file_together_stop_the_analyzer_at_start() {
     };
     assert!(error.exit_code.is_some_and(|code| code != 0), "{error:?}");
     assert!(error.log.contains("are both set") && error.log.contains("`TOKEN,token,admin`"), "{}", error.log);
+}
+
+/// An analyzer reading a fresh tokens file (reads need a token) with a registered
+/// rollout `roles`, and the file's poll logged at debug; and that file's path.
+async fn analyzer_with_rollout(name: &str) -> (AnalyzerProcess, PathBuf) {
+    let dir = fresh_dir(name);
+    let tokens = dir.join("tokens.csv");
+    write_tokens(&tokens, OPERATOR);
+    let mut options = AnalyzerOptions::new(dir.join("state"));
+    options.extra_args = vec!["--tokens-file".into(), tokens.display().to_string(), "--require-viewer".into()];
+    options.env = vec![("RUST_LOG".into(), "info,tower_http=warn,canary_analyzer::auth=debug".into())];
+    let analyzer = AnalyzerProcess::start(options).await;
+    let policy = dir.join("policy.yaml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let (code, _, stderr) = cli(&analyzer, &["register", policy.to_str().unwrap()], Some(PIPELINE)).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    (analyzer, tokens)
+}
+
+/// Waits until `token` is refused (401), or panics with the log after [`RELOAD_LIMIT`].
+async fn until_refused(analyzer: &AnalyzerProcess, token: &str, what: &str) {
+    let deadline = Instant::now() + RELOAD_LIMIT;
+    while read_status(analyzer, token).await != 401 {
+        assert!(Instant::now() < deadline, "{what}: not refused within {RELOAD_LIMIT:?}:\n{}", analyzer.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The records of the rollout `roles`, read with the pipeline's token.
+async fn audit_len(analyzer: &AnalyzerProcess) -> usize {
+    analyzer.audit_with_token("roles", PIPELINE).await.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emptying_the_tokens_file_revokes_every_token() {
+    let (analyzer, tokens) = analyzer_with_rollout("emptied-tokens").await;
+    let hold = ["override", "roles", "hold", "--reason", "revoked?"];
+    for (round, (empty, what)) in
+        [("", "an empty file"), ("# everyone revoked\n\n", "a comment-only file")].into_iter().enumerate()
+    {
+        std::fs::write(&tokens, empty).unwrap();
+        until_refused(&analyzer, OPERATOR, what).await;
+        let (code, _, stderr) = cli(&analyzer, &hold, Some(OPERATOR)).await;
+        assert!(code == Some(2) && stderr.contains("401"), "{what}: the revoked operator overrode: {stderr}");
+        let log = analyzer.log_text();
+        assert_eq!(log.matches("the tokens file names no identity").count(), round + 1, "{what}: warned:\n{log}");
+        write_tokens(&tokens, OPERATOR);
+        until_accepted(&analyzer, OPERATOR, "the file written back").await;
+    }
+    assert_eq!(audit_len(&analyzer).await, 1, "only the registration is in the audit log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_tokens_file_revokes_its_tokens_and_is_logged_once() {
+    let (analyzer, tokens) = analyzer_with_rollout("deleted-tokens").await;
+    let polls = || analyzer.log_text().matches("tokens file read").count();
+    std::fs::remove_file(&tokens).unwrap();
+    until_refused(&analyzer, OPERATOR, "the deleted file's operator").await;
+    let hold = ["override", "roles", "hold", "--reason", "revoked?"];
+    let (code, _, stderr) = cli(&analyzer, &hold, Some(OPERATOR)).await;
+    assert!(code == Some(2) && stderr.contains("401"), "the revoked operator overrode: {stderr}");
+    // Four more polls of the missing file: still one error line, one count.
+    let seen = polls();
+    let deadline = Instant::now() + RELOAD_LIMIT * 2;
+    while polls() < seen + 4 {
+        assert!(Instant::now() < deadline, "the file is not polled:\n{}", analyzer.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = analyzer.log_text();
+    assert_eq!(log.matches("cannot read it").count(), 1, "logged once:\n{log}");
+    assert!(log.contains("ERROR") && log.contains("no identity is in force"), "{log}");
+    let metrics = reqwest::get(format!("{}/metrics", analyzer.url())).await.unwrap().text().await.unwrap();
+    for line in [
+        "canary_analyzer_tokens_reloads_total{result=\"unreadable\"} 1\n",
+        "canary_analyzer_tokens_reloads_total{result=\"refused\"} 0\n",
+        "canary_analyzer_identities 0\n",
+    ] {
+        assert!(metrics.contains(line), "{line}{metrics}");
+    }
+    // Back, with the same content: in force again.
+    write_tokens(&tokens, OPERATOR);
+    until_accepted(&analyzer, OPERATOR, "the file written back").await;
+    assert_eq!(audit_len(&analyzer).await, 1, "only the registration is in the audit log");
 }

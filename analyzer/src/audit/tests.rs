@@ -59,6 +59,7 @@ fn rows(verdict: Verdict) -> Vec<ComparisonRow> {
         p_value: Some(0.01),
         verdict,
         unit: crate::stats::ValueUnit::Fraction,
+        origin: crate::stats::RowOrigin::BuiltIn,
     }]
 }
 

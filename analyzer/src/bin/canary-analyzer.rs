@@ -75,6 +75,8 @@ enum Command {
         server: ServerArgs,
     },
     /// Block until the rollout ends: exit 0 promoted, 1 rolled back, 2 timeout or error.
+    /// Asks again after a transport error or a 5xx; an unknown deployment (404), a
+    /// missing or wrong token (401) or another refusal exits 2 at once.
     Wait {
         deployment: String,
         #[command(flatten)]
@@ -325,25 +327,24 @@ async fn watch_views(client: &Client, deployment: Option<&str>) -> anyhow::Resul
     Ok((views, finished))
 }
 
-/// `status --watch`: redraws until Ctrl-C or the end of the rollout(s). An analyzer
-/// that cannot be reached is shown in the frame and asked again on the next tick.
-async fn watch(client: &Client, deployment: Option<&str>) {
-    use std::io::Write as _;
+/// `status --watch`: redraws until Ctrl-C, the end of the rollout(s) or a closed
+/// output. An analyzer that cannot be reached is shown in the frame and asked again
+/// on the next tick.
+async fn watch(client: &Client, deployment: Option<&str>) -> anyhow::Result<()> {
     let every = Duration::from_millis(u64::from(canary_analyzer::dashboard::REFRESH_MS));
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {
         let (views, finished) = tokio::select! {
-            _ = &mut ctrl_c => return,
+            _ = &mut ctrl_c => return Ok(()),
             answer = watch_views(client, deployment) => answer.unwrap_or_else(|e| (vec![format!("{e:#}")], false)),
         };
-        print!("{}", cli::watch_frame(&views, now_ms()));
-        let _ = std::io::stdout().flush();
+        cli::print_out(&cli::watch_frame(&views, now_ms()))?;
         if finished {
-            return;
+            return Ok(());
         }
         tokio::select! {
-            _ = &mut ctrl_c => return,
+            _ = &mut ctrl_c => return Ok(()),
             () = tokio::time::sleep(every) => {}
         }
     }
@@ -353,8 +354,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Serve(args) => serve(args).await.map(|()| 0),
         Command::Status { deployment, server, watch: true, .. } => {
-            watch(&server.client(), deployment.as_deref()).await;
-            Ok(0)
+            watch(&server.client(), deployment.as_deref()).await.map(|()| 0)
         }
         Command::Status { deployment, server, json, watch: false } => {
             let client = server.client();
@@ -363,29 +363,29 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 None => client.list().await?,
             };
             if json {
-                println!("{}", serde_json::to_string_pretty(&statuses)?);
+                cli::print_out(&format!("{}\n", serde_json::to_string_pretty(&statuses)?))?;
             } else if statuses.is_empty() {
-                println!("no rollouts");
+                cli::print_out("no rollouts\n")?;
             } else {
                 let texts: Vec<String> = statuses.iter().map(cli::status_text).collect();
-                println!("{}", texts.join("\n\n"));
+                cli::print_out(&format!("{}\n", texts.join("\n\n")))?;
             }
             Ok(0)
         }
         Command::Report { deployment, server, json } => {
             let status = server.client().status(&deployment).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&status.rows)?);
+                cli::print_out(&format!("{}\n", serde_json::to_string_pretty(&status.rows)?))?;
             } else {
-                print!("{}", cli::report_table(&status.rows));
+                cli::print_out(&cli::report_table(&status.rows))?;
             }
             Ok(0)
         }
         Command::Register { policy, server, actor } => {
             let text = std::fs::read_to_string(&policy).with_context(|| format!("reading {}", policy.display()))?;
             let recorded = server.client().register(text, actor.as_deref()).await?;
-            println!("{}", cli::progress_line(&recorded.status));
-            eprintln!("{}", recorded.identity_line());
+            cli::note(&recorded.identity_line());
+            cli::print_out(&format!("{}\n", cli::progress_line(&recorded.status)))?;
             Ok(0)
         }
         Command::Override { deployment, action, reason, actor, share, server } => {
@@ -393,8 +393,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 .client()
                 .override_rollout(&deployment, action.api_name(), &reason, actor.as_deref(), share)
                 .await?;
-            println!("{}", cli::progress_line(&recorded.status));
-            eprintln!("{}", recorded.identity_line());
+            cli::note(&recorded.identity_line());
+            cli::print_out(&format!("{}\n", cli::progress_line(&recorded.status)))?;
             Ok(0)
         }
         Command::Wait { deployment, server, timeout } => {
@@ -408,8 +408,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
 async fn main() {
     let code = match run(Cli::parse()).await {
         Ok(code) => code,
+        // Nobody reads the rest (`status | head`): a normal end, like any Unix filter's.
+        Err(e) if e.downcast_ref::<cli::StdoutClosed>().is_some() => 0,
         Err(e) => {
-            eprintln!("canary-analyzer: {e:#}");
+            cli::note(&format!("canary-analyzer: {e:#}"));
             cli::exit::UNKNOWN
         }
     };

@@ -387,6 +387,16 @@ fn append_cache_hits(envoy: &StubEnvoy, deployment: &str, canary: (u64, u64), co
     }
 }
 
+/// One second of a 1 % share of 10 000 requests a second in which the canary hits the
+/// cache 60 % of the time and control 90 %, then a check.
+async fn check_a_fallen_hit_rate(engine: &Engine, envoy: &StubEnvoy, wall: &AtomicU64, second: u64) {
+    let (canary, control) = (100 * second, 9_900 * second);
+    envoy.serve_counts(&[("checkout", canary, control)]);
+    append_cache_hits(envoy, "checkout", (canary, 60 * second), (control, 8_910 * second));
+    wall.store(T0 + second * 1_000, Ordering::SeqCst);
+    engine.check_now("checkout").await.unwrap();
+}
+
 const CACHE_HIT: &str =
     "    - {name: cache_hit, outcome: cache_hit, direction: lower_is_worse, max_relative_decrease: 0.1}\n";
 
@@ -420,13 +430,8 @@ async fn a_fallen_hit_rate_rolls_back_naming_the_outcome() {
     let (clock, wall) = stepped_clock(T0);
     let engine = engine(&dir, vec![envoy.url()], clock);
     engine.register(policy("checkout", CACHE_HIT), Actor::human("ci").unwrap(), T0).await.unwrap();
-    // 1 % share of 10 000 requests a second: canary hits 60 %, control 90 %.
     for second in 1..=10u64 {
-        let (canary, control) = (100 * second, 9_900 * second);
-        envoy.serve_counts(&[("checkout", canary, control)]);
-        append_cache_hits(&envoy, "checkout", (canary, 60 * second), (control, 8_910 * second));
-        wall.store(T0 + second * 1_000, Ordering::SeqCst);
-        engine.check_now("checkout").await.unwrap();
+        check_a_fallen_hit_rate(&engine, &envoy, &wall, second).await;
         if engine.config("checkout").unwrap().state != canary_core::RolloutPhase::Progressing {
             break;
         }
@@ -439,4 +444,221 @@ async fn a_fallen_hit_rate_rolls_back_naming_the_outcome() {
     let row = rollback.decision.rows.iter().find(|r| r.metric == "cache_hit").unwrap();
     assert_eq!((row.canary, row.control, row.verdict), (Some(0.6), Some(0.9), Verdict::Worse));
     assert!(row.p_value.is_some_and(|p| p <= 0.05) && row.interval.is_some(), "{row:?}");
+}
+
+/// `policy` with its metric `from` renamed `to`, as a policy read back from a state file or
+/// an audit record may be named: `from_yaml` refuses names of built-in rows, serde does not.
+fn renamed(mut policy: RolloutPolicy, from: &str, to: &str) -> RolloutPolicy {
+    for metric in &mut policy.metrics {
+        if let crate::policy::Metric::Outcome(outcome) = &mut metric.metric
+            && outcome.name == from
+        {
+            outcome.name = to.to_string();
+        }
+    }
+    let read_back: RolloutPolicy = serde_json::from_str(&serde_json::to_string(&policy).unwrap()).unwrap();
+    assert_eq!(read_back, policy, "the renamed policy is one a state file can hold");
+    read_back
+}
+
+#[tokio::test]
+async fn a_critical_outcome_named_like_the_non_success_row_holds_while_no_proxy_exports_it() {
+    // Matched by name, the built-in `non_success_rate` row (which had data) stood in for the
+    // outcome's (which had none): the rollout climbed to 100 % on no data.
+    let (dir, envoy) = (TempDir::new(), StubEnvoy::start().await);
+    let (clock, wall) = stepped_clock(T0);
+    let engine = engine(&dir, vec![envoy.url()], clock);
+    let policy = renamed(policy("checkout", CACHE_HIT), "cache_hit", "non_success_rate");
+    engine.register(policy, Actor::human("ci").unwrap(), T0).await.unwrap();
+    // 60 s of healthy traffic: six windows, enough to climb the whole ladder.
+    for second in 1..=60u64 {
+        envoy.serve_counts(&[("checkout", 100 * second, 9_900 * second)]);
+        wall.store(T0 + second * 1_000, Ordering::SeqCst);
+        engine.check_now("checkout").await.unwrap();
+    }
+    let status = engine.status("checkout", T0 + 60_000).await.unwrap();
+    assert_eq!(status.config.share_bp, 100, "held at the first step: {:?}", status.state);
+    let rows: Vec<_> = status.rows.iter().filter(|r| r.metric == "non_success_rate").collect();
+    assert_eq!(rows.len(), 2, "the built-in row and the outcome's: {rows:?}");
+    assert!(rows.iter().any(|r| r.verdict == Verdict::NotEnoughData), "{rows:?}");
+    assert_eq!(engine.audit("checkout").unwrap().len(), 1, "only the start: no promotion");
+}
+
+#[tokio::test]
+async fn a_non_critical_outcome_named_like_a_latency_row_never_rolls_back() {
+    // Matched by name, the outcome's Worse row counted as the critical `latency_p99_us`:
+    // a rollback "critical metric worse" on a metric the policy marked non-critical.
+    let (dir, envoy) = (TempDir::new(), StubEnvoy::start().await);
+    let (clock, wall) = stepped_clock(T0);
+    let engine = engine(&dir, vec![envoy.url()], clock);
+    let extra =
+        format!("    - {{name: latency_p99, max_increase_ms: 50}}\n{}", CACHE_HIT.replace('}', ", critical: false}"));
+    let policy = renamed(policy("checkout", &extra), "cache_hit", "latency_p99_us");
+    engine.register(policy, Actor::human("ci").unwrap(), T0).await.unwrap();
+    // The canary's hits fall from 90 % to 60 %, as in `a_fallen_hit_rate_rolls_back_naming_the_outcome`.
+    for second in 1..=10u64 {
+        check_a_fallen_hit_rate(&engine, &envoy, &wall, second).await;
+    }
+    let status = engine.status("checkout", T0 + 10_000).await.unwrap();
+    assert_eq!(status.state.phase, canary_core::RolloutPhase::Progressing, "{:?}", engine.audit("checkout"));
+    let outcome = status.rows.iter().find(|r| r.metric == "latency_p99_us" && r.verdict == Verdict::Worse);
+    assert!(outcome.is_some(), "the outcome's own row is worse: {:#?}", status.rows);
+    assert_eq!(engine.audit("checkout").unwrap().len(), 1, "only the start: no rollback");
+}
+
+/// An analyzer restored from a backup taken right after registration, while every proxy
+/// (the stub) holds what the lost analyzer served two promotions later. Returns the
+/// restored engine, the config the proxies hold, and the wall clock.
+async fn restored_behind_the_fleet(
+    live: &TempDir,
+    backup: &TempDir,
+    envoy: &StubEnvoy,
+) -> (Arc<Engine>, RolloutConfig, Arc<AtomicU64>) {
+    let (clock, wall) = stepped_clock(T0);
+    let lost = engine(live, vec![envoy.url()], Arc::clone(&clock));
+    lost.register(policy("checkout", ""), Actor::human("ci").unwrap(), T0).await.unwrap();
+    {
+        // The backup: the registration's record and state, as the store wrote them.
+        let (mut store, _) = RolloutStore::open(&backup.0).unwrap();
+        let state = RolloutState::start(&policy("checkout", ""), 0, T0);
+        store
+            .commit(
+                T0,
+                &policy("checkout", ""),
+                &Decision::start(&state, Actor::human("ci").unwrap(), "deploy"),
+                None,
+                &state,
+            )
+            .unwrap();
+    }
+    for second in 1..=2 {
+        lost.override_rollout("checkout", &OverrideAction::Promote, &alice(), "looks fine", T0 + second * 1_000)
+            .await
+            .unwrap();
+    }
+    let held = lost.config("checkout").unwrap();
+    assert_eq!(held.share_bp, 2_500);
+    drop(lost);
+    let restored = engine(backup, vec![envoy.url()], clock);
+    let served = restored.config("checkout").unwrap();
+    assert_eq!((served.generation, served.share_bp), (held.generation - 2, 100), "the backup's state");
+    assert!(
+        matches!(canary_core::rollout::merge(Some(&held), &served), canary_core::rollout::Merge::Ignored { .. }),
+        "the proxies ignore what the restored analyzer serves"
+    );
+    (restored, held, wall)
+}
+
+/// Whether a proxy holding `held` applies `served` (the filter's own acceptance rule).
+fn applies(held: &RolloutConfig, served: &RolloutConfig) -> bool {
+    canary_core::rollout::merge(Some(held), served) == canary_core::rollout::Merge::Applied
+}
+
+#[tokio::test]
+async fn an_analyzer_restored_behind_the_fleet_serves_above_it_and_a_rollback_reaches_the_proxies() {
+    let (live, backup, envoy) = (TempDir::new(), TempDir::new(), StubEnvoy::start().await);
+    let (engine, held, wall) = restored_behind_the_fleet(&live, &backup, &envoy).await;
+    // The first check sees every proxy on the lost generation.
+    envoy.serve_counts_and_gauges("checkout", 0, 0, held.generation, held.share_bp);
+    wall.store(T0 + 10_000, Ordering::SeqCst);
+    engine.check_now("checkout").await.unwrap();
+    let served = engine.config("checkout").unwrap();
+    assert!(applies(&held, &served), "the proxies take the restored state: {served:?} over {held:?}");
+    assert_eq!((served.generation, served.share_bp), (held.generation + 1, 100));
+    let resync = engine.audit("checkout").unwrap().pop().unwrap();
+    assert_eq!(serde_json::to_value(resync.decision.action).unwrap()["kind"], "resync");
+    assert!(resync.decision.reason.contains(&format!("proxies apply generation {}", held.generation)));
+    assert_eq!(
+        (resync.after.generation, resync.after.share_bp, resync.decision.actor),
+        (served.generation, 100, Actor::Analyzer)
+    );
+    // A rollback goes above it, so it reaches them at once.
+    engine.override_rollout("checkout", &OverrideAction::Rollback, &alice(), "bad build", T0 + 11_000).await.unwrap();
+    let rolled_back = engine.config("checkout").unwrap();
+    assert!(applies(&held, &rolled_back) && rolled_back.share_bp == 0, "{rolled_back:?}");
+}
+
+#[tokio::test]
+async fn an_automatic_rollback_after_a_restore_reaches_proxies_on_a_later_generation() {
+    let (live, backup, envoy) = (TempDir::new(), TempDir::new(), StubEnvoy::start().await);
+    let (engine, held, wall) = restored_behind_the_fleet(&live, &backup, &envoy).await;
+    // The proxies route 25 % and never see anything newer; the canary fails a third of its requests.
+    for second in 1..=30u64 {
+        let (canary, control) = (2_500 * second, 7_500 * second);
+        envoy.serve_counts_and_gauges("checkout", canary, control, held.generation, held.share_bp);
+        envoy.answer.lock().unwrap().1.push_str(&format!(
+            "canary_requests_total{{deployment=\"checkout\",cohort=\"canary\",class=\"5xx\"}} {}\n",
+            canary / 3
+        ));
+        wall.store(T0 + 10_000 + second * 1_000, Ordering::SeqCst);
+        engine.check_now("checkout").await.unwrap();
+        if engine.config("checkout").unwrap().share_bp == 0 {
+            break;
+        }
+    }
+    let served = engine.config("checkout").unwrap();
+    assert_eq!(served.state, canary_core::RolloutPhase::RolledBack, "{:#?}", engine.audit("checkout"));
+    assert!(applies(&held, &served), "the rollback reaches the proxies: {served:?} over {held:?}");
+}
+
+#[tokio::test]
+async fn a_rollout_a_restored_store_does_not_know_is_registered_above_what_the_proxies_hold() {
+    // The backup predates the rollout (an empty state directory): the restored analyzer serves nothing for it.
+    let (live, backup, envoy) = (TempDir::new(), TempDir::new(), StubEnvoy::start().await);
+    let (clock, wall) = stepped_clock(T0);
+    let lost = engine(&live, vec![envoy.url()], Arc::clone(&clock));
+    lost.register(policy("checkout", ""), Actor::human("ci").unwrap(), T0).await.unwrap();
+    lost.override_rollout("checkout", &OverrideAction::Promote, &alice(), "fine", T0 + 1_000).await.unwrap();
+    let held = lost.config("checkout").unwrap();
+    drop(lost);
+    let restored = engine(&backup, vec![envoy.url()], clock);
+    assert!(restored.config("checkout").is_none());
+    // Registered again on a host whose clock is an hour behind: its generation starts below theirs...
+    let behind = T0 - 3_600_000;
+    wall.store(behind, Ordering::SeqCst);
+    restored.register(policy("checkout", ""), Actor::human("ci").unwrap(), behind).await.unwrap();
+    assert!(!applies(&held, &restored.config("checkout").unwrap()));
+    // ...and its first check, seeing the proxies, goes above it.
+    envoy.serve_counts_and_gauges("checkout", 0, 0, held.generation, held.share_bp);
+    wall.store(behind + 1_000, Ordering::SeqCst);
+    restored.check_now("checkout").await.unwrap();
+    let served = restored.config("checkout").unwrap();
+    assert!(applies(&held, &served) && served.share_bp == 100, "{served:?} over {held:?}");
+}
+
+#[tokio::test]
+async fn a_finished_rollout_is_not_served_over_a_later_one_but_the_next_starts_above_it() {
+    // Restored: the rollout ended rolled back. The proxies hold a later rollout the restored
+    // analyzer never saw (25 %): it is not forced back, and the next registration goes above it.
+    let (dir, envoy) = (TempDir::new(), StubEnvoy::start().await);
+    let (clock, wall) = stepped_clock(T0);
+    let engine = engine(&dir, vec![envoy.url()], clock);
+    engine.register(policy("checkout", ""), Actor::human("ci").unwrap(), T0).await.unwrap();
+    engine.override_rollout("checkout", &OverrideAction::Rollback, &alice(), "bad", T0 + 1_000).await.unwrap();
+    let ended = engine.config("checkout").unwrap();
+    let later = ended.generation + 5_000_000;
+    envoy.serve_counts_and_gauges("checkout", 0, 0, later, 2_500);
+    wall.store(T0 + 2_000, Ordering::SeqCst);
+    engine.check_now("checkout").await.unwrap();
+    assert_eq!(engine.config("checkout").unwrap(), ended, "nothing re-served");
+    assert_eq!(engine.audit("checkout").unwrap().len(), 2);
+    let status = engine.status("checkout", T0 + 2_000).await.unwrap();
+    assert_eq!(status.fleet.and_then(|fleet| fleet.ahead()), Some(later));
+    let again = engine.register(policy("checkout", ""), Actor::human("ci").unwrap(), T0 + 3_000).await.unwrap();
+    assert!(again.config.generation > later, "{} <= {later}", again.config.generation);
+}
+
+#[tokio::test]
+async fn a_generation_no_analyzer_could_have_served_is_not_followed() {
+    // A garbage gauge (u64::MAX) must not lift the served generation to where it can grow no more.
+    let (dir, envoy) = (TempDir::new(), StubEnvoy::start().await);
+    let (clock, wall) = stepped_clock(T0);
+    let engine = engine(&dir, vec![envoy.url()], clock);
+    engine.register(policy("checkout", ""), Actor::human("ci").unwrap(), T0).await.unwrap();
+    envoy.serve_counts_and_gauges("checkout", 0, 0, u64::MAX, 100);
+    wall.store(T0 + 1_000, Ordering::SeqCst);
+    engine.check_now("checkout").await.unwrap();
+    assert_eq!(engine.config("checkout").unwrap().generation, T0);
+    engine.override_rollout("checkout", &OverrideAction::Rollback, &alice(), "bad", T0 + 2_000).await.unwrap();
+    assert_eq!(engine.config("checkout").unwrap().generation, T0 + 1, "decisions still move it");
 }

@@ -146,6 +146,10 @@ pub struct ComparisonRow {
     /// What `canary`, `control` and `absolute_difference` measure.
     #[serde(default)]
     pub unit: ValueUnit,
+    /// Whether `metric` is one of the analyzer's own rows or a metric the policy names
+    /// (see [`super::RowKey`]); rows recorded before rows carried it read as `by_name`.
+    #[serde(default)]
+    pub origin: super::RowOrigin,
 }
 
 impl ComparisonRow {
@@ -218,6 +222,7 @@ mod tests {
             p_value,
             verdict,
             unit: ValueUnit::Number,
+            origin: super::super::RowOrigin::ByName,
         }
     }
 

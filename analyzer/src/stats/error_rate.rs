@@ -155,7 +155,7 @@ impl ErrorRateTest {
         let verdict = Verdict::from_tests(self.p_worse(), self.p_better(), alpha, enough_data);
         let has_evidence = self.informative_intervals > 0;
         Ok(ComparisonRow {
-            metric: "error_rate".to_string(),
+            metric: super::ERROR_RATE_ROW.to_string(),
             canary,
             control,
             absolute_difference,
@@ -169,6 +169,7 @@ impl ErrorRateTest {
             p_value: has_evidence.then(|| reported_p_value(verdict, self.p_worse(), self.p_better())),
             verdict,
             unit: ValueUnit::Fraction,
+            origin: super::RowOrigin::BuiltIn,
         })
     }
 }

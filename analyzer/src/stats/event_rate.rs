@@ -182,6 +182,7 @@ impl EventRateTest {
             p_value: has_evidence.then(|| reported_p_value(verdict, p_worse, p_better)),
             verdict,
             unit: ValueUnit::Fraction,
+            origin: super::RowOrigin::Policy,
         })
     }
 }

@@ -156,6 +156,7 @@ impl LatencyComparison {
                 p_value: has_data.then(|| reported_p_value(verdict, p_worse, p_better)),
                 verdict,
                 unit: ValueUnit::Microseconds,
+                origin: super::RowOrigin::BuiltIn,
             }
         });
         Ok(rows.collect())

@@ -18,6 +18,7 @@
 //! - `histogram`, `quantile`, `latency`: latency quantiles from bucket counts (reported).
 //! - `tail_exceedance`: the latency verdict, tail exceedances at matched thresholds.
 //! - `comparison`: the report row, verdicts and worst-first ordering.
+//! - `row_key`: which metric a row is about (built-in or the policy's), and the reserved row names.
 //!
 //! Everything is pure: no I/O, no clock; time is the sequence of intervals
 //! the caller feeds in, and "no data" is `None`, never NaN.
@@ -32,6 +33,7 @@ mod latency;
 mod odds_ratio;
 mod one_sided;
 mod quantile;
+mod row_key;
 mod sample_ratio;
 mod tail_exceedance;
 
@@ -45,5 +47,6 @@ pub use latency::{
     LatencyComparison, LatencySettings, QuantileEstimate, QuantileTolerance, REPORTED_QUANTILES, latency_metric_name,
 };
 pub use odds_ratio::OddsRatioPrior;
+pub use row_key::{BUILT_IN_ROWS, ERROR_RATE_ROW, NON_SUCCESS_RATE_ROW, RowKey, RowOrigin, SAMPLE_RATIO_ROW};
 pub use sample_ratio::{SampleRatioSettings, SampleRatioTest};
 pub use tail_exceedance::{TailExceedanceSettings, TailExceedanceTest};

@@ -188,7 +188,7 @@ impl SampleRatioTest {
         // A mismatch on the "less" side is shown by the upper end: keep that end when ends cross.
         let side_shown = if self.p_less() < self.p_more() { Verdict::Better } else { verdict };
         Ok(ComparisonRow {
-            metric: "sample_ratio".to_string(),
+            metric: super::SAMPLE_RATIO_ROW.to_string(),
             canary,
             control,
             absolute_difference,
@@ -198,6 +198,7 @@ impl SampleRatioTest {
             p_value: has_data.then_some(p_value),
             verdict,
             unit: ValueUnit::Fraction,
+            origin: super::RowOrigin::BuiltIn,
         })
     }
 }

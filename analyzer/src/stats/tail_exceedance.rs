@@ -341,6 +341,7 @@ impl TailExceedanceTest {
             p_value: has_evidence.then(|| reported_p_value(verdict, self.p_worse(), self.p_better())),
             verdict,
             unit: ValueUnit::Microseconds,
+            origin: super::RowOrigin::BuiltIn,
         })
     }
 }

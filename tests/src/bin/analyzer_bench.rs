@@ -31,13 +31,17 @@
 //!    Prometheus path and by the admin path (Envoy's bins folded onto them), and with a
 //!    latency that follows load (pooled vs per step).
 //!
-//! 3. **`/config` latency under audit reads**: see [`audit_reads`].
+//! 3. **Refusing a huge bearer token** ([`huge_token_benchmark`]): the CPU one 401 costs
+//!    when an unauthenticated client sends a [`HUGE_TOKEN_BYTES`] token to an analyzer with
+//!    [`IDENTITIES`] identities, against a wrong token of ordinary length.
+//! 4. **`/config` latency under audit reads**: see [`audit_reads`].
 //!
-//! `BENCH=parse`, `BENCH=simulation` or `BENCH=audit` runs one part (for quick experiments).
+//! `BENCH=parse`, `BENCH=simulation`, `BENCH=auth` or `BENCH=audit` runs one part (for quick experiments).
 
 #[path = "analyzer_bench/audit_reads.rs"]
 mod audit_reads;
 
+use canary_analyzer::auth::{Authenticator, Permission, TokenTable};
 use canary_analyzer::evaluation::RolloutEvaluation;
 use canary_analyzer::policy::RolloutPolicy;
 use canary_analyzer::simulation::latency::{self as latency_simulation, LatencySimulationConfig};
@@ -893,6 +897,40 @@ fn latency_simulation_benchmark() {
     }
 }
 
+/// Identities in the tokens file of [`huge_token_benchmark`]: a large organisation's.
+const IDENTITIES: usize = 200;
+/// The token an unauthenticated client sends: about the largest header hyper accepts.
+const HUGE_TOKEN_BYTES: usize = 300_000;
+
+/// What refusing one unknown bearer token costs with [`IDENTITIES`] identities: a
+/// [`HUGE_TOKEN_BYTES`] one and one as long as the configured tokens (one thread, so
+/// the time is the CPU the request costs the analyzer).
+fn huge_token_benchmark() {
+    let lines: String =
+        (0..IDENTITIES).map(|i| format!("{:064x},user-{i},operator\n", i as u128 * 0x9e37_79b9_7f4a_7c15)).collect();
+    let auth = Authenticator::fixed(TokenTable::parse(&lines).expect("bench tokens file is valid"));
+    let refuse = |authorization: &str| {
+        let timings = (0..REPETITIONS)
+            .map(|_| {
+                timed(authorization, |header| {
+                    auth.authenticate(Some(header), Permission::Override, "bench").expect_err("an unknown token")
+                })
+            })
+            .collect();
+        Timing::of(timings)
+    };
+    let huge = refuse(&format!("Bearer {}", "x".repeat(HUGE_TOKEN_BYTES)));
+    let ordinary = refuse(&format!("Bearer {}", "y".repeat(64)));
+    println!("\nrefusing an unknown bearer token, {IDENTITIES} identities (median, best of {REPETITIONS}):");
+    for (what, timing) in [(format!("{HUGE_TOKEN_BYTES} B token"), huge), ("64 B token".to_string(), ordinary)] {
+        println!(
+            "  {what:<16} {:>12.1} µs {:>12.1} µs",
+            timing.median.as_secs_f64() * 1e6,
+            timing.best.as_secs_f64() * 1e6
+        );
+    }
+}
+
 fn main() {
     let only = std::env::var("BENCH").unwrap_or_default();
     if only.is_empty() || only == "parse" {
@@ -901,6 +939,9 @@ fn main() {
     }
     if only.is_empty() || only == "simulation" {
         simulation_benchmark();
+    }
+    if only.is_empty() || only == "auth" {
+        huge_token_benchmark();
     }
     if only.is_empty() || only == "audit" {
         audit_reads::audit_read_benchmark();

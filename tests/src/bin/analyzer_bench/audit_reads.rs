@@ -15,7 +15,7 @@ use canary_analyzer::engine::{Engine, SourceSettings};
 use canary_analyzer::ladder::{Actor, Decision, OverrideAction, RolloutState, human_override};
 use canary_analyzer::notify::Notifier;
 use canary_analyzer::policy::RolloutPolicy;
-use canary_analyzer::stats::{ComparisonRow, DifferenceScale, Interval, ValueUnit, Verdict};
+use canary_analyzer::stats::{ComparisonRow, DifferenceScale, Interval, RowOrigin, ValueUnit, Verdict};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -52,6 +52,7 @@ fn rows() -> Vec<ComparisonRow> {
             p_value: Some(0.412_345_678),
             verdict: Verdict::NoDifference,
             unit: ValueUnit::Microseconds,
+            origin: RowOrigin::BuiltIn,
         })
         .collect()
 }

@@ -1,0 +1,238 @@
+//! The policy document as serde reads and writes it: the raw YAML/JSON shape, every
+//! field optional, unknown fields refused. [`super::validate`] turns it into a
+//! [`RolloutPolicy`]; the way back writes every default explicitly, so a snapshot in
+//! the audit log reloads as the same policy with the same fingerprint. Also the error
+//! texts of the YAML parser, brought to one line and to a field where they name one.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::validate::percent_value;
+use super::{API_VERSION, KIND, Metric, MetricPolicy, PolicyError, RolloutPolicy, defaults, format_duration};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDocument {
+    #[serde(rename = "apiVersion", skip_serializing_if = "Option::is_none")]
+    pub(super) api_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) kind: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) metadata: Option<RawMetadata>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) spec: Option<RawSpec>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMetadata {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) name: Option<String>,
+    #[expect(dead_code, reason = "accepted for Kubernetes tooling, not used")]
+    #[serde(default, skip_serializing)]
+    pub(super) labels: Option<BTreeMap<String, String>>,
+    #[expect(dead_code, reason = "accepted for Kubernetes tooling, not used")]
+    #[serde(default, skip_serializing)]
+    pub(super) annotations: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSpec {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) deployment: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) ladder: Option<Vec<RawStep>>,
+    /// Window of the steps that give none (and of the default ladder).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) default_window: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) check_interval: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) alpha: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) min_requests_per_cohort: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) fleet_deadline: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) stall_after_windows: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) metrics: Option<Vec<RawMetric>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) notify: Option<RawNotify>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStep {
+    /// Percent, fractions allowed down to one basis point (0.01).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) share: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) window: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMetric {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) critical: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) max_relative_increase: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) max_increase_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) max_absolute_increase: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) max_relative_deviation: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) query: Option<String>,
+    /// A data-path outcome the filter counts (`rate_metric`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) outcome: Option<String>,
+    /// A PromQL counter pair (`rate_metric`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) numerator: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) denominator: Option<String>,
+    /// `higher_is_worse` or `lower_is_worse`, for rate metrics.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) direction: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) max_relative_decrease: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNotify {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) webhook_url: Option<String>,
+}
+
+/// serde_yaml_ng prefixes errors inside the document with their path
+/// ("spec.ladder[0]: unknown field ..."): name that field when it can. Keys are quoted
+/// as written, so control characters are escaped to keep the error on one line.
+pub(super) fn yaml_error(error: &serde_yaml_ng::Error) -> PolicyError {
+    let message = one_line(&error.to_string());
+    let (field, detail) = match message.split_once(": ") {
+        Some((path, detail)) if !path.contains(' ') && !path.is_empty() => (path.to_string(), detail.to_string()),
+        _ => ("(document)".to_string(), message.clone()),
+    };
+    PolicyError::new(field, "(as written)", format!("a valid RolloutPolicy document: {detail}"))
+}
+
+/// Deepest nesting of `[` and `{` a policy document may have. A policy needs 3 levels
+/// (`spec: {ladder: [{share: 1}]}`) and a PromQL template adds a few, counted as if
+/// outside quotes. The YAML parser's work per token grows with this depth: 8 000 levels
+/// took 2.8 s and 100 000 (a 200 KB body) 352 s in a debug build.
+const MAX_FLOW_NESTING: usize = 64;
+
+/// Refuses a document nested deeper than [`MAX_FLOW_NESTING`] before the YAML parser sees
+/// it, naming the line: one pass over the bytes, so parsing stays linear in the text.
+pub(super) fn check_flow_nesting(text: &str) -> Result<(), PolicyError> {
+    let mut depth = 0usize;
+    let mut line = 1usize;
+    for byte in text.bytes() {
+        match byte {
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_FLOW_NESTING {
+                    return Err(PolicyError::new(
+                        "(document)",
+                        format!("line {line}: more than {MAX_FLOW_NESTING} nested `[`/`{{`"),
+                        format!("at most {MAX_FLOW_NESTING} nested flow collections (`[...]`, `{{...}}`)"),
+                    ));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            b'\n' => line += 1,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// `text` with control characters escaped (`\n`, `\u{1b}`): one log line whatever a key holds.
+pub(crate) fn one_line(text: &str) -> String {
+    let mut line = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            line.extend(c.escape_default());
+        } else {
+            line.push(c);
+        }
+    }
+    line
+}
+
+impl From<RolloutPolicy> for RawDocument {
+    fn from(policy: RolloutPolicy) -> RawDocument {
+        let ladder = policy
+            .ladder
+            .iter()
+            .map(|step| RawStep {
+                share: Some(percent_value(step.share_bp)),
+                window: Some(format_duration(step.window)),
+            })
+            .collect();
+        let metrics = policy.metrics.iter().map(RawMetric::from).collect();
+        RawDocument {
+            api_version: Some(API_VERSION.to_string()),
+            kind: Some(KIND.to_string()),
+            metadata: Some(RawMetadata { name: Some(policy.name), labels: None, annotations: None }),
+            spec: Some(RawSpec {
+                deployment: Some(policy.deployment),
+                ladder: Some(ladder),
+                default_window: None,
+                check_interval: Some(format_duration(policy.check_interval)),
+                alpha: Some(policy.alpha),
+                min_requests_per_cohort: Some(policy.min_requests_per_cohort),
+                // Written only when set otherwise: policies without them keep their fingerprint.
+                fleet_deadline: (policy.fleet_deadline != defaults::FLEET_DEADLINE)
+                    .then(|| format_duration(policy.fleet_deadline)),
+                stall_after_windows: (policy.stall_after_windows != defaults::STALL_AFTER_WINDOWS)
+                    .then_some(policy.stall_after_windows),
+                metrics: Some(metrics),
+                notify: policy.notify.map(|n| RawNotify { webhook_url: Some(n.webhook_url.stored_text()) }),
+            }),
+        }
+    }
+}
+
+impl From<&MetricPolicy> for RawMetric {
+    fn from(policy: &MetricPolicy) -> RawMetric {
+        let mut raw = RawMetric {
+            name: Some(policy.name().to_string()),
+            critical: Some(policy.critical),
+            ..RawMetric::default()
+        };
+        match &policy.metric {
+            Metric::ErrorRate { max_relative_increase } => raw.max_relative_increase = Some(*max_relative_increase),
+            Metric::Latency { tolerance, .. } => {
+                raw.max_increase_ms = tolerance.max_increase_ms;
+                raw.max_relative_increase = tolerance.max_relative_increase;
+            }
+            Metric::SampleRatio { max_relative_deviation } => {
+                raw.max_relative_deviation = Some(*max_relative_deviation)
+            }
+            Metric::Custom(custom) => {
+                raw.query = Some(custom.query.clone());
+                raw.max_relative_increase = custom.max_relative_increase;
+                raw.max_absolute_increase = custom.max_absolute_increase;
+            }
+            Metric::Outcome(outcome) => {
+                raw.outcome = Some(outcome.outcome.clone());
+                outcome.tolerance.write(&mut raw);
+            }
+            Metric::CounterPair(pair) => {
+                raw.numerator = Some(pair.numerator.clone());
+                raw.denominator = Some(pair.denominator.clone());
+                pair.tolerance.write(&mut raw);
+            }
+        }
+        raw
+    }
+}
