@@ -30,9 +30,14 @@
 //! A second analyzer on the same directory is refused instead of interleaving
 //! its records with the first one's.
 //!
-//! [`StoreHealth`] tells, without the engine's lock, whether the store can still
-//! record decisions: after an append that failed and could not be cut off again,
-//! every later commit fails (rollbacks too) until the store is reopened.
+//! One exception to "logged, then in effect": a rollback the log cannot take
+//! (a full disk) is deferred by [`RolloutStore::commit_or_defer`] — it takes effect,
+//! and its record is appended, marked `recorded_late_at_ms`, ahead of any later one
+//! once appends succeed again. [`StoreHealth`] tells, without the engine's lock,
+//! whether the store is recording: not from a failed append until one succeeds with
+//! no deferred record left. A state file that does not read back stops only its own
+//! rollout: it is recovered from the log when it can be ([`RolloutStore::open`]).
+//! [`AuditReader`] reads a page of one deployment's records by their byte offsets.
 
 mod health;
 mod index;

@@ -5,6 +5,8 @@
 //! the state after it are appended to the audit log and synced to disk; only then
 //! does the in-memory state change, the filter's config (served from a separate
 //! lock so polls never wait for a scrape) move, and the webhook get its update.
+//! A rollback the log cannot take still takes effect, its record following once the
+//! disk has room ([`recording`]).
 //! Automatic holds change nothing and are not logged; the latest report says why.
 //!
 //! A check never holds the lock across the network: its plan is copied out under

@@ -156,6 +156,9 @@ impl AuditReader {
             })?;
             let record: AuditRecord =
                 serde_json::from_slice(&buffer).map_err(|e| self.corrupt(span, &e.to_string()))?;
+            if (record.sequence, record.deployment.as_str()) != (span.sequence, deployment) {
+                return Err(self.corrupt(span, &format!("found record {} of {:?}", record.sequence, record.deployment)));
+            }
             records.push(record);
         }
         Ok(records)

@@ -605,3 +605,26 @@ fn a_state_file_no_record_recovers_stops_only_its_own_rollout() {
     let (_, rollouts) = RolloutStore::open(&dir.0).unwrap();
     assert_eq!(rollouts.len(), 2);
 }
+
+#[test]
+fn a_reader_pages_what_opening_found_and_what_was_appended_since() {
+    let dir = TempDir::new();
+    let (mut store, _) = RolloutStore::open(&dir.0).unwrap();
+    run(&mut store, &policy(), 2);
+    drop(store);
+    let (mut store, _) = RolloutStore::open(&dir.0).unwrap();
+    let search_policy = policy_of("search");
+    let search = RolloutState::start(&search_policy, 0, T0);
+    store.commit(T0, &search_policy, &Decision::start(&search, Actor::Analyzer, "file"), None, &search).unwrap();
+    let reader = store.reader();
+    let all = AuditLog::read_all(store.audit_path()).unwrap();
+    assert_eq!(reader.read("checkout", AuditPage::all()).unwrap(), all[..3]);
+    assert_eq!(reader.read("checkout", AuditPage::newest(2)).unwrap(), all[1..3]);
+    assert_eq!(reader.read("search", AuditPage::all()).unwrap(), all[3..]);
+    assert_eq!(reader.read("nobody", AuditPage::all()).unwrap(), []);
+    // A log rewritten under the running analyzer is refused, not misread.
+    let text = fs::read_to_string(store.audit_path()).unwrap();
+    fs::write(store.audit_path(), text.replacen("\"sequence\":1,", "\"sequence\":9,", 1)).unwrap();
+    let error = store.reader().read("checkout", AuditPage::newest(3)).unwrap_err();
+    assert!(error.to_string().contains("record 1 at byte 0 no longer reads back"), "{error}");
+}
