@@ -2,7 +2,7 @@
 //!    1 s timeout, from the same API that serves `GET …/audit` to people, the dashboard
 //!    and `status --watch`. On a [`RECORDS`]-record audit log (one deployment, records
 //!    of ~2.9 kB like a real rollback's: the policy and [`ROWS`] comparison rows, ~8.6 MB),
-//!    one client times [`POLLS`] back-to-back `/config` requests alone (the baseline),
+//!    one client times back-to-back `/config` requests for [`PHASE`] alone (the baseline),
 //!    then again while [`READERS`] clients read `/audit` in a loop (default page), in the
 //!    same run. The analyzer is the library's API on a 2-worker runtime, as the binary
 //!    runs on a 2-core machine; it sees only HTTP, so this file also runs against an
@@ -26,8 +26,11 @@ const RECORDS: u64 = 3_001;
 const ROWS: usize = 8;
 /// Clients reading `/audit` in a loop, as in the issue.
 const READERS: usize = 6;
-/// `/config` requests timed per phase: enough for a p99 of 10 samples above it.
-const POLLS: usize = 1_000;
+/// How long each phase polls `/config` back to back at least: thousands of samples (a
+/// p99 with tens above it), and hundreds of `/audit` answers overlapping the loaded one.
+const PHASE: Duration = Duration::from_secs(3);
+/// Polls per phase at least, however slow they are: a p99 with two samples above it.
+const MIN_POLLS: usize = 200;
 /// The analyzer binary's runtime on the 2-core machine the figures come from.
 const SERVER_WORKERS: usize = 2;
 const T0: u64 = 1_700_000_000_000;
@@ -76,10 +79,11 @@ fn build_log(dir: &std::path::Path) -> u64 {
     std::fs::metadata(store.audit_path()).map(|m| m.len()).unwrap_or(0)
 }
 
-/// Times `POLLS` sequential `/config` requests; sorted, in microseconds.
-async fn time_polls(client: &reqwest::Client, url: &str) -> Vec<u64> {
-    let mut took = Vec::with_capacity(POLLS);
-    for _ in 0..POLLS {
+/// Times sequential `/config` requests for `phase` and [`MIN_POLLS`] at least; sorted, in microseconds.
+async fn time_polls(client: &reqwest::Client, url: &str, phase: Duration) -> Vec<u64> {
+    let mut took = Vec::new();
+    let end = Instant::now() + phase;
+    while Instant::now() < end || took.len() < MIN_POLLS {
         let start = Instant::now();
         let answer = client.get(url).send().await.and_then(|r| r.error_for_status());
         let body = match answer {
@@ -109,9 +113,10 @@ pub fn audit_read_benchmark() {
     let bytes = build_log(&dir);
     println!(
         "\n/config latency under audit reads: {RECORDS} records, {:.1} MB in audit.jsonl (written in {:.1} s), \
-         {READERS} readers of /audit, {POLLS} polls per phase, server on {SERVER_WORKERS} workers",
+         {READERS} readers of /audit, {} s of polls per phase, server on {SERVER_WORKERS} workers",
         bytes as f64 / 1e6,
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        PHASE.as_secs()
     );
     let server = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(SERVER_WORKERS)
@@ -134,8 +139,8 @@ pub fn audit_read_benchmark() {
         (format!("{base}/v1/rollouts/checkout/config"), format!("{base}/v1/rollouts/checkout/audit"));
     let (baseline, loaded, reads, audit_bytes, read_s) = clients.block_on(async {
         let poller = reqwest::Client::new();
-        time_polls(&poller, &config_url).await; // warm-up: connections, caches
-        let baseline = time_polls(&poller, &config_url).await;
+        time_polls(&poller, &config_url, PHASE / 10).await; // warm-up: connections, caches
+        let baseline = time_polls(&poller, &config_url, PHASE).await;
         let stop = Arc::new(AtomicBool::new(false));
         let (reads, audit_bytes) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let readers: Vec<_> = (0..READERS)
@@ -158,7 +163,7 @@ pub fn audit_read_benchmark() {
         // Let every reader get a request in flight before timing.
         tokio::time::sleep(Duration::from_millis(200)).await;
         let (reads_before, loaded_start) = (reads.load(Ordering::Relaxed), Instant::now());
-        let loaded = time_polls(&poller, &config_url).await;
+        let loaded = time_polls(&poller, &config_url, PHASE).await;
         let read_s = loaded_start.elapsed().as_secs_f64();
         let reads_done = reads.load(Ordering::Relaxed).saturating_sub(reads_before);
         stop.store(true, Ordering::Relaxed);
@@ -172,10 +177,11 @@ pub fn audit_read_benchmark() {
         audit_bytes as f64 / 1e3,
         reads as f64 / read_s
     );
-    println!("  {:<28} {:>10} {:>10} {:>10}", "/config latency", "median", "p99", "max");
+    println!("  {:<28} {:>8} {:>10} {:>10} {:>10}", "/config latency", "polls", "median", "p99", "max");
     for (name, sorted) in [("alone (baseline)", &baseline), ("with 6 readers of /audit", &loaded)] {
         println!(
-            "  {name:<28} {:>10} {:>10} {:>10}",
+            "  {name:<28} {:>8} {:>10} {:>10} {:>10}",
+            sorted.len(),
             ms(quantile(sorted, 0.5)),
             ms(quantile(sorted, 0.99)),
             ms(sorted.last().copied().unwrap_or(0))
