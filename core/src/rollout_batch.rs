@@ -150,10 +150,10 @@ enum Claim {
 
 /// Marks `deployment` answered; says whether it was requested and not answered before.
 fn claim(answered: &mut [bool], requested: &[&str], deployment: &str) -> Claim {
-    match requested.iter().position(|r| *r == deployment) {
-        Some(i) if answered[i] => Claim::Again,
-        Some(i) => {
-            answered[i] = true;
+    match requested.iter().zip(answered.iter_mut()).find(|(r, _)| **r == deployment) {
+        Some((_, seen)) if *seen => Claim::Again,
+        Some((_, seen)) => {
+            *seen = true;
             Claim::First
         }
         None => Claim::NotRequested,
