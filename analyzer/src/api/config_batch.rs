@@ -21,7 +21,7 @@ use canary_core::config::is_valid_deployment_id;
 use canary_core::rollout_batch::{DEPLOYMENTS_PARAMETER, MAX_BATCH_DEPLOYMENTS};
 use canary_core::{BatchAnswer, RolloutConfig};
 use std::collections::BTreeMap;
-use xxhash_rust::xxh3::Xxh3;
+use xxhash_rust::xxh3::xxh3_128;
 
 /// The route.
 pub const PATH: &str = "/v1/config";
@@ -108,16 +108,33 @@ fn requested_deployments(parameters: &[(String, String)]) -> Result<Vec<&str>, A
                 quoted(id)
             )));
         }
-        if requested.contains(&id) {
-            return Err(ApiError::BadRequest(format!(
-                "query parameter `{DEPLOYMENTS_PARAMETER}[{index}]` = {}: expected {expected_list} \
-                 (it is named earlier in the list)",
-                quoted(id)
-            )));
-        }
         requested.push(id);
     }
+    if let Some((index, id)) = first_repeat(&requested) {
+        return Err(ApiError::BadRequest(format!(
+            "query parameter `{DEPLOYMENTS_PARAMETER}[{index}]` = {}: expected {expected_list} \
+             (it is named earlier in the list)",
+            quoted(id)
+        )));
+    }
     Ok(requested)
+}
+
+/// The first id named a second time, and where: found by sorting a copy, since
+/// comparing each id with every earlier one was most of a `304`'s cost at 100 ids.
+fn first_repeat<'a>(ids: &[&'a str]) -> Option<(usize, &'a str)> {
+    let mut sorted = ids.to_vec();
+    sorted.sort_unstable();
+    sorted.windows(2).any(|pair| matches!(pair, [a, b] if a == b)).then(|| {
+        let mut seen = Vec::with_capacity(ids.len());
+        ids.iter().enumerate().find_map(|(index, id)| {
+            if seen.contains(id) {
+                return Some((index, *id));
+            }
+            seen.push(*id);
+            None
+        })
+    })?
 }
 
 /// `value` in quotes, escaped to one line and cut to [`MAX_QUOTED_CHARS`].
@@ -134,26 +151,32 @@ const REVISION_FORMAT: u8 = 1;
 /// generation, share and state if known. 128 bits, so two different answers sharing a
 /// tag (and a proxy keeping a stale config) is a 2⁻¹²⁸ event, not a fleet-size one.
 fn revision(configs: &BTreeMap<String, RolloutConfig>, requested: &[&str]) -> u128 {
-    let mut hasher = Xxh3::new();
-    hasher.update(&[REVISION_FORMAT]);
+    // Everything hashed goes into one buffer, hashed once: a streaming hasher fed six
+    // small pieces per deployment cost more than the rest of a `304`.
+    let mut hashed = Vec::with_capacity(1 + requested.iter().map(|d| d.len() + PER_DEPLOYMENT_BYTES).sum::<usize>());
+    hashed.push(REVISION_FORMAT);
     for deployment in requested {
         // Ids are [A-Za-z0-9_-]: a 0 byte ends one unambiguously.
-        hasher.update(deployment.as_bytes());
-        hasher.update(&[0]);
+        hashed.extend_from_slice(deployment.as_bytes());
+        hashed.push(0);
         match configs.get(*deployment) {
             // Spelled out so a field added to the served config cannot be left out of the tag.
             Some(RolloutConfig { deployment: _, generation, share_bp, state }) => {
-                hasher.update(&[1]);
-                hasher.update(&generation.to_le_bytes());
-                hasher.update(&share_bp.to_le_bytes());
+                hashed.push(1);
+                hashed.extend_from_slice(&generation.to_le_bytes());
+                hashed.extend_from_slice(&share_bp.to_le_bytes());
                 // The variant's index: reordering the enum changes every tag once, harmlessly.
-                hasher.update(&[*state as u8]);
+                hashed.push(*state as u8);
             }
-            None => hasher.update(&[0]),
+            None => hashed.push(0),
         }
     }
-    hasher.digest128()
+    xxh3_128(&hashed)
 }
+
+/// Bytes [`revision`] hashes for a known deployment besides its id: the id's end, the
+/// known mark, the generation (8), the share (4) and the state.
+const PER_DEPLOYMENT_BYTES: usize = 1 + 1 + 8 + 4 + 1;
 
 /// A revision as an entity tag: 32 lowercase hex digits between double quotes,
 /// formatted on the stack.
