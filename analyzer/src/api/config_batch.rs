@@ -36,12 +36,12 @@ pub async fn batch_config(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let requested = requested_deployments(&parameters)?;
-    let answer = state
+    let outcome = state
         .engine
         .read_configs(|configs| {
             let tag = EntityTag::of(revision(configs, &requested));
             if if_none_match_holds(&headers, tag.opaque()) {
-                return Err(tag);
+                return Outcome::NotModified(tag);
             }
             let mut answer =
                 BatchAnswer { revision: tag.opaque().to_string(), rollouts: Vec::new(), unknown: Vec::new() };
@@ -51,16 +51,13 @@ pub async fn batch_config(
                     None => answer.unknown.push((*deployment).to_string()),
                 }
             }
-            Ok((tag, answer))
+            Outcome::Changed(tag, answer)
         })
         .ok_or_else(|| ApiError::Internal("rollout configs lock poisoned".into()))?;
-    let (status, tag, body) = match answer {
-        Ok((tag, answer)) => (StatusCode::OK, tag, Some(answer)),
-        Err(tag) => (StatusCode::NOT_MODIFIED, tag, None),
-    };
-    let mut response = match body {
-        Some(answer) => Json(answer).into_response(),
-        None => status.into_response(),
+    // Serialised after the lock is released.
+    let (tag, mut response) = match outcome {
+        Outcome::NotModified(tag) => (tag, StatusCode::NOT_MODIFIED.into_response()),
+        Outcome::Changed(tag, answer) => (tag, Json(answer).into_response()),
     };
     let response_headers = response.headers_mut();
     if let Ok(etag) = HeaderValue::from_bytes(tag.quoted()) {
@@ -71,10 +68,20 @@ pub async fn batch_config(
     Ok(response)
 }
 
+/// What a poll gets: `304` and the tag it holds, or the answer, built under the lock.
+enum Outcome {
+    NotModified(EntityTag),
+    Changed(EntityTag, BatchAnswer),
+}
+
+/// What the `deployments` parameter must hold, for refusals.
+fn expected_list() -> String {
+    format!("1 to {MAX_BATCH_DEPLOYMENTS} distinct deployment ids separated by commas")
+}
+
 /// The deployments a request names, in order: one `deployments` parameter holding 1 to
 /// [`MAX_BATCH_DEPLOYMENTS`] distinct deployment ids separated by commas.
 fn requested_deployments(parameters: &[(String, String)]) -> Result<Vec<&str>, ApiError> {
-    let expected_list = format!("1 to {MAX_BATCH_DEPLOYMENTS} distinct deployment ids separated by commas");
     let mut list = None;
     for (name, value) in parameters {
         if name != DEPLOYMENTS_PARAMETER {
@@ -86,17 +93,22 @@ fn requested_deployments(parameters: &[(String, String)]) -> Result<Vec<&str>, A
         }
         if list.replace(value.as_str()).is_some() {
             return Err(ApiError::BadRequest(format!(
-                "query parameter `{DEPLOYMENTS_PARAMETER}` given twice: expected one parameter holding {expected_list}"
+                "query parameter `{DEPLOYMENTS_PARAMETER}` given twice: expected one parameter holding {}",
+                expected_list()
             )));
         }
     }
     let list = list.ok_or_else(|| {
-        ApiError::BadRequest(format!("query parameter `{DEPLOYMENTS_PARAMETER}` = (missing): expected {expected_list}"))
+        ApiError::BadRequest(format!(
+            "query parameter `{DEPLOYMENTS_PARAMETER}` = (missing): expected {}",
+            expected_list()
+        ))
     })?;
     let count = list.split(',').count();
     if count > MAX_BATCH_DEPLOYMENTS {
         return Err(ApiError::BadRequest(format!(
-            "query parameter `{DEPLOYMENTS_PARAMETER}` names {count} deployments: expected {expected_list}"
+            "query parameter `{DEPLOYMENTS_PARAMETER}` names {count} deployments: expected {}",
+            expected_list()
         )));
     }
     let mut requested = Vec::with_capacity(count);
@@ -112,9 +124,9 @@ fn requested_deployments(parameters: &[(String, String)]) -> Result<Vec<&str>, A
     }
     if let Some((index, id)) = first_repeat(&requested) {
         return Err(ApiError::BadRequest(format!(
-            "query parameter `{DEPLOYMENTS_PARAMETER}[{index}]` = {}: expected {expected_list} \
-             (it is named earlier in the list)",
-            quoted(id)
+            "query parameter `{DEPLOYMENTS_PARAMETER}[{index}]` = {}: expected {} (it is named earlier in the list)",
+            quoted(id),
+            expected_list()
         )));
     }
     Ok(requested)
