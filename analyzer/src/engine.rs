@@ -478,6 +478,12 @@ impl Engine {
         self.configs.read().map(|c| c.values().cloned().collect()).unwrap_or_default()
     }
 
+    /// Reads the served configs in place, under one read lock: the batch endpoint
+    /// hashes many and clones none when it answers `304`. `None` if a writer panicked.
+    pub fn read_configs<R>(&self, read: impl FnOnce(&BTreeMap<String, RolloutConfig>) -> R) -> Option<R> {
+        self.configs.read().ok().map(|configs| read(&configs))
+    }
+
     /// Why decisions can no longer be recorded (the audit log failed a write it could
     /// not undo): every later decision, automatic rollbacks included, is refused.
     pub fn recording_failure(&self) -> Option<String> {

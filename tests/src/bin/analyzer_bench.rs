@@ -35,7 +35,11 @@
 //!    when an unauthenticated client sends a [`HUGE_TOKEN_BYTES`] token to an analyzer with
 //!    [`IDENTITIES`] identities, against a wrong token of ordinary length.
 //!
-//! `BENCH=parse`, `BENCH=simulation` or `BENCH=auth` runs one part (for quick experiments).
+//! 4. **The fleet's config polls** ([`config_poll`]): the analyzer's CPU per poll and per
+//!    round of 10 000 proxies × 100 deployments, for the batch endpoint (mostly `304`)
+//!    against the per-deployment one polled 100 times, in the same run.
+//!
+//! `BENCH=parse`, `BENCH=simulation`, `BENCH=auth` or `BENCH=config` runs one part (for quick experiments).
 
 use canary_analyzer::auth::{Authenticator, Permission, TokenTable};
 use canary_analyzer::evaluation::RolloutEvaluation;
@@ -53,6 +57,9 @@ use prometheus_parse::Scrape;
 use std::fmt::Write as _;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
+
+#[path = "analyzer_bench/config_poll.rs"]
+mod config_poll;
 
 /// Deployments in the scrape: each brings 520 of our series (180 with the old 36 buckets)
 /// and 2 clusters × 160 of Envoy's own, so 200 give 168 000 series (plus a few server-wide ones).
@@ -938,5 +945,8 @@ fn main() {
     }
     if only.is_empty() || only == "auth" {
         huge_token_benchmark();
+    }
+    if only.is_empty() || only == "config" {
+        config_poll::config_poll_benchmark();
     }
 }
