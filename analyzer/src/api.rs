@@ -31,6 +31,8 @@ use std::sync::atomic::Ordering;
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 
+mod config_batch;
+
 #[derive(Clone)]
 pub struct AppState {
     pub engine: Arc<Engine>,
@@ -169,6 +171,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/rollouts", get(list).post(register))
         .route("/v1/rollouts/{deployment}", get(status))
         .route("/v1/rollouts/{deployment}/config", get(config))
+        .route(config_batch::PATH, get(config_batch::batch_config))
         .route("/v1/rollouts/{deployment}/report", get(report))
         .route("/v1/rollouts/{deployment}/audit", get(audit_pages::audit))
         .route("/v1/rollouts/{deployment}/override", post(override_rollout))

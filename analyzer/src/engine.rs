@@ -492,6 +492,12 @@ impl Engine {
         self.configs.read().map(|c| c.values().cloned().collect()).unwrap_or_default()
     }
 
+    /// Reads the served configs in place, under one read lock: the batch endpoint
+    /// hashes many and clones none when it answers `304`. `None` if a writer panicked.
+    pub fn read_configs<R>(&self, read: impl FnOnce(&BTreeMap<String, RolloutConfig>) -> R) -> Option<R> {
+        self.configs.read().ok().map(|configs| read(&configs))
+    }
+
     /// Why decisions are not being recorded (the latest append failed, or rollbacks
     /// in effect wait for their records): see [`recording`].
     pub fn recording_failure(&self) -> Option<String> {

@@ -12,9 +12,11 @@ pub mod outcome;
 pub mod poll;
 pub mod population;
 pub mod rollout;
+pub mod rollout_batch;
 pub mod user_id;
 
 pub use cohort::{Cohort, Share, bucket};
 pub use config::{ConfigError, FilterConfig};
 pub use decision::{Decision, RequestView, decide};
 pub use rollout::{RolloutConfig, RolloutPhase};
+pub use rollout_batch::{BatchAnswer, parse_batch_answer};

@@ -54,10 +54,16 @@ pub fn parse_answer(body: &[u8], deployment: &str) -> Result<RolloutConfig, Answ
     if config.deployment != deployment {
         return Err(AnswerError::WrongDeployment { got: config.deployment, expected: deployment.to_string() });
     }
-    if Share::from_basis_points(config.share_bp).is_none() {
-        return Err(AnswerError::ShareOutOfRange(config.share_bp));
-    }
+    check_share(&config)?;
     Ok(config)
+}
+
+/// The share check every served config passes: at most 10 000 basis points.
+pub fn check_share(config: &RolloutConfig) -> Result<(), AnswerError> {
+    match Share::from_basis_points(config.share_bp) {
+        Some(_) => Ok(()),
+        None => Err(AnswerError::ShareOutOfRange(config.share_bp)),
+    }
 }
 
 /// What accepting an answer did, relative to the config in force.

@@ -34,9 +34,13 @@
 //! 3. **Refusing a huge bearer token** ([`huge_token_benchmark`]): the CPU one 401 costs
 //!    when an unauthenticated client sends a [`HUGE_TOKEN_BYTES`] token to an analyzer with
 //!    [`IDENTITIES`] identities, against a wrong token of ordinary length.
-//! 4. **`/config` latency under audit reads**: see [`audit_reads`].
+//! 4. **The fleet's config polls** ([`config_poll`]): the analyzer's CPU per poll and per
+//!    round of 10 000 proxies × 100 deployments, for the batch endpoint (mostly `304`)
+//!    against the per-deployment one polled 100 times, in the same run.
+//! 5. **`/config` latency under audit reads**: see [`audit_reads`].
 //!
-//! `BENCH=parse`, `BENCH=simulation`, `BENCH=auth` or `BENCH=audit` runs one part (for quick experiments).
+//! `BENCH=parse`, `BENCH=simulation`, `BENCH=auth`, `BENCH=config` or `BENCH=audit` runs one
+//! part (for quick experiments).
 
 #[path = "analyzer_bench/audit_reads.rs"]
 mod audit_reads;
@@ -57,6 +61,9 @@ use prometheus_parse::Scrape;
 use std::fmt::Write as _;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
+
+#[path = "analyzer_bench/config_poll.rs"]
+mod config_poll;
 
 /// Deployments in the scrape: each brings 520 of our series (180 with the old 36 buckets)
 /// and 2 clusters × 160 of Envoy's own, so 200 give 168 000 series (plus a few server-wide ones).
@@ -942,6 +949,9 @@ fn main() {
     }
     if only.is_empty() || only == "auth" {
         huge_token_benchmark();
+    }
+    if only.is_empty() || only == "config" {
+        config_poll::config_poll_benchmark();
     }
     if only.is_empty() || only == "audit" {
         audit_reads::audit_read_benchmark();
