@@ -20,7 +20,7 @@ use canary_core::cohort::{ROUTE_CANARY, ROUTE_STABLE};
 use canary_core::decision::{RequestView, decide};
 use canary_core::metrics::{StatusClass, status_code};
 use canary_core::outcome::RuleSet;
-use canary_core::user_id::sticky_id_from_bytes;
+use canary_core::user_id::{join_cookie_lines, sticky_id_from_bytes};
 use proxy_wasm::hostcalls::{increment_metric, record_metric};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
@@ -55,12 +55,21 @@ impl CanaryHttp {
     }
 }
 
-/// Request headers, read through the host.
+/// Request headers, read through the host as bytes: the SDK's `String` readers
+/// unwrap `String::from_utf8` and would abort the VM on a client's obs-text byte.
 struct HostHeaders<'a>(&'a CanaryHttp);
 
 impl RequestView for HostHeaders<'_> {
-    fn header(&mut self, name: &str) -> Option<String> {
-        self.0.get_http_request_header(name)
+    fn header(&mut self, name: &str) -> Option<Vec<u8>> {
+        self.0.get_http_request_header_bytes(name)
+    }
+
+    /// The whole header map, read only when a wanted cookie is not on the first line.
+    /// Its names are `String`s in the SDK; Envoy's codecs refuse a request whose header
+    /// names are not tokens (400) before any filter runs, so they are ASCII here.
+    fn all_cookie_lines(&mut self) -> Option<Vec<u8>> {
+        let headers = self.0.get_http_request_headers_bytes();
+        join_cookie_lines(headers.iter().filter(|(name, _)| name == "cookie").map(|(_, value)| value.as_slice()))
     }
 }
 

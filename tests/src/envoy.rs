@@ -119,6 +119,22 @@ impl EnvoyConfig {
         self.set_plugin_config_text(&json.to_string());
     }
 
+    /// The wasm filter's `failure_policy` as configured (`FAIL_OPEN`, `FAIL_CLOSED`, `FAIL_RELOAD`).
+    pub fn failure_policy(&mut self) -> String {
+        self.wasm_config()["failure_policy"].as_str().unwrap_or("FAIL_CLOSED").to_string()
+    }
+
+    /// Sets the wasm filter's `failure_policy`, dropping `reload_config` unless it is `FAIL_RELOAD`.
+    pub fn set_failure_policy(&mut self, policy: &str) {
+        let config = self.wasm_config();
+        config["failure_policy"] = Yaml::from(policy.to_string());
+        if policy != "FAIL_RELOAD" {
+            if let Some(map) = config.as_mapping_mut() {
+                map.remove("reload_config");
+            }
+        }
+    }
+
     /// Drops the early header mutation, leaving the wasm filter alone to replace a
     /// client-supplied cohort header (as under Istio, where only the WasmPlugin runs).
     pub fn without_header_stripping(&mut self) {
