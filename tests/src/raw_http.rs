@@ -1,21 +1,12 @@
-//! Hostile bytes on both sides of Envoy, for the data-path fuzz test and the cookie tests.
-//!
-//! - [`send`]: an HTTP/1.1 client that writes header lines byte for byte as given,
-//!   repeated names included. hyper and reqwest refuse values that are not visible
-//!   ASCII, so they cannot send what a hostile client sends (obs-text, control bytes).
-//! - [`EchoUpstream`]: an upstream that answers `x-version` (which version it is) and
-//!   sets the response headers that the query asks for to the bytes it gives in hex,
-//!   so Envoy passes hostile response headers to the filter's outcome rules.
+//! An HTTP/1.1 client that writes header lines byte for byte as given, repeated names
+//! included, for the data-path fuzz test and the cookie tests. hyper and reqwest refuse
+//! values that are not visible ASCII, so they cannot send what a hostile client sends
+//! (obs-text, control bytes). One request per connection.
 
-use crate::http_server::{self, HttpResult};
-use hyper::Request;
-use hyper::body::Incoming;
-use hyper::header::{HeaderName, HeaderValue};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
+use tokio::net::TcpStream;
 
 /// Longer than any answer through Envoy on loopback takes; a stuck answer fails the request.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -81,71 +72,17 @@ fn parse_head(reply: &[u8]) -> std::io::Result<RawReply> {
     Ok(RawReply { status, headers })
 }
 
-/// Lower-case hex, as [`EchoUpstream`] reads it from the query.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
-}
-
-/// An upstream that answers `x-version: <version>` and, for each `name=HEX` pair of the
-/// query, a `name` header line with those bytes (`status=N` sets the status). A value
-/// hyper cannot send (a control byte) is left out: the test generates none.
-pub struct EchoUpstream {
-    pub addr: SocketAddr,
-    task: JoinHandle<()>,
-}
-
-impl Drop for EchoUpstream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn echo(version: &'static str, req: Request<Incoming>) -> HttpResult {
-    let mut response = hyper::Response::builder().header("x-version", version);
-    let mut status = 200;
-    for pair in req.uri().query().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if name == "status" {
-            status = value.parse().unwrap_or(400);
-            continue;
-        }
-        let value = unhex(value).and_then(|v| HeaderValue::from_bytes(&v).ok());
-        if let (Ok(name), Some(value)) = (HeaderName::from_bytes(name.as_bytes()), value) {
-            response = response.header(name, value);
-        }
-    }
-    response
-        .status(status)
-        .body(http_body_util::Full::new(hyper::body::Bytes::from(version)))
-        .map_err(std::io::Error::other)
-}
-
-impl EchoUpstream {
-    pub async fn start(version: &'static str) -> EchoUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind an echo upstream");
-        let addr = listener.local_addr().expect("upstream address");
-        let task = http_server::spawn(listener, move |req| echo(version, req));
-        EchoUpstream { addr, task }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn heads_parse_and_hex_round_trips() {
+    fn heads_parse() {
         let reply =
             parse_head(b"HTTP/1.1 503 Service Unavailable\r\nX-Version: stable\r\nx-cache:  \xffHIT \r\n\r\nbody")
                 .unwrap();
         assert_eq!(reply.status, 503);
         assert_eq!(reply.header("x-version"), Some(&b"stable"[..]));
         assert_eq!(reply.header("x-cache"), Some(&b"\xffHIT"[..]));
-        assert_eq!(unhex(&hex(b"\x00\xff a")), Some(b"\x00\xff a".to_vec()));
-        assert_eq!(unhex("f"), None);
     }
 }

@@ -12,9 +12,10 @@
 
 use canary_analyzer::simulation::random::SeededRng;
 use canary_core::FilterConfig;
+use canary_e2e::cache_upstream::{CacheUpstream, Misses, hex_value};
 use canary_e2e::config_server::{Answer, ConfigServer};
 use canary_e2e::envoy::{Envoy, EnvoyConfig};
-use canary_e2e::raw_http::{EchoUpstream, get_request, hex, send};
+use canary_e2e::raw_http::{get_request, send};
 use canary_e2e::request_log::expected_version;
 use canary_e2e::traffic::{Client, user_ids};
 use std::collections::BTreeMap;
@@ -117,12 +118,13 @@ fn hostile_request(rng: &mut SeededRng) -> Vec<u8> {
     for i in (1..lines.len()).rev() {
         lines.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
     }
-    let mut target = String::from("/?");
+    // Not `/`, where the upstream adds an `x-cache` of its own.
+    let mut target = String::from("/fuzz?");
     for name in ["x-cache", "x-queue-ms"] {
         for _ in 0..rng.next_u64() % 3 {
             // What hyper can send in a response header: tab, visible ASCII, obs-text.
             let bytes: Vec<u8> = value(rng).into_iter().filter(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f)).collect();
-            target.push_str(&format!("{name}={}&", hex(&bytes)));
+            target.push_str(&format!("{name}={}&", hex_value(&bytes)));
         }
     }
     let statuses = [200, 200, 200, 201, 404, 500, 503];
@@ -192,8 +194,9 @@ fn seed() -> u64 {
 
 async fn fuzz(failure_policy: Option<&str>) {
     let seed = seed();
-    let stable = EchoUpstream::start("stable").await;
-    let canary = EchoUpstream::start("canary").await;
+    let no_misses = Misses { misses: 0, every: 1 };
+    let stable = CacheUpstream::start("stable", no_misses).await;
+    let canary = CacheUpstream::start("canary", no_misses).await;
     let config_server = ConfigServer::start(Answer::share("demo", 1, SHARE_BP)).await;
     let mut config = EnvoyConfig::shipped(stable.addr, canary.addr, config_server.addr);
     config.set_plugin_config_text(PLUGIN);
