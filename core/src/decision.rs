@@ -7,7 +7,7 @@
 use crate::cohort::{Cohort, Share, bucket};
 use crate::config::FilterConfig;
 use crate::population::RuleSubject;
-use crate::user_id::{AnonymousPolicy, IdSource, cookie_value, is_plausible_sticky_id};
+use crate::user_id::{AnonymousPolicy, IdSource, cookie_value_in_joined_lines, is_plausible_sticky_id};
 use std::collections::HashSet;
 
 /// Read access to the request being decided. The filter implements it with host
@@ -16,8 +16,8 @@ use std::collections::HashSet;
 pub trait RequestView {
     /// The first value of header `name`.
     fn header(&mut self, name: &str) -> Option<Vec<u8>>;
-    /// Every `cookie` line joined with `"; "` (`user_id::join_cookie_lines`), or `None`
-    /// without any. Called only when the first line lacks a cookie the decision needs.
+    /// Every `cookie` line joined with `,`, as Envoy's `request.headers` property joins a
+    /// repeated header (HTTP/1.1 clients may send several lines), or `None` without any.
     fn all_cookie_lines(&mut self) -> Option<Vec<u8>>;
 }
 
@@ -29,41 +29,19 @@ pub struct Decision {
     pub set_cookie: Option<String>,
 }
 
-/// How much of the request's cookies has been read so far.
-enum Cookies {
-    Unread,
-    /// The first `cookie` line (`None`: the request has no cookie at all).
-    FirstLine(Option<Vec<u8>>),
-    /// Every line, joined.
-    AllLines(Option<Vec<u8>>),
-}
-
-/// Reads what the decision needs, each at most once: one host call for the first
-/// `cookie` line, which usually holds every cookie, and one more for all lines only
-/// when a wanted cookie is not on the first (a client that sends several lines).
+/// Reads what the decision needs, each at most once: every `cookie` line in one host
+/// call, however many cookies the sources and rules look up.
 struct Lookup<'v, V: RequestView> {
     view: &'v mut V,
-    cookies: Cookies,
+    cookies: Option<Option<Vec<u8>>>,
 }
 
 impl<V: RequestView> Lookup<'_, V> {
     /// The value of cookie `name` as sent: the first occurrence over all lines.
     fn cookie(&mut self, name: &str) -> Option<Vec<u8>> {
-        if let Cookies::Unread = self.cookies {
-            self.cookies = Cookies::FirstLine(self.view.header("cookie"));
-        }
-        if let Cookies::FirstLine(first) = &self.cookies {
-            // A name on the first line is also the first one in the joined lines.
-            let line = first.as_deref()?;
-            if let Some(value) = cookie_value(line, name) {
-                return Some(value.to_vec());
-            }
-            self.cookies = Cookies::AllLines(self.view.all_cookie_lines());
-        }
-        match &self.cookies {
-            Cookies::AllLines(Some(all)) => cookie_value(all, name).map(<[u8]>::to_vec),
-            _ => None,
-        }
+        let view = &mut *self.view;
+        let lines = self.cookies.get_or_insert_with(|| view.all_cookie_lines());
+        lines.as_deref().and_then(|l| cookie_value_in_joined_lines(l, name)).map(<[u8]>::to_vec)
     }
 
     fn subject(&mut self, subject: &RuleSubject) -> Option<Vec<u8>> {
@@ -107,7 +85,7 @@ pub fn decide(
     view: &mut impl RequestView,
     new_sticky_id: impl FnOnce() -> Option<String>,
 ) -> Decision {
-    let mut lookup = Lookup { view, cookies: Cookies::Unread };
+    let mut lookup = Lookup { view, cookies: None };
     let excluded = Decision { cohort: Cohort::Excluded, set_cookie: None };
     let mut set_cookie = None;
 
@@ -144,7 +122,7 @@ pub fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::user_id::join_cookie_lines;
+    use crate::user_id::join_header_lines;
 
     /// Header lines in order (a name may repeat) and the host calls made.
     #[derive(Default)]
@@ -162,7 +140,7 @@ mod tests {
 
         fn all_cookie_lines(&mut self) -> Option<Vec<u8>> {
             self.all_cookie_reads += 1;
-            join_cookie_lines(self.lines.iter().filter(|(k, _)| k == "cookie").map(|(_, v)| v.as_slice()))
+            join_header_lines(self.lines.iter().filter(|(k, _)| k == "cookie").map(|(_, v)| v.as_slice()))
         }
     }
 
@@ -213,7 +191,7 @@ mod tests {
         let cookie = format!("beta=1; uid={c}");
         let mut view = headers(&[("cookie", &cookie), ("x-user-id", &s)]);
         assert_eq!(decide(&cfg, HALF, &mut view, || None).cohort, Cohort::Canary);
-        assert_eq!((view.reads, view.all_cookie_reads), (1, 0), "one host lookup for two cookies");
+        assert_eq!((view.reads, view.all_cookie_reads), (0, 1), "one host lookup for two cookies");
         assert_eq!(cohort(&cfg, &[("x-user-id", &s), ("cookie", "beta=1")]), Cohort::Control);
         assert_eq!(cohort(&cfg, &[("x-user-id", "")]), Cohort::Excluded, "empty id is no id");
     }
@@ -241,20 +219,19 @@ mod tests {
     }
 
     #[test]
-    fn cookies_on_later_lines_count_and_are_read_only_when_needed() {
-        let sticky = config(r#"{"deployment":"checkout"}"#);
+    fn cookies_on_every_line_count_and_all_lines_are_read_once() {
+        let sticky = config(r#"{"deployment":"checkout","user_id":{"sources":[{"cookie":"session_user"}]}}"#);
         let c = user(true);
         let second = format!("canary_uid={c}");
         let mut view = headers(&[("cookie", "theme=dark"), ("x-other", "1"), ("cookie", &second)]);
         let d = decide(&sticky, HALF, &mut view, || Some("fresh".into()));
         assert_eq!(d, Decision { cohort: Cohort::Canary, set_cookie: None }, "the sticky id on the second line");
-        assert_eq!((view.reads, view.all_cookie_reads), (1, 1));
+        assert_eq!((view.reads, view.all_cookie_reads), (0, 1), "two cookies looked up, one read");
         let mut view = headers(&[("cookie", &second), ("cookie", "canary_uid=other")]);
         assert_eq!(decide(&sticky, HALF, &mut view, || None).cohort, Cohort::Canary, "first occurrence wins");
-        assert_eq!((view.reads, view.all_cookie_reads), (1, 0), "found on the first line: one read");
         let mut view = headers(&[]);
-        let _ = decide(&sticky, HALF, &mut view, || None);
-        assert_eq!((view.reads, view.all_cookie_reads), (1, 0), "no cookie at all: one read");
+        assert_eq!(decide(&sticky, HALF, &mut view, || Some(c.clone())).cohort, Cohort::Canary);
+        assert_eq!((view.reads, view.all_cookie_reads), (0, 1), "no cookie at all: one read");
         let rules = config(
             r#"{"deployment":"checkout","user_id":{"sources":[{"cookie":"uid"}],"anonymous":"control"},
                 "population":{"all":[{"cookie":"beta","equals":"1"}]}}"#,
@@ -262,9 +239,11 @@ mod tests {
         let first = format!("uid={c}");
         let mut view = headers(&[("cookie", &first), ("cookie", "beta=1")]);
         assert_eq!(decide(&rules, HALF, &mut view, || None).cohort, Cohort::Canary, "rule cookie on line two");
-        assert_eq!((view.reads, view.all_cookie_reads), (1, 1));
         let mut view = headers(&[("cookie", "beta=1"), ("cookie", &first)]);
         assert_eq!(decide(&rules, HALF, &mut view, || None).cohort, Cohort::Canary, "id cookie on line two");
+        // Envoy joins lines with `,`: a comma ends a value on any line.
+        let mut view = headers(&[("cookie", &format!("beta=1,x; uid={c}"))]);
+        assert_eq!(decide(&rules, HALF, &mut view, || None).cohort, Cohort::Canary);
     }
 
     #[test]

@@ -52,8 +52,19 @@ pub fn sticky_id_from_bytes(bytes: [u8; 16]) -> String {
 /// Bytes, not text: Envoy forwards header bytes that are not UTF-8 (obs-text), and one
 /// such cookie must not hide the others; the caller decides what a value must be.
 pub fn cookie_value<'a>(cookie_header: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    find_cookie(cookie_header, name, |b| b == b';')
+}
+
+/// The value of cookie `name` in `cookie` lines joined with `,`, as Envoy's
+/// `request.headers` property joins a repeated header. A comma inside a value cannot be
+/// told from the join, so it ends the value (RFC 6265 cookie values have none).
+pub fn cookie_value_in_joined_lines<'a>(joined_lines: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    find_cookie(joined_lines, name, |b| b == b';' || b == b',')
+}
+
+fn find_cookie<'a>(header: &'a [u8], name: &str, is_separator: impl Fn(u8) -> bool) -> Option<&'a [u8]> {
     let name = name.as_bytes();
-    cookie_header.split(|&b| b == b';').find_map(|pair| {
+    header.split(|&b| is_separator(b)).find_map(|pair| {
         let at = pair.iter().position(|&b| b == b'=')?;
         let (key, value) = (pair.get(..at)?, pair.get(at + 1..)?);
         (key.trim_ascii() == name).then(|| {
@@ -63,16 +74,15 @@ pub fn cookie_value<'a>(cookie_header: &'a [u8], name: &str) -> Option<&'a [u8]>
     })
 }
 
-/// Every `cookie` line of a request as one header, joined with `"; "` as Envoy joins
-/// them for HTTP/2 (RFC 9113 section 8.2.3); `None` without any. HTTP/1.1 clients may
-/// send several lines, and a sticky id on the second line counts like one on the first.
-pub fn join_cookie_lines<'a>(lines: impl IntoIterator<Item = &'a [u8]>) -> Option<Vec<u8>> {
+/// Lines joined as Envoy's `request.headers` property joins a repeated header: with `,`
+/// (for test doubles of the host).
+pub fn join_header_lines<'a>(lines: impl IntoIterator<Item = &'a [u8]>) -> Option<Vec<u8>> {
     let mut joined: Option<Vec<u8>> = None;
     for line in lines {
         match joined.as_mut() {
             None => joined = Some(line.to_vec()),
             Some(all) => {
-                all.extend_from_slice(b"; ");
+                all.push(b',');
                 all.extend_from_slice(line);
             }
         }
@@ -102,12 +112,14 @@ mod tests {
     }
 
     #[test]
-    fn cookie_lines_join_as_http2_joins_them() {
-        assert_eq!(join_cookie_lines([]), None);
-        assert_eq!(join_cookie_lines([&b"a=1"[..]]), Some(b"a=1".to_vec()));
-        let joined = join_cookie_lines([&b"theme=dark"[..], b"", b"canary_uid=abc"]).unwrap();
-        assert_eq!(joined, b"theme=dark; ; canary_uid=abc".to_vec());
-        assert_eq!(cookie_value(&joined, "canary_uid"), Some(&b"abc"[..]));
+    fn cookies_are_found_in_lines_joined_as_envoy_joins_them() {
+        assert_eq!(join_header_lines([]), None);
+        let joined = join_header_lines([&b"theme=dark"[..], b"a=1, b; canary_uid=abc"]).unwrap();
+        assert_eq!(joined, b"theme=dark,a=1, b; canary_uid=abc".to_vec());
+        assert_eq!(cookie_value_in_joined_lines(&joined, "canary_uid"), Some(&b"abc"[..]));
+        assert_eq!(cookie_value_in_joined_lines(&joined, "theme"), Some(&b"dark"[..]));
+        assert_eq!(cookie_value_in_joined_lines(&joined, "a"), Some(&b"1"[..]), "a comma ends a value");
+        assert_eq!(cookie_value(&joined, "theme"), Some(&b"dark,a=1, b"[..]), "one line: only `;` separates");
     }
 
     #[test]

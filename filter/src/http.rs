@@ -2,8 +2,8 @@
 //! value the client sent), add the sticky cookie, count the request and its
 //! outcomes in `on_log`.
 //!
-//! Host calls per request: the header reads the decision needs (usually one), one
-//! header write and a clock read; one header read for `:status`; in `on_log` a clock
+//! Host calls per request: the header reads the decision needs (usually one; every
+//! `cookie` line is one property read), one header write and a clock read; one header read for `:status`; in `on_log` a clock
 //! read and two metric updates. `get_property` is avoided on the common path: in
 //! `make bench` one call costs 2.3-2.4 µs, more than a header or clock read, so the
 //! status comes from the response headers and the duration from two clock reads;
@@ -20,8 +20,8 @@ use canary_core::cohort::{ROUTE_CANARY, ROUTE_STABLE};
 use canary_core::decision::{RequestView, decide};
 use canary_core::metrics::{StatusClass, status_code};
 use canary_core::outcome::RuleSet;
-use canary_core::user_id::{join_cookie_lines, sticky_id_from_bytes};
-use proxy_wasm::hostcalls::{increment_metric, record_metric};
+use canary_core::user_id::sticky_id_from_bytes;
+use proxy_wasm::hostcalls::{get_property, increment_metric, record_metric};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::rc::Rc;
@@ -64,12 +64,13 @@ impl RequestView for HostHeaders<'_> {
         self.0.get_http_request_header_bytes(name)
     }
 
-    /// The whole header map, read only when a wanted cookie is not on the first line.
-    /// Its names are `String`s in the SDK; Envoy's codecs refuse a request whose header
-    /// names are not tokens (400) before any filter runs, so they are ASCII here.
+    /// Every `cookie` line in one host call: Envoy's `request.headers` property joins a
+    /// repeated header with `,` (the first line alone would miss an HTTP/1.1 client's
+    /// second line; the whole header map costs more than the rest of the filter, `make
+    /// bench`). The SDK's `get_property` would abort the VM on a host failure: read
+    /// through the hostcall.
     fn all_cookie_lines(&mut self) -> Option<Vec<u8>> {
-        let headers = self.0.get_http_request_headers_bytes();
-        join_cookie_lines(headers.iter().filter(|(name, _)| name == "cookie").map(|(_, value)| value.as_slice()))
+        get_property(vec!["request", "headers", "cookie"]).ok().flatten()
     }
 }
 
@@ -120,8 +121,10 @@ impl HttpContext for CanaryHttp {
     fn on_log(&mut self) {
         let Some(cohort) = self.cohort else { return };
         // No response headers: the stream ended before any response (a reset).
+        // Through the hostcall: the SDK's `get_property` unwraps a serialization or internal
+        // failure of the host, which would abort the VM; here it is no detail.
         let class = StatusClass::classify(self.status.unwrap_or(0), || {
-            self.get_property(vec!["response", "code_details"]).and_then(|b| String::from_utf8(b).ok())
+            get_property(vec!["response", "code_details"]).ok().flatten().and_then(|b| String::from_utf8(b).ok())
         });
         let metrics = &self.runtime.metrics;
         if let Some(id) = metrics.requests(cohort, class) {

@@ -26,7 +26,8 @@
 //!    With `BENCH_BEFORE_WASM`, that build (without rules) is measured beside them: 0 rules
 //!    must cost what a filter without outcome support costs.
 //! 8. Opt-in (`BENCH=cookie-instructions`, valgrind): the same count for anonymous users
-//!    sending their sticky id back on the first `cookie` line or on a second one.
+//!    without a cookie, and sending their sticky id back on the first `cookie` line or on
+//!    a second one.
 //!
 //! `BENCH=native,envoy,start,strips,probes,outcomes` picks parts (default: those); `BENCH_RUNS` and
 //! `BENCH_SECONDS` set rounds and seconds per run; `BENCH_BEFORE_WASM=<path>` adds a
@@ -660,16 +661,18 @@ fn instructions(rig: &Rig, filters: &[(String, PathBuf)]) {
     }
 }
 
-/// A wrk script for anonymous users who send their sticky id back: on the first `cookie`
-/// line after another cookie, or on a second line (as some HTTP/1.1 clients do).
-fn sticky_cookie_script(second_line: bool) -> PathBuf {
-    let name = if second_line { "cookie-second-line" } else { "cookie-first-line" };
-    let script = std::env::temp_dir().join(format!("wasm-canary-bench-{name}.lua"));
-    let cookies = if second_line {
-        r"cookie: theme=dark\r\ncookie: canary_uid=%032x\r\n"
-    } else {
-        r"cookie: theme=dark; canary_uid=%032x\r\n"
-    };
+/// Anonymous users' cookies in the cookie rows: none (a first visit, the sticky id is
+/// new), the sticky id after another cookie on one line, or on a second `cookie` line
+/// (as some HTTP/1.1 clients send them).
+const COOKIE_ROWS: [(&str, &str); 3] = [
+    ("no cookie (a new sticky id)", ""),
+    ("the sticky id on the first cookie line, after another", r"cookie: theme=dark; canary_uid=%032x\r\n"),
+    ("the sticky id on a second cookie line", r"cookie: theme=dark\r\ncookie: canary_uid=%032x\r\n"),
+];
+
+/// A wrk script for anonymous users sending `cookies` (a `COOKIE_ROWS` entry).
+fn sticky_cookie_script(name: &str, cookies: &str) -> PathBuf {
+    let script = std::env::temp_dir().join(format!("wasm-canary-bench-{}.lua", name.replace(' ', "-")));
     let text = format!(
         "counter = 0\nrequest = function()\n  counter = counter + 1\n  \
          return string.format('GET / HTTP/1.1\\r\\nHost: bench\\r\\n{cookies}\\r\\n', counter % 100000)\nend\n"
@@ -678,19 +681,18 @@ fn sticky_cookie_script(second_line: bool) -> PathBuf {
     script
 }
 
-/// Instructions per request for anonymous users with a sticky cookie, on the first or the
-/// second `cookie` line: each filter build and the no-op filter, per script.
+/// Instructions per request for anonymous users (`COOKIE_ROWS`): each filter build and the
+/// no-op filter, per row.
 fn cookie_instructions(rig: &Rig, filters: &[(String, PathBuf)]) {
-    for second_line in [false, true] {
-        let script = sticky_cookie_script(second_line);
+    for (row, cookies) in COOKIE_ROWS {
+        let script = sticky_cookie_script(row, cookies);
         let mut setups = vec![("no-op wasm filter".to_string(), rig.config(Setup::Probe("")))];
         for (name, wasm) in filters {
             setups.push((name.clone(), rig.config(Setup::Filter(wasm))));
         }
         let counts: Vec<Option<f64>> =
             setups.iter().map(|(name, config)| instructions_per_request(config, name, &script)).collect();
-        let line = if second_line { "the second cookie line" } else { "the first cookie line, after another" };
-        println!("\nAnonymous users, sticky id on {line}: Envoy instructions per request, minus the no-op filter's:");
+        println!("\nAnonymous users, {row}: Envoy instructions per request, minus the no-op filter's:");
         for ((name, _), count) in setups.iter().zip(&counts) {
             match (count, counts.first().copied().flatten()) {
                 (Some(count), Some(noop)) => println!("  {name:42} {count:9.0}   {:+9.0}", count - noop),
