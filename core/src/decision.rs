@@ -7,13 +7,18 @@
 use crate::cohort::{Cohort, Share, bucket};
 use crate::config::FilterConfig;
 use crate::population::RuleSubject;
-use crate::user_id::{AnonymousPolicy, IdSource, cookie_value, is_plausible_sticky_id};
+use crate::user_id::{AnonymousPolicy, IdSource, cookie_value_in_joined_lines, is_plausible_sticky_id};
 use std::collections::HashSet;
 
 /// Read access to the request being decided. The filter implements it with host
-/// calls; tests with a map. Header names are lower-case.
+/// calls; tests with a map. Header names are lower-case. Values are the bytes the
+/// client sent: Envoy forwards bytes that are not UTF-8 in HTTP/1.1 header values.
 pub trait RequestView {
-    fn header(&mut self, name: &str) -> Option<String>;
+    /// The first value of header `name`.
+    fn header(&mut self, name: &str) -> Option<Vec<u8>>;
+    /// Every `cookie` line joined with `,`, as Envoy's `request.headers` property joins a
+    /// repeated header (HTTP/1.1 clients may send several lines), or `None` without any.
+    fn all_cookie_lines(&mut self) -> Option<Vec<u8>>;
 }
 
 /// The outcome for one request.
@@ -24,31 +29,36 @@ pub struct Decision {
     pub set_cookie: Option<String>,
 }
 
-/// Caches the `cookie` header so several cookie lookups cost one host call.
+/// Reads what the decision needs, each at most once: every `cookie` line in one host
+/// call, however many cookies the sources and rules look up.
 struct Lookup<'v, V: RequestView> {
     view: &'v mut V,
-    cookies: Option<Option<String>>,
+    cookies: Option<Option<Vec<u8>>>,
 }
 
 impl<V: RequestView> Lookup<'_, V> {
-    fn cookie(&mut self, name: &str) -> Option<String> {
+    /// The value of cookie `name` as sent: the first occurrence over all lines.
+    fn cookie(&mut self, name: &str) -> Option<Vec<u8>> {
         let view = &mut *self.view;
-        let header = self.cookies.get_or_insert_with(|| view.header("cookie"));
-        header.as_deref().and_then(|h| cookie_value(h, name)).map(str::to_string)
+        let lines = self.cookies.get_or_insert_with(|| view.all_cookie_lines());
+        lines.as_deref().and_then(|l| cookie_value_in_joined_lines(l, name)).map(<[u8]>::to_vec)
     }
 
-    fn subject(&mut self, subject: &RuleSubject) -> Option<String> {
+    fn subject(&mut self, subject: &RuleSubject) -> Option<Vec<u8>> {
         match subject {
             RuleSubject::Header(h) => self.view.header(h),
             RuleSubject::Cookie(c) => self.cookie(c),
         }
     }
 
+    /// A user id from one source. A value that is not UTF-8 is no id, so a client's
+    /// stray bytes never pick a cohort: the next source is tried.
     fn source(&mut self, source: &IdSource) -> Option<String> {
-        let value = match source {
+        let bytes = match source {
             IdSource::Header(h) => self.view.header(h),
             IdSource::Cookie(c) => self.cookie(c),
         }?;
+        let value = String::from_utf8(bytes).ok()?;
         let trimmed = value.trim();
         if trimmed.len() == value.len() {
             // The common case: no copy.
@@ -83,8 +93,8 @@ pub fn decide(
     let user_id = match (configured, &config.anonymous) {
         (Some(id), _) => id,
         (None, AnonymousPolicy::Control) => return excluded,
-        (None, AnonymousPolicy::Sticky(cookie)) => match lookup.cookie(&cookie.name) {
-            Some(id) if is_plausible_sticky_id(&id) => id,
+        (None, AnonymousPolicy::Sticky(cookie)) => match lookup.cookie(&cookie.name).map(String::from_utf8) {
+            Some(Ok(id)) if is_plausible_sticky_id(&id) => id,
             _ => match new_sticky_id() {
                 Some(id) => {
                     set_cookie = Some(cookie.set_cookie_value(&id));
@@ -112,20 +122,35 @@ pub fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
+    use crate::user_id::join_header_lines;
 
+    /// Header lines in order (a name may repeat) and the host calls made.
     #[derive(Default)]
-    struct Headers(HashMap<String, String>, usize);
+    struct Headers {
+        lines: Vec<(String, Vec<u8>)>,
+        reads: usize,
+        all_cookie_reads: usize,
+    }
 
     impl RequestView for Headers {
-        fn header(&mut self, name: &str) -> Option<String> {
-            self.1 += 1;
-            self.0.get(name).cloned()
+        fn header(&mut self, name: &str) -> Option<Vec<u8>> {
+            self.reads += 1;
+            self.lines.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        }
+
+        fn all_cookie_lines(&mut self) -> Option<Vec<u8>> {
+            self.all_cookie_reads += 1;
+            join_header_lines(self.lines.iter().filter(|(k, _)| k == "cookie").map(|(_, v)| v.as_slice()))
         }
     }
 
+    fn raw_headers(pairs: &[(&str, &[u8])]) -> Headers {
+        Headers { lines: pairs.iter().map(|(k, v)| (k.to_string(), v.to_vec())).collect(), ..Headers::default() }
+    }
+
     fn headers(pairs: &[(&str, &str)]) -> Headers {
-        Headers(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), 0)
+        let raw: Vec<(&str, &[u8])> = pairs.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+        raw_headers(&raw)
     }
 
     fn config(json: &str) -> FilterConfig {
@@ -166,9 +191,59 @@ mod tests {
         let cookie = format!("beta=1; uid={c}");
         let mut view = headers(&[("cookie", &cookie), ("x-user-id", &s)]);
         assert_eq!(decide(&cfg, HALF, &mut view, || None).cohort, Cohort::Canary);
-        assert_eq!(view.1, 1, "one host lookup for two cookies");
+        assert_eq!((view.reads, view.all_cookie_reads), (0, 1), "one host lookup for two cookies");
         assert_eq!(cohort(&cfg, &[("x-user-id", &s), ("cookie", "beta=1")]), Cohort::Control);
         assert_eq!(cohort(&cfg, &[("x-user-id", "")]), Cohort::Excluded, "empty id is no id");
+    }
+
+    #[test]
+    fn values_that_are_not_utf8_are_no_id_and_match_no_rule() {
+        let cfg = config(
+            r#"{"deployment":"checkout","user_id":{"sources":[{"header":"x-user-id"},{"cookie":"session_user"}],
+                "anonymous":"control"},"population":{"any":[{"header":"x-tier","prefix":"gold"},
+                {"cookie":"region","present":false}]}}"#,
+        );
+        let c = user(true);
+        let decide_raw = |pairs: &[(&str, &[u8])]| decide(&cfg, HALF, &mut raw_headers(pairs), || None).cohort;
+        assert_eq!(decide_raw(&[("x-user-id", b"\xe9t\xe9")]), Cohort::Excluded, "no id");
+        assert_eq!(decide_raw(&[("x-user-id", b"\xe9"), ("cookie", b"session_user=\xff\xfe")]), Cohort::Excluded);
+        let cookie = [&b"junk=\xfe; session_user="[..], c.as_bytes()].concat();
+        assert_eq!(decide_raw(&[("x-user-id", b"\xff"), ("cookie", &cookie)]), Cohort::Canary, "next source");
+        // `region` is there, though not UTF-8: `present: false` fails, so only `x-tier` can admit.
+        let cookie = [&b"region=\xff; session_user="[..], c.as_bytes()].concat();
+        assert_eq!(decide_raw(&[("cookie", &cookie), ("x-tier", b"gold\xff")]), Cohort::Excluded, "no rule matches");
+        assert_eq!(decide_raw(&[("cookie", &cookie), ("x-tier", b"gold")]), Cohort::Canary);
+        let sticky = config(r#"{"deployment":"checkout"}"#);
+        let fresh = decide(&sticky, HALF, &mut raw_headers(&[("cookie", b"canary_uid=\xe9t\xe9")]), || Some(c.clone()));
+        assert!(fresh.set_cookie.is_some(), "a sticky id that is not UTF-8 is replaced");
+    }
+
+    #[test]
+    fn cookies_on_every_line_count_and_all_lines_are_read_once() {
+        let sticky = config(r#"{"deployment":"checkout","user_id":{"sources":[{"cookie":"session_user"}]}}"#);
+        let c = user(true);
+        let second = format!("canary_uid={c}");
+        let mut view = headers(&[("cookie", "theme=dark"), ("x-other", "1"), ("cookie", &second)]);
+        let d = decide(&sticky, HALF, &mut view, || Some("fresh".into()));
+        assert_eq!(d, Decision { cohort: Cohort::Canary, set_cookie: None }, "the sticky id on the second line");
+        assert_eq!((view.reads, view.all_cookie_reads), (0, 1), "two cookies looked up, one read");
+        let mut view = headers(&[("cookie", &second), ("cookie", "canary_uid=other")]);
+        assert_eq!(decide(&sticky, HALF, &mut view, || None).cohort, Cohort::Canary, "first occurrence wins");
+        let mut view = headers(&[]);
+        assert_eq!(decide(&sticky, HALF, &mut view, || Some(c.clone())).cohort, Cohort::Canary);
+        assert_eq!((view.reads, view.all_cookie_reads), (0, 1), "no cookie at all: one read");
+        let rules = config(
+            r#"{"deployment":"checkout","user_id":{"sources":[{"cookie":"uid"}],"anonymous":"control"},
+                "population":{"all":[{"cookie":"beta","equals":"1"}]}}"#,
+        );
+        let first = format!("uid={c}");
+        let mut view = headers(&[("cookie", &first), ("cookie", "beta=1")]);
+        assert_eq!(decide(&rules, HALF, &mut view, || None).cohort, Cohort::Canary, "rule cookie on line two");
+        let mut view = headers(&[("cookie", "beta=1"), ("cookie", &first)]);
+        assert_eq!(decide(&rules, HALF, &mut view, || None).cohort, Cohort::Canary, "id cookie on line two");
+        // Envoy joins lines with `,`: a comma ends a value on any line.
+        let mut view = headers(&[("cookie", &format!("beta=1,x; uid={c}"))]);
+        assert_eq!(decide(&rules, HALF, &mut view, || None).cohort, Cohort::Canary);
     }
 
     #[test]

@@ -30,14 +30,16 @@ pub struct Rule {
 }
 
 impl Rule {
-    /// Whether the rule matches a subject value (`None` when absent).
-    pub fn matches(&self, value: Option<&str>) -> bool {
-        match (&self.op, value) {
-            (MatchOp::Present(wanted), v) => v.is_some() == *wanted,
-            (_, None) => false,
-            (MatchOp::Equals(s), Some(v)) => v == s,
-            (MatchOp::Prefix(s), Some(v)) => v.starts_with(s.as_str()),
-            (MatchOp::Suffix(s), Some(v)) => v.ends_with(s.as_str()),
+    /// Whether the rule matches a subject value as the client sent it (`None` when
+    /// absent). A value that is there but not UTF-8 is present, and matches no
+    /// `equals`, `prefix` or `suffix`: stray bytes never make a user eligible.
+    pub fn matches(&self, value: Option<&[u8]>) -> bool {
+        let text = || value.and_then(|v| std::str::from_utf8(v).ok());
+        match &self.op {
+            MatchOp::Present(wanted) => value.is_some() == *wanted,
+            MatchOp::Equals(s) => text().is_some_and(|v| v == s),
+            MatchOp::Prefix(s) => text().is_some_and(|v| v.starts_with(s.as_str())),
+            MatchOp::Suffix(s) => text().is_some_and(|v| v.ends_with(s.as_str())),
         }
     }
 }
@@ -54,7 +56,7 @@ impl Eligibility {
     }
 
     /// Evaluates the rules; `lookup` returns a subject's value. Stops at the first decisive rule.
-    pub fn admits(&self, mut lookup: impl FnMut(&RuleSubject) -> Option<String>) -> bool {
+    pub fn admits(&self, mut lookup: impl FnMut(&RuleSubject) -> Option<Vec<u8>>) -> bool {
         let mut check = |rule: &Rule| rule.matches(lookup(&rule.subject).as_deref());
         self.all.iter().all(&mut check) && (self.any.is_empty() || self.any.iter().any(&mut check))
     }
@@ -71,15 +73,29 @@ mod tests {
     #[test]
     fn operators_match_as_documented() {
         let eq = header("h", MatchOp::Equals("true".into()));
-        assert!(eq.matches(Some("true")) && !eq.matches(Some("True")) && !eq.matches(None));
+        assert!(eq.matches(Some(b"true")) && !eq.matches(Some(b"True")) && !eq.matches(None));
         let pre = header("h", MatchOp::Prefix("int-".into()));
-        assert!(pre.matches(Some("int-7")) && !pre.matches(Some("ext-7")));
+        assert!(pre.matches(Some(b"int-7")) && !pre.matches(Some(b"ext-7")));
         let suf = header("h", MatchOp::Suffix("@example.com".into()));
-        assert!(suf.matches(Some("ann@example.com")) && !suf.matches(Some("ann@example.org")));
+        assert!(suf.matches(Some(b"ann@example.com")) && !suf.matches(Some(b"ann@example.org")));
         let present = header("h", MatchOp::Present(true));
-        assert!(present.matches(Some("")) && !present.matches(None));
+        assert!(present.matches(Some(b"")) && !present.matches(None));
         let absent = header("h", MatchOp::Present(false));
-        assert!(absent.matches(None) && !absent.matches(Some("x")));
+        assert!(absent.matches(None) && !absent.matches(Some(b"x")));
+    }
+
+    #[test]
+    fn values_that_are_not_utf8_are_present_and_match_no_comparison() {
+        let stray = Some(&b"int-\xff@example.com"[..]);
+        for op in [
+            MatchOp::Equals("int-\u{ff}@example.com".into()),
+            MatchOp::Prefix("int-".into()),
+            MatchOp::Suffix(".com".into()),
+        ] {
+            assert!(!header("h", op.clone()).matches(stray), "{op:?}");
+        }
+        assert!(header("h", MatchOp::Present(true)).matches(stray));
+        assert!(!header("h", MatchOp::Present(false)).matches(stray));
     }
 
     #[test]
@@ -90,7 +106,7 @@ mod tests {
         };
         let with = |pairs: &[(&str, &str)]| {
             rules.admits(|s| match s {
-                RuleSubject::Header(h) => pairs.iter().find(|(k, _)| k == h).map(|(_, v)| v.to_string()),
+                RuleSubject::Header(h) => pairs.iter().find(|(k, _)| k == h).map(|(_, v)| v.as_bytes().to_vec()),
                 RuleSubject::Cookie(_) => None,
             })
         };

@@ -49,14 +49,45 @@ pub fn sticky_id_from_bytes(bytes: [u8; 16]) -> String {
 }
 
 /// The value of cookie `name` in a `Cookie` header (`a=1; b=2`), unquoted and trimmed.
-pub fn cookie_value<'a>(cookie_header: &'a str, name: &str) -> Option<&'a str> {
-    cookie_header.split(';').find_map(|pair| {
-        let (key, value) = pair.split_once('=')?;
-        (key.trim() == name).then(|| {
-            let value = value.trim();
-            value.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(value)
+/// Bytes, not text: Envoy forwards header bytes that are not UTF-8 (obs-text), and one
+/// such cookie must not hide the others; the caller decides what a value must be.
+pub fn cookie_value<'a>(cookie_header: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    find_cookie(cookie_header, name, |b| b == b';')
+}
+
+/// The value of cookie `name` in `cookie` lines joined with `,`, as Envoy's
+/// `request.headers` property joins a repeated header. A comma inside a value cannot be
+/// told from the join, so it ends the value (RFC 6265 cookie values have none).
+pub fn cookie_value_in_joined_lines<'a>(joined_lines: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    find_cookie(joined_lines, name, |b| b == b';' || b == b',')
+}
+
+fn find_cookie<'a>(header: &'a [u8], name: &str, is_separator: impl Fn(u8) -> bool) -> Option<&'a [u8]> {
+    let name = name.as_bytes();
+    header.split(|&b| is_separator(b)).find_map(|pair| {
+        let at = pair.iter().position(|&b| b == b'=')?;
+        let (key, value) = (pair.get(..at)?, pair.get(at + 1..)?);
+        (key.trim_ascii() == name).then(|| {
+            let value = value.trim_ascii();
+            value.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(value)
         })
     })
+}
+
+/// Lines joined as Envoy's `request.headers` property joins a repeated header: with `,`
+/// (for test doubles of the host).
+pub fn join_header_lines<'a>(lines: impl IntoIterator<Item = &'a [u8]>) -> Option<Vec<u8>> {
+    let mut joined: Option<Vec<u8>> = None;
+    for line in lines {
+        match joined.as_mut() {
+            None => joined = Some(line.to_vec()),
+            Some(all) => {
+                all.push(b',');
+                all.extend_from_slice(line);
+            }
+        }
+    }
+    joined
 }
 
 #[cfg(test)]
@@ -65,12 +96,30 @@ mod tests {
 
     #[test]
     fn cookie_values_are_found_by_exact_name() {
-        let header = "theme=dark; canary_uid=abc123;  session=\"q w\"; x_canary_uid=nope";
-        assert_eq!(cookie_value(header, "canary_uid"), Some("abc123"));
-        assert_eq!(cookie_value(header, "session"), Some("q w"));
+        let header = b"theme=dark; canary_uid=abc123;  session=\"q w\"; x_canary_uid=nope";
+        assert_eq!(cookie_value(header, "canary_uid"), Some(&b"abc123"[..]));
+        assert_eq!(cookie_value(header, "session"), Some(&b"q w"[..]));
         assert_eq!(cookie_value(header, "uid"), None);
-        assert_eq!(cookie_value("", "a"), None);
-        assert_eq!(cookie_value("novalue; a=", "a"), Some(""));
+        assert_eq!(cookie_value(b"", "a"), None);
+        assert_eq!(cookie_value(b"novalue; a=", "a"), Some(&b""[..]));
+    }
+
+    #[test]
+    fn a_cookie_that_is_not_utf8_hides_no_other() {
+        let header = b"session_user=\xff\xfe; canary_uid=abc123";
+        assert_eq!(cookie_value(header, "session_user"), Some(&b"\xff\xfe"[..]));
+        assert_eq!(cookie_value(header, "canary_uid"), Some(&b"abc123"[..]));
+    }
+
+    #[test]
+    fn cookies_are_found_in_lines_joined_as_envoy_joins_them() {
+        assert_eq!(join_header_lines([]), None);
+        let joined = join_header_lines([&b"theme=dark"[..], b"a=1, b; canary_uid=abc"]).unwrap();
+        assert_eq!(joined, b"theme=dark,a=1, b; canary_uid=abc".to_vec());
+        assert_eq!(cookie_value_in_joined_lines(&joined, "canary_uid"), Some(&b"abc"[..]));
+        assert_eq!(cookie_value_in_joined_lines(&joined, "theme"), Some(&b"dark"[..]));
+        assert_eq!(cookie_value_in_joined_lines(&joined, "a"), Some(&b"1"[..]), "a comma ends a value");
+        assert_eq!(cookie_value(&joined, "theme"), Some(&b"dark,a=1, b"[..]), "one line: only `;` separates");
     }
 
     #[test]

@@ -164,9 +164,10 @@ impl Context for CanaryRoot {
         self.in_flight = None;
         let Some(runtime) = self.runtime.clone() else { return };
         let now_ms = self.now_ms();
-        let body = match self.get_http_call_response_header(":status") {
+        // Bytes: the SDK's `String` reader would abort the VM on a status that is not UTF-8.
+        let body = match self.get_http_call_response_header_bytes(":status") {
             None => Err(AnswerError::Status("none (timeout or reset)".into())),
-            Some(status) if status != "200" => Err(AnswerError::Status(status)),
+            Some(status) if status != b"200" => Err(AnswerError::Status(String::from_utf8_lossy(&status).into_owned())),
             Some(_) => Ok(self.get_http_call_response_body(0, body_size).unwrap_or_default()),
         };
         if let Err(e) = self.accept(&runtime, body, now_ms) {

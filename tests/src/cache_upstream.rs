@@ -2,8 +2,9 @@
 //! body), `/` with `x-cache: MISS` on the first `misses` of every `every` requests to
 //! `/` and `HIT` on the rest (by a counter, so any multiple of `every` requests holds
 //! the exact fraction), and any path with the query's `name=value` pairs as response
-//! headers: `status=N` sets the status, and the value `binary` sends the bytes
-//! `\xff150`, which are not UTF-8 (`/pay?x-payment-result=declined`, `/checkout?status=402`).
+//! headers: `status=N` sets the status, the value `binary` sends the bytes `\xff150`,
+//! which are not UTF-8, and `hex:<digits>` ([`hex_value`]) any bytes hyper can send
+//! (`/pay?x-payment-result=declined`, `/checkout?status=402`); a name may repeat.
 
 use crate::http_server::{self, HttpResult};
 use hyper::Request;
@@ -52,6 +53,11 @@ async fn answer(
             status = value.parse().unwrap_or(400);
         } else if value == "binary" {
             builder = builder.header(name, HeaderValue::from_bytes(b"\xff150").expect("obs-text is a header value"));
+        } else if let Some(hex) = value.strip_prefix("hex:") {
+            // Bytes hyper refuses (control bytes) leave the header out: tests send none.
+            if let Some(value) = unhex(hex).and_then(|v| HeaderValue::from_bytes(&v).ok()) {
+                builder = builder.header(name, value);
+            }
         } else {
             builder = builder.header(name, value);
         }
@@ -60,6 +66,16 @@ async fn answer(
         .status(status)
         .body(http_body_util::Full::new(hyper::body::Bytes::from(version)))
         .map_err(std::io::Error::other)
+}
+
+/// A query value that makes the upstream answer these exact bytes.
+pub fn hex_value(bytes: &[u8]) -> String {
+    let digits: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("hex:{digits}")
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
 }
 
 impl CacheUpstream {

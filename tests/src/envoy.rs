@@ -36,6 +36,17 @@ pub struct EnvoyConfig {
     /// More command-line arguments, e.g. `--config-yaml` (how istio-agent applies a
     /// bootstrap override) or `--component-log-level`.
     pub extra_args: Vec<String>,
+    /// Start with hot restart enabled, as this epoch (default: `--disable-hot-restart`).
+    pub hot_restart: Option<HotRestart>,
+}
+
+/// Envoy's hot restart: epoch 0 starts as usual; epoch `n + 1` with the same `base_id`
+/// takes the listeners over from epoch `n`, which drains and exits.
+#[derive(Debug, Clone, Copy)]
+pub struct HotRestart {
+    /// Names the shared memory and domain sockets; one per Envoy family.
+    pub base_id: u32,
+    pub epoch: u32,
 }
 
 /// The HTTP connection manager's config in a parsed envoy.yaml (its one listener).
@@ -62,7 +73,7 @@ impl EnvoyConfig {
         let port = |v: &Yaml| v["socket_address"]["port_value"].as_u64().and_then(|p| u16::try_from(p).ok());
         let admin_port = port(&yaml["admin"]["address"]).expect("envoy.yaml: admin port");
         let listener_port = port(&yaml["static_resources"]["listeners"][0]["address"]).expect("envoy.yaml: port");
-        let mut config = EnvoyConfig { yaml, listener_port, admin_port, extra_args: Vec::new() };
+        let mut config = EnvoyConfig { yaml, listener_port, admin_port, extra_args: Vec::new(), hot_restart: None };
         let wasm = wasm_path().to_string_lossy().into_owned();
         config.wasm_config()["vm_config"]["code"]["local"]["filename"] = Yaml::from(wasm);
         config
@@ -117,6 +128,22 @@ impl EnvoyConfig {
         let mut json = self.plugin_config();
         edit(&mut json);
         self.set_plugin_config_text(&json.to_string());
+    }
+
+    /// The wasm filter's `failure_policy` as configured (`FAIL_OPEN`, `FAIL_CLOSED`, `FAIL_RELOAD`).
+    pub fn failure_policy(&mut self) -> String {
+        self.wasm_config()["failure_policy"].as_str().unwrap_or("FAIL_CLOSED").to_string()
+    }
+
+    /// Sets the wasm filter's `failure_policy`, dropping `reload_config` unless it is `FAIL_RELOAD`.
+    pub fn set_failure_policy(&mut self, policy: &str) {
+        let config = self.wasm_config();
+        config["failure_policy"] = Yaml::from(policy.to_string());
+        if policy != "FAIL_RELOAD" {
+            if let Some(map) = config.as_mapping_mut() {
+                map.remove("reload_config");
+            }
+        }
     }
 
     /// Drops the early header mutation, leaving the wasm filter alone to replace a
@@ -214,13 +241,25 @@ impl Envoy {
 
     pub async fn try_start(config: &EnvoyConfig, concurrency: u32) -> Result<Envoy, StartError> {
         let path = config.write();
-        let log = path.with_file_name("envoy.log");
+        let (log, restart_args) = match config.hot_restart {
+            None => (path.with_file_name("envoy.log"), vec!["--disable-hot-restart".to_string()]),
+            Some(HotRestart { base_id, epoch }) => (
+                path.with_file_name(format!("envoy-epoch-{epoch}.log")),
+                // A parent drains for 1 s and exits after 3 s: tests watch it go.
+                ["--base-id", &base_id.to_string(), "--restart-epoch", &epoch.to_string()]
+                    .into_iter()
+                    .chain(["--drain-time-s", "1", "--parent-shutdown-time-s", "3"])
+                    .map(str::to_string)
+                    .collect(),
+            ),
+        };
         let log_file = std::fs::File::create(&log).expect("envoy log file");
         let child = Command::new(envoy_binary())
             .arg("-c")
             .arg(&path)
             .args(&config.extra_args)
-            .args(["--concurrency", &concurrency.to_string(), "--disable-hot-restart", "-l", "info"])
+            .args(&restart_args)
+            .args(["--concurrency", &concurrency.to_string(), "-l", "info"])
             .stdout(Stdio::null())
             .stderr(log_file)
             .current_dir(crate::repo_root())

@@ -17,6 +17,7 @@ pub mod kubernetes_api;
 pub mod load;
 pub mod manifests;
 pub mod prometheus;
+pub mod raw_http;
 pub mod request_log;
 pub mod rig;
 pub mod soak;

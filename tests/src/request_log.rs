@@ -117,8 +117,12 @@ impl RecordedLoad {
 struct UserOnly<'a>(&'a str);
 
 impl RequestView for UserOnly<'_> {
-    fn header(&mut self, name: &str) -> Option<String> {
-        (name == "x-user-id").then(|| self.0.to_string())
+    fn header(&mut self, name: &str) -> Option<Vec<u8>> {
+        (name == "x-user-id").then(|| self.0.as_bytes().to_vec())
+    }
+
+    fn all_cookie_lines(&mut self) -> Option<Vec<u8>> {
+        None
     }
 }
 

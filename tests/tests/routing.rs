@@ -1,6 +1,7 @@
 //! Routing through the real Envoy: the share, stickiness, the client's header, anonymous users.
 
 use canary_e2e::envoy::{Envoy, EnvoyConfig};
+use canary_e2e::raw_http::{RawReply, get_request, send};
 use canary_e2e::rig::{Rig, RigOptions};
 use canary_e2e::traffic::user_ids;
 use canary_e2e::upstream::Upstream;
@@ -99,4 +100,42 @@ async fn a_bad_plugin_configuration_is_refused_with_one_line_naming_the_field() 
         .find(|l| l.contains("invalid plugin configuration"))
         .unwrap_or_else(|| panic!("no refusal line in:\n{}", error.log));
     assert!(line.contains("analyzer.when_stale") && line.contains("explode") && line.contains("\"keep\""), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookies_on_separate_lines_count_as_on_one() {
+    // HTTP/1.1 clients may send several `cookie` lines; Envoy joins them only for HTTP/2.
+    let options = RigOptions {
+        plugin: Box::new(|json| {
+            json["population"] = serde_json::json!({"any": [{"header": "x-user-id", "present": true}, {"cookie": "beta", "equals": "1"}]})
+        }),
+        ..Default::default()
+    };
+    let rig = Rig::start(5_000, options).await;
+    let version =
+        |reply: &RawReply| String::from_utf8_lossy(reply.header("x-version").unwrap_or_default()).into_owned();
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..20 {
+        // `beta=1` makes anonymous users eligible (the population rule above).
+        let first = send(rig.envoy.listener, &get_request("/", &[(b"cookie", b"beta=1")])).await.unwrap();
+        let set_cookie = first.header("set-cookie").expect("an anonymous request gets a sticky id").to_vec();
+        let pair = set_cookie.split(|&b| b == b';').next().unwrap().to_vec();
+        for lines in [[&b"theme=dark"[..], &pair, b"beta=1"], [&pair, b"beta=1", b"theme=dark"]] {
+            let request = get_request("/", &lines.map(|line| (&b"cookie"[..], line)));
+            let next = send(rig.envoy.listener, &request).await.unwrap();
+            assert_eq!(version(&next), version(&first), "the sticky id on any line keeps the cohort");
+            assert_eq!(next.header("set-cookie"), None, "a known id is not re-issued");
+        }
+        seen.insert(version(&first));
+    }
+    assert_eq!(seen.len(), 2, "at 50 % both versions appear among 20 anonymous users");
+    // An id source cookie and a population rule's cookie on separate lines, in either order.
+    let canary_user = user_ids(5, 2_000).into_iter().find(|id| Rig::expected_version(id, 5_000) == "canary").unwrap();
+    let session = format!("session_user={canary_user}");
+    for lines in [[session.as_bytes(), b"beta=1"], [b"beta=1", session.as_bytes()]] {
+        let request = get_request("/", &[(b"cookie", lines[0]), (b"cookie", lines[1])]);
+        let reply = send(rig.envoy.listener, &request).await.unwrap();
+        assert_eq!(version(&reply), "canary", "lines {:?}", lines.map(String::from_utf8_lossy));
+        assert_eq!(reply.header("set-cookie"), None);
+    }
 }

@@ -27,6 +27,8 @@ use super::snapshot::DeploymentSnapshot;
 
 /// Envoy's uptime gauge (seconds) in the JSON form: if it goes down, the Envoy restarted.
 const UPTIME: &str = "server.uptime";
+/// Envoy's hot restart epoch gauge in the JSON form: if it changes, the Envoy hot restarted.
+const HOT_RESTART_EPOCH: &str = "server.hot_restart_epoch";
 
 /// The prefix Envoy puts before the names a wasm filter defines.
 const WASM_PREFIX: &str = "wasmcustom.";
@@ -34,10 +36,10 @@ const WASM_PREFIX: &str = "wasmcustom.";
 /// Longest JSON value quoted in an error: one log line.
 const QUOTED_VALUE_LIMIT: usize = 80;
 
-/// The regex for Envoy's `filter` parameter: the uptime and `deployment`'s stats only
-/// (the trailing `\.` keeps `demo` from matching `demo-2`).
+/// The regex for Envoy's `filter` parameter: the uptime, the hot restart epoch and
+/// `deployment`'s stats only (the trailing `\.` keeps `demo` from matching `demo-2`).
 pub fn stats_filter(deployment: &str) -> String {
-    format!(r"^(server\.uptime$|wasmcustom\.canary\.deployment\.{}\.)", regex_escape(deployment))
+    format!(r"^(server\.(uptime|hot_restart_epoch)$|wasmcustom\.canary\.deployment\.{}\.)", regex_escape(deployment))
 }
 
 /// Deployment ids are `[A-Za-z0-9_-]`; anything else is escaped all the same.
@@ -59,6 +61,7 @@ enum Stat {
     Share,
     ConfigAge,
     Uptime,
+    HotRestartEpoch,
 }
 
 /// Every name read for `deployment`, with its meaning.
@@ -75,6 +78,7 @@ fn names(deployment: &str) -> HashMap<String, Stat> {
     names.insert(wasm(applied_share_stat(deployment)), Stat::Share);
     names.insert(wasm(config_age_stat(deployment)), Stat::ConfigAge);
     names.insert(UPTIME.to_string(), Stat::Uptime);
+    names.insert(HOT_RESTART_EPOCH.to_string(), Stat::HotRestartEpoch);
     names
 }
 
@@ -128,6 +132,7 @@ pub fn parse_detailed_stats(text: &str, deployment: &str) -> Result<DeploymentSn
             // Exact as f64: the share is refused above 10 000 anyway.
             Stat::Share => applied.share_bp = Some(share_bp(name, whole(name, value)? as f64)?),
             Stat::Uptime => snapshot.server_uptime_seconds = Some(whole(name, value)? as f64),
+            Stat::HotRestartEpoch => snapshot.hot_restart_epoch = Some(whole(name, value)?),
             Stat::Latency(_) => {}
         }
     }
@@ -215,12 +220,22 @@ mod tests {
     }
 
     #[test]
+    fn reads_the_hot_restart_epoch() {
+        assert_eq!(parse_detailed_stats(ENVOY_1_40, "demo").unwrap().hot_restart_epoch, None);
+        let text =
+            r#"{"stats": [{"name": "server.hot_restart_epoch", "value": 1}, {"name": "server.uptime", "value": 9}]}"#;
+        let snapshot = parse_detailed_stats(text, "demo").unwrap();
+        assert_eq!((snapshot.hot_restart_epoch, snapshot.server_uptime_seconds), (Some(1), Some(9.0)));
+    }
+
+    #[test]
     fn other_deployments_are_skipped_and_the_filter_names_one() {
         let snapshot = parse_detailed_stats(ENVOY_1_40, "demo-2").unwrap();
         assert_eq!(snapshot.cohorts, Default::default());
         assert_eq!(snapshot.server_uptime_seconds, Some(6.0));
-        assert_eq!(stats_filter("demo"), r"^(server\.uptime$|wasmcustom\.canary\.deployment\.demo\.)");
-        assert_eq!(stats_filter("check-out_2"), r"^(server\.uptime$|wasmcustom\.canary\.deployment\.check\-out_2\.)");
+        let server = r"^(server\.(uptime|hot_restart_epoch)$|";
+        assert_eq!(stats_filter("demo"), format!(r"{server}wasmcustom\.canary\.deployment\.demo\.)"));
+        assert_eq!(stats_filter("check-out_2"), format!(r"{server}wasmcustom\.canary\.deployment\.check\-out_2\.)"));
     }
 
     #[test]

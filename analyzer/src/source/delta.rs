@@ -5,7 +5,8 @@
 //! - **Targets are kept apart until deltas are taken**: summing cumulative counters
 //!   first would hide one Envoy's restart inside another's growth.
 //! - **Restart** (any counter or histogram bucket went down, the bucket layout
-//!   changed, or `envoy_server_uptime` went down; for Envoy's detailed bins, any bin
+//!   changed, `envoy_server_uptime` went down or `envoy_server_hot_restart_epoch`
+//!   changed: a hot restart keeps uptime going; for Envoy's detailed bins, any bin
 //!   went down or vanished: bins appear as they fill, so deltas take the union of the
 //!   two scrapes' bins, see `latency`): the target's delta is its current
 //!   value — the counters restarted from 0, the Prometheus `increase()` convention,
@@ -279,6 +280,25 @@ mod tests {
         assert_eq!(delta.cohorts.canary.requests.success, 200);
         current.server_uptime_seconds = Some(3_630.0);
         assert!(!target_delta(&previous, &current).restarted);
+    }
+
+    #[test]
+    fn a_changed_hot_restart_epoch_is_a_restart_even_when_counters_and_uptime_grew() {
+        // Recorded through a real hot restart (tests/tests/hot_restart.rs): epoch 0 had
+        // served 200, epoch 1 served 300 and 5 errors before the next scrape; uptime went on.
+        let mut previous = snapshot((0, 0), (200, 0));
+        (previous.server_uptime_seconds, previous.hot_restart_epoch) = (Some(1.0), Some(0));
+        let mut current = snapshot((0, 0), (300, 5));
+        (current.server_uptime_seconds, current.hot_restart_epoch) = (Some(5.0), Some(1));
+        let delta = target_delta(&previous, &current);
+        assert!(delta.restarted);
+        assert_eq!((delta.cohorts.control.requests.success, delta.cohorts.control.requests.server_error), (300, 5));
+        current.hot_restart_epoch = Some(0);
+        let unnoticed = target_delta(&previous, &current);
+        assert!(!unnoticed.restarted, "the same epoch: no restart");
+        assert_eq!(unnoticed.cohorts.control.requests.success, 100, "what the deltas make of it unnoticed");
+        current.hot_restart_epoch = None;
+        assert!(!target_delta(&previous, &current).restarted, "an epoch missing from one scrape says nothing");
     }
 
     #[test]

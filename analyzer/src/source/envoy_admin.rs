@@ -262,11 +262,11 @@ mod tests {
         let snapshot = source.scrape_one(&format!("http://{addr}")).await.unwrap();
         let head = heads.recv().await.unwrap();
         let request_line = head.lines().next().unwrap();
-        // filter=^(server\.uptime$|wasmcustom\.canary\.deployment\.demo\.), %-encoded.
+        // filter=^(server\.(uptime|hot_restart_epoch)$|wasmcustom\.canary\.deployment\.demo\.), %-encoded.
         assert_eq!(
             request_line,
             "GET /stats?format=json&histogram_buckets=detailed&filter=\
-             %5E%28server%5C.uptime%24%7Cwasmcustom%5C.canary%5C.deployment%5C.demo%5C.%29 HTTP/1.1"
+             %5E%28server%5C.%28uptime%7Chot_restart_epoch%29%24%7Cwasmcustom%5C.canary%5C.deployment%5C.demo%5C.%29 HTTP/1.1"
         );
         let latency = snapshot.cohorts.control.latency.unwrap();
         assert_eq!((latency.layout, latency.count), (crate::source::BucketLayout::EnvoyBins, 31));

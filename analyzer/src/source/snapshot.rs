@@ -147,17 +147,28 @@ pub struct DeploymentSnapshot {
     /// Envoy's `envoy_server_uptime` (seconds), when exported: if it goes down,
     /// the Envoy restarted even if its counters already grew past their old values.
     pub server_uptime_seconds: Option<f64>,
+    /// Envoy's `server.hot_restart_epoch`, when exported. A hot restart (`--restart-epoch`)
+    /// keeps uptime going while the filter's counters start again, so this is the only
+    /// sign of one whose new counters all passed the old values before the next scrape.
+    #[serde(default)]
+    pub hot_restart_epoch: Option<u64>,
 }
 
 impl DeploymentSnapshot {
     /// Whether the target restarted between `earlier` and this snapshot: uptime went
-    /// down, a request or outcome counter went down, or a histogram shrank or changed layout.
+    /// down, the hot restart epoch changed, a request or outcome counter went down, or a
+    /// histogram shrank or changed layout.
     pub fn restarted_since(&self, earlier: &DeploymentSnapshot) -> bool {
         let uptime_went_down = matches!(
             (self.server_uptime_seconds, earlier.server_uptime_seconds),
             (Some(now), Some(before)) if now < before
         );
+        let epoch_changed = matches!(
+            (self.hot_restart_epoch, earlier.hot_restart_epoch),
+            (Some(now), Some(before)) if now != before
+        );
         uptime_went_down
+            || epoch_changed
             || Cohort::ALL.into_iter().any(|cohort| {
                 let (now, before) = (self.cohorts.get(cohort), earlier.cohorts.get(cohort));
                 let latency_restarted = match (&now.latency, &before.latency) {

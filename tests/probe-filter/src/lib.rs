@@ -8,6 +8,8 @@
 //!
 //! `panic_on_request=1` makes it panic on every request instead: the end-to-end test
 //! of the shipped `failure_policy` runs a real VM failure through Envoy with it.
+//! `panic_on_header=1` panics only on a request carrying `x-probe-panic`, so a test
+//! can kill the VM once and watch what Envoy does with the requests after.
 //!
 //! Configuration: comma-separated `call=count` pairs; unknown names are refused at
 //! load so a typo in the benchmark cannot silently measure nothing.
@@ -29,6 +31,7 @@ struct Calls {
     read_code_property: u32,
     read_duration_property: u32,
     panic_on_request: u32,
+    panic_on_header: u32,
 }
 
 impl Calls {
@@ -48,6 +51,7 @@ impl Calls {
                 "read_code_property" => &mut calls.read_code_property,
                 "read_duration_property" => &mut calls.read_duration_property,
                 "panic_on_request" => &mut calls.panic_on_request,
+                "panic_on_header" => &mut calls.panic_on_header,
                 other => return Err(format!("unknown host call '{other}'")),
             };
             *slot = count;
@@ -69,6 +73,9 @@ impl HttpContext for Probe {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
         if self.calls.panic_on_request > 0 {
             panic!("probe filter: panic_on_request is set");
+        }
+        if self.calls.panic_on_header > 0 && self.get_http_request_header_bytes("x-probe-panic").is_some() {
+            panic!("probe filter: x-probe-panic received");
         }
         for _ in 0..self.calls.read_request_header {
             let _ = self.get_http_request_header("x-user-id");

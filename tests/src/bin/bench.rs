@@ -25,6 +25,9 @@
 //!    valgrind, ~3 min per Envoy) the same Envoys' instructions per request under callgrind.
 //!    With `BENCH_BEFORE_WASM`, that build (without rules) is measured beside them: 0 rules
 //!    must cost what a filter without outcome support costs.
+//! 8. Opt-in (`BENCH=cookie-instructions`, valgrind): the same count for anonymous users
+//!    without a cookie, and sending their sticky id back on the first `cookie` line or on
+//!    a second one.
 //!
 //! `BENCH=native,envoy,start,strips,probes,outcomes` picks parts (default: those); `BENCH_RUNS` and
 //! `BENCH_SECONDS` set rounds and seconds per run; `BENCH_BEFORE_WASM=<path>` adds a
@@ -81,8 +84,12 @@ fn time_per_op(mut op: impl FnMut(usize)) -> f64 {
 struct OneHeader<'a>(&'a str);
 
 impl RequestView for OneHeader<'_> {
-    fn header(&mut self, name: &str) -> Option<String> {
-        (name == "x-user-id").then(|| self.0.to_string())
+    fn header(&mut self, name: &str) -> Option<Vec<u8>> {
+        (name == "x-user-id").then(|| self.0.as_bytes().to_vec())
+    }
+
+    fn all_cookie_lines(&mut self) -> Option<Vec<u8>> {
+        None
     }
 }
 
@@ -560,7 +567,7 @@ const CALLGRIND_SECONDS: u32 = 20;
 /// instrumentation off until it answers and has served 5 s of warm-up traffic; the
 /// next `CALLGRIND_SECONDS` of `wrk -c2` are counted, and the instructions collected
 /// (every thread's, the timers' included) are divided by the requests served.
-fn instructions_per_request(config: &EnvoyConfig, name: &str) -> Option<f64> {
+fn instructions_per_request(config: &EnvoyConfig, name: &str, script: &Path) -> Option<f64> {
     let path = config.write();
     let listener = SocketAddr::from(([127, 0, 0, 1], config.listener_port));
     let out = path.with_file_name("callgrind.out");
@@ -581,11 +588,10 @@ fn instructions_per_request(config: &EnvoyConfig, name: &str) -> Option<f64> {
     while !answers(listener) && started.elapsed() < Duration::from_secs(600) {
         std::thread::sleep(Duration::from_millis(500));
     }
-    let script = wrk_script("callgrind", None);
     let load = |seconds: u32| {
         let out = Command::new("wrk")
             .args(["-t1", "-c2", &format!("-d{seconds}s"), "-s"])
-            .arg(&script)
+            .arg(script)
             .arg(format!("http://{listener}/"))
             .output()
             .ok()?;
@@ -641,7 +647,9 @@ fn instructions(rig: &Rig, filters: &[(String, PathBuf)]) {
     for (name, wasm) in filters {
         setups.push((name.clone(), rig.config(Setup::Filter(wasm))));
     }
-    let counts: Vec<Option<f64>> = setups.iter().map(|(name, config)| instructions_per_request(config, name)).collect();
+    let script = wrk_script("callgrind", None);
+    let counts: Vec<Option<f64>> =
+        setups.iter().map(|(name, config)| instructions_per_request(config, name, &script)).collect();
     println!(
         "\nEnvoy instructions per request under callgrind (wrk -c2, {CALLGRIND_SECONDS} s each), minus the no-op filter's:"
     );
@@ -649,6 +657,47 @@ fn instructions(rig: &Rig, filters: &[(String, PathBuf)]) {
         match (count, counts.get(1).copied().flatten()) {
             (Some(count), Some(noop)) => println!("  {name:42} {count:9.0}   {:+9.0}", count - noop),
             _ => println!("  {name:42} not measured (valgrind and callgrind_control installed?)"),
+        }
+    }
+}
+
+/// Anonymous users' cookies in the cookie rows: none (a first visit, the sticky id is
+/// new), the sticky id after another cookie on one line, or on a second `cookie` line
+/// (as some HTTP/1.1 clients send them).
+const COOKIE_ROWS: [(&str, &str); 3] = [
+    ("no cookie (a new sticky id)", ""),
+    ("the sticky id on the first cookie line, after another", r"cookie: theme=dark; canary_uid=%032x\r\n"),
+    ("the sticky id on a second cookie line", r"cookie: theme=dark\r\ncookie: canary_uid=%032x\r\n"),
+];
+
+/// A wrk script for anonymous users sending `cookies` (a `COOKIE_ROWS` entry).
+fn sticky_cookie_script(name: &str, cookies: &str) -> PathBuf {
+    let script = std::env::temp_dir().join(format!("wasm-canary-bench-{}.lua", name.replace(' ', "-")));
+    let text = format!(
+        "counter = 0\nrequest = function()\n  counter = counter + 1\n  \
+         return string.format('GET / HTTP/1.1\\r\\nHost: bench\\r\\n{cookies}\\r\\n', counter % 100000)\nend\n"
+    );
+    std::fs::write(&script, text).expect("write wrk script");
+    script
+}
+
+/// Instructions per request for anonymous users (`COOKIE_ROWS`): each filter build and the
+/// no-op filter, per row.
+fn cookie_instructions(rig: &Rig, filters: &[(String, PathBuf)]) {
+    for (row, cookies) in COOKIE_ROWS {
+        let script = sticky_cookie_script(row, cookies);
+        let mut setups = vec![("no-op wasm filter".to_string(), rig.config(Setup::Probe("")))];
+        for (name, wasm) in filters {
+            setups.push((name.clone(), rig.config(Setup::Filter(wasm))));
+        }
+        let counts: Vec<Option<f64>> =
+            setups.iter().map(|(name, config)| instructions_per_request(config, name, &script)).collect();
+        println!("\nAnonymous users, {row}: Envoy instructions per request, minus the no-op filter's:");
+        for ((name, _), count) in setups.iter().zip(&counts) {
+            match (count, counts.first().copied().flatten()) {
+                (Some(count), Some(noop)) => println!("  {name:42} {count:9.0}   {:+9.0}", count - noop),
+                _ => println!("  {name:42} not measured (valgrind and callgrind_control installed?)"),
+            }
         }
     }
 }
@@ -732,7 +781,9 @@ fn outcome_instructions(rig: &Rig, before: Option<&Path>) {
         let none = serde_json::json!([]);
         setups.push(("BENCH_BEFORE_WASM (no rules)".to_string(), rig.config(Setup::Outcomes(&none, Some(before)))));
     }
-    let counts: Vec<Option<f64>> = setups.iter().map(|(name, config)| instructions_per_request(config, name)).collect();
+    let script = wrk_script("callgrind", None);
+    let counts: Vec<Option<f64>> =
+        setups.iter().map(|(name, config)| instructions_per_request(config, name, &script)).collect();
     println!("\nOutcome rules, Envoy instructions per request under callgrind (wrk -c2, {CALLGRIND_SECONDS} s each):");
     for ((name, _), count) in setups.iter().zip(&counts) {
         match (count, counts.first().copied().flatten()) {
@@ -774,6 +825,9 @@ async fn main() {
     }
     if part("instructions") {
         instructions(&rig, &filters);
+    }
+    if part("cookie-instructions") {
+        cookie_instructions(&rig, &filters);
     }
     if part("probes") {
         host_call_probes(&rig, rounds, seconds).await;
