@@ -19,6 +19,7 @@
 
 mod fetch;
 mod fleet_generation;
+mod source_kind;
 #[cfg(test)]
 mod tests;
 

@@ -266,6 +266,13 @@ impl MetricPolicy {
         }
     }
 
+    /// Whether this metric is read with PromQL (a custom query or a counter pair), which
+    /// only an analyzer reading a Prometheus server (`--prometheus`) can do: on Envoy
+    /// admin endpoints its row never has data.
+    pub fn needs_prometheus(&self) -> bool {
+        matches!(self.metric, Metric::Custom(_) | Metric::CounterPair(_))
+    }
+
     /// The identity of the comparison row this policy entry judges: a built-in row for
     /// the error rate, the split and latency, the policy's own row for the rest.
     pub fn row_key(&self) -> RowKey {
