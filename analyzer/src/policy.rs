@@ -18,6 +18,7 @@
 mod document;
 mod duration;
 mod rate_metric;
+mod suggest;
 #[cfg(test)]
 mod tests;
 mod validate;
