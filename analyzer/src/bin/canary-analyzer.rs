@@ -509,3 +509,58 @@ async fn main() {
     };
     std::process::exit(code);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn action_of(args: &[&str]) -> Result<OverrideKind, clap::Error> {
+        let args = ["canary-analyzer", "override", "checkout"].iter().chain(args).chain(&["--reason", "r"]);
+        match Cli::try_parse_from(args)?.command {
+            Command::Override { action, .. } => Ok(action),
+            _ => unreachable!("parsed as override"),
+        }
+    }
+
+    /// What `--help` prints for `args`.
+    fn help_of(args: &[&str]) -> String {
+        match Cli::try_parse_from(["canary-analyzer"].iter().chain(args)) {
+            Err(help) => help.to_string(),
+            Ok(_) => panic!("{args:?} printed no help"),
+        }
+    }
+
+    #[test]
+    fn pause_is_the_one_word_and_hold_still_works() {
+        assert!(action_of(&["pause"]).is_ok_and(|a| a == OverrideKind::Pause));
+        assert!(action_of(&["hold"]).is_ok_and(|a| a == OverrideKind::Pause), "hold is an alias");
+        assert!(action_of(&["set_share"]).is_ok_and(|a| a == OverrideKind::SetShare), "set_share is an alias");
+        assert_eq!(OverrideKind::Pause.api_name(), "pause");
+        let help = help_of(&["override", "--help"]);
+        assert!(help.contains("pause") && !help.contains("hold"), "{help}");
+    }
+
+    #[test]
+    fn share_is_checked_by_its_flag() {
+        let refusal = |action, share| check_share(action, share).unwrap_err().to_string();
+        assert_eq!(refusal(OverrideKind::SetShare, None), "set-share needs --share PERCENT, e.g. --share 12.5");
+        assert_eq!(
+            refusal(OverrideKind::SetShare, Some(150.0)),
+            "--share 150: expected a percentage from 0 to 100, e.g. --share 12.5"
+        );
+        assert_eq!(refusal(OverrideKind::Pause, Some(5.0)), "--share is for set-share only, not pause");
+        assert!(check_share(OverrideKind::SetShare, Some(12.5)).is_ok());
+        assert!(check_share(OverrideKind::Rollback, None).is_ok());
+    }
+
+    #[test]
+    fn help_ends_with_examples_and_exit_codes() {
+        let help = help_of(&["--help"]);
+        assert!(help.contains("Examples:\n  canary-analyzer serve"), "{help}");
+        assert!(help.contains("canary-analyzer validate policy.yaml"), "{help}");
+        assert!(help.ends_with(&format!("{}\n", cli::exit::HELP)), "{help}");
+        for command in ["list", "validate", "wait", "register", "override"] {
+            assert!(help.contains(&format!("  {command} ")), "{command} listed: {help}");
+        }
+    }
+}
