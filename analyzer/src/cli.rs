@@ -20,8 +20,7 @@ mod wait;
 
 pub use policy_check::{policy_summary, source_warnings};
 pub use view::{
-    CLEAR_SCREEN, list_table, phase_word, position_line, progress_line, report_table, status_text, watch_frame,
-    watch_view,
+    CLEAR_SCREEN, list_table, position_line, progress_line, report_table, status_text, watch_frame, watch_view,
 };
 pub use wait::WaitEnd;
 

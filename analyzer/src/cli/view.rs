@@ -5,24 +5,12 @@
 use crate::audit::AuditRecord;
 use crate::engine::RolloutStatus;
 use crate::present::{
-    action_text, duration_text, format_interval, format_p, format_relative, format_value, percent, timestamp,
-    verdict_name,
+    action_text, duration_text, format_interval, format_p, format_relative, format_value, percent, phase_name,
+    timestamp, verdict_name,
 };
 use crate::stats::ComparisonRow;
 use canary_core::RolloutPhase;
 use std::fmt::Write as _;
-
-/// The phase in the CLI's words: one word per phase, `paused` for what `override
-/// pause` does (the same word in every command).
-pub fn phase_word(phase: RolloutPhase) -> &'static str {
-    match phase {
-        RolloutPhase::Pending => "pending",
-        RolloutPhase::Progressing => "progressing",
-        RolloutPhase::Paused => "paused",
-        RolloutPhase::Promoted => "promoted",
-        RolloutPhase::RolledBack => "rolled back",
-    }
-}
 
 /// Where the rollout stands, without the countdown: `checkout: progressing at 5.00 %
 /// (step 2/5)`. It changes only when the rollout does, so `wait` prints it on change.
@@ -30,7 +18,7 @@ pub fn position_line(status: &RolloutStatus) -> String {
     format!(
         "{}: {} at {} (step {}/{})",
         status.deployment,
-        phase_word(status.state.phase),
+        phase_name(status.state.phase),
         percent(status.state.share_bp),
         status.state.step + 1,
         status.ladder_bp.len()
@@ -68,7 +56,7 @@ pub fn list_line(status: &RolloutStatus) -> String {
     format!(
         "{:<21} {:<13} {:>8}   {:<6} {next}",
         status.deployment,
-        phase_word(status.state.phase),
+        phase_name(status.state.phase),
         percent(status.state.share_bp),
         step
     )

@@ -6,9 +6,10 @@
 //! cannot change). Each ending has its exit code ([`super::exit`]).
 
 use super::exit;
-use super::view::{phase_word, position_line, progress_line};
+use super::view::{position_line, progress_line};
 use super::{Client, ErrorAnswer, note};
 use crate::engine::RolloutStatus;
+use crate::present::phase_name;
 use canary_core::RolloutPhase;
 use std::time::{Duration, Instant};
 
@@ -150,7 +151,7 @@ fn no_verdict(timeout: Duration, seen: &Seen) -> WaitEnd {
                 code: exit::TIMED_OUT,
                 message: format!(
                     "{after}: {answered}; the rollout is still {}: {}",
-                    phase_word(status.state.phase),
+                    phase_name(status.state.phase),
                     progress_line(status)
                 ),
             }
