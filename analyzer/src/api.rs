@@ -32,6 +32,8 @@ use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 
 mod config_batch;
+mod source_kind;
+pub use source_kind::{PATH as SOURCE_PATH, SourceAnswer, SourceKind};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -172,6 +174,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/rollouts/{deployment}", get(status))
         .route("/v1/rollouts/{deployment}/config", get(config))
         .route(config_batch::PATH, get(config_batch::batch_config))
+        .route(source_kind::PATH, get(source_kind::source_kind))
         .route("/v1/rollouts/{deployment}/report", get(report))
         .route("/v1/rollouts/{deployment}/audit", get(audit_pages::audit))
         .route("/v1/rollouts/{deployment}/override", post(override_rollout))

@@ -22,6 +22,7 @@
 mod fetch;
 mod fleet_generation;
 mod recording;
+mod source_kind;
 #[cfg(test)]
 mod tests;
 

@@ -18,6 +18,7 @@
 mod document;
 mod duration;
 mod rate_metric;
+mod suggest;
 #[cfg(test)]
 mod tests;
 mod validate;
@@ -264,6 +265,13 @@ impl MetricPolicy {
             Metric::Latency { quantile, .. } => format!("{}_us", quantile.policy_name()),
             _ => self.name().to_string(),
         }
+    }
+
+    /// Whether this metric is read with PromQL (a custom query or a counter pair), which
+    /// only an analyzer reading a Prometheus server (`--prometheus`) can do: on Envoy
+    /// admin endpoints its row never has data.
+    pub fn needs_prometheus(&self) -> bool {
+        matches!(self.metric, Metric::Custom(_) | Metric::CounterPair(_))
     }
 
     /// The identity of the comparison row this policy entry judges: a built-in row for

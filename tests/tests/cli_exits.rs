@@ -1,7 +1,11 @@
 //! The real CLI against the real analyzer (no Envoy): `wait` exits 2 at once when
 //! asking again cannot help (an unknown deployment, a missing or wrong token) instead
-//! of polling until `--timeout`; and a closed standard output (`status | head`,
-//! `wait | grep -q`) is a normal end for every subcommand, never a panic (exit 101).
+//! of polling until `--timeout`; each kind of failure has its own exit code (2 usage or
+//! refusal, 3 timed out, 4 unreachable) and its message names the flag to change; `wait`
+//! prints only when the rollout moves and ends with the decision's reason; `validate`
+//! checks a policy offline and `register --dry-run` warns about metrics the analyzer's
+//! source cannot read; and a closed standard output (`status | head`, `wait | grep -q`)
+//! is a normal end for every subcommand, never a panic (exit 101).
 
 use canary_e2e::analyzer::{AnalyzerOptions, AnalyzerProcess, analyzer_binary, fresh_dir};
 use std::process::{Output, Stdio};
@@ -143,4 +147,109 @@ async fn a_closed_output_is_a_normal_end_for_every_subcommand() {
         [("ci-deploy", "Start".to_string()), ("alice", "Pause".into()), ("alice", "Rollback".into())],
         "{audit:#?}"
     );
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A policy whose second metric is PromQL, which an Envoy-admin analyzer cannot read.
+const PROMQL_POLICY: &str = "apiVersion: canary.wasm.dev/v1alpha1\nkind: RolloutPolicy\nmetadata: {name: promql}\n\
+                             spec:\n  deployment: promql\n  metrics:\n  - {name: error_rate}\n  - {name: queue_depth, \
+                             query: 'max(q{cohort=\"{{cohort}}\"})', max_relative_increase: 0.2}\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_failure_has_its_exit_code_and_names_its_flag() {
+    let (analyzer, policy) = analyzer("exit-codes").await;
+    let policy = policy.to_str().unwrap();
+    let (registered, _) = cli(&analyzer, &["register", policy], Some(PIPELINE), false).await;
+    assert_eq!(registered.status.code(), Some(0), "{}", stderr(&registered));
+    // Usage: a missing --share is named by its flag, before anything is sent.
+    let (no_share, _) =
+        cli(&analyzer, &["override", "exits", "set-share", "--reason", "r"], Some(OPERATOR), false).await;
+    assert_eq!(no_share.status.code(), Some(2), "{}", stderr(&no_share));
+    assert!(stderr(&no_share).contains("set-share needs --share PERCENT"), "{}", stderr(&no_share));
+    // A refusal: a second registration while one is in progress (409).
+    let (again, _) = cli(&analyzer, &["register", policy], Some(PIPELINE), false).await;
+    assert_eq!(again.status.code(), Some(2), "{}", stderr(&again));
+    assert!(stderr(&again).contains("analyzer answered 409"), "{}", stderr(&again));
+    // No token: the message names the flag and the variable.
+    let (no_token, _) = cli(&analyzer, &["status", "exits"], None, false).await;
+    assert_eq!(no_token.status.code(), Some(2), "{}", stderr(&no_token));
+    assert!(stderr(&no_token).contains("--token or CANARY_ANALYZER_TOKEN"), "{}", stderr(&no_token));
+    // Timed out while the analyzer answered: 3, printed once (no countdown lines), and
+    // said as it is.
+    let (timed_out, took) = cli(&analyzer, &["wait", "exits", "--timeout", "5"], Some(PIPELINE), false).await;
+    assert_eq!(timed_out.status.code(), Some(3), "{}", stderr(&timed_out));
+    assert!(took >= Duration::from_secs(5), "took {took:?}");
+    assert_eq!(stdout(&timed_out), "exits: progressing at 1.00 % (step 1/5)\n", "one line, on change only");
+    let said = stderr(&timed_out);
+    assert!(said.contains("no verdict within 5 s (--timeout): the analyzer answered every call"), "{said}");
+    assert!(!said.contains("no answer"), "{said}");
+    // Unreachable: 4, naming --server, without a time it did not wait.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let mut command = tokio::process::Command::new(analyzer_binary());
+    command.args(["wait", "exits", "--timeout", "3", "--server", &format!("http://{closed}")]);
+    let unreachable = command.output().await.unwrap();
+    let said = stderr(&unreachable);
+    assert_eq!(unreachable.status.code(), Some(4), "{said}");
+    assert!(
+        said.contains("cannot connect to the analyzer") && said.contains("--server / CANARY_ANALYZER_URL"),
+        "{said}"
+    );
+    assert!(!said.contains("within 10 s"), "{said}");
+    // Rolled back: 1, and the last line says by whom and why.
+    let waiting = cli(&analyzer, &["wait", "exits", "--timeout", WAIT_TIMEOUT_S], Some(PIPELINE), false);
+    let rollback = async {
+        cli(&analyzer, &["override", "exits", "rollback", "--reason", "error budget spent"], Some(OPERATOR), false)
+            .await
+    };
+    let ((waited, _), (rolled_back, _)) = tokio::join!(waiting, rollback);
+    assert_eq!(rolled_back.status.code(), Some(0), "{}", stderr(&rolled_back));
+    assert_eq!(waited.status.code(), Some(1), "{}", stderr(&waited));
+    let last = stdout(&waited).lines().last().unwrap_or_default().to_string();
+    assert!(last.starts_with("exits: rolled back at 0.00 % (step 1/5) by alice"), "{last}");
+    assert!(last.ends_with(": error budget spent"), "{last}");
+    // The list: a header and one line per rollout.
+    let (list, _) = cli(&analyzer, &["list"], Some(PIPELINE), false).await;
+    assert_eq!(list.status.code(), Some(0), "{}", stderr(&list));
+    let lines: Vec<String> = stdout(&list).lines().map(str::to_string).collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[1].starts_with("exits ") && lines[1].contains("rolled back"), "{lines:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_checks_a_policy_offline_and_dry_run_warns_about_the_source() {
+    let dir = fresh_dir("validate");
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let good = write("good.yaml", POLICY);
+    let typo = write("typo.yaml", &POLICY.replace("{deployment: exits}", "{deployment: exits, check_intervall: 30s}"));
+    let validate = |path: String| async move {
+        let mut command = tokio::process::Command::new(analyzer_binary());
+        // No analyzer anywhere: validate must not need one.
+        command.args(["validate", &path]).env("CANARY_ANALYZER_URL", "http://127.0.0.1:9");
+        command.output().await.unwrap()
+    };
+    let valid = validate(good).await;
+    assert_eq!(valid.status.code(), Some(0), "{}", stderr(&valid));
+    assert!(stdout(&valid).starts_with("policy exits for exits: ladder 1 % → 5 %"), "{}", stdout(&valid));
+    let invalid = validate(typo).await;
+    assert_eq!(invalid.status.code(), Some(2), "{}", stderr(&invalid));
+    assert!(stderr(&invalid).contains("did you mean `check_interval`?"), "{}", stderr(&invalid));
+    let missing = validate(dir.join("nosuch.yaml").display().to_string()).await;
+    assert_eq!(missing.status.code(), Some(2), "{}", stderr(&missing));
+    assert!(stderr(&missing).contains("reading the policy file"), "{}", stderr(&missing));
+    // --dry-run against a running analyzer that reads Envoy admin endpoints.
+    let (analyzer, _) = analyzer("dry-run").await;
+    let promql = write("promql.yaml", PROMQL_POLICY);
+    let (dry, _) = cli(&analyzer, &["register", &promql, "--dry-run"], Some(PIPELINE), false).await;
+    assert_eq!(dry.status.code(), Some(0), "{}", stderr(&dry));
+    assert!(stderr(&dry).contains("warning: metric `queue_depth` is read with PromQL"), "{}", stderr(&dry));
+    assert!(stdout(&dry).contains("(dry run: not registered)"), "{}", stdout(&dry));
+    let (status, _) = cli(&analyzer, &["status", "promql"], Some(PIPELINE), false).await;
+    assert_eq!(status.status.code(), Some(2), "not registered: {}", stdout(&status));
 }

@@ -580,5 +580,6 @@ fn the_ci_example_registers_and_blocks_on_the_verdict() {
     let deploy = position("set image deployment/checkout-canary");
     let wait = position(" wait ");
     assert!(register < deploy && deploy < wait, "register, then deploy the canary, then wait");
+    assert!(position(" validate /policy.yaml") < register, "the policy is checked offline before registering");
     assert!(!workflow["on"].is_null() || !workflow[&Yaml::Bool(true)].is_null(), "a trigger");
 }

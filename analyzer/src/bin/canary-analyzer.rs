@@ -1,5 +1,6 @@
-//! `canary-analyzer`: serve the analyzer (`serve`), or ask a running one
-//! (`status`, `report`, `register`, `override`, `wait`).
+//! `canary-analyzer`: serve the analyzer (`serve`), ask a running one (`status`,
+//! `list`, `report`, `register`, `override`, `wait`), or check a policy offline
+//! (`validate`).
 
 use anyhow::Context;
 use canary_analyzer::api::{self, AppState};
@@ -15,11 +16,30 @@ use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "canary-analyzer", version, about = "Compares canary with control and walks the rollout ladder")]
+#[command(
+    name = "canary-analyzer",
+    version,
+    about = "Compares canary with control and walks the rollout ladder",
+    after_help = format!("{EXAMPLES}\n\n{}", cli::exit::HELP)
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
+
+/// The examples `--help` shows before the exit codes ([`cli::exit::HELP`]).
+const EXAMPLES: &str = "Examples:
+  canary-analyzer serve --envoy-admin http://127.0.0.1:9901 --tokens-file tokens.csv
+  canary-analyzer validate policy.yaml                 # offline, e.g. in a pull request
+  canary-analyzer register policy.yaml --dry-run       # checked against the analyzer's source
+  canary-analyzer register policy.yaml --actor \"ci:$GITHUB_SHA\"
+  canary-analyzer wait checkout --timeout 3600         # blocks until promoted or rolled back
+  canary-analyzer list                                 # one line per rollout
+  canary-analyzer status checkout --watch
+  canary-analyzer override checkout pause --reason \"looking at a dashboard\"
+  canary-analyzer override checkout set-share --share 10 --reason \"more traffic\"
+
+Client commands take --server from CANARY_ANALYZER_URL and --token from CANARY_ANALYZER_TOKEN.";
 
 #[derive(Subcommand)]
 enum Command {
@@ -38,6 +58,17 @@ enum Command {
         #[arg(long)]
         watch: bool,
     },
+    /// One line per rollout: deployment, phase, share, step and what comes next.
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a policy file offline (no analyzer needed): exit 0 valid, 2 invalid.
+    #[command(after_help = "Example:\n  canary-analyzer validate policy.yaml && echo valid")]
+    Validate { policy: PathBuf },
     /// Print the latest comparison table of a rollout.
     Report {
         deployment: String,
@@ -51,12 +82,20 @@ enum Command {
         policy: PathBuf,
         #[command(flatten)]
         server: ServerArgs,
+        /// Check the policy and the analyzer's metric source without registering:
+        /// warns about metrics the source cannot read (PromQL ones without --prometheus).
+        #[arg(long)]
+        dry_run: bool,
         /// Who you say you are: kept in the audit log as a note beside the identity
         /// your token names (that identity, not this, is who registered).
         #[arg(long)]
         actor: Option<String>,
     },
-    /// Override a rollout: promote, rollback, hold, resume or set_share, with a reason.
+    /// Override a rollout: promote, rollback, pause, resume or set-share, with a reason.
+    #[command(after_help = "Examples:
+  canary-analyzer override checkout pause --reason \"looking at a dashboard\"
+  canary-analyzer override checkout set-share --share 12.5 --reason \"more traffic\"
+  canary-analyzer override checkout rollback --reason \"error budget\"")]
     Override {
         deployment: String,
         #[arg(value_enum)]
@@ -68,15 +107,20 @@ enum Command {
         /// your token names (that identity, not this, is who acted).
         #[arg(long, env = "USER")]
         actor: Option<String>,
-        /// For set_share: the canary share in percent.
+        /// For set-share (and only for it): the canary share in percent, 0 to 100.
         #[arg(long)]
         share: Option<f64>,
         #[command(flatten)]
         server: ServerArgs,
     },
-    /// Block until the rollout ends: exit 0 promoted, 1 rolled back, 2 timeout or error.
-    /// Asks again after a transport error or a 5xx; an unknown deployment (404), a
-    /// missing or wrong token (401) or another refusal exits 2 at once.
+    /// Block until the rollout ends: exit 0 promoted, 1 rolled back, 3 --timeout
+    /// passed, 4 analyzer unreachable or failing until then, 2 refused.
+    ///
+    /// Prints a line when the rollout moves (phase, step, share) and ends with the
+    /// decision and its reason. Asks again after a transport error or a 5xx; an unknown
+    /// deployment (404), a missing or wrong token (401) or another refusal exits 2 at once.
+    #[command(after_help = "Example:
+  canary-analyzer wait checkout --timeout 3600; case $? in 0) promote;; 1) echo rolled back;; *) page;; esac")]
     Wait {
         deployment: String,
         #[command(flatten)]
@@ -87,12 +131,16 @@ enum Command {
     },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+/// The override actions. `pause` is the CLI's one word for stopping automatic
+/// promotion (the status then reads `paused`); `hold` and `set_share` stay accepted.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum OverrideKind {
     Promote,
     Rollback,
-    Hold,
+    #[value(alias = "hold")]
+    Pause,
     Resume,
+    #[value(alias = "set_share")]
     SetShare,
 }
 
@@ -101,7 +149,7 @@ impl OverrideKind {
         match self {
             OverrideKind::Promote => "promote",
             OverrideKind::Rollback => "rollback",
-            OverrideKind::Hold => "hold",
+            OverrideKind::Pause => "pause",
             OverrideKind::Resume => "resume",
             OverrideKind::SetShare => "set_share",
         }
@@ -381,14 +429,40 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        Command::Register { policy, server, actor } => {
-            let text = std::fs::read_to_string(&policy).with_context(|| format!("reading {}", policy.display()))?;
+        Command::List { server, json } => {
+            let statuses = server.client().list().await?;
+            if json {
+                cli::print_out(&format!("{}\n", serde_json::to_string_pretty(&statuses)?))?;
+            } else {
+                cli::print_out(&cli::list_table(&statuses))?;
+            }
+            Ok(0)
+        }
+        Command::Validate { policy } => {
+            let policy_text = read_policy(&policy)?;
+            let policy = RolloutPolicy::from_yaml(&policy_text).with_context(|| format!("{}", policy.display()))?;
+            cli::print_out(&format!("{}\n", cli::policy_summary(&policy)))?;
+            Ok(0)
+        }
+        Command::Register { policy, server, dry_run: true, .. } => {
+            let text = read_policy(&policy)?;
+            let checked = RolloutPolicy::from_yaml(&text).with_context(|| format!("{}", policy.display()))?;
+            let source = server.client().source().await?;
+            for warning in cli::source_warnings(&checked, source) {
+                cli::note(&format!("warning: {warning}"));
+            }
+            cli::print_out(&format!("{} (dry run: not registered)\n", cli::policy_summary(&checked)))?;
+            Ok(0)
+        }
+        Command::Register { policy, server, actor, dry_run: false } => {
+            let text = read_policy(&policy)?;
             let recorded = server.client().register(text, actor.as_deref()).await?;
             cli::note(&recorded.identity_line());
             cli::print_out(&format!("{}\n", cli::progress_line(&recorded.status)))?;
             Ok(0)
         }
         Command::Override { deployment, action, reason, actor, share, server } => {
+            check_share(action, share)?;
             let recorded = server
                 .client()
                 .override_rollout(&deployment, action.api_name(), &reason, actor.as_deref(), share)
@@ -398,9 +472,36 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Wait { deployment, server, timeout } => {
+            // A closed output loses the progress, not the verdict (the exit code).
+            let mut print = |line: &str| {
+                let _ = cli::print_out(&format!("{line}\n"));
+            };
             // Poll every 2 s: a pipeline gate needs seconds, not milliseconds.
-            Ok(server.client().wait(&deployment, Duration::from_secs(timeout), Duration::from_secs(2)).await)
+            let every = Duration::from_secs(2);
+            let end = server.client().wait(&deployment, Duration::from_secs(timeout), every, &mut print).await;
+            if end.code != cli::exit::PROMOTED && end.code != cli::exit::ROLLED_BACK {
+                cli::note(&format!("canary-analyzer: {}", end.message));
+            }
+            Ok(end.code)
         }
+    }
+}
+
+/// The text of the policy file at `path`, or an error naming it.
+fn read_policy(path: &std::path::Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading the policy file {}", path.display()))
+}
+
+/// `--share` goes with `set-share` and nothing else, as a percentage: refused here,
+/// by its flag, before anything is sent.
+fn check_share(action: OverrideKind, share: Option<f64>) -> anyhow::Result<()> {
+    match (action, share) {
+        (OverrideKind::SetShare, Some(percent)) if !(0.0..=100.0).contains(&percent) => {
+            anyhow::bail!("--share {percent}: expected a percentage from 0 to 100, e.g. --share 12.5")
+        }
+        (OverrideKind::SetShare, None) => anyhow::bail!("set-share needs --share PERCENT, e.g. --share 12.5"),
+        (OverrideKind::SetShare, Some(_)) | (_, None) => Ok(()),
+        (other, Some(_)) => anyhow::bail!("--share is for set-share only, not {}", other.api_name()),
     }
 }
 
@@ -412,8 +513,63 @@ async fn main() {
         Err(e) if e.downcast_ref::<cli::StdoutClosed>().is_some() => 0,
         Err(e) => {
             cli::note(&format!("canary-analyzer: {e:#}"));
-            cli::exit::UNKNOWN
+            cli::exit::for_error(&e)
         }
     };
     std::process::exit(code);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn action_of(args: &[&str]) -> Result<OverrideKind, clap::Error> {
+        let args = ["canary-analyzer", "override", "checkout"].iter().chain(args).chain(&["--reason", "r"]);
+        match Cli::try_parse_from(args)?.command {
+            Command::Override { action, .. } => Ok(action),
+            _ => unreachable!("parsed as override"),
+        }
+    }
+
+    /// What `--help` prints for `args`.
+    fn help_of(args: &[&str]) -> String {
+        match Cli::try_parse_from(["canary-analyzer"].iter().chain(args)) {
+            Err(help) => help.to_string(),
+            Ok(_) => panic!("{args:?} printed no help"),
+        }
+    }
+
+    #[test]
+    fn pause_is_the_one_word_and_hold_still_works() {
+        assert!(action_of(&["pause"]).is_ok_and(|a| a == OverrideKind::Pause));
+        assert!(action_of(&["hold"]).is_ok_and(|a| a == OverrideKind::Pause), "hold is an alias");
+        assert!(action_of(&["set_share"]).is_ok_and(|a| a == OverrideKind::SetShare), "set_share is an alias");
+        assert_eq!(OverrideKind::Pause.api_name(), "pause");
+        let help = help_of(&["override", "--help"]);
+        assert!(help.contains("pause") && !help.contains("hold"), "{help}");
+    }
+
+    #[test]
+    fn share_is_checked_by_its_flag() {
+        let refusal = |action, share| check_share(action, share).unwrap_err().to_string();
+        assert_eq!(refusal(OverrideKind::SetShare, None), "set-share needs --share PERCENT, e.g. --share 12.5");
+        assert_eq!(
+            refusal(OverrideKind::SetShare, Some(150.0)),
+            "--share 150: expected a percentage from 0 to 100, e.g. --share 12.5"
+        );
+        assert_eq!(refusal(OverrideKind::Pause, Some(5.0)), "--share is for set-share only, not pause");
+        assert!(check_share(OverrideKind::SetShare, Some(12.5)).is_ok());
+        assert!(check_share(OverrideKind::Rollback, None).is_ok());
+    }
+
+    #[test]
+    fn help_ends_with_examples_and_exit_codes() {
+        let help = help_of(&["--help"]);
+        assert!(help.contains("Examples:\n  canary-analyzer serve"), "{help}");
+        assert!(help.contains("canary-analyzer validate policy.yaml"), "{help}");
+        assert!(help.ends_with(&format!("{}\n", cli::exit::HELP)), "{help}");
+        for command in ["list", "validate", "wait", "register", "override"] {
+            assert!(help.contains(&format!("  {command} ")), "{command} listed: {help}");
+        }
+    }
 }

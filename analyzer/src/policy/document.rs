@@ -114,14 +114,52 @@ pub(super) struct RawNotify {
 
 /// serde_yaml_ng prefixes errors inside the document with their path
 /// ("spec.ladder[0]: unknown field ..."): name that field when it can. Keys are quoted
-/// as written, so control characters are escaped to keep the error on one line.
+/// as written, so control characters are escaped to keep the error on one line. An
+/// unknown field is named with its path, the valid names and the nearest of them; a
+/// value of the wrong type with the unit its field is written in.
 pub(super) fn yaml_error(error: &serde_yaml_ng::Error) -> PolicyError {
     let message = one_line(&error.to_string());
-    let (field, detail) = match message.split_once(": ") {
-        Some((path, detail)) if !path.contains(' ') && !path.is_empty() => (path.to_string(), detail.to_string()),
-        _ => ("(document)".to_string(), message.clone()),
+    let (path, detail) = match message.split_once(": ") {
+        Some((path, detail)) if !path.contains(' ') && !path.is_empty() => (Some(path), detail),
+        _ => (None, message.as_str()),
     };
-    PolicyError::new(field, "(as written)", format!("a valid RolloutPolicy document: {detail}"))
+    // serde_yaml_ng ends its messages with the position: keep it beside the value.
+    let (detail, at) = match detail.rsplit_once(" at line ") {
+        Some((detail, position)) => (detail, format!(" (line {position})")),
+        None => (detail, String::new()),
+    };
+    if let Some(refusal) = unknown_field(path, detail, &at) {
+        return refusal;
+    }
+    let field = path.unwrap_or("(document)");
+    let wrong_value = detail.strip_prefix("invalid type: ").or_else(|| detail.strip_prefix("invalid value: "));
+    if let Some((found, expected)) = wrong_value.and_then(|d| d.split_once(", expected ")) {
+        let expected = match super::suggest::unit_of(field) {
+            Some(unit) => unit.to_string(),
+            None if path.is_none() => "a RolloutPolicy document: a mapping of apiVersion, kind, metadata, spec".into(),
+            // serde names its own types ("struct RawStep"): the document has mappings.
+            None if expected.starts_with("struct ") => "a mapping of fields".into(),
+            None => expected.to_string(),
+        };
+        return PolicyError::new(field, format!("{found}{at}"), expected);
+    }
+    PolicyError::new(field, format!("(as written){at}"), format!("a valid RolloutPolicy document: {detail}"))
+}
+
+/// ``unknown field `check_intervall`, expected one of `deployment`, …`` as a refusal
+/// of `spec.check_intervall` listing the valid names and suggesting the nearest.
+fn unknown_field(path: Option<&str>, detail: &str, at: &str) -> Option<PolicyError> {
+    let rest = detail.strip_prefix("unknown field `")?;
+    let (name, expected) = rest.split_once('`')?;
+    // serde lists the valid names in backticks: "expected one of `a`, `b`", "expected `a` or `b`".
+    let valid: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    let field = match path {
+        Some(path) => format!("{path}.{name}"),
+        None => name.to_string(),
+    };
+    let listed = valid.join(", ");
+    let suggestion = super::suggest::did_you_mean(name, &valid);
+    Some(PolicyError::new(field, format!("(unknown field){at}"), format!("one of {listed}{suggestion}")))
 }
 
 /// Deepest nesting of `[` and `{` a policy document may have. A policy needs 3 levels

@@ -290,7 +290,7 @@ mod tests {
                 "spec.metrics[1].max_relative_decrease",
                 "lower_is_worse",
             ),
-            ("name: orders, max_relative_increase: 1".into(), "spec.metrics[1].query", "outcome"),
+            ("name: orders, max_relative_increase: 1".into(), "spec.metrics[1].name", "outcome"),
         ];
         for (metric, field, expected) in cases {
             let error = with_metric(&metric).expect_err(&metric);

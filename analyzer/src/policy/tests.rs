@@ -183,8 +183,8 @@ fn errors_name_the_field_the_value_and_what_was_expected() {
         (format!("{header}spec: {{}}"), "spec.deployment", "deployment id"),
         (format!("{header}spec: {{deployment: check.out}}"), "spec.deployment", "[A-Za-z0-9_-]"),
         (format!("{header}spec: {{deployment: {}}}", "a".repeat(64)), "spec.deployment", "1 to 63"),
-        (spec("  colour: blue\n"), "spec", "unknown field `colour`"),
-        (spec("  ladder: [{shar: 5}]\n"), "spec.ladder[0]", "unknown field `shar`"),
+        (spec("  colour: blue\n"), "spec.colour", "one of deployment, ladder, default_window"),
+        (spec("  ladder: [{shar: 5}]\n"), "spec.ladder[0].shar", "one of share, window; did you mean `share`?"),
         (spec("  ladder: []\n"), "spec.ladder", "at least one step"),
         (spec("  ladder: [{window: 5m}]\n"), "spec.ladder[0].share", "share in percent"),
         (spec("  ladder: [{share: 0}, {share: 100}]\n"), "spec.ladder[0].share", "above 0"),
@@ -201,7 +201,7 @@ fn errors_name_the_field_the_value_and_what_was_expected() {
         (spec("  alpha: 0.9\n"), "spec.alpha", "(0, 0.5]"),
         (spec("  alpha: .nan\n"), "spec.alpha", "(0, 0.5]"),
         (spec("  min_requests_per_cohort: 0\n"), "spec.min_requests_per_cohort", "at least 1"),
-        (spec("  min_requests_per_cohort: -1\n"), "spec.min_requests_per_cohort", "expected u64"),
+        (spec("  min_requests_per_cohort: -1\n"), "spec.min_requests_per_cohort", "a whole number of requests"),
         (spec("  metrics: []\n"), "spec.metrics", "critical: true"),
         (metric("name: error_rate, critical: false"), "spec.metrics", "critical: true"),
         (metric("critical: true"), "spec.metrics[0].name", "error_rate"),
@@ -211,16 +211,16 @@ fn errors_name_the_field_the_value_and_what_was_expected() {
         (metric("name: error_rate, query: 'up'"), "spec.metrics[0].query", "built-in"),
         (metric("name: latency_p99"), "spec.metrics[0].max_increase_ms", "max_increase_ms"),
         (metric("name: latency_p99, max_increase_ms: .inf"), "spec.metrics[0].max_increase_ms", "finite"),
-        (metric("name: latency_p75, max_increase_ms: 5"), "spec.metrics[0].query", "not a built-in"),
+        (metric("name: latency_p75, max_increase_ms: 5"), "spec.metrics[0].name", "latency_p99_9, sample_ratio; did"),
         (metric("name: sample_ratio, max_relative_increase: 1"), "spec.metrics[0].max_relative_increase", "not set"),
         (metric("name: latency_p99, max_relative_deviation: 1"), "spec.metrics[0].max_relative_deviation", "sample"),
-        (metric("name: error_rate, tolerance: 1"), "spec.metrics[0]", "unknown field `tolerance`"),
+        (metric("name: error_rate, tolerance: 1"), "spec.metrics[0].tolerance", "one of name, critical,"),
         (metric("name: orders, query: 'sum(x)', max_relative_increase: 0.1"), "spec.metrics[0].query", "{{cohort}}"),
         (metric("name: orders, query: 'x{c=\"{{cohort\"}'"), "spec.metrics[0].query", "closed by"),
         (metric("name: orders, query: '{{cohort}} {{pod}}'"), "spec.metrics[0].query", "{{pod}}"),
         (metric("name: orders, query: '   '"), "spec.metrics[0].query", "PromQL"),
         (metric("name: orders, query: 'x{c=\"{{cohort}}\"}'"), "spec.metrics[0].max_relative_increase", "custom"),
-        (metric("name: orders, max_relative_increase: 1"), "spec.metrics[0].query", "PromQL query template"),
+        (metric("name: orders, max_relative_increase: 1"), "spec.metrics[0].name", "a `query` (PromQL)"),
         (spec("  metrics: [{name: error_rate}, {name: error_rate}]\n"), "spec.metrics[1].name", "unique"),
         (spec("  notify: {}\n"), "spec.notify.webhook_url", "URL"),
         (spec("  notify: {webhook_url: 'ftp://x'}\n"), "spec.notify.webhook_url", "https://"),
@@ -425,4 +425,52 @@ fn a_recorded_policy_with_a_reserved_name_still_reads_back() {
         Some(crate::stats::RowKey::built_in("error_rate"))
     );
     assert!(RolloutPolicy::from_yaml(&policy.to_yaml().unwrap()).is_err(), "written, it is refused");
+}
+
+/// The refusals a newcomer meets first: a misspelt metric or field, a unit where a
+/// plain number goes. Each names the field, lists or suggests the valid names and says
+/// the unit.
+#[test]
+fn refusals_suggest_names_and_say_units() {
+    let spec = |body: &str| {
+        format!(
+            "apiVersion: {API_VERSION}\nkind: RolloutPolicy\nmetadata: {{name: a}}\nspec:\n  deployment: checkout\n{body}"
+        )
+    };
+    let refusal = |body: &str| RolloutPolicy::from_yaml(&spec(body)).unwrap_err().to_string();
+    assert_eq!(
+        refusal("  metrics: [{name: latency_p95, max_increase_ms: 50}]\n"),
+        "invalid rollout policy: field `spec.metrics[0].name` = \"latency_p95\": expected a built-in metric \
+         (error_rate, latency_p50, latency_p90, latency_p99, latency_p99_9, sample_ratio; did you mean `latency_p90` \
+         or `latency_p99`?), or a custom metric with a `query` (PromQL), an `outcome`, or a `numerator` and \
+         `denominator`"
+    );
+    assert_eq!(
+        refusal("  metrics: [{name: latency_p99, max_increase_ms: 50ms}]\n"),
+        "invalid rollout policy: field `spec.metrics[0].max_increase_ms` = string \"50ms\" (line 6 column 50): \
+         expected milliseconds, a number without a unit: 50 for 50 ms"
+    );
+    assert_eq!(
+        refusal("  metrics: [{name: error_rate, max_relative_increase: 10%}]\n"),
+        "invalid rollout policy: field `spec.metrics[0].max_relative_increase` = string \"10%\" (line 6 column 55): \
+         expected a fraction, without `%`: 0.1 for 10 %"
+    );
+    assert!(
+        refusal("  ladder: [{share: 5%}, {share: 100}]\n")
+            .contains("expected a share in percent, a number without `%`")
+    );
+    assert_eq!(
+        refusal("  check_intervall: 30s\n"),
+        "invalid rollout policy: field `spec.check_intervall` = (unknown field) (line 6 column 3): expected one of \
+         deployment, ladder, default_window, check_interval, alpha, min_requests_per_cohort, fleet_deadline, \
+         stall_after_windows, metrics, notify; did you mean `check_interval`?"
+    );
+    assert!(refusal("  metrics: [{name: error_rate, critcal: true}]\n").ends_with("did you mean `critical`?"));
+    assert!(refusal("  alpha: -1\n").contains("e.g. 0.05"));
+    assert!(
+        refusal("  metrics: [{name: error_rate, max_relative_increase: -1}]\n").contains("0.1 for 10 %"),
+        "a range error says the unit too"
+    );
+    let top = RolloutPolicy::from_yaml(&format!("{}spek: {{}}\n", spec(""))).unwrap_err().to_string();
+    assert!(top.contains("field `spek`") && top.ends_with("did you mean `spec`?"), "{top}");
 }

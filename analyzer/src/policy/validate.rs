@@ -265,10 +265,17 @@ fn validate_metrics(raw: Vec<RawMetric>) -> Result<Vec<MetricPolicy>, PolicyErro
 /// A tolerance: finite and not negative.
 fn tolerance(field: String, value: Option<f64>) -> Result<Option<f64>, PolicyError> {
     match value {
-        Some(v) if !(v.is_finite() && v >= 0.0) => Err(PolicyError::new(field, v, "a finite number >= 0")),
+        Some(v) if !(v.is_finite() && v >= 0.0) => {
+            let unit = super::suggest::unit_of(&field).map_or(String::new(), |unit| format!(": {unit}"));
+            Err(PolicyError::new(field, v, format!("a finite number >= 0{unit}")))
+        }
         other => Ok(other),
     }
 }
+
+/// The metric names a policy may use without a query, as listed in refusals.
+const BUILT_IN_METRICS: [&str; 6] =
+    [ERROR_RATE, "latency_p50", "latency_p90", "latency_p99", "latency_p99_9", SAMPLE_RATIO];
 
 impl RawMetric {
     fn validate(self, field: &str) -> Result<MetricPolicy, PolicyError> {
@@ -389,12 +396,16 @@ impl RawMetric {
     /// A custom metric's name is checked, then its query template.
     fn custom_query(&self, field: &str, name: &str) -> Result<String, PolicyError> {
         validate_custom_name(field, name)?;
+        // A name with no source of its own is most likely a misspelt built-in one.
         let query = self.query.clone().ok_or_else(|| {
-            PolicyError::missing(
-                format!("{field}.query"),
+            PolicyError::new(
+                format!("{field}.name"),
+                format!("{name:?}"),
                 format!(
-                    "a PromQL query template (or an `outcome`, or a `numerator` and `denominator`): \
-                     `{name}` is not a built-in metric"
+                    "a built-in metric ({}{}), or a custom metric with a `query` (PromQL), an `outcome`, or a \
+                     `numerator` and `denominator`",
+                    BUILT_IN_METRICS.join(", "),
+                    super::suggest::did_you_mean(name, &BUILT_IN_METRICS)
                 ),
             )
         })?;
