@@ -26,6 +26,7 @@ use crate::stats::LatencyHistogram;
 
 use super::error::SourceError;
 use super::interval::IntervalMetrics;
+use super::latency::whole_microseconds;
 use super::outcomes::{OUTCOME_EVENTS, OUTCOME_REQUESTS, OutcomeCounter, Outcomes, is_outcome_name};
 use super::snapshot::{ClassCounts, PerCohort};
 
@@ -253,10 +254,12 @@ pub(crate) fn latency_from_answer(
         let (finite, infinite) = buckets.get_mut(cohort);
         if bound == f64::INFINITY {
             *infinite = Some(count);
-        } else if bound.is_finite() && bound >= 0.0 && bound.fract() == 0.0 {
-            finite.insert(bound as u64, count);
+        } else if let Some(bound) = whole_microseconds(bound) {
+            // Two bounds in one whole microsecond (2.5 and 2) count the same requests.
+            let kept = finite.entry(bound).or_insert(count);
+            *kept = (*kept).max(count);
         } else {
-            return Err(unexpected(query, format!("bucket bound le={le:?} is not whole microseconds")));
+            return Err(unexpected(query, format!("bucket bound le={le:?} is not microseconds >= 0")));
         }
     }
     let mut histograms = PerCohort::<Option<LatencyHistogram>>::default();
