@@ -1,9 +1,10 @@
 //! A latency regression rolled back on Envoy's default buckets, read through the admin
-//! source's text answer. The shipped Envoy config without `histogram_bucket_settings`
+//! source's text answer and through a real Prometheus. The shipped Envoy config without `histogram_bucket_settings`
 //! gives the filter's histogram Envoy's default bounds (19, from `le="0.5"` to 3.6 s in
 //! µs, 20-500 % wide); a small server in front of Envoy answers the analyzer's admin
 //! scrape with Envoy's `/stats/prometheus` text, as a proxy serving only the text
-//! format would. The real `canary-analyzer` compares the cohorts on those buckets as
+//! format would; or a real Prometheus scrapes Envoy every second and the analyzer reads
+//! it (`--prometheus`). The real `canary-analyzer` compares the cohorts on those buckets as
 //! they are exported; a canary whose upstream takes 400 ms against control's 5 ms
 //! (in (300, 600] ms against (0, 60] ms on these buckets) is rolled back by its
 //! `latency_p99_us` row, and its A/A twin is not rolled back over the same checks.
@@ -19,6 +20,7 @@ use canary_e2e::envoy::{Envoy, EnvoyConfig};
 use canary_e2e::free_port;
 use canary_e2e::http_server;
 use canary_e2e::load::{Load, LoadOptions};
+use canary_e2e::prometheus::Prometheus;
 use canary_e2e::upstream::{Behaviour, Upstream};
 use serde_yaml_ng::Value as Yaml;
 use std::net::SocketAddr;
@@ -79,22 +81,50 @@ async fn text_only_front(admin: SocketAddr) -> (String, JoinHandle<()>) {
     (url, server)
 }
 
+/// Where the analyzer reads Envoy's metrics.
+#[derive(Clone, Copy, PartialEq)]
+enum Source {
+    /// The admin source, answered with `/stats/prometheus` text by [`text_only_front`].
+    TextFront,
+    /// A real Prometheus scraping Envoy every second.
+    Prometheus,
+}
+
+/// Prometheus' scrape interval: one per check.
+const SCRAPE_INTERVAL: Duration = Duration::from_secs(1);
+
 struct DefaultBucketsRig {
     _upstreams: (Upstream, Upstream),
     envoy: Envoy,
-    front: JoinHandle<()>,
+    front: Option<JoinHandle<()>>,
+    _prometheus: Option<Prometheus>,
     analyzer: AnalyzerProcess,
     _load: Load,
 }
 
 impl Drop for DefaultBucketsRig {
     fn drop(&mut self) {
-        self.front.abort();
+        if let Some(front) = &self.front {
+            front.abort();
+        }
+    }
+}
+
+/// Waits until Prometheus holds two scrapes of Envoy (before that `increase()` is empty).
+async fn scraped_twice(prometheus: &Prometheus) {
+    let start = Instant::now();
+    loop {
+        let samples = prometheus.by_instance("count_over_time(up[1m])").await;
+        if samples.values().any(|n| *n >= 2.0) {
+            return;
+        }
+        assert!(start.elapsed() < PATIENCE, "prometheus never scraped envoy twice: {samples:?}\n{}", prometheus.log());
+        tokio::time::sleep(SCRAPE_INTERVAL).await;
     }
 }
 
 impl DefaultBucketsRig {
-    async fn start(name: &str, canary_delay: Duration) -> DefaultBucketsRig {
+    async fn start(name: &str, canary_delay: Duration, source: Source) -> DefaultBucketsRig {
         let dir = fresh_dir(name);
         let (stable, canary) = (Upstream::start("stable").await, Upstream::start("canary").await);
         stable.set_behaviour(Behaviour { extra_latency: CONTROL_DELAY, ..Behaviour::default() });
@@ -110,17 +140,29 @@ impl DefaultBucketsRig {
             json["analyzer"]["timeout_ms"] = 250.into();
         });
         let envoy = Envoy::start(&config, 2).await;
-        let (front_url, front) = text_only_front(envoy.admin).await;
         let mut options = AnalyzerOptions::new(dir.join("state"));
         options.policies = vec![policy(&dir)];
-        options.envoy_admin = vec![front_url];
         options.port = Some(analyzer_port);
+        let (mut front, mut prometheus) = (None, None);
+        match source {
+            Source::TextFront => {
+                let (front_url, server) = text_only_front(envoy.admin).await;
+                options.envoy_admin = vec![front_url];
+                front = Some(server);
+            }
+            Source::Prometheus => {
+                let server = Prometheus::start(&[envoy.admin], SCRAPE_INTERVAL).await;
+                scraped_twice(&server).await;
+                options.extra_args = vec!["--prometheus".into(), server.url.clone()];
+                prometheus = Some(server);
+            }
+        }
         let analyzer = AnalyzerProcess::start(options).await;
         let load = Load::start(
             envoy.listener,
             LoadOptions { rps: 150, users: 20_000, max_in_flight: 128, ..LoadOptions::default() },
         );
-        DefaultBucketsRig { _upstreams: (stable, canary), envoy, front, analyzer, _load: load }
+        DefaultBucketsRig { _upstreams: (stable, canary), envoy, front, _prometheus: prometheus, analyzer, _load: load }
     }
 
     async fn until(&self, done: impl Fn(&RolloutStatus) -> bool) -> (RolloutStatus, Vec<u32>) {
@@ -145,8 +187,18 @@ fn p99_row(rows: &[ComparisonRow]) -> Option<&ComparisonRow> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_canary_is_rolled_back_on_envoys_default_buckets_through_the_text_answer() {
     let _alone = ONE_RIG_AT_A_TIME.lock().await;
+    a_slow_canary_is_rolled_back("default-buckets", Source::TextFront).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_canary_is_rolled_back_on_envoys_default_buckets_through_prometheus() {
+    let _alone = ONE_RIG_AT_A_TIME.lock().await;
+    a_slow_canary_is_rolled_back("default-buckets-prometheus", Source::Prometheus).await;
+}
+
+async fn a_slow_canary_is_rolled_back(name: &str, source: Source) {
     let started = Instant::now();
-    let rig = DefaultBucketsRig::start("default-buckets", SLOW_CANARY_DELAY).await;
+    let rig = DefaultBucketsRig::start(name, SLOW_CANARY_DELAY, source).await;
     let (status, shares) = rig.until(|s| s.state.phase != RolloutPhase::Progressing).await;
     assert_eq!(rig.exported_bounds().await, ENVOY_DEFAULT_BOUNDS, "Envoy's default buckets");
     assert_eq!(status.state.phase, RolloutPhase::RolledBack, "{status:#?}");
@@ -174,7 +226,7 @@ async fn a_slow_canary_is_rolled_back_on_envoys_default_buckets_through_the_text
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn its_a_a_twin_on_the_same_buckets_is_not_rolled_back() {
     let _alone = ONE_RIG_AT_A_TIME.lock().await;
-    let rig = DefaultBucketsRig::start("default-buckets-aa", CONTROL_DELAY).await;
+    let rig = DefaultBucketsRig::start("default-buckets-aa", CONTROL_DELAY, Source::TextFront).await;
     let (status, shares) =
         rig.until(|s| s.history.len() >= WATCHED_CHECKS || s.state.phase != RolloutPhase::Progressing).await;
     let row = p99_row(&status.rows).cloned();
