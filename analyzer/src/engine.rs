@@ -678,7 +678,8 @@ impl Engine {
                     (interval, true)
                 }
                 Err(e) => {
-                    live.prometheus_windows.forget();
+                    // Windows tile the counters' history: the next one takes this span too.
+                    live.prometheus_windows.carry_over();
                     let reason = crate::source::describe(&e);
                     let failed = crate::source::TargetFailure { target: "prometheus".into(), reason };
                     (IntervalMetrics { failed_targets: vec![failed], ..IntervalMetrics::default() }, false)
@@ -693,7 +694,7 @@ impl Engine {
                 if let Some((_, tracker)) = &mut live.envoy {
                     tracker.advance(Vec::new());
                 }
-                live.prometheus_windows.forget();
+                live.prometheus_windows.carry_over();
                 let reason = format!("not every answer was in within the check's {} ms deadline", deadline.as_millis());
                 let failed = crate::source::TargetFailure { target: "check".into(), reason };
                 (IntervalMetrics { failed_targets: vec![failed], ..IntervalMetrics::default() }, false)
