@@ -304,10 +304,13 @@ impl LiveRollout {
         self.check_started_at = Some(now);
         let fetch = match (&self.envoy, prometheus) {
             (Some((source, _)), _) => FetchPlan::Envoy(source.clone()),
-            (None, Some(prometheus)) => match self.prometheus_windows.next(wall, self.policy.check_interval) {
-                Ok(window) => FetchPlan::Prometheus { source: prometheus.clone(), window, end: wall },
-                Err(reason) => FetchPlan::Skip(reason),
-            },
+            (None, Some(prometheus)) => {
+                let end = fetch::prometheus_window_end(wall, self.policy.check_interval);
+                match self.prometheus_windows.next(end, self.policy.check_interval) {
+                    Ok(window) => FetchPlan::Prometheus { source: prometheus.clone(), window, end },
+                    Err(reason) => FetchPlan::Skip(reason),
+                }
+            }
             (None, None) => FetchPlan::Skip("no metrics source".to_string()),
         };
         CheckPlan {

@@ -577,22 +577,24 @@ async fn run(name: &str, faults: bool) -> Outcome {
     let evidence: u64 = status.history.iter().map(|p| p.canary_requests + p.control_requests).sum();
     let answered: u64 = fleet.members.iter().map(Member::answered).sum();
     if std::env::var_os("FLEET_DEBUG").is_some() {
-        let mut previous = status.history.first().map_or(0, |p| p.at_ms) - 1_000;
+        // Each check's window ends a check interval (1 s) before it.
+        let mut previous = status.history.first().map_or(0, |p| p.at_ms) - 2_000;
         for point in &status.history {
-            let (truth, gap) = fleet.answered_between(previous, point.at_ms);
+            let end = point.at_ms - 1_000;
+            let (truth, gap) = fleet.answered_between(previous, end);
             eprintln!(
                 "check +{} ms: evidence {} truth {truth} (±{gap} ms)",
-                point.at_ms - previous,
+                end - previous,
                 point.canary_requests + point.control_requests
             );
-            previous = point.at_ms;
+            previous = end;
         }
     }
-    // The span the evidence covers: the first window is one check interval (1 s) before
-    // the first check, the last ends at the last check.
+    // The span the evidence covers: windows end one check interval (1 s) before their
+    // check (so every scrape begun by then is in), and the first is one check interval long.
     let first_at = status.history.first().map_or(0, |p| p.at_ms);
     let last_at = status.history.last().map_or(0, |p| p.at_ms);
-    let (in_span, sample_gap_ms) = fleet.answered_between(first_at - 1_000, last_at);
+    let (in_span, sample_gap_ms) = fleet.answered_between(first_at - 2_000, last_at - 1_000);
     let mut in_gaps = 0;
     for (index, member) in fleet.members.iter().enumerate() {
         let lost = if index == 1 { lost_in_restart } else { 0 };

@@ -192,6 +192,17 @@ pub(super) struct PrometheusWindows {
     previous_end: Option<SystemTime>,
 }
 
+/// How far behind the wall clock Prometheus windows end: one check interval, at most
+/// Prometheus' default `scrape_timeout` (10 s). A sample is stamped when its scrape
+/// starts and visible once the scrape ends; a window ending before a scrape that was in
+/// flight when it was read would miss that sample, and the next window, whose start is
+/// stamped before it, would never count it. Ending windows this far back lets every
+/// scrape that started before the end finish first.
+pub(super) fn prometheus_window_end(wall: SystemTime, check_interval: Duration) -> SystemTime {
+    let lag = check_interval.min(Duration::from_secs(10));
+    wall.checked_sub(lag).unwrap_or(wall)
+}
+
 /// Longest window asked for, in check intervals: after a longer gap (the analyzer was
 /// stopped, say) the rollout has changed too much for one interval to stand for it;
 /// the gap is left out and the next window is one check interval.
@@ -271,6 +282,12 @@ mod tests {
         windows.carry_over();
         assert_eq!(windows.next(at(1_060_000), INTERVAL), Ok(Duration::from_secs(60)), "both spans, once");
         assert_eq!(windows.next(at(1_090_000), INTERVAL), Ok(INTERVAL));
+    }
+
+    #[test]
+    fn windows_end_a_check_interval_back_at_most_ten_seconds() {
+        assert_eq!(prometheus_window_end(at(100_000), Duration::from_secs(1)), at(99_000));
+        assert_eq!(prometheus_window_end(at(100_000), INTERVAL), at(90_000));
     }
 
     #[test]
