@@ -15,7 +15,7 @@
 use canary_analyzer::engine::RolloutStatus;
 use canary_analyzer::stats::{ComparisonRow, Verdict};
 use canary_core::RolloutPhase;
-use canary_e2e::analyzer::{AnalyzerOptions, AnalyzerProcess, fresh_dir};
+use canary_e2e::analyzer::{AnalyzerOptions, AnalyzerProcess, fresh_dir, latency_rollout_policy};
 use canary_e2e::envoy::{Envoy, EnvoyConfig};
 use canary_e2e::free_port;
 use canary_e2e::http_server;
@@ -24,7 +24,6 @@ use canary_e2e::prometheus::Prometheus;
 use canary_e2e::upstream::{Behaviour, Upstream};
 use serde_yaml_ng::Value as Yaml;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 
@@ -49,20 +48,6 @@ const PATIENCE: Duration = Duration::from_secs(60);
 
 /// One rig at a time: two Envoys and loads at once on a 2-core machine stretch the tails.
 static ONE_RIG_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// 5 % and 25 % for 30 s each, then 100 %; error rate and p99 critical.
-fn policy(dir: &std::path::Path) -> PathBuf {
-    let text = format!(
-        "apiVersion: canary.wasm.dev/v1alpha1\nkind: RolloutPolicy\nmetadata: {{name: default-buckets}}\nspec:\n  \
-         deployment: demo\n  ladder:\n    - {{share: 5, window: 30s}}\n    - {{share: 25, window: 30s}}\n    \
-         - {{share: 100, window: 1s}}\n  check_interval: 1s\n  min_requests_per_cohort: 20\n  alpha: {ALPHA}\n  \
-         metrics:\n    - {{name: error_rate, critical: true}}\n    \
-         - {{name: latency_p99, max_increase_ms: {TOLERANCE_MS}, critical: true}}\n"
-    );
-    let path = dir.join("policy.yaml");
-    std::fs::write(&path, text).expect("write the policy");
-    path
-}
 
 /// A server that answers every request with Envoy's `/stats/prometheus` text.
 async fn text_only_front(admin: SocketAddr) -> (String, JoinHandle<()>) {
@@ -141,7 +126,7 @@ impl DefaultBucketsRig {
         });
         let envoy = Envoy::start(&config, 2).await;
         let mut options = AnalyzerOptions::new(dir.join("state"));
-        options.policies = vec![policy(&dir)];
+        options.policies = vec![latency_rollout_policy(&dir, ALPHA, TOLERANCE_MS)];
         options.port = Some(analyzer_port);
         let (mut front, mut prometheus) = (None, None);
         match source {
