@@ -308,10 +308,13 @@ impl LiveRollout {
         self.check_started_at = Some(now);
         let fetch = match (&self.envoy, prometheus) {
             (Some((source, _)), _) => FetchPlan::Envoy(source.clone()),
-            (None, Some(prometheus)) => match self.prometheus_windows.next(wall, self.policy.check_interval) {
-                Ok(window) => FetchPlan::Prometheus { source: prometheus.clone(), window, end: wall },
-                Err(reason) => FetchPlan::Skip(reason),
-            },
+            (None, Some(prometheus)) => {
+                let end = fetch::prometheus_window_end(wall, self.policy.check_interval);
+                match self.prometheus_windows.next(end, self.policy.check_interval) {
+                    Ok(window) => FetchPlan::Prometheus { source: prometheus.clone(), window, end },
+                    Err(reason) => FetchPlan::Skip(reason),
+                }
+            }
             (None, None) => FetchPlan::Skip("no metrics source".to_string()),
         };
         CheckPlan {
@@ -683,7 +686,10 @@ impl Engine {
             Fetched::Envoy(round) => match &mut live.envoy {
                 Some((_, tracker)) => {
                     let mut interval = tracker.advance(round);
-                    on_statistics_grid(&mut interval);
+                    if let Some(failure) = on_statistics_grid(&mut interval) {
+                        tracing::warn!(%deployment, "{}", failure.reason);
+                        interval.failed_targets.push(failure);
+                    }
                     let had_data = !interval.contributing_targets.is_empty();
                     (interval, had_data)
                 }
@@ -696,9 +702,16 @@ impl Engine {
                     live.prometheus_windows.carry_over();
                     (interval, false)
                 }
-                Ok(interval) => (interval, true),
+                Ok(mut interval) => {
+                    if let Some(failure) = incomparable_layouts(&mut interval) {
+                        tracing::warn!(%deployment, "{}", failure.reason);
+                        interval.failed_targets.push(failure);
+                    }
+                    (interval, true)
+                }
                 Err(e) => {
-                    live.prometheus_windows.forget();
+                    // Windows tile the counters' history: the next one takes this span too.
+                    live.prometheus_windows.carry_over();
                     let reason = crate::source::describe(&e);
                     let failed = crate::source::TargetFailure { target: "prometheus".into(), reason };
                     (IntervalMetrics { failed_targets: vec![failed], ..IntervalMetrics::default() }, false)
@@ -713,7 +726,7 @@ impl Engine {
                 if let Some((_, tracker)) = &mut live.envoy {
                     tracker.advance(Vec::new());
                 }
-                live.prometheus_windows.forget();
+                live.prometheus_windows.carry_over();
                 let reason = format!("not every answer was in within the check's {} ms deadline", deadline.as_millis());
                 let failed = crate::source::TargetFailure { target: "check".into(), reason };
                 (IntervalMetrics { failed_targets: vec![failed], ..IntervalMetrics::default() }, false)
@@ -757,6 +770,11 @@ impl Engine {
             && !decision.changes_state()
         {
             decision.reason = format!("{}; {note}", decision.reason);
+        }
+        if let Some(layouts) = interval.failed_targets.iter().find(|f| f.target == LATENCY_LAYOUTS)
+            && !decision.changes_state()
+        {
+            decision.reason = format!("{}; {}", decision.reason, layouts.reason);
         }
         if decision.changes_state() {
             self.commit(store, live, &decision, now_ms)?;
@@ -863,19 +881,38 @@ impl Engine {
     }
 }
 
-/// Envoy's own bins (the admin source) folded onto the buckets the statistics compare
-/// (`LATENCY_BUCKETS_US`, every one of which is an edge of Envoy's bins, so the fold
-/// is exact). A histogram that cannot be folded is left out: no data, not wrong data.
-fn on_statistics_grid(interval: &mut IntervalMetrics) {
+/// The admin source's histograms as the statistics compare them: Envoy's own bins
+/// folded onto `LATENCY_BUCKETS_US` (every one of which is an edge of Envoy's bins, so
+/// the fold is exact); configured buckets (a text answer) exactly as exported, as the
+/// Prometheus source reads them. Cohorts whose layouts still differ cannot be compared:
+/// their histograms are left out of the interval (its counts still count) and the
+/// returned failure names both layouts, for the status and the log.
+fn on_statistics_grid(interval: &mut IntervalMetrics) -> Option<crate::source::TargetFailure> {
     use canary_core::metrics::LATENCY_BUCKETS_US;
     for cohort in Cohort::ALL {
         let latency = &mut interval.cohorts.get_mut(cohort).latency;
-        if let Some(histogram) = latency.as_ref() {
-            if histogram.upper_bounds_us() != LATENCY_BUCKETS_US.as_slice() {
-                *latency = crate::source::fold_onto(histogram, &LATENCY_BUCKETS_US).ok();
-            }
+        if let Some(histogram) = latency.as_ref()
+            && histogram.upper_bounds_us() == crate::source::envoy_bin_bounds_us()
+        {
+            *latency = crate::source::fold_onto(histogram, &LATENCY_BUCKETS_US).ok();
         }
     }
+    incomparable_layouts(interval)
+}
+
+/// The failure entry of an interval whose cohorts' latency layouts differ.
+const LATENCY_LAYOUTS: &str = "latency layouts";
+
+/// When canary's and control's histograms in `interval` have different bucket bounds:
+/// drops both and says so, naming the layouts.
+fn incomparable_layouts(interval: &mut IntervalMetrics) -> Option<crate::source::TargetFailure> {
+    let (canary, control) = (interval.latency(Cohort::Canary)?, interval.latency(Cohort::Control)?);
+    let differ = crate::stats::check_same_layout(canary.upper_bounds_us(), control.upper_bounds_us()).err()?;
+    for cohort in [Cohort::Canary, Cohort::Control] {
+        interval.cohorts.get_mut(cohort).latency = None;
+    }
+    let reason = format!("canary's and control's {differ}; latency not compared in this check");
+    Some(crate::source::TargetFailure { target: LATENCY_LAYOUTS.into(), reason })
 }
 
 /// Checks a step waits for every proxy to apply it before its window starts anyway.

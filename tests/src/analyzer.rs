@@ -41,6 +41,23 @@ pub fn fresh_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// Writes `policy.yaml` in `dir` for deployment `demo`: 5 % and 25 % for 30 s each, then
+/// 100 %, checks every second, 20 requests per cohort, `alpha`; error rate and p99 (at most
+/// `tolerance_ms` more) critical, the sample ratio reported. The slow-canary tests' policy.
+pub fn latency_rollout_policy(dir: &Path, alpha: f64, tolerance_ms: f64) -> PathBuf {
+    let text = format!(
+        "apiVersion: canary.wasm.dev/v1alpha1\nkind: RolloutPolicy\nmetadata: {{name: slow-canary}}\nspec:\n  \
+         deployment: demo\n  ladder:\n    - {{share: 5, window: 30s}}\n    - {{share: 25, window: 30s}}\n    \
+         - {{share: 100, window: 1s}}\n  check_interval: 1s\n  min_requests_per_cohort: 20\n  alpha: {alpha}\n  \
+         metrics:\n    - {{name: error_rate, critical: true}}\n    \
+         - {{name: latency_p99, max_increase_ms: {tolerance_ms}, critical: true}}\n    \
+         - {{name: sample_ratio, critical: false}}\n"
+    );
+    let path = dir.join("policy.yaml");
+    std::fs::write(&path, text).expect("write the policy");
+    path
+}
+
 /// How to run the analyzer.
 #[derive(Debug, Clone, Default)]
 pub struct AnalyzerOptions {

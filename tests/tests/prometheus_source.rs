@@ -124,15 +124,16 @@ async fn prometheus_and_envoy_admin_sources_count_the_same_known_traffic() {
     assert_eq!(figures(&from_envoy, Cohort::Canary), expected, "envoy admin source, canary");
     assert_eq!(figures(&from_envoy, Cohort::Control), expected, "envoy admin source, control");
 
-    // The Prometheus source, over the two scrapes around the traffic: with the window's
-    // edges on scrape times, increase() has (almost) nothing to extrapolate. The extra
-    // millisecond keeps the first scrape inside under Prometheus 3's left-open ranges
-    // too; its 1 ms of extrapolation vanishes in the rounding.
+    // The Prometheus source, between the two scrapes around the traffic: the window
+    // runs from the baseline scrape (its start) to the scrape after the traffic.
     let end_ms = scrape_after(&prometheus, settled_ms, after_total).await;
-    let window = Duration::from_millis(end_ms - start_ms + 1);
     let at = UNIX_EPOCH + Duration::from_millis(end_ms);
     let source = PrometheusSource::new(prometheus.url.clone(), Duration::from_secs(5)).expect("source");
-    let from_prometheus = source.interval(DEPLOYMENT, window, Some(at)).await.expect("prometheus interval");
+    let between_scrapes = Duration::from_millis(end_ms - start_ms);
+    let from_prometheus = source.interval(DEPLOYMENT, between_scrapes, Some(at)).await.expect("prometheus interval");
+    // A policy's custom `increase()` over a range holding both scrapes: the extra millisecond
+    // keeps the first scrape inside under Prometheus 3's left-open ranges too.
+    let window = Duration::from_millis(end_ms - start_ms + 1);
     assert_eq!(figures(&from_prometheus, Cohort::Canary), expected, "prometheus source, canary");
     assert_eq!(figures(&from_prometheus, Cohort::Control), expected, "prometheus source, control");
     assert_eq!(from_prometheus.interval_counts(), from_envoy.interval_counts());

@@ -20,14 +20,13 @@ use canary_analyzer::audit::AuditRecord;
 use canary_analyzer::engine::RolloutStatus;
 use canary_analyzer::stats::Verdict;
 use canary_core::RolloutPhase;
-use canary_e2e::analyzer::{AnalyzerOptions, AnalyzerProcess, fresh_dir};
+use canary_e2e::analyzer::{AnalyzerOptions, AnalyzerProcess, fresh_dir, latency_rollout_policy};
 use canary_e2e::envoy::{Envoy, EnvoyConfig};
 use canary_e2e::free_port;
 use canary_e2e::load::{Load, LoadOptions};
 use canary_e2e::upstream::{Behaviour, Upstream};
 use serde_yaml_ng::Value as Yaml;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Control's added latency: both cohorts' latency is this plus loopback and scheduling.
@@ -47,21 +46,6 @@ const PATIENCE: Duration = Duration::from_secs(60);
 /// One rig at a time: two Envoys, analyzers and loads at once on a 2-core machine
 /// stretch the tails they measure into seconds.
 static ONE_RIG_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// The rollout policy: 5 % and 25 % for 30 s each, then 100 %; error rate and p99 critical.
-fn policy(dir: &std::path::Path) -> PathBuf {
-    let text = format!(
-        "apiVersion: canary.wasm.dev/v1alpha1\nkind: RolloutPolicy\nmetadata: {{name: slow-canary}}\nspec:\n  \
-         deployment: demo\n  ladder:\n    - {{share: 5, window: 30s}}\n    - {{share: 25, window: 30s}}\n    \
-         - {{share: 100, window: 1s}}\n  check_interval: 1s\n  min_requests_per_cohort: 20\n  alpha: {ALPHA}\n  \
-         metrics:\n    - {{name: error_rate, critical: true}}\n    \
-         - {{name: latency_p99, max_increase_ms: {TOLERANCE_MS}, critical: true}}\n    \
-         - {{name: sample_ratio, critical: false}}\n"
-    );
-    let path = dir.join("policy.yaml");
-    std::fs::write(&path, text).expect("write the policy");
-    path
-}
 
 struct SlowCanaryRig {
     _upstreams: (Upstream, Upstream),
@@ -86,7 +70,7 @@ impl SlowCanaryRig {
         });
         let envoy = Envoy::start(&config, 2).await;
         let mut options = AnalyzerOptions::new(dir.join("state"));
-        options.policies = vec![policy(&dir)];
+        options.policies = vec![latency_rollout_policy(&dir, ALPHA, TOLERANCE_MS)];
         options.envoy_admin = vec![format!("http://{}", envoy.admin)];
         options.port = Some(analyzer_port);
         let analyzer = AnalyzerProcess::start(options).await;

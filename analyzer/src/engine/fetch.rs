@@ -192,6 +192,17 @@ pub(super) struct PrometheusWindows {
     previous_end: Option<SystemTime>,
 }
 
+/// How far behind the wall clock Prometheus windows end: one check interval, at most
+/// Prometheus' default `scrape_timeout` (10 s). A sample is stamped when its scrape
+/// starts and visible once the scrape ends; a window ending before a scrape that was in
+/// flight when it was read would miss that sample, and the next window, whose start is
+/// stamped before it, would never count it. Ending windows this far back lets every
+/// scrape that started before the end finish first.
+pub(super) fn prometheus_window_end(wall: SystemTime, check_interval: Duration) -> SystemTime {
+    let lag = check_interval.min(Duration::from_secs(10));
+    wall.checked_sub(lag).unwrap_or(wall)
+}
+
 /// Longest window asked for, in check intervals: after a longer gap (the analyzer was
 /// stopped, say) the rollout has changed too much for one interval to stand for it;
 /// the gap is left out and the next window is one check interval.
@@ -223,14 +234,10 @@ impl PrometheusWindows {
         }
     }
 
-    /// Forget the previous end (its window failed): the next window is one check interval.
-    pub fn forget(&mut self) {
-        self.last_end = None;
-    }
-
-    /// The last window held no sample pair (`increase()` needs two scrapes in the
-    /// window, so a window shorter than the scrape interval answers empty): the next
-    /// window starts where that one started, so its requests are counted then.
+    /// The last window was not counted (no request in it: no scrape since its start; or
+    /// its query failed or missed the deadline): the next window starts where that one
+    /// started, so its requests are counted then (the source bridges scrape gaps, see
+    /// `source::prometheus_api`). A span past [`MAX_WINDOW_INTERVALS`] starts over.
     pub fn carry_over(&mut self) {
         if self.previous_end.is_some() {
             self.last_end = self.previous_end;
@@ -278,11 +285,33 @@ mod tests {
     }
 
     #[test]
-    fn a_long_gap_or_a_failed_window_restarts_from_one_interval() {
+    fn windows_end_a_check_interval_back_at_most_ten_seconds() {
+        assert_eq!(prometheus_window_end(at(100_000), Duration::from_secs(1)), at(99_000));
+        assert_eq!(prometheus_window_end(at(100_000), INTERVAL), at(90_000));
+    }
+
+    #[test]
+    fn a_long_gap_restarts_from_one_interval() {
         let mut windows = PrometheusWindows::default();
         windows.next(at(0), INTERVAL).unwrap();
         assert_eq!(windows.next(at(3_600_000), INTERVAL), Ok(INTERVAL));
-        windows.forget();
-        assert_eq!(windows.next(at(3_610_000), INTERVAL), Ok(INTERVAL));
+        assert_eq!(windows.next(at(3_630_000), INTERVAL), Ok(INTERVAL));
+    }
+
+    /// Failed windows (Prometheus down, a missed deadline) are carried like empty ones: the
+    /// window after them spans them, up to `MAX_WINDOW_INTERVALS`, then starts over.
+    #[test]
+    fn failed_windows_are_taken_by_the_next_until_the_span_is_too_long() {
+        let mut windows = PrometheusWindows::default();
+        windows.next(at(0), INTERVAL).unwrap();
+        windows.next(at(30_000), INTERVAL).unwrap();
+        assert_eq!(windows.next(at(60_000), INTERVAL), Ok(INTERVAL));
+        windows.carry_over();
+        assert_eq!(windows.next(at(90_000), INTERVAL), Ok(Duration::from_secs(60)), "from 30 s on, tiled");
+        for check in 4..=13u64 {
+            windows.next(at(check * 30_000), INTERVAL).unwrap();
+            windows.carry_over();
+        }
+        assert_eq!(windows.next(at(14 * 30_000), INTERVAL), Ok(INTERVAL), "330 s since 90 s: past 300 s");
     }
 }

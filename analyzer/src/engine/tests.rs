@@ -11,6 +11,8 @@ use std::sync::atomic::AtomicUsize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+mod layouts;
+
 const T0: u64 = 1_700_000_000_000;
 
 /// The caller of the overrides below, as the API would authenticate it.

@@ -153,13 +153,14 @@ fn unknown_field(path: Option<&str>, detail: &str, at: &str) -> Option<PolicyErr
     let (name, expected) = rest.split_once('`')?;
     // serde lists the valid names in backticks: "expected one of `a`, `b`", "expected `a` or `b`".
     let valid: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
-    let field = match path {
-        Some(path) => format!("{path}.{name}"),
-        None => name.to_string(),
-    };
     let listed = valid.join(", ");
     let suggestion = super::suggest::did_you_mean(name, &valid);
-    Some(PolicyError::new(field, format!("(unknown field){at}"), format!("one of {listed}{suggestion}")))
+    let expected = format!("one of {listed}{suggestion}");
+    Some(match path {
+        Some(path) => PolicyError::new(format!("{path}.{name}"), format!("(unknown field){at}"), expected),
+        // At the top a key is no field path: the document is the field, the key its value.
+        None => PolicyError::new("(document)", format!("unknown field `{name}`{at}"), expected),
+    })
 }
 
 /// Deepest nesting of `[` and `{` a policy document may have. A policy needs 3 levels

@@ -472,5 +472,8 @@ fn refusals_suggest_names_and_say_units() {
         "a range error says the unit too"
     );
     let top = RolloutPolicy::from_yaml(&format!("{}spek: {{}}\n", spec(""))).unwrap_err().to_string();
-    assert!(top.contains("field `spek`") && top.ends_with("did you mean `spec`?"), "{top}");
+    assert!(
+        top.contains("field `(document)` = unknown field `spek`") && top.ends_with("did you mean `spec`?"),
+        "{top}"
+    );
 }

@@ -141,6 +141,43 @@ pub struct LatencySimulationConfig {
     pub scenarios: Vec<LatencyScenario>,
 }
 
+/// Envoy's default histogram bounds (no `histogram_bucket_settings`) on the filter's
+/// histogram of microseconds, as the sources read them (`le="0.5"` is 0 µs): 19 bounds,
+/// 10 → 30 → 60 → 300 ms around a 20 ms service's p99.
+pub const ENVOY_DEFAULT_BUCKETS_US: [u64; 19] = [
+    0, 1, 5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000, 300_000, 600_000, 1_800_000,
+    3_600_000,
+];
+
+/// Istio's `istio_request_duration_milliseconds`: Envoy's default bounds in milliseconds
+/// (the sidecar sets no buckets unless `sidecar.istio.io/statsHistogramBuckets` does), in µs.
+pub const ISTIO_DEFAULT_BUCKETS_US: [u64; 19] = [
+    500,
+    1_000,
+    5_000,
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    30_000_000,
+    60_000_000,
+    300_000_000,
+    600_000_000,
+    1_800_000_000,
+    3_600_000_000,
+];
+
+/// 5 % of requests +400 ms: past the 300 ms bound of Envoy's default buckets (control's
+/// p99 band of the benchmark's service sits at their 60 ms bound) and the 250 ms one of
+/// Istio's (control's at 100 ms), so a layout that coarse can see it.
+pub const PAST_COARSE_EDGES: LatencyScenario = LatencyScenario::TailOnly { fraction: 0.05, added_us: 400_000.0 };
+
 /// The scenarios: A/A, p99 +30 %, p99 +15 %, 5 % of requests +100 ms, p50 +20 %.
 pub const TARGET_SCENARIOS: [LatencyScenario; 5] = [
     LatencyScenario::AA,
@@ -194,9 +231,24 @@ impl LatencySimulationConfig {
         }
     }
 
+    /// The benchmark's traffic and policy on another bucket layout (Prometheus path),
+    /// with the new verdict only: what the layout costs in power. Besides the issue's
+    /// scenarios, [`PAST_COARSE_EDGES`]: a regression those layouts can see.
+    pub fn on_layout(seed: u64, bounds_us: &[u64]) -> Self {
+        let mut scenarios = TARGET_SCENARIOS.to_vec();
+        scenarios.push(PAST_COARSE_EDGES);
+        LatencySimulationConfig {
+            bounds_us: bounds_us.to_vec(),
+            procedures: vec![LatencyProcedure::ExceedancePooled],
+            scenarios,
+            ..LatencySimulationConfig::full(seed)
+        }
+    }
+
     /// The benchmark's runs, titled: the shipped buckets on the Prometheus path
     /// with every procedure; the admin path (Envoy's bins folded onto the same
-    /// buckets) with the new and the old verdict; and a median that follows load
+    /// buckets) with the new and the old verdict; Envoy's and Istio's default buckets
+    /// with the new verdict; and a median that follows load
     /// (±25 % at ±50 % load), where pooling histograms and pooling per-interval
     /// evidence part ways.
     pub fn benchmark(seed: u64) -> Vec<(String, LatencySimulationConfig)> {
@@ -210,6 +262,14 @@ impl LatencySimulationConfig {
                     procedures: vec![LatencyProcedure::ExceedancePooled, LatencyProcedure::QuantileBoundsPerStep],
                     ..LatencySimulationConfig::full(seed)
                 },
+            ),
+            (
+                format!("Envoy's default {} buckets, Prometheus path", ENVOY_DEFAULT_BUCKETS_US.len()),
+                LatencySimulationConfig::on_layout(seed, &ENVOY_DEFAULT_BUCKETS_US),
+            ),
+            (
+                format!("Istio's default {} millisecond buckets, Prometheus path", ISTIO_DEFAULT_BUCKETS_US.len()),
+                LatencySimulationConfig::on_layout(seed, &ISTIO_DEFAULT_BUCKETS_US),
             ),
             (
                 format!("median ×(1 + {LOAD_SENSITIVITY} × (load − 1)), {shipped}"),
@@ -650,6 +710,42 @@ mod tests {
         println!("{report}");
         assert_eq!(report.config.bounds_us, LATENCY_BUCKETS_US);
         assert_targets(&report);
+    }
+
+    /// The guarantees do not depend on the layout: on Envoy's and Istio's default buckets
+    /// A/A rollouts are rolled back by latency at most `α` of the time (within 3 SE), and a
+    /// regression that crosses their edges ([`PAST_COARSE_EDGES`]) is still caught.
+    #[test]
+    fn a_a_stays_valid_and_a_regression_past_the_edges_is_caught_on_coarse_default_buckets() {
+        for bounds in [&ENVOY_DEFAULT_BUCKETS_US[..], &ISTIO_DEFAULT_BUCKETS_US[..]] {
+            let tail = PAST_COARSE_EDGES;
+            let config = LatencySimulationConfig {
+                runs: 100,
+                scenarios: vec![LatencyScenario::AA, tail],
+                ..LatencySimulationConfig::on_layout(2024, bounds)
+            };
+            let report = run(&config);
+            println!("{report}");
+            let outcome = |s| report.outcome(s, LatencyProcedure::ExceedancePooled).unwrap().clone();
+            let (aa, alpha) = (outcome(LatencyScenario::AA), config.alpha);
+            assert!(aa.latency_rollbacks <= alpha + 3.0 * aa.standard_error(alpha), "{report}");
+            let caught = outcome(tail);
+            assert!(caught.before_100_percent + 3.0 * caught.standard_error(0.9) >= 0.9, "{report}");
+        }
+    }
+
+    /// Envoy's and Istio's default buckets at the benchmark's size, the new verdict only
+    /// (docs/statistics.md, "Bucket layouts"); minutes unoptimised:
+    /// `cargo test -p canary-analyzer -- --ignored --nocapture coarse_layouts_full_size`.
+    #[test]
+    #[ignore = "benchmark size"]
+    fn coarse_layouts_full_size_report() {
+        for (title, config) in LatencySimulationConfig::benchmark(2024) {
+            if config.bounds_us == ENVOY_DEFAULT_BUCKETS_US || config.bounds_us == ISTIO_DEFAULT_BUCKETS_US {
+                let start = std::time::Instant::now();
+                println!("{title}:\n{}({:.1} s)\n", run(&config), start.elapsed().as_secs_f64());
+            }
+        }
     }
 
     /// The admin path is the Prometheus path in distribution: every shipped bucket is a

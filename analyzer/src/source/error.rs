@@ -57,8 +57,8 @@ pub enum ExpositionError {
     /// A gauge's value lies outside what it can mean.
     #[error("{metric} has value {value}, expected {expected}")]
     OutOfRange { metric: String, value: f64, expected: &'static str },
-    /// A latency bucket bound is not a whole, non-negative number of microseconds.
-    #[error("{metric} has bucket bound le={bound}, expected whole microseconds")]
+    /// A latency bucket bound is not a finite, non-negative number of microseconds.
+    #[error("{metric} has bucket bound le={bound}, expected microseconds >= 0")]
     BadBound { metric: String, bound: f64 },
     /// Envoy's JSON stats answer is not JSON.
     #[error("the answer is not json")]

@@ -13,7 +13,7 @@ use canary_core::metrics::{APPLIED_GENERATION, APPLIED_SHARE_BP, CONFIG_AGE_MS, 
 use prometheus_parse::{HistogramCount, Scrape, Value};
 
 use super::error::ExpositionError;
-use super::latency::CumulativeLatency;
+use super::latency::{CumulativeLatency, whole_microseconds};
 use super::outcomes::{OUTCOME_EVENTS, OUTCOME_REQUESTS, OutcomeCounter, is_outcome_name};
 use super::snapshot::DeploymentSnapshot;
 
@@ -182,14 +182,20 @@ fn fill_buckets(latency: &mut CumulativeLatency, buckets: &[HistogramCount]) -> 
             latency.count = latency.count.max(observations);
             continue;
         }
-        let bound = bucket.less_than;
-        if !(bound.is_finite() && bound >= 0.0 && bound.fract() == 0.0) {
-            return Err(ExpositionError::BadBound { metric: bucket_metric(), bound });
-        }
-        finite.push((bound as u64, observations));
+        let bound = whole_microseconds(bucket.less_than)
+            .ok_or(ExpositionError::BadBound { metric: bucket_metric(), bound: bucket.less_than })?;
+        finite.push((bound, observations));
     }
-    finite.sort_unstable_by_key(|(bound, _)| *bound);
-    finite.dedup_by_key(|(bound, _)| *bound);
+    finite.sort_unstable();
+    // Two bounds in one whole microsecond (2.5 and 2) count the same observations;
+    // the larger count (sorted last) is kept.
+    finite.dedup_by(|later, kept| {
+        let same = later.0 == kept.0;
+        if same {
+            kept.1 = kept.1.max(later.1);
+        }
+        same
+    });
     latency.upper_bounds_us = finite.iter().map(|(bound, _)| *bound).collect();
     latency.le_counts = finite.iter().map(|(_, observations)| *observations).collect();
     Ok(())
@@ -269,10 +275,34 @@ mod tests {
         let error = parse_exposition(negative, "d").unwrap_err();
         assert_eq!(error.to_string(), "canary_requests_total has value -1, expected a finite count >= 0");
 
-        let fractional = "# TYPE canary_latency_us histogram\n\
-            canary_latency_us_bucket{deployment=\"d\",cohort=\"canary\",le=\"0.5\"} 1\n\
+        let negative = "# TYPE canary_latency_us histogram\n\
+            canary_latency_us_bucket{deployment=\"d\",cohort=\"canary\",le=\"-1\"} 1\n\
             canary_latency_us_bucket{deployment=\"d\",cohort=\"canary\",le=\"+Inf\"} 1\n";
-        assert!(matches!(parse_exposition(fractional, "d"), Err(ExpositionError::BadBound { .. })));
+        let error = parse_exposition(negative, "d").unwrap_err();
+        assert_eq!(error.to_string(), "canary_latency_us_bucket has bucket bound le=-1, expected microseconds >= 0");
+    }
+
+    /// Envoy's default buckets (no `histogram_bucket_settings`) start at `le="0.5"`:
+    /// read as the whole microseconds at or below it, the layout kept as exported.
+    #[test]
+    fn envoys_default_buckets_are_read_as_exported() {
+        let bounds = ["0.5", "1", "5", "10", "25", "50", "100", "250", "500", "1000", "2500", "5000", "10000"];
+        let mut text = String::from("# TYPE canary_latency_us histogram\n");
+        for (position, bound) in bounds.iter().enumerate() {
+            let labels = format!("deployment=\"d\",cohort=\"canary\",le=\"{bound}\"");
+            text.push_str(&format!("canary_latency_us_bucket{{{labels}}} {}\n", position.saturating_sub(8)));
+        }
+        text.push_str("canary_latency_us_bucket{deployment=\"d\",cohort=\"canary\",le=\"+Inf\"} 7\n");
+        let latency = parse_exposition(&text, "d").unwrap().cohorts.canary.latency.unwrap();
+        assert_eq!(latency.upper_bounds_us, [0, 1, 5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000]);
+        assert_eq!((latency.le_counts[8], latency.le_counts[12], latency.count), (0, 4, 7));
+        // 2.5 and 2 are one whole microsecond: the larger count stands.
+        let twice = "# TYPE canary_latency_us histogram\n\
+            canary_latency_us_bucket{deployment=\"d\",cohort=\"canary\",le=\"2\"} 3\n\
+            canary_latency_us_bucket{deployment=\"d\",cohort=\"canary\",le=\"2.5\"} 4\n\
+            canary_latency_us_bucket{deployment=\"d\",cohort=\"canary\",le=\"+Inf\"} 4\n";
+        let latency = parse_exposition(twice, "d").unwrap().cohorts.canary.latency.unwrap();
+        assert_eq!((latency.upper_bounds_us, latency.le_counts), (vec![2], vec![4]));
     }
 
     /// The three gauges as Envoy writes them (gauge type, label-tagged, u64 values).

@@ -14,7 +14,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::stats::{LatencyHistogram, StatsError};
+use crate::stats::{LatencyHistogram, StatsError, describe_layout};
 
 use super::envoy_bins::envoy_bin_bounds_us;
 
@@ -160,13 +160,22 @@ impl CumulativeLatency {
     }
 }
 
+/// A bucket bound (`le`, in µs) as whole microseconds, or `None` when it is negative,
+/// NaN or infinite. Envoy records whole microseconds, so the observations at or below a
+/// fractional bound `b` are exactly those at or below `floor(b)`: Envoy's default
+/// buckets (no `histogram_bucket_settings`) start at `le="0.5"`, which is `le="0"` here.
+pub(crate) fn whole_microseconds(bound: f64) -> Option<u64> {
+    // `as` saturates at u64::MAX for bounds past it, which no latency reaches.
+    (bound.is_finite() && bound >= 0.0).then(|| bound.floor() as u64)
+}
+
 /// `histogram` summed onto coarser `bounds`, each of which must be one of its own bounds
 /// (e.g. Envoy's grid onto `LATENCY_BUCKETS_US`, whose bounds are bin edges): exact, no
 /// interpolation. Anything else is [`StatsError::BoundsDiffer`].
 pub fn fold_onto(histogram: &LatencyHistogram, bounds: &[u64]) -> Result<LatencyHistogram, StatsError> {
     let fine = histogram.upper_bounds_us();
     if bounds.iter().any(|bound| fine.binary_search(bound).is_err()) {
-        return Err(StatsError::BoundsDiffer);
+        return Err(StatsError::BoundsDiffer { first: describe_layout(fine), second: describe_layout(bounds) });
     }
     let mut counts = vec![0u64; bounds.len() + 1];
     // Each fine bucket lies inside the first coarse bucket whose bound is at or above its
@@ -282,6 +291,16 @@ mod tests {
     }
 
     #[test]
+    fn fractional_bounds_are_the_whole_microseconds_below_them() {
+        assert_eq!(whole_microseconds(0.5), Some(0));
+        assert_eq!(whole_microseconds(2_500.0), Some(2_500));
+        assert_eq!(whole_microseconds(2.9), Some(2));
+        assert_eq!(whole_microseconds(-1.0), None);
+        assert_eq!(whole_microseconds(f64::NAN), None);
+        assert_eq!(whole_microseconds(f64::INFINITY), None);
+    }
+
+    #[test]
     fn envoys_bins_fold_exactly_onto_buckets_made_of_their_edges() {
         use canary_core::metrics::LATENCY_BUCKETS_US;
         // 84 µs, 1.25 ms (bin [1 200, 1 300)), 1.95 ms, 70 ms and one of 200 s.
@@ -291,6 +310,6 @@ mod tests {
         assert_eq!((at(250), at(1_300), at(2_000), at(72_000)), (5, 3, 2, 1));
         assert_eq!((folded.total(), folded.bucket_counts()[LATENCY_BUCKETS_US.len()]), (12, 1));
         // 12 500 µs lies inside Envoy's bin [12 000, 13 000): no exact fold.
-        assert_eq!(fold_onto(&fine, &[10_000, 12_500]), Err(StatsError::BoundsDiffer));
+        assert!(matches!(fold_onto(&fine, &[10_000, 12_500]), Err(StatsError::BoundsDiffer { .. })));
     }
 }

@@ -1,19 +1,27 @@
 //! The Prometheus side, pure: the PromQL the analyzer asks and the query API's JSON
 //! answers turned into [`IntervalMetrics`] or a value per cohort.
 //!
-//! Why `sum by (...) (increase(...[window]))`: `increase()` takes each series (one
-//! per Envoy/pod) apart, adds back what a counter reset lost, and only then does
-//! `sum` add pods up — the same "delta per target, then sum" rule as the Envoy admin
-//! source, done inside Prometheus, so the answer has one row per cohort and class
-//! whatever the fleet size. Pods that come or go mid-window count for the part of
-//! the window they were scraped in.
+//! Why [`tiled_increase`] and not `increase(...[window])`: a window's count is taken
+//! per series (one per Envoy/pod) as the difference of the series' last sample at or
+//! before the window's end and its last sample at or before the window's start, and
+//! only then does `sum` add pods up — the same "delta per target, then sum" rule as
+//! the Envoy admin source, done inside Prometheus, so the answer has one row per
+//! cohort and class whatever the fleet size. Consecutive windows therefore tile each
+//! counter's history exactly: the increase across a scrape gap (a target down, a slow
+//! scrape) falls in the window that follows it, from the samples on both sides. Counts
+//! are whole (no extrapolation), and a window with no new scrape counts 0, which the
+//! engine carries into the next window.
 //!
-//! What that costs: `increase()` extrapolates each series to the window's edges, so
-//! counts are not integers and can be off by up to about one scrape interval's worth
-//! of traffic per series (a few % for a window of a few dozen scrapes). Both cohorts
-//! of one pod share scrape times and so the same extrapolation; the comparison stays
-//! fair. Values are rounded to whole counts; histogram buckets, which extrapolate
-//! independently, are made monotone again (a running maximum) before use.
+//! Rules, as for the admin source:
+//! - **Gaps are bridged up to [`GAP_BRIDGE`]**: the "last sample" is looked for that far
+//!   back (`last_over_time`, which skips Prometheus' staleness markers). A series with
+//!   no sample in the `GAP_BRIDGE` before a window's start has no baseline there: it
+//!   contributes from the next window on (a new pod, or one silent for longer).
+//! - **Restart**: a series whose last value is below its baseline restarted (its counter
+//!   went back to 0) and counts its current value, the `increase()` convention; what the
+//!   old process counted after its last scrape is lost, never invented.
+//! - Histogram buckets are separate series; they are made monotone again (a running
+//!   maximum) before use, in case one bucket's series restarted and another's did not.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -26,6 +34,7 @@ use crate::stats::LatencyHistogram;
 
 use super::error::SourceError;
 use super::interval::IntervalMetrics;
+use super::latency::whole_microseconds;
 use super::outcomes::{OUTCOME_EVENTS, OUTCOME_REQUESTS, OutcomeCounter, Outcomes, is_outcome_name};
 use super::snapshot::{ClassCounts, PerCohort};
 
@@ -47,33 +56,41 @@ pub fn promql_duration(window: Duration) -> String {
     format!("{}ms", window.as_millis().max(1))
 }
 
+/// How long a series may go without a sample and still be bridged: a window's
+/// baseline (and its end) is the series' last sample up to this long before. Five
+/// minutes, Prometheus' own lookback for instant queries: a scrape target down for
+/// longer contributes from the window after its return on (as a new pod does).
+pub const GAP_BRIDGE: Duration = Duration::from_secs(300);
+
+/// `sum by (by)` of what the counters `selector` names counted in the `window` before
+/// the evaluation time, series by series: their last sample at or before the end less
+/// their last sample at or before the start (each looked for up to [`GAP_BRIDGE`]
+/// back), or the last sample alone when it is below the baseline (a restart).
+pub(super) fn tiled_increase(selector: &str, window: Duration, by: &str) -> String {
+    let bridge = promql_duration(GAP_BRIDGE);
+    let end = format!("last_over_time({selector}[{bridge}])");
+    let start = format!("last_over_time({selector}[{bridge}] offset {})", promql_duration(window));
+    format!("sum by ({by}) (({end} - {start}) >= 0 or {end} < {start})")
+}
+
 /// Requests per cohort and class in the `window` before the evaluation time.
 pub fn requests_query(deployment: &str, window: Duration) -> String {
-    format!(
-        "sum by (cohort, class) (increase({REQUESTS}{{deployment=\"{}\"}}[{}]))",
-        escape_label_value(deployment),
-        promql_duration(window)
-    )
+    let selector = format!("{REQUESTS}{{deployment=\"{}\"}}", escape_label_value(deployment));
+    tiled_increase(&selector, window, "cohort, class")
 }
 
 /// Latency observations per cohort and `le` bucket in the `window` before the evaluation time.
 pub fn latency_query(deployment: &str, window: Duration) -> String {
-    format!(
-        "sum by (cohort, le) (increase({LATENCY}_bucket{{deployment=\"{}\"}}[{}]))",
-        escape_label_value(deployment),
-        promql_duration(window)
-    )
+    let selector = format!("{LATENCY}_bucket{{deployment=\"{}\"}}", escape_label_value(deployment));
+    tiled_increase(&selector, window, "cohort, le")
 }
 
 /// One of the outcome counters per cohort and outcome in the `window` before the
 /// evaluation time; every outcome the fleet exports (the policy picks its own).
 pub fn outcome_query(deployment: &str, window: Duration, events: bool) -> String {
-    format!(
-        "sum by (cohort, outcome) (increase({}{{deployment=\"{}\"}}[{}]))",
-        if events { OUTCOME_EVENTS } else { OUTCOME_REQUESTS },
-        escape_label_value(deployment),
-        promql_duration(window)
-    )
+    let counter = if events { OUTCOME_EVENTS } else { OUTCOME_REQUESTS };
+    let selector = format!("{counter}{{deployment=\"{}\"}}", escape_label_value(deployment));
+    tiled_increase(&selector, window, "cohort, outcome")
 }
 
 /// The two [`outcome_query`] answers → outcome counts per cohort. `increase()`
@@ -253,10 +270,12 @@ pub(crate) fn latency_from_answer(
         let (finite, infinite) = buckets.get_mut(cohort);
         if bound == f64::INFINITY {
             *infinite = Some(count);
-        } else if bound.is_finite() && bound >= 0.0 && bound.fract() == 0.0 {
-            finite.insert(bound as u64, count);
+        } else if let Some(bound) = whole_microseconds(bound) {
+            // Two bounds in one whole microsecond (2.5 and 2) count the same requests.
+            let kept = finite.entry(bound).or_insert(count);
+            *kept = (*kept).max(count);
         } else {
-            return Err(unexpected(query, format!("bucket bound le={le:?} is not whole microseconds")));
+            return Err(unexpected(query, format!("bucket bound le={le:?} is not microseconds >= 0")));
         }
     }
     let mut histograms = PerCohort::<Option<LatencyHistogram>>::default();
@@ -336,11 +355,18 @@ mod tests {
     fn queries_escape_the_deployment_and_state_the_window_exactly() {
         assert_eq!(
             requests_query("demo", WINDOW),
-            r#"sum by (cohort, class) (increase(canary_requests_total{deployment="demo"}[60000ms]))"#
+            "sum by (cohort, class) ((last_over_time(canary_requests_total{deployment=\"demo\"}[300000ms]) - \
+             last_over_time(canary_requests_total{deployment=\"demo\"}[300000ms] offset 60000ms)) >= 0 or \
+             last_over_time(canary_requests_total{deployment=\"demo\"}[300000ms]) < \
+             last_over_time(canary_requests_total{deployment=\"demo\"}[300000ms] offset 60000ms))"
         );
-        assert_eq!(
-            latency_query(r#"we"ird\"#, Duration::from_millis(1_500)),
-            r#"sum by (cohort, le) (increase(canary_latency_us_bucket{deployment="we\"ird\\"}[1500ms]))"#
+        let latency = latency_query(r#"we"ird\"#, Duration::from_millis(1_500));
+        assert!(latency.starts_with("sum by (cohort, le) ("), "{latency}");
+        assert!(
+            latency.contains(
+                r#"last_over_time(canary_latency_us_bucket{deployment="we\"ird\\"}[300000ms] offset 1500ms)"#
+            ),
+            "{latency}"
         );
         assert_eq!(promql_duration(Duration::ZERO), "1ms");
         let template = r#"sum(rate(app_errors{deployment="{{deployment}}",cohort="{{cohort}}"}[{{window}}]))"#;
@@ -406,10 +432,9 @@ mod tests {
 
     #[test]
     fn outcome_counts_are_read_per_cohort_and_outcome_and_events_capped_at_requests() {
-        assert_eq!(
-            outcome_query("demo", Duration::from_secs(30), true),
-            "sum by (cohort, outcome) (increase(canary_outcome_events_total{deployment=\"demo\"}[30000ms]))"
-        );
+        let query = outcome_query("demo", Duration::from_secs(30), true);
+        assert!(query.starts_with("sum by (cohort, outcome) (("), "{query}");
+        assert!(query.contains("canary_outcome_events_total{deployment=\"demo\"}[300000ms] offset 30000ms"), "{query}");
         // increase() extrapolates each counter on its own: 100 % hits can come back as 40.4 of 40.2.
         let requests = decode(
             r#"{"status":"success","data":{"resultType":"vector","result":[

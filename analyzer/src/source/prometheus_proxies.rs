@@ -23,7 +23,9 @@ use canary_core::metrics::{APPLIED_GENERATION, APPLIED_SHARE_BP, CONFIG_AGE_MS, 
 
 use super::error::SourceError;
 use super::interval::ProxyApplied;
-use super::prometheus_api::{QueryData, VectorSample, escape_label_value, promql_duration, unexpected, vector};
+use super::prometheus_api::{
+    QueryData, VectorSample, escape_label_value, promql_duration, tiled_increase, unexpected, vector,
+};
 
 /// The labels that identify one Envoy in a Prometheus scrape, in `by (...)` form.
 const PROXY_LABELS: &str = "instance, pod";
@@ -47,19 +49,20 @@ impl ProxyQueries {
         let selector = |metric: &str| format!("{metric}{{deployment=\"{}\"}}", escape_label_value(deployment));
         let per_proxy = |expression: &str| format!("max by ({PROXY_LABELS}) ({expression})");
         let generation = selector(APPLIED_GENERATION);
-        let window = promql_duration(window);
+        let span = promql_duration(window);
         let changed = format!(
             "{} > 0 or {} != {}",
-            per_proxy(&format!("changes({generation}[{window}])")),
+            per_proxy(&format!("changes({generation}[{span}])")),
             per_proxy(&generation),
-            per_proxy(&format!("{generation} offset {window}")),
+            per_proxy(&format!("{generation} offset {span}")),
         );
-        let requests = format!(
-            "sum by ({PROXY_LABELS}, cohort) (increase({REQUESTS}{{deployment=\"{}\",cohort=~\"{}|{}\"}}[{window}]))",
+        let compared = format!(
+            "{REQUESTS}{{deployment=\"{}\",cohort=~\"{}|{}\"}}",
             escape_label_value(deployment),
             Cohort::Canary.label(),
             Cohort::Control.label(),
         );
+        let requests = tiled_increase(&compared, window, &format!("{PROXY_LABELS}, cohort"));
         ProxyQueries {
             generation: per_proxy(&generation),
             share_bp: per_proxy(&selector(APPLIED_SHARE_BP)),
@@ -176,7 +179,11 @@ mod tests {
         );
         assert_eq!(
             queries.requests,
-            r#"sum by (instance, pod, cohort) (increase(canary_requests_total{deployment="checkout",cohort=~"canary|control"}[60000ms]))"#
+            tiled_increase(
+                r#"canary_requests_total{deployment="checkout",cohort=~"canary|control"}"#,
+                WINDOW,
+                "instance, pod, cohort"
+            )
         );
         assert!(ProxyQueries::new(r#"a"b"#, WINDOW).generation.contains(r#"deployment="a\"b""#));
     }

@@ -28,9 +28,10 @@ pub enum StatsError {
     /// Cumulative (`le`) bucket counts decreased, which a cumulative histogram cannot do.
     #[error("cumulative bucket counts decrease at bucket {index}")]
     CumulativeCountsDecrease { index: usize },
-    /// Two histograms that must share a bucket layout do not.
-    #[error("latency histograms use different bucket bounds")]
-    BoundsDiffer,
+    /// Two histograms that must share a bucket layout do not; each layout is named
+    /// by [`super::histogram::describe_layout`].
+    #[error("latency histograms use different bucket bounds: {first} and {second}")]
+    BoundsDiffer { first: String, second: String },
 }
 
 /// Checks that `value` is a probability strictly between 0 and 1.

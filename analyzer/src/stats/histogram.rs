@@ -61,9 +61,7 @@ impl LatencyHistogram {
 
     /// Adds another histogram with the same bounds (e.g. the next interval).
     pub fn add(&mut self, other: &LatencyHistogram) -> Result<(), StatsError> {
-        if other.upper_bounds_us != self.upper_bounds_us {
-            return Err(StatsError::BoundsDiffer);
-        }
+        check_same_layout(&self.upper_bounds_us, &other.upper_bounds_us)?;
         for (mine, theirs) in self.bucket_counts.iter_mut().zip(&other.bucket_counts) {
             *mine = mine.saturating_add(*theirs);
         }
@@ -120,6 +118,31 @@ impl LatencyHistogram {
     }
 }
 
+/// A bucket layout in a few words for a status line or a log: how many bounds, the
+/// first and the last, e.g. `19 bounds 0…3600000 µs`.
+pub fn describe_layout(upper_bounds_us: &[u64]) -> String {
+    match (upper_bounds_us.first(), upper_bounds_us.last()) {
+        (Some(first), Some(last)) => format!("{} bounds {first}…{last} µs", upper_bounds_us.len()),
+        _ => "no bounds".to_string(),
+    }
+}
+
+/// [`StatsError::BoundsDiffer`], naming both layouts, unless `first` and `second` are one layout.
+pub fn check_same_layout(first: &[u64], second: &[u64]) -> Result<(), StatsError> {
+    if first == second {
+        return Ok(());
+    }
+    let (mut first_name, mut second_name) = (describe_layout(first), describe_layout(second));
+    if first_name == second_name {
+        // Same count and ends: name the first bound where they part.
+        if let Some((a, b)) = first.iter().zip(second).find(|(a, b)| a != b) {
+            first_name.push_str(&format!(" (with {a})"));
+            second_name.push_str(&format!(" (with {b})"));
+        }
+    }
+    Err(StatsError::BoundsDiffer { first: first_name, second: second_name })
+}
+
 fn check_bounds(upper_bounds_us: &[u64]) -> Result<(), StatsError> {
     if upper_bounds_us.is_empty() {
         return Err(StatsError::NoBuckets);
@@ -174,6 +197,20 @@ mod tests {
         total.add(&LatencyHistogram::from_bucket_counts(&BOUNDS, &[1, 2, 3, 4]).unwrap()).unwrap();
         total.add(&LatencyHistogram::from_bucket_counts(&BOUNDS, &[1, 0, 0, 1]).unwrap()).unwrap();
         assert_eq!(total.bucket_counts(), &[2, 2, 3, 5]);
-        assert_eq!(total.add(&LatencyHistogram::empty(&[1, 2]).unwrap()), Err(StatsError::BoundsDiffer));
+        let error = total.add(&LatencyHistogram::empty(&[1, 2]).unwrap()).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "latency histograms use different bucket bounds: 3 bounds 1000…5000 µs and 2 bounds 1…2 µs"
+        );
+    }
+
+    #[test]
+    fn layouts_that_differ_are_named_where_they_part() {
+        let error = check_same_layout(&[1, 2, 5], &[1, 3, 5]).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "latency histograms use different bucket bounds: 3 bounds 1…5 µs (with 2) and 3 bounds 1…5 µs (with 3)"
+        );
+        assert_eq!(check_same_layout(&BOUNDS, &BOUNDS), Ok(()));
     }
 }

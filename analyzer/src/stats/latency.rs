@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::comparison::{ComparisonRow, DifferenceScale, Interval, ValueUnit, Verdict, reported_p_value};
 use super::error::{StatsError, check_non_negative, check_open_unit};
-use super::histogram::LatencyHistogram;
+use super::histogram::{LatencyHistogram, check_same_layout};
 use super::odds_ratio::{OddsRatioGrid, OddsRatioPrior};
 use super::quantile::QuantileSequence;
 
@@ -111,9 +111,8 @@ impl LatencyComparison {
     /// Adds one interval's per-cohort histograms (deltas, same bounds as at construction).
     pub fn observe(&mut self, canary: &LatencyHistogram, control: &LatencyHistogram) -> Result<(), StatsError> {
         let bounds = self.canary.histogram.upper_bounds_us();
-        if canary.upper_bounds_us() != bounds || control.upper_bounds_us() != bounds {
-            return Err(StatsError::BoundsDiffer);
-        }
+        check_same_layout(bounds, canary.upper_bounds_us())?;
+        check_same_layout(bounds, control.upper_bounds_us())?;
         self.canary.observe(&self.grid, canary)?;
         self.control.observe(&self.grid, control)
     }
@@ -294,6 +293,6 @@ mod tests {
         assert!(LatencyComparison::new(&LATENCY_BUCKETS_US, bad).is_err());
         let mut comparison = LatencyComparison::new(&[1, 2], LatencySettings::with_tolerance_us(0.0)).unwrap();
         let other = LatencyHistogram::empty(&[1, 3]).unwrap();
-        assert_eq!(comparison.observe(&other, &other), Err(StatsError::BoundsDiffer));
+        assert!(matches!(comparison.observe(&other, &other), Err(StatsError::BoundsDiffer { .. })));
     }
 }

@@ -42,7 +42,7 @@ pub use eprocess::EvidenceMaximum;
 pub use error::StatsError;
 pub use error_rate::{CohortCounts, ErrorRateSettings, ErrorRateTest, IntervalCounts};
 pub use event_rate::{EventRateTest, WorseDirection};
-pub use histogram::LatencyHistogram;
+pub use histogram::{LatencyHistogram, check_same_layout, describe_layout};
 pub use latency::{
     LatencyComparison, LatencySettings, QuantileEstimate, QuantileTolerance, REPORTED_QUANTILES, latency_metric_name,
 };

@@ -58,7 +58,7 @@ use serde::{Deserialize, Serialize};
 use super::comparison::{ComparisonRow, DifferenceScale, Interval, ValueUnit, Verdict, reported_p_value};
 use super::eprocess::EvidenceMaximum;
 use super::error::{StatsError, check_non_negative, check_open_unit};
-use super::histogram::LatencyHistogram;
+use super::histogram::{LatencyHistogram, check_same_layout};
 use super::odds_ratio::{OddsRatioGrid, OddsRatioPrior, log_likelihood_ratio};
 
 /// Control checks whose histograms choose the next threshold, one edge each, the
@@ -195,9 +195,7 @@ impl TailExceedanceTest {
     /// which may differ from earlier intervals').
     pub fn observe(&mut self, canary: &LatencyHistogram, control: &LatencyHistogram) -> Result<(), StatsError> {
         let edges = canary.upper_bounds_us();
-        if control.upper_bounds_us() != edges {
-            return Err(StatsError::BoundsDiffer);
-        }
+        check_same_layout(edges, control.upper_bounds_us())?;
         let (canary_total, control_total) = (canary.total(), control.total());
         self.canary_observations = self.canary_observations.saturating_add(canary_total);
         self.control_observations = self.control_observations.saturating_add(control_total);
@@ -624,7 +622,7 @@ mod tests {
         let mut test = TailExceedanceTest::new(TailExceedanceSettings::new(0.99, 0.0)).unwrap();
         let a = LatencyHistogram::empty(&[1, 2]).unwrap();
         let b = LatencyHistogram::empty(&[1, 3]).unwrap();
-        assert_eq!(test.observe(&a, &b), Err(StatsError::BoundsDiffer));
+        assert!(matches!(test.observe(&a, &b), Err(StatsError::BoundsDiffer { .. })));
         assert!(TailExceedanceTest::new(TailExceedanceSettings::new(1.0, 0.0)).is_err());
         assert!(TailExceedanceTest::new(TailExceedanceSettings::new(0.99, -1.0)).is_err());
     }
