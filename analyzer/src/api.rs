@@ -562,7 +562,7 @@ pub(crate) mod tests {
     }
 
     /// A request with `headers`; answers status, headers and body.
-    async fn call_with(
+    pub(super) async fn call_with(
         app: &Router,
         method: &str,
         uri: &str,

@@ -23,7 +23,7 @@ mod suggest;
 mod tests;
 mod validate;
 mod webhook;
-pub(crate) use document::one_line;
+pub(crate) use canary_core::config::one_line;
 pub use duration::{format_duration, parse_duration};
 pub use rate_metric::{CounterPairMetric, OutcomeMetric, RateTolerance};
 pub use webhook::{WebhookUrl, WebhookUrlError};

@@ -209,8 +209,8 @@ fn json_error_field(e: &serde_json::Error) -> String {
 }
 
 /// `text` with control characters escaped (`\n`, `\u{1b}`), so an error quoting a
-/// key or value as serde wrote it stays one log line.
-pub(crate) fn one_line(text: &str) -> String {
+/// key or value as serde wrote it stays one log line. The analyzer's errors use it too.
+pub fn one_line(text: &str) -> String {
     let mut line = String::with_capacity(text.len());
     for c in text.chars() {
         if c.is_control() {

@@ -258,10 +258,7 @@ mod tests {
     use crate::engine::{Engine, SourceSettings};
     use crate::notify::Notifier;
     use axum::Router;
-    use axum::body::Body;
-    use axum::http::Request;
     use std::sync::Arc;
-    use tower::ServiceExt;
 
     const ADMIN: &str = "admin-token-0123456789";
     const VIEWER: &str = "viewer-token-0123456789";
@@ -302,15 +299,13 @@ mod tests {
         headers: &[(&str, &str)],
         body: &str,
     ) -> (StatusCode, HeaderMap, String) {
-        let mut request = Request::builder().method(method).uri(uri);
-        for (name, value) in headers {
-            let value = if *name == "authorization" { format!("Bearer {value}") } else { value.to_string() };
-            request = request.header(*name, value);
-        }
-        let response = router.clone().oneshot(request.body(Body::from(body.to_string())).unwrap()).await.unwrap();
-        let (parts, body) = response.into_parts();
-        let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap();
-        (parts.status, parts.headers, String::from_utf8(bytes.to_vec()).unwrap())
+        let values: Vec<String> = headers
+            .iter()
+            .map(|(name, value)| if *name == "authorization" { format!("Bearer {value}") } else { value.to_string() })
+            .collect();
+        let headers: Vec<(&str, &str)> =
+            headers.iter().zip(&values).map(|((name, _), value)| (*name, value.as_str())).collect();
+        crate::api::tests::call_with(router, method, uri, &headers, body).await
     }
 
     async fn poll(router: &Router, uri: &str, if_none_match: Option<&str>) -> (StatusCode, String, String) {

@@ -118,7 +118,7 @@ pub(super) struct RawNotify {
 /// unknown field is named with its path, the valid names and the nearest of them; a
 /// value of the wrong type with the unit its field is written in.
 pub(super) fn yaml_error(error: &serde_yaml_ng::Error) -> PolicyError {
-    let message = one_line(&error.to_string());
+    let message = canary_core::config::one_line(&error.to_string());
     let (path, detail) = match message.split_once(": ") {
         Some((path, detail)) if !path.contains(' ') && !path.is_empty() => (Some(path), detail),
         _ => (None, message.as_str()),
@@ -192,19 +192,6 @@ pub(super) fn check_flow_nesting(text: &str) -> Result<(), PolicyError> {
         }
     }
     Ok(())
-}
-
-/// `text` with control characters escaped (`\n`, `\u{1b}`): one log line whatever a key holds.
-pub(crate) fn one_line(text: &str) -> String {
-    let mut line = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c.is_control() {
-            line.extend(c.escape_default());
-        } else {
-            line.push(c);
-        }
-    }
-    line
 }
 
 impl From<RolloutPolicy> for RawDocument {
