@@ -4,6 +4,7 @@
 //! Every process and server started here stops when its handle is dropped.
 
 pub mod analyzer;
+pub mod analyzer_rig;
 pub mod browser;
 pub mod cache_upstream;
 pub mod config_server;

@@ -16,12 +16,10 @@ use canary_analyzer::engine::RolloutStatus;
 use canary_analyzer::ladder::Action;
 use canary_core::RolloutPhase;
 use canary_e2e::analyzer::{AnalyzerOptions, AnalyzerProcess, fresh_dir};
-use canary_e2e::envoy::{Envoy, EnvoyConfig};
+use canary_e2e::analyzer_rig::AnalyzerRig;
 use canary_e2e::free_port;
 use canary_e2e::load::{Load, LoadOptions};
-use canary_e2e::upstream::Upstream;
 use std::io::Write as _;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -34,8 +32,7 @@ const POLICY: &str = "apiVersion: canary.wasm.dev/v1alpha1\nkind: RolloutPolicy\
     - {name: error_rate}\n";
 
 struct Rig {
-    _upstreams: (Upstream, Upstream),
-    _envoy: Envoy,
+    live: AnalyzerRig,
     _load: Load,
     options: AnalyzerOptions,
 }
@@ -43,24 +40,10 @@ struct Rig {
 /// Envoy with the filter, two upstreams and steady load; the analyzer's options
 /// (policy, Envoy admin, token, port) ready for the test to start it with a failpoint.
 async fn rig(name: &str) -> Rig {
-    let dir = fresh_dir(name);
-    let policy = dir.join("policy.yaml");
-    std::fs::write(&policy, POLICY).unwrap();
-    let (stable, canary) = (Upstream::start("stable").await, Upstream::start("canary").await);
-    let analyzer_port = free_port();
-    let mut config = EnvoyConfig::shipped(stable.addr, canary.addr, SocketAddr::from(([127, 0, 0, 1], analyzer_port)));
-    config.edit_plugin_config(|json| {
-        json["analyzer"]["poll_interval_ms"] = 500.into();
-        json["analyzer"]["timeout_ms"] = 250.into();
-    });
-    let envoy = Envoy::start(&config, 1).await;
-    let load = Load::start(envoy.listener, LoadOptions { rps: 200, users: 3_000, ..LoadOptions::default() });
-    let mut options = AnalyzerOptions::new(dir.join("state"));
-    options.policies = vec![policy];
-    options.envoy_admin = vec![format!("http://{}", envoy.admin)];
-    options.token = Some(TOKEN.into());
-    options.port = Some(analyzer_port);
-    Rig { _upstreams: (stable, canary), _envoy: envoy, _load: load, options }
+    let live = AnalyzerRig::start(name, POLICY, TOKEN, 1).await;
+    let load = Load::start(live.envoy.listener, LoadOptions { rps: 200, users: 3_000, ..LoadOptions::default() });
+    let options = live.options.clone();
+    Rig { live, _load: load, options }
 }
 
 fn records(state_dir: &Path) -> Vec<AuditRecord> {
@@ -299,7 +282,7 @@ async fn a_full_state_directory_still_rolls_a_failing_canary_back_and_records_it
     let held: serde_json::Value = serde_json::from_str(&config).unwrap();
     assert!(held["share_bp"].as_u64().unwrap() >= 1_000, "{held}");
     // The canary fails 41 % of its requests: the rollback cannot be appended, and takes effect anyway.
-    rig._upstreams.1.set_behaviour(canary_e2e::upstream::Behaviour { fail_fraction: 0.41, ..Default::default() });
+    rig.live.canary.set_behaviour(canary_e2e::upstream::Behaviour { fail_fraction: 0.41, ..Default::default() });
     until(Duration::from_secs(60), "the failing canary is rolled back to 0 % on a full disk", || async {
         served_share(&get(&analyzer, "/v1/rollouts/demo/config").await.1) == 0
     })

@@ -8,14 +8,12 @@
 use canary_analyzer::audit::AuditRecord;
 use canary_analyzer::engine::RolloutStatus;
 use canary_core::RolloutPhase;
-use canary_e2e::analyzer::{AnalyzerOptions, AnalyzerProcess, fresh_dir};
+use canary_e2e::analyzer::AnalyzerProcess;
+use canary_e2e::analyzer_rig::AnalyzerRig;
 use canary_e2e::browser::{ChromeDriver, processes_in_group};
-use canary_e2e::envoy::{Envoy, EnvoyConfig};
 use canary_e2e::load::{Load, LoadOptions};
-use canary_e2e::upstream::Upstream;
-use canary_e2e::{free_port, repo_root};
+use canary_e2e::repo_root;
 use fantoccini::{Client, Locator};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 const TOKEN: &str = "dashboard-token";
@@ -64,23 +62,10 @@ async fn fill(browser: &Client, css: &str, value: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_a_live_rollout_and_takes_an_override() {
-    let dir = fresh_dir("dashboard");
-    let policy = dir.join("policy.yaml");
-    std::fs::write(&policy, POLICY).unwrap();
-    let (stable, canary) = (Upstream::start("stable").await, Upstream::start("canary").await);
-    let analyzer_port = free_port();
-    let mut config = EnvoyConfig::shipped(stable.addr, canary.addr, SocketAddr::from(([127, 0, 0, 1], analyzer_port)));
-    config.edit_plugin_config(|json| {
-        json["analyzer"]["poll_interval_ms"] = 500.into();
-        json["analyzer"]["timeout_ms"] = 250.into();
-    });
-    let envoy = Envoy::start(&config, 1).await;
-    let mut options = AnalyzerOptions::new(dir.join("state"));
-    options.policies = vec![policy];
-    options.envoy_admin = vec![format!("http://{}", envoy.admin)];
-    options.token = Some(TOKEN.into());
-    options.port = Some(analyzer_port);
-    let analyzer = AnalyzerProcess::start(options).await;
+    let rig = AnalyzerRig::start("dashboard", POLICY, TOKEN, 1).await;
+    let envoy = &rig.envoy;
+    let dir = rig.options.state_dir.parent().unwrap().to_path_buf();
+    let analyzer = AnalyzerProcess::start(rig.options.clone()).await;
     let _load = Load::start(envoy.listener, LoadOptions { rps: 150, users: 3_000, ..LoadOptions::default() });
 
     // A rollout in progress with a few checks of history and a report, and what the

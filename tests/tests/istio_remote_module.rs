@@ -23,7 +23,8 @@ struct Setup {
 
 /// Envoy on the shipped config with the module fetched from a local server after
 /// `delay`, checked against `sha256`.
-async fn envoy_fetching_the_module(sha256: &str, delay: Duration) -> Setup {
+/// Envoy on the shipped config with the module fetched from a server, under `failure_policy`.
+async fn envoy_fetching_the_module(sha256: &str, delay: Duration, failure_policy: &str) -> Setup {
     let stable = Upstream::start("stable").await;
     let canary = Upstream::start("canary").await;
     let config_server = ConfigServer::start(Answer::share(DEPLOYMENT, 1, SHARE_BP)).await;
@@ -36,6 +37,7 @@ async fn envoy_fetching_the_module(sha256: &str, delay: Duration) -> Setup {
     // Envoy says why a fetch failed (a checksum mismatch) only at debug level, in its
     // `config` log.
     config.extra_args = vec!["--component-log-level".into(), "config:debug".into()];
+    config.set_failure_policy(failure_policy);
     let config = remote_module_config(config, &server, sha256);
     let envoy = Envoy::start(&config, 2).await;
     Setup { envoy, server, _rest: (stable, canary, config_server) }
@@ -46,7 +48,7 @@ async fn a_module_with_the_right_sha256_is_fetched_once_and_routes() {
     // The server takes 1 s: Envoy's listener stays closed until the module is loaded,
     // so no request meets a half-loaded filter.
     let started = Instant::now();
-    let setup = envoy_fetching_the_module(&sha256_hex(&wasm_path()), Duration::from_secs(1)).await;
+    let setup = envoy_fetching_the_module(&sha256_hex(&wasm_path()), Duration::from_secs(1), "FAIL_RELOAD").await;
     assert!(started.elapsed() >= Duration::from_secs(1), "the listener opened before the module arrived");
     assert_eq!(setup.server.fetches(), 1, "one fetch for the main thread and both workers");
     let client = Client::new(setup.envoy.listener);
@@ -65,7 +67,9 @@ async fn a_module_with_the_right_sha256_is_fetched_once_and_routes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_sha256_is_refused_with_a_log_line_and_fail_open_sends_everybody_to_stable() {
     let wrong = "0".repeat(64);
-    let setup = envoy_fetching_the_module(&wrong, Duration::ZERO).await;
+    // What istio/wasmplugin.yaml's `failStrategy: FAIL_OPEN` gives Envoy. Under the shipped
+    // FAIL_RELOAD (and FAIL_CLOSED) a module that never loads answers 503 to every request.
+    let setup = envoy_fetching_the_module(&wrong, Duration::ZERO, "FAIL_OPEN").await;
     assert!(setup.server.fetches() >= 1, "Envoy fetched the module");
     let log = setup.envoy.log_text();
     let mismatch = format!("fetch remote data [uri = {}]: data is invalid", setup.server.uri());

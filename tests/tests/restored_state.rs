@@ -8,13 +8,12 @@ use canary_analyzer::engine::RolloutStatus;
 use canary_analyzer::ladder::Action;
 use canary_core::RolloutPhase;
 use canary_core::metrics::{APPLIED_GENERATION, APPLIED_SHARE_BP};
-use canary_e2e::analyzer::{AnalyzerOptions, AnalyzerProcess, fresh_dir};
-use canary_e2e::envoy::{Envoy, EnvoyConfig};
-use canary_e2e::free_port;
+use canary_e2e::analyzer::{AnalyzerOptions, AnalyzerProcess};
+use canary_e2e::analyzer_rig::AnalyzerRig;
+use canary_e2e::envoy::Envoy;
 use canary_e2e::load::{Load, LoadOptions};
-use canary_e2e::upstream::{Behaviour, Upstream};
+use canary_e2e::upstream::Behaviour;
 use prometheus_parse::{Scrape, Value};
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -69,31 +68,17 @@ fn copy_dir(from: &Path, to: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_analyzer_restored_from_an_older_backup_rolls_back_a_fleet_on_a_later_generation() {
-    let dir = fresh_dir("restored-state");
-    let policy = dir.join("policy.yaml");
-    std::fs::write(&policy, POLICY).unwrap();
-    let (stable, canary) = (Upstream::start("stable").await, Upstream::start("canary").await);
-    let analyzer_port = free_port();
-    let mut config = EnvoyConfig::shipped(stable.addr, canary.addr, SocketAddr::from(([127, 0, 0, 1], analyzer_port)));
-    config.edit_plugin_config(|json| {
-        json["analyzer"]["poll_interval_ms"] = 500.into();
-        json["analyzer"]["timeout_ms"] = 250.into();
-    });
-    let envoy = Envoy::start(&config, 2).await;
+    let rig = AnalyzerRig::start("restored-state", POLICY, TOKEN, 2).await;
+    let (envoy, canary, options) = (&rig.envoy, &rig.canary, rig.options.clone());
     let _load = Load::start(envoy.listener, LoadOptions { rps: 200, users: 3_000, ..LoadOptions::default() });
-    let mut options = AnalyzerOptions::new(dir.join("state"));
-    options.policies = vec![policy];
-    options.envoy_admin = vec![format!("http://{}", envoy.admin)];
-    options.token = Some(TOKEN.into());
-    options.port = Some(analyzer_port);
 
     // Registered at 5 %; Envoy applies it. The backup is taken then (the analyzer stopped).
     let mut first = AnalyzerProcess::start(options.clone()).await;
     let registered = first.status("demo").await.config;
-    until_applied(&envoy, Duration::from_secs(10), |(g, _)| g == registered.generation, &first.log_text()).await;
+    until_applied(envoy, Duration::from_secs(10), |(g, _)| g == registered.generation, &first.log_text()).await;
     first.kill_hard();
     drop(first);
-    let backup = dir.join("backup");
+    let backup = options.state_dir.with_file_name("backup");
     copy_dir(&options.state_dir, &backup);
 
     // The analyzer goes on to 50 %, and Envoy applies that later generation.
@@ -102,7 +87,7 @@ async fn an_analyzer_restored_from_an_older_backup_rolls_back_a_fleet_on_a_later
         .until("demo", Duration::from_secs(60), Duration::from_millis(200), |s| s.state.share_bp == 5_000)
         .await;
     let held = until_applied(
-        &envoy,
+        envoy,
         Duration::from_secs(10),
         |(g, share)| g == promoted.config.generation && share == 5_000,
         &going_on.log_text(),
@@ -125,7 +110,7 @@ async fn an_analyzer_restored_from_an_older_backup_rolls_back_a_fleet_on_a_later
         .await;
     let log = restored.log_text();
     let started = Instant::now();
-    let now = until_applied(&envoy, Duration::from_secs(10), |(g, share)| g > held.0 && share == 0, &log).await;
+    let now = until_applied(envoy, Duration::from_secs(10), |(g, share)| g > held.0 && share == 0, &log).await;
     println!("rolled back at generation {} (Envoy held {}): applied in {:?}", now.0, held.0, started.elapsed());
     assert_eq!(now.0, rolled_back.config.generation);
     let audit = restored.audit("demo").await;
