@@ -317,6 +317,7 @@ fn fleet_and_stall_lines(status: &RolloutStatus) -> String {
     if let Some(stalled) = &status.stalled {
         let _ = write!(out, "\nSTALLED: {stalled}");
     }
+    out.push_str(&crate::present::hold_lines(&status.holds));
     out
 }
 

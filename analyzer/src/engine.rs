@@ -28,6 +28,7 @@ mod tests;
 use crate::audit::{AuditError, AuditReader, RolloutStore, StoreHealth};
 use crate::evaluation::RolloutEvaluation;
 use crate::fleet::{FleetView, applied_share_bp};
+use crate::hold::{HoldReason, hold_reasons};
 use crate::ladder::{ActedBy, Actor, Decision, OverrideAction, OverrideError, RolloutState, TransitionError};
 use crate::ladder::{decide, human_override};
 use crate::notify::{Notifier, StatusUpdate};
@@ -205,6 +206,9 @@ pub struct RolloutStatus {
     /// rows have no data and, if critical, hold promotion (see `outcome_metric`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub missing_outcomes: Vec<String>,
+    /// Why the rollout is held at the latest check ([`crate::hold`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holds: Vec<HoldReason>,
 }
 
 impl RolloutStatus {
@@ -225,6 +229,7 @@ impl RolloutStatus {
             fleet: None,
             stalled: None,
             missing_outcomes: Vec::new(),
+            holds: Vec::new(),
         }
     }
 }
@@ -247,6 +252,8 @@ struct LiveRollout {
     history: VecDeque<HistoryPoint>,
     fleet: Option<FleetView>,
     stalled: Option<String>,
+    /// "No proxy serves the deployment" has been said (until it is served again).
+    not_served_announced: bool,
     /// Where this rollout's status updates go: the policy's webhook, else the analyzer's.
     notifier: Notifier,
 }
@@ -283,6 +290,7 @@ impl LiveRollout {
             history: VecDeque::new(),
             fleet: None,
             stalled: None,
+            not_served_announced: false,
             notifier,
         })
     }
@@ -335,6 +343,7 @@ impl LiveRollout {
                 Some(_) => self.evaluation.missing_outcomes().into_iter().map(String::from).collect(),
                 None => Vec::new(),
             },
+            holds: hold_reasons(&self.state.deployment, self.fleet.as_ref()),
             ..RolloutStatus::unmeasured(&self.policy, &self.state, now_ms)
         }
     }
@@ -723,6 +732,7 @@ impl Engine {
         if !interval.proxies.is_empty() {
             live.fleet = Some(FleetView::new(live.state.generation, &interval.proxies));
         }
+        self.note_not_served(live);
         if live.state.generation != plan.generation || live.state.is_finished() {
             // Decided on (an override, say) while this check was fetching: the interval
             // straddles two shares. Its scrapes still moved the baselines; its counts are not used.
@@ -800,6 +810,31 @@ impl Engine {
                 .take(4)
                 .map(describe_row)
                 .collect(),
+            fleet: live.fleet.as_ref().map(FleetView::summary),
+        });
+    }
+
+    /// Says once, in the log and one webhook post, that no proxy serves the deployment
+    /// (again if it is served in between).
+    fn note_not_served(&self, live: &mut LiveRollout) {
+        let reasons = hold_reasons(&live.state.deployment, live.fleet.as_ref());
+        let not_served = reasons.iter().find(|reason| matches!(reason, HoldReason::NotServed { .. }));
+        let Some(reason) = not_served.map(crate::present::hold_text) else {
+            live.not_served_announced = false;
+            return;
+        };
+        if std::mem::replace(&mut live.not_served_announced, true) {
+            return;
+        }
+        tracing::warn!(deployment = %live.state.deployment, "{reason}");
+        live.notifier.send(StatusUpdate {
+            deployment: live.state.deployment.clone(),
+            decision: "held".to_string(),
+            reason,
+            actor: Actor::Analyzer.name().to_string(),
+            share_bp: live.state.share_bp,
+            next_step_in_s: None,
+            key_metrics: Vec::new(),
             fleet: live.fleet.as_ref().map(FleetView::summary),
         });
     }

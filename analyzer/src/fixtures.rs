@@ -77,6 +77,7 @@ pub fn status(history: Vec<HistoryPoint>, rows: Vec<ComparisonRow>) -> RolloutSt
         fleet: None,
         stalled: None,
         missing_outcomes: Vec::new(),
+        holds: Vec::new(),
     }
 }
 

@@ -10,6 +10,7 @@ pub mod evaluation;
 #[cfg(test)]
 mod fixtures;
 pub mod fleet;
+pub mod hold;
 pub mod ladder;
 pub mod notify;
 pub mod outcome_metric;

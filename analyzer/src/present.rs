@@ -5,6 +5,7 @@
 
 use canary_core::RolloutPhase;
 
+use crate::hold::HoldReason;
 use crate::ladder::Action;
 use crate::stats::{ComparisonRow, DifferenceScale, ValueUnit, Verdict};
 
@@ -67,6 +68,33 @@ pub fn phase_name(phase: RolloutPhase) -> &'static str {
         RolloutPhase::Promoted => "promoted",
         RolloutPhase::RolledBack => "rolled back",
     }
+}
+
+/// One hold reason for people: what holds the rollout and what would lift it.
+pub fn hold_text(reason: &HoldReason) -> String {
+    match reason {
+        HoldReason::NotServed { deployment, proxies, other_deployments } => {
+            let exported = if other_deployments.is_empty() {
+                "no deployment at all".to_string()
+            } else {
+                format!("only {}", other_deployments.join(", "))
+            };
+            let scraped = if *proxies == 1 {
+                "the 1 proxy scraped".to_string()
+            } else {
+                format!("the {proxies} proxies scraped")
+            };
+            format!(
+                "no proxy serves deployment {deployment}: {scraped} export {exported}; \
+                 check the deployment id in the filter's configuration against the policy's"
+            )
+        }
+    }
+}
+
+/// Each hold reason on its own line, `\nheld: ...`; empty without any.
+pub fn hold_lines(reasons: &[HoldReason]) -> String {
+    reasons.iter().map(|reason| format!("\nheld: {}", hold_text(reason))).collect()
 }
 
 /// `12 s`, `4 min 05 s`.
@@ -144,6 +172,23 @@ pub fn describe_row(row: &ComparisonRow) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_deployment_nobody_serves_names_the_ids_the_proxies_export() {
+        let reason = |proxies, others: &[&str]| HoldReason::NotServed {
+            deployment: "orders".into(),
+            proxies,
+            other_deployments: others.iter().map(|id| id.to_string()).collect(),
+        };
+        assert_eq!(
+            hold_text(&reason(1, &["checkout"])),
+            "no proxy serves deployment orders: the 1 proxy scraped export only checkout; \
+             check the deployment id in the filter's configuration against the policy's"
+        );
+        assert!(hold_text(&reason(2, &[])).contains("the 2 proxies scraped export no deployment at all"));
+        assert_eq!(hold_lines(&[reason(1, &["a", "b"])]).lines().count(), 2, "a leading line break, one line each");
+        assert_eq!(hold_lines(&[]), "");
+    }
 
     #[test]
     fn shares_print_without_trailing_zeros() {

@@ -60,6 +60,9 @@ pub fn summary(status: &RolloutStatus) -> String {
     if let Some(stalled) = &status.stalled {
         let _ = write!(out, "<p class=\"warning\" id=\"stalled\">{}</p>", escape(stalled));
     }
+    for reason in &status.holds {
+        let _ = write!(out, "<p class=\"warning hold\">held: {}</p>", escape(&crate::present::hold_text(reason)));
+    }
     if let Some(problem) = &status.problem {
         let _ = write!(out, "<p class=\"warning\" id=\"problem\">{}</p>", escape(problem));
     }

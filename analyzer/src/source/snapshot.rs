@@ -147,9 +147,19 @@ pub struct DeploymentSnapshot {
     /// Envoy's `envoy_server_uptime` (seconds), when exported: if it goes down,
     /// the Envoy restarted even if its counters already grew past their old values.
     pub server_uptime_seconds: Option<f64>,
+    /// Set when the target exports no series of the deployment: the deployment ids it
+    /// exports instead (empty: none). See `served`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub other_deployments: Option<Vec<String>>,
 }
 
 impl DeploymentSnapshot {
+    /// Whether the target exported any series of the deployment (counters, histograms
+    /// or the applied-rollout gauges); the uptime does not count.
+    pub fn exports_deployment(&self) -> bool {
+        self.cohorts != PerCohort::default() || self.applied != AppliedRollout::default()
+    }
+
     /// Whether the target restarted between `earlier` and this snapshot: uptime went
     /// down, a request or outcome counter went down, or a histogram shrank or changed layout.
     pub fn restarted_since(&self, earlier: &DeploymentSnapshot) -> bool {

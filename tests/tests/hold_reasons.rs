@@ -1,0 +1,87 @@
+//! Why a rollout is held, against the real Envoy and the real analyzer binary: a
+//! policy registered for a deployment no filter serves is flagged within the first
+//! checks, naming the deployments the proxies do export, in the status (API and CLI),
+//! the log and the webhook.
+
+use canary_analyzer::hold::HoldReason;
+use canary_e2e::analyzer::{AnalyzerOptions, AnalyzerProcess, analyzer_binary, fresh_dir};
+use canary_e2e::envoy::{Envoy, EnvoyConfig};
+use canary_e2e::free_port;
+use canary_e2e::load::{Load, LoadOptions};
+use canary_e2e::upstream::Upstream;
+use canary_e2e::webhook::WebhookReceiver;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// A policy for `deployment`, checked every second, with a window far longer than the test.
+fn policy(dir: &std::path::Path, deployment: &str) -> std::path::PathBuf {
+    let text = format!(
+        "apiVersion: canary.wasm.dev/v1alpha1\nkind: RolloutPolicy\nmetadata: {{name: e2e}}\nspec:\n  \
+         deployment: {deployment}\n  ladder:\n    - {{share: 1, window: 5m}}\n    - {{share: 100, window: 5m}}\n  \
+         check_interval: 1s\n  min_requests_per_cohort: 50\n"
+    );
+    let path = dir.join("policy.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_for_a_deployment_no_envoy_serves_is_held_naming_the_one_it_serves() {
+    let dir = fresh_dir("hold-not-served");
+    let (stable, canary) = (Upstream::start("stable").await, Upstream::start("canary").await);
+    let analyzer_port = free_port();
+    let mut config = EnvoyConfig::shipped(stable.addr, canary.addr, SocketAddr::from(([127, 0, 0, 1], analyzer_port)));
+    config.edit_plugin_config(|json| {
+        json["deployment"] = "checkout".into();
+        json["analyzer"]["poll_interval_ms"] = 500.into();
+        json["analyzer"]["timeout_ms"] = 250.into();
+    });
+    let envoy = Envoy::start(&config, 2).await;
+    let webhook = WebhookReceiver::start().await;
+    let mut options = AnalyzerOptions::new(dir.join("state"));
+    options.extra_args = vec!["--webhook".into(), webhook.url()];
+    options.policies = vec![policy(&dir, "orders")];
+    options.envoy_admin = vec![format!("http://{}", envoy.admin)];
+    options.port = Some(analyzer_port);
+    let analyzer = AnalyzerProcess::start(options).await;
+    let _load = Load::start(envoy.listener, LoadOptions { rps: 50, users: 1_000, ..LoadOptions::default() });
+
+    let expected =
+        HoldReason::NotServed { deployment: "orders".into(), proxies: 1, other_deployments: vec!["checkout".into()] };
+    let (status, _) = analyzer
+        .until("orders", Duration::from_secs(20), Duration::from_millis(100), |s| s.holds.contains(&expected))
+        .await;
+    assert!(
+        status.history.len() <= 2,
+        "flagged within the first two checks, not after {} checks: {status:#?}",
+        status.history.len()
+    );
+
+    let wording = "no proxy serves deployment orders: the 1 proxy scraped export only checkout";
+    let cli = std::process::Command::new(analyzer_binary())
+        .args(["status", "orders"])
+        .env("CANARY_ANALYZER_URL", analyzer.url())
+        .output()
+        .expect("run canary-analyzer status");
+    let printed = String::from_utf8_lossy(&cli.stdout);
+    assert!(printed.contains(&format!("held: {wording}")), "status prints the hold reason:\n{printed}");
+
+    let start = Instant::now();
+    loop {
+        let posts = webhook.received();
+        let held = posts.iter().any(|post| post["text"].as_str().is_some_and(|t| t.contains(wording)));
+        let logged = analyzer.log_text().contains(wording);
+        if held && logged {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "webhook posted it: {held}, log has it: {logged}; posts {posts:#?}\nlog:\n{}",
+            analyzer.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let posts = webhook.received();
+    let announcements = posts.iter().filter(|p| p["text"].as_str().is_some_and(|t| t.contains(wording))).count();
+    assert_eq!(announcements, 1, "said once, not at every check: {posts:#?}");
+}
