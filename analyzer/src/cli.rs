@@ -338,7 +338,7 @@ pub fn watch_view(status: &RolloutStatus, audit: &[AuditRecord]) -> String {
         .collect();
     let _ = write!(out, "\nladder: {}", ladder.join(" → "));
     let next = match (status.state.phase, status.window_remaining_s) {
-        (RolloutPhase::Progressing, Some(0)) => "window passed: promotes on the next clean check".to_string(),
+        (RolloutPhase::Progressing, Some(0)) => crate::present::window_passed_text(&status.holds),
         (RolloutPhase::Progressing, Some(s)) => format!("next step in {}", duration_text(s)),
         (RolloutPhase::Paused, _) => "paused: no automatic promotion (rollback stays armed)".to_string(),
         (RolloutPhase::Promoted, _) => "promoted: the rollout is over".to_string(),

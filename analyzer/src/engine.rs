@@ -28,7 +28,7 @@ mod tests;
 use crate::audit::{AuditError, AuditReader, RolloutStore, StoreHealth};
 use crate::evaluation::RolloutEvaluation;
 use crate::fleet::{FleetView, applied_share_bp};
-use crate::hold::{HoldReason, hold_reasons};
+use crate::hold::{HoldInputs, HoldReason, hold_reasons};
 use crate::ladder::{ActedBy, Actor, Decision, OverrideAction, OverrideError, RolloutState, TransitionError};
 use crate::ladder::{decide, human_override};
 use crate::notify::{Notifier, StatusUpdate};
@@ -331,6 +331,17 @@ impl LiveRollout {
         }
     }
 
+    fn hold_inputs(&self, now_ms: u64) -> HoldInputs<'_> {
+        HoldInputs {
+            policy: &self.policy,
+            state: &self.state,
+            evidence: &self.step_evidence,
+            rows: &self.rows,
+            fleet: self.fleet.as_ref(),
+            now_ms,
+        }
+    }
+
     fn status(&self, now_ms: u64) -> RolloutStatus {
         RolloutStatus {
             last_check_ms: self.last_check_ms,
@@ -343,7 +354,10 @@ impl LiveRollout {
                 Some(_) => self.evaluation.missing_outcomes().into_iter().map(String::from).collect(),
                 None => Vec::new(),
             },
-            holds: hold_reasons(&self.state.deployment, self.fleet.as_ref()),
+            holds: match self.last_check_ms {
+                Some(_) => hold_reasons(&self.hold_inputs(now_ms)),
+                None => Vec::new(),
+            },
             ..RolloutStatus::unmeasured(&self.policy, &self.state, now_ms)
         }
     }
@@ -732,7 +746,7 @@ impl Engine {
         if !interval.proxies.is_empty() {
             live.fleet = Some(FleetView::new(live.state.generation, &interval.proxies));
         }
-        self.note_not_served(live);
+        self.note_not_served(live, now_ms);
         if live.state.generation != plan.generation || live.state.is_finished() {
             // Decided on (an override, say) while this check was fetching: the interval
             // straddles two shares. Its scrapes still moved the baselines; its counts are not used.
@@ -771,7 +785,7 @@ impl Engine {
             self.commit(store, live, &decision, now_ms)?;
         } else {
             tracing::debug!(%deployment, reason = %decision.reason, "hold");
-            self.note_stall(live);
+            self.note_stall(live, now_ms);
             save_evidence(&self.state_dir, live);
         }
         Ok(())
@@ -779,7 +793,7 @@ impl Engine {
 
     /// Marks a step that has gone too long without earning its promotion, and says so
     /// once per step: a warning in the log and one webhook post.
-    fn note_stall(&self, live: &mut LiveRollout) {
+    fn note_stall(&self, live: &mut LiveRollout, now_ms: u64) {
         let policy = &live.policy;
         live.stalled = match (live.state.phase, policy.step(live.state.step)) {
             (canary_core::RolloutPhase::Progressing, Some(step)) => live.step_evidence.stalled(
@@ -811,13 +825,14 @@ impl Engine {
                 .map(describe_row)
                 .collect(),
             fleet: live.fleet.as_ref().map(FleetView::summary),
+            holds: hold_reasons(&live.hold_inputs(now_ms)),
         });
     }
 
     /// Says once, in the log and one webhook post, that no proxy serves the deployment
     /// (again if it is served in between).
-    fn note_not_served(&self, live: &mut LiveRollout) {
-        let reasons = hold_reasons(&live.state.deployment, live.fleet.as_ref());
+    fn note_not_served(&self, live: &mut LiveRollout, now_ms: u64) {
+        let reasons = hold_reasons(&live.hold_inputs(now_ms));
         let not_served = reasons.iter().find(|reason| matches!(reason, HoldReason::NotServed { .. }));
         let Some(reason) = not_served.map(crate::present::hold_text) else {
             live.not_served_announced = false;
@@ -836,6 +851,7 @@ impl Engine {
             next_step_in_s: None,
             key_metrics: Vec::new(),
             fleet: live.fleet.as_ref().map(FleetView::summary),
+            holds: hold_reasons(&live.hold_inputs(now_ms)),
         });
     }
 
@@ -893,6 +909,7 @@ impl Engine {
             next_step_in_s: live.state.window_remaining(&live.policy, now_ms).map(|d| d.as_secs()),
             key_metrics,
             fleet: live.fleet.as_ref().map(FleetView::summary),
+            holds: hold_reasons(&live.hold_inputs(now_ms)),
         });
     }
 }

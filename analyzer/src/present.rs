@@ -89,6 +89,39 @@ pub fn hold_text(reason: &HoldReason) -> String {
                  check the deployment id in the filter's configuration against the policy's"
             )
         }
+        HoldReason::Paused => "paused: nothing is promoted until a human resumes (rollback stays armed)".to_string(),
+        HoldReason::WindowRunning { step, window_s, remaining_s } => {
+            format!("step {step}'s {} window: {} to go", duration_text(*window_s), duration_text(*remaining_s))
+        }
+        HoldReason::RequestsMissing { cohort, served, needed, rate_per_s } => {
+            let missing = needed.saturating_sub(*served);
+            let when = match rate_per_s {
+                Some(rate) if *rate > 0.0 => {
+                    format!(", ~{} at {rate:.1} req/s", duration_text((missing as f64 / rate).ceil() as u64))
+                }
+                _ => format!("; no {cohort} request counted at this step yet"),
+            };
+            format!("{cohort} needs {missing} more requests (min_requests_per_cohort {needed}){when}")
+        }
+        HoldReason::ChecksWithoutData { with_data, needed, without_data, latest_had_data } => {
+            let latest = if *latest_had_data { "" } else { "; the latest check found none" };
+            format!("{with_data} checks with data of {needed} needed, {without_data} without data{latest}")
+        }
+        HoldReason::ProxiesLagging { summary } => format!("not every proxy applies this step: {summary}"),
+        HoldReason::CriticalUndecided { metric } => {
+            format!("critical metric {metric} has no verdict yet (not enough data)")
+        }
+    }
+}
+
+/// What `--watch` says once the window has passed: promotion at the next clean check,
+/// or that the hold reasons listed below stand in the way.
+pub fn window_passed_text(reasons: &[HoldReason]) -> String {
+    let waiting = reasons.iter().filter(|r| !matches!(r, HoldReason::WindowRunning { .. })).count();
+    match waiting {
+        0 => "window passed: promotes on the next clean check".to_string(),
+        1 => "window passed: held by the reason below".to_string(),
+        n => format!("window passed: held by the {n} reasons below"),
     }
 }
 
@@ -188,6 +221,53 @@ mod tests {
         assert!(hold_text(&reason(2, &[])).contains("the 2 proxies scraped export no deployment at all"));
         assert_eq!(hold_lines(&[reason(1, &["a", "b"])]).lines().count(), 2, "a leading line break, one line each");
         assert_eq!(hold_lines(&[]), "");
+    }
+
+    #[test]
+    fn each_hold_says_what_is_needed_and_when() {
+        let missing = |served, rate_per_s| HoldReason::RequestsMissing {
+            cohort: "canary".into(),
+            served,
+            needed: 500,
+            rate_per_s,
+        };
+        assert_eq!(
+            hold_text(&missing(160, Some(8.5))),
+            "canary needs 340 more requests (min_requests_per_cohort 500), ~40 s at 8.5 req/s"
+        );
+        assert_eq!(
+            hold_text(&missing(0, None)),
+            "canary needs 500 more requests (min_requests_per_cohort 500); no canary request counted at this step yet"
+        );
+        assert_eq!(
+            hold_text(&HoldReason::WindowRunning { step: 2, window_s: 300, remaining_s: 200 }),
+            "step 2's 5 min 00 s window: 3 min 20 s to go"
+        );
+        assert_eq!(
+            hold_text(&HoldReason::ChecksWithoutData {
+                with_data: 4,
+                needed: 9,
+                without_data: 2,
+                latest_had_data: false
+            }),
+            "4 checks with data of 9 needed, 2 without data; the latest check found none"
+        );
+        assert_eq!(
+            hold_text(&HoldReason::CriticalUndecided { metric: "latency_p99_us".into() }),
+            "critical metric latency_p99_us has no verdict yet (not enough data)"
+        );
+        assert!(
+            hold_text(&HoldReason::ProxiesLagging { summary: "1 of 2 proxies".into() }).ends_with("1 of 2 proxies")
+        );
+        assert!(hold_text(&HoldReason::Paused).starts_with("paused"));
+    }
+
+    #[test]
+    fn a_passed_window_says_whether_something_still_holds_it() {
+        assert_eq!(window_passed_text(&[]), "window passed: promotes on the next clean check");
+        let undecided = HoldReason::CriticalUndecided { metric: "latency_p99_us".into() };
+        assert_eq!(window_passed_text(std::slice::from_ref(&undecided)), "window passed: held by the reason below");
+        assert_eq!(window_passed_text(&[undecided.clone(), undecided]), "window passed: held by the 2 reasons below");
     }
 
     #[test]
