@@ -21,6 +21,7 @@
 
 mod fetch;
 mod fleet_generation;
+mod holds;
 mod recording;
 #[cfg(test)]
 mod tests;
@@ -28,7 +29,7 @@ mod tests;
 use crate::audit::{AuditError, AuditReader, RolloutStore, StoreHealth};
 use crate::evaluation::RolloutEvaluation;
 use crate::fleet::{FleetView, applied_share_bp};
-use crate::hold::{HoldInputs, HoldReason, hold_reasons};
+use crate::hold::{HoldReason, hold_reasons};
 use crate::ladder::{ActedBy, Actor, Decision, OverrideAction, OverrideError, RolloutState, TransitionError};
 use crate::ladder::{decide, human_override};
 use crate::notify::{Notifier, StatusUpdate};
@@ -328,17 +329,6 @@ impl LiveRollout {
             custom: CheckPlan::custom_metrics(&self.policy),
             counter_pairs: CheckPlan::counter_pair_metrics(&self.policy),
             prometheus: prometheus.cloned(),
-        }
-    }
-
-    fn hold_inputs(&self, now_ms: u64) -> HoldInputs<'_> {
-        HoldInputs {
-            policy: &self.policy,
-            state: &self.state,
-            evidence: &self.step_evidence,
-            rows: &self.rows,
-            fleet: self.fleet.as_ref(),
-            now_ms,
         }
     }
 
@@ -824,32 +814,6 @@ impl Engine {
                 .take(4)
                 .map(describe_row)
                 .collect(),
-            fleet: live.fleet.as_ref().map(FleetView::summary),
-            holds: hold_reasons(&live.hold_inputs(now_ms)),
-        });
-    }
-
-    /// Says once, in the log and one webhook post, that no proxy serves the deployment
-    /// (again if it is served in between).
-    fn note_not_served(&self, live: &mut LiveRollout, now_ms: u64) {
-        let reasons = hold_reasons(&live.hold_inputs(now_ms));
-        let not_served = reasons.iter().find(|reason| matches!(reason, HoldReason::NotServed { .. }));
-        let Some(reason) = not_served.map(crate::present::hold_text) else {
-            live.not_served_announced = false;
-            return;
-        };
-        if std::mem::replace(&mut live.not_served_announced, true) {
-            return;
-        }
-        tracing::warn!(deployment = %live.state.deployment, "{reason}");
-        live.notifier.send(StatusUpdate {
-            deployment: live.state.deployment.clone(),
-            decision: "held".to_string(),
-            reason,
-            actor: Actor::Analyzer.name().to_string(),
-            share_bp: live.state.share_bp,
-            next_step_in_s: None,
-            key_metrics: Vec::new(),
             fleet: live.fleet.as_ref().map(FleetView::summary),
             holds: hold_reasons(&live.hold_inputs(now_ms)),
         });

@@ -3,6 +3,7 @@
 //! checks, naming the deployments the proxies do export, in the status (API and CLI),
 //! the log and the webhook.
 
+use canary_analyzer::engine::RolloutStatus;
 use canary_analyzer::hold::HoldReason;
 use canary_e2e::analyzer::{AnalyzerOptions, AnalyzerProcess, analyzer_binary, fresh_dir};
 use canary_e2e::envoy::{Envoy, EnvoyConfig};
@@ -13,12 +14,12 @@ use canary_e2e::webhook::WebhookReceiver;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-/// A policy for `deployment`, checked every second, with a window far longer than the test.
-fn policy(dir: &std::path::Path, deployment: &str) -> std::path::PathBuf {
+/// A policy for `deployment`, checked every second, with `window` on its first step.
+fn policy(dir: &std::path::Path, deployment: &str, window: &str, min_requests: u32) -> std::path::PathBuf {
     let text = format!(
         "apiVersion: canary.wasm.dev/v1alpha1\nkind: RolloutPolicy\nmetadata: {{name: e2e}}\nspec:\n  \
-         deployment: {deployment}\n  ladder:\n    - {{share: 1, window: 5m}}\n    - {{share: 100, window: 5m}}\n  \
-         check_interval: 1s\n  min_requests_per_cohort: 50\n"
+         deployment: {deployment}\n  ladder:\n    - {{share: 10, window: {window}}}\n    - {{share: 100, window: 5m}}\n  \
+         check_interval: 1s\n  min_requests_per_cohort: {min_requests}\n"
     );
     let path = dir.join("policy.yaml");
     std::fs::write(&path, text).unwrap();
@@ -40,7 +41,7 @@ async fn a_policy_for_a_deployment_no_envoy_serves_is_held_naming_the_one_it_ser
     let webhook = WebhookReceiver::start().await;
     let mut options = AnalyzerOptions::new(dir.join("state"));
     options.extra_args = vec!["--webhook".into(), webhook.url()];
-    options.policies = vec![policy(&dir, "orders")];
+    options.policies = vec![policy(&dir, "orders", "5m", 50)];
     options.envoy_admin = vec![format!("http://{}", envoy.admin)];
     options.port = Some(analyzer_port);
     let analyzer = AnalyzerProcess::start(options).await;
@@ -84,4 +85,48 @@ async fn a_policy_for_a_deployment_no_envoy_serves_is_held_naming_the_one_it_ser
     let posts = webhook.received();
     let announcements = posts.iter().filter(|p| p["text"].as_str().is_some_and(|t| t.contains(wording))).count();
     assert_eq!(announcements, 1, "said once, not at every check: {posts:#?}");
+}
+
+/// Waits for the canary's missing requests to be reported with a rate.
+fn canary_missing_with_a_rate(status: &RolloutStatus) -> bool {
+    status.window_remaining_s == Some(0)
+        && status.holds.iter().any(|hold| {
+            matches!(hold, HoldReason::RequestsMissing { cohort, rate_per_s: Some(rate), .. }
+                if cohort == "canary" && *rate > 0.0)
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_short_of_requests_says_how_many_the_canary_still_needs_and_when() {
+    let dir = fresh_dir("hold-requests");
+    let (stable, canary) = (Upstream::start("stable").await, Upstream::start("canary").await);
+    let analyzer_port = free_port();
+    let mut config = EnvoyConfig::shipped(stable.addr, canary.addr, SocketAddr::from(([127, 0, 0, 1], analyzer_port)));
+    config.edit_plugin_config(|json| {
+        json["analyzer"]["poll_interval_ms"] = 500.into();
+        json["analyzer"]["timeout_ms"] = 250.into();
+    });
+    let envoy = Envoy::start(&config, 2).await;
+    let mut options = AnalyzerOptions::new(dir.join("state"));
+    // A 2 s window and far more requests per cohort than the load brings in the test.
+    options.policies = vec![policy(&dir, "demo", "2s", 1_000_000)];
+    options.envoy_admin = vec![format!("http://{}", envoy.admin)];
+    options.port = Some(analyzer_port);
+    let analyzer = AnalyzerProcess::start(options).await;
+    let _load = Load::start(envoy.listener, LoadOptions { rps: 100, users: 2_000, ..LoadOptions::default() });
+
+    let (status, _) =
+        analyzer.until("demo", Duration::from_secs(30), Duration::from_millis(100), canary_missing_with_a_rate).await;
+    assert_eq!(status.state.share_bp, 1_000, "held at the first step: {status:#?}");
+
+    let cli = std::process::Command::new(analyzer_binary())
+        .args(["status", "demo"])
+        .env("CANARY_ANALYZER_URL", analyzer.url())
+        .output()
+        .expect("run canary-analyzer status");
+    let printed = String::from_utf8_lossy(&cli.stdout);
+    let line = printed.lines().find(|line| line.starts_with("held: canary needs ")).unwrap_or_else(|| {
+        panic!("status names the canary's missing requests:\n{printed}");
+    });
+    assert!(line.contains("more requests (min_requests_per_cohort 1000000), ~") && line.contains("req/s"), "{line}");
 }
