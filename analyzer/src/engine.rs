@@ -210,6 +210,9 @@ pub struct RolloutStatus {
     /// Why the rollout is held at the latest check ([`crate::hold`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub holds: Vec<HoldReason>,
+    /// Each policy metric's row with its tolerance and whether it is critical.
+    #[serde(default)]
+    pub row_rules: Vec<crate::row_rule::RowRule>,
 }
 
 impl RolloutStatus {
@@ -231,6 +234,7 @@ impl RolloutStatus {
             stalled: None,
             missing_outcomes: Vec::new(),
             holds: Vec::new(),
+            row_rules: crate::row_rule::row_rules(policy),
         }
     }
 }

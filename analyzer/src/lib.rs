@@ -16,6 +16,7 @@ pub mod notify;
 pub mod outcome_metric;
 pub mod policy;
 pub mod present;
+pub mod row_rule;
 pub mod simulation;
 pub mod source;
 pub mod stats;

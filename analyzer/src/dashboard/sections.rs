@@ -10,6 +10,7 @@ use crate::present::{
     action_text, duration_text, format_interval, format_p, format_relative, format_value, phase_name, share, timestamp,
     verdict_name,
 };
+use crate::row_rule::RowRule;
 use crate::stats::{ComparisonRow, Verdict};
 use canary_core::RolloutPhase;
 use std::fmt::Write as _;
@@ -214,21 +215,26 @@ fn verdict_class(verdict: Verdict) -> &'static str {
 }
 
 /// The latest comparison, worst first as the engine sorted it.
-pub fn comparison_table(rows: &[ComparisonRow]) -> String {
+/// `rules` give each row's tolerance and criticality (rows without one, built-in rows
+/// the policy does not name, show `-`).
+pub fn comparison_table(rows: &[ComparisonRow], rules: &[RowRule]) -> String {
     if rows.is_empty() {
         return "<p class=\"empty\" id=\"comparison-empty\">no comparison yet: the first check has not run</p>"
             .to_string();
     }
     let mut out = String::from(
         "<table class=\"comparison\" id=\"comparison\"><thead><tr><th>metric</th><th>canary</th><th>control</th>\
-         <th>difference</th><th>relative</th><th>interval</th><th>p</th><th>verdict</th></tr></thead><tbody>",
+         <th>difference</th><th>relative</th><th>interval</th><th>p</th><th>tolerance</th><th>critical</th>\
+         <th>verdict</th></tr></thead><tbody>",
     );
     for row in rows {
         let metric = &row.metric;
+        let rule = rules.iter().find(|rule| &rule.metric == metric);
         let _ = write!(
             out,
             "<tr class=\"{}\" data-metric=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
-             <td>{}</td><td>{}</td><td class=\"verdict\">{}</td></tr>",
+             <td>{}</td><td>{}</td><td class=\"tolerance\">{}</td><td class=\"critical\">{}</td>\
+             <td class=\"verdict\">{}</td></tr>",
             verdict_class(row.verdict),
             escape(metric),
             escape(metric),
@@ -238,6 +244,12 @@ pub fn comparison_table(rows: &[ComparisonRow]) -> String {
             escape(&format_relative(row)),
             escape(&format_interval(row)),
             escape(&format_p(row)),
+            escape(rule.map_or("-", |r| r.tolerance.as_str())),
+            match rule.map(|r| r.critical) {
+                Some(true) => "critical",
+                Some(false) => "no",
+                None => "-",
+            },
             verdict_name(row.verdict)
         );
     }
