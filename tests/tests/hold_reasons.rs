@@ -26,26 +26,44 @@ fn policy(dir: &std::path::Path, deployment: &str, window: &str, min_requests: u
     path
 }
 
+/// The real Envoy with the filter serving `served`, the analyzer (posting to a webhook
+/// receiver) running `policy_path` against its admin address, and steady load.
+struct Setup {
+    analyzer: AnalyzerProcess,
+    webhook: WebhookReceiver,
+    _load: Load,
+    _envoy: Envoy,
+    _upstreams: (Upstream, Upstream),
+}
+
+impl Setup {
+    async fn start(dir: &std::path::Path, served: &str, policy_path: std::path::PathBuf, rps: u32) -> Setup {
+        let (stable, canary) = (Upstream::start("stable").await, Upstream::start("canary").await);
+        let analyzer_port = free_port();
+        let analyzer_addr = SocketAddr::from(([127, 0, 0, 1], analyzer_port));
+        let mut config = EnvoyConfig::shipped(stable.addr, canary.addr, analyzer_addr);
+        config.edit_plugin_config(|json| {
+            json["deployment"] = served.into();
+            json["analyzer"]["poll_interval_ms"] = 500.into();
+            json["analyzer"]["timeout_ms"] = 250.into();
+        });
+        let envoy = Envoy::start(&config, 2).await;
+        let webhook = WebhookReceiver::start().await;
+        let mut options = AnalyzerOptions::new(dir.join("state"));
+        options.extra_args = vec!["--webhook".into(), webhook.url()];
+        options.policies = vec![policy_path];
+        options.envoy_admin = vec![format!("http://{}", envoy.admin)];
+        options.port = Some(analyzer_port);
+        let analyzer = AnalyzerProcess::start(options).await;
+        let load = Load::start(envoy.listener, LoadOptions { rps, users: 2_000, ..LoadOptions::default() });
+        Setup { analyzer, webhook, _load: load, _envoy: envoy, _upstreams: (stable, canary) }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_policy_for_a_deployment_no_envoy_serves_is_held_naming_the_one_it_serves() {
     let dir = fresh_dir("hold-not-served");
-    let (stable, canary) = (Upstream::start("stable").await, Upstream::start("canary").await);
-    let analyzer_port = free_port();
-    let mut config = EnvoyConfig::shipped(stable.addr, canary.addr, SocketAddr::from(([127, 0, 0, 1], analyzer_port)));
-    config.edit_plugin_config(|json| {
-        json["deployment"] = "checkout".into();
-        json["analyzer"]["poll_interval_ms"] = 500.into();
-        json["analyzer"]["timeout_ms"] = 250.into();
-    });
-    let envoy = Envoy::start(&config, 2).await;
-    let webhook = WebhookReceiver::start().await;
-    let mut options = AnalyzerOptions::new(dir.join("state"));
-    options.extra_args = vec!["--webhook".into(), webhook.url()];
-    options.policies = vec![policy(&dir, "orders", "5m", 50)];
-    options.envoy_admin = vec![format!("http://{}", envoy.admin)];
-    options.port = Some(analyzer_port);
-    let analyzer = AnalyzerProcess::start(options).await;
-    let _load = Load::start(envoy.listener, LoadOptions { rps: 50, users: 1_000, ..LoadOptions::default() });
+    let Setup { analyzer, webhook, .. } = &Setup::start(&dir, "checkout", policy(&dir, "orders", "5m", 50), 50).await;
 
     let expected =
         HoldReason::NotServed { deployment: "orders".into(), proxies: 1, other_deployments: vec!["checkout".into()] };
@@ -99,21 +117,9 @@ fn canary_missing_with_a_rate(status: &RolloutStatus) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_step_short_of_requests_says_how_many_the_canary_still_needs_and_when() {
     let dir = fresh_dir("hold-requests");
-    let (stable, canary) = (Upstream::start("stable").await, Upstream::start("canary").await);
-    let analyzer_port = free_port();
-    let mut config = EnvoyConfig::shipped(stable.addr, canary.addr, SocketAddr::from(([127, 0, 0, 1], analyzer_port)));
-    config.edit_plugin_config(|json| {
-        json["analyzer"]["poll_interval_ms"] = 500.into();
-        json["analyzer"]["timeout_ms"] = 250.into();
-    });
-    let envoy = Envoy::start(&config, 2).await;
-    let mut options = AnalyzerOptions::new(dir.join("state"));
     // A 2 s window and far more requests per cohort than the load brings in the test.
-    options.policies = vec![policy(&dir, "demo", "2s", 1_000_000)];
-    options.envoy_admin = vec![format!("http://{}", envoy.admin)];
-    options.port = Some(analyzer_port);
-    let analyzer = AnalyzerProcess::start(options).await;
-    let _load = Load::start(envoy.listener, LoadOptions { rps: 100, users: 2_000, ..LoadOptions::default() });
+    let policy_path = policy(&dir, "demo", "2s", 1_000_000);
+    let Setup { analyzer, .. } = &Setup::start(&dir, "demo", policy_path, 100).await;
 
     let (status, _) =
         analyzer.until("demo", Duration::from_secs(30), Duration::from_millis(100), canary_missing_with_a_rate).await;

@@ -95,8 +95,28 @@ async fn scrape_target(
     deployment: &str,
     max_body_bytes: u64,
 ) -> Result<DeploymentSnapshot, SourceError> {
+    let (url, body, json) = get_stats(http, admin_url, &stats_filter(deployment), max_body_bytes).await?;
+    let mut snapshot =
+        parse_answer(&body, json, deployment).map_err(|source| SourceError::Exposition { url, source })?;
+    if !snapshot.exports_deployment() {
+        // Only then: which deployments the target exports instead (a typo in an id, say).
+        let (url, body, _) = get_stats(http, admin_url, served_filter(), max_body_bytes).await?;
+        let others = served_deployments(&body).map_err(|source| SourceError::Exposition { url, source })?;
+        snapshot.other_deployments = Some(others);
+    }
+    Ok(snapshot)
+}
+
+/// `STATS_PATH` with Envoy's `filter` regex: the URL (without the filter, for messages),
+/// the body of a successful answer, and whether it is JSON by its content type.
+async fn get_stats(
+    http: &reqwest::Client,
+    admin_url: &str,
+    filter: &str,
+    max_body_bytes: u64,
+) -> Result<(String, String, bool), SourceError> {
     let url = format!("{admin_url}{STATS_PATH}");
-    let request = format!("{url}&filter={}", percent_encode(&stats_filter(deployment)));
+    let request = format!("{url}&filter={}", percent_encode(filter));
     let response = http
         .get(&request)
         .send()
@@ -109,33 +129,7 @@ async fn scrape_target(
     if !status.is_success() {
         return Err(SourceError::Status { url, status: status.as_u16(), body: truncate(&body) });
     }
-    let mut snapshot =
-        parse_answer(&body, json, deployment).map_err(|source| SourceError::Exposition { url, source })?;
-    if !snapshot.exports_deployment() {
-        snapshot.other_deployments = Some(served_elsewhere(http, admin_url, max_body_bytes).await?);
-    }
-    Ok(snapshot)
-}
-
-/// The deployment ids a target exports, asked when it exports none of the wanted one's series.
-async fn served_elsewhere(
-    http: &reqwest::Client,
-    admin_url: &str,
-    max_body_bytes: u64,
-) -> Result<Vec<String>, SourceError> {
-    let url = format!("{admin_url}{STATS_PATH}");
-    let request = format!("{url}&filter={}", percent_encode(served_filter()));
-    let response = http
-        .get(&request)
-        .send()
-        .await
-        .map_err(|source| SourceError::Request { url: url.clone(), source: source.without_url() })?;
-    let status = response.status();
-    let body = read_capped(response, &url, max_body_bytes).await?;
-    if !status.is_success() {
-        return Err(SourceError::Status { url, status: status.as_u16(), body: truncate(&body) });
-    }
-    served_deployments(&body).map_err(|source| SourceError::Exposition { url, source })
+    Ok((url, body, json))
 }
 
 /// Envoy's JSON (`application/json`, or a body that opens with `{`), else exposition text.
