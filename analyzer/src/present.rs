@@ -19,6 +19,21 @@ pub fn format_value(v: Option<f64>, row: &ComparisonRow) -> String {
     row.value_text(v)
 }
 
+/// A cohort's cell of a row (`canary` or `control`): [`format_value`], except that the
+/// sample-ratio row reads as a split: canary's share of requests against control's,
+/// `observed` in the canary cell and `expected` in the control cell.
+pub fn format_cohort_value(v: Option<f64>, row: &ComparisonRow, cohort: canary_core::Cohort) -> String {
+    let is_split = row.key() == crate::stats::RowKey::built_in("sample_ratio");
+    match v {
+        Some(canary_share) if is_split && (0.0..=1.0).contains(&canary_share) => {
+            let side = if cohort == canary_core::Cohort::Canary { "observed" } else { "expected" };
+            let control_share = 1.0 - canary_share;
+            format!("{:.2} % : {:.2} % {side}", canary_share * 100.0, control_share * 100.0)
+        }
+        _ => format_value(v, row),
+    }
+}
+
 /// `canary / control − 1` in percent with a sign, `-` without it.
 pub fn format_relative(row: &ComparisonRow) -> String {
     row.relative_difference.map_or("-".into(), |r| format!("{:+.1} %", r * 100.0))
@@ -277,6 +292,20 @@ mod tests {
         assert_eq!(share(1_250), "12.5 %");
         assert_eq!(share(1), "0.01 %");
         assert_eq!(share(10_000), "100 %");
+    }
+
+    #[test]
+    fn the_sample_ratio_reads_as_a_split() {
+        use canary_core::Cohort;
+        let split = ComparisonRow {
+            canary: Some(0.098),
+            control: Some(0.1),
+            ..crate::fixtures::row("sample_ratio", Verdict::NoDifference, Some(0.5))
+        };
+        assert_eq!(format_cohort_value(split.canary, &split, Cohort::Canary), "9.80 % : 90.20 % observed");
+        assert_eq!(format_cohort_value(split.control, &split, Cohort::Control), "10.00 % : 90.00 % expected");
+        let rate = crate::fixtures::row("error_rate", Verdict::Worse, Some(0.01));
+        assert_eq!(format_cohort_value(rate.canary, &rate, Cohort::Canary), format_value(rate.canary, &rate));
     }
 
     #[test]

@@ -7,8 +7,8 @@ use super::svg::{Chart, Series};
 use crate::audit::AuditRecord;
 use crate::engine::{HistoryPoint, RolloutStatus};
 use crate::present::{
-    action_text, duration_text, format_interval, format_p, format_relative, format_value, phase_name, share, timestamp,
-    verdict_name,
+    action_text, duration_text, format_cohort_value, format_interval, format_p, format_relative, format_value,
+    phase_name, share, timestamp, verdict_name,
 };
 use crate::row_rule::RowRule;
 use crate::stats::{ComparisonRow, Verdict};
@@ -238,8 +238,8 @@ pub fn comparison_table(rows: &[ComparisonRow], rules: &[RowRule]) -> String {
             verdict_class(row.verdict),
             escape(metric),
             escape(metric),
-            escape(&format_value(row.canary, row)),
-            escape(&format_value(row.control, row)),
+            escape(&format_cohort_value(row.canary, row, canary_core::Cohort::Canary)),
+            escape(&format_cohort_value(row.control, row, canary_core::Cohort::Control)),
             escape(&format_value(row.absolute_difference, row)),
             escape(&format_relative(row)),
             escape(&format_interval(row)),
