@@ -144,7 +144,7 @@ pub fn rollout_fragment(status: &RolloutStatus, audit: &[AuditRecord]) -> String
         ladder(status),
         requests(&status.history),
         charts(&status.history),
-        comparison_table(&status.rows),
+        comparison_table(&status.rows, &status.row_rules),
         decision_log(audit)
     )
 }
@@ -224,7 +224,20 @@ mod tests {
     fn the_table_keeps_the_order_and_shows_intervals_p_values_and_verdicts() {
         let rows =
             vec![row("error_rate", Verdict::Worse, Some(0.001)), row("latency_p99_us", Verdict::NoDifference, None)];
-        let html = comparison_table(&rows);
+        let rules = [crate::row_rule::RowRule {
+            metric: "error_rate".into(),
+            tolerance: "increase up to 10 %".into(),
+            critical: true,
+        }];
+        let html = comparison_table(&rows, &rules);
+        assert!(
+            html.contains("<td class=\"tolerance\">increase up to 10 %</td><td class=\"critical\">critical</td>"),
+            "{html}"
+        );
+        assert!(
+            html.contains("<td class=\"tolerance\">-</td><td class=\"critical\">-</td>"),
+            "a row without a rule: {html}"
+        );
         let worse = html.find("data-metric=\"error_rate\"").unwrap();
         let same = html.find("data-metric=\"latency_p99_us\"").unwrap();
         assert!(worse < same, "worst first, as given");

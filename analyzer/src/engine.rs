@@ -21,6 +21,7 @@
 
 mod fetch;
 mod fleet_generation;
+mod holds;
 mod recording;
 mod source_kind;
 #[cfg(test)]
@@ -29,6 +30,7 @@ mod tests;
 use crate::audit::{AuditError, AuditReader, RolloutStore, StoreHealth};
 use crate::evaluation::RolloutEvaluation;
 use crate::fleet::{FleetView, applied_share_bp};
+use crate::hold::{HoldReason, hold_reasons};
 use crate::ladder::{ActedBy, Actor, Decision, OverrideAction, OverrideError, RolloutState, TransitionError};
 use crate::ladder::{decide, human_override};
 use crate::notify::{Notifier, StatusUpdate};
@@ -206,6 +208,12 @@ pub struct RolloutStatus {
     /// rows have no data and, if critical, hold promotion (see `outcome_metric`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub missing_outcomes: Vec<String>,
+    /// Why the rollout is held at the latest check ([`crate::hold`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holds: Vec<HoldReason>,
+    /// Each policy metric's row with its tolerance and whether it is critical.
+    #[serde(default)]
+    pub row_rules: Vec<crate::row_rule::RowRule>,
 }
 
 impl RolloutStatus {
@@ -226,6 +234,8 @@ impl RolloutStatus {
             fleet: None,
             stalled: None,
             missing_outcomes: Vec::new(),
+            holds: Vec::new(),
+            row_rules: crate::row_rule::row_rules(policy),
         }
     }
 }
@@ -248,6 +258,8 @@ struct LiveRollout {
     history: VecDeque<HistoryPoint>,
     fleet: Option<FleetView>,
     stalled: Option<String>,
+    /// "No proxy serves the deployment" has been said (until it is served again).
+    not_served_announced: bool,
     /// Where this rollout's status updates go: the policy's webhook, else the analyzer's.
     notifier: Notifier,
 }
@@ -284,6 +296,7 @@ impl LiveRollout {
             history: VecDeque::new(),
             fleet: None,
             stalled: None,
+            not_served_announced: false,
             notifier,
         })
     }
@@ -337,6 +350,10 @@ impl LiveRollout {
             stalled: self.stalled.clone(),
             missing_outcomes: match self.last_check_ms {
                 Some(_) => self.evaluation.missing_outcomes().into_iter().map(String::from).collect(),
+                None => Vec::new(),
+            },
+            holds: match self.last_check_ms {
+                Some(_) => hold_reasons(&self.hold_inputs(now_ms)),
                 None => Vec::new(),
             },
             ..RolloutStatus::unmeasured(&self.policy, &self.state, now_ms)
@@ -737,6 +754,7 @@ impl Engine {
         if !interval.proxies.is_empty() {
             live.fleet = Some(FleetView::new(live.state.generation, &interval.proxies));
         }
+        self.note_not_served(live, now_ms);
         if live.state.generation != plan.generation || live.state.is_finished() {
             // Decided on (an override, say) while this check was fetching: the interval
             // straddles two shares. Its scrapes still moved the baselines; its counts are not used.
@@ -780,7 +798,7 @@ impl Engine {
             self.commit(store, live, &decision, now_ms)?;
         } else {
             tracing::debug!(%deployment, reason = %decision.reason, "hold");
-            self.note_stall(live);
+            self.note_stall(live, now_ms);
             save_evidence(&self.state_dir, live);
         }
         Ok(())
@@ -788,7 +806,7 @@ impl Engine {
 
     /// Marks a step that has gone too long without earning its promotion, and says so
     /// once per step: a warning in the log and one webhook post.
-    fn note_stall(&self, live: &mut LiveRollout) {
+    fn note_stall(&self, live: &mut LiveRollout, now_ms: u64) {
         let policy = &live.policy;
         live.stalled = match (live.state.phase, policy.step(live.state.step)) {
             (canary_core::RolloutPhase::Progressing, Some(step)) => live.step_evidence.stalled(
@@ -820,6 +838,7 @@ impl Engine {
                 .map(describe_row)
                 .collect(),
             fleet: live.fleet.as_ref().map(FleetView::summary),
+            holds: hold_reasons(&live.hold_inputs(now_ms)),
         });
     }
 
@@ -877,6 +896,7 @@ impl Engine {
             next_step_in_s: live.state.window_remaining(&live.policy, now_ms).map(|d| d.as_secs()),
             key_metrics,
             fleet: live.fleet.as_ref().map(FleetView::summary),
+            holds: hold_reasons(&live.hold_inputs(now_ms)),
         });
     }
 }

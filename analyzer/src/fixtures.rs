@@ -77,6 +77,12 @@ pub fn status(history: Vec<HistoryPoint>, rows: Vec<ComparisonRow>) -> RolloutSt
         fleet: None,
         stalled: None,
         missing_outcomes: Vec::new(),
+        holds: Vec::new(),
+        row_rules: vec![crate::row_rule::RowRule {
+            metric: "error_rate".into(),
+            tolerance: "increase up to 10 %".into(),
+            critical: true,
+        }],
     }
 }
 

@@ -32,6 +32,12 @@ pub struct FleetView {
     pub lagging: Vec<LaggingProxy>,
     /// Proxies scraped that export no gauges (a filter older than them): unknown.
     pub without_gauges: usize,
+    /// Proxies scraped that export no series of this deployment at all.
+    #[serde(default)]
+    pub not_exporting: usize,
+    /// The deployment ids those proxies export instead, sorted, once each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub other_deployments: Vec<String>,
 }
 
 impl FleetView {
@@ -42,8 +48,15 @@ impl FleetView {
             on_generation: 0,
             lagging: Vec::new(),
             without_gauges: 0,
+            not_exporting: 0,
+            other_deployments: Vec::new(),
         };
         for proxy in proxies {
+            if let Some(others) = &proxy.other_deployments {
+                view.not_exporting += 1;
+                view.other_deployments.extend(others.iter().cloned());
+                continue;
+            }
             match proxy.generation {
                 None => view.without_gauges += 1,
                 Some(generation) => {
@@ -60,7 +73,15 @@ impl FleetView {
                 }
             }
         }
+        view.other_deployments.sort_unstable();
+        view.other_deployments.dedup();
         view
+    }
+
+    /// Proxies were scraped and none of them exports this deployment: the policy's
+    /// deployment id matches no filter's configuration (or the filter is not loaded).
+    pub fn nobody_serves(&self) -> bool {
+        self.not_exporting > 0 && self.proxies == 0 && self.without_gauges == 0
     }
 
     /// The highest generation a proxy applies, when it is above the served one: the
@@ -92,6 +113,14 @@ impl FleetView {
                 })
                 .collect();
             text.push_str(&format!("; lagging: {}", names.join(", ")));
+        }
+        if self.not_exporting > 0 {
+            let others =
+                if self.other_deployments.is_empty() { "none".to_string() } else { self.other_deployments.join(", ") };
+            text.push_str(&format!(
+                "; {} not exporting this deployment (deployments they export: {others})",
+                self.not_exporting
+            ));
         }
         if self.without_gauges > 0 {
             text.push_str(&format!("; {} without gauges (older filter)", self.without_gauges));
@@ -134,7 +163,40 @@ mod tests {
             changed_during_interval: false,
             canary_requests: requests / 10,
             control_requests: requests - requests / 10,
+            other_deployments: None,
         }
+    }
+
+    fn serving_others(name: &str, others: &[&str]) -> ProxyApplied {
+        ProxyApplied {
+            proxy: name.into(),
+            other_deployments: Some(others.iter().map(|id| id.to_string()).collect()),
+            ..ProxyApplied::default()
+        }
+    }
+
+    #[test]
+    fn proxies_that_export_only_other_deployments_are_named_with_those_ids() {
+        let view = FleetView::new(1, &[serving_others("a", &["checkout", "cart"]), serving_others("b", &["checkout"])]);
+        assert!(view.nobody_serves());
+        assert_eq!((view.proxies, view.without_gauges, view.not_exporting), (0, 0, 2));
+        assert_eq!(view.other_deployments, ["cart", "checkout"]);
+        assert_eq!(
+            view.summary(),
+            "0 of 0 proxies on generation 1; 2 not exporting this deployment (deployments they export: cart, checkout)"
+        );
+        let empty = FleetView::new(1, &[serving_others("a", &[])]);
+        assert!(empty.nobody_serves());
+        assert!(empty.summary().ends_with("(deployments they export: none)"), "{}", empty.summary());
+    }
+
+    #[test]
+    fn one_proxy_that_serves_it_is_enough() {
+        let mixed = FleetView::new(1, &[serving_others("a", &["checkout"]), proxy("b", Some(1), Some(100), 10)]);
+        assert!(!mixed.nobody_serves());
+        let older = FleetView::new(1, &[serving_others("a", &["checkout"]), proxy("old", None, None, 10)]);
+        assert!(!older.nobody_serves(), "an older filter without gauges may serve it");
+        assert!(!FleetView::new(1, &[]).nobody_serves(), "no proxy scraped is another problem");
     }
 
     #[test]

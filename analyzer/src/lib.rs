@@ -10,11 +10,13 @@ pub mod evaluation;
 #[cfg(test)]
 mod fixtures;
 pub mod fleet;
+pub mod hold;
 pub mod ladder;
 pub mod notify;
 pub mod outcome_metric;
 pub mod policy;
 pub mod present;
+pub mod row_rule;
 pub mod simulation;
 pub mod source;
 pub mod stats;

@@ -5,6 +5,7 @@
 //! The URL is a secret ([`WebhookUrl`]): a failure is logged with its redacted
 //! form, and reqwest's error without the URL its `Display` would otherwise carry.
 
+use crate::hold::HoldReason;
 use crate::policy::{RolloutPolicy, WebhookUrl};
 use crate::present::duration_text;
 use serde_json::{Value, json};
@@ -28,6 +29,8 @@ pub struct StatusUpdate {
     pub key_metrics: Vec<String>,
     /// "N of M proxies on generation G" (and who lags), when the proxies report it.
     pub fleet: Option<String>,
+    /// What holds the rollout after this update ([`crate::hold`]); empty when nothing does.
+    pub holds: Vec<HoldReason>,
 }
 
 impl StatusUpdate {
@@ -45,6 +48,10 @@ impl StatusUpdate {
         ];
         if let Some(fleet) = &self.fleet {
             fields.push(json!({"type": "mrkdwn", "text": format!("*Fleet*\n{fleet}")}));
+        }
+        if !self.holds.is_empty() {
+            let held: Vec<String> = self.holds.iter().map(crate::present::hold_text).collect();
+            fields.push(json!({"type": "mrkdwn", "text": format!("*Held*\n{}", held.join("\n"))}));
         }
         fields.truncate(10); // Slack allows at most 10 fields per section.
         let metrics =
@@ -128,7 +135,18 @@ mod tests {
             next_step_in_s: Some(300),
             key_metrics: vec!["error_rate: canary 0.48 % vs control 0.51 %, no difference".into()],
             fleet: Some("3 of 3 proxies on generation 17".into()),
+            holds: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_held_rollout_posts_its_hold_reasons_in_the_shared_wording() {
+        let reason =
+            HoldReason::RequestsMissing { cohort: "canary".into(), served: 160, needed: 500, rate_per_s: Some(8.5) };
+        let body =
+            serde_json::to_string(&StatusUpdate { holds: vec![reason.clone()], ..update() }.to_slack_json()).unwrap();
+        assert!(body.contains(&format!("*Held*\\n{}", crate::present::hold_text(&reason))), "{body}");
+        assert!(!serde_json::to_string(&update().to_slack_json()).unwrap().contains("*Held*"));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use canary_core::RolloutPhase;
 
+use crate::hold::HoldReason;
 use crate::ladder::Action;
 use crate::stats::{ComparisonRow, DifferenceScale, ValueUnit, Verdict};
 
@@ -16,6 +17,21 @@ pub fn percent(bp: u32) -> String {
 /// sample ratio in %), `-` without data.
 pub fn format_value(v: Option<f64>, row: &ComparisonRow) -> String {
     row.value_text(v)
+}
+
+/// A cohort's cell of a row (`canary` or `control`): [`format_value`], except that the
+/// sample-ratio row reads as a split: canary's share of requests against control's,
+/// `observed` in the canary cell and `expected` in the control cell.
+pub fn format_cohort_value(v: Option<f64>, row: &ComparisonRow, cohort: canary_core::Cohort) -> String {
+    let is_split = row.key() == crate::stats::RowKey::built_in("sample_ratio");
+    match v {
+        Some(canary_share) if is_split && (0.0..=1.0).contains(&canary_share) => {
+            let side = if cohort == canary_core::Cohort::Canary { "observed" } else { "expected" };
+            let control_share = 1.0 - canary_share;
+            format!("{:.2} % : {:.2} % {side}", canary_share * 100.0, control_share * 100.0)
+        }
+        _ => format_value(v, row),
+    }
 }
 
 /// `canary / control − 1` in percent with a sign, `-` without it.
@@ -67,6 +83,66 @@ pub fn phase_name(phase: RolloutPhase) -> &'static str {
         RolloutPhase::Promoted => "promoted",
         RolloutPhase::RolledBack => "rolled back",
     }
+}
+
+/// One hold reason for people: what holds the rollout and what would lift it.
+pub fn hold_text(reason: &HoldReason) -> String {
+    match reason {
+        HoldReason::NotServed { deployment, proxies, other_deployments } => {
+            let exported = if other_deployments.is_empty() {
+                "no deployment at all".to_string()
+            } else {
+                format!("only {}", other_deployments.join(", "))
+            };
+            let scraped = if *proxies == 1 {
+                "the 1 proxy scraped".to_string()
+            } else {
+                format!("the {proxies} proxies scraped")
+            };
+            format!(
+                "no proxy serves deployment {deployment}: {scraped} export {exported}; \
+                 check the deployment id in the filter's configuration against the policy's"
+            )
+        }
+        HoldReason::Paused => "paused: nothing is promoted until a human resumes (rollback stays armed)".to_string(),
+        HoldReason::WindowRunning { step, window_s, remaining_s } => {
+            format!("step {step}'s {} window: {} to go", duration_text(*window_s), duration_text(*remaining_s))
+        }
+        HoldReason::RequestsMissing { cohort, served, needed, rate_per_s } => {
+            let missing = needed.saturating_sub(*served);
+            let when = match rate_per_s {
+                Some(rate) if *rate > 0.0 => {
+                    format!(", ~{} at {rate:.1} req/s", duration_text((missing as f64 / rate).ceil() as u64))
+                }
+                _ => format!("; no {cohort} request counted at this step yet"),
+            };
+            format!("{cohort} needs {missing} more requests (min_requests_per_cohort {needed}){when}")
+        }
+        HoldReason::ChecksWithoutData { with_data, needed, without_data, latest_had_data } => {
+            let latest = if *latest_had_data { "" } else { "; the latest check found none" };
+            format!("{with_data} checks with data of {needed} needed, {without_data} without data{latest}")
+        }
+        HoldReason::ProxiesLagging { summary } => format!("not every proxy applies this step: {summary}"),
+        HoldReason::CriticalUndecided { metric } => {
+            format!("critical metric {metric} has no verdict yet (not enough data)")
+        }
+    }
+}
+
+/// What `--watch` says once the window has passed: promotion at the next clean check,
+/// or that the hold reasons listed below stand in the way.
+pub fn window_passed_text(reasons: &[HoldReason]) -> String {
+    let waiting = reasons.iter().filter(|r| !matches!(r, HoldReason::WindowRunning { .. })).count();
+    match waiting {
+        0 => "window passed: promotes on the next clean check".to_string(),
+        1 => "window passed: held by the reason below".to_string(),
+        n => format!("window passed: held by the {n} reasons below"),
+    }
+}
+
+/// Each hold reason on its own line, `\nheld: ...`; empty without any.
+pub fn hold_lines(reasons: &[HoldReason]) -> String {
+    reasons.iter().map(|reason| format!("\nheld: {}", hold_text(reason))).collect()
 }
 
 /// `12 s`, `4 min 05 s`.
@@ -146,12 +222,90 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_deployment_nobody_serves_names_the_ids_the_proxies_export() {
+        let reason = |proxies, others: &[&str]| HoldReason::NotServed {
+            deployment: "orders".into(),
+            proxies,
+            other_deployments: others.iter().map(|id| id.to_string()).collect(),
+        };
+        assert_eq!(
+            hold_text(&reason(1, &["checkout"])),
+            "no proxy serves deployment orders: the 1 proxy scraped export only checkout; \
+             check the deployment id in the filter's configuration against the policy's"
+        );
+        assert!(hold_text(&reason(2, &[])).contains("the 2 proxies scraped export no deployment at all"));
+        assert_eq!(hold_lines(&[reason(1, &["a", "b"])]).lines().count(), 2, "a leading line break, one line each");
+        assert_eq!(hold_lines(&[]), "");
+    }
+
+    #[test]
+    fn each_hold_says_what_is_needed_and_when() {
+        let missing = |served, rate_per_s| HoldReason::RequestsMissing {
+            cohort: "canary".into(),
+            served,
+            needed: 500,
+            rate_per_s,
+        };
+        assert_eq!(
+            hold_text(&missing(160, Some(8.5))),
+            "canary needs 340 more requests (min_requests_per_cohort 500), ~40 s at 8.5 req/s"
+        );
+        assert_eq!(
+            hold_text(&missing(0, None)),
+            "canary needs 500 more requests (min_requests_per_cohort 500); no canary request counted at this step yet"
+        );
+        assert_eq!(
+            hold_text(&HoldReason::WindowRunning { step: 2, window_s: 300, remaining_s: 200 }),
+            "step 2's 5 min 00 s window: 3 min 20 s to go"
+        );
+        assert_eq!(
+            hold_text(&HoldReason::ChecksWithoutData {
+                with_data: 4,
+                needed: 9,
+                without_data: 2,
+                latest_had_data: false
+            }),
+            "4 checks with data of 9 needed, 2 without data; the latest check found none"
+        );
+        assert_eq!(
+            hold_text(&HoldReason::CriticalUndecided { metric: "latency_p99_us".into() }),
+            "critical metric latency_p99_us has no verdict yet (not enough data)"
+        );
+        assert!(
+            hold_text(&HoldReason::ProxiesLagging { summary: "1 of 2 proxies".into() }).ends_with("1 of 2 proxies")
+        );
+        assert!(hold_text(&HoldReason::Paused).starts_with("paused"));
+    }
+
+    #[test]
+    fn a_passed_window_says_whether_something_still_holds_it() {
+        assert_eq!(window_passed_text(&[]), "window passed: promotes on the next clean check");
+        let undecided = HoldReason::CriticalUndecided { metric: "latency_p99_us".into() };
+        assert_eq!(window_passed_text(std::slice::from_ref(&undecided)), "window passed: held by the reason below");
+        assert_eq!(window_passed_text(&[undecided.clone(), undecided]), "window passed: held by the 2 reasons below");
+    }
+
+    #[test]
     fn shares_print_without_trailing_zeros() {
         assert_eq!(share(0), "0 %");
         assert_eq!(share(100), "1 %");
         assert_eq!(share(1_250), "12.5 %");
         assert_eq!(share(1), "0.01 %");
         assert_eq!(share(10_000), "100 %");
+    }
+
+    #[test]
+    fn the_sample_ratio_reads_as_a_split() {
+        use canary_core::Cohort;
+        let split = ComparisonRow {
+            canary: Some(0.098),
+            control: Some(0.1),
+            ..crate::fixtures::row("sample_ratio", Verdict::NoDifference, Some(0.5))
+        };
+        assert_eq!(format_cohort_value(split.canary, &split, Cohort::Canary), "9.80 % : 90.20 % observed");
+        assert_eq!(format_cohort_value(split.control, &split, Cohort::Control), "10.00 % : 90.00 % expected");
+        let rate = crate::fixtures::row("error_rate", Verdict::Worse, Some(0.01));
+        assert_eq!(format_cohort_value(rate.canary, &rate, Cohort::Canary), format_value(rate.canary, &rate));
     }
 
     #[test]

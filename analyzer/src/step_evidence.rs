@@ -119,7 +119,7 @@ impl StepEvidence {
         min_requests_per_cohort: u64,
     ) -> Option<String> {
         let expected = expected_checks(window, check_interval);
-        let needed = expected - expected * MISSING_CHECKS_TOLERANCE_PERCENT / 100;
+        let needed = checks_with_data_needed(window, check_interval);
         let checks = self.checks_with_data.saturating_add(self.checks_without_data);
         if checks == 0 {
             return Some("no check has run at this step yet".to_string());
@@ -166,6 +166,12 @@ impl StepEvidence {
         let why = self.promotion_blocker(window, check_interval, min_requests_per_cohort)?;
         Some(format!("stalled after {stall_after_windows} windows ({} checks): {why}", self.checks_seen))
     }
+}
+
+/// Checks with data a step needs: a window's worth less [`MISSING_CHECKS_TOLERANCE_PERCENT`].
+pub fn checks_with_data_needed(window: Duration, check_interval: Duration) -> u64 {
+    let expected = expected_checks(window, check_interval);
+    expected - expected * MISSING_CHECKS_TOLERANCE_PERCENT / 100
 }
 
 /// Checks that fit in a step's window (at least one).

@@ -122,9 +122,14 @@ async fn the_dashboard_shows_a_live_rollout_and_takes_an_override() {
     assert!(rows >= 3, "{rows} rows");
     assert_eq!(count(&browser, "table#comparison tr[data-metric='error_rate']").await, 1);
     let header = text(&browser, "table#comparison thead").await.unwrap();
-    for column in ["interval", "p", "verdict"] {
+    for column in ["interval", "p", "tolerance", "critical", "verdict"] {
         assert!(header.contains(column), "{header:?}");
     }
+    // Each row shows its tolerance and whether it is critical (the default error rate is).
+    let error_rate = "table#comparison tr[data-metric='error_rate']";
+    assert_eq!(text(&browser, &format!("{error_rate} td.critical")).await.as_deref(), Some("critical"));
+    let tolerance = text(&browser, &format!("{error_rate} td.tolerance")).await.unwrap_or_default();
+    assert!(tolerance.starts_with("increase up to ") || tolerance.starts_with("none"), "{tolerance:?}");
 
     // The page updates itself: more points appear without a reload.
     eventually(Duration::from_secs(10), "the charts grow without a reload", || async {

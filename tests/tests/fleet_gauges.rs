@@ -191,6 +191,7 @@ async fn the_envoy_admin_source_reports_the_proxy_and_its_generation_change() {
         // The probes of wait_for_share are counted too: every request of the interval.
         canary_requests: changed.requests(Cohort::Canary),
         control_requests: changed.requests(Cohort::Control),
+        other_deployments: None,
     };
     assert_eq!(changed.proxies, vec![expected]);
     assert!(changed.requests(Cohort::Canary) >= 30 && changed.requests(Cohort::Control) >= 30);

@@ -85,8 +85,8 @@ pub fn report_table(rows: &[ComparisonRow]) -> String {
             out,
             "{:<16} {:>12} {:>12} {:>12} {:>9} {:>25} {:>8}  {}",
             row.metric,
-            format_value(row.canary, row),
-            format_value(row.control, row),
+            crate::present::format_cohort_value(row.canary, row, canary_core::Cohort::Canary),
+            crate::present::format_cohort_value(row.control, row, canary_core::Cohort::Control),
             format_value(row.absolute_difference, row),
             format_relative(row),
             format_interval(row),
@@ -128,6 +128,7 @@ fn fleet_and_stall_lines(status: &RolloutStatus) -> String {
     if let Some(stalled) = &status.stalled {
         let _ = write!(out, "\nSTALLED: {stalled}");
     }
+    out.push_str(&crate::present::hold_lines(&status.holds));
     out
 }
 
@@ -148,7 +149,7 @@ pub fn watch_view(status: &RolloutStatus, audit: &[AuditRecord]) -> String {
         .collect();
     let _ = write!(out, "\nladder: {}", ladder.join(" → "));
     let next = match (status.state.phase, status.window_remaining_s) {
-        (RolloutPhase::Progressing, Some(0)) => "window passed: promotes on the next clean check".to_string(),
+        (RolloutPhase::Progressing, Some(0)) => crate::present::window_passed_text(&status.holds),
         (RolloutPhase::Progressing, Some(s)) => format!("next step in {}", duration_text(s)),
         (RolloutPhase::Paused, _) => "paused: no automatic promotion (rollback stays armed)".to_string(),
         (RolloutPhase::Promoted, _) => "promoted: the rollout is over".to_string(),

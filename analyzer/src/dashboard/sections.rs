@@ -7,9 +7,10 @@ use super::svg::{Chart, Series};
 use crate::audit::AuditRecord;
 use crate::engine::{HistoryPoint, RolloutStatus};
 use crate::present::{
-    action_text, duration_text, format_interval, format_p, format_relative, format_value, phase_name, share, timestamp,
-    verdict_name,
+    action_text, duration_text, format_cohort_value, format_interval, format_p, format_relative, format_value,
+    phase_name, share, timestamp, verdict_name,
 };
+use crate::row_rule::RowRule;
 use crate::stats::{ComparisonRow, Verdict};
 use canary_core::RolloutPhase;
 use std::fmt::Write as _;
@@ -59,6 +60,9 @@ pub fn summary(status: &RolloutStatus) -> String {
     }
     if let Some(stalled) = &status.stalled {
         let _ = write!(out, "<p class=\"warning\" id=\"stalled\">{}</p>", escape(stalled));
+    }
+    for reason in &status.holds {
+        let _ = write!(out, "<p class=\"warning hold\">held: {}</p>", escape(&crate::present::hold_text(reason)));
     }
     if let Some(problem) = &status.problem {
         let _ = write!(out, "<p class=\"warning\" id=\"problem\">{}</p>", escape(problem));
@@ -211,30 +215,41 @@ fn verdict_class(verdict: Verdict) -> &'static str {
 }
 
 /// The latest comparison, worst first as the engine sorted it.
-pub fn comparison_table(rows: &[ComparisonRow]) -> String {
+/// `rules` give each row's tolerance and criticality (rows without one, built-in rows
+/// the policy does not name, show `-`).
+pub fn comparison_table(rows: &[ComparisonRow], rules: &[RowRule]) -> String {
     if rows.is_empty() {
         return "<p class=\"empty\" id=\"comparison-empty\">no comparison yet: the first check has not run</p>"
             .to_string();
     }
     let mut out = String::from(
         "<table class=\"comparison\" id=\"comparison\"><thead><tr><th>metric</th><th>canary</th><th>control</th>\
-         <th>difference</th><th>relative</th><th>interval</th><th>p</th><th>verdict</th></tr></thead><tbody>",
+         <th>difference</th><th>relative</th><th>interval</th><th>p</th><th>tolerance</th><th>critical</th>\
+         <th>verdict</th></tr></thead><tbody>",
     );
     for row in rows {
         let metric = &row.metric;
+        let rule = rules.iter().find(|rule| &rule.metric == metric);
         let _ = write!(
             out,
             "<tr class=\"{}\" data-metric=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
-             <td>{}</td><td>{}</td><td class=\"verdict\">{}</td></tr>",
+             <td>{}</td><td>{}</td><td class=\"tolerance\">{}</td><td class=\"critical\">{}</td>\
+             <td class=\"verdict\">{}</td></tr>",
             verdict_class(row.verdict),
             escape(metric),
             escape(metric),
-            escape(&format_value(row.canary, row)),
-            escape(&format_value(row.control, row)),
+            escape(&format_cohort_value(row.canary, row, canary_core::Cohort::Canary)),
+            escape(&format_cohort_value(row.control, row, canary_core::Cohort::Control)),
             escape(&format_value(row.absolute_difference, row)),
             escape(&format_relative(row)),
             escape(&format_interval(row)),
             escape(&format_p(row)),
+            escape(rule.map_or("-", |r| r.tolerance.as_str())),
+            match rule.map(|r| r.critical) {
+                Some(true) => "critical",
+                Some(false) => "no",
+                None => "-",
+            },
             verdict_name(row.verdict)
         );
     }

@@ -77,7 +77,7 @@ pub fn decide(
         return decision(Action::Hold, "paused: waiting for a human to resume".to_string());
     }
     let Some(step) = policy.step(state.step) else {
-        return decision(Action::Hold, format!("step {} is not on the policy's ladder", state.step));
+        return decision(Action::Hold, format!("step {} is not on the policy's ladder", state.step.saturating_add(1)));
     };
     let elapsed_ms = now_ms.saturating_sub(state.step_started_at_ms);
     if elapsed_ms < millis(step.window) {
@@ -85,7 +85,7 @@ pub fn decide(
             Action::Hold,
             format!(
                 "step {} at {}: {} of its {} window elapsed",
-                state.step,
+                state.step.saturating_add(1),
                 percent(state.share_bp),
                 format_duration(Duration::from_millis(elapsed_ms)),
                 format_duration(step.window)
@@ -117,7 +117,7 @@ pub fn decide(
         rows.iter().filter(|row| !critical.contains(&row.key()) && row.verdict == Verdict::Worse).collect();
     let mut reason = format!(
         "step {} at {} ran its {} window with no critical regression; promoting to {}",
-        state.step,
+        state.step.saturating_add(1),
         percent(state.share_bp),
         format_duration(step.window),
         percent(next.share_bp)

@@ -444,3 +444,13 @@ fn decisions_and_actors_serialise_readably() {
     let json = serde_json::to_string(&state).unwrap();
     assert_eq!(serde_json::from_str::<RolloutState>(&json).unwrap(), state);
 }
+
+#[test]
+fn reasons_count_steps_from_1_like_every_header() {
+    let state = started();
+    assert_eq!(state.step, 0, "stored 0-based");
+    let early = decide(&policy(), &state, &healthy(), &StepEvidence::ample(), T0 + MINUTE_MS);
+    assert!(early.reason.starts_with("step 1 at 1 %: 1m of its 5m window"), "{}", early.reason);
+    let promoted = decide(&policy(), &state, &healthy(), &StepEvidence::ample(), T0 + 5 * MINUTE_MS);
+    assert!(promoted.reason.starts_with("step 1 at 1 % ran its 5m window"), "{}", promoted.reason);
+}

@@ -95,9 +95,10 @@ fn add_delta(sums: &mut IntervalMetrics, delta: &TargetDelta) -> Result<(), Stat
 fn proxy_applied(
     target: &str,
     before: Option<&AppliedRollout>,
-    now: &AppliedRollout,
+    current: &DeploymentSnapshot,
     delta: Option<&TargetDelta>,
 ) -> ProxyApplied {
+    let now = &current.applied;
     let requests = |cohort: Cohort| delta.map_or(0, |d| d.cohorts.get(cohort).requests.total());
     let changed_during_interval = matches!(
         (before.and_then(|b| b.generation), now.generation),
@@ -111,6 +112,7 @@ fn proxy_applied(
         changed_during_interval,
         canary_requests: requests(Cohort::Canary),
         control_requests: requests(Cohort::Control),
+        other_deployments: current.other_deployments.clone(),
     }
 }
 
@@ -141,7 +143,7 @@ impl DeltaTracker {
             };
             match self.previous.get(&target) {
                 None => {
-                    metrics.proxies.push(proxy_applied(&target, None, &current.applied, None));
+                    metrics.proxies.push(proxy_applied(&target, None, &current, None));
                     metrics.baseline_targets.push(target.clone());
                 }
                 Some(previous) => {
@@ -151,7 +153,7 @@ impl DeltaTracker {
                             if delta.restarted {
                                 metrics.restarted_targets.push(target.clone());
                             }
-                            let proxy = proxy_applied(&target, Some(&previous.applied), &current.applied, Some(&delta));
+                            let proxy = proxy_applied(&target, Some(&previous.applied), &current, Some(&delta));
                             metrics.proxies.push(proxy);
                             metrics.contributing_targets.push(target.clone());
                         }
@@ -413,6 +415,7 @@ mod tests {
             changed_during_interval,
             canary_requests,
             control_requests,
+            other_deployments: None,
         }
     }
 

@@ -15,6 +15,7 @@ use super::body::{DEFAULT_MAX_BODY_BYTES, read_capped};
 use super::delta::TargetScrape;
 use super::error::{ExpositionError, SourceError};
 use super::exposition::parse_exposition;
+use super::served::{served_deployments, served_filter};
 use super::snapshot::DeploymentSnapshot;
 
 /// Envoy's admin endpoint and the parameters for JSON with its own histogram bins; the
@@ -94,8 +95,28 @@ async fn scrape_target(
     deployment: &str,
     max_body_bytes: u64,
 ) -> Result<DeploymentSnapshot, SourceError> {
+    let (url, body, json) = get_stats(http, admin_url, &stats_filter(deployment), max_body_bytes).await?;
+    let mut snapshot =
+        parse_answer(&body, json, deployment).map_err(|source| SourceError::Exposition { url, source })?;
+    if !snapshot.exports_deployment() {
+        // Only then: which deployments the target exports instead (a typo in an id, say).
+        let (url, body, _) = get_stats(http, admin_url, served_filter(), max_body_bytes).await?;
+        let others = served_deployments(&body).map_err(|source| SourceError::Exposition { url, source })?;
+        snapshot.other_deployments = Some(others);
+    }
+    Ok(snapshot)
+}
+
+/// `STATS_PATH` with Envoy's `filter` regex: the URL (without the filter, for messages),
+/// the body of a successful answer, and whether it is JSON by its content type.
+async fn get_stats(
+    http: &reqwest::Client,
+    admin_url: &str,
+    filter: &str,
+    max_body_bytes: u64,
+) -> Result<(String, String, bool), SourceError> {
     let url = format!("{admin_url}{STATS_PATH}");
-    let request = format!("{url}&filter={}", percent_encode(&stats_filter(deployment)));
+    let request = format!("{url}&filter={}", percent_encode(filter));
     let response = http
         .get(&request)
         .send()
@@ -108,7 +129,7 @@ async fn scrape_target(
     if !status.is_success() {
         return Err(SourceError::Status { url, status: status.as_u16(), body: truncate(&body) });
     }
-    parse_answer(&body, json, deployment).map_err(|source| SourceError::Exposition { url, source })
+    Ok((url, body, json))
 }
 
 /// Envoy's JSON (`application/json`, or a body that opens with `{`), else exposition text.
@@ -191,6 +212,22 @@ mod tests {
              canary_requests_total{{deployment=\"demo\",cohort=\"canary\",class=\"2xx\"}} {canary_2xx}\n\
              canary_requests_total{{deployment=\"demo\",cohort=\"canary\",class=\"5xx\"}} {canary_5xx}\n"
         )
+    }
+
+    #[tokio::test]
+    async fn a_target_without_the_deployment_is_asked_which_deployments_it_exports() {
+        let text = "canary_applied_generation{deployment=\"checkout\"} 3\n\
+                    canary_requests_total{deployment=\"checkout\",cohort=\"canary\",class=\"2xx\"} 5\n";
+        let (addr, mut heads) = serve_as(200, "text/plain", text.to_string()).await;
+        let source = EnvoyAdminSource::new([format!("http://{addr}")], "orders", Duration::from_secs(2)).unwrap();
+        let snapshot = source.scrape_one(&format!("http://{addr}")).await.unwrap();
+        assert_eq!(snapshot.other_deployments, Some(vec!["checkout".to_string()]));
+        let (first, second) = (heads.recv().await.unwrap(), heads.recv().await.unwrap());
+        assert!(first.contains("orders"), "the first question is about the deployment: {first}");
+        assert!(second.contains("applied_generation"), "the second asks for every deployment's gauge: {second}");
+
+        let served = EnvoyAdminSource::new([format!("http://{addr}")], "checkout", Duration::from_secs(2)).unwrap();
+        assert_eq!(served.scrape_one(&format!("http://{addr}")).await.unwrap().other_deployments, None);
     }
 
     #[tokio::test]

@@ -51,6 +51,10 @@ pub struct ProxyApplied {
     pub canary_requests: u64,
     /// Control requests this proxy served in the interval.
     pub control_requests: u64,
+    /// Set when the proxy exports no series of the deployment: the deployment ids it
+    /// exports instead (empty: none). `None`: it exports the deployment, or the source cannot tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub other_deployments: Option<Vec<String>>,
 }
 
 /// The interval deltas of one deployment, summed across targets, with an account

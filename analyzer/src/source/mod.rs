@@ -27,6 +27,7 @@
 //! - `prometheus_api`: PromQL building and the query API's JSON (pure).
 //! - `prometheus_proxies`: the per-proxy PromQL and its answers joined per Envoy (pure).
 //! - `prometheus`: the HTTP edge for a Prometheus server.
+//! - `served`: the deployment ids a proxy exports, when not the wanted one (pure).
 //! - `error`: the one error type, naming the URL, status or parse problem.
 
 mod admin_json;
@@ -42,6 +43,7 @@ mod outcomes;
 mod prometheus;
 mod prometheus_api;
 mod prometheus_proxies;
+mod served;
 mod snapshot;
 
 #[cfg(test)]

@@ -290,6 +290,7 @@ mod tests {
             changed_during_interval: true,
             canary_requests: 7,
             control_requests: 0,
+            other_deployments: None,
         };
         assert_eq!(interval.proxies, vec![expected]);
     }

@@ -232,6 +232,7 @@ mod tests {
                     changed_during_interval: true,
                     canary_requests: 250,
                     control_requests: 750,
+                    other_deployments: None,
                 },
                 ProxyApplied {
                     proxy: "gw-b (10.0.0.8:15020)".into(),
@@ -241,6 +242,7 @@ mod tests {
                     changed_during_interval: false,
                     canary_requests: 0,
                     control_requests: 980,
+                    other_deployments: None,
                 },
             ]
         );

@@ -152,9 +152,19 @@ pub struct DeploymentSnapshot {
     /// sign of one whose new counters all passed the old values before the next scrape.
     #[serde(default)]
     pub hot_restart_epoch: Option<u64>,
+    /// Set when the target exports no series of the deployment: the deployment ids it
+    /// exports instead (empty: none). See `served`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub other_deployments: Option<Vec<String>>,
 }
 
 impl DeploymentSnapshot {
+    /// Whether the target exported any series of the deployment (counters, histograms
+    /// or the applied-rollout gauges); the uptime does not count.
+    pub fn exports_deployment(&self) -> bool {
+        self.cohorts != PerCohort::default() || self.applied != AppliedRollout::default()
+    }
+
     /// Whether the target restarted between `earlier` and this snapshot: uptime went
     /// down, the hot restart epoch changed, a request or outcome counter went down, or a
     /// histogram shrank or changed layout.
