@@ -160,7 +160,7 @@ fn engine(dir: &TempDir, targets: Vec<String>, clock: WallClock) -> Arc<Engine> 
 
 #[tokio::test]
 async fn a_step_whose_scrapes_all_fail_is_held_not_promoted_on_earlier_evidence() {
-    // Issue 8 item 3: a healthy 1 % step, then every Envoy answers 503. Before steps
+    // A healthy 1 % step, then every Envoy answers 503. Before steps
     // kept their own record, the rollout went 5 → 25 → 50 → 100 % on the 1 % step's evidence.
     let (dir, envoy) = (TempDir::new(), StubEnvoy::start().await);
     let (clock, wall) = stepped_clock(T0);
@@ -196,7 +196,7 @@ async fn a_step_whose_scrapes_all_fail_is_held_not_promoted_on_earlier_evidence(
 
 #[tokio::test]
 async fn checks_keep_their_schedule_when_the_wall_clock_steps() {
-    // Issue 8 item 4: scheduled on wall time, a check run while the clock was 1 h fast
+    // Scheduled on wall time, a check run while the clock was 1 h fast
     // put the next one 1 h away once the clock was set back: 0 checks for 59 minutes.
     let (dir, envoy) = (TempDir::new(), StubEnvoy::start().await);
     envoy.serve_counts(&[("checkout", 0, 0)]);
@@ -227,7 +227,7 @@ async fn checks_keep_their_schedule_when_the_wall_clock_steps() {
 
 #[tokio::test]
 async fn a_hung_target_delays_neither_an_override_nor_other_rollouts_checks() {
-    // Issue 8 item 8: the lock was held across scrapes, one rollout after another: with
+    // The lock was held across scrapes, one rollout after another: with
     // one target that never answered, an override waited ~2 s and 20 rollouts took ~40 s.
     let (dir, envoy) = (TempDir::new(), StubEnvoy::start().await);
     let (hung, accepted) = hung_target().await;
@@ -266,7 +266,7 @@ async fn a_hung_target_delays_neither_an_override_nor_other_rollouts_checks() {
 
 #[tokio::test]
 async fn a_policy_the_statistics_refuse_leaves_no_trace() {
-    // Issue 8 item 6: the Start record and state were written before the statistics
+    // The Start record and state were written before the statistics
     // refused `max_increase_ms: 1e306` (inf µs); the next start then failed for everyone.
     let dir = TempDir::new();
     let (clock, _) = stepped_clock(T0);
@@ -312,7 +312,7 @@ async fn a_rollout_that_cannot_be_rebuilt_does_not_stop_the_others() {
 
 #[tokio::test]
 async fn a_step_waits_for_the_fleet_and_a_laggard_holds_the_promotion() {
-    // Issue 9 item 4: the window starts when every proxy applies the step (or after the
+    // The window starts when every proxy applies the step (or after the
     // fleet deadline), and a proxy still on an old generation holds the promotion.
     let (dir, envoy) = (TempDir::new(), StubEnvoy::start().await);
     let (clock, wall) = stepped_clock(T0);
@@ -355,7 +355,7 @@ async fn a_step_waits_for_the_fleet_and_a_laggard_holds_the_promotion() {
 
 #[tokio::test]
 async fn a_step_without_enough_traffic_is_reported_stalled_and_never_promoted() {
-    // Issue 9 item 6: after `stall_after_windows` windows short of data, status says so.
+    // After `stall_after_windows` windows short of data, status says so.
     let (dir, envoy) = (TempDir::new(), StubEnvoy::start().await);
     let (clock, wall) = stepped_clock(T0);
     let engine = engine(&dir, vec![envoy.url()], clock);

@@ -431,7 +431,7 @@ async fn envoy_comparison(rig: &Rig, filters: &[(String, PathBuf)], rounds: usiz
     }
 }
 
-/// The filter's own work over the no-op filter that issue 14 sets as the target.
+/// The filter's own work over the no-op filter, the figure the cost target is set on.
 const FILTER_TARGET_US: f64 = 4.0;
 
 async fn header_strips(rig: &Rig, rounds: usize, seconds: u32) {
@@ -729,7 +729,7 @@ fn outcome_setups() -> Vec<(String, serde_json::Value)> {
         ("0 outcome rules".to_string(), json!([])),
         ("1 rule (cache_hit, applies and matches)".to_string(), json!([cache_hit])),
         (
-            "4 rules (the issue's; 2 apply to GET /)".to_string(),
+            "4 rules (2 apply to GET /)".to_string(),
             json!([
                 cache_hit,
                 {"name": "declined", "response_header": "x-payment-result", "equals": "declined", "path_prefix": "/pay"},
