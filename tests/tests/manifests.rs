@@ -82,8 +82,8 @@ fn every_plugin_configuration_is_accepted_by_the_filter_parser() {
         }
     }
     println!("plugin configurations accepted: {checked:?}");
-    // envoy.yaml, envoy.compose.yaml, the WasmPlugin.
-    assert_eq!(checked.len(), 3, "{checked:?}");
+    // envoy.yaml, envoy.compose.yaml, per-route.yaml, the WasmPlugin.
+    assert_eq!(checked.len(), 4, "{checked:?}");
 }
 
 #[test]
@@ -107,7 +107,53 @@ fn envoy_validates_every_shipped_envoy_config() {
         validate_with_envoy(&document.file);
         validated.push(document.file.clone());
     }
-    assert_eq!(validated, ["envoy/envoy.compose.yaml", "envoy/envoy.yaml"]);
+    assert_eq!(validated, ["envoy/envoy.compose.yaml", "envoy/envoy.yaml", "envoy/per-route.yaml"]);
+}
+
+/// The per-route example is envoy.yaml with the wasm filter `disabled: true` and turned on by
+/// the `checkout` virtual host only (an empty `FilterConfig` under the filter's name), with no
+/// early header mutation: the same stats settings, filter configuration and clusters.
+#[test]
+fn the_per_route_config_is_envoy_yaml_with_the_filter_enabled_per_virtual_host() {
+    let envoy = documents_of("envoy/envoy.yaml").remove(0).value;
+    let per_route = documents_of("envoy/per-route.yaml").remove(0).value;
+    for key in ["admin", "stats_config"] {
+        assert_eq!(per_route[key], envoy[key], "{key}");
+    }
+    assert_eq!(per_route["static_resources"]["clusters"], envoy["static_resources"]["clusters"]);
+    let manager = |yaml: &Yaml| {
+        yaml["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"].clone()
+    };
+    let (envoy_manager, per_route_manager) = (manager(&envoy), manager(&per_route));
+    let mut filters = per_route_manager["http_filters"].as_sequence().unwrap().clone();
+    let wasm = filters[0].as_mapping_mut().unwrap();
+    assert_eq!(wasm.remove("disabled"), Some(Yaml::Bool(true)), "the filter is off unless a route turns it on");
+    assert_eq!(
+        filters,
+        envoy_manager["http_filters"].as_sequence().unwrap().clone(),
+        "the same filters, the same configuration"
+    );
+    assert!(per_route_manager["early_header_mutation_extensions"].is_null(), "no strip on every route");
+
+    let filter_name = envoy_manager["http_filters"][0]["name"].clone();
+    let enabling: Yaml =
+        serde_yaml_ng::from_str(r#"{"@type": type.googleapis.com/envoy.config.route.v3.FilterConfig, config: {}}"#)
+            .unwrap();
+    let hosts = per_route_manager["route_config"]["virtual_hosts"].as_sequence().unwrap();
+    let enabled: Vec<&str> = hosts
+        .iter()
+        .filter(|host| !host["typed_per_filter_config"].is_null())
+        .map(|host| {
+            let per_filter = host["typed_per_filter_config"].as_mapping().unwrap();
+            assert_eq!(per_filter.len(), 1, "{host:?}");
+            assert_eq!(per_filter.get(&filter_name), Some(&enabling), "keyed by the filter's name, an empty config");
+            host["name"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(enabled, ["checkout"]);
+    assert!(
+        hosts.iter().flat_map(|h| h["routes"].as_sequence().unwrap()).all(|r| r["typed_per_filter_config"].is_null())
+    );
 }
 
 /// `envoy --mode validate -c FILE` from the repository root (the configs name the
