@@ -170,13 +170,37 @@ impl EnvoyConfig {
             .remove("early_header_mutation_extensions");
     }
 
-    /// Replaces the routes with one direct response (the benchmark's worst case).
+    /// Replaces the routes of every virtual host with one direct response (the benchmark's
+    /// worst case).
     pub fn direct_response(&mut self) {
-        let routes = &mut connection_manager(&mut self.yaml)["route_config"]["virtual_hosts"][0]["routes"];
-        *routes = serde_yaml_ng::from_str(
+        let routes: Yaml = serde_yaml_ng::from_str(
             r#"[{match: {prefix: "/"}, direct_response: {status: 200, body: {inline_string: "ok"}}}]"#,
         )
         .expect("direct response route");
+        for host in self.virtual_hosts() {
+            host["routes"] = routes.clone();
+        }
+    }
+
+    /// The virtual hosts of the listener's route config.
+    pub fn virtual_hosts(&mut self) -> &mut Vec<Yaml> {
+        connection_manager(&mut self.yaml)["route_config"]["virtual_hosts"]
+            .as_sequence_mut()
+            .expect("the route config's virtual_hosts is a list")
+    }
+
+    /// Turns the wasm filter on for every virtual host, as per-route.yaml's `checkout` host
+    /// does: the enabling entry copied from the first virtual host that has one.
+    pub fn enable_wasm_on_every_virtual_host(&mut self) {
+        let hosts = self.virtual_hosts();
+        let enabling = hosts
+            .iter()
+            .find(|h| !h["typed_per_filter_config"].is_null())
+            .map(|h| h["typed_per_filter_config"].clone())
+            .expect("a virtual host that enables the filter");
+        for host in hosts {
+            host["typed_per_filter_config"] = enabling.clone();
+        }
     }
 
     /// Loads another wasm module in place of the filter (the benchmark's no-op filter).
