@@ -486,21 +486,25 @@ async fn host_call_probes(rig: &Rig, rounds: usize, seconds: u32) {
     }
 }
 
+/// Envoy's arguments as the benchmark runs it outside the harness: `config`, one worker, no hot
+/// restart, output discarded, from the repository root (the configs name the module from there).
+fn quiet_envoy<'a>(command: &'a mut Command, config: &Path) -> &'a mut Command {
+    command
+        .arg("-c")
+        .arg(config)
+        .args(["--concurrency", "1", "--disable-hot-restart", "-l", "warn"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .current_dir(canary_e2e::repo_root())
+}
+
 /// Time from spawning Envoy to its first answered request through the listener,
 /// polled every millisecond.
 fn time_to_first_answer(config: &EnvoyConfig) -> Duration {
     let path = config.write();
     let listener = SocketAddr::from(([127, 0, 0, 1], config.listener_port));
     let started = Instant::now();
-    let mut child = Command::new(envoy_binary())
-        .arg("-c")
-        .arg(&path)
-        .args(["--concurrency", "1", "--disable-hot-restart", "-l", "warn"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .current_dir(canary_e2e::repo_root())
-        .spawn()
-        .expect("envoy runs");
+    let mut child = quiet_envoy(&mut Command::new(envoy_binary()), &path).spawn().expect("envoy runs");
     let answered = loop {
         if answers(listener) {
             break started.elapsed();

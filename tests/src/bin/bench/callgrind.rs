@@ -1,7 +1,7 @@
 //! Envoy's instructions per request under callgrind (`BENCH=instructions` and the other
 //! `*-instructions` parts): the figure that does not move with the shared machine's load.
 
-use super::answers;
+use super::{answers, quiet_envoy};
 use canary_e2e::envoy::{EnvoyConfig, envoy_binary};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -20,18 +20,12 @@ pub fn instructions_per_request(config: &EnvoyConfig, name: &str, script: &Path)
     let path = config.write();
     let listener = SocketAddr::from(([127, 0, 0, 1], config.listener_port));
     let out = path.with_file_name("callgrind.out");
-    let mut child = Command::new("valgrind")
+    let mut valgrind = Command::new("valgrind");
+    valgrind
         .args(["--tool=callgrind", "--smc-check=all-non-file", "--instr-atstart=no"])
         .arg(format!("--callgrind-out-file={}", out.display()))
-        .arg(envoy_binary_path())
-        .arg("-c")
-        .arg(&path)
-        .args(["--concurrency", "1", "--disable-hot-restart", "-l", "warn"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .current_dir(canary_e2e::repo_root())
-        .spawn()
-        .ok()?;
+        .arg(envoy_binary_path());
+    let mut child = quiet_envoy(&mut valgrind, &path).spawn().ok()?;
     let started = Instant::now();
     // V8 compiles the module at a 50x slowdown: minutes, not seconds.
     while !answers(listener) && started.elapsed() < Duration::from_secs(600) {
