@@ -47,8 +47,8 @@ lint:
 	$(CARGO) clippy -p canary-filter -p canary-core --target wasm32-wasip1 -- -D warnings
 
 ## bench: native decision cost, Envoy with vs. without the filter (needs wrk), the analyzer's check cost and simulation.
-## BENCH_BEFORE_WASM=<another build of the filter> adds its rows to the same run; BENCH=native,envoy,start,strips,probes
-## picks parts, BENCH=instructions counts Envoy's instructions per request under valgrind (see tests/src/bin/bench.rs).
+## BENCH_BEFORE_WASM=<another build of the filter> adds its rows to the same run; BENCH=native,envoy,start,strips,probes,
+## outcomes,per-route picks parts, BENCH=instructions counts Envoy's instructions per request under valgrind (see tests/src/bin/bench.rs).
 bench: wasm
 	@scripts/install-deps.sh bench
 	$(CARGO) build -p probe-filter --target wasm32-wasip1 --profile wasm-release

