@@ -64,17 +64,11 @@ fn every_shipped_yaml_file_parses() {
     assert!(files >= 12 && documents.len() >= 20, "{files} files, {} documents", documents.len());
 }
 
-/// Whether a `pluginConfig` is in the list form (`deployments`, many deployments per proxy).
-fn is_list_form(plugin: &Document) -> bool {
-    !plugin.value["spec"]["pluginConfig"]["deployments"].is_null()
-}
-
 #[test]
 fn every_plugin_configuration_is_accepted_by_the_filter_parser() {
     let mut checked = Vec::new();
     for document in shipped_documents() {
-        // The list form is parsed by mesh_wasm_plugin_config_parses.
-        if document.kind() == "WasmPlugin" && !is_list_form(&document) {
+        if document.kind() == "WasmPlugin" {
             let json = istio_struct_json(&document.value["spec"]["pluginConfig"]).to_string();
             FilterConfig::parse(json.as_bytes()).unwrap_or_else(|e| panic!("{}: pluginConfig: {e}", document.origin()));
             checked.push(document.origin());
@@ -88,22 +82,9 @@ fn every_plugin_configuration_is_accepted_by_the_filter_parser() {
         }
     }
     println!("plugin configurations accepted: {checked:?}");
-    // envoy.yaml, envoy.compose.yaml, per-route.yaml, the WasmPlugin.
-    assert_eq!(checked.len(), 4, "{checked:?}");
-}
-
-/// istio/mesh/wasmplugin.yaml's `pluginConfig`, in the list form, after the round trip
-/// through Istio's `Struct`, is accepted by the filter's own parser.
-#[test]
-#[ignore = "needs the list-form configuration"]
-fn mesh_wasm_plugin_config_parses() {
-    let plugins: Vec<Document> =
-        shipped_documents().into_iter().filter(|d| d.kind() == "WasmPlugin" && is_list_form(d)).collect();
-    assert_eq!(plugins.iter().map(Document::origin).collect::<Vec<_>>(), ["istio/mesh/wasmplugin.yaml#0"]);
-    for plugin in plugins {
-        let json = istio_struct_json(&plugin.value["spec"]["pluginConfig"]).to_string();
-        FilterConfig::parse(json.as_bytes()).unwrap_or_else(|e| panic!("{}: pluginConfig: {e}", plugin.origin()));
-    }
+    // envoy.yaml, envoy.compose.yaml, gateway.yaml, per-route.yaml, and the WasmPlugins
+    // of the gateway and of the mesh (the list form).
+    assert_eq!(checked.len(), 6, "{checked:?}");
 }
 
 #[test]
@@ -127,7 +108,10 @@ fn envoy_validates_every_shipped_envoy_config() {
         validate_with_envoy(&document.file);
         validated.push(document.file.clone());
     }
-    assert_eq!(validated, ["envoy/envoy.compose.yaml", "envoy/envoy.yaml", "envoy/per-route.yaml"]);
+    assert_eq!(
+        validated,
+        ["envoy/envoy.compose.yaml", "envoy/envoy.yaml", "envoy/gateway.yaml", "envoy/per-route.yaml"]
+    );
 }
 
 /// The per-route example is envoy.yaml with the wasm filter `disabled: true` and turned on by
