@@ -96,6 +96,15 @@ impl EnvoyConfig {
 
     /// [`EnvoyConfig::shipped`] for another shipped config laid out as envoy.yaml.
     pub fn shipped_file(file: &str, stable: SocketAddr, canary: SocketAddr, analyzer: SocketAddr) -> EnvoyConfig {
+        let mut config = Self::load_on_free_ports(file);
+        config.point_cluster("stable", stable.port());
+        config.point_cluster("canary", canary.port());
+        config.point_cluster("canary_analyzer", analyzer.port());
+        config
+    }
+
+    /// A shipped config on free ports (listener and admin), its clusters still as shipped.
+    pub fn load_on_free_ports(file: &str) -> EnvoyConfig {
         let mut config = Self::load(file);
         config.listener_port = free_port();
         config.admin_port = free_port();
@@ -103,10 +112,12 @@ impl EnvoyConfig {
         yaml["admin"]["address"]["socket_address"]["port_value"] = Yaml::from(config.admin_port);
         yaml["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] =
             Yaml::from(config.listener_port);
-        set_cluster_port(yaml, "stable", stable.port());
-        set_cluster_port(yaml, "canary", canary.port());
-        set_cluster_port(yaml, "canary_analyzer", analyzer.port());
         config
+    }
+
+    /// Points a cluster of the config at a loopback `port`.
+    pub fn point_cluster(&mut self, cluster: &str, port: u16) {
+        set_cluster_port(&mut self.yaml, cluster, port);
     }
 
     /// The port a shipped cluster points at.
@@ -362,6 +373,20 @@ impl Envoy {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The sum of the admin's `/stats` values whose names match `regex` (Envoy's
+    /// `filter` syntax): e.g. every deployment's finished-request counters.
+    pub async fn stat_sum(&self, regex: &str) -> u64 {
+        let url = format!("http://{}/stats?filter={regex}", self.admin);
+        let text = reqwest::get(url).await.expect("admin reachable").text().await.expect("stats text");
+        text.lines().filter_map(|l| l.split_once(": ")).filter_map(|(_, v)| v.trim().parse::<u64>().ok()).sum()
+    }
+
+    /// The filter's finished-request counters (`canary.deployment.*.cohort.*.class.*.requests_total`),
+    /// summed over every deployment, cohort and class.
+    pub async fn requests_counted(&self) -> u64 {
+        self.stat_sum("^wasmcustom\\.canary\\..*\\.requests_total$").await
     }
 
     /// Envoy's `/stats/prometheus` text.

@@ -36,6 +36,8 @@ pub struct LoadOptions {
     pub max_in_flight: u32,
     /// Per-request timeout; a request that takes longer counts as a transport error.
     pub timeout: Duration,
+    /// The `Host` header, to reach one of Envoy's virtual hosts (default: the listener's address).
+    pub host: Option<String>,
 }
 
 impl Default for LoadOptions {
@@ -50,6 +52,7 @@ impl Default for LoadOptions {
             // without letting a stalled Envoy pile up thousands of tasks.
             max_in_flight: 64,
             timeout: Duration::from_secs(5),
+            host: None,
         }
     }
 }
@@ -225,7 +228,8 @@ impl Load {
             .build()
             .expect("reqwest client");
         let url = format!("http://{listener}{}", options.path);
-        let send: Sender = Arc::new(move |user| Box::pin(http_get(http.clone(), url.clone(), user)));
+        let host = options.host.clone();
+        let send: Sender = Arc::new(move |user| Box::pin(http_get(http.clone(), url.clone(), host.clone(), user)));
         Load::start_with(send, options)
     }
 
@@ -275,8 +279,11 @@ impl Load {
 }
 
 /// One `GET url` as `user`: the `x-version` that answered and whether the status was >= 500.
-async fn http_get(http: reqwest::Client, url: String, user: Option<String>) -> Outcome {
+async fn http_get(http: reqwest::Client, url: String, host: Option<String>, user: Option<String>) -> Outcome {
     let mut request = http.get(&url);
+    if let Some(host) = host {
+        request = request.header("host", host);
+    }
     if let Some(id) = user {
         request = request.header("x-user-id", id);
     }

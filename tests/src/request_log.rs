@@ -7,7 +7,7 @@
 //! configuration in force, and grouped into a timeline of short windows around the change.
 //! Alongside, [`GaugeSampler`] reads Envoy's `canary_applied_share_bp` gauge every 50 ms.
 
-use canary_core::{FilterConfig, RequestView, Share, decide};
+use canary_core::{DeploymentConfig, FilterConfig, RequestView, Share, decide};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -128,8 +128,12 @@ impl RequestView for UserOnly<'_> {
 
 /// Which version the filter routes `user` to, under the (first) deployment of `config` at `share_bp`.
 pub fn expected_version(config: &FilterConfig, share_bp: u32, user: &str) -> &'static str {
+    deployment_version(config.deployments.first().expect("a configuration has a deployment"), share_bp, user)
+}
+
+/// Which version the filter routes `user` to, under `deployment` at `share_bp`.
+pub fn deployment_version(deployment: &DeploymentConfig, share_bp: u32, user: &str) -> &'static str {
     let share = Share::from_basis_points(share_bp).expect("share in range");
-    let deployment = config.deployments.first().expect("a configuration has a deployment");
     let decision = decide(deployment, share, &mut UserOnly(user), || None);
     if decision.cohort.routes_to_canary() { "canary" } else { "stable" }
 }

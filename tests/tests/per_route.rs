@@ -20,19 +20,11 @@ const OTHER_HOST: &str = "catalog.example.com";
 /// Half the users on canary: both cohorts appear among a few dozen users.
 const SHARE_BP: u32 = 5_000;
 
-/// The filter's finished-request counters (`canary.deployment.*.cohort.*.class.*.requests_total`
-/// in the admin's `/stats`), summed over every deployment, cohort and class.
-async fn requests_counted(envoy: &Envoy) -> u64 {
-    let url = format!("http://{}/stats?filter=^wasmcustom\\.canary\\..*\\.requests_total$", envoy.admin);
-    let text = reqwest::get(url).await.expect("admin reachable").text().await.expect("stats text");
-    text.lines().filter_map(|l| l.split_once(": ")).filter_map(|(_, v)| v.trim().parse::<u64>().ok()).sum()
-}
-
 /// Waits (5 s at most) until the filter has counted `at_least` requests; returns the count.
 async fn wait_for_count(envoy: &Envoy, at_least: u64) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let counted = requests_counted(envoy).await;
+        let counted = envoy.requests_counted().await;
         if counted >= at_least || Instant::now() > deadline {
             return counted;
         }
@@ -67,7 +59,7 @@ async fn the_filter_runs_only_on_the_virtual_host_that_enables_it() {
     let options = RigOptions { config_file: CONFIG, host: Some(ROLLOUT_HOST), ..Default::default() };
     // Returns once users on ROLLOUT_HOST route as the native cohort function says at 50 %.
     let rig = Rig::start(SHARE_BP, options).await;
-    let before = requests_counted(&rig.envoy).await;
+    let before = rig.envoy.requests_counted().await;
     assert!(before > 0, "the probes on {ROLLOUT_HOST} were counted");
 
     let other = requests_for_the_other_host(&rig).await;
@@ -126,7 +118,7 @@ async fn the_checks_see_the_filter_where_it_is_enabled_everywhere() {
         ..Default::default()
     };
     let rig = Rig::start(SHARE_BP, options).await;
-    let before = requests_counted(&rig.envoy).await;
+    let before = rig.envoy.requests_counted().await;
     let other = requests_for_the_other_host(&rig).await;
     let forged_reached = other.identified.iter().filter(|r| r.seen_cohort_header.as_deref() == Some("canary"));
     let ids = user_ids(0x07e2, 20);
