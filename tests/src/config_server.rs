@@ -1,9 +1,10 @@
 //! A rollout config server standing in for the analyzer: serves whatever answer
-//! the test sets (a config, garbage, an error status), counts the polls, and can
-//! be stopped (connections refused) and restarted on the same port.
+//! the test sets (a config, several deployments' configs on the batch endpoint,
+//! garbage, an error status), counts the polls, and can be stopped (connections
+//! refused) and restarted on the same port.
 
 use crate::http_server::{self, HttpResult, response};
-use canary_core::{RolloutConfig, RolloutPhase};
+use canary_core::{BatchAnswer, RolloutConfig, RolloutPhase};
 use hyper::Request;
 use hyper::body::Incoming;
 use std::net::SocketAddr;
@@ -15,6 +16,10 @@ use tokio::task::JoinHandle;
 #[derive(Clone, Debug)]
 pub enum Answer {
     Config(RolloutConfig),
+    /// The batch endpoint's answer (`GET /v1/config?deployments=...`) for these configs:
+    /// a requested deployment without one is `unknown`; `If-None-Match` with the
+    /// revision gets `304`.
+    Batch(Vec<RolloutConfig>),
     /// A 200 with a body that is not a rollout config.
     Garbage(String),
     Status(u16),
@@ -56,6 +61,7 @@ async fn serve_config(inner: Arc<Mutex<Inner>>, req: Request<Incoming>) -> HttpR
         inner.answer.clone()
     };
     match answer {
+        Some(Answer::Batch(configs)) => batch_answer(&configs, &req),
         Some(Answer::Config(c)) => response(
             200,
             &[("content-type", "application/json")],
@@ -65,6 +71,30 @@ async fn serve_config(inner: Arc<Mutex<Inner>>, req: Request<Incoming>) -> HttpR
         Some(Answer::Status(code)) => response(code, &[], ""),
         None => response(404, &[], ""),
     }
+}
+
+/// What the analyzer's batch endpoint answers for `configs`, as far as the filter reads it.
+fn batch_answer(configs: &[RolloutConfig], req: &Request<Incoming>) -> HttpResult {
+    let requested: Vec<&str> = req
+        .uri()
+        .query()
+        .and_then(|q| q.strip_prefix("deployments="))
+        .map(|ids| ids.split(',').collect())
+        .unwrap_or_default();
+    let rollouts: Vec<RolloutConfig> =
+        requested.iter().filter_map(|id| configs.iter().find(|c| c.deployment == *id)).cloned().collect();
+    let unknown: Vec<String> =
+        requested.iter().filter(|id| !configs.iter().any(|c| c.deployment == **id)).map(|id| id.to_string()).collect();
+    // Changes with every config served: deployment, generation and share of each.
+    let revision: String =
+        rollouts.iter().map(|c| format!("{}.{}.{}/", c.deployment, c.generation, c.share_bp)).collect();
+    let tag = format!("\"{revision}\"");
+    if req.headers().get("if-none-match").is_some_and(|v| v.as_bytes() == tag.as_bytes()) {
+        return response(304, &[("etag", &tag)], "");
+    }
+    let body = BatchAnswer { revision, rollouts, unknown };
+    let json = serde_json::to_vec(&body).map_err(std::io::Error::other)?;
+    response(200, &[("content-type", "application/json"), ("etag", &tag)], json)
 }
 
 impl ConfigServer {

@@ -19,6 +19,7 @@ pub mod istio_bootstrap;
 pub mod kubernetes_api;
 pub mod load;
 pub mod manifests;
+pub mod mesh_app;
 pub mod prometheus;
 pub mod raw_http;
 pub mod request_log;
