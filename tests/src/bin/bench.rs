@@ -31,8 +31,11 @@
 //! 9. `envoy/per-route.yaml` (`per-route`, `per-route-instructions` under callgrind): a
 //!    request on a virtual host where the filter is listed but disabled, against the same
 //!    Envoy without the filter and a host that enables it (`bench/per_route.rs`).
+//! 10. The list form with 1, 10 and 100 deployments (`deployments`, `deployments-instructions`
+//!    under callgrind): a request whose host is a deployment's and one whose host is none,
+//!    against the same Envoy without the filter (`bench/deployments.rs`).
 //!
-//! `BENCH=native,envoy,start,strips,probes,outcomes,per-route` picks parts (default: those); `BENCH_RUNS` and
+//! `BENCH=native,envoy,start,strips,probes,outcomes,per-route,deployments` picks parts (default: those); `BENCH_RUNS` and
 //! `BENCH_SECONDS` set rounds and seconds per run; `BENCH_BEFORE_WASM=<path>` adds a
 //! row for another build of the filter (e.g. `main`'s), so before/after share one run.
 
@@ -52,6 +55,8 @@ use xxhash_rust::xxh3::xxh3_64;
 
 #[path = "bench/callgrind.rs"]
 mod callgrind;
+#[path = "bench/deployments.rs"]
+mod deployments;
 #[path = "bench/per_route.rs"]
 mod per_route;
 
@@ -269,6 +274,9 @@ enum Setup<'a> {
     /// `envoy/per-route.yaml` with the requests on a virtual host where the filter is
     /// absent, disabled or enabled.
     PerRoute(per_route::Filter),
+    /// The canary filter in the list form with this many deployments, the requests'
+    /// host matching one of them or none.
+    Deployments(deployments::Listed),
 }
 
 struct Rig {
@@ -284,6 +292,7 @@ impl Rig {
         config.direct_response();
         match setup {
             Setup::PerRoute(filter) => filter.apply(&mut config),
+            Setup::Deployments(listed) => listed.apply(&mut config),
             Setup::Baseline => {
                 config.without_wasm();
                 config.without_header_stripping();
@@ -365,6 +374,11 @@ fn interleaved(
 }
 
 /// The per-round differences `a - b` of one figure, as a spread.
+/// The per-round ratios `a / b` of one figure, as a spread.
+fn paired_ratio(a: &[Run], b: &[Run], figure: impl Fn(&Run) -> f64) -> Spread {
+    spread(a.iter().zip(b).map(|(a, b)| figure(a) / figure(b)).collect())
+}
+
 fn paired(a: &[Run], b: &[Run], figure: impl Fn(&Run) -> f64) -> Spread {
     spread(a.iter().zip(b).map(|(a, b)| figure(a) - figure(b)).collect())
 }
@@ -737,9 +751,9 @@ fn outcome_instructions(rig: &Rig, before: Option<&Path>) {
 
 #[tokio::main]
 async fn main() {
-    // `BENCH=native,envoy,start,strips,probes,outcomes,per-route` runs some parts (for quick experiments).
-    let parts =
-        std::env::var("BENCH").unwrap_or_else(|_| "native,envoy,start,strips,probes,outcomes,per-route".to_string());
+    // `BENCH=native,envoy,start,strips,probes,outcomes,per-route,deployments` runs some parts (for quick experiments).
+    let parts = std::env::var("BENCH")
+        .unwrap_or_else(|_| "native,envoy,start,strips,probes,outcomes,per-route,deployments".to_string());
     let part = |name: &str| parts.split(',').any(|p| p.trim() == name);
     let rounds = env_number("BENCH_RUNS", RUNS).max(1);
     let seconds = env_number("BENCH_SECONDS", RUN_SECONDS).max(1);
@@ -785,5 +799,11 @@ async fn main() {
     }
     if part("per-route-instructions") {
         per_route::instructions(&rig);
+    }
+    if part("deployments") {
+        deployments::run(&rig, rounds, seconds).await;
+    }
+    if part("deployments-instructions") {
+        deployments::instructions(&rig);
     }
 }

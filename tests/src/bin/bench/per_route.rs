@@ -7,7 +7,9 @@
 //! "enabled" row turns the filter on for as the `checkout` one ships.
 
 use super::callgrind::{CALLGRIND_SECONDS, instructions_per_request};
-use super::{CONNECTIONS, ENVOY_CPU, Rig, Run, Setup, WRK_CPU, interleaved, paired, spread, start_all, wrk_script};
+use super::{
+    CONNECTIONS, ENVOY_CPU, Rig, Setup, WRK_CPU, interleaved, paired, paired_ratio, spread, start_all, wrk_script,
+};
 use canary_e2e::envoy::EnvoyConfig;
 
 /// The example measured.
@@ -39,11 +41,6 @@ const ROWS: [(&str, Filter); 3] = [
     ("filter listed, disabled on this host", Filter::Disabled),
     ("filter enabled on this host", Filter::Enabled),
 ];
-
-/// The per-round ratios `a / b` of one figure, as a spread.
-fn paired_ratio(a: &[Run], b: &[Run], figure: impl Fn(&Run) -> f64) -> super::Spread {
-    spread(a.iter().zip(b).map(|(a, b)| figure(a) / figure(b)).collect())
-}
 
 /// Saturated throughput and Envoy CPU per request, interleaved, paired against the baseline.
 pub async fn run(rig: &Rig, rounds: usize, seconds: u32) {
