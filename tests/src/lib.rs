@@ -17,6 +17,7 @@ pub mod istio_bootstrap;
 pub mod kubernetes_api;
 pub mod load;
 pub mod manifests;
+pub mod per_route;
 pub mod prometheus;
 pub mod raw_http;
 pub mod request_log;
