@@ -5,7 +5,7 @@
 //! decides canary or control. The request's own routing header is never read.
 
 use crate::cohort::{Cohort, Share, bucket};
-use crate::config::FilterConfig;
+use crate::config::DeploymentConfig;
 use crate::population::RuleSubject;
 use crate::user_id::{AnonymousPolicy, IdSource, cookie_value_in_joined_lines, is_plausible_sticky_id};
 use std::collections::HashSet;
@@ -80,7 +80,7 @@ fn listed(ids: &HashSet<String>, user_id: &str) -> bool {
 /// Decides a request. `new_sticky_id` is called only for an anonymous request under
 /// the sticky policy; if it yields nothing (no randomness), the request is excluded.
 pub fn decide(
-    config: &FilterConfig,
+    config: &DeploymentConfig,
     share: Share,
     view: &mut impl RequestView,
     new_sticky_id: impl FnOnce() -> Option<String>,
@@ -153,8 +153,9 @@ mod tests {
         raw_headers(&raw)
     }
 
-    fn config(json: &str) -> FilterConfig {
-        FilterConfig::parse(json.as_bytes()).unwrap()
+    fn config(json: &str) -> DeploymentConfig {
+        let mut parsed = crate::config::FilterConfig::parse(json.as_bytes()).unwrap();
+        parsed.deployments.remove(0)
     }
 
     const HALF: Share = match Share::from_basis_points(5000) {
@@ -167,7 +168,7 @@ mod tests {
         (0..).map(|i| format!("user-{i}")).find(|id| HALF.includes(bucket("checkout", id)) == canary).unwrap()
     }
 
-    fn cohort(cfg: &FilterConfig, pairs: &[(&str, &str)]) -> Cohort {
+    fn cohort(cfg: &DeploymentConfig, pairs: &[(&str, &str)]) -> Cohort {
         decide(cfg, HALF, &mut headers(pairs), || None).cohort
     }
 

@@ -7,6 +7,8 @@
 pub mod cohort;
 pub mod config;
 pub mod decision;
+pub mod grpc;
+pub mod matching;
 pub mod metrics;
 pub mod outcome;
 pub mod poll;
@@ -16,7 +18,7 @@ pub mod rollout_batch;
 pub mod user_id;
 
 pub use cohort::{Cohort, Share, bucket};
-pub use config::{ConfigError, FilterConfig};
+pub use config::{ConfigError, DeploymentConfig, FilterConfig, Protocol};
 pub use decision::{Decision, RequestView, decide};
 pub use rollout::{RolloutConfig, RolloutPhase};
 pub use rollout_batch::{BatchAnswer, parse_batch_answer};

@@ -21,7 +21,7 @@
 
 use crate::cohort::{Cohort, Share};
 use crate::config::AnalyzerConfig;
-use crate::poll::{Published, effective_share};
+use crate::poll::{Applying, effective_share};
 
 /// Prometheus name of the per-cohort request counter.
 pub const REQUESTS: &str = "canary_requests_total";
@@ -62,15 +62,15 @@ pub struct Applied {
 impl Applied {
     /// Derives the gauges from the record a VM has read, as its tick does.
     pub fn derive(
-        published: Option<&Published>,
+        applying: Option<Applying>,
         analyzer: Option<&AnalyzerConfig>,
         initial: Share,
         now_ms: u64,
     ) -> Applied {
-        let share = effective_share(published, analyzer, initial, now_ms);
-        let generation = published.map_or(NO_GENERATION, |p| p.rollout.generation);
-        let config_age_ms = match (published, analyzer) {
-            (Some(p), Some(a)) => p.age_ms(a, now_ms).unwrap_or(UNKNOWN_AGE_MS),
+        let share = effective_share(applying, analyzer, initial, now_ms);
+        let generation = applying.map_or(NO_GENERATION, |p| p.rollout.generation);
+        let config_age_ms = match (applying, analyzer) {
+            (Some(p), Some(a)) => p.record.age_ms(a, now_ms).unwrap_or(UNKNOWN_AGE_MS),
             _ => UNKNOWN_AGE_MS,
         };
         Applied { generation, share, config_age_ms }
@@ -323,6 +323,7 @@ mod tests {
     mod applied {
         use super::super::*;
         use crate::config::FilterConfig;
+        use crate::poll::Published;
         use crate::rollout::{RolloutConfig, RolloutPhase};
 
         fn analyzer(when_stale: &str) -> AnalyzerConfig {
@@ -335,7 +336,11 @@ mod tests {
         fn published(generation: u64, share_bp: u32, confirmed_ms: u64) -> Published {
             let rollout =
                 RolloutConfig { deployment: "checkout".into(), generation, share_bp, state: RolloutPhase::Progressing };
-            Published { rollout, confirmed_ms }
+            Published::one(rollout, confirmed_ms)
+        }
+
+        fn applying(p: &Published) -> Option<Applying<'_>> {
+            p.rollouts.first().map(|rollout| Applying { record: p, rollout })
         }
 
         const INITIAL: Share = match Share::from_basis_points(100) {
@@ -358,16 +363,16 @@ mod tests {
         #[test]
         fn a_fresh_answer_gives_its_generation_share_and_age() {
             let p = published(7, 2_500, EPOCH_MS);
-            let applied = Applied::derive(Some(&p), Some(&analyzer("control")), INITIAL, EPOCH_MS + 1_200);
+            let applied = Applied::derive(applying(&p), Some(&analyzer("control")), INITIAL, EPOCH_MS + 1_200);
             assert_eq!((applied.generation, applied.share_bp(), applied.config_age_ms), (7, 2_500, 1_200));
         }
 
         #[test]
         fn past_the_staleness_limit_control_shows_share_0_and_the_growing_age() {
             let p = published(7, 2_500, EPOCH_MS);
-            let control = Applied::derive(Some(&p), Some(&analyzer("control")), INITIAL, EPOCH_MS + 5_001);
+            let control = Applied::derive(applying(&p), Some(&analyzer("control")), INITIAL, EPOCH_MS + 5_001);
             assert_eq!((control.generation, control.share_bp(), control.config_age_ms), (7, 0, 5_001));
-            let keep = Applied::derive(Some(&p), Some(&analyzer("keep")), INITIAL, EPOCH_MS + 5_001);
+            let keep = Applied::derive(applying(&p), Some(&analyzer("keep")), INITIAL, EPOCH_MS + 5_001);
             assert_eq!((keep.generation, keep.share_bp(), keep.config_age_ms), (7, 2_500, 5_001));
         }
 
@@ -375,7 +380,7 @@ mod tests {
         fn a_confirmation_from_before_a_clock_step_back_is_of_unknown_age() {
             let p = published(7, 2_500, EPOCH_MS);
             let stepped_back = EPOCH_MS - 3_600_000;
-            let control = Applied::derive(Some(&p), Some(&analyzer("control")), INITIAL, stepped_back);
+            let control = Applied::derive(applying(&p), Some(&analyzer("control")), INITIAL, stepped_back);
             assert_eq!((control.generation, control.share_bp(), control.config_age_ms), (7, 0, UNKNOWN_AGE_MS));
         }
     }

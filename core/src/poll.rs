@@ -16,14 +16,15 @@ use crate::config::{AnalyzerConfig, WhenStale};
 use crate::rollout::RolloutConfig;
 use serde::{Deserialize, Serialize};
 
-/// Shared-data keys are prefixed per deployment: Istio sets no `vm_id`, so every
-/// plugin in a proxy shares one namespace.
-pub fn lease_key(deployment: &str) -> String {
-    format!("wasm_canary/{deployment}/poll_lease")
+/// Shared-data keys are prefixed per poll scope ([`AnalyzerConfig::scope`]: the
+/// deployment id in the single form): Istio sets no `vm_id`, so every plugin in a
+/// proxy shares one namespace.
+pub fn lease_key(scope: &str) -> String {
+    format!("wasm_canary/{scope}/poll_lease")
 }
 
-pub fn published_key(deployment: &str) -> String {
-    format!("wasm_canary/{deployment}/rollout")
+pub fn published_key(scope: &str) -> String {
+    format!("wasm_canary/{scope}/rollout")
 }
 
 /// How far ahead of a VM's wall clock a time written in shared data may lie and
@@ -63,22 +64,48 @@ pub fn lease_is_due(stored: Option<&[u8]>, analyzer: &AnalyzerConfig, now_ms: u6
     }
 }
 
-/// The rollout config in force, as published in shared data for every VM.
+/// The rollout configs in force, as published in shared data for every VM: one per
+/// deployment the analyzer answered for (a deployment it does not know has none and
+/// routes with its initial share), and when the analyzer last confirmed them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Published {
-    pub rollout: RolloutConfig,
-    /// When the analyzer last confirmed this config (ms since the epoch).
+    pub rollouts: Vec<RolloutConfig>,
+    /// When the analyzer last confirmed these configs (ms since the epoch).
     pub confirmed_ms: u64,
+    /// The batch answer's revision, sent back in `If-None-Match` (list form only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+}
+
+/// The record as a filter that served one deployment wrote it: read so that
+/// replacing the module in a running Envoy keeps the share in force.
+#[derive(Deserialize)]
+struct PublishedOne {
+    rollout: RolloutConfig,
+    confirmed_ms: u64,
 }
 
 impl Published {
+    /// One deployment's record, as the single form publishes it.
+    pub fn one(rollout: RolloutConfig, confirmed_ms: u64) -> Published {
+        Published { rollouts: vec![rollout], confirmed_ms, revision: None }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
     /// `None` for anything unreadable: a VM then keeps what it had.
     pub fn decode(bytes: &[u8]) -> Option<Published> {
-        serde_json::from_slice(bytes).ok()
+        serde_json::from_slice(bytes).ok().or_else(|| {
+            let one: PublishedOne = serde_json::from_slice(bytes).ok()?;
+            Some(Published::one(one.rollout, one.confirmed_ms))
+        })
+    }
+
+    /// The rollout of `deployment`, if the analyzer answered for it.
+    pub fn rollout(&self, deployment: &str) -> Option<&RolloutConfig> {
+        self.rollouts.iter().find(|r| r.deployment == deployment)
     }
 
     /// How long ago the analyzer confirmed this config; `None` when the confirmation
@@ -100,16 +127,24 @@ impl Published {
     }
 }
 
-/// The share a VM routes with: the published one, or the initial share before the
-/// first answer, or 0 once stale under `when_stale: control`.
+/// One deployment's part of the published record: its rollout and the record's
+/// confirmation time.
+#[derive(Debug, Clone, Copy)]
+pub struct Applying<'a> {
+    pub record: &'a Published,
+    pub rollout: &'a RolloutConfig,
+}
+
+/// The share a VM routes with for one deployment: the published one, or the initial
+/// share before the first answer for it, or 0 once stale under `when_stale: control`.
 pub fn effective_share(
-    published: Option<&Published>,
+    applying: Option<Applying>,
     analyzer: Option<&AnalyzerConfig>,
     initial: Share,
     now_ms: u64,
 ) -> Share {
-    match (published, analyzer) {
-        (Some(p), Some(a)) if a.when_stale == WhenStale::Control && p.is_stale(a, now_ms) => Share::ZERO,
+    match (applying, analyzer) {
+        (Some(p), Some(a)) if a.when_stale == WhenStale::Control && p.record.is_stale(a, now_ms) => Share::ZERO,
         (Some(p), _) => p.rollout.share(),
         (None, _) => initial,
     }
@@ -160,7 +195,11 @@ mod tests {
     fn published(share_bp: u32, confirmed_ms: u64) -> Published {
         let rollout =
             RolloutConfig { deployment: "checkout".into(), generation: 4, share_bp, state: RolloutPhase::Progressing };
-        Published { rollout, confirmed_ms }
+        Published::one(rollout, confirmed_ms)
+    }
+
+    fn applying(p: &Published) -> Option<Applying<'_>> {
+        p.rollouts.first().map(|rollout| Applying { record: p, rollout })
     }
 
     /// A wall-clock time in 2023, far from 0 so a step back of an hour cannot wrap.
@@ -190,10 +229,11 @@ mod tests {
         fn tick(&mut self, now_ms: u64, answer: Option<&RolloutConfig>) -> Share {
             if std::mem::take(&mut self.in_flight) {
                 if let Some(rollout) = answer {
-                    self.published = Some(Published { rollout: rollout.clone(), confirmed_ms: now_ms });
+                    self.published = Some(Published::one(rollout.clone(), now_ms));
                 }
             }
-            let share = effective_share(self.published.as_ref(), Some(&self.analyzer), Share::ZERO, now_ms);
+            let share =
+                effective_share(self.published.as_ref().and_then(applying), Some(&self.analyzer), Share::ZERO, now_ms);
             if lease_is_due(self.lease.as_ref().map(|l| l.as_slice()), &self.analyzer, now_ms) {
                 self.lease = Some(renewed_lease(&self.analyzer, now_ms));
                 self.in_flight = true;
@@ -215,7 +255,7 @@ mod tests {
 
     /// An Envoy that has polled a healthy analyzer for 10 s before the step.
     fn settled_envoy(when_stale: &str) -> (SimulatedEnvoy, RolloutConfig, u64) {
-        let answer = published(500, 0).rollout;
+        let answer = published(500, 0).rollouts.remove(0);
         let mut envoy = SimulatedEnvoy::new(analyzer(when_stale));
         let shares = envoy.run(EPOCH_MS, 10_000, Some(&answer));
         assert!(shares.iter().skip(1).all(|(_, s)| *s == five_percent()));
@@ -312,6 +352,12 @@ mod tests {
     }
 
     #[test]
+    fn a_record_in_the_one_deployment_format_is_read() {
+        let old = br#"{"rollout":{"deployment":"checkout","generation":4,"share_bp":500,"state":"progressing"},"confirmed_ms":42}"#;
+        assert_eq!(Published::decode(old), Some(published(500, 42)));
+    }
+
+    #[test]
     fn published_round_trips_and_garbage_is_none() {
         let p = published(500, 42);
         assert_eq!(Published::decode(&p.encode()), Some(p));
@@ -325,10 +371,10 @@ mod tests {
         let (keep, control) = (analyzer("keep"), analyzer("control"));
         let p = published(500, 10_000);
         assert_eq!(effective_share(None, Some(&keep), initial, 0), initial);
-        assert_eq!(effective_share(Some(&p), Some(&keep), initial, 15_000), five, "at the limit: fresh");
-        assert_eq!(effective_share(Some(&p), Some(&keep), initial, 99_000), five, "stale, keep");
-        assert_eq!(effective_share(Some(&p), Some(&control), initial, 15_000), five);
-        assert_eq!(effective_share(Some(&p), Some(&control), initial, 15_001), Share::ZERO, "stale, control");
+        assert_eq!(effective_share(applying(&p), Some(&keep), initial, 15_000), five, "at the limit: fresh");
+        assert_eq!(effective_share(applying(&p), Some(&keep), initial, 99_000), five, "stale, keep");
+        assert_eq!(effective_share(applying(&p), Some(&control), initial, 15_000), five);
+        assert_eq!(effective_share(applying(&p), Some(&control), initial, 15_001), Share::ZERO, "stale, control");
         assert_eq!(tick_period_ms(&keep), 250);
     }
 

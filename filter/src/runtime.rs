@@ -101,7 +101,39 @@ impl MetricIds {
 #[derive(Debug)]
 pub struct Runtime {
     pub config: FilterConfig,
+    /// Per deployment, in the configuration's order.
+    pub deployments: Vec<DeploymentRuntime>,
+    /// Whether the host offers `clear_route_cache` (learnt on the first call).
+    pub route_cache: Cell<RouteCacheClearing>,
+}
+
+/// One deployment's metric ids and the share this VM routes it with.
+#[derive(Debug)]
+pub struct DeploymentRuntime {
     pub metrics: MetricIds,
-    /// The share this VM routes with; updated on ticks, read on every request.
+    /// Updated on ticks, read on every request.
     pub share: Cell<Share>,
+}
+
+/// Whether the host clears the route cache on request: Envoy 1.33 and later offer the
+/// `clear_route_cache` foreign function (and, for newer ABI versions, no longer clear
+/// it when a Wasm filter sets a header); older hosts clear it themselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteCacheClearing {
+    Untried,
+    Offered,
+    /// The host has no such function: it re-picks the route itself, nothing to do.
+    Absent,
+}
+
+impl Runtime {
+    /// Defines every deployment's metrics; `Err` names the deployment whose definition failed.
+    pub fn new(config: FilterConfig) -> Result<Runtime, (String, Status)> {
+        let mut deployments = Vec::with_capacity(config.deployments.len());
+        for d in &config.deployments {
+            let metrics = MetricIds::define(&d.deployment, &d.outcomes).map_err(|s| (d.deployment.clone(), s))?;
+            deployments.push(DeploymentRuntime { metrics, share: Cell::new(d.initial_share) });
+        }
+        Ok(Runtime { config, deployments, route_cache: Cell::new(RouteCacheClearing::Untried) })
+    }
 }

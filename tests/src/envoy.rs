@@ -161,6 +161,22 @@ impl EnvoyConfig {
         }
     }
 
+    /// Serves gRPC: the listener takes HTTP/2 without TLS (h2c) as well as HTTP/1
+    /// (`codec_type: AUTO`, Envoy's default, set here to say so), and the `stable` and
+    /// `canary` clusters speak HTTP/2 to their upstreams, as gRPC needs. Routing stays the
+    /// shipped one: `x-canary-cohort: canary` to `canary`, everything else to `stable`.
+    pub fn for_grpc_upstreams(&mut self) {
+        connection_manager(&mut self.yaml)["codec_type"] = Yaml::from("AUTO");
+        let http2: Yaml = serde_yaml_ng::from_str(
+            r#"{envoy.extensions.upstreams.http.v3.HttpProtocolOptions: {"@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions, explicit_http_config: {http2_protocol_options: {}}}}"#,
+        )
+        .expect("http2 protocol options");
+        let clusters = self.yaml["static_resources"]["clusters"].as_sequence_mut().expect("envoy.yaml: clusters");
+        for cluster in clusters.iter_mut().filter(|c| matches!(c["name"].as_str(), Some("stable" | "canary"))) {
+            cluster["typed_extension_protocol_options"] = http2.clone();
+        }
+    }
+
     /// Drops the early header mutation, leaving the wasm filter alone to replace a
     /// client-supplied cohort header (as under Istio, where only the WasmPlugin runs).
     pub fn without_header_stripping(&mut self) {

@@ -11,6 +11,8 @@ pub mod config_server;
 pub mod containers;
 pub mod ecds;
 pub mod envoy;
+pub mod grpc_client;
+pub mod grpc_upstream;
 pub mod http_server;
 pub mod istio_api;
 pub mod istio_bootstrap;

@@ -1,13 +1,17 @@
 //! A background load generator: requests through Envoy at about a fixed rate, as users
 //! drawn from a fixed pool (so per-user stickiness matters) plus a fraction of
 //! anonymous requests, counting what answered. It runs until its handle is dropped.
+//! HTTP requests by default; any other protocol through a [`Sender`] (gRPC calls:
+//! `crate::grpc_client::start_grpc_load`).
 //!
 //! Kept light for a two-core machine that also runs Envoy and the analyzer: one timer
 //! task, one spawned task per request, one pooled `reqwest` client, and a cap on the
 //! requests in flight. A tick that finds the cap reached skips its request and counts
 //! it, so a slow upstream shows up as `skipped` instead of a silent drop in rate.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -63,11 +67,11 @@ pub struct LoadStats {
     pub canary: u64,
     /// Responses without a known `x-version` (e.g. Envoy's own 503 after a reset).
     pub unversioned: u64,
-    /// Responses with status >= 500 plus transport errors.
+    /// Failed responses (HTTP: status >= 500; gRPC: any status but OK) plus transport errors.
     pub errors: u64,
-    /// Of `errors`: responses >= 500 from stable.
+    /// Of `errors`: failed responses from stable.
     pub stable_errors: u64,
-    /// Of `errors`: responses >= 500 from canary.
+    /// Of `errors`: failed responses from canary.
     pub canary_errors: u64,
     /// Of `errors`: no response at all (connection failure, timeout).
     pub transport_errors: u64,
@@ -133,10 +137,9 @@ impl Counters {
 
     /// Records one finished request. The breakdown goes first and `completed` last, so a
     /// snapshot's `completed` never counts a request its breakdown lacks.
-    fn record(&self, outcome: Result<(u16, Option<String>), reqwest::Error>) {
+    fn record(&self, outcome: Outcome) {
         match outcome {
-            Ok((status, version)) => {
-                let failed = status >= 500;
+            Outcome::Answered { version, failed } => {
                 match version.as_deref() {
                     Some("stable") => {
                         bump(&self.stable);
@@ -156,7 +159,7 @@ impl Counters {
                     bump(&self.errors);
                 }
             }
-            Err(_) => {
+            Outcome::NoAnswer => {
                 bump(&self.transport_errors);
                 bump(&self.errors);
             }
@@ -164,6 +167,18 @@ impl Counters {
         self.completed.fetch_add(1, Ordering::Release);
     }
 }
+
+/// What one request came back with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A response: the version that answered (`x-version`), and whether it failed.
+    Answered { version: Option<String>, failed: bool },
+    /// No response at all (connection failure, timeout).
+    NoAnswer,
+}
+
+/// Sends one request as a user (`None`: anonymous) and says how it ended.
+pub type Sender = Arc<dyn Fn(Option<String>) -> Pin<Box<dyn Future<Output = Outcome> + Send>> + Send + Sync>;
 
 /// SplitMix64: a seeded, well-mixed hash of the request counter, to pick users and
 /// anonymous requests reproducibly without a random number crate.
@@ -201,22 +216,25 @@ impl Drop for Load {
 }
 
 impl Load {
-    /// Starts sending to Envoy's `listener` at once. Needs a running Tokio runtime.
+    /// Starts sending HTTP `GET`s of `options.path` to Envoy's `listener` at once. Needs a
+    /// running Tokio runtime.
     pub fn start(listener: SocketAddr, options: LoadOptions) -> Load {
-        let counters = Arc::new(Counters::default());
-        let users = Arc::new(crate::traffic::user_ids(options.user_prefix, options.users));
         let http = reqwest::Client::builder()
             .timeout(options.timeout)
             .pool_max_idle_per_host(options.max_in_flight as usize)
             .build()
             .expect("reqwest client");
-        let task = tokio::spawn(generate(
-            http,
-            format!("http://{listener}{}", options.path),
-            options,
-            Arc::clone(&users),
-            Arc::clone(&counters),
-        ));
+        let url = format!("http://{listener}{}", options.path);
+        let send: Sender = Arc::new(move |user| Box::pin(http_get(http.clone(), url.clone(), user)));
+        Load::start_with(send, options)
+    }
+
+    /// Starts sending with `send` at once (`options.path` and `timeout` are the sender's
+    /// business). Needs a running Tokio runtime.
+    pub fn start_with(send: Sender, options: LoadOptions) -> Load {
+        let counters = Arc::new(Counters::default());
+        let users = Arc::new(crate::traffic::user_ids(options.user_prefix, options.users));
+        let task = tokio::spawn(generate(send, options, Arc::clone(&users), Arc::clone(&counters)));
         Load { counters, users, task }
     }
 
@@ -256,13 +274,24 @@ impl Load {
     }
 }
 
-async fn generate(
-    http: reqwest::Client,
-    url: String,
-    options: LoadOptions,
-    users: Arc<Vec<String>>,
-    counters: Arc<Counters>,
-) {
+/// One `GET url` as `user`: the `x-version` that answered and whether the status was >= 500.
+async fn http_get(http: reqwest::Client, url: String, user: Option<String>) -> Outcome {
+    let mut request = http.get(&url);
+    if let Some(id) = user {
+        request = request.header("x-user-id", id);
+    }
+    let answer = async {
+        let response = request.send().await?;
+        let failed = response.status().as_u16() >= 500;
+        let version = response.headers().get("x-version").and_then(|v| v.to_str().ok()).map(str::to_string);
+        // Read the body so the connection goes back to the pool.
+        response.bytes().await?;
+        Ok::<_, reqwest::Error>(Outcome::Answered { version, failed })
+    };
+    answer.await.unwrap_or(Outcome::NoAnswer)
+}
+
+async fn generate(send: Sender, options: LoadOptions, users: Arc<Vec<String>>, counters: Arc<Counters>) {
     let permits = Arc::new(Semaphore::new(options.max_in_flight.max(1) as usize));
     let mut ticks = tokio::time::interval(Duration::from_secs(1) / options.rps.max(1));
     // Behind schedule (a busy machine), send at the next tick instead of a burst.
@@ -281,22 +310,10 @@ async fn generate(
         };
         // The n-th request sent (skipped ticks not counted) goes as `pick_user(n, ..)`.
         let n = counters.sent.fetch_add(1, Ordering::Relaxed);
-        let mut request = http.get(&url);
-        if let Some(id) = pick_user(n, &users, options.anonymous_fraction) {
-            request = request.header("x-user-id", id);
-        }
+        let request = send(pick_user(n, &users, options.anonymous_fraction).map(str::to_string));
         let counters = Arc::clone(&counters);
         requests.spawn(async move {
-            let outcome = async {
-                let response = request.send().await?;
-                let status = response.status().as_u16();
-                let version = response.headers().get("x-version").and_then(|v| v.to_str().ok()).map(str::to_string);
-                // Read the body so the connection goes back to the pool.
-                response.bytes().await?;
-                Ok((status, version))
-            }
-            .await;
-            counters.record(outcome);
+            counters.record(request.await);
             drop(permit);
         });
     }

@@ -126,10 +126,11 @@ impl RequestView for UserOnly<'_> {
     }
 }
 
-/// Which version the filter routes `user` to, under `config` at `share_bp`.
+/// Which version the filter routes `user` to, under the (first) deployment of `config` at `share_bp`.
 pub fn expected_version(config: &FilterConfig, share_bp: u32, user: &str) -> &'static str {
     let share = Share::from_basis_points(share_bp).expect("share in range");
-    let decision = decide(config, share, &mut UserOnly(user), || None);
+    let deployment = config.deployments.first().expect("a configuration has a deployment");
+    let decision = decide(deployment, share, &mut UserOnly(user), || None);
     if decision.cohort.routes_to_canary() { "canary" } else { "stable" }
 }
 

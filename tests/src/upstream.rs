@@ -37,16 +37,21 @@ impl Default for Behaviour {
 }
 
 impl Behaviour {
-    /// Whether the `n`-th ordinary request (counting from 0) fails: request `n` fails when
-    /// `floor((n + 1) * f)` passes an integer, so any run of `k` consecutive requests holds
-    /// `floor(k * f)` or `ceil(k * f)` failures.
     fn fails(&self, n: u64) -> bool {
-        // In integer parts per million, so the spread is exact (no float rounding at the
-        // edges); a millionth is finer than any fraction a test asks for.
-        const PARTS: u64 = 1_000_000;
-        let parts = (self.fail_fraction.clamp(0.0, 1.0) * PARTS as f64).round() as u64;
-        (n + 1) * parts / PARTS > n * parts / PARTS
+        spread_failure(self.fail_fraction, n)
     }
+}
+
+/// Whether the `n`-th request (counting from 0) of a sequence failing `fail_fraction` of
+/// its requests fails: request `n` fails when `floor((n + 1) * f)` passes an integer, so
+/// any run of `k` consecutive requests holds `floor(k * f)` or `ceil(k * f)` failures.
+/// Out-of-range fractions are clamped to 0..=1.
+pub fn spread_failure(fail_fraction: f64, n: u64) -> bool {
+    // In integer parts per million, so the spread is exact (no float rounding at the
+    // edges); a millionth is finer than any fraction a test asks for.
+    const PARTS: u64 = 1_000_000;
+    let parts = (fail_fraction.clamp(0.0, 1.0) * PARTS as f64).round() as u64;
+    (n + 1) * parts / PARTS > n * parts / PARTS
 }
 
 /// State shared by the server task and the test's handle.

@@ -287,7 +287,7 @@ fn docker_compose_runs_the_compose_config_and_matching_services() {
     let policy_mount = with_compose_defaults(services["analyzer"]["volumes"][0].as_str().unwrap());
     let policy_file = policy_mount.split(':').next().unwrap().trim_start_matches("../");
     let policy = RolloutPolicy::from_yaml(&std::fs::read_to_string(repo_root().join(policy_file)).unwrap()).unwrap();
-    assert_eq!(policy.deployment, filter.deployment);
+    assert_eq!(policy.deployment, filter.deployments[0].deployment);
 }
 
 /// What the Istio schemas leave free-form in the shipped manifests, and the test that
@@ -492,7 +492,7 @@ fn the_policy_config_map_parses_with_the_analyzer_policy_parser() {
     let plugin =
         FilterConfig::parse(istio_struct_json(&the_wasm_plugin().value["spec"]["pluginConfig"]).to_string().as_bytes())
             .unwrap();
-    assert_eq!(policy.deployment, plugin.deployment, "the policy rolls out the filter's deployment");
+    assert_eq!(policy.deployment, plugin.deployments[0].deployment, "the policy rolls out the filter's deployment");
     // The Deployment mounts it where the README and the CI example read it.
     let analyzer = the("Deployment", "canary-analyzer").value;
     let pod = &analyzer["spec"]["template"]["spec"];
@@ -556,7 +556,7 @@ fn the_istio_pieces_agree_with_each_other_and_the_code() {
     // Routing: the canary route matches exactly the value the filter writes.
     let gateway_routes = the("VirtualService", "checkout").value;
     let http = gateway_routes["spec"]["http"].as_sequence().unwrap();
-    let header = &http[0]["match"][0]["headers"][filter.routing_header.as_str()];
+    let header = &http[0]["match"][0]["headers"][filter.deployments[0].routing_header.as_str()];
     assert_eq!(header["exact"].as_str(), Some(canary_core::Cohort::Canary.label()), "{header:?}");
     assert_eq!(http[0]["route"][0]["destination"]["subset"].as_str(), Some("canary"));
     assert!(http[1]["match"].is_null(), "the last route takes everything else");
@@ -596,7 +596,7 @@ fn the_istio_pieces_agree_with_each_other_and_the_code() {
     let patch = &strip["spec"]["configPatches"][0]["patch"];
     assert_eq!(patch["operation"].as_str(), Some("INSERT_FIRST"));
     let lua = patch["value"]["typed_config"]["default_source_code"]["inline_string"].as_str().unwrap();
-    assert!(lua.contains(&format!("remove(\"{}\")", filter.routing_header)), "{lua}");
+    assert!(lua.contains(&format!("remove(\"{}\")", filter.deployments[0].routing_header)), "{lua}");
     assert_eq!(strip["spec"]["workloadSelector"]["labels"], plugin["spec"]["selector"]["matchLabels"]);
 }
 

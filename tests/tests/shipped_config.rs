@@ -37,6 +37,6 @@ fn the_shipped_plugin_configuration_is_accepted_by_the_filter_parser() {
     let mut config = EnvoyConfig::shipped(addr, addr, addr);
     let json = config.plugin_config().to_string();
     let parsed = FilterConfig::parse(json.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(parsed.deployment, "demo");
+    assert_eq!(parsed.deployment_ids(), ["demo"]);
     assert_eq!(parsed.analyzer.unwrap().cluster, "canary_analyzer");
 }

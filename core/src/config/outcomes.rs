@@ -334,7 +334,7 @@ fn methods(field: &str, value: Json) -> Result<Vec<String>, ConfigError> {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::tests::{error, parse};
+    use crate::config::tests::{error, one};
 
     /// `{"deployment":"a","outcomes":[<rules>]}`.
     fn with_outcomes(rules: &str) -> String {
@@ -344,13 +344,12 @@ mod tests {
     #[test]
     fn outcome_rules_of_every_kind_are_validated_into_typed_rules() {
         use crate::outcome::{OutcomeMatch, OutcomeRule};
-        let c = parse(&with_outcomes(
+        let (c, _) = one(&with_outcomes(
             r#"{"name":"cache_hit","response_header":"X-Cache","equals":"HIT"},
                {"name":"declined","response_header":"x-payment-result","equals":"declined","path_prefix":"/pay"},
                {"name":"slow_db","response_header":"x-db-time-ms","above":100},
                {"name":"payment_required","status":402.0,"path_prefix":"/checkout","methods":["POST","PUT"]}"#,
-        ))
-        .unwrap();
+        ));
         let header = |h: &str, v: &str| OutcomeMatch::HeaderEquals { header: h.into(), value: v.into() };
         let plain =
             |name: &str, matcher| OutcomeRule { name: name.into(), path_prefix: None, methods: vec![], matcher };
@@ -370,10 +369,10 @@ mod tests {
                 },
             ]
         );
-        assert!(parse(r#"{"deployment":"a"}"#).unwrap().outcomes.is_empty());
-        assert!(parse(r#"{"deployment":"a","outcomes":[]}"#).unwrap().outcomes.is_empty());
+        assert!(one(r#"{"deployment":"a"}"#).0.outcomes.is_empty());
+        assert!(one(r#"{"deployment":"a","outcomes":[]}"#).0.outcomes.is_empty());
         let sixteen: Vec<String> = (0..16).map(|i| format!(r#"{{"name":"r{i}","status":200}}"#)).collect();
-        assert_eq!(parse(&with_outcomes(&sixteen.join(","))).unwrap().outcomes.len(), 16);
+        assert_eq!(one(&with_outcomes(&sixteen.join(","))).0.outcomes.len(), 16);
     }
 
     /// Every refusal of an outcome rule: (rules, field named, a word of what was expected).

@@ -5,7 +5,7 @@ use crate::support::{self, bounded, is_one_line, text};
 use canary_core::config::is_valid_deployment_id;
 use canary_core::outcome::{MAX_OUTCOMES, OutcomeMatch, is_valid_outcome_name};
 use canary_core::user_id::AnonymousPolicy;
-use canary_core::{ConfigError, FilterConfig};
+use canary_core::{ConfigError, DeploymentConfig, FilterConfig};
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 
@@ -295,7 +295,25 @@ fn check_error(error: &ConfigError, unknown_key: Option<&str>) -> Result<(), Tes
 }
 
 /// What every accepted configuration must satisfy.
-fn check_accepted(config: &FilterConfig) -> Result<(), TestCaseError> {
+fn check_accepted(whole: &FilterConfig) -> Result<(), TestCaseError> {
+    prop_assert!(!whole.deployments.is_empty(), "{whole:?}");
+    for config in &whole.deployments {
+        check_deployment(config)?;
+    }
+    if let Some(analyzer) = &whole.analyzer {
+        prop_assert!(analyzer.path.starts_with('/') && !analyzer.cluster.is_empty(), "{analyzer:?}");
+        prop_assert!(analyzer.poll_interval_ms >= 100, "{analyzer:?}");
+        prop_assert!(analyzer.timeout_ms >= 1 && analyzer.timeout_ms <= analyzer.poll_interval_ms, "{analyzer:?}");
+        prop_assert!(
+            u64::from(analyzer.stale_after_ms) >= 2 * u64::from(analyzer.poll_interval_ms),
+            "stale_after_ms below two poll intervals: {analyzer:?}"
+        );
+    }
+    Ok(())
+}
+
+/// What every accepted deployment must satisfy.
+fn check_deployment(config: &DeploymentConfig) -> Result<(), TestCaseError> {
     prop_assert!(is_valid_deployment_id(&config.deployment), "{config:?}");
     prop_assert!(!config.routing_header.is_empty(), "{config:?}");
     prop_assert_eq!(config.routing_header.to_ascii_lowercase(), config.routing_header.clone());
@@ -323,15 +341,6 @@ fn check_accepted(config: &FilterConfig) -> Result<(), TestCaseError> {
                 prop_assert!(!header.is_empty() && header.to_ascii_lowercase() == *header, "{rule:?}");
             }
         }
-    }
-    if let Some(analyzer) = &config.analyzer {
-        prop_assert!(analyzer.path.starts_with('/') && !analyzer.cluster.is_empty(), "{analyzer:?}");
-        prop_assert!(analyzer.poll_interval_ms >= 100, "{analyzer:?}");
-        prop_assert!(analyzer.timeout_ms >= 1 && analyzer.timeout_ms <= analyzer.poll_interval_ms, "{analyzer:?}");
-        prop_assert!(
-            u64::from(analyzer.stale_after_ms) >= 2 * u64::from(analyzer.poll_interval_ms),
-            "stale_after_ms below two poll intervals: {analyzer:?}"
-        );
     }
     Ok(())
 }
@@ -396,5 +405,5 @@ fn huge_and_deeply_nested_documents_are_refused_in_bounded_time() {
     assert!(is_one_line(&error.to_string()), "{error}");
     let many_sources: Vec<Value> = (0..20_000).map(|i| json!({ "header": format!("x-id-{i}") })).collect();
     let wide = json!({ "deployment": "d", "user_id": { "sources": many_sources } });
-    assert_eq!(parse(&serde_json::to_vec(&wide).unwrap()).unwrap().sources.len(), 20_000);
+    assert_eq!(parse(&serde_json::to_vec(&wide).unwrap()).unwrap().deployments[0].sources.len(), 20_000);
 }

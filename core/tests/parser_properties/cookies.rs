@@ -4,7 +4,12 @@
 use crate::support::{self, bounded, text};
 use canary_core::cohort::{Cohort, Share, bucket};
 use canary_core::user_id::{cookie_value, cookie_value_in_joined_lines, is_plausible_sticky_id, sticky_id_from_bytes};
-use canary_core::{FilterConfig, RequestView, decide};
+use canary_core::{ConfigError, DeploymentConfig, FilterConfig, RequestView, decide};
+
+/// The one deployment of a single-form configuration.
+fn first(parsed: Result<FilterConfig, ConfigError>) -> DeploymentConfig {
+    parsed.unwrap().deployments.remove(0)
+}
 use proptest::prelude::*;
 use std::collections::HashMap;
 
@@ -39,17 +44,16 @@ impl RequestView for Headers {
 
 /// A configuration reading the user id from `x-user-id`, then cookie `uid`, with rules
 /// on a header and a cookie: every path of `decide` that reads client input.
-fn rules_config() -> FilterConfig {
-    FilterConfig::parse(
+fn rules_config() -> DeploymentConfig {
+    first(FilterConfig::parse(
         br#"{"deployment":"checkout","user_id":{"sources":[{"header":"x-user-id"},{"cookie":"uid"}]},
             "population":{"all":[{"cookie":"beta","present":true}],"any":[{"header":"x-tier","prefix":"gold"},
             {"cookie":"region","suffix":"-eu"}],"allow":["qa"],"deny":["vip"]}}"#,
-    )
-    .unwrap()
+    ))
 }
 
-fn sticky_config() -> FilterConfig {
-    FilterConfig::parse(br#"{"deployment":"checkout"}"#).unwrap()
+fn sticky_config() -> DeploymentConfig {
+    first(FilterConfig::parse(br#"{"deployment":"checkout"}"#))
 }
 
 proptest! {

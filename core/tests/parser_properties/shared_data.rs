@@ -26,7 +26,7 @@ proptest! {
         edits in support::edits(4),
     ) {
         let rollout = RolloutConfig { deployment: "checkout".into(), generation, share_bp, state: RolloutPhase::Paused };
-        let published = Published { rollout, confirmed_ms };
+        let published = Published::one(rollout, confirmed_ms);
         prop_assert_eq!(Published::decode(&published.encode()), Some(published.clone()));
         let mutated = support::mutate(published.encode(), &edits);
         if let Some(decoded) = bounded("Published::decode", || Published::decode(&mutated)) {

@@ -116,7 +116,7 @@ fn native() {
         black_box(share.includes(bucket(black_box("checkout"), black_box(&ids[i & 1023]))));
     });
     let full = time_per_op(|i| {
-        black_box(decide(&config, share, &mut OneHeader(black_box(&ids[i & 1023])), || None));
+        black_box(decide(&config.deployments[0], share, &mut OneHeader(black_box(&ids[i & 1023])), || None));
     });
     println!("native, per request (36-byte user id), best of 5 x {DECISIONS}:");
     println!("  xxh3 of the id alone (baseline)      {hash:6.1} ns");
