@@ -64,17 +64,11 @@ fn every_shipped_yaml_file_parses() {
     assert!(files >= 12 && documents.len() >= 20, "{files} files, {} documents", documents.len());
 }
 
-/// Whether a `pluginConfig` is in the list form (`deployments`, many deployments per proxy).
-fn is_list_form(plugin: &Document) -> bool {
-    !plugin.value["spec"]["pluginConfig"]["deployments"].is_null()
-}
-
 #[test]
 fn every_plugin_configuration_is_accepted_by_the_filter_parser() {
     let mut checked = Vec::new();
     for document in shipped_documents() {
-        // The list form is parsed by mesh_wasm_plugin_config_parses.
-        if document.kind() == "WasmPlugin" && !is_list_form(&document) {
+        if document.kind() == "WasmPlugin" {
             let json = istio_struct_json(&document.value["spec"]["pluginConfig"]).to_string();
             FilterConfig::parse(json.as_bytes()).unwrap_or_else(|e| panic!("{}: pluginConfig: {e}", document.origin()));
             checked.push(document.origin());
@@ -88,22 +82,9 @@ fn every_plugin_configuration_is_accepted_by_the_filter_parser() {
         }
     }
     println!("plugin configurations accepted: {checked:?}");
-    // envoy.yaml, envoy.compose.yaml, per-route.yaml, the WasmPlugin.
-    assert_eq!(checked.len(), 4, "{checked:?}");
-}
-
-/// istio/mesh/wasmplugin.yaml's `pluginConfig`, in the list form, after the round trip
-/// through Istio's `Struct`, is accepted by the filter's own parser.
-#[test]
-#[ignore = "needs the list-form configuration"]
-fn mesh_wasm_plugin_config_parses() {
-    let plugins: Vec<Document> =
-        shipped_documents().into_iter().filter(|d| d.kind() == "WasmPlugin" && is_list_form(d)).collect();
-    assert_eq!(plugins.iter().map(Document::origin).collect::<Vec<_>>(), ["istio/mesh/wasmplugin.yaml#0"]);
-    for plugin in plugins {
-        let json = istio_struct_json(&plugin.value["spec"]["pluginConfig"]).to_string();
-        FilterConfig::parse(json.as_bytes()).unwrap_or_else(|e| panic!("{}: pluginConfig: {e}", plugin.origin()));
-    }
+    // envoy.yaml, envoy.compose.yaml, gateway.yaml, per-route.yaml, the gateway's and the mesh's
+    // WasmPlugins (the mesh's in the list form).
+    assert_eq!(checked.len(), 6, "{checked:?}");
 }
 
 #[test]
@@ -127,7 +108,10 @@ fn envoy_validates_every_shipped_envoy_config() {
         validate_with_envoy(&document.file);
         validated.push(document.file.clone());
     }
-    assert_eq!(validated, ["envoy/envoy.compose.yaml", "envoy/envoy.yaml", "envoy/per-route.yaml"]);
+    assert_eq!(
+        validated,
+        ["envoy/envoy.compose.yaml", "envoy/envoy.yaml", "envoy/gateway.yaml", "envoy/per-route.yaml"]
+    );
 }
 
 /// The per-route example is envoy.yaml with the wasm filter `disabled: true` and turned on by
@@ -295,7 +279,7 @@ fn docker_compose_runs_the_compose_config_and_matching_services() {
 const FREE_FORM_CHECKED_ELSEWHERE: [(&str, &str); 3] = [
     (
         "istio/mesh/wasmplugin.yaml#0 WasmPlugin wasm-canary-orders-callers: spec.pluginConfig",
-        "mesh_wasm_plugin_config_parses (the filter's own parser) and the_mesh_pieces_agree_with_each_other_and_the_code",
+        "every_plugin_configuration_is_accepted_by_the_filter_parser (the filter's own parser) and the_mesh_pieces_agree_with_each_other_and_the_code",
     ),
     (
         "istio/strip-cohort-header.yaml#0 EnvoyFilter strip-canary-cohort-header: spec.configPatches[0].patch.value",
@@ -681,6 +665,23 @@ fn the_mesh_pieces_agree_with_each_other_and_the_code() {
     let fqdn = format!("orders.{namespace}.svc.cluster.local");
     let expected: Vec<String> = names.iter().chain([&fqdn]).map(|name| format!("{name}:{port}")).collect();
     assert_eq!(hosts, expected);
+    // The filter's own matcher sends those authorities to `orders`, and other calls nowhere.
+    let filter = FilterConfig::parse(config.to_string().as_bytes()).unwrap_or_else(|e| panic!("pluginConfig: {e}"));
+    assert_eq!(filter.deployment_ids(), ["orders"]);
+    let matched =
+        |authority: &str| filter.deployment_for(|| Some(authority.as_bytes().to_vec()), || Some(b"/".to_vec()));
+    for authority in &expected {
+        assert_eq!(matched(authority), Some(0), "{authority}");
+    }
+    for authority in [
+        "orders",
+        "orders:80",
+        "payments:8080",
+        "orders.other:8080",
+        "canary-analyzer.canary-system.svc.cluster.local:8080",
+    ] {
+        assert_eq!(matched(authority), None, "{authority}: untouched");
+    }
 
     // Routing: the canary route matches exactly the value the filter writes, for in-mesh callers.
     let header = config["routing_header"].as_str().unwrap();
