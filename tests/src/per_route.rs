@@ -14,20 +14,17 @@ pub const CONFIG: &str = "envoy/per-route.yaml";
 pub const ROLLOUT_HOST: &str = "checkout.example.com";
 /// A host no virtual host of the example turns the filter on for.
 pub const OTHER_HOST: &str = "catalog.example.com";
-/// The filter's name in the example's `http_filters`, the key of its `typed_per_filter_config`.
-const FILTER_NAME: &str = "envoy.filters.http.wasm";
-
-/// The example's virtual hosts, with the enabling entry keyed by `filter_name` instead.
-pub fn virtual_hosts_enabling(filter_name: &str) -> Yaml {
+/// The example's virtual hosts without the entries that enable the filter (for a test that
+/// enables it another way).
+pub fn virtual_hosts_without_enabling() -> Vec<Yaml> {
     let mut example = EnvoyConfig::load(CONFIG);
     let mut hosts = example.virtual_hosts().clone();
     for host in &mut hosts {
-        if let Some(per_filter) = host["typed_per_filter_config"].as_mapping_mut() {
-            let enabling = per_filter.remove(FILTER_NAME).expect("the example enables the wasm filter by its name");
-            per_filter.insert(Yaml::from(filter_name), enabling);
+        if let Some(host) = host.as_mapping_mut() {
+            host.remove("typed_per_filter_config");
         }
     }
-    Yaml::Sequence(hosts)
+    hosts
 }
 
 /// The filter's finished-request counters (`canary.deployment.*.cohort.*.class.*.requests_total`
