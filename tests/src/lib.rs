@@ -20,6 +20,7 @@ pub mod kubernetes_api;
 pub mod load;
 pub mod manifests;
 pub mod mesh_app;
+pub mod per_route;
 pub mod prometheus;
 pub mod raw_http;
 pub mod request_log;

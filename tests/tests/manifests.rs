@@ -82,8 +82,8 @@ fn every_plugin_configuration_is_accepted_by_the_filter_parser() {
         }
     }
     println!("plugin configurations accepted: {checked:?}");
-    // envoy.yaml, envoy.compose.yaml, gateway.yaml, per-route.yaml, and the WasmPlugins
-    // of the gateway and of the mesh (the list form).
+    // envoy.yaml, envoy.compose.yaml, gateway.yaml, per-route.yaml, the gateway's and the mesh's
+    // WasmPlugins (the mesh's in the list form).
     assert_eq!(checked.len(), 6, "{checked:?}");
 }
 
@@ -276,10 +276,18 @@ fn docker_compose_runs_the_compose_config_and_matching_services() {
 
 /// What the Istio schemas leave free-form in the shipped manifests, and the test that
 /// checks each some other way: `origin kind name: path` → test.
-const FREE_FORM_CHECKED_ELSEWHERE: [(&str, &str); 3] = [
+const FREE_FORM_CHECKED_ELSEWHERE: [(&str, &str); 5] = [
     (
         "istio/mesh/wasmplugin.yaml#0 WasmPlugin wasm-canary-orders-callers: spec.pluginConfig",
-        "mesh_wasm_plugin_config_parses (the filter's own parser) and the_mesh_pieces_agree_with_each_other_and_the_code",
+        "every_plugin_configuration_is_accepted_by_the_filter_parser (the filter's own parser) and the_mesh_pieces_agree_with_each_other_and_the_code",
+    ),
+    (
+        "istio/per-host/envoyfilter.yaml#0 EnvoyFilter wasm-canary-per-host: spec.configPatches[0].patch.value",
+        "istio_per_route.rs (applied to the listener in the real Envoy)",
+    ),
+    (
+        "istio/per-host/envoyfilter.yaml#0 EnvoyFilter wasm-canary-per-host: spec.configPatches[1].patch.value",
+        "istio_per_route.rs (applied to the listener in the real Envoy)",
     ),
     (
         "istio/strip-cohort-header.yaml#0 EnvoyFilter strip-canary-cohort-header: spec.configPatches[0].patch.value",
@@ -310,8 +318,9 @@ fn every_istio_document_validates_against_istio_1_30_3s_schemas() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     println!("{} Istio documents valid against {ISTIO_SCHEMAS}: {checked:#?}", checked.len());
-    // istio/: 6; istio/mesh/: the WasmPlugin, the DestinationRule, the VirtualService.
-    assert_eq!(checked.len(), 9, "{checked:#?}");
+    // istio/: 6; istio/mesh/: the WasmPlugin, the DestinationRule, the VirtualService;
+    // istio/per-host/: the EnvoyFilter.
+    assert_eq!(checked.len(), 10, "{checked:#?}");
     let expected: Vec<&str> = FREE_FORM_CHECKED_ELSEWHERE.iter().map(|(path, _)| *path).collect();
     assert_eq!(free_form, expected, "free-form values, each needing a check of its own");
     println!("CEL rules on these paths, not evaluated (no CEL interpreter here): {rules:#?}");
@@ -352,8 +361,9 @@ fn every_kubernetes_document_validates_strictly_against_kubernetes_schemas() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     let kinds: Vec<&str> = documents.iter().map(|d| d.origin.as_str()).collect();
     println!("valid against Kubernetes {KUBERNETES_VERSIONS:?}, strictly: {kinds:#?}");
-    // 12 Kubernetes documents and the metadata of 6 Istio ones under istio/; 5 and 3 under istio/mesh/.
-    assert_eq!(documents.len(), 26, "{kinds:#?}");
+    // 12 Kubernetes documents and the metadata of 6 Istio ones under istio/; 5 and 3 under
+    // istio/mesh/; the metadata of the EnvoyFilter under istio/per-host/.
+    assert_eq!(documents.len(), 27, "{kinds:#?}");
 }
 
 fn rename(map: &mut Yaml, from: &str, to: &str) {
@@ -665,6 +675,23 @@ fn the_mesh_pieces_agree_with_each_other_and_the_code() {
     let fqdn = format!("orders.{namespace}.svc.cluster.local");
     let expected: Vec<String> = names.iter().chain([&fqdn]).map(|name| format!("{name}:{port}")).collect();
     assert_eq!(hosts, expected);
+    // The filter's own matcher sends those authorities to `orders`, and other calls nowhere.
+    let filter = FilterConfig::parse(config.to_string().as_bytes()).unwrap_or_else(|e| panic!("pluginConfig: {e}"));
+    assert_eq!(filter.deployment_ids(), ["orders"]);
+    let matched =
+        |authority: &str| filter.deployment_for(|| Some(authority.as_bytes().to_vec()), || Some(b"/".to_vec()));
+    for authority in &expected {
+        assert_eq!(matched(authority), Some(0), "{authority}");
+    }
+    for authority in [
+        "orders",
+        "orders:80",
+        "payments:8080",
+        "orders.other:8080",
+        "canary-analyzer.canary-system.svc.cluster.local:8080",
+    ] {
+        assert_eq!(matched(authority), None, "{authority}: untouched");
+    }
 
     // Routing: the canary route matches exactly the value the filter writes, for in-mesh callers.
     let header = config["routing_header"].as_str().unwrap();
