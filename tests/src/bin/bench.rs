@@ -292,7 +292,7 @@ impl Rig {
         config.direct_response();
         match setup {
             Setup::PerRoute(filter) => filter.apply(&mut config),
-            Setup::Deployments(listed) => listed.apply(&mut config),
+            Setup::Deployments(listed) => listed.apply(&mut config, &self.probe_wasm),
             Setup::Baseline => {
                 config.without_wasm();
                 config.without_header_stripping();

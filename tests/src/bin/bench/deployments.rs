@@ -19,14 +19,29 @@ use canary_e2e::envoy::EnvoyConfig;
 #[derive(Clone, Copy)]
 pub enum Listed {
     Absent,
-    Deployments { count: usize, matched: bool },
+    /// The no-op wasm filter (the probe filter without a configuration): what any wasm
+    /// filter costs before it does anything.
+    Noop,
+    /// The single form as shipped (one deployment, every request), for comparison.
+    Single,
+    Deployments {
+        count: usize,
+        matched: bool,
+    },
 }
 
 impl Listed {
-    pub fn apply(self, config: &mut EnvoyConfig) {
+    pub fn apply(self, config: &mut EnvoyConfig, probe_wasm: &std::path::Path) {
         config.without_header_stripping();
         match self {
             Listed::Absent => config.without_wasm(),
+            Listed::Noop => {
+                config.with_wasm_module(probe_wasm);
+                config.set_plugin_config_text("");
+            }
+            Listed::Single => config.edit_plugin_config(|json| {
+                json.as_object_mut().map(|o| o.remove("outcomes"));
+            }),
             Listed::Deployments { count, matched } => config.set_plugin_config_text(&plugin_config(count, matched)),
         }
     }
@@ -50,8 +65,10 @@ fn plugin_config(count: usize, matched: bool) -> String {
     .to_string()
 }
 
-const ROWS: [(&str, Listed); 7] = [
+const ROWS: [(&str, Listed); 9] = [
     ("without the wasm filter (baseline)", Listed::Absent),
+    ("no-op wasm filter", Listed::Noop),
+    ("single form, one deployment", Listed::Single),
     ("1 deployment, request matched", Listed::Deployments { count: 1, matched: true }),
     ("10 deployments, request matched", Listed::Deployments { count: 10, matched: true }),
     ("100 deployments, request matched", Listed::Deployments { count: 100, matched: true }),
