@@ -123,4 +123,14 @@ async fn main() {
     }
     drop(load);
     println!("stopping");
+    drop(analyzer);
+    drop(envoy);
+    // The demo's state (the analyzer's state directory and audit log) goes with it, unless
+    // DEMO_KEEP_STATE is set.
+    if std::env::var_os("DEMO_KEEP_STATE").is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+        println!("stopped; removed {} (DEMO_KEEP_STATE=1 keeps it)", dir.display());
+    } else {
+        println!("stopped; state kept in {}", dir.display());
+    }
 }
