@@ -108,7 +108,7 @@ async fn main() {
     tokio::select! {
         end = watch(&analyzer, &load) => {
             if let Some(s) = end {
-                println!("\n== {:?} at {}\n{}", s.state.phase, percent(s.state.share_bp), report_table(&s.rows));
+                println!("\n== {:?} at {}\n{}", s.state.phase, percent(s.state.share_bp), report_table(&s.rows, &s.row_rules));
                 if let Ok(audit) = std::fs::read_to_string(dir.join("state/audit.jsonl")) {
                     println!("audit log: {} records in {}", audit.lines().count(), dir.join("state/audit.jsonl").display());
                 }
