@@ -59,6 +59,8 @@ mod callgrind;
 mod deployments;
 #[path = "bench/per_route.rs"]
 mod per_route;
+#[path = "bench/tables.rs"]
+mod tables;
 
 use callgrind::{CALLGRIND_SECONDS, instructions_per_request};
 
