@@ -502,7 +502,7 @@ fn the_policy_config_map_parses_with_the_analyzer_policy_parser() {
         FilterConfig::parse(istio_struct_json(&the_wasm_plugin().value["spec"]["pluginConfig"]).to_string().as_bytes())
             .unwrap();
     assert_eq!(policy.deployment, plugin.deployments[0].deployment, "the policy rolls out the filter's deployment");
-    // The Deployment mounts it where the README and the CI example read it.
+    // The Deployment mounts it where docs/istio.md and the CI example read it.
     let analyzer = the("Deployment", "canary-analyzer").value;
     let pod = &analyzer["spec"]["template"]["spec"];
     let volume = pod["volumes"]
