@@ -3,12 +3,15 @@
 //! `x-canary-cohort: canary` to a canary cluster and everything else to stable, the early
 //! strip of a client's cohort header, the wasm filter with its plugin configuration, the
 //! analyzer cluster it polls, and the `stats_config` block copied from `envoy/envoy.yaml`
-//! as the checklist says. Then the analyzer as the checklist starts it (`serve --policy
-//! --envoy-admin`) on a policy written from scratch, and a rollout under load that must
-//! walk its ladder to `promoted` with both cohorts served and counted.
+//! as the checklist says. Then the analyzer as the checklist starts it (`serve --listen
+//! --state-dir --envoy-admin` with a token) and the rollout registered with the CLI
+//! (`canary-analyzer register checkout.yaml`), and a rollout under load that must walk its
+//! ladder to `promoted` with both cohorts served and counted. Two deviations, for time: the
+//! filter polls every 500 ms (5 s by default) and the policy's ladder has two short steps
+//! (the checklist's `default_window: 5m` walks five).
 
 use canary_core::RolloutPhase;
-use canary_e2e::analyzer::{AnalyzerOptions, AnalyzerProcess, fresh_dir};
+use canary_e2e::analyzer::{AnalyzerOptions, AnalyzerProcess, analyzer_binary, fresh_dir};
 use canary_e2e::envoy::{Envoy, EnvoyConfig, wasm_path};
 use canary_e2e::load::{Load, LoadOptions};
 use canary_e2e::upstream::Upstream;
@@ -40,9 +43,9 @@ static_resources:
               domains: ["*"]
               routes:
               - match: {{ prefix: "/", headers: [{{ name: x-canary-cohort, string_match: {{ exact: canary }} }}] }}
-                route: {{ cluster: shop_canary }}
+                route: {{ cluster: checkout_canary }}
               - match: {{ prefix: "/" }}
-                route: {{ cluster: shop_stable }}
+                route: {{ cluster: checkout_stable }}
           early_header_mutation_extensions:
           - name: envoy.http.early_header_mutation.header_mutation
             typed_config:
@@ -56,6 +59,7 @@ static_resources:
                 name: wasm_canary
                 root_id: wasm_canary
                 failure_policy: FAIL_RELOAD
+                reload_config: {{ backoff: {{ base_interval: 0.1s, max_interval: 1s }} }}
                 vm_config:
                   vm_id: wasm_canary
                   runtime: envoy.wasm.runtime.v8
@@ -63,22 +67,22 @@ static_resources:
                 configuration:
                   "@type": type.googleapis.com/google.protobuf.StringValue
                   value: |
-                    {{"deployment": "shop",
-                     "user_id": {{"sources": [{{"header": "x-user-id"}}]}},
+                    {{"deployment": "checkout",
+                     "user_id": {{"sources": [{{"header": "x-user-id"}}], "anonymous": "control"}},
                      "analyzer": {{"cluster": "canary_analyzer", "poll_interval_ms": 500}}}}
           - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
   clusters:
-  - name: shop_stable
+  - name: checkout_stable
     type: STATIC
     load_assignment:
-      cluster_name: shop_stable
+      cluster_name: checkout_stable
       endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {stable} }} }} }} }}] }}]
-  - name: shop_canary
+  - name: checkout_canary
     type: STATIC
     load_assignment:
-      cluster_name: shop_canary
+      cluster_name: checkout_canary
       endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {canary} }} }} }} }}] }}]
   - name: canary_analyzer
     type: STATIC
@@ -89,12 +93,15 @@ static_resources:
     )
 }
 
+/// The admin token `serve` is started with, as the checklist's `CANARY_ANALYZER_TOKEN`.
+const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
 /// A policy written from scratch: two short steps, the error rate critical.
 const POLICY: &str = "apiVersion: canary.wasm.dev/v1alpha1
 kind: RolloutPolicy
-metadata: {name: shop}
+metadata: {name: checkout}
 spec:
-  deployment: shop
+  deployment: checkout
   ladder:
     - {share: 20, window: 5s}
     - {share: 100, window: 1s}
@@ -120,17 +127,25 @@ async fn a_config_written_from_the_checklist_runs_a_rollout_to_promotion() {
     let envoy = Envoy::start(&config, 2).await;
 
     let dir = fresh_dir("adopt-envoy");
-    let policy = dir.join("policy.yaml");
+    let policy = dir.join("checkout.yaml");
     std::fs::write(&policy, POLICY).unwrap();
     let mut options = AnalyzerOptions::new(dir.join("state"));
-    options.policies = vec![policy];
     options.envoy_admin = vec![format!("http://{}", envoy.admin)];
     options.port = Some(analyzer_port);
+    options.token = Some(TOKEN.into());
     let analyzer = AnalyzerProcess::start(options).await;
+    let registered = std::process::Command::new(analyzer_binary())
+        .args(["register", &policy.display().to_string()])
+        .env("CANARY_ANALYZER_URL", analyzer.url())
+        .env("CANARY_ANALYZER_TOKEN", TOKEN)
+        .output()
+        .expect("run canary-analyzer register");
+    assert!(registered.status.success(), "register: {}", String::from_utf8_lossy(&registered.stderr));
     let load = Load::start(envoy.listener, LoadOptions { rps: 120, users: 3_000, ..LoadOptions::default() });
 
     let decided = |s: &canary_analyzer::engine::RolloutStatus| s.state.phase != RolloutPhase::Progressing;
-    let (status, shares) = analyzer.until("shop", Duration::from_secs(60), Duration::from_millis(200), decided).await;
+    let (status, shares) =
+        analyzer.until("checkout", Duration::from_secs(60), Duration::from_millis(200), decided).await;
     assert_eq!(status.state.phase, RolloutPhase::Promoted, "{status:#?}");
     assert_eq!(shares.last(), Some(&10_000), "{shares:?}");
     // Both versions served users, and the latency rows had data. (The admin source reads
