@@ -12,6 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 mod layouts;
+mod scrape_pool;
 
 const T0: u64 = 1_700_000_000_000;
 

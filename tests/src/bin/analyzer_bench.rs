@@ -38,9 +38,14 @@
 //!    round of 10 000 proxies × 100 deployments, for the batch endpoint (mostly `304`)
 //!    against the per-deployment one polled 100 times, in the same run.
 //! 5. **`/config` latency under audit reads**: see [`audit_reads`].
+//! 6. **The batch config endpoint under a whole fleet** ([`fleet_polls`]): 10 000 proxies
+//!    × 100 deployments polling the real analyzer binary every 5 s: its CPU, p50/p99,
+//!    the polls/s it sustains, against per-deployment polls and unconditional ones.
+//! 7. **1 000 rollouts checked every 30 s** ([`fleet_checks`]) against a simulated fleet
+//!    of Envoy admin endpoints: the real analyzer's CPU, peak RSS and cost per check.
 //!
-//! `BENCH=parse`, `BENCH=simulation`, `BENCH=auth`, `BENCH=config` or `BENCH=audit` runs one
-//! part (for quick experiments).
+//! `BENCH=parse`, `BENCH=simulation`, `BENCH=auth`, `BENCH=config`, `BENCH=audit`,
+//! `BENCH=fleet-polls` or `BENCH=fleet-checks` runs one part (for quick experiments).
 
 #[path = "analyzer_bench/audit_reads.rs"]
 mod audit_reads;
@@ -64,6 +69,12 @@ use std::time::{Duration, Instant};
 
 #[path = "analyzer_bench/config_poll.rs"]
 mod config_poll;
+#[path = "analyzer_bench/fleet_checks.rs"]
+mod fleet_checks;
+#[path = "analyzer_bench/fleet_polls.rs"]
+mod fleet_polls;
+#[path = "analyzer_bench/process_usage.rs"]
+mod process_usage;
 
 /// Deployments in the scrape: each brings 520 of our series (180 with the old 36 buckets)
 /// and 2 clusters × 160 of Envoy's own, so 200 give 168 000 series (plus a few server-wide ones).
@@ -656,17 +667,17 @@ fn envoy_bins(total: u64) -> Vec<(u64, u64, u64)> {
 }
 
 /// What Envoy answers the admin source at `round` (`/stats?format=json&histogram_buckets=detailed`
-/// with the deployment's `filter`): the uptime, the wanted deployment's counters and gauges
-/// and its four histograms' bins, cumulative like the exposition's.
-fn detailed_json(round: u64) -> String {
-    let deployment = deployment_name(WANTED);
+/// with the deployment's `filter`): the uptime, deployment `d`'s counters and gauges and
+/// its four histograms' bins, cumulative like the exposition's.
+fn detailed_json(d: u32, round: u64) -> String {
+    let deployment = deployment_name(d);
     let mut stats = vec![serde_json::json!({"name": "server.uptime", "value": 3_600 + 30 * round})];
     for name in ["applied_generation", "applied_share_bp", "config_age_ms"] {
         let name = format!("wasmcustom.canary.deployment.{deployment}.{name}");
         stats.push(serde_json::json!({"name": name, "value": 500}));
     }
     let mut details = Vec::new();
-    for (cohort, rate) in cohort_rates(WANTED) {
+    for (cohort, rate) in cohort_rates(d) {
         for class in StatusClass::ALL {
             let name = format!("wasmcustom.{}", requests_stat(&deployment, cohort, class));
             stats.push(serde_json::json!({"name": name, "value": class_rate(rate, class) * (HISTORY + round)}));
@@ -772,7 +783,7 @@ fn exposition_cost(bounds: &[u64]) -> LayoutCost {
 /// The admin source's path: Envoy's JSON with its own bins, filtered to one deployment.
 fn detailed_cost() -> LayoutCost {
     let wanted = deployment_name(WANTED);
-    let (previous_text, text) = (detailed_json(0), detailed_json(1));
+    let (previous_text, text) = (detailed_json(WANTED, 0), detailed_json(WANTED, 1));
     let previous = parse_detailed_stats(&previous_text, &wanted).expect("previous parses");
     let current = parse_detailed_stats(&text, &wanted).expect("parses");
     let interval = tracker_after(&previous).advance(scrape(&current));
@@ -804,7 +815,7 @@ fn histogram_path_benchmark() {
     let new = exposition_cost(&LATENCY_BUCKETS_US);
     let bins = detailed_cost();
     let bins_per_histogram = |round| {
-        let json: serde_json::Value = serde_json::from_str(&detailed_json(round)).expect("json");
+        let json: serde_json::Value = serde_json::from_str(&detailed_json(WANTED, round)).expect("json");
         json["stats"]
             .as_array()
             .and_then(|s| s.last())
@@ -955,5 +966,11 @@ fn main() {
     }
     if only.is_empty() || only == "audit" {
         audit_reads::audit_read_benchmark();
+    }
+    if only.is_empty() || only == "fleet-polls" {
+        fleet_polls::fleet_poll_benchmark();
+    }
+    if only.is_empty() || only == "fleet-checks" {
+        fleet_checks::fleet_check_benchmark();
     }
 }

@@ -1,0 +1,73 @@
+//! Every rollout's scrapes go out on the engine's one client: a thousand rollouts
+//! scraping the same Envoys share one pool of keep-alive connections instead of
+//! holding one pool (and its buffers and sockets) each.
+
+use super::*;
+
+/// An admin endpoint that keeps connections alive and counts the ones it accepted;
+/// every answer is `body` (exposition text).
+async fn keep_alive_target(body: String) -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else { return };
+            counter.fetch_add(1, Ordering::SeqCst);
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buffer = [0u8; 4096];
+                while let Ok(read) = socket.read(&mut buffer).await {
+                    if read == 0 {
+                        return;
+                    }
+                    head.extend_from_slice(&buffer[..read]);
+                    // GET requests have no body: each head ends one request.
+                    while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                        head.drain(..end + 4);
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if socket.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (format!("http://{addr}"), accepted)
+}
+
+#[tokio::test]
+async fn rollouts_scraping_one_envoy_in_turn_share_one_connection() {
+    // Each rollout built its own client: two rollouts, two pools, two connections
+    // (a thousand rollouts on ten Envoys: 10 000 sockets and ~0.9 GB).
+    let deployments = ["checkout", "orders", "payments"];
+    let mut body = String::from("# TYPE canary_requests_total counter\n");
+    for deployment in deployments {
+        for cohort in ["canary", "control"] {
+            body.push_str(&format!(
+                "canary_requests_total{{deployment=\"{deployment}\",cohort=\"{cohort}\",class=\"2xx\"}} 10\n"
+            ));
+        }
+    }
+    let (target, accepted) = keep_alive_target(body).await;
+    let dir = TempDir::new();
+    let (clock, _) = stepped_clock(T0);
+    let engine = engine(&dir, vec![target], clock);
+    for deployment in deployments {
+        engine.register(policy(deployment, ""), Actor::human("ci").unwrap(), T0).await.unwrap();
+    }
+    for _ in 0..2 {
+        for deployment in deployments {
+            engine.check_now(deployment).await.unwrap();
+            let status = engine.status(deployment, T0).await.unwrap();
+            assert!(status.failed_targets.is_empty(), "{deployment}: {:?}", status.failed_targets);
+        }
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "six scrapes by three rollouts, one after another");
+}
