@@ -471,6 +471,7 @@ impl Engine {
                 }
             }
         }
+        spread_first_checks(&mut rollouts, Instant::now());
         let configs = rollouts
             .iter()
             .map(|(d, r)| (d.clone(), r.state.config()))
@@ -941,6 +942,20 @@ fn incomparable_layouts(interval: &mut IntervalMetrics) -> Option<crate::source:
     }
     let reason = format!("canary's and control's {differ}; latency not compared in this check");
     Some(crate::source::TargetFailure { target: LATENCY_LAYOUTS.into(), reason })
+}
+
+/// Rollouts resumed together would be checked together, every interval from then on: a
+/// thousand of them on ten Envoys made ten thousand scrapes in the same second (and held
+/// a socket each). Their first checks are spread over the interval after the first, in
+/// order: each still comes at least one interval after the start, so a Prometheus window
+/// never reaches back into a span the last check before the stop may have counted.
+fn spread_first_checks(rollouts: &mut BTreeMap<String, LiveRollout>, now: Instant) {
+    let count = u32::try_from(rollouts.len()).unwrap_or(u32::MAX).max(1);
+    for (position, live) in rollouts.values_mut().enumerate() {
+        let position = u32::try_from(position).unwrap_or(u32::MAX);
+        let interval = live.policy.check_interval;
+        live.next_check_at = now + interval + interval.mul_f64(f64::from(position) / f64::from(count));
+    }
 }
 
 /// Checks a step waits for every proxy to apply it before its window starts anyway.

@@ -71,3 +71,34 @@ async fn rollouts_scraping_one_envoy_in_turn_share_one_connection() {
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 1, "six scrapes by three rollouts, one after another");
 }
+
+#[tokio::test]
+async fn rollouts_resumed_together_are_first_checked_spread_over_an_interval() {
+    // Every resumed rollout's first check fell one interval after the start, so all
+    // of them (and all their scrapes) came at once, and kept coming at once.
+    let (dir, envoy) = (TempDir::new(), StubEnvoy::start().await);
+    let deployments: Vec<String> = (0..8).map(|i| format!("service-{i}")).collect();
+    let counts: Vec<(&str, u64, u64)> = deployments.iter().map(|d| (d.as_str(), 10, 990)).collect();
+    envoy.serve_counts(&counts);
+    let (clock, _) = stepped_clock(T0);
+    let first = engine(&dir, vec![envoy.url()], clock.clone());
+    for deployment in &deployments {
+        first.register(policy(deployment, ""), Actor::human("ci").unwrap(), T0).await.unwrap();
+    }
+    drop(first);
+    let opened = Instant::now();
+    let engine = engine(&dir, vec![envoy.url()], clock);
+    // The policy checks every second: none is due before it, all are by two (opening
+    // took some ms after `opened`, hence a fifth look, before the first ones are due again).
+    assert!(engine.start_due_checks(opened + Duration::from_millis(990)).await.is_empty());
+    let mut due = Vec::new();
+    for at_ms in [1_190, 1_440, 1_690, 1_940, 2_100] {
+        let checks = engine.start_due_checks(opened + Duration::from_millis(at_ms)).await;
+        due.push(checks.len());
+        for check in checks {
+            check.await.unwrap();
+        }
+    }
+    assert_eq!(due.iter().sum::<usize>(), 8, "{due:?}");
+    assert!(due.iter().all(|n| *n <= 3), "eight first checks spread over the second interval: {due:?}");
+}
