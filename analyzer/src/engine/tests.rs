@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 mod layouts;
-mod scrape_pool;
+mod scale;
 
 const T0: u64 = 1_700_000_000_000;
 

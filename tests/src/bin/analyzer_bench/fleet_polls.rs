@@ -73,6 +73,21 @@ enum Pace {
     Saturate,
 }
 
+/// Where the polls go: the analyzer's base URL and the batch poll's URI.
+struct Target {
+    base: String,
+    batch_uri: String,
+}
+
+/// One phase: what is sent, how it is paced, for how long, with share changes or not.
+#[derive(Clone, Copy)]
+struct PhasePlan {
+    poll: Poll,
+    pace: Pace,
+    seconds: u64,
+    changes: bool,
+}
+
 /// What one connection saw.
 #[derive(Default)]
 struct Tally {
@@ -111,15 +126,14 @@ impl Phase {
 
 /// One connection's polls until `deadline`: proxies `connection`, `connection + CONNECTIONS`, ….
 async fn connection(
-    base: Arc<String>,
-    batch_uri: Arc<String>,
+    target: Arc<Target>,
     index: u64,
-    poll: Poll,
-    pace: Pace,
+    plan: PhasePlan,
     tags: Vec<String>,
     start: Instant,
     deadline: Instant,
 ) -> (Tally, Vec<String>) {
+    let (poll, pace) = (plan.poll, plan.pace);
     let client = reqwest::Client::builder().pool_max_idle_per_host(1).build().expect("client");
     let mut tags = tags;
     let mut tally = Tally::default();
@@ -134,10 +148,10 @@ async fn connection(
         }
         let proxy = (j as usize) % tags.len();
         let request = match poll {
-            Poll::Conditional => client.get(batch_uri.as_str()).header("if-none-match", &tags[proxy]),
-            Poll::Unconditional => client.get(batch_uri.as_str()),
+            Poll::Conditional => client.get(&target.batch_uri).header("if-none-match", &tags[proxy]),
+            Poll::Unconditional => client.get(&target.batch_uri),
             Poll::PerDeployment => {
-                client.get(format!("{base}/v1/rollouts/{}/config", deployment(k as usize % DEPLOYMENTS)))
+                client.get(format!("{}/v1/rollouts/{}/config", target.base, deployment(k as usize % DEPLOYMENTS)))
             }
         };
         let sent = Instant::now();
@@ -190,35 +204,23 @@ async fn change_share(client: &reqwest::Client, base: &str, index: usize, percen
 }
 
 /// Runs one phase over all connections; the proxies' tags carry over to the next.
-async fn run_phase(
-    pid: u32,
-    base: &Arc<String>,
-    batch_uri: &Arc<String>,
-    tags: &mut Vec<Vec<String>>,
-    poll: Poll,
-    pace: Pace,
-    seconds: u64,
-    changes: bool,
-) -> Phase {
+async fn run_phase(pid: u32, target: &Arc<Target>, tags: &mut Vec<Vec<String>>, plan: PhasePlan) -> Phase {
     let start = Instant::now();
-    let deadline = start + Duration::from_secs(seconds);
+    let deadline = start + Duration::from_secs(plan.seconds);
     let meter = CpuMeter::start(pid);
     let client_cpu = cpu_seconds(std::process::id());
     let tasks: Vec<_> = std::mem::take(tags)
         .into_iter()
         .enumerate()
-        .map(|(index, tags)| {
-            let (base, batch_uri) = (base.clone(), batch_uri.clone());
-            tokio::spawn(connection(base, batch_uri, index as u64, poll, pace, tags, start, deadline))
-        })
+        .map(|(index, tags)| tokio::spawn(connection(target.clone(), index as u64, plan, tags, start, deadline)))
         .collect();
-    if changes {
+    if plan.changes {
         let client = reqwest::Client::new();
         let mut at = start + FIRST_CHANGE_AFTER;
         let mut n = 0;
         while at < deadline {
             tokio::time::sleep_until(at.into()).await;
-            change_share(&client, base, n % DEPLOYMENTS, [2.0, 3.0][n % 2]).await;
+            change_share(&client, &target.base, n % DEPLOYMENTS, [2.0, 3.0][n % 2]).await;
             n += 1;
             at += SHARE_CHANGE_EVERY;
         }
@@ -243,12 +245,12 @@ pub fn fleet_poll_benchmark() {
         // No Envoy: each rollout's check every 30 s finds nothing (a refused connection).
         options.envoy_admin = vec!["http://127.0.0.1:1".to_string()];
         let analyzer = AnalyzerProcess::start(options).await;
-        let (pid, base) = (analyzer.pid(), Arc::new(analyzer.url()));
+        let (pid, base) = (analyzer.pid(), analyzer.url());
         let client = reqwest::Client::new();
         register(&client, &base).await;
         let names = (0..DEPLOYMENTS).map(deployment).collect::<Vec<_>>().join(",");
-        let batch_uri = Arc::new(format!("{base}/v1/config?deployments={names}"));
-        let first = client.get(batch_uri.as_str()).send().await.expect("batch poll");
+        let target = Arc::new(Target { batch_uri: format!("{base}/v1/config?deployments={names}"), base });
+        let first = client.get(&target.batch_uri).send().await.expect("batch poll");
         let tag = first.headers()["etag"].to_str().expect("ascii ETag").to_string();
         let size = first.bytes().await.expect("batch answer").len();
         let per_connection = (PROXIES / CONNECTIONS) as usize;
@@ -263,18 +265,16 @@ pub fn fleet_poll_benchmark() {
             analyzer_binary().display(),
             std::thread::available_parallelism().map_or(0, |n| n.get()),
         );
+        let plan = |poll, pace, seconds, changes| PhasePlan { poll, pace, seconds, changes };
         let saturation =
-            run_phase(pid, &base, &batch_uri, &mut tags, Poll::Conditional, Pace::Saturate, SATURATION_SECONDS, false)
+            run_phase(pid, &target, &mut tags, plan(Poll::Conditional, Pace::Saturate, SATURATION_SECONDS, false))
                 .await;
         assert_eq!(saturation.tally.changed, 0, "no share changed: every answer 304");
-        let fleet =
-            run_phase(pid, &base, &batch_uri, &mut tags, Poll::Conditional, Pace::Fleet, FLEET_SECONDS, true).await;
+        let fleet = run_phase(pid, &target, &mut tags, plan(Poll::Conditional, Pace::Fleet, FLEET_SECONDS, true)).await;
         let per_deployment =
-            run_phase(pid, &base, &batch_uri, &mut tags, Poll::PerDeployment, Pace::Fleet, COMPARISON_SECONDS, false)
-                .await;
+            run_phase(pid, &target, &mut tags, plan(Poll::PerDeployment, Pace::Fleet, COMPARISON_SECONDS, false)).await;
         let unconditional =
-            run_phase(pid, &base, &batch_uri, &mut tags, Poll::Unconditional, Pace::Fleet, COMPARISON_SECONDS, false)
-                .await;
+            run_phase(pid, &target, &mut tags, plan(Poll::Unconditional, Pace::Fleet, COMPARISON_SECONDS, false)).await;
 
         println!(
             "  {:58} {:>9} {:>8} {:>11} {:>9} {:>9} {:>7} {:>10}",

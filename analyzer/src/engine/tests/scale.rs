@@ -1,6 +1,6 @@
-//! Every rollout's scrapes go out on the engine's one client: a thousand rollouts
-//! scraping the same Envoys share one pool of keep-alive connections instead of
-//! holding one pool (and its buffers and sockets) each.
+//! What keeps a thousand rollouts cheap: every rollout's scrapes go out on the engine's
+//! one client (one pool of keep-alive connections, not one pool with its buffers and
+//! sockets each), and resumed rollouts are not all checked in the same second.
 
 use super::*;
 
