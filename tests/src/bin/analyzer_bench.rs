@@ -44,8 +44,8 @@
 //! 7. **1 000 rollouts checked every 30 s** ([`fleet_checks`]) against a simulated fleet
 //!    of Envoy admin endpoints: the real analyzer's CPU, peak RSS and cost per check.
 //!
-//! `BENCH=parse`, `BENCH=simulation`, `BENCH=auth`, `BENCH=config`, `BENCH=audit`,
-//! `BENCH=fleet-polls` or `BENCH=fleet-checks` runs one part (for quick experiments).
+//! `BENCH=parse`, `simulation`, `auth`, `config`, `audit`, `fleet-polls` or `fleet-checks`
+//! (or several, comma-separated) runs those parts (for quick experiments).
 
 #[path = "analyzer_bench/audit_reads.rs"]
 mod audit_reads;
@@ -950,27 +950,29 @@ fn huge_token_benchmark() {
 }
 
 fn main() {
+    // Empty: every part; else a comma-separated list of parts (shared with `bench`'s names).
     let only = std::env::var("BENCH").unwrap_or_default();
-    if only.is_empty() || only == "parse" {
+    let part = |name: &str| only.is_empty() || only.split(',').any(|p| p.trim() == name);
+    if part("parse") {
         check_benchmark();
         histogram_path_benchmark();
     }
-    if only.is_empty() || only == "simulation" {
+    if part("simulation") {
         simulation_benchmark();
     }
-    if only.is_empty() || only == "auth" {
+    if part("auth") {
         huge_token_benchmark();
     }
-    if only.is_empty() || only == "config" {
+    if part("config") {
         config_poll::config_poll_benchmark();
     }
-    if only.is_empty() || only == "audit" {
+    if part("audit") {
         audit_reads::audit_read_benchmark();
     }
-    if only.is_empty() || only == "fleet-polls" {
+    if part("fleet-polls") {
         fleet_polls::fleet_poll_benchmark();
     }
-    if only.is_empty() || only == "fleet-checks" {
+    if part("fleet-checks") {
         fleet_checks::fleet_check_benchmark();
     }
 }
