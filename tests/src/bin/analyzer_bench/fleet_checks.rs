@@ -17,7 +17,7 @@
 //! registration (every rollout has its baselines) and lasts [`MEASURED_CYCLES`] intervals:
 //! CPU from `/proc/<pid>/stat`, checks from the analyzer's `/metrics`, and every
 //! status confirms its last check read data. Then the analyzer is restarted on the same
-//! state: the resumed rollouts' first checks (`last_check_ms`) should be spread over the
+//! state: the resumed rollouts' first checks (their first history point) should be spread over the
 //! second interval after the start, not all due in the same second.
 
 use super::process_usage::{CpuMeter, open_fds, status_mib};
@@ -229,7 +229,8 @@ pub fn fleet_check_benchmark() {
         tokio::time::sleep(CHECK_INTERVAL * 2 + RESTART_ALLOWANCE).await;
         let (cpu_s, seconds) = meter.read();
         let mut firsts: Vec<u64> =
-            list(&client, &base).await.iter().filter_map(|s| s.last_check_ms).filter(|at| *at > restarted_ms).collect();
+            // History is kept in memory only: its first point after the restart is the first check.
+            list(&client, &base).await.iter().filter_map(|s| s.history.first()).map(|h| h.at_ms).filter(|at| *at > restarted_ms).collect();
         firsts.sort_unstable();
         let busiest_second = firsts
             .iter()

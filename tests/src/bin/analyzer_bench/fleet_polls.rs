@@ -23,6 +23,7 @@
 //!    machine serves) is derived as CPU per poll × its rate;
 //! 4. the same offered rate of batch polls without a tag (every answer `200`).
 
+use super::config_poll::deployment;
 use super::process_usage::{CpuMeter, cpu_seconds};
 use canary_e2e::analyzer::{AnalyzerOptions, AnalyzerProcess, analyzer_binary, fresh_dir};
 use std::sync::Arc;
@@ -48,10 +49,6 @@ const FIRST_CHANGE_AFTER: Duration = Duration::from_secs(2);
 /// One rollout among a proxy's deployments changes share this often.
 const SHARE_CHANGE_EVERY: Duration = Duration::from_secs(30);
 const TOKEN: &str = "bench-admin-token-0123456789";
-
-fn deployment(index: usize) -> String {
-    format!("svc-{index:03}")
-}
 
 /// What the connections send.
 #[derive(Clone, Copy, PartialEq)]
