@@ -20,8 +20,9 @@
 //! state: the resumed rollouts' first checks (their first history point) should be spread over the
 //! second interval after the start, not all due in the same second.
 
+use super::deployment_name;
+use super::histogram_path::detailed_json;
 use super::process_usage::{CpuMeter, open_fds, status_mib};
-use super::{deployment_name, detailed_json};
 use canary_analyzer::engine::RolloutStatus;
 use canary_e2e::analyzer::{AnalyzerOptions, AnalyzerProcess, fresh_dir};
 use canary_e2e::http_server;
