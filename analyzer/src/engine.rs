@@ -37,7 +37,7 @@ use crate::notify::{Notifier, StatusUpdate};
 use crate::outcome_metric::missing_outcomes_note;
 use crate::policy::{Metric, RolloutPolicy};
 use crate::present::{action_name, describe_row};
-use crate::source::{DeltaTracker, EnvoyAdminSource, IntervalMetrics, PrometheusSource, SourceError};
+use crate::source::{DeltaTracker, EnvoyAdminSource, IntervalMetrics, PrometheusSource, SourceError, scrape_client};
 use crate::stats::{ComparisonRow, StatsError, Verdict};
 use crate::step_evidence::{CheckOutcome, StepEvidence};
 use canary_core::{Cohort, RolloutConfig};
@@ -269,13 +269,14 @@ impl LiveRollout {
         policy: RolloutPolicy,
         state: RolloutState,
         source: &SourceSettings,
+        scrapes: &reqwest::Client,
         default_notifier: &Notifier,
     ) -> Result<Self, EngineError> {
         // Built once per rollout: a client per announcement would redo its TLS setup each time.
         let notifier = Notifier::for_policy(&policy, default_notifier);
         let envoy = match source {
             SourceSettings::EnvoyAdmin { admin_urls, max_body_bytes } => Some((
-                EnvoyAdminSource::new(admin_urls.clone(), policy.deployment.clone(), SCRAPE_TIMEOUT)?
+                EnvoyAdminSource::with_client(scrapes.clone(), admin_urls.clone(), policy.deployment.clone())
                     .with_max_body_bytes(*max_body_bytes),
                 DeltaTracker::new(),
             )),
@@ -404,6 +405,8 @@ pub struct Engine {
     /// What the filter polls, readable without waiting for a check in progress.
     configs: RwLock<BTreeMap<String, RolloutConfig>>,
     source: SourceSettings,
+    /// The one client every rollout's Envoy scrapes go out on (one connection pool).
+    scrapes: reqwest::Client,
     prometheus: Option<PrometheusSource>,
     notifier: Notifier,
     /// Reads pages of the audit log without the engine's lock.
@@ -425,6 +428,7 @@ impl Engine {
     /// served ([`RolloutStore::open`]).
     pub fn open(state_dir: &Path, source: SourceSettings, notifier: Notifier) -> Result<Engine, EngineError> {
         let (store, persisted) = RolloutStore::open(state_dir)?;
+        let scrapes = scrape_client(SCRAPE_TIMEOUT)?;
         let prometheus = match &source {
             SourceSettings::Prometheus { url, max_body_bytes } => {
                 Some(PrometheusSource::new(url.clone(), SCRAPE_TIMEOUT)?.with_max_body_bytes(*max_body_bytes))
@@ -434,17 +438,20 @@ impl Engine {
         let (mut rollouts, mut broken) = (BTreeMap::new(), BTreeMap::new());
         for (deployment, p) in persisted {
             let evidence = load_evidence(state_dir, &p.policy, &p.state);
-            let live = LiveRollout::new(p.policy.clone(), p.state.clone(), &source, &notifier).and_then(|mut live| {
-                if let Some(evidence) = &evidence {
-                    live.evaluation = evidence.evaluation.clone();
-                    if let Some(step) = evidence.step_evidence.clone().filter(|s| s.generation == live.state.generation)
-                    {
-                        live.step_evidence = step;
+            let live = LiveRollout::new(p.policy.clone(), p.state.clone(), &source, &scrapes, &notifier).and_then(
+                |mut live| {
+                    if let Some(evidence) = &evidence {
+                        live.evaluation = evidence.evaluation.clone();
+                        if let Some(step) =
+                            evidence.step_evidence.clone().filter(|s| s.generation == live.state.generation)
+                        {
+                            live.step_evidence = step;
+                        }
+                        live.rows = live.evaluation.rows(Vec::new())?;
                     }
-                    live.rows = live.evaluation.rows(Vec::new())?;
-                }
-                Ok(live)
-            });
+                    Ok(live)
+                },
+            );
             match live {
                 Ok(live) => {
                     tracing::info!(
@@ -464,6 +471,7 @@ impl Engine {
                 }
             }
         }
+        spread_first_checks(&mut rollouts, Instant::now());
         let configs = rollouts
             .iter()
             .map(|(d, r)| (d.clone(), r.state.config()))
@@ -485,6 +493,7 @@ impl Engine {
             inner: Mutex::new(Inner { rollouts, broken, store }),
             configs: RwLock::new(configs),
             source,
+            scrapes,
             prometheus,
             notifier,
             wall_clock: Arc::new(now_ms),
@@ -589,7 +598,7 @@ impl Engine {
         let seen = fleet_generation::seen_ahead(inner.rollouts.get(&deployment), now_ms);
         let previous_generation = previous.as_ref().map_or(0, |s| s.generation).max(seen.unwrap_or(0));
         let state = RolloutState::start(&policy, previous_generation, now_ms);
-        let mut live = LiveRollout::new(policy, state, &self.source, &self.notifier)
+        let mut live = LiveRollout::new(policy, state, &self.source, &self.scrapes, &self.notifier)
             .map_err(|e| EngineError::InvalidPolicy(e.to_string()))?;
         let decision = Decision::start(&live.state, by, format!("registered with policy {:?}", live.policy.name));
         recording::commit_logged(&mut inner.store, now_ms, &live.policy, &decision, previous.as_ref(), &live.state)?;
@@ -933,6 +942,20 @@ fn incomparable_layouts(interval: &mut IntervalMetrics) -> Option<crate::source:
     }
     let reason = format!("canary's and control's {differ}; latency not compared in this check");
     Some(crate::source::TargetFailure { target: LATENCY_LAYOUTS.into(), reason })
+}
+
+/// Rollouts resumed together would be checked together, every interval from then on: a
+/// thousand of them on ten Envoys made ten thousand scrapes in the same second (and held
+/// a socket each). Their first checks are spread over the interval after the first, in
+/// order: each still comes at least one interval after the start, so a Prometheus window
+/// never reaches back into a span the last check before the stop may have counted.
+fn spread_first_checks(rollouts: &mut BTreeMap<String, LiveRollout>, now: Instant) {
+    let count = u32::try_from(rollouts.len()).unwrap_or(u32::MAX).max(1);
+    for (position, live) in rollouts.values_mut().enumerate() {
+        let position = u32::try_from(position).unwrap_or(u32::MAX);
+        let interval = live.policy.check_interval;
+        live.next_check_at = now + interval + interval.mul_f64(f64::from(position) / f64::from(count));
+    }
 }
 
 /// Checks a step waits for every proxy to apply it before its window starts anyway.

@@ -12,6 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 mod layouts;
+mod scale;
 
 const T0: u64 = 1_700_000_000_000;
 

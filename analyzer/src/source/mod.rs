@@ -52,7 +52,7 @@ mod prometheus_api_props;
 pub use admin_json::{parse_detailed_stats, stats_filter};
 pub use body::DEFAULT_MAX_BODY_BYTES;
 pub use delta::{DeltaTracker, TargetDelta, TargetScrape, target_delta};
-pub use envoy_admin::{EnvoyAdminSource, STATS_PATH};
+pub use envoy_admin::{EnvoyAdminSource, STATS_PATH, scrape_client};
 pub use envoy_bins::{BinPlace, bin_place, envoy_bin_bounds_us};
 pub(crate) use error::describe;
 pub use error::{ExpositionError, SourceError};
