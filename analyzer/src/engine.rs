@@ -576,6 +576,18 @@ impl Engine {
         by: impl Into<ActedBy>,
         now_ms: u64,
     ) -> Result<RolloutStatus, EngineError> {
+        self.register_with(policy, by, Start::Running, now_ms).await
+    }
+
+    /// [`Engine::register`], started as `start` says: on its first step, or held at
+    /// share 0 until the pipeline marks the canary deployed ([`OverrideAction::Deployed`]).
+    pub async fn register_with(
+        &self,
+        policy: RolloutPolicy,
+        by: impl Into<ActedBy>,
+        start: Start,
+        now_ms: u64,
+    ) -> Result<RolloutStatus, EngineError> {
         let mut inner = self.inner.lock().await;
         let deployment = policy.deployment.clone();
         let previous = match (inner.rollouts.get(&deployment), inner.broken.get(&deployment)) {
@@ -588,10 +600,16 @@ impl Engine {
         }
         let seen = fleet_generation::seen_ahead(inner.rollouts.get(&deployment), now_ms);
         let previous_generation = previous.as_ref().map_or(0, |s| s.generation).max(seen.unwrap_or(0));
-        let state = RolloutState::start(&policy, previous_generation, now_ms);
+        let (state, held) = match start {
+            Start::Running => (RolloutState::start(&policy, previous_generation, now_ms), ""),
+            Start::HeldForDeployment => (
+                RolloutState::start_held(&policy, previous_generation, now_ms),
+                ", held at 0 % until the canary is marked deployed",
+            ),
+        };
         let mut live = LiveRollout::new(policy, state, &self.source, &self.notifier)
             .map_err(|e| EngineError::InvalidPolicy(e.to_string()))?;
-        let decision = Decision::start(&live.state, by, format!("registered with policy {:?}", live.policy.name));
+        let decision = Decision::start(&live.state, by, format!("registered with policy {:?}{held}", live.policy.name));
         recording::commit_logged(&mut inner.store, now_ms, &live.policy, &decision, previous.as_ref(), &live.state)?;
         let promql = |m: &crate::policy::MetricPolicy| matches!(m.metric, Metric::Custom(_) | Metric::CounterPair(_));
         if self.prometheus.is_none() && live.policy.metrics.iter().any(promql) {
@@ -939,6 +957,16 @@ fn incomparable_layouts(interval: &mut IntervalMetrics) -> Option<crate::source:
 fn fleet_deadline_checks(policy: &RolloutPolicy) -> u64 {
     let interval_ms = policy.check_interval.as_millis().max(1);
     u64::try_from(policy.fleet_deadline.as_millis().div_ceil(interval_ms)).unwrap_or(u64::MAX)
+}
+
+/// How a registered rollout starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Start {
+    /// On its first step at once (the canary is already deployed).
+    #[default]
+    Running,
+    /// Held at share 0 (phase `pending`) until the pipeline marks the canary deployed.
+    HeldForDeployment,
 }
 
 /// Runs the checks until `shutdown` resolves.

@@ -130,6 +130,9 @@ pub struct LadderStep {
     /// How long the step must run cleanly before promotion. Ignored on the last
     /// step: reaching 100 % ends the rollout.
     pub window: Duration,
+    /// `approval: required`: once the window has passed cleanly, the step waits for an
+    /// operator's approval (`canary-analyzer approve`) before promotion.
+    pub approval_required: bool,
 }
 
 /// One compared metric and whether a regression on it rolls back.

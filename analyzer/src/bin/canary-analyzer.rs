@@ -32,7 +32,9 @@ const EXAMPLES: &str = "Examples:
   canary-analyzer serve --envoy-admin http://127.0.0.1:9901 --tokens-file tokens.csv
   canary-analyzer validate policy.yaml                 # offline, e.g. in a pull request
   canary-analyzer register policy.yaml --dry-run       # checked against the analyzer's source
-  canary-analyzer register policy.yaml --actor \"ci:$GITHUB_SHA\"
+  canary-analyzer register policy.yaml --start-held    # share 0 until `deployed`
+  canary-analyzer deployed checkout                    # after the canary image is rolled out
+  canary-analyzer approve checkout --reason \"dashboards look fine\"
   canary-analyzer wait checkout --timeout 3600         # blocks until promoted or rolled back
   canary-analyzer list                                 # one line per rollout
   canary-analyzer status checkout --watch
@@ -90,6 +92,43 @@ enum Command {
         /// your token names (that identity, not this, is who registered).
         #[arg(long)]
         actor: Option<String>,
+        /// Start held at share 0 (phase `pending`, every user on stable) until
+        /// `canary-analyzer deployed DEPLOYMENT`: register, deploy the canary image,
+        /// then mark it deployed, so no user reaches an image rejected earlier.
+        #[arg(long)]
+        start_held: bool,
+    },
+    /// Start a rollout registered with --start-held: the canary's image is deployed.
+    /// Needs a pipeline or admin token, like register.
+    #[command(after_help = "Example:
+  canary-analyzer register policy.yaml --start-held
+  kubectl set image deployment/checkout-canary app=\"$IMAGE\" && kubectl rollout status deployment/checkout-canary
+  canary-analyzer deployed checkout && canary-analyzer wait checkout")]
+    Deployed {
+        deployment: String,
+        /// Recorded in the audit log.
+        #[arg(long, default_value = "canary image deployed")]
+        reason: String,
+        /// Who you say you are: kept in the audit log as a note beside your token's identity.
+        #[arg(long)]
+        actor: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Approve the promotion of a step whose policy says `approval: required`; the
+    /// next clean check promotes. Needs an operator or admin token.
+    #[command(after_help = "Example:
+  canary-analyzer approve checkout --reason \"latency dashboards look fine\"")]
+    Approve {
+        deployment: String,
+        /// Why (required; recorded in the audit log).
+        #[arg(long)]
+        reason: String,
+        /// Who you say you are: kept in the audit log as a note beside your token's identity.
+        #[arg(long, env = "USER")]
+        actor: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
     },
     /// Override a rollout: promote, rollback, pause, resume or set-share, with a reason.
     #[command(after_help = "Examples:
@@ -454,9 +493,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             cli::print_out(&format!("{} (dry run: not registered)\n", cli::policy_summary(&checked)))?;
             Ok(0)
         }
-        Command::Register { policy, server, actor, dry_run: false } => {
+        Command::Register { policy, server, actor, dry_run: false, start_held } => {
             let text = read_policy(&policy)?;
-            let recorded = server.client().register(text, actor.as_deref()).await?;
+            let recorded = server.client().register(text, actor.as_deref(), start_held).await?;
             cli::note(&recorded.identity_line());
             cli::print_out(&format!("{}\n", cli::progress_line(&recorded.status)))?;
             Ok(0)
@@ -467,6 +506,20 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 .client()
                 .override_rollout(&deployment, action.api_name(), &reason, actor.as_deref(), share)
                 .await?;
+            cli::note(&recorded.identity_line());
+            cli::print_out(&format!("{}\n", cli::progress_line(&recorded.status)))?;
+            Ok(0)
+        }
+        Command::Deployed { deployment, reason, actor, server } => {
+            let recorded =
+                server.client().override_rollout(&deployment, "deployed", &reason, actor.as_deref(), None).await?;
+            cli::note(&recorded.identity_line());
+            cli::print_out(&format!("{}\n", cli::progress_line(&recorded.status)))?;
+            Ok(0)
+        }
+        Command::Approve { deployment, reason, actor, server } => {
+            let recorded =
+                server.client().override_rollout(&deployment, "approve", &reason, actor.as_deref(), None).await?;
             cli::note(&recorded.identity_line());
             cli::print_out(&format!("{}\n", cli::progress_line(&recorded.status)))?;
             Ok(0)

@@ -71,6 +71,9 @@ pub(super) struct RawStep {
     pub(super) share: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) window: Option<String>,
+    /// `required`: the step waits for an operator's approval after its window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) approval: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -202,6 +205,8 @@ impl From<RolloutPolicy> for RawDocument {
             .map(|step| RawStep {
                 share: Some(percent_value(step.share_bp)),
                 window: Some(format_duration(step.window)),
+                // Written only when required: policies without approvals keep their fingerprint.
+                approval: step.approval_required.then(|| super::validate::APPROVAL_REQUIRED.to_string()),
             })
             .collect();
         let metrics = policy.metrics.iter().map(RawMetric::from).collect();

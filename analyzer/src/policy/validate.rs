@@ -11,6 +11,11 @@ use super::{
     Notify, PolicyError, RolloutPolicy, SAMPLE_RATIO, WebhookUrl, defaults, parse_duration,
 };
 
+/// The value of a ladder step's `approval` that makes it wait for an operator.
+pub(super) const APPROVAL_REQUIRED: &str = "required";
+/// The value that leaves a step automatic (the default).
+const APPROVAL_NONE: &str = "none";
+
 /// Longest accepted `metadata.name`: a Kubernetes DNS subdomain name.
 const MAX_NAME_LEN: usize = 253;
 /// Basis points in 1 %: ladder shares are written in percent and served in basis points.
@@ -146,6 +151,7 @@ fn validate_ladder(raw: Option<Vec<RawStep>>, default_window: Duration) -> Resul
                 Ok(LadderStep {
                     share_bp: share_bp(&format!("spec.ladder[{i}].share"), percent)?,
                     window: default_window,
+                    approval_required: false,
                 })
             })
             .collect();
@@ -171,7 +177,27 @@ fn validate_ladder(raw: Option<Vec<RawStep>>, default_window: Duration) -> Resul
             Some(text) => positive_duration(&format!("{field}.window"), text)?,
             None => default_window,
         };
-        steps.push(LadderStep { share_bp: bp, window });
+        let approval_required = match step.approval.as_deref() {
+            None | Some(APPROVAL_NONE) => false,
+            Some(APPROVAL_REQUIRED) => true,
+            Some(other) => {
+                return Err(PolicyError::new(
+                    format!("{field}.approval"),
+                    format!("{other:?}"),
+                    format!(
+                        "{APPROVAL_REQUIRED} (wait for `canary-analyzer approve` after the window) or {APPROVAL_NONE}"
+                    ),
+                ));
+            }
+        };
+        steps.push(LadderStep { share_bp: bp, window, approval_required });
+    }
+    if let Some((i, _)) = steps.iter().enumerate().last().filter(|(_, step)| step.approval_required) {
+        return Err(PolicyError::new(
+            format!("spec.ladder[{i}].approval"),
+            APPROVAL_REQUIRED,
+            "no approval on the last step (reaching it ends the rollout): put it on the step before",
+        ));
     }
     if let Some(last) = steps.last()
         && last.share_bp != FULL_SHARE_BP
