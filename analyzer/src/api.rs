@@ -426,7 +426,7 @@ pub(crate) mod tests {
             admin_urls: vec!["http://127.0.0.1:1".into()],
             max_body_bytes: crate::source::DEFAULT_MAX_BODY_BYTES,
         };
-        let engine = Engine::open(dir, source, Notifier::new(None)).unwrap();
+        let engine = Engine::open(dir, source, Notifier::new(Vec::new())).unwrap();
         AppState { engine: Arc::new(engine), auth: Arc::new(auth) }
     }
 

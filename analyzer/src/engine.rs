@@ -19,6 +19,7 @@
 //! step cannot skip or bunch them. Wall time (Unix ms, from the engine's clock) is
 //! only what decisions and records are stamped with.
 
+mod announce;
 mod fetch;
 mod fleet_generation;
 mod holds;
@@ -31,14 +32,13 @@ use crate::audit::{AuditError, AuditReader, RolloutStore, StoreHealth};
 use crate::evaluation::RolloutEvaluation;
 use crate::fleet::{FleetView, applied_share_bp};
 use crate::hold::{HoldReason, hold_reasons};
-use crate::ladder::{ActedBy, Actor, Decision, OverrideAction, OverrideError, RolloutState, TransitionError};
+use crate::ladder::{ActedBy, Decision, OverrideAction, OverrideError, RolloutState, TransitionError};
 use crate::ladder::{decide, human_override};
-use crate::notify::{Notifier, StatusUpdate};
+use crate::notify::Notifier;
 use crate::outcome_metric::missing_outcomes_note;
 use crate::policy::{Metric, RolloutPolicy};
-use crate::present::{action_name, describe_row};
 use crate::source::{DeltaTracker, EnvoyAdminSource, IntervalMetrics, PrometheusSource, SourceError};
-use crate::stats::{ComparisonRow, StatsError, Verdict};
+use crate::stats::{ComparisonRow, StatsError};
 use crate::step_evidence::{CheckOutcome, StepEvidence};
 use canary_core::{Cohort, RolloutConfig};
 use fetch::{CheckPlan, FetchPlan, Fetched, PrometheusWindows};
@@ -260,6 +260,8 @@ struct LiveRollout {
     stalled: Option<String>,
     /// "No proxy serves the deployment" has been said (until it is served again).
     not_served_announced: bool,
+    /// Kinds of hold reason announced at this step ([`Engine::note_holds`]).
+    announced_hold_kinds: Vec<String>,
     /// Where this rollout's status updates go: the policy's webhook, else the analyzer's.
     notifier: Notifier,
 }
@@ -297,6 +299,7 @@ impl LiveRollout {
             fleet: None,
             stalled: None,
             not_served_announced: false,
+            announced_hold_kinds: Vec::new(),
             notifier,
         })
     }
@@ -817,47 +820,10 @@ impl Engine {
         } else {
             tracing::debug!(%deployment, reason = %decision.reason, "hold");
             self.note_stall(live, now_ms);
+            self.note_holds(live, now_ms);
             save_evidence(&self.state_dir, live);
         }
         Ok(())
-    }
-
-    /// Marks a step that has gone too long without earning its promotion, and says so
-    /// once per step: a warning in the log and one webhook post.
-    fn note_stall(&self, live: &mut LiveRollout, now_ms: u64) {
-        let policy = &live.policy;
-        live.stalled = match (live.state.phase, policy.step(live.state.step)) {
-            (canary_core::RolloutPhase::Progressing, Some(step)) => live.step_evidence.stalled(
-                step.window,
-                policy.check_interval,
-                policy.min_requests_per_cohort,
-                policy.stall_after_windows,
-            ),
-            _ => None,
-        };
-        let Some(stalled) = live.stalled.clone() else { return };
-        if live.step_evidence.stall_announced {
-            return;
-        }
-        live.step_evidence.stall_announced = true;
-        tracing::warn!(deployment = %live.state.deployment, share_bp = live.state.share_bp, "{stalled}");
-        live.notifier.send(StatusUpdate {
-            deployment: live.state.deployment.clone(),
-            decision: "stalled".to_string(),
-            reason: stalled,
-            actor: Actor::Analyzer.name().to_string(),
-            share_bp: live.state.share_bp,
-            next_step_in_s: None,
-            key_metrics: live
-                .rows
-                .iter()
-                .filter(|r| r.verdict != Verdict::NotEnoughData)
-                .take(4)
-                .map(describe_row)
-                .collect(),
-            fleet: live.fleet.as_ref().map(FleetView::summary),
-            holds: hold_reasons(&live.hold_inputs(now_ms)),
-        });
     }
 
     /// Logs the decision, then applies it, publishes the config and announces it.
@@ -882,6 +848,7 @@ impl Engine {
         if live.step_evidence.generation != live.state.generation {
             live.step_evidence = StepEvidence::new(live.state.generation);
             live.stalled = None;
+            live.announced_hold_kinds.clear();
         }
         self.counters.decisions.fetch_add(1, Ordering::Relaxed);
         save_evidence(&self.state_dir, live);
@@ -900,22 +867,6 @@ impl Engine {
         if let Ok(mut configs) = self.configs.write() {
             configs.insert(state.deployment.clone(), state.config());
         }
-    }
-
-    fn announce(&self, live: &LiveRollout, decision: &Decision, now_ms: u64) {
-        let key_metrics =
-            live.rows.iter().filter(|r| r.verdict != Verdict::NotEnoughData).take(4).map(describe_row).collect();
-        live.notifier.send(StatusUpdate {
-            deployment: live.state.deployment.clone(),
-            decision: action_name(&decision.action).to_string(),
-            reason: decision.reason.clone(),
-            actor: decision.actor.name().to_string(),
-            share_bp: live.state.share_bp,
-            next_step_in_s: live.state.window_remaining(&live.policy, now_ms).map(|d| d.as_secs()),
-            key_metrics,
-            fleet: live.fleet.as_ref().map(FleetView::summary),
-            holds: hold_reasons(&live.hold_inputs(now_ms)),
-        });
     }
 }
 

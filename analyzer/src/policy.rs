@@ -211,8 +211,12 @@ pub struct CustomMetric {
 /// Where step changes are announced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notify {
-    /// A Slack-compatible incoming webhook (`http://` or `https://`); shown redacted.
+    /// An incoming webhook (`http://` or `https://`); shown redacted.
     pub webhook_url: WebhookUrl,
+    /// The JSON its service reads (Slack-compatible unless set).
+    pub format: crate::notify::WebhookFormat,
+    /// The events posted to it.
+    pub events: crate::notify::EventSet,
 }
 
 impl LatencyQuantile {

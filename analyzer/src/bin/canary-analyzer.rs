@@ -8,8 +8,8 @@ use canary_analyzer::auth::{self, Authenticator, ReloadTrigger};
 use canary_analyzer::cli::{self, Client};
 use canary_analyzer::engine::{self, Engine, SourceSettings, now_ms};
 use canary_analyzer::ladder::Actor;
-use canary_analyzer::notify::Notifier;
-use canary_analyzer::policy::{RolloutPolicy, WebhookUrl};
+use canary_analyzer::notify::{Notifier, WebhookTarget};
+use canary_analyzer::policy::RolloutPolicy;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -244,10 +244,17 @@ struct ServeArgs {
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     max_scrape_bytes: u64,
-    /// Webhook for status updates (Slack-compatible); a policy's own `notify` wins.
-    /// A secret: logged and shown only as `scheme://host/…#xxh3:<fingerprint>`.
-    #[arg(long, env = "CANARY_ANALYZER_WEBHOOK", hide_env_values = true)]
-    webhook: Option<String>,
+    /// Webhook targets for notifications, repeated (or space-separated in the
+    /// environment): `FORMAT:EVENTS:URL`, `FORMAT:URL` or a bare URL (Slack-compatible).
+    /// FORMAT: slack, teams, discord, google-chat or json. EVENTS: comma-separated among
+    /// step, hold, stall, rollback, promotion, approval, or all (the default). A policy's
+    /// own `notify` wins. Secrets: logged and shown only as `scheme://host/…#xxh3:<fingerprint>`.
+    #[arg(long, env = "CANARY_ANALYZER_WEBHOOK", hide_env_values = true, value_delimiter = ' ')]
+    webhook: Vec<String>,
+    /// The analyzer's URL as people reach it (e.g. https://canary.example.com): notifications link
+    /// to the rollout's dashboard page below it.
+    #[arg(long, env = "CANARY_ANALYZER_PUBLIC_URL")]
+    public_url: Option<String>,
     /// One shared bearer token: an `admin` identity named `token`. Without it or a
     /// tokens file, register and override are disabled. Must not be empty; leading and
     /// trailing whitespace (a newline from a file) is trimmed. Not with --tokens-file.
@@ -332,14 +339,27 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     )?);
     reload_tokens_on_change(&auth)?;
     // Parsed here, not by clap: clap's error would print the whole URL.
-    let webhook =
-        args.webhook.as_deref().map(WebhookUrl::parse).transpose().context("--webhook / CANARY_ANALYZER_WEBHOOK")?;
-    let webhook_shown = webhook.as_ref().map_or("none".to_string(), ToString::to_string);
+    let targets = args
+        .webhook
+        .iter()
+        .filter(|text| !text.trim().is_empty())
+        .map(|text| WebhookTarget::parse(text, "--webhook / CANARY_ANALYZER_WEBHOOK"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let webhook_shown = if targets.is_empty() {
+        "none".to_string()
+    } else {
+        targets.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ")
+    };
+    if let Some(url) = &args.public_url
+        && !(url.starts_with("http://") || url.starts_with("https://"))
+    {
+        anyhow::bail!("--public-url / CANARY_ANALYZER_PUBLIC_URL = {url:?}: expected an http:// or https:// URL");
+    }
     let source = match args.prometheus {
         Some(url) => SourceSettings::Prometheus { url, max_body_bytes: args.max_scrape_bytes },
         None => SourceSettings::EnvoyAdmin { admin_urls: args.envoy_admin, max_body_bytes: args.max_scrape_bytes },
     };
-    let engine = Engine::open(&args.state_dir, source, Notifier::new(webhook))
+    let engine = Engine::open(&args.state_dir, source, Notifier::new(targets).with_public_url(args.public_url))
         .with_context(|| format!("opening the state directory {}", args.state_dir.display()))?;
     let engine = Arc::new(engine);
     for path in &args.policies {

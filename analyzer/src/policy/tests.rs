@@ -187,7 +187,11 @@ fn errors_name_the_field_the_value_and_what_was_expected() {
         (format!("{header}spec: {{deployment: check.out}}"), "spec.deployment", "[A-Za-z0-9_-]"),
         (format!("{header}spec: {{deployment: {}}}", "a".repeat(64)), "spec.deployment", "1 to 63"),
         (spec("  colour: blue\n"), "spec.colour", "one of deployment, ladder, default_window"),
-        (spec("  ladder: [{shar: 5}]\n"), "spec.ladder[0].shar", "one of share, window, approval; did you mean `share`?"),
+        (
+            spec("  ladder: [{shar: 5}]\n"),
+            "spec.ladder[0].shar",
+            "one of share, window, approval; did you mean `share`?",
+        ),
         (spec("  ladder: []\n"), "spec.ladder", "at least one step"),
         (spec("  ladder: [{window: 5m}]\n"), "spec.ladder[0].share", "share in percent"),
         (spec("  ladder: [{share: 0}, {share: 100}]\n"), "spec.ladder[0].share", "above 0"),

@@ -10,6 +10,7 @@ use super::{
     API_VERSION, CustomMetric, ERROR_RATE, KIND, LadderStep, LatencyQuantile, LatencyTolerance, Metric, MetricPolicy,
     Notify, PolicyError, RolloutPolicy, SAMPLE_RATIO, WebhookUrl, defaults, parse_duration,
 };
+use crate::notify::{EventSet, RouteError, WebhookFormat};
 
 /// The value of a ladder step's `approval` that makes it wait for an operator.
 pub(super) const APPROVAL_REQUIRED: &str = "required";
@@ -192,7 +193,7 @@ fn validate_ladder(raw: Option<Vec<RawStep>>, default_window: Duration) -> Resul
         };
         steps.push(LadderStep { share_bp: bp, window, approval_required });
     }
-    if let Some((i, _)) = steps.iter().enumerate().last().filter(|(_, step)| step.approval_required) {
+    if let Some((i, _)) = steps.iter().enumerate().next_back().filter(|(_, step)| step.approval_required) {
         return Err(PolicyError::new(
             format!("spec.ladder[{i}].approval"),
             APPROVAL_REQUIRED,
@@ -487,6 +488,11 @@ pub(super) fn validate_query(field: &str, query: &str) -> Result<(), PolicyError
     Ok(())
 }
 
+/// A refused format or event list, as a policy error naming its field.
+fn route_error(error: RouteError) -> PolicyError {
+    PolicyError::new(error.field, format!("{:?}", error.value), error.expected)
+}
+
 impl RawNotify {
     /// Accepts the redacted form too (audit records are read back through here);
     /// [`RolloutPolicy::from_yaml`] refuses it for policies people write.
@@ -494,6 +500,17 @@ impl RawNotify {
         let url = self.webhook_url.ok_or_else(|| PolicyError::missing("spec.notify.webhook_url", "an http(s) URL"))?;
         let webhook_url = WebhookUrl::parse_stored(&url)
             .map_err(|e| PolicyError::new("spec.notify.webhook_url", e.shown, e.expected))?;
-        Ok(Notify { webhook_url })
+        let format = match self.format.as_deref() {
+            Some(name) => WebhookFormat::parse(name, "spec.notify.format").map_err(route_error)?,
+            None => WebhookFormat::Slack,
+        };
+        let events = match self.events {
+            Some(names) if names.is_empty() => {
+                return Err(PolicyError::new("spec.notify.events", "[]", "at least one event, or leave it out"));
+            }
+            Some(names) => EventSet::parse(&names.join(","), "spec.notify.events").map_err(route_error)?,
+            None => EventSet::default_events(),
+        };
+        Ok(Notify { webhook_url, format, events })
     }
 }
