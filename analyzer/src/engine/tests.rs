@@ -12,6 +12,7 @@ use std::sync::atomic::AtomicUsize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+mod gates;
 mod layouts;
 
 const T0: u64 = 1_700_000_000_000;
