@@ -568,7 +568,8 @@ impl Engine {
         all
     }
 
-    /// Registers (or restarts, once the previous one ended) a rollout.
+    /// Registers (or restarts, once the previous one ended or while it is held for
+    /// deployment) a rollout.
     /// `by` is `Actor::Analyzer` only for policies given at start; API callers are the
     /// identity their token names, with what they declared about themselves as a note.
     /// Everything that can refuse the policy runs before the audit append: a refused
@@ -598,7 +599,10 @@ impl Engine {
             (None, Some(broken)) => Some(broken.state.clone()),
             (None, None) => None,
         };
-        if previous.as_ref().is_some_and(|state| !state.is_finished()) {
+        // A rollout held for deployment has served nothing of its canary and decided
+        // nothing: a new registration supersedes it (a pipeline run that stopped between
+        // register and deployed, or the reset after a promotion, must not block the next).
+        if previous.as_ref().is_some_and(|state| !state.is_finished() && !state.awaits_deployment()) {
             return Err(EngineError::InProgress(deployment));
         }
         let seen = fleet_generation::seen_ahead(inner.rollouts.get(&deployment), now_ms);

@@ -101,3 +101,21 @@ async fn a_held_registration_serves_0_until_deployed_and_an_approval_gate_waits_
     assert_eq!(bodies.len(), 2, "one approval needed, one promotion; steps not asked for: {bodies:?}");
     assert_eq!(bodies[1]["event"], "promotion");
 }
+
+#[tokio::test]
+async fn a_registration_supersedes_one_held_for_deployment_but_not_one_under_way() {
+    let (dir, envoy) = (TempDir::new(), StubEnvoy::start().await);
+    let (clock, _) = stepped_clock(T0);
+    let engine = engine(&dir, vec![envoy.url()], clock);
+    let pipeline = ActedBy::from(Actor::human("ci").unwrap());
+    engine.register_with(gated_policy(), pipeline.clone(), Start::HeldForDeployment, T0).await.unwrap();
+    let first = engine.config("checkout").unwrap().generation;
+    // The run that registered stopped before `deployed`: the next run registers again.
+    engine.register_with(gated_policy(), pipeline.clone(), Start::HeldForDeployment, T0 + 1).await.unwrap();
+    let config = engine.config("checkout").unwrap();
+    assert!(config.generation > first && config.share_bp == 0, "{config:?}");
+    engine.override_rollout("checkout", &OverrideAction::Deployed, &pipeline, "v2", T0 + 2).await.unwrap();
+    let under_way = engine.register_with(gated_policy(), pipeline, Start::HeldForDeployment, T0 + 3).await;
+    assert!(matches!(under_way, Err(EngineError::InProgress(_))), "{under_way:?}");
+    assert_eq!(engine.audit("checkout").unwrap().len(), 3, "start, start again, deployed");
+}
