@@ -247,7 +247,7 @@ struct ServeArgs {
     /// Webhook targets for notifications, repeated (or space-separated in the
     /// environment): `FORMAT:EVENTS:URL`, `FORMAT:URL` or a bare URL (Slack-compatible).
     /// FORMAT: slack, teams, discord, google-chat or json. EVENTS: comma-separated among
-    /// step, hold, stall, rollback, promotion, approval, or all (the default). A policy's
+    /// step, hold, stall, rollback, promotion, approval, or all (default: all but hold). A policy's
     /// own `notify` wins. Secrets: logged and shown only as `scheme://host/…#xxh3:<fingerprint>`.
     #[arg(long, env = "CANARY_ANALYZER_WEBHOOK", hide_env_values = true, value_delimiter = ' ')]
     webhook: Vec<String>,

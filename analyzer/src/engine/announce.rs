@@ -1,7 +1,7 @@
 //! What the engine tells the webhooks ([`crate::notify`]): every committed decision
 //! (a step, a rollback, a promotion, an approval needed), a stalled step once, and a
-//! hold reason of a new kind once per step after the window passed (or at once, for a
-//! deployment no proxy serves). The update carries the figures the formats render:
+//! hold reason of a new kind once per step after the window passed (a deployment no
+//! proxy serves is said once, as a stall, by [`Engine::note_not_served`]). The update carries the figures the formats render:
 //! share, step, the key rows, the fleet, the hold reasons.
 
 use canary_core::RolloutPhase;

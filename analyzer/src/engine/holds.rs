@@ -33,7 +33,7 @@ impl Engine {
             return;
         }
         tracing::warn!(deployment = %live.state.deployment, "{reason}");
-        let update = live.update(NotifyEvent::Hold, "held", reason, Actor::Analyzer.name(), now_ms);
+        let update = live.update(NotifyEvent::Stall, "held", reason, Actor::Analyzer.name(), now_ms);
         live.notifier.send(update);
     }
 }

@@ -28,10 +28,10 @@ pub enum WebhookFormat {
 pub enum NotifyEvent {
     /// The rollout was registered, moved a step, was paused, resumed, marked deployed or approved.
     Step,
-    /// A reason of a new kind holds the rollout after its window passed (once per kind
-    /// and step), or no proxy serves its deployment.
+    /// A reason of a new kind holds the rollout after its window passed (once per kind and step).
     Hold,
-    /// A step went `stall_after_windows` windows without earning its promotion.
+    /// A step went `stall_after_windows` windows without earning its promotion, or no
+    /// proxy serves the deployment: the rollout cannot go on by itself.
     Stall,
     /// Rolled back: share 0.
     Rollback,
@@ -73,10 +73,10 @@ impl NotifyEvent {
 pub struct EventSet(Vec<NotifyEvent>);
 
 impl EventSet {
-    /// Every event: what a target that names no events receives. (A `hold` is posted
-    /// at most once per kind of reason and step, so a quiet channel stays quiet.)
+    /// Every event but `hold`: what a target that names no events receives, the
+    /// posts a bare URL always got (steps, stalls, rollbacks, promotions) and approvals.
     pub fn default_events() -> EventSet {
-        EventSet(NotifyEvent::ALL.to_vec())
+        EventSet(NotifyEvent::ALL.into_iter().filter(|event| *event != NotifyEvent::Hold).collect())
     }
 
     pub fn contains(&self, event: NotifyEvent) -> bool {
@@ -182,7 +182,9 @@ impl WebhookTarget {
     /// `FORMAT:EVENTS:URL`, `FORMAT:URL` or `URL`; `field` names the flag for errors.
     pub fn parse(text: &str, field: &str) -> Result<WebhookTarget, RouteError> {
         let text = text.trim();
-        if is_url(text) {
+        // `scheme://…` with no `FORMAT:` before it is meant as a bare URL (`ftp://…` is refused as a URL).
+        let bare = text.split_once("://").is_some_and(|(scheme, _)| !scheme.contains(':'));
+        if bare {
             return WebhookUrl::parse(text).map(WebhookTarget::slack).map_err(|e| RouteError::url(field, e));
         }
         let Some((format, rest)) = text.split_once(':') else {
@@ -223,7 +225,7 @@ mod tests {
     fn a_bare_url_is_slack_for_the_default_events() {
         let target = WebhookTarget::parse("https://hooks.slack.com/services/T/B/SECRET", "--webhook").unwrap();
         assert_eq!(target.format, WebhookFormat::Slack);
-        assert!(target.events.is_default() && target.events.contains(NotifyEvent::Hold));
+        assert!(target.events.is_default() && !target.events.contains(NotifyEvent::Hold));
         assert!(target.events.contains(NotifyEvent::Approval) && target.events.contains(NotifyEvent::Rollback));
     }
 
@@ -249,6 +251,8 @@ mod tests {
         let event = WebhookTarget::parse("teams:rollbak:https://x.example/SECRET", "--webhook").unwrap_err();
         assert_eq!(event.value, "rollbak");
         assert!(event.expected.contains("rollback") && event.expected.contains("all"), "{event}");
+        let scheme = WebhookTarget::parse("ftp://x.example/SECRET", "--webhook").unwrap_err();
+        assert!(scheme.expected.contains("http:// or https://"), "refused as a URL: {scheme}");
         for bad in ["teams:step:ftp://x.example/SECRET", "x.example/SECRET", "teams:step:"] {
             let error = WebhookTarget::parse(bad, "--webhook").unwrap_err().to_string();
             assert!(!error.contains("SECRET"), "{error}");
