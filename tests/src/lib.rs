@@ -17,6 +17,7 @@ pub mod http_server;
 pub mod istio_api;
 pub mod istio_bootstrap;
 pub mod kubernetes_api;
+pub mod kustomize;
 pub mod load;
 pub mod manifests;
 pub mod mesh_app;

@@ -1,7 +1,7 @@
 //! The generic JSON body, for receivers of one's own (an incident tool, a chat bot, a
 //! pipeline): a documented, versioned schema, so that a receiver can rely on it. The
 //! schema is named by `schema`; a field may be added within a version, never renamed,
-//! removed or given another meaning. The README's "Notifications" section documents it.
+//! removed or given another meaning. `docs/notifications.md` documents it (a test keeps the two equal).
 //!
 //! ```json
 //! {"schema": "canary.wasm.dev/notification/v1", "event": "rollback",

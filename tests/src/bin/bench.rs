@@ -32,8 +32,8 @@
 //!    request on a virtual host where the filter is listed but disabled, against the same
 //!    Envoy without the filter and a host that enables it (`bench/per_route.rs`).
 //! 10. The list form with 1, 10 and 100 deployments (`deployments`, `deployments-instructions`
-//!    under callgrind): a request whose host is a deployment's and one whose host is none,
-//!    against the same Envoy without the filter (`bench/deployments.rs`).
+//!     under callgrind): a request whose host is a deployment's and one whose host is none,
+//!     against the same Envoy without the filter (`bench/deployments.rs`).
 //!
 //! `BENCH=native,envoy,start,strips,probes,outcomes,per-route,deployments` picks parts (default: those); `BENCH_RUNS` and
 //! `BENCH_SECONDS` set rounds and seconds per run; `BENCH_BEFORE_WASM=<path>` adds a
@@ -59,6 +59,8 @@ mod callgrind;
 mod deployments;
 #[path = "bench/per_route.rs"]
 mod per_route;
+#[path = "bench/tables.rs"]
+mod tables;
 
 use callgrind::{CALLGRIND_SECONDS, instructions_per_request};
 
@@ -292,7 +294,7 @@ impl Rig {
         config.direct_response();
         match setup {
             Setup::PerRoute(filter) => filter.apply(&mut config),
-            Setup::Deployments(listed) => listed.apply(&mut config),
+            Setup::Deployments(listed) => listed.apply(&mut config, &self.probe_wasm),
             Setup::Baseline => {
                 config.without_wasm();
                 config.without_header_stripping();
