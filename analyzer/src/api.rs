@@ -4,8 +4,9 @@
 //! live fragments, rendered by [`crate::dashboard`]). One error type maps to
 //! status codes; 5xx bodies never carry internals (they are logged instead).
 //!
-//! Who may do what ([`crate::auth`]): registration needs a `pipeline` or `admin`
-//! token, overrides an `operator` or `admin` one, and the audit log records that
+//! Who may do what ([`crate::auth`]): registration and marking a held rollout's
+//! canary deployed (the second half of registration) need a `pipeline` or `admin`
+//! token, overrides (approving a step among them) an `operator` or `admin` one, and the audit log records that
 //! token's name (a self-declared actor is kept as a note). Reads (status, report,
 //! audit, dashboard) are open unless `--require-viewer`; `/v1/rollouts/{d}/config`
 //! (the filter's poll carries no token), `/healthz` and `/metrics` are always open.
@@ -16,10 +17,11 @@ mod health;
 use crate::audit::AuditPage;
 use crate::auth::{Authenticator, Identity, Permission, Refusal};
 use crate::dashboard;
-use crate::engine::{Engine, EngineError, now_ms};
+use crate::engine::{Engine, EngineError, Start, now_ms};
 use crate::ladder::{ActedBy, Actor, OverrideAction, OverrideError, TransitionError};
 use crate::policy::RolloutPolicy;
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -64,7 +66,12 @@ impl From<EngineError> for ApiError {
             EngineError::NotFound(_) => ApiError::NotFound(e.to_string()),
             EngineError::InProgress(_) => ApiError::Conflict(e.to_string()),
             EngineError::InvalidPolicy(_) => ApiError::BadRequest(e.to_string()),
-            EngineError::Override(OverrideError::Finished { .. }) => ApiError::Conflict(e.to_string()),
+            EngineError::Override(
+                OverrideError::Finished { .. }
+                | OverrideError::AwaitingDeployment(_)
+                | OverrideError::NotAwaitingDeployment(_)
+                | OverrideError::AlreadyApproved { .. },
+            ) => ApiError::Conflict(e.to_string()),
             EngineError::Override(_) => ApiError::BadRequest(e.to_string()),
             EngineError::Transition(TransitionError::Stale { .. }) => ApiError::Conflict(e.to_string()),
             other => ApiError::Internal(other.to_string()),
@@ -226,9 +233,22 @@ async fn report(
     Ok(Json(state.engine.status(&deployment, now_ms()).await?.rows).into_response())
 }
 
+/// The query of `POST /v1/rollouts`: `?start=held` registers the rollout held at
+/// share 0 until the pipeline marks the canary deployed.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterQuery {
+    start: Option<String>,
+}
+
 /// Body: the policy document (YAML or JSON). Recorded as the token's identity; the
 /// optional header `x-actor` is kept as a note.
-async fn register(State(state): State<AppState>, headers: HeaderMap, body: String) -> Result<Response, ApiError> {
+async fn register(
+    State(state): State<AppState>,
+    query: Result<Query<RegisterQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: String,
+) -> Result<Response, ApiError> {
     let identity = state.authenticate(&headers, Permission::Register, "register rollout")?;
     let declared = match headers.get("x-actor") {
         None => None,
@@ -237,15 +257,28 @@ async fn register(State(state): State<AppState>, headers: HeaderMap, body: Strin
         })?),
     };
     let by = acted_by(&identity, declared, "header `x-actor`")?;
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(format!("query: {}", e.body_text())))?;
+    let start = match query.start.as_deref() {
+        None | Some("running") => Start::Running,
+        Some("held") => Start::HeldForDeployment,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "query `start` = {other:?}: expected held (share 0 until marked deployed) or running"
+            )));
+        }
+    };
     let policy = RolloutPolicy::from_yaml(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let status = state.engine.register(policy, by, now_ms()).await?;
+    let status = state.engine.register_with(policy, by, start, now_ms()).await?;
     Ok(with_identity(&identity, (StatusCode::CREATED, Json(status))))
 }
+
+/// The override action that starts a rollout registered held.
+const DEPLOYED: &str = "deployed";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct OverrideRequest {
-    /// promote | rollback | hold (or pause) | resume | set_share
+    /// promote | rollback | hold (or pause) | resume | set_share | approve | deployed
     action: String,
     reason: Option<String>,
     /// Who the caller says it is: kept as a note beside the token's identity.
@@ -260,6 +293,8 @@ fn parse_action(request: &OverrideRequest) -> Result<OverrideAction, ApiError> {
         "rollback" => OverrideAction::Rollback,
         "hold" | "pause" => OverrideAction::Pause,
         "resume" => OverrideAction::Resume,
+        "approve" => OverrideAction::Approve,
+        DEPLOYED => OverrideAction::Deployed,
         "set_share" => {
             let percent = request.share_percent.ok_or_else(|| {
                 ApiError::BadRequest("field `share_percent` = (missing): expected a percentage for set_share".into())
@@ -274,7 +309,7 @@ fn parse_action(request: &OverrideRequest) -> Result<OverrideAction, ApiError> {
         }
         other => {
             return Err(ApiError::BadRequest(format!(
-                "field `action` = {other:?}: expected promote, rollback, hold, resume or set_share"
+                "field `action` = {other:?}: expected promote, rollback, hold, resume, set_share, approve or deployed"
             )));
         }
     })
@@ -286,9 +321,16 @@ async fn override_rollout(
     headers: HeaderMap,
     body: String,
 ) -> Result<Response, ApiError> {
-    let identity = state.authenticate(&headers, Permission::Override, "override")?;
-    let request: OverrideRequest = serde_json::from_str(&body)
-        .map_err(|e| ApiError::BadRequest(crate::policy::one_line(&format!("override request: {e}"))))?;
+    let request = serde_json::from_str::<OverrideRequest>(&body);
+    // Marking the canary deployed is the pipeline's, the second half of registering;
+    // every other override (an approval too) is an operator's.
+    let permission = match &request {
+        Ok(request) if request.action == DEPLOYED => Permission::Register,
+        _ => Permission::Override,
+    };
+    let identity = state.authenticate(&headers, permission, "override")?;
+    let request =
+        request.map_err(|e| ApiError::BadRequest(crate::policy::one_line(&format!("override request: {e}"))))?;
     let action = parse_action(&request)?;
     let reason = request.reason.as_deref().unwrap_or("");
     let by = acted_by(&identity, request.actor.as_deref(), "field `actor`")?;
@@ -384,7 +426,7 @@ pub(crate) mod tests {
             admin_urls: vec!["http://127.0.0.1:1".into()],
             max_body_bytes: crate::source::DEFAULT_MAX_BODY_BYTES,
         };
-        let engine = Engine::open(dir, source, Notifier::new(None)).unwrap();
+        let engine = Engine::open(dir, source, Notifier::new(Vec::new())).unwrap();
         AppState { engine: Arc::new(engine), auth: Arc::new(auth) }
     }
 

@@ -233,8 +233,15 @@ impl Client {
     }
 
     /// Registers a policy; `actor` is sent as `x-actor`, a note beside the token's identity.
-    pub async fn register(&self, policy_text: String, actor: Option<&str>) -> anyhow::Result<Recorded> {
-        let mut request = self.http.post(format!("{}/v1/rollouts", self.server)).body(policy_text);
+    /// `start_held`: the rollout waits at share 0 until [`Client::mark_deployed`].
+    pub async fn register(
+        &self,
+        policy_text: String,
+        actor: Option<&str>,
+        start_held: bool,
+    ) -> anyhow::Result<Recorded> {
+        let query = if start_held { "?start=held" } else { "" };
+        let mut request = self.http.post(format!("{}/v1/rollouts{query}", self.server)).body(policy_text);
         if let Some(actor) = actor {
             request = request.header("x-actor", actor);
         }

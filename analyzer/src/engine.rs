@@ -19,6 +19,7 @@
 //! step cannot skip or bunch them. Wall time (Unix ms, from the engine's clock) is
 //! only what decisions and records are stamped with.
 
+mod announce;
 mod fetch;
 mod fleet_generation;
 mod holds;
@@ -31,9 +32,9 @@ use crate::audit::{AuditError, AuditReader, RolloutStore, StoreHealth};
 use crate::evaluation::RolloutEvaluation;
 use crate::fleet::{FleetView, applied_share_bp};
 use crate::hold::{HoldReason, hold_reasons};
-use crate::ladder::{ActedBy, Actor, Decision, OverrideAction, OverrideError, RolloutState, TransitionError};
+use crate::ladder::{ActedBy, Decision, OverrideAction, OverrideError, RolloutState, TransitionError};
 use crate::ladder::{decide, human_override};
-use crate::notify::{Notifier, StatusUpdate};
+use crate::notify::Notifier;
 use crate::outcome_metric::missing_outcomes_note;
 use crate::policy::{Metric, RolloutPolicy};
 use crate::present::{action_name, describe_row};
@@ -260,6 +261,8 @@ struct LiveRollout {
     stalled: Option<String>,
     /// "No proxy serves the deployment" has been said (until it is served again).
     not_served_announced: bool,
+    /// Kinds of hold reason announced at this step ([`Engine::note_holds`]).
+    announced_hold_kinds: Vec<String>,
     /// Where this rollout's status updates go: the policy's webhook, else the analyzer's.
     notifier: Notifier,
 }
@@ -298,6 +301,7 @@ impl LiveRollout {
             fleet: None,
             stalled: None,
             not_served_announced: false,
+            announced_hold_kinds: Vec::new(),
             notifier,
         })
     }
@@ -574,7 +578,8 @@ impl Engine {
         all
     }
 
-    /// Registers (or restarts, once the previous one ended) a rollout.
+    /// Registers (or restarts, once the previous one ended or while it is held for
+    /// deployment) a rollout.
     /// `by` is `Actor::Analyzer` only for policies given at start; API callers are the
     /// identity their token names, with what they declared about themselves as a note.
     /// Everything that can refuse the policy runs before the audit append: a refused
@@ -585,6 +590,18 @@ impl Engine {
         by: impl Into<ActedBy>,
         now_ms: u64,
     ) -> Result<RolloutStatus, EngineError> {
+        self.register_with(policy, by, Start::Running, now_ms).await
+    }
+
+    /// [`Engine::register`], started as `start` says: on its first step, or held at
+    /// share 0 until the pipeline marks the canary deployed ([`OverrideAction::Deployed`]).
+    pub async fn register_with(
+        &self,
+        policy: RolloutPolicy,
+        by: impl Into<ActedBy>,
+        start: Start,
+        now_ms: u64,
+    ) -> Result<RolloutStatus, EngineError> {
         let mut inner = self.inner.lock().await;
         let deployment = policy.deployment.clone();
         let previous = match (inner.rollouts.get(&deployment), inner.broken.get(&deployment)) {
@@ -592,15 +609,24 @@ impl Engine {
             (None, Some(broken)) => Some(broken.state.clone()),
             (None, None) => None,
         };
-        if previous.as_ref().is_some_and(|state| !state.is_finished()) {
+        // A rollout held for deployment has served nothing of its canary and decided
+        // nothing: a new registration supersedes it (a pipeline run that stopped between
+        // register and deployed, or the reset after a promotion, must not block the next).
+        if previous.as_ref().is_some_and(|state| !state.is_finished() && !state.awaits_deployment()) {
             return Err(EngineError::InProgress(deployment));
         }
         let seen = fleet_generation::seen_ahead(inner.rollouts.get(&deployment), now_ms);
         let previous_generation = previous.as_ref().map_or(0, |s| s.generation).max(seen.unwrap_or(0));
-        let state = RolloutState::start(&policy, previous_generation, now_ms);
+        let (state, held) = match start {
+            Start::Running => (RolloutState::start(&policy, previous_generation, now_ms), ""),
+            Start::HeldForDeployment => (
+                RolloutState::start_held(&policy, previous_generation, now_ms),
+                ", held at 0 % until the canary is marked deployed",
+            ),
+        };
         let mut live = LiveRollout::new(policy, state, &self.source, &self.scrapes, &self.notifier)
             .map_err(|e| EngineError::InvalidPolicy(e.to_string()))?;
-        let decision = Decision::start(&live.state, by, format!("registered with policy {:?}", live.policy.name));
+        let decision = Decision::start(&live.state, by, format!("registered with policy {:?}{held}", live.policy.name));
         recording::commit_logged(&mut inner.store, now_ms, &live.policy, &decision, previous.as_ref(), &live.state)?;
         let promql = |m: &crate::policy::MetricPolicy| matches!(m.metric, Metric::Custom(_) | Metric::CounterPair(_));
         if self.prometheus.is_none() && live.policy.metrics.iter().any(promql) {
@@ -808,47 +834,10 @@ impl Engine {
         } else {
             tracing::debug!(%deployment, reason = %decision.reason, "hold");
             self.note_stall(live, now_ms);
+            self.note_holds(live, now_ms);
             save_evidence(&self.state_dir, live);
         }
         Ok(())
-    }
-
-    /// Marks a step that has gone too long without earning its promotion, and says so
-    /// once per step: a warning in the log and one webhook post.
-    fn note_stall(&self, live: &mut LiveRollout, now_ms: u64) {
-        let policy = &live.policy;
-        live.stalled = match (live.state.phase, policy.step(live.state.step)) {
-            (canary_core::RolloutPhase::Progressing, Some(step)) => live.step_evidence.stalled(
-                step.window,
-                policy.check_interval,
-                policy.min_requests_per_cohort,
-                policy.stall_after_windows,
-            ),
-            _ => None,
-        };
-        let Some(stalled) = live.stalled.clone() else { return };
-        if live.step_evidence.stall_announced {
-            return;
-        }
-        live.step_evidence.stall_announced = true;
-        tracing::warn!(deployment = %live.state.deployment, share_bp = live.state.share_bp, "{stalled}");
-        live.notifier.send(StatusUpdate {
-            deployment: live.state.deployment.clone(),
-            decision: "stalled".to_string(),
-            reason: stalled,
-            actor: Actor::Analyzer.name().to_string(),
-            share_bp: live.state.share_bp,
-            next_step_in_s: None,
-            key_metrics: live
-                .rows
-                .iter()
-                .filter(|r| r.verdict != Verdict::NotEnoughData)
-                .take(4)
-                .map(describe_row)
-                .collect(),
-            fleet: live.fleet.as_ref().map(FleetView::summary),
-            holds: hold_reasons(&live.hold_inputs(now_ms)),
-        });
     }
 
     /// Logs the decision, then applies it, publishes the config and announces it.
@@ -873,6 +862,7 @@ impl Engine {
         if live.step_evidence.generation != live.state.generation {
             live.step_evidence = StepEvidence::new(live.state.generation);
             live.stalled = None;
+            live.announced_hold_kinds.clear();
         }
         self.counters.decisions.fetch_add(1, Ordering::Relaxed);
         save_evidence(&self.state_dir, live);
@@ -891,22 +881,6 @@ impl Engine {
         if let Ok(mut configs) = self.configs.write() {
             configs.insert(state.deployment.clone(), state.config());
         }
-    }
-
-    fn announce(&self, live: &LiveRollout, decision: &Decision, now_ms: u64) {
-        let key_metrics =
-            live.rows.iter().filter(|r| r.verdict != Verdict::NotEnoughData).take(4).map(describe_row).collect();
-        live.notifier.send(StatusUpdate {
-            deployment: live.state.deployment.clone(),
-            decision: action_name(&decision.action).to_string(),
-            reason: decision.reason.clone(),
-            actor: decision.actor.name().to_string(),
-            share_bp: live.state.share_bp,
-            next_step_in_s: live.state.window_remaining(&live.policy, now_ms).map(|d| d.as_secs()),
-            key_metrics,
-            fleet: live.fleet.as_ref().map(FleetView::summary),
-            holds: hold_reasons(&live.hold_inputs(now_ms)),
-        });
     }
 }
 
@@ -962,6 +936,16 @@ fn spread_first_checks(rollouts: &mut BTreeMap<String, LiveRollout>, now: Instan
 fn fleet_deadline_checks(policy: &RolloutPolicy) -> u64 {
     let interval_ms = policy.check_interval.as_millis().max(1);
     u64::try_from(policy.fleet_deadline.as_millis().div_ceil(interval_ms)).unwrap_or(u64::MAX)
+}
+
+/// How a registered rollout starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Start {
+    /// On its first step at once (the canary is already deployed).
+    #[default]
+    Running,
+    /// Held at share 0 (phase `pending`) until the pipeline marks the canary deployed.
+    HeldForDeployment,
 }
 
 /// Runs the checks until `shutdown` resolves.

@@ -18,6 +18,8 @@ pub fn state(step: u32, share_bp: u32, phase: RolloutPhase) -> RolloutState {
         step_started_at_ms: 0,
         phase,
         updated_at_ms: 0,
+        approved_step: None,
+        awaiting_approval: false,
     }
 }
 

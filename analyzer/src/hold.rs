@@ -25,6 +25,11 @@ pub enum HoldReason {
     /// Proxies were scraped and none exports the deployment: the policy's deployment id
     /// matches no filter's configuration. `other_deployments` are the ids they do export.
     NotServed { deployment: String, proxies: usize, other_deployments: Vec<String> },
+    /// Registered held (share 0): waits for the pipeline to deploy the canary and say so.
+    AwaitingDeployment { deployment: String },
+    /// The step's policy asks for an operator's approval before promotion, not yet given.
+    /// `window_passed`: the window ran cleanly and only the approval is missing.
+    ApprovalNeeded { deployment: String, step: u32, window_passed: bool },
     /// A human paused the rollout: nothing is promoted until it is resumed.
     Paused,
     /// The step's window is still running. `step` counts from 1, as people read it.
@@ -65,9 +70,20 @@ pub fn hold_reasons(inputs: &HoldInputs<'_>) -> Vec<HoldReason> {
     match state.phase {
         RolloutPhase::Progressing => {}
         RolloutPhase::Paused => reasons.push(HoldReason::Paused),
-        RolloutPhase::Pending | RolloutPhase::Promoted | RolloutPhase::RolledBack => return reasons,
+        RolloutPhase::Pending => {
+            reasons.push(HoldReason::AwaitingDeployment { deployment: state.deployment.clone() });
+            return reasons;
+        }
+        RolloutPhase::Promoted | RolloutPhase::RolledBack => return reasons,
     }
     let Some(step) = policy.step(state.step) else { return reasons };
+    if step.approval_required && state.approved_step != Some(state.step) {
+        reasons.push(HoldReason::ApprovalNeeded {
+            deployment: state.deployment.clone(),
+            step: state.step.saturating_add(1),
+            window_passed: state.awaiting_approval,
+        });
+    }
     if let Some(remaining) = state.window_remaining(policy, now_ms).filter(|r| !r.is_zero()) {
         reasons.push(HoldReason::WindowRunning {
             step: state.step.saturating_add(1),

@@ -52,6 +52,14 @@ pub struct RolloutState {
     pub phase: RolloutPhase,
     /// When the state last changed (Unix ms).
     pub updated_at_ms: u64,
+    /// The step an operator approved ([`Action::Approve`]); a step whose policy asks for
+    /// approval is promoted only when this names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_step: Option<u32>,
+    /// The current step ran its window cleanly and waits for an operator's approval
+    /// ([`Action::AwaitApproval`] recorded it, once, with the evidence).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub awaiting_approval: bool,
 }
 
 /// Who decided: the analyzer itself or a named caller (a person or a pipeline, named
@@ -86,6 +94,14 @@ pub enum Action {
     /// apply (an analyzer on a state older than theirs, see [`resync`]): the filter
     /// ignores answers older than what it has, so nothing decided would reach them.
     Resync { above_generation: u64 },
+    /// The pipeline has deployed the canary: a rollout registered held (phase
+    /// `pending`, share 0) starts its first step, at that step's share.
+    Deployed { share_bp: u32 },
+    /// The step ran its window cleanly and its policy asks for an operator's approval
+    /// before promotion: recorded once, and announced as "approval needed".
+    AwaitApproval { step: u32 },
+    /// An operator approved the promotion of `step`; the next clean check promotes.
+    Approve { step: u32 },
 }
 
 /// One decision with everything needed to audit it.
@@ -131,6 +147,10 @@ pub enum OverrideAction {
     SetShare {
         share_bp: u32,
     },
+    /// The pipeline deployed the canary image: a held registration starts.
+    Deployed,
+    /// Approve the promotion of a step whose policy asks for approval.
+    Approve,
 }
 
 /// An override refused before it is logged or applied.
@@ -148,6 +168,16 @@ pub enum OverrideError {
     NotPaused(String),
     #[error("share_bp = {0}: expected basis points from 0 to 10000")]
     ShareOutOfRange(u32),
+    #[error(
+        "rollout of {0} is held until its canary is deployed: mark it deployed first (`canary-analyzer deployed {0}`)"
+    )]
+    AwaitingDeployment(String),
+    #[error("rollout of {0} is not held for deployment (it was registered without --start-held, or has started)")]
+    NotAwaitingDeployment(String),
+    #[error("step {step} of {deployment} needs no approval (its ladder step has no `approval: required`)")]
+    NoApprovalNeeded { deployment: String, step: u32 },
+    #[error("step {step} of {deployment} is already approved")]
+    AlreadyApproved { deployment: String, step: u32 },
 }
 
 /// A decision that cannot be applied to the state it was given.
@@ -224,7 +254,26 @@ impl RolloutState {
             step_started_at_ms: now_ms,
             phase: if first_share >= FULL_SHARE_BP { RolloutPhase::Promoted } else { RolloutPhase::Progressing },
             updated_at_ms: now_ms,
+            approved_step: None,
+            awaiting_approval: false,
         }
+    }
+
+    /// A new rollout held for deployment: phase `pending`, share 0 (every user on
+    /// stable) until [`Action::Deployed`] starts its first step. A pipeline registers
+    /// this way before it replaces the canary's image, so an image an earlier rollout
+    /// rejected is never served while the new one is being deployed.
+    pub fn start_held(policy: &RolloutPolicy, previous_generation: u64, now_ms: u64) -> RolloutState {
+        RolloutState {
+            share_bp: 0,
+            phase: RolloutPhase::Pending,
+            ..RolloutState::start(policy, previous_generation, now_ms)
+        }
+    }
+
+    /// Whether the rollout waits for the pipeline to deploy its canary.
+    pub fn awaits_deployment(&self) -> bool {
+        self.phase == RolloutPhase::Pending
     }
 
     /// The document the filter polls.
@@ -271,6 +320,8 @@ impl RolloutState {
                 next.step = to_step;
                 next.share_bp = share_bp;
                 next.step_started_at_ms = now_ms;
+                next.approved_step = None;
+                next.awaiting_approval = false;
                 if share_bp == FULL_SHARE_BP {
                     next.phase = RolloutPhase::Promoted;
                 }
@@ -281,6 +332,24 @@ impl RolloutState {
             }
             Action::Resync { above_generation } => {
                 next.generation = self.generation.max(above_generation).saturating_add(1);
+            }
+            Action::Deployed { share_bp } => {
+                if !self.awaits_deployment() {
+                    return Err(TransitionError::NotApplicable(decision.action));
+                }
+                if share_bp > FULL_SHARE_BP {
+                    return Err(TransitionError::ShareOutOfRange(share_bp));
+                }
+                next.share_bp = share_bp;
+                next.step_started_at_ms = now_ms;
+                next.phase = if share_bp >= FULL_SHARE_BP { RolloutPhase::Promoted } else { RolloutPhase::Progressing };
+            }
+            Action::AwaitApproval { step } => {
+                next.awaiting_approval = step == self.step;
+            }
+            Action::Approve { step } => {
+                next.approved_step = Some(step);
+                next.awaiting_approval = false;
             }
             Action::Pause => next.phase = RolloutPhase::Paused,
             Action::Resume => {

@@ -130,6 +130,9 @@ pub struct LadderStep {
     /// How long the step must run cleanly before promotion. Ignored on the last
     /// step: reaching 100 % ends the rollout.
     pub window: Duration,
+    /// `approval: required`: once the window has passed cleanly, the step waits for an
+    /// operator's approval (`canary-analyzer approve`) before promotion.
+    pub approval_required: bool,
 }
 
 /// One compared metric and whether a regression on it rolls back.
@@ -208,8 +211,12 @@ pub struct CustomMetric {
 /// Where step changes are announced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notify {
-    /// A Slack-compatible incoming webhook (`http://` or `https://`); shown redacted.
+    /// An incoming webhook (`http://` or `https://`); shown redacted.
     pub webhook_url: WebhookUrl,
+    /// The JSON its service reads (Slack-compatible unless set).
+    pub format: crate::notify::WebhookFormat,
+    /// The events posted to it.
+    pub events: crate::notify::EventSet,
 }
 
 impl LatencyQuantile {

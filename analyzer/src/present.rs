@@ -104,6 +104,14 @@ pub fn hold_text(reason: &HoldReason) -> String {
                  check the deployment id in the filter's configuration against the policy's"
             )
         }
+        HoldReason::AwaitingDeployment { deployment } => format!(
+            "held at 0 % until the pipeline deploys the canary and marks it deployed \
+             (`canary-analyzer deployed {deployment}`)"
+        ),
+        HoldReason::ApprovalNeeded { deployment, step, window_passed } => {
+            let when = if *window_passed { "its window passed cleanly; " } else { "after its window, " };
+            format!("step {step} needs an operator's approval: {when}`canary-analyzer approve {deployment}`")
+        }
         HoldReason::Paused => "paused: nothing is promoted until a human resumes (rollback stays armed)".to_string(),
         HoldReason::WindowRunning { step, window_s, remaining_s } => {
             format!("step {step}'s {} window: {} to go", duration_text(*window_s), duration_text(*remaining_s))
@@ -202,6 +210,9 @@ pub fn action_name(action: &Action) -> &'static str {
         Action::Resume => "resume",
         Action::SetShare { .. } => "set share",
         Action::Resync { .. } => "resync",
+        Action::Deployed { .. } => "deployed",
+        Action::AwaitApproval { .. } => "approval needed",
+        Action::Approve { .. } => "approve",
     }
 }
 

@@ -1,4 +1,5 @@
-//! A webhook receiver that keeps every JSON body posted to it, standing in for Slack.
+//! A webhook receiver that keeps every JSON body posted to it, standing in for Slack,
+//! Teams, Discord, Google Chat or a generic JSON receiver.
 
 use crate::http_server::{self, response};
 use http_body_util::BodyExt;

@@ -784,9 +784,21 @@ fn the_ci_example_registers_and_blocks_on_the_verdict() {
     let position =
         |needle: &str| runs.iter().position(|r| r.contains(needle)).unwrap_or_else(|| panic!("no step runs {needle}"));
     let register = position(" register ");
+    assert!(runs[register].contains("--start-held"), "registered held at share 0: {}", runs[register]);
     let deploy = position("set image deployment/checkout-canary");
+    let deployed = position(" deployed \"$DEPLOYMENT\"");
     let wait = position(" wait ");
-    assert!(register < deploy && deploy < wait, "register, then deploy the canary, then wait");
+    assert!(
+        register < deploy && deploy < deployed && deployed < wait,
+        "register held, deploy the canary, mark it deployed, then wait"
+    );
+    // After the promotion: stable gets the promoted image, then the rollout is reset (held again).
+    let promote = steps.iter().position(|s| s["name"].as_str() == Some("Promote stable")).expect("a promote step");
+    let promote_run = steps[promote]["run"].as_str().unwrap();
+    assert_eq!(steps[promote]["if"].as_str(), Some("success()"), "only after wait exits 0");
+    let stable = promote_run.find("set image deployment/checkout-stable").expect("stable gets the image");
+    let reset = promote_run.find("register /policy.yaml --start-held").expect("the rollout is reset");
+    assert!(stable < reset, "stable first, then the reset: {promote_run}");
     assert!(position(" validate /policy.yaml") < register, "the policy is checked offline before registering");
     assert!(!workflow["on"].is_null() || !workflow[&Yaml::Bool(true)].is_null(), "a trigger");
 }

@@ -278,7 +278,7 @@ mod tests {
             admin_urls: vec!["http://127.0.0.1:1".into()],
             max_body_bytes: crate::source::DEFAULT_MAX_BODY_BYTES,
         };
-        let engine = Engine::open(&dir, source, Notifier::new(None)).unwrap();
+        let engine = Engine::open(&dir, source, Notifier::new(Vec::new())).unwrap();
         let router = app(AppState { engine: Arc::new(engine), auth: Arc::new(auth) });
         for deployment in deployments {
             let policy = format!(

@@ -56,7 +56,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(&tokens, "source-viewer-token-0123456789,vera,viewer\n").unwrap();
         let auth = Authenticator::from_settings(None, Some(&tokens), true).unwrap();
-        let engine = Engine::open(&dir, source, Notifier::new(None)).unwrap();
+        let engine = Engine::open(&dir, source, Notifier::new(Vec::new())).unwrap();
         let router = app(AppState { engine: Arc::new(engine), auth: Arc::new(auth) });
         let mut request = Request::builder().uri(PATH);
         if let Some(token) = token {

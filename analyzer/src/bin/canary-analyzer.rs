@@ -8,8 +8,8 @@ use canary_analyzer::auth::{self, Authenticator, ReloadTrigger};
 use canary_analyzer::cli::{self, Client};
 use canary_analyzer::engine::{self, Engine, SourceSettings, now_ms};
 use canary_analyzer::ladder::Actor;
-use canary_analyzer::notify::Notifier;
-use canary_analyzer::policy::{RolloutPolicy, WebhookUrl};
+use canary_analyzer::notify::{Notifier, WebhookTarget};
+use canary_analyzer::policy::RolloutPolicy;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,7 +32,9 @@ const EXAMPLES: &str = "Examples:
   canary-analyzer serve --envoy-admin http://127.0.0.1:9901 --tokens-file tokens.csv
   canary-analyzer validate policy.yaml                 # offline, e.g. in a pull request
   canary-analyzer register policy.yaml --dry-run       # checked against the analyzer's source
-  canary-analyzer register policy.yaml --actor \"ci:$GITHUB_SHA\"
+  canary-analyzer register policy.yaml --start-held    # share 0 until `deployed`
+  canary-analyzer deployed checkout                    # after the canary image is rolled out
+  canary-analyzer approve checkout --reason \"dashboards look fine\"
   canary-analyzer wait checkout --timeout 3600         # blocks until promoted or rolled back
   canary-analyzer list                                 # one line per rollout
   canary-analyzer status checkout --watch
@@ -90,6 +92,43 @@ enum Command {
         /// your token names (that identity, not this, is who registered).
         #[arg(long)]
         actor: Option<String>,
+        /// Start held at share 0 (phase `pending`, every user on stable) until
+        /// `canary-analyzer deployed DEPLOYMENT`: register, deploy the canary image,
+        /// then mark it deployed, so no user reaches an image rejected earlier.
+        #[arg(long)]
+        start_held: bool,
+    },
+    /// Start a rollout registered with --start-held: the canary's image is deployed.
+    /// Needs a pipeline or admin token, like register.
+    #[command(after_help = "Example:
+  canary-analyzer register policy.yaml --start-held
+  kubectl set image deployment/checkout-canary app=\"$IMAGE\" && kubectl rollout status deployment/checkout-canary
+  canary-analyzer deployed checkout && canary-analyzer wait checkout")]
+    Deployed {
+        deployment: String,
+        /// Recorded in the audit log.
+        #[arg(long, default_value = "canary image deployed")]
+        reason: String,
+        /// Who you say you are: kept in the audit log as a note beside your token's identity.
+        #[arg(long)]
+        actor: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Approve the promotion of a step whose policy says `approval: required`; the
+    /// next clean check promotes. Needs an operator or admin token.
+    #[command(after_help = "Example:
+  canary-analyzer approve checkout --reason \"latency dashboards look fine\"")]
+    Approve {
+        deployment: String,
+        /// Why (required; recorded in the audit log).
+        #[arg(long)]
+        reason: String,
+        /// Who you say you are: kept in the audit log as a note beside your token's identity.
+        #[arg(long, env = "USER")]
+        actor: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
     },
     /// Override a rollout: promote, rollback, pause, resume or set-share, with a reason.
     #[command(after_help = "Examples:
@@ -205,10 +244,17 @@ struct ServeArgs {
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     max_scrape_bytes: u64,
-    /// Webhook for status updates (Slack-compatible); a policy's own `notify` wins.
-    /// A secret: logged and shown only as `scheme://host/…#xxh3:<fingerprint>`.
-    #[arg(long, env = "CANARY_ANALYZER_WEBHOOK", hide_env_values = true)]
-    webhook: Option<String>,
+    /// Webhook targets for notifications, repeated (or space-separated in the
+    /// environment): `FORMAT:EVENTS:URL`, `FORMAT:URL` or a bare URL (Slack-compatible).
+    /// FORMAT: slack, teams, discord, google-chat or json. EVENTS: comma-separated among
+    /// step, hold, stall, rollback, promotion, approval, or all (default: all but hold). A policy's
+    /// own `notify` wins. Secrets: logged and shown only as `scheme://host/…#xxh3:<fingerprint>`.
+    #[arg(long, env = "CANARY_ANALYZER_WEBHOOK", hide_env_values = true, value_delimiter = ' ')]
+    webhook: Vec<String>,
+    /// The analyzer's URL as people reach it (e.g. https://canary.example.com): notifications link
+    /// to the rollout's dashboard page below it.
+    #[arg(long, env = "CANARY_ANALYZER_PUBLIC_URL")]
+    public_url: Option<String>,
     /// One shared bearer token: an `admin` identity named `token`. Without it or a
     /// tokens file, register and override are disabled. Must not be empty; leading and
     /// trailing whitespace (a newline from a file) is trimmed. Not with --tokens-file.
@@ -293,14 +339,27 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     )?);
     reload_tokens_on_change(&auth)?;
     // Parsed here, not by clap: clap's error would print the whole URL.
-    let webhook =
-        args.webhook.as_deref().map(WebhookUrl::parse).transpose().context("--webhook / CANARY_ANALYZER_WEBHOOK")?;
-    let webhook_shown = webhook.as_ref().map_or("none".to_string(), ToString::to_string);
+    let targets = args
+        .webhook
+        .iter()
+        .filter(|text| !text.trim().is_empty())
+        .map(|text| WebhookTarget::parse(text, "--webhook / CANARY_ANALYZER_WEBHOOK"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let webhook_shown = if targets.is_empty() {
+        "none".to_string()
+    } else {
+        targets.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ")
+    };
+    if let Some(url) = &args.public_url
+        && !(url.starts_with("http://") || url.starts_with("https://"))
+    {
+        anyhow::bail!("--public-url / CANARY_ANALYZER_PUBLIC_URL = {url:?}: expected an http:// or https:// URL");
+    }
     let source = match args.prometheus {
         Some(url) => SourceSettings::Prometheus { url, max_body_bytes: args.max_scrape_bytes },
         None => SourceSettings::EnvoyAdmin { admin_urls: args.envoy_admin, max_body_bytes: args.max_scrape_bytes },
     };
-    let engine = Engine::open(&args.state_dir, source, Notifier::new(webhook))
+    let engine = Engine::open(&args.state_dir, source, Notifier::new(targets).with_public_url(args.public_url))
         .with_context(|| format!("opening the state directory {}", args.state_dir.display()))?;
     let engine = Arc::new(engine);
     for path in &args.policies {
@@ -454,9 +513,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             cli::print_out(&format!("{} (dry run: not registered)\n", cli::policy_summary(&checked)))?;
             Ok(0)
         }
-        Command::Register { policy, server, actor, dry_run: false } => {
+        Command::Register { policy, server, actor, dry_run: false, start_held } => {
             let text = read_policy(&policy)?;
-            let recorded = server.client().register(text, actor.as_deref()).await?;
+            let recorded = server.client().register(text, actor.as_deref(), start_held).await?;
             cli::note(&recorded.identity_line());
             cli::print_out(&format!("{}\n", cli::progress_line(&recorded.status)))?;
             Ok(0)
@@ -467,6 +526,20 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 .client()
                 .override_rollout(&deployment, action.api_name(), &reason, actor.as_deref(), share)
                 .await?;
+            cli::note(&recorded.identity_line());
+            cli::print_out(&format!("{}\n", cli::progress_line(&recorded.status)))?;
+            Ok(0)
+        }
+        Command::Deployed { deployment, reason, actor, server } => {
+            let recorded =
+                server.client().override_rollout(&deployment, "deployed", &reason, actor.as_deref(), None).await?;
+            cli::note(&recorded.identity_line());
+            cli::print_out(&format!("{}\n", cli::progress_line(&recorded.status)))?;
+            Ok(0)
+        }
+        Command::Approve { deployment, reason, actor, server } => {
+            let recorded =
+                server.client().override_rollout(&deployment, "approve", &reason, actor.as_deref(), None).await?;
             cli::note(&recorded.identity_line());
             cli::print_out(&format!("{}\n", cli::progress_line(&recorded.status)))?;
             Ok(0)

@@ -50,6 +50,7 @@ pub fn list_line(status: &RolloutStatus) -> String {
             (RolloutPhase::Progressing, Some(0)) => "window passed".to_string(),
             (RolloutPhase::Progressing, Some(s)) => format!("window ends in {}", duration_text(s)),
             (RolloutPhase::Paused, _) => "resume to promote".to_string(),
+            (RolloutPhase::Pending, _) => "mark deployed to start".to_string(),
             _ => "-".to_string(),
         }
     };
@@ -160,6 +161,9 @@ pub fn watch_view(status: &RolloutStatus, audit: &[AuditRecord]) -> String {
         (RolloutPhase::Paused, _) => "paused: no automatic promotion (rollback stays armed)".to_string(),
         (RolloutPhase::Promoted, _) => "promoted: the rollout is over".to_string(),
         (RolloutPhase::RolledBack, _) => "rolled back: the rollout is over, everyone on stable".to_string(),
+        (RolloutPhase::Pending, _) => {
+            format!("held at 0 % until the canary is marked deployed: canary-analyzer deployed {}", status.deployment)
+        }
         (_, _) => "waiting".to_string(),
     };
     let _ = write!(out, "\n{next}");

@@ -2,10 +2,9 @@
 //! from, and the one-time warning (log and webhook) when no proxy serves its deployment.
 
 use super::{Engine, LiveRollout};
-use crate::fleet::FleetView;
 use crate::hold::{HoldInputs, HoldReason, hold_reasons};
 use crate::ladder::Actor;
-use crate::notify::StatusUpdate;
+use crate::notify::NotifyEvent;
 
 impl LiveRollout {
     pub(super) fn hold_inputs(&self, now_ms: u64) -> HoldInputs<'_> {
@@ -34,16 +33,7 @@ impl Engine {
             return;
         }
         tracing::warn!(deployment = %live.state.deployment, "{reason}");
-        live.notifier.send(StatusUpdate {
-            deployment: live.state.deployment.clone(),
-            decision: "held".to_string(),
-            reason,
-            actor: Actor::Analyzer.name().to_string(),
-            share_bp: live.state.share_bp,
-            next_step_in_s: None,
-            key_metrics: Vec::new(),
-            fleet: live.fleet.as_ref().map(FleetView::summary),
-            holds: hold_reasons(&live.hold_inputs(now_ms)),
-        });
+        let update = live.update(NotifyEvent::Stall, "held", reason, Actor::Analyzer.name(), now_ms);
+        live.notifier.send(update);
     }
 }

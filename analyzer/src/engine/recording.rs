@@ -115,7 +115,7 @@ mod tests {
             admin_urls: vec!["http://127.0.0.1:1".into()],
             max_body_bytes: crate::source::DEFAULT_MAX_BODY_BYTES,
         };
-        Engine::open(dir, source, Notifier::new(None)).unwrap()
+        Engine::open(dir, source, Notifier::new(Vec::new())).unwrap()
     }
 
     fn alice() -> crate::ladder::ActedBy {

@@ -5,12 +5,14 @@
 use super::*;
 use crate::audit::{AUDIT_FILE, AuditLog};
 use crate::ladder::Actor;
+use crate::stats::Verdict;
 use std::net::SocketAddr;
 use std::sync::Mutex as StdMutex;
 use std::sync::atomic::AtomicUsize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+mod gates;
 mod layouts;
 mod scale;
 
@@ -155,7 +157,7 @@ fn stepped_clock(start_ms: u64) -> (WallClock, Arc<AtomicU64>) {
 fn engine(dir: &TempDir, targets: Vec<String>, clock: WallClock) -> Arc<Engine> {
     let source =
         SourceSettings::EnvoyAdmin { admin_urls: targets, max_body_bytes: crate::source::DEFAULT_MAX_BODY_BYTES };
-    let engine = Engine::open(&dir.0, source, Notifier::new(None)).unwrap();
+    let engine = Engine::open(&dir.0, source, Notifier::new(Vec::new())).unwrap();
     Arc::new(engine.with_wall_clock(clock))
 }
 

@@ -2,7 +2,8 @@
 //! current step has measured on its own.
 //!
 //! The rules, in order (see [`decide`]):
-//! 1. A finished rollout (promoted or rolled back) decides nothing more.
+//! 1. A finished rollout (promoted or rolled back) decides nothing more, and one held
+//!    for deployment (share 0, nothing of the canary served) waits for `deployed`.
 //! 2. Any *critical* metric whose row is `Worse` rolls back at once, mid-window,
 //!    even while paused: pausing stops the climb, it does not switch off the
 //!    safety net.
@@ -12,7 +13,9 @@
 //! 6. The step has not earned its promotion with its own data (a window's worth of
 //!    checks that found data, the latest among them, and enough requests per cohort
 //!    at this step: [`StepEvidence::promotion_blocker`]): hold.
-//! 7. Otherwise promote to the next ladder step; reaching 100 % ends the rollout as promoted.
+//! 7. A step whose policy asks for approval, not yet approved, waits for an operator:
+//!    recorded once ([`Action::AwaitApproval`], announced as "approval needed"), then held.
+//! 8. Otherwise promote to the next ladder step; reaching 100 % ends the rollout as promoted.
 //!
 //! A policy metric's row is found by its identity ([`RowKey`]), never by its name
 //! alone: a row of the policy's never stands in for a built-in row, nor the reverse.
@@ -61,6 +64,9 @@ pub fn decide(
     };
     if state.is_finished() {
         return decision(Action::Hold, format!("rollout has ended ({:?}); nothing to decide", state.phase));
+    }
+    if state.awaits_deployment() {
+        return decision(Action::Hold, "held at 0 % until the pipeline marks the canary deployed".to_string());
     }
     // Rows are matched by identity, not name: a policy metric's row never stands in for a built-in one.
     let critical: Vec<RowKey> = policy.critical_metrics().map(MetricPolicy::row_key).collect();
@@ -113,6 +119,19 @@ pub fn decide(
     let Some((to_step, next)) = policy.next_step_above(state.share_bp) else {
         return decision(Action::Hold, format!("no ladder step above {}", percent(state.share_bp)));
     };
+    if step.approval_required && state.approved_step != Some(state.step) {
+        let reason = format!(
+            "step {} at {} ran its {} window with no critical regression; promotion to {} needs an operator's \
+             approval (`canary-analyzer approve {}`)",
+            state.step.saturating_add(1),
+            percent(state.share_bp),
+            format_duration(step.window),
+            percent(next.share_bp),
+            state.deployment
+        );
+        let action = if state.awaiting_approval { Action::Hold } else { Action::AwaitApproval { step: state.step } };
+        return decision(action, reason);
+    }
     let non_critical_worse: Vec<&ComparisonRow> =
         rows.iter().filter(|row| !critical.contains(&row.key()) && row.verdict == Verdict::Worse).collect();
     let mut reason = format!(

@@ -454,3 +454,99 @@ fn reasons_count_steps_from_1_like_every_header() {
     let promoted = decide(&policy(), &state, &healthy(), &StepEvidence::ample(), T0 + 5 * MINUTE_MS);
     assert!(promoted.reason.starts_with("step 1 at 1 % ran its 5m window"), "{}", promoted.reason);
 }
+
+/// The default ladder with `approval: required` on its 5 % step (the second).
+fn policy_with_approval() -> RolloutPolicy {
+    RolloutPolicy::from_yaml(
+        "apiVersion: canary.wasm.dev/v1alpha1\nkind: RolloutPolicy\nmetadata: {name: p}\nspec:\n  \
+         deployment: checkout\n  ladder:\n    - {share: 1, window: 5m}\n    \
+         - {share: 5, window: 5m, approval: required}\n    - {share: 100, window: 5m}\n",
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_rollout_registered_held_serves_share_0_until_deployed() {
+    let policy = policy();
+    let mut state = RolloutState::start_held(&policy, 0, T0);
+    assert_eq!((state.step, state.share_bp, state.phase), (0, 0, RolloutPhase::Pending));
+    assert_eq!(state.config().share_bp, 0, "the filter routes everyone to stable");
+    // Held however long and however healthy: nothing decides before the canary is deployed.
+    let held = decide(&policy, &state, &healthy(), &StepEvidence::ample(), T0 + 60 * MINUTE_MS);
+    assert_eq!(held.action, Action::Hold);
+    assert!(held.reason.contains("marks the canary deployed"), "{}", held.reason);
+    for refused in [OverrideAction::Promote, OverrideAction::Pause, OverrideAction::SetShare { share_bp: 500 }] {
+        let error = human_override(&policy, &state, &refused, &by("alice"), "go", vec![]).unwrap_err();
+        assert_eq!(error, OverrideError::AwaitingDeployment("checkout".into()), "{refused:?}");
+    }
+    let deployed = human_override(&policy, &state, &OverrideAction::Deployed, &by("ci"), "image v2", vec![]).unwrap();
+    assert_eq!(deployed.action, Action::Deployed { share_bp: 100 });
+    let generation = state.generation;
+    step(&mut state, &deployed, T0 + 7 * MINUTE_MS);
+    assert_eq!(
+        (state.share_bp, state.phase, state.step_started_at_ms),
+        (100, RolloutPhase::Progressing, T0 + 7 * MINUTE_MS)
+    );
+    assert!(state.generation > generation, "the filter must take the new share");
+    let again = human_override(&policy, &state, &OverrideAction::Deployed, &by("ci"), "again", vec![]).unwrap_err();
+    assert_eq!(again, OverrideError::NotAwaitingDeployment("checkout".into()));
+    // The window counts from the deployment, not from the registration.
+    let early = decide(&policy, &state, &healthy(), &StepEvidence::ample(), T0 + 11 * MINUTE_MS);
+    assert_eq!(early.action, Action::Hold, "{}", early.reason);
+}
+
+#[test]
+fn a_held_registration_can_be_rolled_back_when_the_deploy_fails() {
+    let policy = policy();
+    let state = RolloutState::start_held(&policy, 0, T0);
+    let rollback =
+        human_override(&policy, &state, &OverrideAction::Rollback, &by("ci"), "deploy failed", vec![]).unwrap();
+    assert_eq!(state.next(&rollback, T0 + 1).unwrap().phase, RolloutPhase::RolledBack);
+}
+
+#[test]
+fn a_step_with_approval_required_waits_for_an_operator_then_promotes() {
+    let policy = policy_with_approval();
+    let mut state = started_on(&policy);
+    let first = decide(&policy, &state, &healthy(), &StepEvidence::ample(), T0 + 5 * MINUTE_MS);
+    assert_eq!(first.action, Action::Promote { to_step: 1, share_bp: 500 }, "the 1 % step needs no approval");
+    step(&mut state, &first, T0 + 5 * MINUTE_MS);
+    // Window of the 5 % step passed cleanly: recorded once as awaiting approval, then held.
+    let due = T0 + 10 * MINUTE_MS;
+    let awaiting = decide(&policy, &state, &healthy(), &StepEvidence::ample(), due);
+    assert_eq!(awaiting.action, Action::AwaitApproval { step: 1 });
+    assert!(awaiting.reason.contains("needs an operator's approval"), "{}", awaiting.reason);
+    let generation = state.generation;
+    step(&mut state, &awaiting, due);
+    assert!(state.awaiting_approval && state.generation == generation, "the filter is served the same");
+    let held = decide(&policy, &state, &healthy(), &StepEvidence::ample(), due + MINUTE_MS);
+    assert_eq!(held.action, Action::Hold, "hours later still held: {}", held.reason);
+    // A regression still rolls back while it waits.
+    let worse = vec![row("error_rate", Verdict::Worse)];
+    assert_eq!(decide(&policy, &state, &worse, &StepEvidence::ample(), due + MINUTE_MS).action, Action::Rollback);
+    // An operator approves: recorded, then the next clean check promotes.
+    let approve = human_override(&policy, &state, &OverrideAction::Approve, &by("alice"), "dashboards ok", vec![]);
+    let approve = approve.unwrap();
+    assert_eq!(approve.action, Action::Approve { step: 1 });
+    step(&mut state, &approve, due + 2 * MINUTE_MS);
+    assert_eq!((state.approved_step, state.awaiting_approval), (Some(1), false));
+    let twice = human_override(&policy, &state, &OverrideAction::Approve, &by("alice"), "again", vec![]).unwrap_err();
+    assert_eq!(twice, OverrideError::AlreadyApproved { deployment: "checkout".into(), step: 2 });
+    let promote = decide(&policy, &state, &healthy(), &StepEvidence::ample(), due + 3 * MINUTE_MS);
+    assert_eq!(promote.action, Action::Promote { to_step: 2, share_bp: 10_000 });
+    step(&mut state, &promote, due + 3 * MINUTE_MS);
+    assert_eq!((state.phase, state.approved_step), (RolloutPhase::Promoted, None));
+}
+
+#[test]
+fn approving_a_step_that_needs_no_approval_is_refused() {
+    let policy = policy_with_approval();
+    let state = started_on(&policy);
+    let error = human_override(&policy, &state, &OverrideAction::Approve, &by("alice"), "ok", vec![]).unwrap_err();
+    assert_eq!(error, OverrideError::NoApprovalNeeded { deployment: "checkout".into(), step: 1 });
+    assert!(error.to_string().contains("approval: required"), "{error}");
+}
+
+fn started_on(policy: &RolloutPolicy) -> RolloutState {
+    RolloutState::start(policy, 0, T0)
+}

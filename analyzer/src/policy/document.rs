@@ -4,6 +4,7 @@
 //! the audit log reloads as the same policy with the same fingerprint. Also the error
 //! texts of the YAML parser, brought to one line and to a field where they name one.
 
+use crate::notify::WebhookFormat;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -71,6 +72,9 @@ pub(super) struct RawStep {
     pub(super) share: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) window: Option<String>,
+    /// `required`: the step waits for an operator's approval after its window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) approval: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -110,6 +114,12 @@ pub(super) struct RawMetric {
 pub(super) struct RawNotify {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) webhook_url: Option<String>,
+    /// slack (the default), teams, discord, google-chat or json.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) format: Option<String>,
+    /// The events posted (default: all but `hold`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) events: Option<Vec<String>>,
 }
 
 /// serde_yaml_ng prefixes errors inside the document with their path
@@ -202,6 +212,8 @@ impl From<RolloutPolicy> for RawDocument {
             .map(|step| RawStep {
                 share: Some(percent_value(step.share_bp)),
                 window: Some(format_duration(step.window)),
+                // Written only when required: policies without approvals keep their fingerprint.
+                approval: step.approval_required.then(|| super::validate::APPROVAL_REQUIRED.to_string()),
             })
             .collect();
         let metrics = policy.metrics.iter().map(RawMetric::from).collect();
@@ -222,7 +234,13 @@ impl From<RolloutPolicy> for RawDocument {
                 stall_after_windows: (policy.stall_after_windows != defaults::STALL_AFTER_WINDOWS)
                     .then_some(policy.stall_after_windows),
                 metrics: Some(metrics),
-                notify: policy.notify.map(|n| RawNotify { webhook_url: Some(n.webhook_url.stored_text()) }),
+                // Format and events written only when set otherwise: older policies keep their fingerprint.
+                notify: policy.notify.map(|n| RawNotify {
+                    webhook_url: Some(n.webhook_url.stored_text()),
+                    format: (n.format != WebhookFormat::Slack).then(|| n.format.name().to_string()),
+                    events: (!n.events.is_default())
+                        .then(|| n.events.to_string().split(',').map(str::to_string).collect()),
+                }),
             }),
         }
     }

@@ -78,7 +78,10 @@ fn latency_tolerances_become_microseconds() {
 fn fractional_shares_and_durations_parse() {
     let policy =
         parse("  ladder:\n    - {share: 0.5, window: 1h30m}\n    - {share: 12.25}\n    - {share: 100}\n").unwrap();
-    assert_eq!(policy.ladder[0], LadderStep { share_bp: 50, window: Duration::from_secs(5_400) });
+    assert_eq!(
+        policy.ladder[0],
+        LadderStep { share_bp: 50, window: Duration::from_secs(5_400), approval_required: false }
+    );
     assert_eq!(policy.ladder[1].share_bp, 1_225);
     assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
     assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
@@ -184,7 +187,11 @@ fn errors_name_the_field_the_value_and_what_was_expected() {
         (format!("{header}spec: {{deployment: check.out}}"), "spec.deployment", "[A-Za-z0-9_-]"),
         (format!("{header}spec: {{deployment: {}}}", "a".repeat(64)), "spec.deployment", "1 to 63"),
         (spec("  colour: blue\n"), "spec.colour", "one of deployment, ladder, default_window"),
-        (spec("  ladder: [{shar: 5}]\n"), "spec.ladder[0].shar", "one of share, window; did you mean `share`?"),
+        (
+            spec("  ladder: [{shar: 5}]\n"),
+            "spec.ladder[0].shar",
+            "one of share, window, approval; did you mean `share`?",
+        ),
         (spec("  ladder: []\n"), "spec.ladder", "at least one step"),
         (spec("  ladder: [{window: 5m}]\n"), "spec.ladder[0].share", "share in percent"),
         (spec("  ladder: [{share: 0}, {share: 100}]\n"), "spec.ladder[0].share", "above 0"),
@@ -476,4 +483,24 @@ fn refusals_suggest_names_and_say_units() {
         top.contains("field `(document)` = unknown field `spek`") && top.ends_with("did you mean `spec`?"),
         "{top}"
     );
+}
+
+#[test]
+fn a_ladder_step_may_require_approval_but_not_the_last_one() {
+    let document = |ladder: &str| {
+        format!(
+            "apiVersion: canary.wasm.dev/v1alpha1\nkind: RolloutPolicy\nmetadata: {{name: p}}\nspec:\n  \
+             deployment: checkout\n  ladder: {ladder}\n"
+        )
+    };
+    let policy =
+        RolloutPolicy::from_yaml(&document("[{share: 10, approval: required}, {share: 100, approval: none}]")).unwrap();
+    assert!(policy.ladder[0].approval_required && !policy.ladder[1].approval_required);
+    let back = RolloutPolicy::from_yaml(&policy.to_yaml().unwrap()).unwrap();
+    assert_eq!(back.ladder, policy.ladder, "written back and read again");
+    let typo = RolloutPolicy::from_yaml(&document("[{share: 10, approval: yes}, {share: 100}]")).unwrap_err();
+    assert_eq!(typo.field, "spec.ladder[0].approval");
+    assert!(typo.to_string().contains("required") && typo.to_string().contains("\"yes\""), "{typo}");
+    let last = RolloutPolicy::from_yaml(&document("[{share: 10}, {share: 100, approval: required}]")).unwrap_err();
+    assert_eq!(last.field, "spec.ladder[1].approval");
 }

@@ -10,6 +10,12 @@ use super::{
     API_VERSION, CustomMetric, ERROR_RATE, KIND, LadderStep, LatencyQuantile, LatencyTolerance, Metric, MetricPolicy,
     Notify, PolicyError, RolloutPolicy, SAMPLE_RATIO, WebhookUrl, defaults, parse_duration,
 };
+use crate::notify::{EventSet, RouteError, WebhookFormat};
+
+/// The value of a ladder step's `approval` that makes it wait for an operator.
+pub(super) const APPROVAL_REQUIRED: &str = "required";
+/// The value that leaves a step automatic (the default).
+const APPROVAL_NONE: &str = "none";
 
 /// Longest accepted `metadata.name`: a Kubernetes DNS subdomain name.
 const MAX_NAME_LEN: usize = 253;
@@ -146,6 +152,7 @@ fn validate_ladder(raw: Option<Vec<RawStep>>, default_window: Duration) -> Resul
                 Ok(LadderStep {
                     share_bp: share_bp(&format!("spec.ladder[{i}].share"), percent)?,
                     window: default_window,
+                    approval_required: false,
                 })
             })
             .collect();
@@ -171,7 +178,27 @@ fn validate_ladder(raw: Option<Vec<RawStep>>, default_window: Duration) -> Resul
             Some(text) => positive_duration(&format!("{field}.window"), text)?,
             None => default_window,
         };
-        steps.push(LadderStep { share_bp: bp, window });
+        let approval_required = match step.approval.as_deref() {
+            None | Some(APPROVAL_NONE) => false,
+            Some(APPROVAL_REQUIRED) => true,
+            Some(other) => {
+                return Err(PolicyError::new(
+                    format!("{field}.approval"),
+                    format!("{other:?}"),
+                    format!(
+                        "{APPROVAL_REQUIRED} (wait for `canary-analyzer approve` after the window) or {APPROVAL_NONE}"
+                    ),
+                ));
+            }
+        };
+        steps.push(LadderStep { share_bp: bp, window, approval_required });
+    }
+    if let Some((i, _)) = steps.iter().enumerate().next_back().filter(|(_, step)| step.approval_required) {
+        return Err(PolicyError::new(
+            format!("spec.ladder[{i}].approval"),
+            APPROVAL_REQUIRED,
+            "no approval on the last step (reaching it ends the rollout): put it on the step before",
+        ));
     }
     if let Some(last) = steps.last()
         && last.share_bp != FULL_SHARE_BP
@@ -461,6 +488,11 @@ pub(super) fn validate_query(field: &str, query: &str) -> Result<(), PolicyError
     Ok(())
 }
 
+/// A refused format or event list, as a policy error naming its field.
+fn route_error(error: RouteError) -> PolicyError {
+    PolicyError::new(error.field, format!("{:?}", error.value), error.expected)
+}
+
 impl RawNotify {
     /// Accepts the redacted form too (audit records are read back through here);
     /// [`RolloutPolicy::from_yaml`] refuses it for policies people write.
@@ -468,6 +500,17 @@ impl RawNotify {
         let url = self.webhook_url.ok_or_else(|| PolicyError::missing("spec.notify.webhook_url", "an http(s) URL"))?;
         let webhook_url = WebhookUrl::parse_stored(&url)
             .map_err(|e| PolicyError::new("spec.notify.webhook_url", e.shown, e.expected))?;
-        Ok(Notify { webhook_url })
+        let format = match self.format.as_deref() {
+            Some(name) => WebhookFormat::parse(name, "spec.notify.format").map_err(route_error)?,
+            None => WebhookFormat::Slack,
+        };
+        let events = match self.events {
+            Some(names) if names.is_empty() => {
+                return Err(PolicyError::new("spec.notify.events", "[]", "at least one event, or leave it out"));
+            }
+            Some(names) => EventSet::parse(&names.join(","), "spec.notify.events").map_err(route_error)?,
+            None => EventSet::default_events(),
+        };
+        Ok(Notify { webhook_url, format, events })
     }
 }

@@ -45,7 +45,7 @@ impl Analyzer {
             admin_urls: vec!["http://127.0.0.1:1".into()],
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
         };
-        let engine = Engine::open(&dir, source, Notifier::new(None)).unwrap();
+        let engine = Engine::open(&dir, source, Notifier::new(Vec::new())).unwrap();
         // The one place that builds the API's state: the roles work changes how tokens are held.
         let auth = Authenticator::fixed(TokenTable::single(TOKEN).unwrap());
         let app = app(AppState { engine: Arc::new(engine), auth: Arc::new(auth) });

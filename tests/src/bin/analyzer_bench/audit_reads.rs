@@ -127,7 +127,7 @@ pub fn audit_read_benchmark() {
         admin_urls: vec!["http://127.0.0.1:1".into()],
         max_body_bytes: canary_analyzer::source::DEFAULT_MAX_BODY_BYTES,
     };
-    let engine = Engine::open(&dir, source, Notifier::new(None)).unwrap_or_else(|e| panic!("engine: {e}"));
+    let engine = Engine::open(&dir, source, Notifier::new(Vec::new())).unwrap_or_else(|e| panic!("engine: {e}"));
     let state = AppState { engine: Arc::new(engine), auth: Arc::new(Authenticator::without_tokens()) };
     let listener =
         server.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap_or_else(|e| panic!("bind: {e}"));

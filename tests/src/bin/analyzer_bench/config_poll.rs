@@ -55,7 +55,7 @@ fn start_analyzer() -> (SocketAddr, String, tokio::sync::oneshot::Sender<()>) {
         admin_urls: vec!["http://127.0.0.1:1".into()],
         max_body_bytes: canary_analyzer::source::DEFAULT_MAX_BODY_BYTES,
     };
-    let engine = Engine::open(&dir, source, Notifier::new(None)).expect("open the bench engine");
+    let engine = Engine::open(&dir, source, Notifier::new(Vec::new())).expect("open the bench engine");
     let auth = Authenticator::from_settings(Some(TOKEN), None, false).expect("bench token");
     let state = AppState { engine: Arc::new(engine), auth: Arc::new(auth) };
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
