@@ -237,7 +237,7 @@ impl PrometheusWindows {
     /// The last window was not counted (no request in it: no scrape since its start; or
     /// its query failed or missed the deadline): the next window starts where that one
     /// started, so its requests are counted then (the source bridges scrape gaps, see
-    /// `source::prometheus_api`). A span past [`MAX_WINDOW_INTERVALS`] starts over.
+    /// `source::prometheus::api`). A span past [`MAX_WINDOW_INTERVALS`] starts over.
     pub fn carry_over(&mut self) {
         if self.previous_end.is_some() {
             self.last_end = self.previous_end;

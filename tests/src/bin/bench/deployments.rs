@@ -100,7 +100,9 @@ pub fn instructions(rig: &Rig) {
     let script = wrk_script("callgrind", None);
     let counts: Vec<(&str, Option<f64>)> = ROWS
         .iter()
-        .map(|(name, listed)| (*name, instructions_per_request(&rig.config(Setup::Deployments(*listed)), name, &script)))
+        .map(|(name, listed)| {
+            (*name, instructions_per_request(&rig.config(Setup::Deployments(*listed)), name, &script))
+        })
         .collect();
     println!(
         "\nThe list form by number of deployments, Envoy instructions per request under callgrind (wrk -c2, \
