@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::source::RawSource;
 use super::validate::percent_value;
 use super::{API_VERSION, KIND, Metric, MetricPolicy, PolicyError, RolloutPolicy, defaults, format_duration};
 
@@ -61,6 +62,9 @@ pub(super) struct RawSpec {
     pub(super) metrics: Option<Vec<RawMetric>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) notify: Option<RawNotify>,
+    /// Where requests and latency come from when not from the filter (`source`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) source: Option<RawSource>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -223,6 +227,7 @@ impl From<RolloutPolicy> for RawDocument {
                     .then_some(policy.stall_after_windows),
                 metrics: Some(metrics),
                 notify: policy.notify.map(|n| RawNotify { webhook_url: Some(n.webhook_url.stored_text()) }),
+                source: policy.source.as_ref().map(RawSource::from),
             }),
         }
     }

@@ -430,6 +430,30 @@ mod tests {
     }
 
     #[test]
+    fn second_and_millisecond_buckets_become_microseconds_exactly() {
+        // Istio's seconds histogram and Envoy's millisecond one, as Prometheus writes their bounds.
+        let seconds = r#"{"status":"success","data":{"resultType":"vector","result":[
+            {"metric":{"cohort":"canary","le":"0.005"},"value":[1,"3"]},
+            {"metric":{"cohort":"canary","le":"0.025"},"value":[1,"7"]},
+            {"metric":{"cohort":"canary","le":"2.5"},"value":[1,"9"]},
+            {"metric":{"cohort":"canary","le":"+Inf"},"value":[1,"10"]}]}}"#;
+        let histograms = latency_from_answer_in("q", &decode(seconds), LatencyUnit::Seconds).unwrap();
+        let canary = histograms.canary.unwrap();
+        assert_eq!(canary.upper_bounds_us(), &[5_000, 25_000, 2_500_000]);
+        assert_eq!(canary.bucket_counts(), &[3, 4, 2, 1]);
+        let milliseconds = r#"{"status":"success","data":{"resultType":"vector","result":[
+            {"metric":{"cohort":"control","le":"0.5"},"value":[1,"1"]},
+            {"metric":{"cohort":"control","le":"3.6e+06"},"value":[1,"4"]},
+            {"metric":{"cohort":"control","le":"+Inf"},"value":[1,"4"]}]}}"#;
+        let histograms = latency_from_answer_in("q", &decode(milliseconds), LatencyUnit::Milliseconds).unwrap();
+        assert_eq!(histograms.control.unwrap().upper_bounds_us(), &[500, 3_600_000_000]);
+        let negative = r#"{"status":"success","data":{"resultType":"vector","result":[
+            {"metric":{"cohort":"control","le":"-1"},"value":[1,"1"]}]}}"#;
+        let error = latency_from_answer_in("q", &decode(negative), LatencyUnit::Seconds).unwrap_err().to_string();
+        assert!(error.contains(r#"le="-1" is not seconds >= 0"#), "{error}");
+    }
+
+    #[test]
     fn prometheus_errors_name_the_server_the_query_and_the_reason() {
         let body = r#"{"status":"error","errorType":"bad_data","error":"1:5: parse error: unexpected \"}\""}"#;
         let error = decode_answer(URL, "sum(}", 400, body).unwrap_err();
