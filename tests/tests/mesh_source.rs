@@ -125,3 +125,116 @@ async fn a_failing_canary_is_rolled_back_on_envoys_cluster_stats_with_the_filter
     assert!(!applied.is_empty(), "the applied-rollout gauges stay");
     drop(load);
 }
+
+/// The cumulative Istio series of one phase (`0` or `1`) of the synthetic exposition: orders'
+/// `v2` (canary) and `v1` (control), and `payments` `v2`, which `match` must leave out. Each
+/// histogram is written twice, in ms and in s, as Istio exports one or the other.
+fn istio_exposition(phase: u64) -> String {
+    let mut text = String::from("# TYPE istio_requests_total counter\n");
+    let requests: [(&str, &str, &str, u64, u64); 6] = [
+        ("orders", "v2", "200", 50, 40),
+        ("orders", "v2", "503", 5, 10),
+        ("orders", "v2", "0", 1, 2),
+        ("orders", "v1", "200", 500, 400),
+        ("orders", "v1", "404", 3, 4),
+        ("payments", "v2", "500", 1_000, 1_000),
+    ];
+    for (service, version, code, base, growth) in requests {
+        text += &format!(
+            "istio_requests_total{{destination_service_name=\"{service}\",destination_version=\"{version}\",\
+             response_code=\"{code}\"}} {}\n",
+            base + phase * growth
+        );
+    }
+    // Istio's default buckets up to 25 ms, in ms and in s; cumulative counts per `le`.
+    let bounds_ms = ["0.5", "1", "5", "25", "+Inf"];
+    let bounds_s = ["0.0005", "0.001", "0.005", "0.025", "+Inf"];
+    let histograms: [(&str, &str, [u64; 5], [u64; 5]); 3] = [
+        ("orders", "v2", [10, 20, 40, 55, 56], [5, 15, 30, 45, 52]),
+        ("orders", "v1", [100, 200, 400, 550, 560], [50, 150, 300, 450, 460]),
+        ("payments", "v2", [0, 0, 0, 0, 1_000], [0, 0, 0, 0, 1_000]),
+    ];
+    for (name, bounds) in
+        [("istio_request_duration_milliseconds", bounds_ms), ("istio_request_duration_seconds", bounds_s)]
+    {
+        text += &format!("# TYPE {name} histogram\n");
+        for (service, version, base, growth) in histograms {
+            let labels = format!("destination_service_name=\"{service}\",destination_version=\"{version}\"");
+            for ((le, base), growth) in bounds.iter().zip(base).zip(growth) {
+                text += &format!("{name}_bucket{{{labels},le=\"{le}\"}} {}\n", base + phase * growth);
+            }
+            text += &format!("{name}_sum{{{labels}}} 0\n{name}_count{{{labels}}} {}\n", base[4] + phase * growth[4]);
+        }
+    }
+    text
+}
+
+/// Waits until Prometheus holds a scrape taken after `after_ms` in which orders' requests add up to
+/// `total`; that scrape's time (ms since the epoch).
+async fn istio_scrape_after(prometheus: &Prometheus, after_ms: u64, total: u64) -> u64 {
+    let deadline = Instant::now() + LIMIT;
+    let single = |result: Vec<serde_json::Value>| result.first()?["value"][1].as_str()?.parse::<f64>().ok();
+    loop {
+        let selector = "istio_requests_total{destination_service_name=\"orders\"}";
+        let at = single(prometheus.query(&format!("max(timestamp({selector}))")).await);
+        let seen = single(prometheus.query(&format!("sum({selector})")).await);
+        if let (Some(at), Some(seen)) = (at, seen) {
+            let at_ms = (at * 1_000.0).round() as u64;
+            if at_ms > after_ms && seen as u64 == total {
+                return at_ms;
+            }
+        }
+        assert!(Instant::now() < deadline, "prometheus never scraped {total} requests:\n{}", prometheus.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis())
+        .expect("ms")
+}
+
+/// Istio cannot run here: a synthetic exposition of Istio's standard metrics, served to a real
+/// Prometheus, read through the `istio` and `istio_seconds` presets. The counts between two
+/// scrapes come back per cohort and class, `match` leaves the other service out, and both
+/// histograms (ms and s) come back with the same bounds in µs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn istios_standard_metrics_read_through_a_real_prometheus_give_exact_counts_and_microseconds() {
+    use canary_analyzer::source::{MeshMapping, MeshPreset, PrometheusSource};
+    use canary_core::Cohort;
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+
+    let exposition = Arc::new(Mutex::new(istio_exposition(0)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let served = Arc::clone(&exposition);
+    let _server = canary_e2e::http_server::spawn(listener, move |_| {
+        let body = served.lock().expect("exposition lock").clone();
+        async move { canary_e2e::http_server::response(200, &[("content-type", "text/plain; version=0.0.4")], body) }
+    });
+    let prometheus = Prometheus::start(&[addr], SCRAPE_INTERVAL).await;
+    let start_ms = istio_scrape_after(&prometheus, 0, 50 + 5 + 1 + 500 + 3).await;
+    *exposition.lock().expect("exposition lock") = istio_exposition(1);
+    let changed_ms = now_ms();
+    let end_ms = istio_scrape_after(&prometheus, changed_ms, 50 + 5 + 1 + 500 + 3 + 40 + 10 + 2 + 400 + 4).await;
+
+    let source = PrometheusSource::new(prometheus.url.clone(), Duration::from_secs(5)).expect("source");
+    let window = Duration::from_millis(end_ms - start_ms);
+    let at = Some(std::time::UNIX_EPOCH + Duration::from_millis(end_ms));
+    let orders = BTreeMap::from([("destination_service_name".to_string(), "orders".to_string())]);
+    for preset in [MeshPreset::Istio, MeshPreset::IstioSeconds] {
+        let mapping = MeshMapping::from_preset(preset, vec!["v2".into()], vec!["v1".into()], orders.clone());
+        let interval = source.interval_from(Some(&mapping), "orders", window, at).await.expect("interval");
+        let (canary, control) = (&interval.cohorts.canary.requests, &interval.cohorts.control.requests);
+        let what = preset.label();
+        assert_eq!((canary.success, canary.server_error, canary.reset, canary.total()), (40, 10, 2, 52), "{what}");
+        assert_eq!((control.success, control.client_error, control.total()), (400, 4, 404), "{what}");
+        let canary_latency = interval.latency(Cohort::Canary).expect("canary histogram");
+        assert_eq!(canary_latency.upper_bounds_us(), &[500, 1_000, 5_000, 25_000], "{what}");
+        assert_eq!(canary_latency.bucket_counts(), &[5, 10, 15, 15, 7], "{what}");
+        let control_latency = interval.latency(Cohort::Control).expect("control histogram");
+        assert_eq!(control_latency.bucket_counts(), &[50, 100, 150, 150, 10], "{what}");
+        assert_eq!(interval.requests(Cohort::Forced), 0, "{what}");
+    }
+}
