@@ -5,7 +5,7 @@ WASM := target/wasm32-wasip1/wasm-release/canary_filter.wasm
 # pip installs `envoy` into the interpreter's scripts directory.
 export PATH := $(shell python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$(PATH)
 
-.PHONY: all deps build wasm test test-native test-wasm test-e2e lint bench demo image wasm-image docker-check \
+.PHONY: all deps build wasm test test-native test-wasm test-e2e lint bench demo deps-demo image wasm-image docker-check \
 	analyzer-musl test-images container-images test-containers clean
 
 all: build
@@ -65,9 +65,15 @@ soak: wasm
 	CANARY_ANALYZER_BIN=$(CURDIR)/target/release/canary-analyzer target/release/soak
 
 ## demo: the local Envoy with the filter, two versions and a rollout config server
-demo: deps wasm
+## deps-demo: only what the demo needs (Rust's wasm32 target, Envoy 1.40 unpacked into target/demo/)
+deps-demo:
+	@scripts/demo-deps.sh >/dev/null
+
+demo: deps-demo
+	@test -d target/debug || echo "first build: a few minutes (about 400 crates); later runs start in seconds"
+	$(MAKE) wasm
 	$(CARGO) build -p canary-analyzer
-	FAULT=$(FAULT) $(CARGO) run --release -p canary-e2e --bin demo
+	ENVOY=$$(scripts/demo-deps.sh) FAULT=$(FAULT) $(CARGO) run --release -p canary-e2e --bin demo
 
 ## image / wasm-image: the analyzer's image and the filter's OCI image (packaging/), with
 ## Docker or Podman: the first installed engine that answers (`DOCKER=podman` overrides)

@@ -205,6 +205,19 @@ mod tests {
     }
 
     #[test]
+    fn charts_mark_each_step_change_and_the_decision() {
+        let at = |ms: u64, share_bp: u32| crate::engine::HistoryPoint { share_bp, ..point(ms, 0) };
+        let history = [at(1_000, 500), at(2_000, 500), at(3_000, 2_500), at(4_000, 0)];
+        let markers = sections::step_markers(&history);
+        let labels: Vec<(u64, &str)> = markers.iter().map(|m| (m.at_ms, m.label.as_str())).collect();
+        assert_eq!(labels, [(3_000, "25.00 %"), (4_000, "rolled back")]);
+        let html = rollout_fragment(&status(history.to_vec(), Vec::new()), &[]);
+        assert_eq!(html.matches("data-marker=\"rolled back\"").count(), 4, "on each of the four charts");
+        let promoted = sections::step_markers(&[at(1_000, 5_000), at(2_000, 10_000)]);
+        assert_eq!(promoted[0].label, "promoted");
+    }
+
+    #[test]
     fn charts_have_a_polyline_per_cohort() {
         let html = rollout_fragment(&status(vec![point(1_000, 0), point(3_000, 5), point(5_000, 1)], Vec::new()), &[]);
         for chart in ["chart-error-rate", "chart-p50", "chart-p99", "chart-share"] {

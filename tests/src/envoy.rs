@@ -375,18 +375,14 @@ impl Envoy {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// The sum of the admin's `/stats` values whose names match `regex` (Envoy's
-    /// `filter` syntax): e.g. every deployment's finished-request counters.
+    /// [`stat_sum`] of this Envoy.
     pub async fn stat_sum(&self, regex: &str) -> u64 {
-        let url = format!("http://{}/stats?filter={regex}", self.admin);
-        let text = reqwest::get(url).await.expect("admin reachable").text().await.expect("stats text");
-        text.lines().filter_map(|l| l.split_once(": ")).filter_map(|(_, v)| v.trim().parse::<u64>().ok()).sum()
+        stat_sum(self.admin, regex).await
     }
 
-    /// The filter's finished-request counters (`canary.deployment.*.cohort.*.class.*.requests_total`),
-    /// summed over every deployment, cohort and class.
+    /// [`requests_counted`] of this Envoy.
     pub async fn requests_counted(&self) -> u64 {
-        self.stat_sum("^wasmcustom\\.canary\\..*\\.requests_total$").await
+        requests_counted(self.admin).await
     }
 
     /// Envoy's `/stats/prometheus` text.
@@ -398,4 +394,18 @@ impl Envoy {
             .await
             .expect("stats text")
     }
+}
+
+/// The sum of the `/stats` values of the Envoy whose admin is `admin`, for the stats whose
+/// names match `regex` (Envoy's `filter` syntax).
+pub async fn stat_sum(admin: SocketAddr, regex: &str) -> u64 {
+    let url = format!("http://{admin}/stats?filter={regex}");
+    let text = reqwest::get(url).await.expect("admin reachable").text().await.expect("stats text");
+    text.lines().filter_map(|l| l.split_once(": ")).filter_map(|(_, v)| v.trim().parse::<u64>().ok()).sum()
+}
+
+/// The filter's finished-request counters (`canary.deployment.*.cohort.*.class.*.requests_total`),
+/// summed over every deployment, cohort and class.
+pub async fn requests_counted(admin: SocketAddr) -> u64 {
+    stat_sum(admin, "^wasmcustom\\.canary\\..*\\.requests_total$").await
 }

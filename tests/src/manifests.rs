@@ -1,4 +1,4 @@
-//! The shipped YAML (istio/, envoy/, examples/ci/): every file, every document in
+//! The shipped YAML (istio/, istio-gateway-many/, envoy/, examples/ci/): every file, every document in
 //! it, and the two ways the filter's configuration is written there — Envoy's
 //! `configuration` string and Istio's `pluginConfig` — turned into the JSON the
 //! filter receives, so tests can hand it to `canary_core::FilterConfig::parse`.
@@ -10,7 +10,7 @@ use serde_yaml_ng::Value as Yaml;
 use std::path::{Path, PathBuf};
 
 /// The directories whose YAML is shipped and checked.
-pub const SHIPPED_DIRS: [&str; 3] = ["istio", "envoy", "examples/ci"];
+pub const SHIPPED_DIRS: [&str; 4] = ["istio", "istio-gateway-many", "envoy", "examples/ci"];
 
 /// One YAML document of a shipped file.
 #[derive(Debug, Clone)]

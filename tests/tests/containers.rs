@@ -17,7 +17,7 @@ const ANALYZER_UID: &str = "65532";
 const START_LIMIT: Duration = Duration::from_secs(30);
 /// The issue's budget for a SIGTERM'd analyzer to exit.
 const STOP_LIMIT: Duration = Duration::from_secs(2);
-/// The README's size goal for the analyzer's image.
+/// The size goal in docs/containers.md for the analyzer's image.
 const IMAGE_SIZE_LIMIT_BYTES: u64 = 15_000_000;
 /// A policy for a deployment of its own, registered through the API.
 const POLICY: &str = "apiVersion: canary.wasm.dev/v1alpha1

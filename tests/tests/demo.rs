@@ -84,4 +84,11 @@ async fn a_short_demo_reaches_a_verdict_and_leaves_nothing_running() {
     assert!(!process_exists(analyzer), "analyzer (pid {analyzer}) still running");
     let busy: Vec<u16> = DEMO_PORTS.into_iter().filter(|&p| !port_is_free(p)).collect();
     assert!(busy.is_empty(), "ports still bound after the demo: {busy:?}");
+    // Nor its state: the directory it printed is gone.
+    let state = stdout
+        .split("(state in ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .unwrap_or_else(|| panic!("no state directory in:\n{stdout}"));
+    assert!(!std::path::Path::new(state).exists(), "the demo left its state in {state}");
 }

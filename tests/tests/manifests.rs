@@ -27,7 +27,19 @@ fn documents_of(file: &str) -> Vec<Document> {
 fn the(kind: &str, name: &str) -> Document {
     let mut found: Vec<Document> =
         shipped_documents().into_iter().filter(|d| d.kind() == kind && d.name() == name).collect();
-    assert_eq!(found.len(), 1, "exactly one {kind} {name} under istio/");
+    assert_eq!(found.len(), 1, "exactly one {kind} {name} shipped");
+    found.remove(0)
+}
+
+/// The one `kind` named `name` among the documents of files directly in `dir` (e.g. `istio/mesh`):
+/// the examples beside each other may each define an object of that name.
+fn the_in(dir: &str, kind: &str, name: &str) -> Document {
+    let mut found: Vec<Document> = shipped_documents()
+        .into_iter()
+        .filter(|d| d.file.rsplit_once('/').is_some_and(|(parent, _)| parent == dir))
+        .filter(|d| d.kind() == kind && d.name() == name)
+        .collect();
+    assert_eq!(found.len(), 1, "exactly one {kind} {name} in {dir}/");
     found.remove(0)
 }
 
@@ -82,8 +94,8 @@ fn every_plugin_configuration_is_accepted_by_the_filter_parser() {
         }
     }
     println!("plugin configurations accepted: {checked:?}");
-    // envoy.yaml, envoy.compose.yaml, gateway.yaml, per-route.yaml, and the WasmPlugins
-    // of the gateway and of the mesh (the list form).
+    // envoy.yaml, envoy.compose.yaml, gateway.yaml, per-route.yaml, the gateway's and the mesh's
+    // WasmPlugins (the mesh's in the list form).
     assert_eq!(checked.len(), 6, "{checked:?}");
 }
 
@@ -276,10 +288,18 @@ fn docker_compose_runs_the_compose_config_and_matching_services() {
 
 /// What the Istio schemas leave free-form in the shipped manifests, and the test that
 /// checks each some other way: `origin kind name: path` → test.
-const FREE_FORM_CHECKED_ELSEWHERE: [(&str, &str); 3] = [
+const FREE_FORM_CHECKED_ELSEWHERE: [(&str, &str); 5] = [
     (
         "istio/mesh/wasmplugin.yaml#0 WasmPlugin wasm-canary-orders-callers: spec.pluginConfig",
-        "mesh_wasm_plugin_config_parses (the filter's own parser) and the_mesh_pieces_agree_with_each_other_and_the_code",
+        "every_plugin_configuration_is_accepted_by_the_filter_parser (the filter's own parser) and the_mesh_pieces_agree_with_each_other_and_the_code",
+    ),
+    (
+        "istio/per-host/envoyfilter.yaml#0 EnvoyFilter wasm-canary-per-host: spec.configPatches[0].patch.value",
+        "istio_per_route.rs (applied to the listener in the real Envoy)",
+    ),
+    (
+        "istio/per-host/envoyfilter.yaml#0 EnvoyFilter wasm-canary-per-host: spec.configPatches[1].patch.value",
+        "istio_per_route.rs (applied to the listener in the real Envoy)",
     ),
     (
         "istio/strip-cohort-header.yaml#0 EnvoyFilter strip-canary-cohort-header: spec.configPatches[0].patch.value",
@@ -310,8 +330,10 @@ fn every_istio_document_validates_against_istio_1_30_3s_schemas() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     println!("{} Istio documents valid against {ISTIO_SCHEMAS}: {checked:#?}", checked.len());
-    // istio/: 6; istio/mesh/: the WasmPlugin, the DestinationRule, the VirtualService.
-    assert_eq!(checked.len(), 9, "{checked:#?}");
+    // istio/: 6; istio/mesh/: the WasmPlugin, the DestinationRule, the VirtualService;
+    // istio/per-host/: the EnvoyFilter; istio-gateway-many/: the DestinationRule and two
+    // VirtualServices (its patched WasmPlugin and Gateway: the_gateway_many_pieces_agree_…).
+    assert_eq!(checked.len(), 13, "{checked:#?}");
     let expected: Vec<&str> = FREE_FORM_CHECKED_ELSEWHERE.iter().map(|(path, _)| *path).collect();
     assert_eq!(free_form, expected, "free-form values, each needing a check of its own");
     println!("CEL rules on these paths, not evaluated (no CEL interpreter here): {rules:#?}");
@@ -326,7 +348,8 @@ fn every_istio_document_validates_against_istio_1_30_3s_schemas() {
 fn every_kubernetes_document_validates_strictly_against_kubernetes_schemas() {
     let mut documents = Vec::new();
     let mut problems = Vec::new();
-    for document in shipped_documents().iter().filter(|d| d.file.starts_with("istio/")) {
+    let kubernetes_dirs = ["istio/", "istio-gateway-many/"];
+    for document in shipped_documents().iter().filter(|d| kubernetes_dirs.iter().any(|dir| d.file.starts_with(dir))) {
         let origin = format!("{} {} {}", document.origin(), document.kind(), document.name());
         if document.kind() == "Kustomization" {
             continue;
@@ -352,8 +375,10 @@ fn every_kubernetes_document_validates_strictly_against_kubernetes_schemas() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     let kinds: Vec<&str> = documents.iter().map(|d| d.origin.as_str()).collect();
     println!("valid against Kubernetes {KUBERNETES_VERSIONS:?}, strictly: {kinds:#?}");
-    // 12 Kubernetes documents and the metadata of 6 Istio ones under istio/; 5 and 3 under istio/mesh/.
-    assert_eq!(documents.len(), 26, "{kinds:#?}");
+    // 12 Kubernetes documents and the metadata of 6 Istio ones under istio/; 5 and 3 under
+    // istio/mesh/; the metadata of the EnvoyFilter under istio/per-host/; 4 and 3 under
+    // istio-gateway-many/.
+    assert_eq!(documents.len(), 34, "{kinds:#?}");
 }
 
 fn rename(map: &mut Yaml, from: &str, to: &str) {
@@ -477,7 +502,7 @@ fn the_policy_config_map_parses_with_the_analyzer_policy_parser() {
         FilterConfig::parse(istio_struct_json(&the_wasm_plugin().value["spec"]["pluginConfig"]).to_string().as_bytes())
             .unwrap();
     assert_eq!(policy.deployment, plugin.deployments[0].deployment, "the policy rolls out the filter's deployment");
-    // The Deployment mounts it where the README and the CI example read it.
+    // The Deployment mounts it where docs/istio.md and the CI example read it.
     let analyzer = the("Deployment", "canary-analyzer").value;
     let pod = &analyzer["spec"]["template"]["spec"];
     let volume = pod["volumes"]
@@ -595,36 +620,51 @@ fn envoy_validates_the_header_strip_patch() {
     std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
 }
 
-/// `kubectl apply -k istio/` applies every manifest there but the Secret example, and
-/// `kubectl apply -k istio/mesh/` every manifest of the internal-service example.
+/// `kubectl apply -k istio/` applies every manifest there but the Secret example,
+/// `kubectl apply -k istio/mesh/` every manifest of the internal-service example, and
+/// `kubectl apply -k istio-gateway-many/` istio/'s and its own; `kustomize::build` (what the
+/// overlay's tests read) is what kubectl's kustomize builds.
 #[test]
 fn the_kustomizations_list_every_manifest_but_the_secret_example() {
-    for dir in ["istio", "istio/mesh"] {
+    for dir in ["istio", "istio/mesh", "istio-gateway-many"] {
         let kustomization = documents_of(&format!("{dir}/kustomization.yaml")).remove(0).value;
-        let mut listed: Vec<String> = kustomization["resources"]
-            .as_sequence()
-            .unwrap()
-            .iter()
-            .map(|r| format!("{dir}/{}", r.as_str().unwrap()))
-            .collect();
+        let resources: Vec<&str> =
+            kustomization["resources"].as_sequence().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
+        let (bases, files): (Vec<&str>, Vec<&str>) =
+            resources.iter().partition(|r| repo_root().join(dir).join(r).is_dir());
+        let mut listed: Vec<String> = files.iter().map(|r| format!("{dir}/{r}")).collect();
         listed.sort();
         let own = |file: &str| file.rsplit_once('/').is_some_and(|(parent, _)| parent == dir);
         let excluded = [format!("{dir}/kustomization.yaml"), format!("{dir}/secret.example.yaml")];
-        let mut files: Vec<String> =
+        let mut own_files: Vec<String> =
             shipped_documents().into_iter().map(|d| d.file).filter(|f| own(f) && !excluded.contains(f)).collect();
-        files.dedup();
-        assert_eq!(listed, files, "{dir}/kustomization.yaml");
-        // Where kubectl is installed, its kustomize builds the set (offline; no cluster needed).
+        own_files.dedup();
+        assert_eq!(listed, own_files, "{dir}/kustomization.yaml");
+        let own_documents = shipped_documents().iter().filter(|d| own(&d.file) && !excluded.contains(&d.file)).count();
+        let base_documents: usize = bases
+            .iter()
+            .map(|base| {
+                let path = repo_root().join(dir).join(base).canonicalize().unwrap();
+                let root = repo_root().canonicalize().unwrap();
+                canary_e2e::kustomize::build(&path.strip_prefix(root).unwrap().to_string_lossy()).len()
+            })
+            .sum();
+        let built = canary_e2e::kustomize::build(dir);
+        assert_eq!(built.len(), own_documents + base_documents, "{dir}");
+        assert!(built.iter().all(|d| d["kind"].as_str() != Some("Secret")), "no Secret is applied");
+        // Where kubectl is installed, its kustomize builds the same objects (offline; no cluster needed).
         match Command::new("kubectl").args(["kustomize", dir]).current_dir(repo_root()).output() {
             Ok(out) => {
                 assert!(out.status.success(), "kubectl kustomize {dir}: {}", String::from_utf8_lossy(&out.stderr));
-                let built = parse_documents(&String::from_utf8_lossy(&out.stdout)).unwrap();
-                assert!(built.iter().all(|d| d["kind"].as_str() != Some("Secret")), "no Secret is applied");
-                let shipped =
-                    shipped_documents().iter().filter(|d| own(&d.file) && !excluded.contains(&d.file)).count();
-                assert_eq!(built.len(), shipped, "{dir}");
+                let by_kubectl = parse_documents(&String::from_utf8_lossy(&out.stdout)).unwrap();
+                let (by_kubectl, ours) =
+                    (canary_e2e::kustomize::by_identity(by_kubectl), canary_e2e::kustomize::by_identity(built.clone()));
+                assert_eq!(by_kubectl.keys().collect::<Vec<_>>(), ours.keys().collect::<Vec<_>>(), "{dir}");
+                for (key, object) in &by_kubectl {
+                    assert_eq!(object, &ours[key], "{dir}: {key}: kubectl's build and ours");
+                }
             }
-            Err(_) => println!("kubectl not installed: kustomize build of {dir} not checked"),
+            Err(_) => println!("kubectl not installed: kubectl's build of {dir} not compared"),
         }
     }
 }
@@ -652,7 +692,7 @@ fn the_mesh_pieces_agree_with_each_other_and_the_code() {
     assert!(config.get("deployment").is_none(), "the list form only");
 
     // Every name a caller can use for the Service, with its port.
-    let service = the("Service", "orders").value;
+    let service = the_in("istio/mesh", "Service", "orders").value;
     let namespace = service["metadata"]["namespace"].as_str().unwrap();
     assert_eq!(plugin["metadata"]["namespace"].as_str(), Some(namespace), "the callers live beside orders");
     let port = service["spec"]["ports"][0]["port"].as_u64().unwrap();
@@ -665,10 +705,27 @@ fn the_mesh_pieces_agree_with_each_other_and_the_code() {
     let fqdn = format!("orders.{namespace}.svc.cluster.local");
     let expected: Vec<String> = names.iter().chain([&fqdn]).map(|name| format!("{name}:{port}")).collect();
     assert_eq!(hosts, expected);
+    // The filter's own matcher sends those authorities to `orders`, and other calls nowhere.
+    let filter = FilterConfig::parse(config.to_string().as_bytes()).unwrap_or_else(|e| panic!("pluginConfig: {e}"));
+    assert_eq!(filter.deployment_ids(), ["orders"]);
+    let matched =
+        |authority: &str| filter.deployment_for(|| Some(authority.as_bytes().to_vec()), || Some(b"/".to_vec()));
+    for authority in &expected {
+        assert_eq!(matched(authority), Some(0), "{authority}");
+    }
+    for authority in [
+        "orders",
+        "orders:80",
+        "payments:8080",
+        "orders.other:8080",
+        "canary-analyzer.canary-system.svc.cluster.local:8080",
+    ] {
+        assert_eq!(matched(authority), None, "{authority}: untouched");
+    }
 
     // Routing: the canary route matches exactly the value the filter writes, for in-mesh callers.
     let header = config["routing_header"].as_str().unwrap();
-    let routes = the("VirtualService", "orders").value;
+    let routes = the_in("istio/mesh", "VirtualService", "orders").value;
     assert_eq!(routes["spec"]["hosts"], serde_yaml_ng::to_value([&fqdn]).unwrap());
     assert_eq!(routes["spec"]["gateways"], serde_yaml_ng::to_value(["mesh"]).unwrap());
     let http = routes["spec"]["http"].as_sequence().unwrap();
@@ -682,7 +739,7 @@ fn the_mesh_pieces_agree_with_each_other_and_the_code() {
     }
 
     // Each subset selects exactly one Deployment of the Service, by `version`.
-    let rule = the("DestinationRule", "orders").value;
+    let rule = the_in("istio/mesh", "DestinationRule", "orders").value;
     assert_eq!(rule["spec"]["host"].as_str(), Some(fqdn.as_str()));
     let apps: Vec<Document> =
         documents_of("istio/mesh/app.yaml").into_iter().filter(|d| d.kind() == "Deployment").collect();
@@ -714,7 +771,7 @@ fn the_mesh_pieces_agree_with_each_other_and_the_code() {
     assert_stats_config_matches_the_code(&bootstrap["stats_config"]);
 
     // The policy rolls out the plugin's deployment.
-    let policy = the("ConfigMap", "canary-policy-orders").value;
+    let policy = the_in("istio/mesh", "ConfigMap", "canary-policy-orders").value;
     let policy = RolloutPolicy::from_yaml(policy["data"]["policy.yaml"].as_str().unwrap()).unwrap();
     assert_eq!(Some(policy.deployment.as_str()), deployments[0]["id"].as_str());
 }

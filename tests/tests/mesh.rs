@@ -11,6 +11,8 @@
 //! - The edge's cohort header for `demo`, forwarded by A, does not route B: users whose
 //!   `demo` and `orders` cohorts differ get B's version by `orders`' cohort.
 //! - `payments`, on the same sidecar at the same share, gets an independent slice.
+//! - `inventory`, which the analyzer answers as unknown, keeps its initial share (all canary)
+//!   while the others apply.
 
 use canary_core::{FilterConfig, RolloutConfig, RolloutPhase};
 use canary_e2e::config_server::{Answer, ConfigServer};
@@ -29,7 +31,8 @@ const SIDECAR_PLUGIN: &str = r#"{
     "defaults": {"user_id": {"sources": [{"header": "x-user-id"}], "anonymous": "control"}},
     "deployments": [
         {"id": "payments", "match": {"hosts": ["payments", "payments:8080"]}},
-        {"id": "orders", "match": {"hosts": ["orders", "orders:8080"]}}
+        {"id": "orders", "match": {"hosts": ["orders", "orders:8080"]}},
+        {"id": "inventory", "match": {"hosts": ["inventory"]}, "initial_share_bp": 10000}
     ],
     "analyzer": {"cluster": "canary_analyzer", "poll_interval_ms": 500, "timeout_ms": 250}
 }"#;
@@ -126,5 +129,12 @@ async fn a_users_cohort_for_an_internal_service_is_the_same_at_every_hop_and_per
     assert_eq!(versions(&through_edge, "/payments", &ids).await, payments_expected);
     let differ = expected.iter().zip(&payments_expected).filter(|(a, b)| a != b).count();
     assert!(differ > 40, "orders and payments put only {differ} of 200 users in different cohorts");
+    // `inventory`: unknown to the config server, so at its initial 100 % (its requests take
+    // the sidecar's default route, whose upstream shows the cohort header it got).
+    let inventory = Client::for_host(sidecar.listener, "inventory");
+    let seen = inventory
+        .map_parallel(&ids[..40], |c, id| async move { c.get("/", &[("x-user-id", &id)]).await.seen_cohort_header })
+        .await;
+    assert!(seen.iter().all(|h| h.as_deref() == Some("canary")), "{seen:?}");
     println!("{} of 200 users crossed between demo and orders, {differ} between orders and payments", crossed.len());
 }

@@ -33,7 +33,7 @@ const CANARY_MISSES: Misses = Misses { misses: 1, every: 5 };
 const POLL_MS: u64 = 500;
 /// 200 requests per second: at 25 % about 50 canary requests a second. The test's
 /// information per request is small (90 % against 80 % hits: a rate ratio of 0.89), and
-/// the evidence needed for alpha 0.05 takes ~25 s of it at 50 % (see the README figures);
+/// the evidence needed for alpha 0.05 takes ~25 s of it at 50 % (see docs/benchmarks.md and docs/testing.md);
 /// light enough for a busy two-core machine.
 const RPS: u32 = 200;
 /// 25 % for 20 s, then 50 % until the verdict: the rollback comes at one of these two.

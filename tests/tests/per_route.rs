@@ -5,74 +5,24 @@
 //! nothing counted. The same observation on the config with the filter enabled everywhere
 //! must see the filter, so the checks can tell the two apart.
 
-use canary_e2e::envoy::Envoy;
+use canary_e2e::per_route::{CONFIG, OtherHost, ROLLOUT_HOST, wait_for_count};
 use canary_e2e::rig::{Rig, RigOptions};
-use canary_e2e::traffic::{Client, Reply, user_ids};
+use canary_e2e::traffic::user_ids;
 use serde_yaml_ng::Value as Yaml;
-use std::time::{Duration, Instant};
 
-/// The shipped example under test.
-const CONFIG: &str = "envoy/per-route.yaml";
-/// The host whose virtual host turns the filter on, as the example ships it.
-const ROLLOUT_HOST: &str = "checkout.example.com";
-/// A host no virtual host of the example turns the filter on for.
-const OTHER_HOST: &str = "catalog.example.com";
 /// Half the users on canary: both cohorts appear among a few dozen users.
 const SHARE_BP: u32 = 5_000;
-
-/// Waits (5 s at most) until the filter has counted `at_least` requests; returns the count.
-async fn wait_for_count(envoy: &Envoy, at_least: u64) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let counted = envoy.requests_counted().await;
-        if counted >= at_least || Instant::now() > deadline {
-            return counted;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-/// What requests for `OTHER_HOST` saw: users with a forged `x-canary-cohort: canary`, then
-/// anonymous users.
-struct OtherHost {
-    identified: Vec<Reply>,
-    anonymous: Vec<Reply>,
-}
-
-/// Requests for the host without the filter: 20 identified users forging the canary
-/// header, 10 anonymous ones.
-async fn requests_for_the_other_host(rig: &Rig) -> OtherHost {
-    let other = Client::for_host(rig.envoy.listener, OTHER_HOST);
-    let mut identified = Vec::new();
-    for id in user_ids(0x07e2, 20) {
-        identified.push(other.get("/", &[("x-user-id", &id), ("x-canary-cohort", "canary")]).await);
-    }
-    let mut anonymous = Vec::new();
-    for _ in 0..10 {
-        anonymous.push(other.get("/", &[]).await);
-    }
-    OtherHost { identified, anonymous }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_filter_runs_only_on_the_virtual_host_that_enables_it() {
     let options = RigOptions { config_file: CONFIG, host: Some(ROLLOUT_HOST), ..Default::default() };
     // Returns once users on ROLLOUT_HOST route as the native cohort function says at 50 %.
     let rig = Rig::start(SHARE_BP, options).await;
-    let before = rig.envoy.requests_counted().await;
+    let before = canary_e2e::envoy::requests_counted(rig.envoy.admin).await;
     assert!(before > 0, "the probes on {ROLLOUT_HOST} were counted");
 
-    let other = requests_for_the_other_host(&rig).await;
-    for reply in &other.identified {
-        assert_eq!(reply.status, 200);
-        assert_eq!(reply.version.as_deref(), Some("stable"), "the other host has one route, to stable");
-        assert_eq!(
-            reply.seen_cohort_header.as_deref(),
-            Some("canary"),
-            "the forged header reaches the upstream as sent: the filter did not run"
-        );
-    }
-    assert!(other.anonymous.iter().all(|r| r.set_cookie.is_none()), "no sticky cookie without the filter");
+    let other = OtherHost::send(rig.envoy.listener).await;
+    other.assert_untouched();
 
     // Then requests on the rollout host: assigned (the filter's header replaces the forged
     // one, routed as the native function says), anonymous users get a sticky id.
@@ -91,7 +41,7 @@ async fn the_filter_runs_only_on_the_virtual_host_that_enables_it() {
     // Counted: exactly the rollout host's 41 requests, none of the other host's 30 (sent
     // first, so their counts would have landed before these).
     let rollout_requests = ids.len() as u64 + 1;
-    let counted = wait_for_count(&rig.envoy, before + rollout_requests).await - before;
+    let counted = wait_for_count(rig.envoy.admin, before + rollout_requests).await - before;
     assert_eq!(counted, rollout_requests, "counted only the requests on {ROLLOUT_HOST}");
 }
 
@@ -118,14 +68,17 @@ async fn the_checks_see_the_filter_where_it_is_enabled_everywhere() {
         ..Default::default()
     };
     let rig = Rig::start(SHARE_BP, options).await;
-    let before = rig.envoy.requests_counted().await;
-    let other = requests_for_the_other_host(&rig).await;
+    let before = canary_e2e::envoy::requests_counted(rig.envoy.admin).await;
+    let other = OtherHost::send(rig.envoy.listener).await;
     let forged_reached = other.identified.iter().filter(|r| r.seen_cohort_header.as_deref() == Some("canary"));
-    let ids = user_ids(0x07e2, 20);
-    let canary_users = ids.iter().filter(|id| Rig::expected_version(id, SHARE_BP) == "canary").count();
+    let canary_users = other.users.iter().filter(|id| Rig::expected_version(id, SHARE_BP) == "canary").count();
     assert_eq!(forged_reached.count(), canary_users, "the filter replaced the forged header of every stable user");
-    assert!(canary_users < ids.len());
+    assert!(canary_users < other.users.len());
     assert!(other.anonymous.iter().all(|r| r.set_cookie.is_some()), "sticky ids on the other host");
-    let sent = (other.identified.len() + other.anonymous.len()) as u64;
-    assert_eq!(wait_for_count(&rig.envoy, before + sent).await - before, sent, "the other host's requests counted");
+    let sent = other.requests();
+    assert_eq!(
+        wait_for_count(rig.envoy.admin, before + sent).await - before,
+        sent,
+        "the other host's requests counted"
+    );
 }

@@ -425,7 +425,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             if json {
                 cli::print_out(&format!("{}\n", serde_json::to_string_pretty(&status.rows)?))?;
             } else {
-                cli::print_out(&cli::report_table(&status.rows))?;
+                cli::print_out(&cli::report_table(&status.rows, &status.row_rules))?;
             }
             Ok(0)
         }

@@ -8,6 +8,7 @@ use crate::present::{
     action_text, duration_text, format_interval, format_p, format_relative, format_value, percent, phase_name,
     timestamp, verdict_name,
 };
+use crate::row_rule::RowRule;
 use crate::stats::ComparisonRow;
 use canary_core::RolloutPhase;
 use std::fmt::Write as _;
@@ -74,16 +75,19 @@ pub fn list_table(statuses: &[RolloutStatus]) -> String {
     out
 }
 
-/// The comparison table, worst first, as the API returns it.
-pub fn report_table(rows: &[ComparisonRow]) -> String {
+/// The comparison table, worst first, as the API returns it, with each row's tolerance
+/// and whether it is critical (from `rules`, the status's `row_rules`; a row without a
+/// rule, such as one of an older analyzer, shows `-`).
+pub fn report_table(rows: &[ComparisonRow], rules: &[RowRule]) -> String {
     let mut out = format!(
-        "{:<16} {:>12} {:>12} {:>12} {:>9} {:>25} {:>8}  {}\n",
-        "metric", "canary", "control", "difference", "relative", "interval", "p", "verdict"
+        "{:<16} {:>12} {:>12} {:>12} {:>9} {:>25} {:>8}  {:<12} {:<26} {}\n",
+        "metric", "canary", "control", "difference", "relative", "interval", "p", "verdict", "tolerance", "critical"
     );
     for row in rows {
+        let rule = rules.iter().find(|r| r.metric == row.metric);
         let _ = writeln!(
             out,
-            "{:<16} {:>12} {:>12} {:>12} {:>9} {:>25} {:>8}  {}",
+            "{:<16} {:>12} {:>12} {:>12} {:>9} {:>25} {:>8}  {:<12} {:<26} {}",
             row.metric,
             crate::present::format_cohort_value(row.canary, row, canary_core::Cohort::Canary),
             crate::present::format_cohort_value(row.control, row, canary_core::Cohort::Control),
@@ -91,7 +95,9 @@ pub fn report_table(rows: &[ComparisonRow]) -> String {
             format_relative(row),
             format_interval(row),
             format_p(row),
-            verdict_name(row.verdict)
+            verdict_name(row.verdict),
+            rule.map_or("-", |r| r.tolerance.as_str()),
+            rule.map_or("-", |r| if r.critical { "yes" } else { "no" }),
         );
     }
     out
@@ -114,7 +120,7 @@ pub fn status_text(status: &RolloutStatus) -> String {
     if !status.failed_targets.is_empty() {
         let _ = write!(out, "\nfailed scrape targets: {}", status.failed_targets.join("; "));
     }
-    let _ = write!(out, "\n\n{}", report_table(&status.rows));
+    let _ = write!(out, "\n\n{}", report_table(&status.rows, &status.row_rules));
     out
 }
 
@@ -182,7 +188,7 @@ pub fn watch_view(status: &RolloutStatus, audit: &[AuditRecord]) -> String {
     if rows.is_empty() {
         out.push_str("\n\nno comparison yet\n");
     } else {
-        let _ = write!(out, "\n\n{}", report_table(rows));
+        let _ = write!(out, "\n\n{}", report_table(rows, &status.row_rules));
         if status.rows.len() > rows.len() {
             let _ = writeln!(
                 out,
@@ -260,6 +266,21 @@ mod tests {
             decisions[0]
         );
         assert!(decisions[4].starts_with("  #3 "));
+    }
+
+    #[test]
+    fn the_report_shows_each_rows_tolerance_and_whether_it_is_critical() {
+        let rows =
+            vec![row("error_rate", Verdict::Worse, Some(0.4)), row("latency_p50_us", Verdict::NoDifference, None)];
+        let rules = vec![RowRule { metric: "error_rate".into(), tolerance: "+10 % relative".into(), critical: true }];
+        let table = report_table(&rows, &rules);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].ends_with("tolerance                  critical"), "{table}");
+        assert!(lines[1].starts_with("error_rate") && lines[1].ends_with("+10 % relative             yes"), "{table}");
+        assert!(
+            lines[2].starts_with("latency_p50_us") && lines[2].ends_with("-                          -"),
+            "{table}"
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! check history, the comparison table, the decision log and the override form.
 
 use super::html::{escape, path_segment};
-use super::svg::{Chart, Series};
+use super::svg::{Chart, Marker, Series};
 use crate::audit::AuditRecord;
 use crate::engine::{HistoryPoint, RolloutStatus};
 use crate::present::{
@@ -135,9 +135,30 @@ fn cohort_series(
     Series { name: name.into(), colour, dashed: false, points: history.iter().map(|p| (p.at_ms, value(p))).collect() }
 }
 
+/// A marker wherever the share changed between two checks: the new step's share, or the
+/// decision (`rolled back` to 0, `promoted` to 100 %).
+pub fn step_markers(history: &[HistoryPoint]) -> Vec<Marker> {
+    history
+        .windows(2)
+        .filter_map(|pair| match pair {
+            [before, after] if before.share_bp != after.share_bp => Some(Marker {
+                at_ms: after.at_ms,
+                label: match after.share_bp {
+                    0 => "rolled back".to_string(),
+                    10_000 => "promoted".to_string(),
+                    bp => crate::present::percent(bp),
+                },
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Four charts over the check history: error rate, p50 and p99 latency per cohort, and
-/// the canary's share of requests against the share it was given.
+/// the canary's share of requests against the share it was given; each marks the step
+/// changes and the decision.
 pub fn charts(history: &[HistoryPoint]) -> String {
+    let markers = step_markers(history);
     let ms = |us: Option<f64>| us.map(|us| us / 1_000.0);
     let error_rate = [
         cohort_series("canary", CANARY, history, |p| error_percent(p.canary_errors, p.canary_requests)),
@@ -161,13 +182,20 @@ pub fn charts(history: &[HistoryPoint]) -> String {
         target,
     ];
     let charts = [
-        Chart { id: "chart-error-rate", title: "error rate per check", series: &error_rate, format_y: format_percent },
-        Chart { id: "chart-p50", title: "p50 latency", series: &p50, format_y: format_ms },
-        Chart { id: "chart-p99", title: "p99 latency", series: &p99, format_y: format_ms },
+        Chart {
+            id: "chart-error-rate",
+            title: "error rate per check",
+            series: &error_rate,
+            markers: &markers,
+            format_y: format_percent,
+        },
+        Chart { id: "chart-p50", title: "p50 latency", series: &p50, markers: &markers, format_y: format_ms },
+        Chart { id: "chart-p99", title: "p99 latency", series: &p99, markers: &markers, format_y: format_ms },
         Chart {
             id: "chart-share",
             title: "canary share of requests",
             series: &request_share,
+            markers: &markers,
             format_y: format_percent,
         },
     ];

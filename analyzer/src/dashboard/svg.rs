@@ -35,13 +35,22 @@ pub struct Series {
     pub points: Vec<(u64, Option<f64>)>,
 }
 
-/// A chart: title, series and how to print a y value (e.g. `1.5 ms`).
+/// A vertical line across a chart at a moment, labelled: a step change or a decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Marker {
+    pub at_ms: u64,
+    /// E.g. `5 %`, `rolled back`; written to `data-marker` too.
+    pub label: String,
+}
+
+/// A chart: title, series, markers and how to print a y value (e.g. `1.5 ms`).
 #[derive(Debug)]
 pub struct Chart<'a> {
     /// Id of the `<svg>` element, e.g. `chart-error-rate`.
     pub id: &'a str,
     pub title: &'a str,
     pub series: &'a [Series],
+    pub markers: &'a [Marker],
     pub format_y: fn(f64) -> String,
 }
 
@@ -120,6 +129,20 @@ impl Chart<'_> {
             WIDTH - RIGHT,
             clock(x_max)
         );
+        // Markers under the lines, so the data stays on top.
+        for marker in self.markers.iter().filter(|m| (x_min..=x_max).contains(&m.at_ms)) {
+            let x = x_of(marker.at_ms);
+            let label = escape(&marker.label);
+            let _ = write!(
+                out,
+                "<g class=\"marker\" data-marker=\"{label}\"><line x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{TOP}\" y2=\"{}\" \
+                 stroke=\"#888\" stroke-width=\"1\" stroke-dasharray=\"2 2\"/>\
+                 <text class=\"marker-label\" x=\"{:.1}\" y=\"{}\" font-size=\"9\">{label}</text></g>",
+                HEIGHT - BOTTOM,
+                x + 2.0,
+                TOP + 8.0
+            );
+        }
         for series in self.series {
             let name = escape(&series.name);
             let count = series.points.iter().filter(|p| p.1.is_some()).count();
@@ -205,7 +228,8 @@ mod tests {
 
     #[test]
     fn an_empty_chart_says_so() {
-        let chart = Chart { id: "c", title: "error rate", series: &[series("canary", &[])], format_y: percent };
+        let chart =
+            Chart { markers: &[], id: "c", title: "error rate", series: &[series("canary", &[])], format_y: percent };
         let svg = chart.render();
         assert!(svg.contains("no checks yet") && !svg.contains("polyline"), "{svg}");
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
@@ -217,7 +241,7 @@ mod tests {
             series("canary", &[(0, Some(0.0)), (1_000, Some(4.0)), (2_000, Some(2.0))]),
             series("control", &[(0, Some(1.0)), (1_000, None), (2_000, Some(1.0))]),
         ];
-        let chart = Chart { id: "chart-x", title: "error rate", series: &all, format_y: percent };
+        let chart = Chart { markers: &[], id: "chart-x", title: "error rate", series: &all, format_y: percent };
         let svg = chart.render();
         assert!(svg.contains("<g class=\"series\" data-series=\"canary\" data-points=\"3\">"), "{svg}");
         assert!(svg.contains("data-series=\"control\" data-points=\"2\""), "{svg}");
@@ -232,9 +256,23 @@ mod tests {
     }
 
     #[test]
+    fn markers_in_the_time_span_are_drawn_with_their_labels() {
+        let series = [series("canary", &[(1_000, Some(1.0)), (5_000, Some(2.0))])];
+        let markers = [
+            Marker { at_ms: 3_000, label: "25 %".into() },
+            Marker { at_ms: 9_000, label: "out of span".into() },
+            Marker { at_ms: 5_000, label: "<rolled back>".into() },
+        ];
+        let svg = Chart { id: "c", title: "t", series: &series, markers: &markers, format_y: percent }.render();
+        assert_eq!(svg.matches("class=\"marker\"").count(), 2, "{svg}");
+        assert!(svg.contains("data-marker=\"25 %\"") && svg.contains("&lt;rolled back&gt;"), "{svg}");
+        assert!(!svg.contains("out of span"), "{svg}");
+    }
+
+    #[test]
     fn names_are_escaped() {
         let all = [series("<b>\"x\"", &[(5, Some(1.0))])];
-        let chart = Chart { id: "a\"b", title: "<t>", series: &all, format_y: percent };
+        let chart = Chart { markers: &[], id: "a\"b", title: "<t>", series: &all, format_y: percent };
         let svg = chart.render() + &chart.legend();
         assert!(!svg.contains("<b>") && !svg.contains("<t>") && !svg.contains("a\"b"), "{svg}");
         assert!(svg.contains("&lt;b&gt;&quot;x&quot;"), "{svg}");

@@ -64,6 +64,8 @@ mod deployments;
 mod per_route;
 #[path = "bench/routing_only.rs"]
 mod routing_only;
+#[path = "bench/tables.rs"]
+mod tables;
 
 use callgrind::{CALLGRIND_SECONDS, instructions_per_request};
 
@@ -300,7 +302,7 @@ impl Rig {
         config.direct_response();
         match setup {
             Setup::PerRoute(filter) => filter.apply(&mut config),
-            Setup::Deployments(listed) => listed.apply(&mut config),
+            Setup::Deployments(listed) => listed.apply(&mut config, &self.probe_wasm),
             Setup::Baseline => {
                 config.without_wasm();
                 config.without_header_stripping();

@@ -108,7 +108,7 @@ async fn main() {
     tokio::select! {
         end = watch(&analyzer, &load) => {
             if let Some(s) = end {
-                println!("\n== {:?} at {}\n{}", s.state.phase, percent(s.state.share_bp), report_table(&s.rows));
+                println!("\n== {:?} at {}\n{}", s.state.phase, percent(s.state.share_bp), report_table(&s.rows, &s.row_rules));
                 if let Ok(audit) = std::fs::read_to_string(dir.join("state/audit.jsonl")) {
                     println!("audit log: {} records in {}", audit.lines().count(), dir.join("state/audit.jsonl").display());
                 }
@@ -123,4 +123,14 @@ async fn main() {
     }
     drop(load);
     println!("stopping");
+    drop(analyzer);
+    drop(envoy);
+    // The demo's state (the analyzer's state directory and audit log) goes with it, unless
+    // DEMO_KEEP_STATE is set.
+    if std::env::var_os("DEMO_KEEP_STATE").is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+        println!("stopped; removed {} (DEMO_KEEP_STATE=1 keeps it)", dir.display());
+    } else {
+        println!("stopped; state kept in {}", dir.display());
+    }
 }

@@ -9,24 +9,37 @@
 //! does, so every request passes untouched. All rows run in one interleaved run, paired per
 //! round with the same Envoy without the wasm filter.
 
-use super::callgrind::{CALLGRIND_SECONDS, instructions_per_request};
-use super::{
-    CONNECTIONS, ENVOY_CPU, Rig, Setup, WRK_CPU, interleaved, paired, paired_ratio, spread, start_all, wrk_script,
-};
+use super::tables::{instructions_table, paired_table};
+use super::{Rig, Setup};
 use canary_e2e::envoy::EnvoyConfig;
 
 /// One row's filter: absent (the baseline), or a list of `count` deployments.
 #[derive(Clone, Copy)]
 pub enum Listed {
     Absent,
-    Deployments { count: usize, matched: bool },
+    /// The no-op wasm filter (the probe filter without a configuration): what any wasm
+    /// filter costs before it does anything.
+    Noop,
+    /// The single form as shipped (one deployment, every request), for comparison.
+    Single,
+    Deployments {
+        count: usize,
+        matched: bool,
+    },
 }
 
 impl Listed {
-    pub fn apply(self, config: &mut EnvoyConfig) {
+    pub fn apply(self, config: &mut EnvoyConfig, probe_wasm: &std::path::Path) {
         config.without_header_stripping();
         match self {
             Listed::Absent => config.without_wasm(),
+            Listed::Noop => {
+                config.with_wasm_module(probe_wasm);
+                config.set_plugin_config_text("");
+            }
+            Listed::Single => config.edit_plugin_config(|json| {
+                json.as_object_mut().map(|o| o.remove("outcomes"));
+            }),
             Listed::Deployments { count, matched } => config.set_plugin_config_text(&plugin_config(count, matched)),
         }
     }
@@ -50,8 +63,10 @@ fn plugin_config(count: usize, matched: bool) -> String {
     .to_string()
 }
 
-const ROWS: [(&str, Listed); 7] = [
+const ROWS: [(&str, Listed); 9] = [
     ("without the wasm filter (baseline)", Listed::Absent),
+    ("no-op wasm filter", Listed::Noop),
+    ("single form, one deployment", Listed::Single),
     ("1 deployment, request matched", Listed::Deployments { count: 1, matched: true }),
     ("10 deployments, request matched", Listed::Deployments { count: 10, matched: true }),
     ("100 deployments, request matched", Listed::Deployments { count: 100, matched: true }),
@@ -60,61 +75,16 @@ const ROWS: [(&str, Listed); 7] = [
     ("100 deployments, request unmatched", Listed::Deployments { count: 100, matched: false }),
 ];
 
-/// Saturated throughput and Envoy CPU per request, interleaved, paired against the baseline.
-pub async fn run(rig: &Rig, rounds: usize, seconds: u32) {
-    let setups = ROWS.iter().map(|(name, listed)| (name.to_string(), Setup::Deployments(*listed))).collect();
-    let envoys = start_all(rig, setups).await;
-    let runs = interleaved(&envoys, &wrk_script("saturated", None), CONNECTIONS, rounds, seconds);
-    println!(
-        "\nThe list form by number of deployments: Envoy --concurrency 1 on CPU {ENVOY_CPU}, direct responses, \
-         wrk -t1 -c{CONNECTIONS} on CPU {WRK_CPU}, {rounds} interleaved rounds x {seconds} s; median (min-max), \
-         paired per round to the baseline:"
-    );
-    println!(
-        "  {:36} {:>24} {:>22} {:>24} {:>26} {:>22}",
-        "", "req/s", "req/s ratio", "Envoy CPU µs/request", "CPU difference µs", "CPU ratio"
-    );
-    for (i, (name, _)) in envoys.iter().enumerate() {
-        let rps = spread(runs[i].iter().map(|r| r.rps).collect());
-        let cpu = spread(runs[i].iter().map(|r| r.cpu_us_per_request).collect());
-        let rps_ratio = paired_ratio(&runs[i], &runs[0], |r| r.rps);
-        let cpu_difference = paired(&runs[i], &runs[0], |r| r.cpu_us_per_request);
-        let cpu_ratio = paired_ratio(&runs[i], &runs[0], |r| r.cpu_us_per_request);
-        println!(
-            "  {name:36} {:6.0} ({:.0}-{:.0}) {:.3} ({:.3}-{:.3}) {cpu} {cpu_difference:+} {:.3} ({:.3}-{:.3})",
-            rps.median,
-            rps.min,
-            rps.max,
-            rps_ratio.median,
-            rps_ratio.min,
-            rps_ratio.max,
-            cpu_ratio.median,
-            cpu_ratio.min,
-            cpu_ratio.max
-        );
-    }
+fn rows() -> Vec<(String, Setup<'static>)> {
+    ROWS.iter().map(|(name, row)| (name.to_string(), Setup::Deployments(*row))).collect()
 }
 
-/// The same Envoys' instructions per request under callgrind (~1 min each).
+/// Saturated throughput and Envoy CPU per request, interleaved, paired against the baseline.
+pub async fn run(rig: &Rig, rounds: usize, seconds: u32) {
+    paired_table(rig, "The list form by number of deployments", rows(), rounds, seconds).await;
+}
+
+/// The same Envoys' instructions per request under callgrind.
 pub fn instructions(rig: &Rig) {
-    let script = wrk_script("callgrind", None);
-    let counts: Vec<(&str, Option<f64>)> = ROWS
-        .iter()
-        .map(|(name, listed)| {
-            (*name, instructions_per_request(&rig.config(Setup::Deployments(*listed)), name, &script))
-        })
-        .collect();
-    println!(
-        "\nThe list form by number of deployments, Envoy instructions per request under callgrind (wrk -c2, \
-         {CALLGRIND_SECONDS} s each), against the baseline:"
-    );
-    let baseline = counts[0].1;
-    for (name, count) in &counts {
-        match (count, baseline) {
-            (Some(count), Some(baseline)) => {
-                println!("  {name:36} {count:9.0}   {:+9.0}  ({:.3}x)", count - baseline, count / baseline)
-            }
-            _ => println!("  {name:36} not measured (valgrind and callgrind_control installed?)"),
-        }
-    }
+    instructions_table(rig, "The list form by number of deployments", rows());
 }
