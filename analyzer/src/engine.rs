@@ -123,6 +123,10 @@ pub enum SourceSettings {
     Prometheus { url: String, max_body_bytes: u64 },
 }
 
+/// Why a policy with `spec.source` cannot run on the Envoy admin source.
+const MESH_NEEDS_PROMETHEUS: &str =
+    "spec.source reads the mesh's metrics through Prometheus: start the analyzer with --prometheus";
+
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("no rollout for deployment {0:?}")]
@@ -325,11 +329,18 @@ impl LiveRollout {
         self.next_check_at = now + self.policy.check_interval;
         self.check_started_at = Some(now);
         let fetch = match (&self.envoy, prometheus) {
+            // A rollout resumed from its state file by an analyzer started without --prometheus.
+            (Some(_), _) if self.policy.source.is_some() => FetchPlan::Skip(MESH_NEEDS_PROMETHEUS.to_string()),
             (Some((source, _)), _) => FetchPlan::Envoy(source.clone()),
             (None, Some(prometheus)) => {
                 let end = fetch::prometheus_window_end(wall, self.policy.check_interval);
                 match self.prometheus_windows.next(end, self.policy.check_interval) {
-                    Ok(window) => FetchPlan::Prometheus { source: prometheus.clone(), window, end },
+                    Ok(window) => FetchPlan::Prometheus {
+                        source: prometheus.clone(),
+                        mesh: self.policy.source.clone(),
+                        window,
+                        end,
+                    },
                     Err(reason) => FetchPlan::Skip(reason),
                 }
             }
@@ -614,6 +625,9 @@ impl Engine {
         // register and deployed, or the reset after a promotion, must not block the next).
         if previous.as_ref().is_some_and(|state| !state.is_finished() && !state.awaits_deployment()) {
             return Err(EngineError::InProgress(deployment));
+        }
+        if policy.source.is_some() && self.prometheus.is_none() {
+            return Err(EngineError::InvalidPolicy(MESH_NEEDS_PROMETHEUS.to_string()));
         }
         let seen = fleet_generation::seen_ahead(inner.rollouts.get(&deployment), now_ms);
         let previous_generation = previous.as_ref().map_or(0, |s| s.generation).max(seen.unwrap_or(0));

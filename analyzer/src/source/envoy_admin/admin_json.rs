@@ -21,11 +21,11 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::envoy_bins::{BinPlace, bin_place};
-use super::error::ExpositionError;
 use super::exposition::share_bp;
-use super::latency::CumulativeLatency;
-use super::outcomes::parse_stat_name;
-use super::snapshot::DeploymentSnapshot;
+use crate::source::error::ExpositionError;
+use crate::source::latency::CumulativeLatency;
+use crate::source::outcomes::parse_stat_name;
+use crate::source::snapshot::DeploymentSnapshot;
 
 /// Envoy's uptime gauge (seconds) in the JSON form: if it goes down, the Envoy restarted.
 const UPTIME: &str = "server.uptime";
@@ -298,14 +298,14 @@ fn read_latency(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::envoy_bins::envoy_bin_bounds_us;
+    use crate::source::envoy_bin_bounds_us;
     use crate::source::latency::BucketLayout;
     use crate::source::snapshot::AppliedRollout;
 
     /// Real answer of Envoy 1.40 with the filter (`envoy/envoy.yaml`, no analyzer, initial
     /// share 50 %) to `STATS_PATH` with [`stats_filter`]`("demo")`: 60 users served in
     /// 1-27 ms by a slow test upstream, one denied user.
-    const ENVOY_1_40: &str = include_str!("testdata/envoy_1_40_detailed.json");
+    const ENVOY_1_40: &str = include_str!("../testdata/envoy_1_40_detailed.json");
 
     #[test]
     fn reads_the_counters_gauges_and_bins_envoy_answers() {
