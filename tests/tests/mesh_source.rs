@@ -9,7 +9,8 @@
 //! Istio's preset cannot be run against Istio here (no cluster); its PromQL and unit
 //! conversion are tested in `analyzer/src/source/prometheus/mesh.rs` and `api.rs`.
 
-use canary_core::RolloutPhase;
+use canary_analyzer::source::{MeshMapping, MeshPreset, PrometheusSource};
+use canary_core::{Cohort, RolloutPhase};
 use canary_e2e::analyzer::{AnalyzerOptions, AnalyzerProcess, fresh_dir};
 use canary_e2e::envoy::{Envoy, EnvoyConfig};
 use canary_e2e::free_port;
@@ -29,6 +30,10 @@ const RPS: u32 = 100;
 const LADDER: [(f64, &str); 3] = [(20.0, "20s"), (50.0, "120s"), (100.0, "1s")];
 /// The canary's failures.
 const CANARY_FAIL_FRACTION: f64 = 0.2;
+/// How far back the latency check looks. A series counts only in windows that start after its
+/// first sample (Envoy exports a cluster's histogram from its first flush after a request), and
+/// the canary's traffic ends at the rollback (~15 s in): 20 s windows hold some of it from ~25 s on.
+const LATENCY_WINDOW: Duration = Duration::from_secs(20);
 /// Prometheus scrapes four times per 1 s check.
 const SCRAPE_INTERVAL: Duration = Duration::from_millis(250);
 /// The whole rollout must end within this (expected: well under the first step's 20 s).
@@ -49,20 +54,6 @@ fn policy(dir: &Path) -> PathBuf {
     path
 }
 
-/// Until Prometheus holds two scrapes of Envoy, a window has no baseline.
-async fn wait_for_two_scrapes(prometheus: &Prometheus) {
-    let start = Instant::now();
-    loop {
-        let samples = prometheus.query("count_over_time(up[1m])").await;
-        let scrapes = samples.first().and_then(|s| s["value"][1].as_str()?.parse::<f64>().ok()).unwrap_or(0.0);
-        if scrapes >= 2.0 {
-            return;
-        }
-        assert!(start.elapsed() < LIMIT, "prometheus never scraped envoy twice:\n{}", prometheus.log());
-        tokio::time::sleep(SCRAPE_INTERVAL).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_canary_is_rolled_back_on_envoys_cluster_stats_with_the_filter_routing_only() {
     let dir = fresh_dir("mesh-source");
@@ -80,7 +71,7 @@ async fn a_failing_canary_is_rolled_back_on_envoys_cluster_stats_with_the_filter
     });
     let envoy = Envoy::start(&config, 2).await;
     let prometheus = Prometheus::start(&[envoy.admin], SCRAPE_INTERVAL).await;
-    wait_for_two_scrapes(&prometheus).await;
+    prometheus.wait_for_two_scrapes(LIMIT).await;
     let load = Load::start(envoy.listener, LoadOptions { rps: RPS, users: 4_000, ..LoadOptions::default() });
     let mut options = AnalyzerOptions::new(dir.join("state"));
     options.policies = vec![policy(&dir)];
@@ -107,16 +98,32 @@ async fn a_failing_canary_is_rolled_back_on_envoys_cluster_stats_with_the_filter
     assert_eq!(format!("{:?}", row.verdict), "Worse", "{row:?}");
     let (canary_rate, control_rate) = (row.canary.expect("canary error rate"), row.control.expect("control rate"));
     assert!((canary_rate - CANARY_FAIL_FRACTION).abs() < 0.05 && control_rate == 0.0, "{row:?}");
-    let names: Vec<&str> = rollback.decision.rows.iter().map(|r| r.metric.as_str()).collect();
-    let latency =
-        rollback.decision.rows.iter().find(|r| r.metric == "latency_p99_us").unwrap_or_else(|| panic!("{names:?}"));
-    assert!(latency.canary.is_some() && latency.control.is_some(), "latency from the cluster histograms: {latency:?}");
-    // Envoy's buckets are in milliseconds (0.5, 1, 5, ...): read as microseconds unconverted,
-    // every request would fall at or below "1 µs". A loopback request takes tens of µs or more.
-    let p50 = rollback.decision.rows.iter().find(|r| r.metric == "latency_p50_us").expect("a p50 row");
-    let (canary_p50, control_p50) = (p50.canary.expect("canary p50"), p50.control.expect("control p50"));
-    eprintln!("p50 canary {canary_p50:.0} µs, control {control_p50:.0} µs; p99 {latency:?}");
-    assert!((10.0..1_000_000.0).contains(&canary_p50) && (10.0..1_000_000.0).contains(&control_p50), "{p50:?}");
+    // Latency from Envoy's cluster histograms, read as the analyzer reads them. Envoy merges
+    // histograms on its stats flush (5 s), so they may trail the counters at the rollback: poll.
+    // Envoy's buckets are in milliseconds (0.5, 1, 5, ...): unconverted, every request would fall
+    // at or below "1 µs"; a loopback request takes tens of µs or more.
+    let source = PrometheusSource::new(prometheus.url.clone(), Duration::from_secs(5)).expect("source");
+    let mapping = MeshMapping::from_preset(
+        MeshPreset::EnvoyCluster,
+        vec!["canary".into()],
+        vec!["stable".into()],
+        Default::default(),
+    );
+    let deadline = Instant::now() + LIMIT;
+    let (canary_latency, control_latency) = loop {
+        let interval = source.interval_from(Some(&mapping), "demo", LATENCY_WINDOW, None).await.expect("interval");
+        let filled = |cohort| interval.latency(cohort).filter(|h| h.total() > 0).cloned();
+        if let (Some(canary), Some(control)) = (filled(Cohort::Canary), filled(Cohort::Control)) {
+            break (canary, control);
+        }
+        assert!(Instant::now() < deadline, "no latency from the cluster histograms: {interval:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(canary_latency.upper_bounds_us()[..4], [500, 1_000, 5_000, 10_000], "Envoy's default buckets in µs");
+    let p50 = |h: &canary_analyzer::stats::LatencyHistogram| h.quantile_estimate_us(0.5).expect("a p50");
+    let (canary_p50, control_p50) = (p50(&canary_latency), p50(&control_latency));
+    eprintln!("p50 canary {canary_p50:.0} µs, control {control_p50:.0} µs");
+    assert!((10.0..1_000_000.0).contains(&canary_p50) && (10.0..1_000_000.0).contains(&control_p50));
 
     // Routing only: the filter counted nothing per cohort, yet told what it applies.
     assert!(prometheus.query("canary_requests_total").await.is_empty(), "no per-cohort counter is exported");
@@ -200,8 +207,6 @@ fn now_ms() -> u64 {
 /// histograms (ms and s) come back with the same bounds in µs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn istios_standard_metrics_read_through_a_real_prometheus_give_exact_counts_and_microseconds() {
-    use canary_analyzer::source::{MeshMapping, MeshPreset, PrometheusSource};
-    use canary_core::Cohort;
     use std::collections::BTreeMap;
     use std::sync::{Arc, Mutex};
 
