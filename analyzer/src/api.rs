@@ -13,20 +13,18 @@
 
 mod audit_pages;
 mod health;
+mod writes;
 
 use crate::audit::AuditPage;
 use crate::auth::{Authenticator, Identity, Permission, Refusal};
 use crate::dashboard;
-use crate::engine::{Engine, EngineError, Start, now_ms};
-use crate::ladder::{ActedBy, Actor, OverrideAction, OverrideError, TransitionError};
-use crate::policy::RolloutPolicy;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use crate::engine::{Engine, EngineError, now_ms};
+use crate::ladder::{OverrideError, TransitionError};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -110,8 +108,6 @@ impl IntoResponse for ApiError {
 
 const BASIC_CHALLENGE: &str = "Basic realm=\"canary-analyzer\", charset=\"UTF-8\"";
 const BEARER_CHALLENGE: &str = "Bearer realm=\"canary-analyzer\"";
-/// Longest self-declared actor kept as a note: a name or an e-mail address, not a story.
-const MAX_NOTE_CHARS: usize = 100;
 /// The response header that names who a write was recorded as: `alice (operator)`.
 pub const IDENTITY_HEADER: &str = "x-canary-identity";
 
@@ -144,47 +140,20 @@ impl AppState {
     }
 }
 
-/// Who a write is recorded as: the authenticated name, with what the caller
-/// declared about itself (`field`) as a note. A note is optional, at most
-/// [`MAX_NOTE_CHARS`] printable characters, and never `analyzer`.
-fn acted_by(identity: &Identity, declared: Option<&str>, field: &str) -> Result<ActedBy, ApiError> {
-    let actor = Actor::human(&identity.name).map_err(|e| ApiError::Internal(format!("identity name: {e}")))?;
-    let note = declared.map(str::trim).filter(|n| !n.is_empty());
-    if let Some(note) = note
-        && (note.chars().count() > MAX_NOTE_CHARS || note.chars().any(char::is_control) || Actor::human(note).is_err())
-    {
-        return Err(ApiError::BadRequest(format!(
-            "{field} = {note:?}: expected at most {MAX_NOTE_CHARS} printable characters, not \"analyzer\" \
-             (kept as a note; the audit log names the token's identity)"
-        )));
-    }
-    Ok(ActedBy { actor, note: note.map(str::to_string) })
-}
-
-/// `answer` with the [`IDENTITY_HEADER`] of `identity`.
-fn with_identity(identity: &Identity, answer: impl IntoResponse) -> Response {
-    let mut response = answer.into_response();
-    let shown = format!("{} ({})", identity.name, identity.role);
-    if let Ok(value) = HeaderValue::from_str(&shown) {
-        response.headers_mut().insert(IDENTITY_HEADER, value);
-    }
-    response
-}
-
 /// The router; `state` carries the engine and who may do what.
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/livez", get(health::livez))
         .route("/metrics", get(health::metrics))
-        .route("/v1/rollouts", get(list).post(register))
+        .route("/v1/rollouts", get(list).post(writes::register))
         .route("/v1/rollouts/{deployment}", get(status))
         .route("/v1/rollouts/{deployment}/config", get(config))
         .route(config_batch::PATH, get(config_batch::batch_config))
         .route(source_kind::PATH, get(source_kind::source_kind))
         .route("/v1/rollouts/{deployment}/report", get(report))
         .route("/v1/rollouts/{deployment}/audit", get(audit_pages::audit))
-        .route("/v1/rollouts/{deployment}/override", post(override_rollout))
+        .route("/v1/rollouts/{deployment}/override", post(writes::override_rollout))
         .route("/", get(dashboard_index))
         .route("/live", get(dashboard_index_live))
         .route("/rollouts/{deployment}", get(dashboard_rollout))
@@ -231,111 +200,6 @@ async fn report(
 ) -> Result<Response, ApiError> {
     state.check_read(&headers, "rollout report")?;
     Ok(Json(state.engine.status(&deployment, now_ms()).await?.rows).into_response())
-}
-
-/// The query of `POST /v1/rollouts`: `?start=held` registers the rollout held at
-/// share 0 until the pipeline marks the canary deployed.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RegisterQuery {
-    start: Option<String>,
-}
-
-/// Body: the policy document (YAML or JSON). Recorded as the token's identity; the
-/// optional header `x-actor` is kept as a note.
-async fn register(
-    State(state): State<AppState>,
-    query: Result<Query<RegisterQuery>, QueryRejection>,
-    headers: HeaderMap,
-    body: String,
-) -> Result<Response, ApiError> {
-    let identity = state.authenticate(&headers, Permission::Register, "register rollout")?;
-    let declared = match headers.get("x-actor") {
-        None => None,
-        Some(value) => Some(value.to_str().map_err(|_| {
-            ApiError::BadRequest("header `x-actor`: expected visible ASCII characters (kept as a note)".into())
-        })?),
-    };
-    let by = acted_by(&identity, declared, "header `x-actor`")?;
-    let Query(query) = query.map_err(|e| ApiError::BadRequest(format!("query: {}", e.body_text())))?;
-    let start = match query.start.as_deref() {
-        None | Some("running") => Start::Running,
-        Some("held") => Start::HeldForDeployment,
-        Some(other) => {
-            return Err(ApiError::BadRequest(format!(
-                "query `start` = {other:?}: expected held (share 0 until marked deployed) or running"
-            )));
-        }
-    };
-    let policy = RolloutPolicy::from_yaml(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let status = state.engine.register_with(policy, by, start, now_ms()).await?;
-    Ok(with_identity(&identity, (StatusCode::CREATED, Json(status))))
-}
-
-/// The override action that starts a rollout registered held.
-const DEPLOYED: &str = "deployed";
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct OverrideRequest {
-    /// promote | rollback | hold (or pause) | resume | set_share | approve | deployed
-    action: String,
-    reason: Option<String>,
-    /// Who the caller says it is: kept as a note beside the token's identity.
-    actor: Option<String>,
-    /// For `set_share`: percent, e.g. 12.5.
-    share_percent: Option<f64>,
-}
-
-fn parse_action(request: &OverrideRequest) -> Result<OverrideAction, ApiError> {
-    Ok(match request.action.as_str() {
-        "promote" => OverrideAction::Promote,
-        "rollback" => OverrideAction::Rollback,
-        "hold" | "pause" => OverrideAction::Pause,
-        "resume" => OverrideAction::Resume,
-        "approve" => OverrideAction::Approve,
-        DEPLOYED => OverrideAction::Deployed,
-        "set_share" => {
-            let percent = request.share_percent.ok_or_else(|| {
-                ApiError::BadRequest("field `share_percent` = (missing): expected a percentage for set_share".into())
-            })?;
-            if !(0.0..=100.0).contains(&percent) {
-                return Err(ApiError::BadRequest(format!(
-                    "field `share_percent` = {percent}: expected a percentage from 0 to 100"
-                )));
-            }
-            // Percent to basis points, rounded to the nearest point.
-            OverrideAction::SetShare { share_bp: (percent * 100.0).round() as u32 }
-        }
-        other => {
-            return Err(ApiError::BadRequest(format!(
-                "field `action` = {other:?}: expected promote, rollback, hold, resume, set_share, approve or deployed"
-            )));
-        }
-    })
-}
-
-async fn override_rollout(
-    State(state): State<AppState>,
-    Path(deployment): Path<String>,
-    headers: HeaderMap,
-    body: String,
-) -> Result<Response, ApiError> {
-    let request = serde_json::from_str::<OverrideRequest>(&body);
-    // Marking the canary deployed is the pipeline's, the second half of registering;
-    // every other override (an approval too) is an operator's.
-    let permission = match &request {
-        Ok(request) if request.action == DEPLOYED => Permission::Register,
-        _ => Permission::Override,
-    };
-    let identity = state.authenticate(&headers, permission, "override")?;
-    let request =
-        request.map_err(|e| ApiError::BadRequest(crate::policy::one_line(&format!("override request: {e}"))))?;
-    let action = parse_action(&request)?;
-    let reason = request.reason.as_deref().unwrap_or("");
-    let by = acted_by(&identity, request.actor.as_deref(), "field `actor`")?;
-    let status = state.engine.override_rollout(&deployment, &action, &by, reason, now_ms()).await?;
-    Ok(with_identity(&identity, Json(status)))
 }
 
 /// An HTML answer that is never cached (the pages change with every check).
@@ -401,6 +265,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::engine::SourceSettings;
     use crate::notify::Notifier;
+    use crate::policy::RolloutPolicy;
     use axum::body::Body;
     use axum::http::Request;
     use tower::ServiceExt;
@@ -878,5 +743,37 @@ pub(crate) mod tests {
         assert!(status.contains("\"phase\":\"paused\""), "{status}");
         let rebuilt = std::fs::read_to_string(&state_file).unwrap();
         assert!(!rebuilt.contains("SECRETSECRET") && rebuilt.contains("hooks.slack.com/…#xxh3:"), "{rebuilt}");
+    }
+
+    #[tokio::test]
+    async fn a_held_registration_is_started_by_the_pipeline_and_a_step_approved_by_an_operator() {
+        let (state, _) = state_with_roles(false);
+        let app = app(state);
+        let bearer = |token: &str| format!("Bearer {token}");
+        let (pipeline, operator) = (bearer(PIPELINE), bearer(OPERATOR));
+        let post = |uri: &'static str, token: &str, body: &str| {
+            let (app, token, body) = (app.clone(), token.to_string(), body.to_string());
+            async move { call_with(&app, "POST", uri, &[("authorization", token.as_str())], &body).await }
+        };
+        let (status, _, body) = post("/v1/rollouts?start=later", &pipeline, POLICY).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(
+            body.contains("query `start` = ") && body.contains("later") && body.contains("expected held"),
+            "{body}"
+        );
+        assert_eq!(post("/v1/rollouts?start=held", &pipeline, POLICY).await.0, StatusCode::CREATED);
+        let config = call(&app, "GET", "/v1/rollouts/checkout/config", None, "").await.1;
+        assert!(config.contains("\"share_bp\":0") && config.contains("\"state\":\"pending\""), "{config}");
+        let promote = r#"{"action":"promote","reason":"go"}"#;
+        let (status, _, body) = post("/v1/rollouts/checkout/override", &operator, promote).await;
+        assert_eq!(status, StatusCode::CONFLICT, "nothing but deployed or rollback while held: {body}");
+        let deployed = r#"{"action":"deployed","reason":"image v2 rolled out"}"#;
+        assert_eq!(post("/v1/rollouts/checkout/override", &operator, deployed).await.0, StatusCode::FORBIDDEN);
+        assert_eq!(post("/v1/rollouts/checkout/override", &pipeline, deployed).await.0, StatusCode::OK);
+        let approve = r#"{"action":"approve","reason":"fine"}"#;
+        assert_eq!(post("/v1/rollouts/checkout/override", &pipeline, approve).await.0, StatusCode::FORBIDDEN);
+        let (status, _, body) = post("/v1/rollouts/checkout/override", &operator, approve).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "the policy asks no approval: {body}");
+        assert!(body.contains("needs no approval"), "{body}");
     }
 }

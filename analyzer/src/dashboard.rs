@@ -323,6 +323,10 @@ mod tests {
         assert!(page.contains("<label>note <input name=\"actor\" id=\"override-actor\" maxlength=\"100\""));
         assert!(page.contains("r.headers.get('x-canary-identity')") && page.contains("'applied'+(who?' as '+who:'')"));
         assert!(page.contains("<option value=\"set_share\">") && page.contains("id=\"override-result\""));
+        assert!(
+            page.contains("<option value=\"approve\">approve this step</option>"),
+            "an operator approves a gated step"
+        );
         // The form is outside the live part, so a refresh does not clear it.
         let live_end = page.find("</div><section><h2>override</h2>").unwrap();
         assert!(page.find("<form id=\"override\"").unwrap() > live_end);

@@ -106,6 +106,24 @@ impl Rig {
         }
     }
 
+    /// Whether the Envoy listening on `listener` routes 12 probe users in canary at
+    /// `share_bp` (any 12 at 0) and 12 in stable as the native function says, in one pass.
+    pub async fn envoy_routes_at(listener: std::net::SocketAddr, share_bp: u32) -> bool {
+        let probes: Vec<String> = crate::traffic::user_ids(0xa11, 3_000)
+            .into_iter()
+            .filter(|id| share_bp == 0 || Self::expected_version(id, share_bp) == "canary")
+            .take(12)
+            .chain(
+                crate::traffic::user_ids(0xb22, 3_000)
+                    .into_iter()
+                    .filter(|id| Self::expected_version(id, share_bp) == "stable")
+                    .take(12),
+            )
+            .collect();
+        let versions = Client::new(listener).versions_for(&probes).await;
+        probes.iter().zip(&versions).all(|(id, v)| v == Self::expected_version(id, share_bp))
+    }
+
     /// Whether each of `ids` routes as `share_bp` predicts, over several fresh connections.
     pub async fn routes_as(&self, ids: &[String], share_bp: u32) -> bool {
         for _ in 0..3 {

@@ -10,7 +10,6 @@ use canary_e2e::envoy::{Envoy, EnvoyConfig};
 use canary_e2e::free_port;
 use canary_e2e::load::{Load, LoadOptions};
 use canary_e2e::rig::Rig;
-use canary_e2e::traffic::{Client, user_ids};
 use canary_e2e::upstream::{Behaviour, Upstream};
 use canary_e2e::webhook::WebhookReceiver;
 use std::net::SocketAddr;
@@ -74,19 +73,7 @@ impl Rollout {
 
     /// Envoy routes probe users exactly as the native function says at `share_bp`.
     async fn envoy_routes_at(&self, share_bp: u32) -> bool {
-        let probes: Vec<String> = user_ids(0xc33, 3_000)
-            .into_iter()
-            .filter(|id| Rig::expected_version(id, share_bp.max(2_500)) == "canary")
-            .take(12)
-            .chain(
-                user_ids(0xd44, 3_000)
-                    .into_iter()
-                    .filter(|id| Rig::expected_version(id, share_bp) == "stable")
-                    .take(12),
-            )
-            .collect();
-        let versions = Client::new(self.envoy.listener).versions_for(&probes).await;
-        probes.iter().zip(&versions).all(|(id, v)| v == Rig::expected_version(id, share_bp))
+        Rig::envoy_routes_at(self.envoy.listener, share_bp).await
     }
 
     fn cli(&self, args: &[&str]) -> std::process::Output {

@@ -515,34 +515,21 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Register { policy, server, actor, dry_run: false, start_held } => {
             let text = read_policy(&policy)?;
-            let recorded = server.client().register(text, actor.as_deref(), start_held).await?;
-            cli::note(&recorded.identity_line());
-            cli::print_out(&format!("{}\n", cli::progress_line(&recorded.status)))?;
-            Ok(0)
+            print_recorded(server.client().register(text, actor.as_deref(), start_held)).await
         }
         Command::Override { deployment, action, reason, actor, share, server } => {
             check_share(action, share)?;
-            let recorded = server
-                .client()
-                .override_rollout(&deployment, action.api_name(), &reason, actor.as_deref(), share)
-                .await?;
-            cli::note(&recorded.identity_line());
-            cli::print_out(&format!("{}\n", cli::progress_line(&recorded.status)))?;
-            Ok(0)
+            let client = server.client();
+            print_recorded(client.override_rollout(&deployment, action.api_name(), &reason, actor.as_deref(), share))
+                .await
         }
         Command::Deployed { deployment, reason, actor, server } => {
-            let recorded =
-                server.client().override_rollout(&deployment, "deployed", &reason, actor.as_deref(), None).await?;
-            cli::note(&recorded.identity_line());
-            cli::print_out(&format!("{}\n", cli::progress_line(&recorded.status)))?;
-            Ok(0)
+            let client = server.client();
+            print_recorded(client.override_rollout(&deployment, "deployed", &reason, actor.as_deref(), None)).await
         }
         Command::Approve { deployment, reason, actor, server } => {
-            let recorded =
-                server.client().override_rollout(&deployment, "approve", &reason, actor.as_deref(), None).await?;
-            cli::note(&recorded.identity_line());
-            cli::print_out(&format!("{}\n", cli::progress_line(&recorded.status)))?;
-            Ok(0)
+            let client = server.client();
+            print_recorded(client.override_rollout(&deployment, "approve", &reason, actor.as_deref(), None)).await
         }
         Command::Wait { deployment, server, timeout } => {
             // A closed output loses the progress, not the verdict (the exit code).
@@ -558,6 +545,16 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(end.code)
         }
     }
+}
+
+/// A write's answer for people: who it was recorded as (stderr), then the rollout's line.
+async fn print_recorded(
+    write: impl std::future::Future<Output = anyhow::Result<cli::Recorded>>,
+) -> anyhow::Result<i32> {
+    let recorded = write.await?;
+    cli::note(&recorded.identity_line());
+    cli::print_out(&format!("{}\n", cli::progress_line(&recorded.status)))?;
+    Ok(0)
 }
 
 /// The text of the policy file at `path`, or an error naming it.

@@ -322,7 +322,8 @@ pub fn override_form(deployment: &str) -> String {
          <label>action <select name=\"action\" id=\"override-action\">\
          <option value=\"hold\">hold (pause)</option><option value=\"resume\">resume</option>\
          <option value=\"promote\">promote one step</option><option value=\"rollback\">roll back</option>\
-         <option value=\"set_share\">set share</option></select></label>\
+         <option value=\"set_share\">set share</option><option value=\"approve\">approve this step</option>\
+         </select></label>\
          <label>share % <input name=\"share_percent\" id=\"override-share\" type=\"number\" min=\"0\" max=\"100\" \
          step=\"0.01\" placeholder=\"set share only\"></label>\
          <label class=\"wide\">reason <input name=\"reason\" id=\"override-reason\" required minlength=\"1\" \
