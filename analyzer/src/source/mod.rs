@@ -46,7 +46,8 @@ mod snapshot;
 pub use body::DEFAULT_MAX_BODY_BYTES;
 pub use envoy_admin::{
     BinPlace, DeltaTracker, EnvoyAdminSource, STATS_PATH, TargetDelta, TargetScrape, bin_place, deployment_label,
-    envoy_bin_bounds_us, is_relevant, parse_detailed_stats, parse_exposition, scrape_client, stats_filter, target_delta,
+    envoy_bin_bounds_us, is_relevant, parse_detailed_stats, parse_exposition, scrape_client, stats_filter,
+    target_delta,
 };
 pub(crate) use error::describe;
 pub use error::{ExpositionError, SourceError};
