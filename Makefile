@@ -46,14 +46,18 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p canary-filter -p canary-core --target wasm32-wasip1 -- -D warnings
 
-## bench: native decision cost, Envoy with vs. without the filter (needs wrk), the analyzer's check cost and simulation.
+## bench: native decision cost, Envoy with vs. without the filter (needs wrk), the analyzer's check cost, simulation and fleet-scale cost.
 ## BENCH_BEFORE_WASM=<another build of the filter> adds its rows to the same run; BENCH=native,envoy,start,strips,probes,
-## outcomes,per-route picks parts, BENCH=instructions counts Envoy's instructions per request under valgrind (see tests/src/bin/bench.rs).
+## outcomes,per-route,deployments
+## picks parts, BENCH=instructions counts Envoy's instructions per request under valgrind (see tests/src/bin/bench.rs);
+## the analyzer's parts: BENCH=parse,simulation,auth,config,audit,fleet-polls,fleet-checks (the fleet parts run the
+## release analyzer binary as a child process; see tests/src/bin/analyzer_bench.rs and docs/benchmarks.md).
 bench: wasm
 	@scripts/install-deps.sh bench
 	$(CARGO) build -p probe-filter --target wasm32-wasip1 --profile wasm-release
 	$(CARGO) run --release -p canary-e2e --bin bench
-	$(CARGO) run --release -p canary-e2e --bin analyzer_bench
+	$(CARGO) build --release -p canary-analyzer --bin canary-analyzer
+	CANARY_ANALYZER_BIN=$(CURDIR)/target/release/canary-analyzer $(CARGO) run --release -p canary-e2e --bin analyzer_bench
 
 ## soak: SOAK_SECONDS (default 600) of saturating wrk load through Envoy with the filter while the share
 ## steps up and back; fails on any non-2xx answer, Envoy or analyzer RSS growing over 20 % after warm-up,

@@ -39,7 +39,7 @@ use crate::ladder::{decide, human_override};
 use crate::notify::Notifier;
 use crate::outcome_metric::missing_outcomes_note;
 use crate::policy::RolloutPolicy;
-use crate::source::{DeltaTracker, EnvoyAdminSource, IntervalMetrics, PrometheusSource, SourceError};
+use crate::source::{DeltaTracker, EnvoyAdminSource, IntervalMetrics, PrometheusSource, SourceError, scrape_client};
 use crate::stats::{ComparisonRow, StatsError};
 use crate::step_evidence::{CheckOutcome, StepEvidence};
 use canary_core::{Cohort, RolloutConfig};
@@ -123,6 +123,10 @@ pub enum SourceSettings {
     /// A Prometheus server that scrapes the fleet; an answer over `max_body_bytes` fails its query.
     Prometheus { url: String, max_body_bytes: u64 },
 }
+
+/// Why a policy with `spec.source` cannot run on the Envoy admin source.
+const MESH_NEEDS_PROMETHEUS: &str =
+    "spec.source reads the mesh's metrics through Prometheus: start the analyzer with --prometheus";
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -273,13 +277,14 @@ impl LiveRollout {
         policy: RolloutPolicy,
         state: RolloutState,
         source: &SourceSettings,
+        scrapes: &reqwest::Client,
         default_notifier: &Notifier,
     ) -> Result<Self, EngineError> {
         // Built once per rollout: a client per announcement would redo its TLS setup each time.
         let notifier = Notifier::for_policy(&policy, default_notifier);
         let envoy = match source {
             SourceSettings::EnvoyAdmin { admin_urls, max_body_bytes } => Some((
-                EnvoyAdminSource::new(admin_urls.clone(), policy.deployment.clone(), SCRAPE_TIMEOUT)?
+                EnvoyAdminSource::with_client(scrapes.clone(), admin_urls.clone(), policy.deployment.clone())
                     .with_max_body_bytes(*max_body_bytes),
                 DeltaTracker::new(),
             )),
@@ -325,11 +330,18 @@ impl LiveRollout {
         self.next_check_at = now + self.policy.check_interval;
         self.check_started_at = Some(now);
         let fetch = match (&self.envoy, prometheus) {
+            // A rollout resumed from its state file by an analyzer started without --prometheus.
+            (Some(_), _) if self.policy.source.is_some() => FetchPlan::Skip(MESH_NEEDS_PROMETHEUS.to_string()),
             (Some((source, _)), _) => FetchPlan::Envoy(source.clone()),
             (None, Some(prometheus)) => {
                 let end = fetch::prometheus_window_end(wall, self.policy.check_interval);
                 match self.prometheus_windows.next(end, self.policy.check_interval) {
-                    Ok(window) => FetchPlan::Prometheus { source: prometheus.clone(), window, end },
+                    Ok(window) => FetchPlan::Prometheus {
+                        source: prometheus.clone(),
+                        mesh: self.policy.source.clone(),
+                        window,
+                        end,
+                    },
                     Err(reason) => FetchPlan::Skip(reason),
                 }
             }
@@ -409,6 +421,8 @@ pub struct Engine {
     /// What the filter polls, readable without waiting for a check in progress.
     configs: RwLock<BTreeMap<String, RolloutConfig>>,
     source: SourceSettings,
+    /// The one client every rollout's Envoy scrapes go out on (one connection pool).
+    scrapes: reqwest::Client,
     prometheus: Option<PrometheusSource>,
     notifier: Notifier,
     /// Reads pages of the audit log without the engine's lock.
@@ -430,6 +444,7 @@ impl Engine {
     /// served ([`RolloutStore::open`]).
     pub fn open(state_dir: &Path, source: SourceSettings, notifier: Notifier) -> Result<Engine, EngineError> {
         let (store, persisted) = RolloutStore::open(state_dir)?;
+        let scrapes = scrape_client(SCRAPE_TIMEOUT)?;
         let prometheus = match &source {
             SourceSettings::Prometheus { url, max_body_bytes } => {
                 Some(PrometheusSource::new(url.clone(), SCRAPE_TIMEOUT)?.with_max_body_bytes(*max_body_bytes))
@@ -439,17 +454,20 @@ impl Engine {
         let (mut rollouts, mut broken) = (BTreeMap::new(), BTreeMap::new());
         for (deployment, p) in persisted {
             let evidence = load_evidence(state_dir, &p.policy, &p.state);
-            let live = LiveRollout::new(p.policy.clone(), p.state.clone(), &source, &notifier).and_then(|mut live| {
-                if let Some(evidence) = &evidence {
-                    live.evaluation = evidence.evaluation.clone();
-                    if let Some(step) = evidence.step_evidence.clone().filter(|s| s.generation == live.state.generation)
-                    {
-                        live.step_evidence = step;
+            let live = LiveRollout::new(p.policy.clone(), p.state.clone(), &source, &scrapes, &notifier).and_then(
+                |mut live| {
+                    if let Some(evidence) = &evidence {
+                        live.evaluation = evidence.evaluation.clone();
+                        if let Some(step) =
+                            evidence.step_evidence.clone().filter(|s| s.generation == live.state.generation)
+                        {
+                            live.step_evidence = step;
+                        }
+                        live.rows = live.evaluation.rows(Vec::new())?;
                     }
-                    live.rows = live.evaluation.rows(Vec::new())?;
-                }
-                Ok(live)
-            });
+                    Ok(live)
+                },
+            );
             match live {
                 Ok(live) => {
                     tracing::info!(
@@ -469,6 +487,7 @@ impl Engine {
                 }
             }
         }
+        spread_first_checks(&mut rollouts, Instant::now());
         let configs = rollouts
             .iter()
             .map(|(d, r)| (d.clone(), r.state.config()))
@@ -490,6 +509,7 @@ impl Engine {
             inner: Mutex::new(Inner { rollouts, broken, store }),
             configs: RwLock::new(configs),
             source,
+            scrapes,
             prometheus,
             notifier,
             wall_clock: Arc::new(now_ms),
@@ -844,6 +864,20 @@ fn incomparable_layouts(interval: &mut IntervalMetrics) -> Option<crate::source:
     }
     let reason = format!("canary's and control's {differ}; latency not compared in this check");
     Some(crate::source::TargetFailure { target: LATENCY_LAYOUTS.into(), reason })
+}
+
+/// Rollouts resumed together would be checked together, every interval from then on: a
+/// thousand of them on ten Envoys made ten thousand scrapes in the same second (and held
+/// a socket each). Their first checks are spread over the interval after the first, in
+/// order: each still comes at least one interval after the start, so a Prometheus window
+/// never reaches back into a span the last check before the stop may have counted.
+fn spread_first_checks(rollouts: &mut BTreeMap<String, LiveRollout>, now: Instant) {
+    let count = u32::try_from(rollouts.len()).unwrap_or(u32::MAX).max(1);
+    for (position, live) in rollouts.values_mut().enumerate() {
+        let position = u32::try_from(position).unwrap_or(u32::MAX);
+        let interval = live.policy.check_interval;
+        live.next_check_at = now + interval + interval.mul_f64(f64::from(position) / f64::from(count));
+    }
 }
 
 /// Checks a step waits for every proxy to apply it before its window starts anyway.

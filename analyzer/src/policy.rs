@@ -18,6 +18,7 @@
 mod document;
 mod duration;
 mod rate_metric;
+mod source;
 mod suggest;
 #[cfg(test)]
 mod tests;
@@ -120,6 +121,9 @@ pub struct RolloutPolicy {
     /// A step still short of data after this many windows is reported stalled.
     pub stall_after_windows: u32,
     pub notify: Option<Notify>,
+    /// Requests and latency from the mesh's own metrics (through Prometheus) instead of
+    /// the filter's; `None`: the filter's.
+    pub source: Option<crate::source::MeshMapping>,
 }
 
 /// One rung of the ladder.

@@ -84,6 +84,7 @@ struct RawConfig {
     initial_share_bp: Option<u32>,
     outcomes: Option<outcomes::Json>,
     protocol: Option<String>,
+    metrics: Option<String>,
 }
 
 /// The validated configuration; the rest of the filter never sees JSON.
@@ -121,6 +122,36 @@ pub struct DeploymentConfig {
     pub outcomes: OutcomeRules,
     /// How a response's outcome is classified.
     pub protocol: Protocol,
+    /// Whether the filter counts the deployment's requests per cohort (`metrics`).
+    pub metrics: DeploymentMetrics,
+}
+
+/// What the filter counts for a deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeploymentMetrics {
+    /// Requests per cohort and status class, latency per cohort, outcomes (`"per_cohort"`).
+    #[default]
+    PerCohort,
+    /// Routing only (`"none"`): no per-request metric, for rollouts whose analyzer reads
+    /// the mesh's own metrics (`spec.source`). The applied-rollout gauges stay: they are
+    /// set per tick, not per request, and the analyzer needs them for the share each
+    /// proxy applies.
+    None,
+}
+
+impl DeploymentMetrics {
+    /// How the configuration writes it.
+    pub fn label(self) -> &'static str {
+        match self {
+            DeploymentMetrics::PerCohort => "per_cohort",
+            DeploymentMetrics::None => "none",
+        }
+    }
+
+    /// Whether requests are counted (and so read for it) at all.
+    pub fn counts_requests(self) -> bool {
+        self == DeploymentMetrics::PerCohort
+    }
 }
 
 /// What a deployment's service speaks, which decides how a response is classified.
@@ -250,6 +281,7 @@ impl RawConfig {
             initial_share_bp: self.initial_share_bp,
             outcomes: self.outcomes,
             protocol: self.protocol,
+            metrics: self.metrics,
         };
         match (self.deployment, self.deployments) {
             (Some(_), Some(_)) => Err(ConfigError::new(

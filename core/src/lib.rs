@@ -18,7 +18,7 @@ pub mod rollout_batch;
 pub mod user_id;
 
 pub use cohort::{Cohort, Share, bucket};
-pub use config::{ConfigError, DeploymentConfig, FilterConfig, Protocol};
+pub use config::{ConfigError, DeploymentConfig, DeploymentMetrics, FilterConfig, Protocol};
 pub use decision::{Decision, RequestView, decide};
 pub use rollout::{RolloutConfig, RolloutPhase};
 pub use rollout_batch::{BatchAnswer, parse_batch_answer};

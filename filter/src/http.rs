@@ -14,6 +14,10 @@
 //! exception is cookies: every `cookie` line in one property read (~2 500 Envoy
 //! instructions more than a header read, which sees the first line only).
 //!
+//! A routing-only deployment (`"metrics": "none"`) stops after the header write and
+//! the route-cache call: no clock, `:status` or metric call (`make bench`'s
+//! `routing-only` part measures it against the no-op filter).
+//!
 //! Outcome rules add host calls only when configured: one read each of `:path` and
 //! `:method` if a rule restricts by them; per response, one read per distinct header
 //! that a rule applying to the request uses; in `on_log`, per applying rule, one
@@ -38,6 +42,9 @@ pub struct CanaryHttp {
     runtime: Rc<Runtime>,
     /// The request's deployment (its position) and cohort; `None`: not ours, untouched.
     assigned: Option<(usize, Cohort)>,
+    /// Whether the request is counted: false for a routing-only deployment
+    /// (`"metrics": "none"`), whose requests cost no read or metric call past routing.
+    counted: bool,
     set_cookie: Option<String>,
     /// When the filter saw the request headers.
     started: Option<SystemTime>,
@@ -57,6 +64,7 @@ impl CanaryHttp {
         Self {
             runtime,
             assigned: None,
+            counted: false,
             set_cookie: None,
             started: None,
             status: None,
@@ -142,6 +150,10 @@ impl HttpContext for CanaryHttp {
         self.clear_route_cache();
         self.assigned = Some((index, decision.cohort));
         self.set_cookie = decision.set_cookie;
+        self.counted = deployment.metrics.counts_requests();
+        if !self.counted {
+            return Action::Continue;
+        }
         // Reads `:path` / `:method` only if a rule restricts by them; no rules, no reads.
         self.outcomes_applicable = deployment.outcomes.applicable(
             || self.get_http_request_header_bytes(":path"),
@@ -153,6 +165,12 @@ impl HttpContext for CanaryHttp {
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
         let Some((index, _)) = self.assigned else { return Action::Continue };
+        if !self.counted {
+            if let Some(cookie) = self.set_cookie.take() {
+                self.add_http_response_header("set-cookie", &cookie);
+            }
+            return Action::Continue;
+        }
         // Local replies (e.g. Envoy's 503 for an upstream reset) pass here too.
         // Bytes, not a `String`: no UTF-8 check, no `str::parse`.
         self.status = self.get_http_response_header_bytes(":status").and_then(|s| status_code(&s));
@@ -177,7 +195,7 @@ impl HttpContext for CanaryHttp {
     }
 
     fn on_http_response_trailers(&mut self, _: usize) -> Action {
-        if self.grpc_class.is_none() && self.is_grpc() {
+        if self.counted && self.grpc_class.is_none() && self.is_grpc() {
             self.grpc_class = self.get_http_response_trailer_bytes("grpc-status").map(|v| grpc_status_class(&v));
         }
         Action::Continue
@@ -185,6 +203,9 @@ impl HttpContext for CanaryHttp {
 
     fn on_log(&mut self) {
         let Some((index, cohort)) = self.assigned else { return };
+        if !self.counted {
+            return;
+        }
         let Some(state) = self.runtime.deployments.get(index) else { return };
         // No response headers: the stream ended before any response (a reset).
         // Through the hostcall: the SDK's `get_property` unwraps a serialization or internal

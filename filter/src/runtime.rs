@@ -13,11 +13,13 @@ use std::cell::Cell;
 
 /// Host metric ids for one deployment: a counter per (cohort, status class), a
 /// latency histogram per cohort, the three applied-rollout gauges and two counters
-/// per (outcome rule, cohort), defined once per VM at configure time.
+/// per (outcome rule, cohort), defined once per VM at configure time. A routing-only
+/// deployment has the gauges alone.
 #[derive(Debug)]
 pub struct MetricIds {
-    requests: [[u32; StatusClass::ALL.len()]; Cohort::ALL.len()],
-    latency: [u32; Cohort::ALL.len()],
+    /// `None` for a routing-only deployment (`"metrics": "none"`): nothing counted per request.
+    requests: Option<[[u32; StatusClass::ALL.len()]; Cohort::ALL.len()]>,
+    latency: Option<[u32; Cohort::ALL.len()]>,
     applied: AppliedGaugeIds,
     /// Per outcome rule, in the configuration's order, per cohort.
     outcomes: Vec<[OutcomeCounterIds; Cohort::ALL.len()]>,
@@ -41,26 +43,31 @@ struct AppliedGaugeIds {
 }
 
 impl MetricIds {
-    pub fn define(deployment: &str, outcomes: &OutcomeRules) -> Result<MetricIds, Status> {
+    /// The applied-rollout gauges always; the per-cohort counters, histograms and
+    /// outcome counters only when `counted` (a routing-only deployment defines none).
+    pub fn define(deployment: &str, outcomes: &OutcomeRules, counted: bool) -> Result<MetricIds, Status> {
         let applied = AppliedGaugeIds {
             generation: define_metric(MetricType::Gauge, &applied_generation_stat(deployment))?,
             share_bp: define_metric(MetricType::Gauge, &applied_share_stat(deployment))?,
             config_age_ms: define_metric(MetricType::Gauge, &config_age_stat(deployment))?,
         };
-        let mut ids = MetricIds {
-            requests: [[0; StatusClass::ALL.len()]; Cohort::ALL.len()],
-            latency: [0; Cohort::ALL.len()],
-            applied,
-            outcomes: Vec::with_capacity(outcomes.len()),
-        };
-        for (cohort, row) in Cohort::ALL.iter().zip(ids.requests.iter_mut()) {
+        let mut ids = MetricIds { requests: None, latency: None, applied, outcomes: Vec::new() };
+        if !counted {
+            return Ok(ids);
+        }
+        let mut requests = [[0; StatusClass::ALL.len()]; Cohort::ALL.len()];
+        for (cohort, row) in Cohort::ALL.iter().zip(requests.iter_mut()) {
             for (class, id) in StatusClass::ALL.iter().zip(row.iter_mut()) {
                 *id = define_metric(MetricType::Counter, &requests_stat(deployment, *cohort, *class))?;
             }
         }
-        for (cohort, id) in Cohort::ALL.iter().zip(ids.latency.iter_mut()) {
+        let mut latency = [0; Cohort::ALL.len()];
+        for (cohort, id) in Cohort::ALL.iter().zip(latency.iter_mut()) {
             *id = define_metric(MetricType::Histogram, &latency_stat(deployment, *cohort))?;
         }
+        ids.requests = Some(requests);
+        ids.latency = Some(latency);
+        ids.outcomes.reserve(outcomes.len());
         for rule in outcomes.rules() {
             let mut row = [OutcomeCounterIds::default(); Cohort::ALL.len()];
             for (cohort, ids) in Cohort::ALL.iter().zip(row.iter_mut()) {
@@ -74,11 +81,11 @@ impl MetricIds {
     }
 
     pub fn requests(&self, cohort: Cohort, class: StatusClass) -> Option<u32> {
-        self.requests.get(cohort.index())?.get(class.index()).copied()
+        self.requests.as_ref()?.get(cohort.index())?.get(class.index()).copied()
     }
 
     pub fn latency(&self, cohort: Cohort) -> Option<u32> {
-        self.latency.get(cohort.index()).copied()
+        self.latency.as_ref()?.get(cohort.index()).copied()
     }
 
     /// The counters of outcome rule `index` (its position in the configuration) for `cohort`.
@@ -131,7 +138,8 @@ impl Runtime {
     pub fn new(config: FilterConfig) -> Result<Runtime, (String, Status)> {
         let mut deployments = Vec::with_capacity(config.deployments.len());
         for d in &config.deployments {
-            let metrics = MetricIds::define(&d.deployment, &d.outcomes).map_err(|s| (d.deployment.clone(), s))?;
+            let metrics = MetricIds::define(&d.deployment, &d.outcomes, d.metrics.counts_requests())
+                .map_err(|s| (d.deployment.clone(), s))?;
             deployments.push(DeploymentRuntime { metrics, share: Cell::new(d.initial_share) });
         }
         Ok(Runtime { config, deployments, route_cache: Cell::new(RouteCacheClearing::Untried) })

@@ -83,6 +83,21 @@ impl Prometheus {
         }
     }
 
+    /// Waits until Prometheus holds two scrapes of its targets (before that a window has no
+    /// baseline and `increase()` answers nothing), at most `limit`.
+    pub async fn wait_for_two_scrapes(&self, limit: Duration) {
+        let start = Instant::now();
+        loop {
+            let samples = self.query("count_over_time(up[1m])").await;
+            let scrapes = samples.first().and_then(|s| s["value"][1].as_str()?.parse::<f64>().ok()).unwrap_or(0.0);
+            if scrapes >= 2.0 {
+                return;
+            }
+            assert!(start.elapsed() < limit, "prometheus never scraped its targets twice:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The `result` array of an instant query evaluated now.
     pub async fn query(&self, promql: &str) -> Vec<serde_json::Value> {
         let answer: serde_json::Value = self

@@ -5,7 +5,7 @@
 //! analyzer cluster it polls, and the `stats_config` block copied from `envoy/envoy.yaml`
 //! as the checklist says. Then the analyzer as the checklist starts it (`serve --listen
 //! --state-dir --envoy-admin` with a token) and the rollout registered with the CLI
-//! (`canary-analyzer register checkout.yaml`), and a rollout under load that must walk its
+//! (`register checkout.yaml --start-held`, then `deployed checkout`), and a rollout under load that must walk its
 //! ladder to `promoted` with both cohorts served and counted. Two deviations, for time: the
 //! filter polls every 500 ms (5 s by default) and the policy's ladder has two short steps
 //! (the checklist's `default_window: 5m` walks five).
@@ -134,13 +134,18 @@ async fn a_config_written_from_the_checklist_runs_a_rollout_to_promotion() {
     options.port = Some(analyzer_port);
     options.token = Some(TOKEN.into());
     let analyzer = AnalyzerProcess::start(options).await;
-    let registered = std::process::Command::new(analyzer_binary())
-        .args(["register", &policy.display().to_string()])
-        .env("CANARY_ANALYZER_URL", analyzer.url())
-        .env("CANARY_ANALYZER_TOKEN", TOKEN)
-        .output()
-        .expect("run canary-analyzer register");
-    assert!(registered.status.success(), "register: {}", String::from_utf8_lossy(&registered.stderr));
+    // Step 7 as written: register held, "deploy" (the canary upstream already runs), mark it deployed.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(analyzer_binary())
+            .args(args)
+            .env("CANARY_ANALYZER_URL", analyzer.url())
+            .env("CANARY_ANALYZER_TOKEN", TOKEN)
+            .output()
+            .expect("run canary-analyzer");
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    cli(&["register", &policy.display().to_string(), "--start-held"]);
+    cli(&["deployed", "checkout"]);
     let load = Load::start(envoy.listener, LoadOptions { rps: 120, users: 3_000, ..LoadOptions::default() });
 
     let decided = |s: &canary_analyzer::engine::RolloutStatus| s.state.phase != RolloutPhase::Progressing;

@@ -20,7 +20,7 @@ use canary_e2e::load::{Load, LoadOptions};
 use canary_e2e::prometheus::Prometheus;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The filter's outcome rules, as the plugin configuration's `outcomes` field (README,
 /// "Plugin configuration"); the shipped `envoy/envoy.yaml` tags the `outcome` segment.
@@ -97,7 +97,7 @@ impl Run {
             }
             Source::Prometheus => {
                 let prometheus = Prometheus::start(&[envoy.admin], SCRAPE_INTERVAL).await;
-                wait_for_two_scrapes(&prometheus).await;
+                prometheus.wait_for_two_scrapes(LIMIT).await;
                 options.extra_args = vec!["--prometheus".into(), prometheus.url.clone()];
                 Some(prometheus)
             }
@@ -114,20 +114,6 @@ impl Run {
 
     async fn audit(&self) -> Vec<AuditRecord> {
         self.analyzer.audit("demo").await
-    }
-}
-
-/// Until Prometheus holds two scrapes of Envoy, `increase()` answers nothing.
-async fn wait_for_two_scrapes(prometheus: &Prometheus) {
-    let start = Instant::now();
-    loop {
-        let samples = prometheus.query("count_over_time(up[1m])").await;
-        let scrapes = samples.first().and_then(|s| s["value"][1].as_str()?.parse::<f64>().ok()).unwrap_or(0.0);
-        if scrapes >= 2.0 {
-            return;
-        }
-        assert!(start.elapsed() < LIMIT, "prometheus never scraped envoy twice:\n{}", prometheus.log());
-        tokio::time::sleep(SCRAPE_INTERVAL).await;
     }
 }
 

@@ -1,7 +1,8 @@
 //! What `validate` and `register --dry-run` say about a policy: a one-line summary of
 //! what it will do, and warnings about metrics the analyzer's source cannot read
 //! (PromQL metrics on an analyzer without `--prometheus`, whose rows would say "not
-//! enough data" for the whole rollout and, if critical, hold it until it stalls).
+//! enough data" for the whole rollout and, if critical, hold it until it stalls; a
+//! `spec.source`, which such an analyzer refuses to register).
 
 use crate::api::SourceKind;
 use crate::policy::{RolloutPolicy, format_duration};
@@ -24,8 +25,16 @@ pub fn policy_summary(policy: &RolloutPolicy) -> String {
         .iter()
         .map(|m| if m.critical { format!("{} (critical)", m.name()) } else { m.name().to_string() })
         .collect();
+    let source = policy.source.as_ref().map_or(String::new(), |mapping| {
+        let origin = mapping.preset.map_or(mapping.requests_metric.as_str(), |preset| preset.label());
+        format!(
+            "; source {origin}: canary {} against control {}",
+            mapping.canary.join(", "),
+            mapping.control.join(", ")
+        )
+    });
     format!(
-        "policy {} for {}: ladder {}, {windows}, checks every {}; metrics {}",
+        "policy {} for {}: ladder {}, {windows}, checks every {}; metrics {}{source}",
         policy.name,
         policy.deployment,
         ladder.join(" → "),
@@ -39,11 +48,16 @@ pub fn source_warnings(policy: &RolloutPolicy, source: SourceKind) -> Vec<String
     if source == SourceKind::Prometheus {
         return Vec::new();
     }
-    policy
-        .metrics
-        .iter()
-        .filter(|m| m.needs_prometheus())
-        .map(|m| {
+    let mesh = policy.source.as_ref().map(|mapping| {
+        format!(
+            "spec.source reads requests and latency from `{}` and `{}` through Prometheus, but the analyzer reads \
+             Envoy admin endpoints (it runs without --prometheus / CANARY_ANALYZER_PROMETHEUS): it will refuse \
+             to register this policy",
+            mapping.requests_metric, mapping.latency_metric
+        )
+    });
+    mesh.into_iter()
+        .chain(policy.metrics.iter().filter(|m| m.needs_prometheus()).map(|m| {
             let consequence = if m.critical {
                 "critical: it would hold every promotion until the step stalls"
             } else {
@@ -55,7 +69,7 @@ pub fn source_warnings(policy: &RolloutPolicy, source: SourceKind) -> Vec<String
                  rollout ({consequence})",
                 m.name()
             )
-        })
+        }))
         .collect()
 }
 
@@ -90,6 +104,23 @@ spec:
         )
         .unwrap();
         assert!(source_warnings(&defaults, SourceKind::EnvoyAdmin).is_empty());
+        let mesh = RolloutPolicy::from_yaml(
+            "apiVersion: canary.wasm.dev/v1alpha1\nkind: RolloutPolicy\nmetadata: {name: web}\nspec: {deployment: \
+             checkout, source: {preset: istio, canary: [v2], control: [v1]}}\n",
+        )
+        .unwrap();
+        assert!(source_warnings(&mesh, SourceKind::Prometheus).is_empty());
+        assert!(policy_summary(&mesh).ends_with("sample_ratio; source istio: canary v2 against control v1"));
+        let warnings = source_warnings(&mesh, SourceKind::EnvoyAdmin);
+        assert_eq!(warnings.len(), 1, "{warnings:#?}");
+        assert!(
+            warnings[0].starts_with(
+                "spec.source reads requests and latency from `istio_requests_total` and \
+                 `istio_request_duration_milliseconds` through Prometheus"
+            ) && warnings[0].ends_with("it will refuse to register this policy"),
+            "{}",
+            warnings[0]
+        );
         assert_eq!(
             policy_summary(&defaults),
             "policy web for checkout: ladder 1 % → 5 % → 25 % → 50 % → 100 %, 5m windows, checks every 30s; \

@@ -12,7 +12,9 @@ use tokio::time::Instant;
 use crate::evaluation::custom_row;
 use crate::outcome_metric::CounterPairCounts;
 use crate::policy::{CounterPairMetric, CustomMetric, Metric, RolloutPolicy};
-use crate::source::{CohortValues, EnvoyAdminSource, IntervalMetrics, PrometheusSource, SourceError, TargetScrape};
+use crate::source::{
+    CohortValues, EnvoyAdminSource, IntervalMetrics, MeshMapping, PrometheusSource, SourceError, TargetScrape,
+};
 use crate::stats::ComparisonRow;
 
 /// Where this check's interval comes from.
@@ -22,7 +24,8 @@ pub(super) enum FetchPlan {
     Envoy(EnvoyAdminSource),
     /// Ask Prometheus for the `window` ending at `end`: the exact span since the previous
     /// check's window ended, so consecutive windows tile (no request counted twice or lost).
-    Prometheus { source: PrometheusSource, window: Duration, end: SystemTime },
+    /// `mesh`: the policy's mapping of the mesh's own metrics, if it reads those.
+    Prometheus { source: PrometheusSource, mesh: Option<MeshMapping>, window: Duration, end: SystemTime },
     /// Nothing can be measured this time (see the reason); the check counts as one without data.
     Skip(String),
 }
@@ -139,9 +142,9 @@ impl CheckPlan {
     async fn fetch_interval(&self) -> Fetched {
         match &self.fetch {
             FetchPlan::Envoy(source) => Fetched::Envoy(source.scrape().await),
-            FetchPlan::Prometheus { source, window, end } => {
-                Fetched::Prometheus(Box::new(source.interval(&self.deployment, *window, Some(*end)).await))
-            }
+            FetchPlan::Prometheus { source, mesh, window, end } => Fetched::Prometheus(Box::new(
+                source.interval_from(mesh.as_ref(), &self.deployment, *window, Some(*end)).await,
+            )),
             FetchPlan::Skip(reason) => Fetched::Skipped(reason.clone()),
         }
     }
@@ -237,7 +240,7 @@ impl PrometheusWindows {
     /// The last window was not counted (no request in it: no scrape since its start; or
     /// its query failed or missed the deadline): the next window starts where that one
     /// started, so its requests are counted then (the source bridges scrape gaps, see
-    /// `source::prometheus_api`). A span past [`MAX_WINDOW_INTERVALS`] starts over.
+    /// `source::prometheus::api`). A span past [`MAX_WINDOW_INTERVALS`] starts over.
     pub fn carry_over(&mut self) {
         if self.previous_end.is_some() {
             self.last_end = self.previous_end;

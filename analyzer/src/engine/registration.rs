@@ -2,7 +2,7 @@
 //! marks the canary deployed ([`Start`]). Everything that can refuse the policy runs
 //! before the audit append, and a registration supersedes a rollout still held.
 
-use super::{Engine, EngineError, LiveRollout, RolloutStatus, fleet_generation, recording};
+use super::{Engine, EngineError, LiveRollout, MESH_NEEDS_PROMETHEUS, RolloutStatus, fleet_generation, recording};
 use crate::ladder::{ActedBy, Decision, RolloutState};
 use crate::policy::{Metric, RolloutPolicy};
 
@@ -54,6 +54,9 @@ impl Engine {
         if previous.as_ref().is_some_and(|state| !state.is_finished() && !state.awaits_deployment()) {
             return Err(EngineError::InProgress(deployment));
         }
+        if policy.source.is_some() && self.prometheus.is_none() {
+            return Err(EngineError::InvalidPolicy(MESH_NEEDS_PROMETHEUS.to_string()));
+        }
         let seen = fleet_generation::seen_ahead(inner.rollouts.get(&deployment), now_ms);
         let previous_generation = previous.as_ref().map_or(0, |s| s.generation).max(seen.unwrap_or(0));
         let (state, held) = match start {
@@ -63,7 +66,7 @@ impl Engine {
                 ", held at 0 % until the canary is marked deployed",
             ),
         };
-        let mut live = LiveRollout::new(policy, state, &self.source, &self.notifier)
+        let mut live = LiveRollout::new(policy, state, &self.source, &self.scrapes, &self.notifier)
             .map_err(|e| EngineError::InvalidPolicy(e.to_string()))?;
         let decision = Decision::start(&live.state, by, format!("registered with policy {:?}{held}", live.policy.name));
         recording::commit_logged(&mut inner.store, now_ms, &live.policy, &decision, previous.as_ref(), &live.state)?;

@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 
 mod gates;
 mod layouts;
+mod scale;
 
 const T0: u64 = 1_700_000_000_000;
 
@@ -280,6 +281,21 @@ async fn a_policy_the_statistics_refuse_leaves_no_trace() {
     assert!(engine.config("checkout").is_none());
     assert!(engine.audit("checkout").unwrap().is_empty());
     assert!(!dir.0.join(crate::audit::STATE_DIR).join("checkout.json").exists());
+}
+
+#[tokio::test]
+async fn a_policy_on_the_meshs_metrics_is_refused_without_prometheus_and_leaves_no_trace() {
+    let dir = TempDir::new();
+    let (clock, _) = stepped_clock(T0);
+    let engine = engine(&dir, vec!["http://127.0.0.1:1".into()], clock);
+    let yaml = "apiVersion: canary.wasm.dev/v1alpha1\nkind: RolloutPolicy\nmetadata: {name: checkout}\n\
+                spec:\n  deployment: checkout\n  source: {preset: envoy_cluster, canary: [c], control: [s]}\n";
+    let policy = RolloutPolicy::from_yaml(yaml).unwrap();
+    let refused = engine.register(policy, Actor::human("ci").unwrap(), T0).await.unwrap_err();
+    assert!(matches!(refused, EngineError::InvalidPolicy(_)), "{refused}");
+    assert!(refused.to_string().contains("start the analyzer with --prometheus"), "{refused}");
+    assert!(engine.config("checkout").is_none());
+    assert!(engine.audit("checkout").unwrap().is_empty());
 }
 
 #[tokio::test]

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::source::RawSource;
 use super::validate::percent_value;
 use super::{API_VERSION, KIND, Metric, MetricPolicy, PolicyError, RolloutPolicy, defaults, format_duration};
 
@@ -62,6 +63,9 @@ pub(super) struct RawSpec {
     pub(super) metrics: Option<Vec<RawMetric>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) notify: Option<RawNotify>,
+    /// Where requests and latency come from when not from the filter (`source`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) source: Option<RawSource>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -241,6 +245,7 @@ impl From<RolloutPolicy> for RawDocument {
                     events: (!n.events.is_default())
                         .then(|| n.events.to_string().split(',').map(str::to_string).collect()),
                 }),
+                source: policy.source.as_ref().map(RawSource::from),
             }),
         }
     }

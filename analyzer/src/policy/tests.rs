@@ -470,7 +470,7 @@ fn refusals_suggest_names_and_say_units() {
         refusal("  check_intervall: 30s\n"),
         "invalid rollout policy: field `spec.check_intervall` = (unknown field) (line 6 column 3): expected one of \
          deployment, ladder, default_window, check_interval, alpha, min_requests_per_cohort, fleet_deadline, \
-         stall_after_windows, metrics, notify; did you mean `check_interval`?"
+         stall_after_windows, metrics, notify, source; did you mean `check_interval`?"
     );
     assert!(refusal("  metrics: [{name: error_rate, critcal: true}]\n").ends_with("did you mean `critical`?"));
     assert!(refusal("  alpha: -1\n").contains("e.g. 0.05"));

@@ -116,6 +116,18 @@ impl RawSpec {
             None => default_metrics(),
         };
         let notify = self.notify.map(RawNotify::validate).transpose()?;
+        let source = self.source.map(|raw| raw.validate()).transpose()?;
+        if source.is_some()
+            && let Some((position, Metric::Outcome(outcome))) =
+                metrics.iter().map(|m| &m.metric).enumerate().find(|(_, m)| matches!(m, Metric::Outcome(_)))
+        {
+            return Err(PolicyError::new(
+                format!("spec.metrics[{position}].outcome"),
+                format!("{:?}", outcome.outcome),
+                "no filter outcome with spec.source (the mesh's metrics do not count the filter's outcomes; \
+                 use a numerator/denominator PromQL pair)",
+            ));
+        }
         let fleet_deadline = match &self.fleet_deadline {
             Some(text) => positive_duration("spec.fleet_deadline", text)?,
             None => defaults::FLEET_DEADLINE,
@@ -139,6 +151,7 @@ impl RawSpec {
             notify,
             fleet_deadline,
             stall_after_windows,
+            source,
         })
     }
 }

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::stats::{LatencyHistogram, StatsError, describe_layout};
 
-use super::envoy_bins::envoy_bin_bounds_us;
+use super::envoy_admin::envoy_bin_bounds_us;
 
 /// Which histogram a [`CumulativeLatency`] holds; it decides what a missing bound means.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,13 +160,74 @@ impl CumulativeLatency {
     }
 }
 
-/// A bucket bound (`le`, in µs) as whole microseconds, or `None` when it is negative,
-/// NaN or infinite. Envoy records whole microseconds, so the observations at or below a
-/// fractional bound `b` are exactly those at or below `floor(b)`: Envoy's default
-/// buckets (no `histogram_bucket_settings`) start at `le="0.5"`, which is `le="0"` here.
-pub(crate) fn whole_microseconds(bound: f64) -> Option<u64> {
-    // `as` saturates at u64::MAX for bounds past it, which no latency reaches.
-    (bound.is_finite() && bound >= 0.0).then(|| bound.floor() as u64)
+/// The unit a histogram's `le` bounds are written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LatencyUnit {
+    Microseconds,
+    Milliseconds,
+    Seconds,
+}
+
+/// How close to a whole microsecond a converted bound must be to be that microsecond:
+/// decimal bounds such as 0.005 s are not exact in binary (0.005 × 10⁶ is
+/// 5000.000000000001), and a relative error of 10⁻⁹ is far above that rounding and far
+/// below any real difference between two bounds.
+const EXACT_RELATIVE_TOLERANCE: f64 = 1e-9;
+
+impl LatencyUnit {
+    pub const ALL: [LatencyUnit; 3] = [LatencyUnit::Microseconds, LatencyUnit::Milliseconds, LatencyUnit::Seconds];
+
+    /// How a policy writes the unit.
+    pub fn label(self) -> &'static str {
+        match self {
+            LatencyUnit::Microseconds => "us",
+            LatencyUnit::Milliseconds => "ms",
+            LatencyUnit::Seconds => "s",
+        }
+    }
+
+    /// The unit's name in errors.
+    pub fn name(self) -> &'static str {
+        match self {
+            LatencyUnit::Microseconds => "microseconds",
+            LatencyUnit::Milliseconds => "milliseconds",
+            LatencyUnit::Seconds => "seconds",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<LatencyUnit> {
+        LatencyUnit::ALL.into_iter().find(|unit| unit.label() == text)
+    }
+
+    fn microseconds_per_unit(self) -> f64 {
+        match self {
+            LatencyUnit::Microseconds => 1.0,
+            LatencyUnit::Milliseconds => 1_000.0,
+            LatencyUnit::Seconds => 1_000_000.0,
+        }
+    }
+
+    /// A finite `le` bound in this unit as whole microseconds: exact when the bound is a
+    /// whole number of microseconds (0.005 s is 5000 µs, 0.5 ms is 500 µs); otherwise
+    /// the whole microsecond below it (a bound of 2.5 µs reads as 2 µs: observations
+    /// between the two are counted one microsecond early, and two bounds inside one
+    /// microsecond merge). The filter records whole microseconds, so for its own
+    /// histogram the observations at or below a fractional bound `b` are exactly those
+    /// at or below `floor(b)`: Envoy's default buckets start at `le="0.5"`, which is
+    /// `le="0"` in µs. `None` for a negative or non-finite bound.
+    pub fn whole_microseconds(self, bound: f64) -> Option<u64> {
+        if !bound.is_finite() || bound < 0.0 {
+            return None;
+        }
+        let microseconds = bound * self.microseconds_per_unit();
+        let nearest = microseconds.round();
+        // `as` saturates at u64::MAX for bounds past it, which no latency reaches.
+        if (microseconds - nearest).abs() <= EXACT_RELATIVE_TOLERANCE * nearest.max(1.0) {
+            Some(nearest as u64)
+        } else {
+            Some(microseconds.floor() as u64)
+        }
+    }
 }
 
 /// `histogram` summed onto coarser `bounds`, each of which must be one of its own bounds
@@ -291,13 +352,37 @@ mod tests {
     }
 
     #[test]
-    fn fractional_bounds_are_the_whole_microseconds_below_them() {
-        assert_eq!(whole_microseconds(0.5), Some(0));
-        assert_eq!(whole_microseconds(2_500.0), Some(2_500));
-        assert_eq!(whole_microseconds(2.9), Some(2));
-        assert_eq!(whole_microseconds(-1.0), None);
-        assert_eq!(whole_microseconds(f64::NAN), None);
-        assert_eq!(whole_microseconds(f64::INFINITY), None);
+    fn bounds_convert_exactly_to_microseconds_where_they_can() {
+        let seconds = LatencyUnit::Seconds;
+        assert_eq!(seconds.whole_microseconds(0.005), Some(5_000));
+        assert_eq!(seconds.whole_microseconds(0.1), Some(100_000));
+        assert_eq!(seconds.whole_microseconds(2.5), Some(2_500_000));
+        assert_eq!(seconds.whole_microseconds(1e-6), Some(1));
+        // Half a microsecond is not a whole one: the microsecond below it.
+        assert_eq!(seconds.whole_microseconds(0.0000025), Some(2));
+        let milliseconds = LatencyUnit::Milliseconds;
+        assert_eq!(milliseconds.whole_microseconds(0.5), Some(500));
+        assert_eq!(milliseconds.whole_microseconds(3_600_000.0), Some(3_600_000_000));
+        assert_eq!(milliseconds.whole_microseconds(0.0015), Some(1));
+        assert_eq!(LatencyUnit::Microseconds.whole_microseconds(2.9), Some(2));
+        assert_eq!(milliseconds.whole_microseconds(-1.0), None);
+        assert_eq!(seconds.whole_microseconds(f64::NAN), None);
+        // Every bound of Istio's default millisecond buckets and Envoy's default ones.
+        for bound in [0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1_000.0, 2_500.0, 5_000.0, 10_000.0] {
+            assert_eq!(milliseconds.whole_microseconds(bound), Some((bound * 1_000.0) as u64));
+        }
+        for bound in [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0] {
+            let expected = (bound * 1_000_000.0f64).round() as u64;
+            assert_eq!(seconds.whole_microseconds(bound), Some(expected), "{bound} s");
+        }
+    }
+
+    #[test]
+    fn units_read_back_from_their_labels() {
+        for unit in LatencyUnit::ALL {
+            assert_eq!(LatencyUnit::parse(unit.label()), Some(unit));
+        }
+        assert_eq!(LatencyUnit::parse("minutes"), None);
     }
 
     #[test]

@@ -11,58 +11,51 @@
 //!   [`DeltaTracker`] turns consecutive snapshots into per-target deltas (handling
 //!   Envoy restarts and failed scrapes) and sums them.
 //! - [`PrometheusSource`] (fleets): lets a Prometheus server that scrapes the mesh do
-//!   the per-series `increase()` and the sum, and converts its JSON answer.
+//!   the per-series `increase()` and the sum, and converts its JSON answer. With a
+//!   [`MeshMapping`] it reads the mesh's own metrics instead of the filter's (Istio's
+//!   standard metrics, Envoy's per-cluster upstream stats, or any counter and histogram
+//!   with a label telling canary from control), into the same [`IntervalMetrics`].
 //!
 //! Modules, one concern each:
 //! - `snapshot`: cumulative values of one target ([`DeploymentSnapshot`]).
-//! - `latency`: a cumulative histogram in either layout, its deltas, the statistics' form.
-//! - `envoy_bins`: Envoy's log-linear bins and the one grid they are laid on.
-//! - `admin_json`: Envoy's JSON stats with detailed bins → snapshot (pure).
-//! - `exposition`: exposition text → snapshot (pure).
+//! - `latency`: a cumulative histogram in either layout, its deltas, the statistics'
+//!   form, and bounds in other units as whole microseconds ([`LatencyUnit`]).
 //! - `interval`: the per-interval result both sources produce.
 //! - `outcomes`: the filter's per-outcome counter pairs (names, deltas, sums).
-//! - `delta`: snapshots → interval deltas, restarts, failed targets (pure).
 //! - `body`: reading a response body with a size cap (both HTTP edges).
-//! - `envoy_admin`: the HTTP edge for Envoy admin endpoints.
-//! - `prometheus_api`: PromQL building and the query API's JSON (pure).
-//! - `prometheus_proxies`: the per-proxy PromQL and its answers joined per Envoy (pure).
-//! - `prometheus`: the HTTP edge for a Prometheus server.
 //! - `served`: the deployment ids a proxy exports, when not the wanted one (pure).
 //! - `error`: the one error type, naming the URL, status or parse problem.
+//! - `envoy_admin/`: the Envoy admin source — its HTTP edge (`mod`), Envoy's
+//!   log-linear bins and their grid (`envoy_bins`), JSON stats → snapshot
+//!   (`admin_json`), exposition text → snapshot (`exposition`), snapshots → interval
+//!   deltas with restarts and failed targets (`delta`).
+//! - `prometheus/`: the Prometheus source — its HTTP edge (`mod`), PromQL and the
+//!   query API's JSON (`api`), the per-proxy PromQL (`proxies`), the mesh mappings'
+//!   PromQL (`mesh`).
 
-mod admin_json;
 mod body;
-mod delta;
 mod envoy_admin;
-mod envoy_bins;
 mod error;
-mod exposition;
 mod interval;
 mod latency;
 mod outcomes;
 mod prometheus;
-mod prometheus_api;
-mod prometheus_proxies;
 mod served;
 mod snapshot;
 
-#[cfg(test)]
-mod prometheus_api_props;
-
-pub use admin_json::{parse_detailed_stats, stats_filter};
 pub use body::DEFAULT_MAX_BODY_BYTES;
-pub use delta::{DeltaTracker, TargetDelta, TargetScrape, target_delta};
-pub use envoy_admin::{EnvoyAdminSource, STATS_PATH};
-pub use envoy_bins::{BinPlace, bin_place, envoy_bin_bounds_us};
+pub use envoy_admin::{
+    BinPlace, DeltaTracker, EnvoyAdminSource, STATS_PATH, TargetDelta, TargetScrape, bin_place, deployment_label,
+    envoy_bin_bounds_us, is_relevant, parse_detailed_stats, parse_exposition, scrape_client, stats_filter,
+    target_delta,
+};
 pub(crate) use error::describe;
 pub use error::{ExpositionError, SourceError};
-pub use exposition::{deployment_label, is_relevant, parse_exposition};
 pub use interval::{CohortInterval, IntervalMetrics, ProxyApplied, TargetFailure};
-pub use latency::{BucketLayout, CumulativeLatency, fold_onto};
+pub use latency::{BucketLayout, CumulativeLatency, LatencyUnit, fold_onto};
 pub use outcomes::{OUTCOME_EVENTS, OUTCOME_REQUESTS, OutcomeCounts, Outcomes};
-pub use prometheus::PrometheusSource;
-pub use prometheus_api::{
-    CohortValues, expand_template, latency_query, parse_latency_answer, promql_duration, requests_query,
+pub use prometheus::{
+    CohortValues, MeshMapping, MeshPreset, PrometheusSource, ProxyQueries, expand_template, latency_query,
+    parse_latency_answer, promql_duration, requests_query,
 };
-pub use prometheus_proxies::ProxyQueries;
 pub use snapshot::{AppliedRollout, ClassCounts, CohortSnapshot, DeploymentSnapshot, PerCohort};

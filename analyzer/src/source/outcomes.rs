@@ -194,7 +194,7 @@ mod tests {
     /// value); one that appeared since the last scrape started from 0.
     #[test]
     fn outcome_counters_take_part_in_deltas_and_restarts() {
-        use crate::source::delta::target_delta;
+        use crate::source::target_delta;
         let before = super::super::parse_exposition(EXPOSITION, "demo").unwrap();
         let mut after = before.clone();
         after.cohorts.canary.requests.success += 20;

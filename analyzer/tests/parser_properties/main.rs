@@ -2,7 +2,7 @@
 //! (YAML or JSON, from files and `POST /v1/rollouts`), Envoy's Prometheus exposition
 //! text, and the override and register bodies through the HTTP API (`app()` +
 //! `oneshot`, no sockets). The Prometheus query API's JSON is read by crate-private
-//! functions and is tested inside the crate (`src/source/prometheus_api_props.rs`).
+//! functions and is tested inside the crate (`src/source/prometheus/api_props.rs`).
 //!
 //! Each parser must not panic, must refuse bad input with an error naming the field
 //! (or line) on one line, and must finish in time proportional to its input. Inputs are

@@ -7,7 +7,9 @@
 //! `defaults.user_id.anonymous` or `deployments[2].user_id.anonymous`.
 
 use super::outcomes;
-use super::{ConfigError, DeploymentConfig, Protocol, cookie_name, defaults, deployment_id, header_name};
+use super::{
+    ConfigError, DeploymentConfig, DeploymentMetrics, Protocol, cookie_name, defaults, deployment_id, header_name,
+};
 use crate::cohort::Share;
 use crate::matching::{HostPattern, RequestMatch, RouteTable, check_path_prefix};
 use crate::outcome::OutcomeRules;
@@ -29,6 +31,8 @@ pub(super) struct RawSettings {
     pub(super) outcomes: Option<outcomes::Json>,
     /// `"http"` (the default) or `"grpc"`.
     pub(super) protocol: Option<String>,
+    /// `"per_cohort"` (the default) or `"none"` (routing only).
+    pub(super) metrics: Option<String>,
 }
 
 /// One entry of `deployments`.
@@ -44,6 +48,7 @@ pub(super) struct RawDeployment {
     initial_share_bp: Option<u32>,
     outcomes: Option<outcomes::Json>,
     protocol: Option<String>,
+    metrics: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -67,6 +72,7 @@ pub(super) struct Settings {
     initial_share: Share,
     outcomes: OutcomeRules,
     protocol: Protocol,
+    metrics: DeploymentMetrics,
 }
 
 impl Settings {
@@ -82,6 +88,7 @@ impl Settings {
             initial_share: self.initial_share,
             outcomes: self.outcomes,
             protocol: self.protocol,
+            metrics: self.metrics,
         }
     }
 }
@@ -105,6 +112,7 @@ impl RawSettings {
             (self.initial_share_bp.is_some(), "initial_share_bp"),
             (self.outcomes.is_some(), "outcomes"),
             (self.protocol.is_some(), "protocol"),
+            (self.metrics.is_some(), "metrics"),
         ]
         .into_iter()
         .find_map(|(given, name)| given.then_some(name))
@@ -149,7 +157,40 @@ impl RawSettings {
             (None, Some(s)) => s.protocol,
             (None, None) => Protocol::Http,
         };
-        Ok(Settings { sources, anonymous, routing_header, eligibility, allow, deny, initial_share, outcomes, protocol })
+        let metrics = match (self.metrics.as_deref(), inherited) {
+            (Some("per_cohort"), _) => DeploymentMetrics::PerCohort,
+            (Some("none"), _) => DeploymentMetrics::None,
+            (Some(other), _) => {
+                return Err(ConfigError::new(
+                    "metrics",
+                    format!("{other:?}"),
+                    "\"per_cohort\" (count requests per cohort) or \"none\" (route only)",
+                )
+                .under(prefix));
+            }
+            (None, Some(s)) => s.metrics,
+            (None, None) => DeploymentMetrics::PerCohort,
+        };
+        if metrics == DeploymentMetrics::None && !outcomes.is_empty() {
+            return Err(ConfigError::new(
+                "outcomes",
+                format!("({} rules)", outcomes.len()),
+                "no outcome rules with \"metrics\": \"none\" (outcomes are counted per cohort)",
+            )
+            .under(prefix));
+        }
+        Ok(Settings {
+            sources,
+            anonymous,
+            routing_header,
+            eligibility,
+            allow,
+            deny,
+            initial_share,
+            outcomes,
+            protocol,
+            metrics,
+        })
     }
 }
 
@@ -190,6 +231,7 @@ pub(super) fn validate_list(
             initial_share_bp: raw.initial_share_bp,
             outcomes: raw.outcomes,
             protocol: raw.protocol,
+            metrics: raw.metrics,
         };
         deployments.push(settings.validate(&prefix, routing_header, Some(defaults))?.into_deployment(id));
     }

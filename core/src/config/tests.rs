@@ -284,3 +284,30 @@ mod list_form {
         }
     }
 }
+
+#[test]
+fn routing_only_is_chosen_per_deployment_or_for_all_and_refuses_outcomes() {
+    let (c, _) = one(r#"{"deployment":"checkout","metrics":"none"}"#);
+    assert_eq!(c.metrics, DeploymentMetrics::None);
+    assert!(!c.metrics.counts_requests());
+    assert_eq!(one(r#"{"deployment":"checkout"}"#).0.metrics, DeploymentMetrics::PerCohort);
+    let list = parse(
+        r#"{"defaults":{"metrics":"none"},"deployments":[
+            {"id":"orders","match":{"hosts":["orders"]}},
+            {"id":"payments","match":{"hosts":["payments"]},"metrics":"per_cohort"}]}"#,
+    )
+    .unwrap();
+    let modes: Vec<DeploymentMetrics> = list.deployments.iter().map(|d| d.metrics).collect();
+    assert_eq!(modes, [DeploymentMetrics::None, DeploymentMetrics::PerCohort]);
+
+    let e = error(r#"{"deployment":"checkout","metrics":"off"}"#);
+    assert_eq!((e.field.as_str(), e.value.as_str()), ("metrics", "\"off\""));
+    assert!(e.expected.contains("\"none\" (route only)"), "{e}");
+    let e = error(r#"{"deployments":[{"id":"a","match":{"hosts":["a"]},"metrics":"all"}]}"#);
+    assert_eq!(e.field, "deployments[0].metrics");
+    let e = error(r#"{"deployment":"checkout","metrics":"none","outcomes":[{"name":"hit","status":402}]}"#);
+    assert_eq!((e.field.as_str(), e.value.as_str()), ("outcomes", "(1 rules)"));
+    let e = error(r#"{"metrics":"none","deployments":[{"id":"a","match":{"hosts":["a"]}}]}"#);
+    assert_eq!(e.field, "metrics");
+    assert!(e.expected.contains("`defaults.metrics`"), "{e}");
+}

@@ -34,8 +34,11 @@
 //! 10. The list form with 1, 10 and 100 deployments (`deployments`, `deployments-instructions`
 //!     under callgrind): a request whose host is a deployment's and one whose host is none,
 //!     against the same Envoy without the filter (`bench/deployments.rs`).
+//! 11. Routing only (`routing-only`, `routing-only-instructions` under callgrind): the filter
+//!     with `"metrics": "none"` against the no-op filter, the probe making its host calls
+//!     (the floor) and the counting filter (`bench/routing_only.rs`).
 //!
-//! `BENCH=native,envoy,start,strips,probes,outcomes,per-route,deployments` picks parts (default: those); `BENCH_RUNS` and
+//! `BENCH=native,envoy,start,strips,probes,outcomes,per-route,deployments,routing-only` picks parts (default: those); `BENCH_RUNS` and
 //! `BENCH_SECONDS` set rounds and seconds per run; `BENCH_BEFORE_WASM=<path>` adds a
 //! row for another build of the filter (e.g. `main`'s), so before/after share one run.
 
@@ -59,6 +62,8 @@ mod callgrind;
 mod deployments;
 #[path = "bench/per_route.rs"]
 mod per_route;
+#[path = "bench/routing_only.rs"]
+mod routing_only;
 #[path = "bench/tables.rs"]
 mod tables;
 
@@ -279,6 +284,9 @@ enum Setup<'a> {
     /// The canary filter in the list form with this many deployments, the requests'
     /// host matching one of them or none.
     Deployments(deployments::Listed),
+    /// This build of the canary filter, without the strip or outcome rules, counting per
+    /// cohort (`true`) or routing only (`"metrics": "none"`).
+    Counting(bool),
 }
 
 struct Rig {
@@ -330,6 +338,15 @@ impl Rig {
             Setup::IstioLuaStrip => {
                 config.without_wasm();
                 config.strip_with_istio_lua_filter();
+            }
+            Setup::Counting(counted) => {
+                config.without_header_stripping();
+                config.edit_plugin_config(|json| {
+                    json.as_object_mut().map(|o| o.remove("outcomes"));
+                    if !counted {
+                        json["metrics"] = "none".into();
+                    }
+                });
             }
             Setup::Probe(probe) => {
                 config.without_header_stripping();
@@ -753,9 +770,9 @@ fn outcome_instructions(rig: &Rig, before: Option<&Path>) {
 
 #[tokio::main]
 async fn main() {
-    // `BENCH=native,envoy,start,strips,probes,outcomes,per-route,deployments` runs some parts (for quick experiments).
+    // `BENCH=native,envoy,start,strips,probes,outcomes,per-route,deployments,routing-only` runs some parts.
     let parts = std::env::var("BENCH")
-        .unwrap_or_else(|_| "native,envoy,start,strips,probes,outcomes,per-route,deployments".to_string());
+        .unwrap_or_else(|_| "native,envoy,start,strips,probes,outcomes,per-route,deployments,routing-only".to_string());
     let part = |name: &str| parts.split(',').any(|p| p.trim() == name);
     let rounds = env_number("BENCH_RUNS", RUNS).max(1);
     let seconds = env_number("BENCH_SECONDS", RUN_SECONDS).max(1);
@@ -807,5 +824,11 @@ async fn main() {
     }
     if part("deployments-instructions") {
         deployments::instructions(&rig);
+    }
+    if part("routing-only") {
+        routing_only::run(&rig, rounds, seconds).await;
+    }
+    if part("routing-only-instructions") {
+        routing_only::instructions(&rig);
     }
 }

@@ -81,7 +81,7 @@ fn start_analyzer() -> (SocketAddr, String, tokio::sync::oneshot::Sender<()>) {
     (address, task, stop_tx)
 }
 
-fn deployment(index: usize) -> String {
+pub(super) fn deployment(index: usize) -> String {
     format!("svc-{index:03}")
 }
 

@@ -1,6 +1,6 @@
-//! Property tests of the Prometheus query API's JSON (`prometheus_api`): what a
+//! Property tests of the Prometheus query API's JSON (`api`): what a
 //! Prometheus server, or a proxy in front of it, answers. Kept apart from
-//! `prometheus_api.rs` (crate-private functions, so inside the crate) so the two
+//! `api.rs` (crate-private functions, so inside the crate) so the two
 //! files change independently. No panic, an error naming the query or the status on
 //! one line, and the numbers read back as written.
 
@@ -12,8 +12,8 @@ use canary_core::metrics::StatusClass;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
-use super::error::SourceError;
-use super::prometheus_api::{decode_answer, latency_from_answer, requests_from_answer, single_value};
+use super::api::{decode_answer, latency_from_answer, requests_from_answer, single_value};
+use crate::source::error::SourceError;
 
 const URL: &str = "http://127.0.0.1:9090/api/v1/query";
 const QUERY: &str = "sum by (cohort, class) (increase(canary_requests_total[60000ms]))";
@@ -105,7 +105,7 @@ fn answer() -> BoxedStrategy<Value> {
 }
 
 fn check_error(error: &SourceError) -> Result<(), TestCaseError> {
-    let line = super::describe(error);
+    let line = crate::source::describe(error);
     prop_assert!(is_one_line(&line), "error is not one line: {line:?}");
     prop_assert!(line.contains(URL) || line.contains(QUERY), "names neither the server nor the query: {line}");
     Ok(())
@@ -190,7 +190,7 @@ proptest! {
 fn regression_a_proxy_error_page_is_reported_on_one_line() {
     let page = "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\x1b[31mbad</body>\r\n</html>\n";
     let error = decode_answer(URL, QUERY, 502, page).unwrap_err();
-    let line = super::describe(&error);
+    let line = crate::source::describe(&error);
     assert!(is_one_line(&line) && is_one_line(&error.to_string()), "{line:?}");
     assert!(line.contains(r"502 Bad Gateway</title></head>\r\n<body>"), "{line}");
 }
@@ -203,7 +203,7 @@ fn regression_prometheus_errors_are_reported_on_one_line() {
     let odd = r#"{"status":"success","data":{"resultType":"vec\ntor","result":[]}}"#;
     for body in [refused, odd] {
         let error = decode_answer(URL, QUERY, 200, body).unwrap_err();
-        let line = super::describe(&error);
+        let line = crate::source::describe(&error);
         assert!(is_one_line(&line) && is_one_line(&error.to_string()), "{line:?}");
     }
 }

@@ -1,20 +1,31 @@
 //! The Prometheus source (fleets): instant queries against a Prometheus server's
 //! HTTP API (`POST /api/v1/query`, form-encoded so long queries fit). The thin I/O
-//! edge around `prometheus_api`, which builds the PromQL and reads the answers, and
-//! `prometheus_proxies`, which does the same for the per-proxy view.
+//! edge around `api`, which builds the PromQL and reads the answers, and
+//! `proxies`, which does the same for the per-proxy view, and `mesh`, the PromQL of
+//! a mesh's own metrics.
+
+mod api;
+#[cfg(test)]
+mod api_props;
+mod mesh;
+mod proxies;
+
+pub use api::{CohortValues, expand_template, latency_query, parse_latency_answer, promql_duration, requests_query};
+pub use mesh::{MeshMapping, MeshPreset};
+pub use proxies::ProxyQueries;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use canary_core::Cohort;
 
-use super::body::{DEFAULT_MAX_BODY_BYTES, read_capped};
-use super::error::{SourceError, describe};
-use super::interval::{IntervalMetrics, ProxyApplied};
-use super::prometheus_api::{
-    CohortValues, QueryData, decode_answer, expand_template, interval_from_answers, latency_from_answer, latency_query,
-    outcome_query, outcomes_from_answers, pair_count, requests_from_answer, requests_query, single_value,
+use self::api::{
+    QueryData, decode_answer, interval_from_answers, latency_from_answer, latency_from_answer_in, outcome_query,
+    outcomes_from_answers, pair_count, requests_from_answer, single_value,
 };
-use super::prometheus_proxies::{ProxyAnswers, ProxyQueries, proxies_from_answers};
+use self::proxies::{ProxyAnswers, proxies_from_answers};
+use crate::source::body::{DEFAULT_MAX_BODY_BYTES, read_capped};
+use crate::source::error::{SourceError, describe};
+use crate::source::interval::{IntervalMetrics, ProxyApplied};
 use crate::stats::{CohortCounts, IntervalCounts};
 
 /// The instant-query endpoint of the Prometheus HTTP API.
@@ -59,8 +70,34 @@ impl PrometheusSource {
         window: Duration,
         at: Option<SystemTime>,
     ) -> Result<IntervalMetrics, SourceError> {
+        self.interval_from(None, deployment, window, at).await
+    }
+
+    /// As [`Self::interval`], with requests and latency from the mesh's own metrics when
+    /// `mesh` is given (no outcome counters then: the mesh does not count the filter's
+    /// outcomes). The per-proxy view still comes from the filter's applied-rollout gauges.
+    pub async fn interval_from(
+        &self,
+        mesh: Option<&MeshMapping>,
+        deployment: &str,
+        window: Duration,
+        at: Option<SystemTime>,
+    ) -> Result<IntervalMetrics, SourceError> {
         // Pin "now" once so the queries cannot straddle a scrape.
         let at = at.unwrap_or_else(SystemTime::now);
+        if let Some(mesh) = mesh {
+            let (requests_promql, latency_promql) = (mesh.requests_query(window), mesh.latency_query(window));
+            let (requests, latency, proxies) = tokio::join!(
+                self.query(&requests_promql, Some(at)),
+                self.query(&latency_promql, Some(at)),
+                self.proxies(deployment, window, at),
+            );
+            let requests = requests_from_answer(&requests_promql, &requests?)?;
+            let latency = latency_from_answer_in(&latency_promql, &latency?, mesh.latency_unit)?;
+            let mut metrics = interval_from_answers(&self.base_url, requests, latency);
+            metrics.proxies = self.proxies_or_none(deployment, proxies);
+            return Ok(metrics);
+        }
         let (requests_promql, latency_promql) = (requests_query(deployment, window), latency_query(deployment, window));
         let outcome_requests_promql = outcome_query(deployment, window, false);
         let outcome_events_promql = outcome_query(deployment, window, true);
@@ -81,15 +118,20 @@ impl PrometheusSource {
         for cohort in Cohort::ALL {
             metrics.cohorts.get_mut(cohort).outcomes = outcomes.get(cohort).clone();
         }
-        metrics.proxies = proxies.unwrap_or_else(|error| {
+        metrics.proxies = self.proxies_or_none(deployment, proxies);
+        Ok(metrics)
+    }
+
+    /// The per-proxy view, or none when its queries failed (logged): it never fails the interval.
+    fn proxies_or_none(&self, deployment: &str, proxies: Result<Vec<ProxyApplied>, SourceError>) -> Vec<ProxyApplied> {
+        proxies.unwrap_or_else(|error| {
             tracing::warn!(
                 %deployment,
                 error = %describe(&error),
                 "per-proxy gauges unavailable from prometheus; the interval lists no proxies"
             );
             Vec::new()
-        });
-        Ok(metrics)
+        })
     }
 
     /// What every proxy applies at `at` and what it served in the `window` before it.
@@ -211,7 +253,7 @@ const PAIR_SLACK_COUNTS: u64 = 2;
 fn pair_counts(numerator_query: &str, events: u64, requests: u64) -> Result<CohortCounts, SourceError> {
     let slack = requests / PAIR_SLACK_FRACTION + PAIR_SLACK_COUNTS;
     if events > requests.saturating_add(slack) {
-        return Err(super::prometheus_api::unexpected(
+        return Err(self::api::unexpected(
             numerator_query,
             format!("{events} events, more than the denominator's {requests} requests"),
         ));

@@ -21,11 +21,9 @@ use std::time::Duration;
 use canary_core::Cohort;
 use canary_core::metrics::{APPLIED_GENERATION, APPLIED_SHARE_BP, CONFIG_AGE_MS, REQUESTS};
 
-use super::error::SourceError;
-use super::interval::ProxyApplied;
-use super::prometheus_api::{
-    QueryData, VectorSample, escape_label_value, promql_duration, tiled_increase, unexpected, vector,
-};
+use super::api::{QueryData, VectorSample, escape_label_value, promql_duration, tiled_increase, unexpected, vector};
+use crate::source::error::SourceError;
+use crate::source::interval::ProxyApplied;
 
 /// The labels that identify one Envoy in a Prometheus scrape, in `by (...)` form.
 const PROXY_LABELS: &str = "instance, pod";
@@ -153,8 +151,8 @@ pub fn proxies_from_answers(queries: &ProxyQueries, answers: &ProxyAnswers) -> R
 
 #[cfg(test)]
 mod tests {
+    use super::super::api::decode_answer;
     use super::*;
-    use crate::source::prometheus_api::decode_answer;
 
     const WINDOW: Duration = Duration::from_secs(60);
 

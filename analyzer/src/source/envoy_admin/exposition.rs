@@ -12,10 +12,10 @@ use canary_core::Cohort;
 use canary_core::metrics::{APPLIED_GENERATION, APPLIED_SHARE_BP, CONFIG_AGE_MS, LATENCY, REQUESTS, StatusClass};
 use prometheus_parse::{HistogramCount, Scrape, Value};
 
-use super::error::ExpositionError;
-use super::latency::{CumulativeLatency, whole_microseconds};
-use super::outcomes::{OUTCOME_EVENTS, OUTCOME_REQUESTS, OutcomeCounter, is_outcome_name};
-use super::snapshot::DeploymentSnapshot;
+use crate::source::error::ExpositionError;
+use crate::source::latency::{CumulativeLatency, LatencyUnit};
+use crate::source::outcomes::{OUTCOME_EVENTS, OUTCOME_REQUESTS, OutcomeCounter, is_outcome_name};
+use crate::source::snapshot::DeploymentSnapshot;
 
 /// Envoy's uptime gauge in `/stats/prometheus`.
 const UPTIME: &str = "envoy_server_uptime";
@@ -182,7 +182,8 @@ fn fill_buckets(latency: &mut CumulativeLatency, buckets: &[HistogramCount]) -> 
             latency.count = latency.count.max(observations);
             continue;
         }
-        let bound = whole_microseconds(bucket.less_than)
+        let bound = LatencyUnit::Microseconds
+            .whole_microseconds(bucket.less_than)
             .ok_or(ExpositionError::BadBound { metric: bucket_metric(), bound: bucket.less_than })?;
         finite.push((bound, observations));
     }
@@ -216,7 +217,7 @@ mod tests {
     /// Real `/stats/prometheus` output of Envoy 1.40 with the filter (`envoy/envoy.yaml`,
     /// share 50 %): 80 requests to `/`, 10 to a missing path (404), one denied user.
     /// Trimmed to a few of Envoy's own series around ours.
-    const ENVOY_1_40: &str = include_str!("testdata/envoy_1_40.prom");
+    const ENVOY_1_40: &str = include_str!("../testdata/envoy_1_40.prom");
 
     #[test]
     fn reads_the_hot_restart_epoch_as_envoy_writes_it() {

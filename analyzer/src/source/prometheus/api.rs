@@ -32,11 +32,11 @@ use serde::Deserialize;
 
 use crate::stats::LatencyHistogram;
 
-use super::error::SourceError;
-use super::interval::IntervalMetrics;
-use super::latency::whole_microseconds;
-use super::outcomes::{OUTCOME_EVENTS, OUTCOME_REQUESTS, OutcomeCounter, Outcomes, is_outcome_name};
-use super::snapshot::{ClassCounts, PerCohort};
+use crate::source::error::SourceError;
+use crate::source::interval::IntervalMetrics;
+use crate::source::latency::LatencyUnit;
+use crate::source::outcomes::{OUTCOME_EVENTS, OUTCOME_REQUESTS, OutcomeCounter, Outcomes, is_outcome_name};
+use crate::source::snapshot::{ClassCounts, PerCohort};
 
 /// A custom metric's value for each compared cohort; `None` is "no data"
 /// (empty result, NaN or ±Inf, e.g. a ratio over zero requests).
@@ -67,10 +67,16 @@ pub const GAP_BRIDGE: Duration = Duration::from_secs(300);
 /// their last sample at or before the start (each looked for up to [`GAP_BRIDGE`]
 /// back), or the last sample alone when it is below the baseline (a restart).
 pub(super) fn tiled_increase(selector: &str, window: Duration, by: &str) -> String {
+    format!("sum by ({by}) ({})", tiled_series(selector, window))
+}
+
+/// [`tiled_increase`] before the sum: one series per counter series, so its labels can
+/// still be rewritten (see `mesh`).
+pub(super) fn tiled_series(selector: &str, window: Duration) -> String {
     let bridge = promql_duration(GAP_BRIDGE);
     let end = format!("last_over_time({selector}[{bridge}])");
     let start = format!("last_over_time({selector}[{bridge}] offset {})", promql_duration(window));
-    format!("sum by ({by}) (({end} - {start}) >= 0 or {end} < {start})")
+    format!("({end} - {start}) >= 0 or {end} < {start}")
 }
 
 /// Requests per cohort and class in the `window` before the evaluation time.
@@ -195,7 +201,7 @@ pub(crate) fn decode_answer(url: &str, query: &str, http_status: u16, body: &str
             return Err(SourceError::Status {
                 url: url.to_string(),
                 status: http_status,
-                body: super::envoy_admin::truncate(body),
+                body: crate::source::envoy_admin::truncate(body),
             });
         }
         Err(source) => return Err(SourceError::Json { url: url.to_string(), source }),
@@ -260,6 +266,16 @@ pub(crate) fn latency_from_answer(
     query: &str,
     data: &QueryData,
 ) -> Result<PerCohort<Option<LatencyHistogram>>, SourceError> {
+    latency_from_answer_in(query, data, LatencyUnit::Microseconds)
+}
+
+/// A latency answer whose `le` bounds are in `unit` → one histogram (in µs) per cohort
+/// that has buckets; see [`LatencyUnit::whole_microseconds`] for the conversion.
+pub(crate) fn latency_from_answer_in(
+    query: &str,
+    data: &QueryData,
+    unit: LatencyUnit,
+) -> Result<PerCohort<Option<LatencyHistogram>>, SourceError> {
     // Per cohort: finite bound (µs) → count, and the `+Inf` count.
     let mut buckets: PerCohort<(BTreeMap<u64, u64>, Option<u64>)> = PerCohort::default();
     for sample in vector(query, data)? {
@@ -270,12 +286,12 @@ pub(crate) fn latency_from_answer(
         let (finite, infinite) = buckets.get_mut(cohort);
         if bound == f64::INFINITY {
             *infinite = Some(count);
-        } else if let Some(bound) = whole_microseconds(bound) {
+        } else if let Some(bound) = unit.whole_microseconds(bound) {
             // Two bounds in one whole microsecond (2.5 and 2) count the same requests.
             let kept = finite.entry(bound).or_insert(count);
             *kept = (*kept).max(count);
         } else {
-            return Err(unexpected(query, format!("bucket bound le={le:?} is not microseconds >= 0")));
+            return Err(unexpected(query, format!("bucket bound le={le:?} is not {} >= 0", unit.name())));
         }
     }
     let mut histograms = PerCohort::<Option<LatencyHistogram>>::default();
@@ -411,6 +427,30 @@ mod tests {
         assert_eq!(canary.bucket_counts(), &[10, 0, 15, 5]);
         assert_eq!(histograms.control.unwrap().total(), 0, "an empty histogram is data: zero observations");
         assert!(histograms.forced.is_none(), "no buckets is no data");
+    }
+
+    #[test]
+    fn second_and_millisecond_buckets_become_microseconds_exactly() {
+        // Istio's seconds histogram and Envoy's millisecond one, as Prometheus writes their bounds.
+        let seconds = r#"{"status":"success","data":{"resultType":"vector","result":[
+            {"metric":{"cohort":"canary","le":"0.005"},"value":[1,"3"]},
+            {"metric":{"cohort":"canary","le":"0.025"},"value":[1,"7"]},
+            {"metric":{"cohort":"canary","le":"2.5"},"value":[1,"9"]},
+            {"metric":{"cohort":"canary","le":"+Inf"},"value":[1,"10"]}]}}"#;
+        let histograms = latency_from_answer_in("q", &decode(seconds), LatencyUnit::Seconds).unwrap();
+        let canary = histograms.canary.unwrap();
+        assert_eq!(canary.upper_bounds_us(), &[5_000, 25_000, 2_500_000]);
+        assert_eq!(canary.bucket_counts(), &[3, 4, 2, 1]);
+        let milliseconds = r#"{"status":"success","data":{"resultType":"vector","result":[
+            {"metric":{"cohort":"control","le":"0.5"},"value":[1,"1"]},
+            {"metric":{"cohort":"control","le":"3.6e+06"},"value":[1,"4"]},
+            {"metric":{"cohort":"control","le":"+Inf"},"value":[1,"4"]}]}}"#;
+        let histograms = latency_from_answer_in("q", &decode(milliseconds), LatencyUnit::Milliseconds).unwrap();
+        assert_eq!(histograms.control.unwrap().upper_bounds_us(), &[500, 3_600_000_000]);
+        let negative = r#"{"status":"success","data":{"resultType":"vector","result":[
+            {"metric":{"cohort":"control","le":"-1"},"value":[1,"1"]}]}}"#;
+        let error = latency_from_answer_in("q", &decode(negative), LatencyUnit::Seconds).unwrap_err().to_string();
+        assert!(error.contains(r#"le="-1" is not seconds >= 0"#), "{error}");
     }
 
     #[test]

@@ -29,10 +29,10 @@ use canary_core::Cohort;
 
 use crate::stats::StatsError;
 
-use super::error::{SourceError, describe};
-use super::interval::{IntervalMetrics, ProxyApplied, TargetFailure};
-use super::outcomes;
-use super::snapshot::{AppliedRollout, CohortSnapshot, DeploymentSnapshot, PerCohort};
+use crate::source::error::{SourceError, describe};
+use crate::source::interval::{IntervalMetrics, ProxyApplied, TargetFailure};
+use crate::source::outcomes;
+use crate::source::snapshot::{AppliedRollout, CohortSnapshot, DeploymentSnapshot, PerCohort};
 
 /// One target's scrape in one round: its snapshot, or why there is none.
 #[derive(Debug)]
@@ -363,7 +363,7 @@ mod tests {
 
     #[test]
     fn envoys_bins_are_summed_over_targets_on_one_grid_and_a_bin_going_down_restarts() {
-        let grid = crate::source::envoy_bins::envoy_bin_bounds_us();
+        let grid = crate::source::envoy_bin_bounds_us();
         let count_at = |interval: &IntervalMetrics, cohort, bound: u64| {
             let histogram = interval.latency(cohort).unwrap();
             assert_eq!(histogram.upper_bounds_us(), grid);
