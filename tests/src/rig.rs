@@ -79,15 +79,21 @@ impl Rig {
     /// Probe users whose routing flips between 0 and `share_bp`: when all of them
     /// route as the native function says, every worker has the share.
     fn probes(share_bp: u32) -> Vec<String> {
-        crate::traffic::user_ids(0xfeed, 4_000)
+        Self::probe_users(share_bp, (0xfeed, 0xbeef), 8)
+    }
+
+    /// `per_side` users in canary at `share_bp` (any users at 0) drawn from the first
+    /// seed, and `per_side` in stable drawn from the second.
+    fn probe_users(share_bp: u32, (canary_seed, stable_seed): (u32, u32), per_side: usize) -> Vec<String> {
+        crate::traffic::user_ids(canary_seed, 4_000)
             .into_iter()
-            .filter(|id| Self::expected_version(id, share_bp) == "canary")
-            .take(8)
+            .filter(|id| share_bp == 0 || Self::expected_version(id, share_bp) == "canary")
+            .take(per_side)
             .chain(
-                crate::traffic::user_ids(0xbeef, 4_000)
+                crate::traffic::user_ids(stable_seed, 4_000)
                     .into_iter()
                     .filter(|id| Self::expected_version(id, share_bp) == "stable")
-                    .take(8),
+                    .take(per_side),
             )
             .collect()
     }
@@ -109,17 +115,7 @@ impl Rig {
     /// Whether the Envoy listening on `listener` routes 12 probe users in canary at
     /// `share_bp` (any 12 at 0) and 12 in stable as the native function says, in one pass.
     pub async fn envoy_routes_at(listener: std::net::SocketAddr, share_bp: u32) -> bool {
-        let probes: Vec<String> = crate::traffic::user_ids(0xa11, 3_000)
-            .into_iter()
-            .filter(|id| share_bp == 0 || Self::expected_version(id, share_bp) == "canary")
-            .take(12)
-            .chain(
-                crate::traffic::user_ids(0xb22, 3_000)
-                    .into_iter()
-                    .filter(|id| Self::expected_version(id, share_bp) == "stable")
-                    .take(12),
-            )
-            .collect();
+        let probes = Self::probe_users(share_bp, (0xa11, 0xb22), 12);
         let versions = Client::new(listener).versions_for(&probes).await;
         probes.iter().zip(&versions).all(|(id, v)| v == Self::expected_version(id, share_bp))
     }

@@ -26,6 +26,19 @@ pub fn position_line(status: &RolloutStatus) -> String {
     )
 }
 
+/// The line `wait` prints when it changes: the position, and what a person must do
+/// when the rollout waits for one (an approval, the pipeline's `deployed`).
+pub fn waiting_line(status: &RolloutStatus) -> String {
+    let position = position_line(status);
+    if status.state.awaiting_approval {
+        format!("{position}, waiting for an operator: canary-analyzer approve {}", status.deployment)
+    } else if status.state.awaits_deployment() {
+        format!("{position}, share 0 until: canary-analyzer deployed {}", status.deployment)
+    } else {
+        position
+    }
+}
+
 /// One line of progress: `checkout: progressing at 5.00 % (step 2/5), window ends in 2 min 00 s`.
 pub fn progress_line(status: &RolloutStatus) -> String {
     let mut line = position_line(status);
@@ -343,5 +356,18 @@ mod tests {
         );
         assert!(frame.ends_with("a\n\nb\n"));
         assert!(watch_frame(&[], 0).contains("no rollouts"));
+    }
+
+    #[test]
+    fn wait_says_who_must_act_when_the_rollout_waits_for_a_person() {
+        let mut waiting = status(0);
+        waiting.state = state(1, 500, RolloutPhase::Progressing);
+        let plain = waiting_line(&waiting);
+        assert_eq!(plain, position_line(&waiting));
+        waiting.state.awaiting_approval = true;
+        let approval = waiting_line(&waiting);
+        assert!(approval.starts_with(&plain) && approval.ends_with("canary-analyzer approve checkout"), "{approval}");
+        waiting.state = state(0, 0, RolloutPhase::Pending);
+        assert!(waiting_line(&waiting).ends_with("share 0 until: canary-analyzer deployed checkout"));
     }
 }

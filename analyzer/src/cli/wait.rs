@@ -6,7 +6,7 @@
 //! cannot change). Each ending has its exit code ([`super::exit`]).
 
 use super::exit;
-use super::view::{position_line, progress_line};
+use super::view::{position_line, progress_line, waiting_line};
 use super::{Client, ErrorAnswer, note};
 use crate::engine::RolloutStatus;
 use crate::present::phase_name;
@@ -65,7 +65,7 @@ impl Client {
             match self.until(left).status(deployment).await {
                 Ok(status) => {
                     seen.failure = None;
-                    let position = position_line(&status);
+                    let position = waiting_line(&status);
                     // A finished rollout gets the verdict line instead.
                     if position != printed && !status.state.is_finished() {
                         print(&position);

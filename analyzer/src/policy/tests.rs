@@ -504,3 +504,27 @@ fn a_ladder_step_may_require_approval_but_not_the_last_one() {
     let last = RolloutPolicy::from_yaml(&document("[{share: 10}, {share: 100, approval: required}]")).unwrap_err();
     assert_eq!(last.field, "spec.ladder[1].approval");
 }
+
+#[test]
+fn a_policy_webhook_names_its_format_and_events_and_keeps_them_written_back() {
+    let document = |notify: &str| {
+        format!(
+            "apiVersion: canary.wasm.dev/v1alpha1\nkind: RolloutPolicy\nmetadata: {{name: p}}\nspec:\n  \
+             deployment: checkout\n  notify: {{webhook_url: 'https://x.example/hook', {notify}}}\n"
+        )
+    };
+    let policy = RolloutPolicy::from_yaml(&document("format: discord, events: [rollback, approval]")).unwrap();
+    let notify = policy.notify.as_ref().unwrap();
+    assert_eq!((notify.format.name(), notify.events.to_string()), ("discord", "rollback,approval".to_string()));
+    let back = RolloutPolicy::from_yaml(&policy.to_yaml().unwrap()).unwrap();
+    assert_eq!(back.notify, policy.notify);
+    let plain = RolloutPolicy::from_yaml(&document("format: slack")).unwrap();
+    let written = plain.to_yaml().unwrap();
+    assert!(!written.contains("format") && !written.contains("events"), "defaults are not written: {written}");
+    let format = RolloutPolicy::from_yaml(&document("format: msteams")).unwrap_err();
+    assert_eq!(format.field, "spec.notify.format");
+    assert!(format.to_string().contains("teams, discord, google-chat, json"), "{format}");
+    let event = RolloutPolicy::from_yaml(&document("events: [rollbak]")).unwrap_err();
+    assert_eq!(event.field, "spec.notify.events");
+    assert!(event.to_string().contains("\"rollbak\"") && event.to_string().contains("rollback"), "{event}");
+}

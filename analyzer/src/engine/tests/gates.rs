@@ -119,3 +119,34 @@ async fn a_registration_supersedes_one_held_for_deployment_but_not_one_under_way
     assert!(matches!(under_way, Err(EngineError::InProgress(_))), "{under_way:?}");
     assert_eq!(engine.audit("checkout").unwrap().len(), 3, "start, start again, deployed");
 }
+
+#[tokio::test]
+async fn a_restarted_analyzer_keeps_a_rollout_held_and_its_approval_state() {
+    let (dir, envoy) = (TempDir::new(), StubEnvoy::start().await);
+    let pipeline = ActedBy::from(Actor::human("ci").unwrap());
+    {
+        let (clock, _) = stepped_clock(T0);
+        let analyzer = engine(&dir, vec![envoy.url()], clock);
+        analyzer.register_with(gated_policy(), pipeline.clone(), Start::HeldForDeployment, T0).await.unwrap();
+    }
+    let (clock, wall) = stepped_clock(T0);
+    let analyzer = engine(&dir, vec![envoy.url()], clock);
+    let config = analyzer.config("checkout").unwrap();
+    assert_eq!((config.share_bp, config.state), (0, RolloutPhase::Pending), "still held after a restart");
+    analyzer.override_rollout("checkout", &OverrideAction::Deployed, &pipeline, "v2", T0).await.unwrap();
+    healthy_seconds(&analyzer, &envoy, &wall, 1..=30).await;
+    assert!(analyzer.status("checkout", T0 + 30_000).await.unwrap().state.awaiting_approval);
+    drop(analyzer);
+    let (clock, wall) = stepped_clock(T0 + 30_000);
+    let analyzer = engine(&dir, vec![envoy.url()], clock);
+    healthy_seconds(&analyzer, &envoy, &wall, 31..=40).await;
+    let status = analyzer.status("checkout", T0 + 40_000).await.unwrap();
+    assert!(status.state.awaiting_approval && status.config.share_bp == 100, "{:?}", status.state);
+    let awaits = analyzer
+        .audit("checkout")
+        .unwrap()
+        .iter()
+        .filter(|r| matches!(r.decision.action, Action::AwaitApproval { .. }))
+        .count();
+    assert_eq!(awaits, 1, "recorded and announced once, across the restart");
+}
