@@ -41,6 +41,34 @@ pub fn fresh_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// A rollout policy for a test: second-long checks, a short ladder, and the rest of `spec`.
+pub struct TestPolicy<'a> {
+    /// `metadata.name`.
+    pub name: &'a str,
+    pub deployment: &'a str,
+    /// Each step's share in percent and its window (`"20s"`).
+    pub ladder: &'a [(f64, &'a str)],
+    pub min_requests_per_cohort: u32,
+    /// More `spec` fields as YAML lines indented two spaces (the metrics, a `source`).
+    pub more_spec: &'a str,
+}
+
+impl TestPolicy<'_> {
+    /// Writes the policy, checking every second, to `dir/file` and returns that path.
+    pub fn write(&self, dir: &Path, file: &str) -> PathBuf {
+        let steps: String =
+            self.ladder.iter().map(|(share, window)| format!("    - {{share: {share}, window: {window}}}\n")).collect();
+        let text = format!(
+            "apiVersion: canary.wasm.dev/v1alpha1\nkind: RolloutPolicy\nmetadata: {{name: {}}}\nspec:\n  \
+             deployment: {}\n  ladder:\n{steps}  check_interval: 1s\n  min_requests_per_cohort: {}\n{}",
+            self.name, self.deployment, self.min_requests_per_cohort, self.more_spec
+        );
+        let path = dir.join(file);
+        std::fs::write(&path, text).expect("write the policy");
+        path
+    }
+}
+
 /// Writes `policy.yaml` in `dir` for deployment `demo`: 5 % and 25 % for 30 s each, then
 /// 100 %, checks every second, 20 requests per cohort, `alpha`; error rate and p99 (at most
 /// `tolerance_ms` more) critical, the sample ratio reported. The slow-canary tests' policy.

@@ -5,7 +5,7 @@
 use canary_analyzer::audit::AuditRecord;
 use canary_analyzer::engine::RolloutStatus;
 use canary_core::RolloutPhase;
-use canary_e2e::analyzer::{AnalyzerOptions, AnalyzerProcess, analyzer_binary, fresh_dir};
+use canary_e2e::analyzer::{AnalyzerOptions, AnalyzerProcess, TestPolicy, analyzer_binary, fresh_dir};
 use canary_e2e::envoy::{Envoy, EnvoyConfig};
 use canary_e2e::free_port;
 use canary_e2e::load::{Load, LoadOptions};
@@ -31,18 +31,11 @@ struct Loop {
 
 /// A policy for the shipped deployment `demo` with second-long windows.
 fn policy(dir: &std::path::Path, ladder: &[(f64, &str)], min_requests: u32) -> PathBuf {
-    let steps: String =
-        ladder.iter().map(|(share, window)| format!("    - {{share: {share}, window: {window}}}\n")).collect();
-    let text = format!(
-        "apiVersion: canary.wasm.dev/v1alpha1\nkind: RolloutPolicy\nmetadata: {{name: e2e}}\nspec:\n  deployment: demo\n  \
-         ladder:\n{steps}  check_interval: 1s\n  min_requests_per_cohort: {min_requests}\n  metrics:\n    \
-         - {{name: error_rate, max_relative_increase: 0, critical: true}}\n    \
-         - {{name: latency_p99, max_increase_ms: 50, critical: true}}\n    \
-         - {{name: sample_ratio, critical: false}}\n"
-    );
-    let path = dir.join("policy.yaml");
-    std::fs::write(&path, text).unwrap();
-    path
+    let more_spec = "  metrics:\n    - {name: error_rate, max_relative_increase: 0, critical: true}\n    \
+                     - {name: latency_p99, max_increase_ms: 50, critical: true}\n    \
+                     - {name: sample_ratio, critical: false}\n";
+    TestPolicy { name: "e2e", deployment: "demo", ladder, min_requests_per_cohort: min_requests, more_spec }
+        .write(dir, "policy.yaml")
 }
 
 impl Loop {

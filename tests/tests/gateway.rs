@@ -16,7 +16,7 @@
 //!   endpoint), and an unchanged answer comes back `304`.
 
 use canary_core::{FilterConfig, RolloutPhase};
-use canary_e2e::analyzer::{AnalyzerOptions, AnalyzerProcess, fresh_dir};
+use canary_e2e::analyzer::{AnalyzerOptions, AnalyzerProcess, TestPolicy, fresh_dir};
 use canary_e2e::envoy::{Envoy, EnvoyConfig};
 use canary_e2e::free_port;
 use canary_e2e::load::{Load, LoadOptions};
@@ -36,16 +36,9 @@ const LIMIT: Duration = Duration::from_secs(90);
 
 /// A policy with second-long checks: `error_rate` critical, no tolerance.
 fn policy(dir: &Path, deployment: &str, ladder: &[(f64, &str)]) -> PathBuf {
-    let steps: String =
-        ladder.iter().map(|(share, window)| format!("    - {{share: {share}, window: {window}}}\n")).collect();
-    let text = format!(
-        "apiVersion: canary.wasm.dev/v1alpha1\nkind: RolloutPolicy\nmetadata: {{name: {deployment}}}\nspec:\n  \
-         deployment: {deployment}\n  ladder:\n{steps}  check_interval: 1s\n  min_requests_per_cohort: 30\n  \
-         metrics:\n    - {{name: error_rate, max_relative_increase: 0, critical: true}}\n"
-    );
-    let path = dir.join(format!("{deployment}.yaml"));
-    std::fs::write(&path, text).expect("write the policy");
-    path
+    let more_spec = "  metrics:\n    - {name: error_rate, max_relative_increase: 0, critical: true}\n";
+    TestPolicy { name: deployment, deployment, ladder, min_requests_per_cohort: 30, more_spec }
+        .write(dir, &format!("{deployment}.yaml"))
 }
 
 /// The users of `host` whose version differs from what `deployment`'s hash says at `share_bp`.

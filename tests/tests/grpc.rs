@@ -16,7 +16,7 @@ use canary_analyzer::engine::RolloutStatus;
 use canary_analyzer::stats::Verdict;
 use canary_core::metrics::{StatusClass, requests_stat};
 use canary_core::{Cohort, RolloutPhase};
-use canary_e2e::analyzer::{AnalyzerOptions, AnalyzerProcess, fresh_dir};
+use canary_e2e::analyzer::{AnalyzerOptions, AnalyzerProcess, TestPolicy, fresh_dir};
 use canary_e2e::config_server::{Answer, ConfigServer};
 use canary_e2e::envoy::{Envoy, EnvoyConfig};
 use canary_e2e::free_port;
@@ -256,17 +256,10 @@ async fn with_protocol_grpc_failed_calls_count_by_their_grpc_status_in_either_sh
 /// A policy for deployment `demo`: checks every second, 20 calls per cohort before a
 /// verdict, the error rate critical with no tolerance.
 fn policy(dir: &Path, ladder: &[(f64, &str)]) -> PathBuf {
-    let steps: String =
-        ladder.iter().map(|(share, window)| format!("    - {{share: {share}, window: {window}}}\n")).collect();
-    let text = format!(
-        "apiVersion: canary.wasm.dev/v1alpha1\nkind: RolloutPolicy\nmetadata: {{name: grpc-e2e}}\nspec:\n  \
-         deployment: {DEPLOYMENT}\n  ladder:\n{steps}  check_interval: 1s\n  min_requests_per_cohort: 20\n  \
-         metrics:\n    - {{name: error_rate, max_relative_increase: 0, critical: true}}\n    \
-         - {{name: sample_ratio, critical: false}}\n"
-    );
-    let path = dir.join("policy.yaml");
-    std::fs::write(&path, text).expect("write the policy");
-    path
+    let more_spec = "  metrics:\n    - {name: error_rate, max_relative_increase: 0, critical: true}\n    \
+                     - {name: sample_ratio, critical: false}\n";
+    TestPolicy { name: "grpc-e2e", deployment: DEPLOYMENT, ladder, min_requests_per_cohort: 20, more_spec }
+        .write(dir, "policy.yaml")
 }
 
 /// The real analyzer deciding a gRPC rollout, with a load of calls through Envoy.

@@ -11,7 +11,7 @@
 
 use canary_analyzer::source::{MeshMapping, MeshPreset, PrometheusSource};
 use canary_core::{Cohort, RolloutPhase};
-use canary_e2e::analyzer::{AnalyzerOptions, AnalyzerProcess, fresh_dir};
+use canary_e2e::analyzer::{AnalyzerOptions, AnalyzerProcess, TestPolicy, fresh_dir};
 use canary_e2e::envoy::{Envoy, EnvoyConfig};
 use canary_e2e::free_port;
 use canary_e2e::load::{Load, LoadOptions};
@@ -42,16 +42,9 @@ const LIMIT: Duration = Duration::from_secs(75);
 /// The policy: default metrics (error rate, p99 latency, sample ratio), requests and
 /// latency from the clusters `canary` and `stable` of envoy/envoy.yaml.
 fn policy(dir: &Path) -> PathBuf {
-    let steps: String =
-        LADDER.iter().map(|(share, window)| format!("    - {{share: {share}, window: {window}}}\n")).collect();
-    let text = format!(
-        "apiVersion: canary.wasm.dev/v1alpha1\nkind: RolloutPolicy\nmetadata: {{name: mesh-e2e}}\nspec:\n  \
-         deployment: demo\n  ladder:\n{steps}  check_interval: 1s\n  min_requests_per_cohort: 50\n  \
-         source: {{preset: envoy_cluster, canary: [canary], control: [stable]}}\n"
-    );
-    let path = dir.join("policy.yaml");
-    std::fs::write(&path, text).expect("write the policy");
-    path
+    let more_spec = "  source: {preset: envoy_cluster, canary: [canary], control: [stable]}\n";
+    TestPolicy { name: "mesh-e2e", deployment: "demo", ladder: &LADDER, min_requests_per_cohort: 50, more_spec }
+        .write(dir, "policy.yaml")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,7 @@
 use canary_analyzer::audit::AuditRecord;
 use canary_analyzer::engine::RolloutStatus;
 use canary_core::RolloutPhase;
-use canary_e2e::analyzer::{AnalyzerOptions, AnalyzerProcess, fresh_dir};
+use canary_e2e::analyzer::{AnalyzerOptions, AnalyzerProcess, TestPolicy, fresh_dir};
 use canary_e2e::cache_upstream::{CacheUpstream, Misses};
 use canary_e2e::envoy::{Envoy, EnvoyConfig};
 use canary_e2e::free_port;
@@ -45,17 +45,10 @@ const LIMIT: Duration = Duration::from_secs(75);
 
 /// The policy: the error rate and `cache_hit` (lower is worse, no tolerance) critical.
 fn policy(dir: &Path) -> PathBuf {
-    let steps: String =
-        LADDER.iter().map(|(share, window)| format!("    - {{share: {share}, window: {window}}}\n")).collect();
-    let text = format!(
-        "apiVersion: canary.wasm.dev/v1alpha1\nkind: RolloutPolicy\nmetadata: {{name: outcome-e2e}}\nspec:\n  \
-         deployment: demo\n  ladder:\n{steps}  check_interval: 1s\n  min_requests_per_cohort: 50\n  metrics:\n    \
-         - {{name: error_rate, critical: true}}\n    \
-         - {{name: cache_hit, outcome: cache_hit, direction: lower_is_worse, max_relative_decrease: 0, critical: true}}\n"
-    );
-    let path = dir.join("policy.yaml");
-    std::fs::write(&path, text).expect("write the policy");
-    path
+    let more_spec = "  metrics:\n    - {name: error_rate, critical: true}\n    \
+                     - {name: cache_hit, outcome: cache_hit, direction: lower_is_worse, max_relative_decrease: 0, critical: true}\n";
+    TestPolicy { name: "outcome-e2e", deployment: "demo", ladder: &LADDER, min_requests_per_cohort: 50, more_spec }
+        .write(dir, "policy.yaml")
 }
 
 /// Which source the analyzer reads.
